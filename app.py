@@ -1,0 +1,81 @@
+"""birdshield home page: what the tool is, the loaded model and its card, dataset status.
+
+Run with ``streamlit run app.py``.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from core.data import candidate_data_dirs
+from core.errors import CoreError
+from core.models.registry import list_checkpoints, read_model_card
+from ui.common import dataset_status_message, get_dataset, get_model, model_picker
+
+st.set_page_config(page_title="birdshield", page_icon="🐦", layout="wide")
+
+st.title("birdshield")
+st.markdown(
+    "See **why** a bird-sound classifier decides what it decides, and **how easily it can be fooled**.\n\n"
+    "- **Clip**: pick a recording (or upload / record one), listen, see its log-mel spectrogram, the model's "
+    "predictions and the AudioProtoPNet prototypes that fired (*this looks like that*), each with the training "
+    "sound it was taken from.\n"
+    "- **Attack**: perturb the waveform with PGD within an L-inf budget `eps`, hear clean, perturbed and the "
+    "perturbation side by side, and see what changed in the predictions and the prototypes."
+)
+
+name = model_picker("home_model")
+if name:
+    try:
+        model = get_model(name)
+    except CoreError as exc:
+        st.error(f"Cannot load model {name}: {exc}")
+        st.stop()
+    card = model.card
+    cfg = model.config
+    st.subheader(f"Model: {name}")
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Architecture", "AudioProtoPNet" if cfg.arch == "protopnet" else "ConvNeXt + linear (black box)")
+    c2.metric("Classes", len(cfg.class_names))
+    c3.metric("Parameters", f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M")
+
+rows = []
+for ck in list_checkpoints():
+    c = read_model_card(ck)
+    m = c.get("metrics", {}).get("test", {})
+    if not m:
+        continue
+    rows.append({"model": ck, "test cmAP (window)": m["window"]["cmap"], "test ROC-AUC (window)": m["window"]["roc_auc"],
+                 "test top-1 (window)": m["window"]["top1"], "test cmAP (recording)": m["recording"]["cmap"],
+                 "train minutes": c.get("train_seconds", float("nan")) / 60})
+    ref = c.get("reference")
+if rows:
+    if ref:
+        m = ref["metrics"]["test"]
+        rows.append({"model": "reference: logistic regression on mean log-mel", "test cmAP (window)": m["window"]["cmap"],
+                     "test ROC-AUC (window)": m["window"]["roc_auc"], "test top-1 (window)": m["window"]["top1"],
+                     "test cmAP (recording)": m["recording"]["cmap"], "train minutes": float("nan")})
+    st.subheader("Held-out test metrics")
+    st.dataframe(pd.DataFrame(rows).round(3), hide_index=True, use_container_width=True)
+    st.caption("Test split: recordings never seen in training. Window = one 5 s window; recording = max over its windows.")
+
+if name:
+    with st.expander("Model card (JSON)"):
+        st.json({k: v for k, v in model.card.items() if k not in ("history", "prototypes")}, expanded=False)
+    if model.card.get("prototypes"):
+        with st.expander("Prototype provenance (where each prototype was pushed to)"):
+            st.dataframe(pd.DataFrame(model.card["prototypes"]), hide_index=True, use_container_width=True)
+
+st.subheader("Dataset")
+ds = get_dataset()
+if ds is None:
+    st.warning(dataset_status_message())
+    st.caption("Searched: " + ", ".join(str(p) for p in candidate_data_dirs()))
+else:
+    on_disk = len(ds.available())
+    st.success(f"{ds.root}: {len(ds)} recordings ({on_disk} on disk), {len(ds.class_names)} species.")
+    st.dataframe(pd.DataFrame([{"code": c, "species": ds.display_name(c),
+                                **{s: sum(c in r.labels for r in ds.split(s)) for s in ("train", "val", "test")}}
+                               for c in ds.class_names]), hide_index=True)
+    st.caption("Recordings from xeno-canto.org under their recordists' Creative Commons licences (see manifest.csv).")

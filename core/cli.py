@@ -1,0 +1,269 @@
+"""Command-line interface: ``python -m core {train,predict,attack,reference,evaluate,download,data}``.
+
+Every error a user can cause ends in a one-line message on stderr and exit code 2;
+nothing prints a traceback for bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from core.errors import CoreError, ParameterError
+
+log = logging.getLogger("core")
+
+
+def _add_data_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", default=None, help="dataset directory with manifest.csv (default: $BIRDSHIELD_DATA_DIR, then ../shared/data/xc9)")
+
+
+def cmd_train(args) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from core.data import open_dataset
+    from core.models.registry import CHECKPOINT_DIR, NAMED_CONFIGS, ModelConfig, build_model, load_checkpoint, save_checkpoint
+    from core.train import TrainConfig, train_model
+
+    if args.config not in NAMED_CONFIGS:
+        raise ParameterError(f"--config must be one of {sorted(NAMED_CONFIGS)}, got {args.config!r}")
+    dataset = open_dataset(args.data_dir)
+    out_dir = Path(args.out_dir or CHECKPOINT_DIR)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = args.name or args.config
+    log_path = out_dir / f"{name}.log"
+    handler = logging.FileHandler(log_path, mode="w")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.getLogger().addHandler(handler)
+    logging.getLogger().setLevel(logging.INFO)
+    torch.manual_seed(args.seed)
+    config = ModelConfig(class_names=tuple(dataset.class_names), **NAMED_CONFIGS[args.config])
+    cfg = TrainConfig(seed=args.seed)
+    # AudioProtoPNet uses the asymmetric loss of the paper; the baseline trains far faster with BCE here
+    cfg = replace(cfg, loss="asl" if config.arch == "protopnet" else "bce")
+    overrides = {k: getattr(args, k) for k in ("epochs", "warm_epochs", "last_layer_epochs", "batch_size", "lr", "loss") if getattr(args, k) is not None}
+    cfg = replace(cfg, **overrides)
+    model = build_model(config)
+    if args.init_backbone:
+        donor = load_checkpoint(args.init_backbone, device="cpu")
+        if donor.config.backbone != config.backbone or donor.config.frontend != config.frontend:
+            raise ParameterError(f"--init-backbone {args.init_backbone}: its backbone/front end differ from {args.config}")
+        model.backbone.load_state_dict(donor.backbone.state_dict())
+        log.info("backbone initialised from %s", args.init_backbone)
+    bar = tqdm(total=0, unit="step", dynamic_ncols=True, disable=None)
+
+    def progress(phase, epoch, epochs, step, steps, loss):
+        if bar.total != steps:
+            bar.reset(total=steps)
+        bar.set_description(f"{phase} {epoch + 1}/{epochs}")
+        bar.set_postfix(loss=f"{loss:.4f}")
+        bar.n = step
+        bar.refresh()
+
+    log.info("training %s (%s) on %s: %s", name, args.config, dataset.root, cfg)
+    card = train_model(model, dataset, cfg, progress=progress, max_train_recordings=args.max_recordings)
+    bar.close()
+    card = {
+        "name": name,
+        "config_name": args.config,
+        "command": args.command_line,
+        "init_backbone": args.init_backbone,
+        "created": time.strftime("%Y-%m-%d"),
+        **card,
+    }
+    ref_path = out_dir / "reference_logreg.json"
+    if ref_path.is_file():
+        card["reference"] = json.loads(ref_path.read_text())
+    path = save_checkpoint(model, out_dir / f"{name}.safetensors", card)
+    t = card["metrics"]["test"]
+    print(f"saved {path}; test cmAP window {t['window']['cmap']:.3f} recording {t['recording']['cmap']:.3f}; "
+          f"{card['train_seconds'] / 60:.1f} min")
+    return 0
+
+
+def cmd_reference(args) -> int:
+    from core.data import open_dataset
+    from core.models.registry import CHECKPOINT_DIR
+    from core.reference import reference_logreg
+
+    result = reference_logreg(open_dataset(args.data_dir))
+    out = Path(args.out or CHECKPOINT_DIR / "reference_logreg.json")
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    t = result["metrics"]["test"]
+    print(f"reference test cmAP window {t['window']['cmap']:.3f} recording {t['recording']['cmap']:.3f} -> {out}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from core.data import build_windows, open_dataset
+    from core.models.registry import load_checkpoint
+    from core.train import evaluate
+
+    model = load_checkpoint(args.model)
+    ds = open_dataset(args.data_dir)
+    c = model.config
+    w = build_windows(ds, ds.split(args.split), sample_rate=c.frontend.sample_rate, window_s=c.clip_seconds, class_names=c.class_names)
+    m = evaluate(model, w)
+    print(json.dumps(m, indent=2) if args.json else
+          f"{args.model} on {args.split}: cmAP window {m['window']['cmap']:.3f} recording {m['recording']['cmap']:.3f}, "
+          f"ROC-AUC {m['window']['roc_auc']:.3f}, top-1 {m['window']['top1']:.3f}")
+    return 0
+
+
+def _top(scores: np.ndarray, names, k: int = 3) -> list[dict]:
+    order = np.argsort(-scores)[:k]
+    return [{"species": names[i], "score": round(float(scores[i]), 4)} for i in order]
+
+
+def cmd_predict(args) -> int:
+    from core.inference import predict_file
+    from core.models.registry import load_checkpoint
+
+    model = load_checkpoint(args.model)
+    res = predict_file(model, args.file)
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        print(f"{res['file']}: {res['duration_s']:.1f} s, {len(res['windows'])} window(s), model {args.model}")
+        for w in res["windows"]:
+            top = ", ".join(f"{t['species']} {t['score']:.2f}" for t in w["top"])
+            print(f"  {w['start_s']:6.1f} s  {top}")
+        top = ", ".join(f"{t['species']} {t['score']:.2f}" for t in res["top"])
+        print(f"  recording (max over windows): {top}")
+    return 0
+
+
+def cmd_attack(args) -> int:
+    from core.audio import wav_bytes
+    from core.inference import attack_file
+    from core.models.registry import load_checkpoint
+
+    model = load_checkpoint(args.model)
+    res, adv = attack_file(model, args.file, eps=args.eps, steps=args.steps, alpha=args.alpha, seed=args.seed)
+    if args.out:
+        Path(args.out).write_bytes(wav_bytes(adv, model.config.frontend.sample_rate))
+        res["out"] = args.out
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        print(f"{res['file']}: PGD eps={args.eps:g} steps={args.steps}, SNR {res['snr_db']:.1f} dB, L-inf {res['linf']:.5f}")
+        for w in res["windows"]:
+            before = ", ".join(f"{t['species']} {t['score']:.2f}" for t in w["top_before"])
+            after = ", ".join(f"{t['species']} {t['score']:.2f}" for t in w["top_after"])
+            print(f"  {w['start_s']:6.1f} s  before: {before}\n          after:  {after}")
+        if args.out:
+            print(f"perturbed audio written to {args.out}")
+    return 0
+
+
+def cmd_download(args) -> int:
+    from tqdm import tqdm
+
+    from core.data import REPO_ROOT, download_dataset
+
+    dest = Path(args.dest or REPO_ROOT / "data" / "xc9")
+    bar = tqdm(total=0, unit="rec", disable=None)
+
+    def progress(done, total, rid):
+        bar.total = total
+        bar.n = done
+        bar.set_description(rid)
+        bar.refresh()
+
+    download_dataset(dest, progress=progress)
+    bar.close()
+    print(f"dataset ready in {dest}")
+    return 0
+
+
+def cmd_data(args) -> int:
+    from core.data import candidate_data_dirs, open_dataset
+
+    ds = open_dataset(args.data_dir)
+    print(f"{ds.root}: {len(ds)} recordings ({len(ds.available())} on disk), {len(ds.class_names)} classes")
+    for s in ("train", "val", "test"):
+        print(f"  {s}: {len(ds.split(s))} recordings")
+    print("search order: " + ", ".join(str(p) for p in candidate_data_dirs(args.data_dir)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m core", description="birdshield: explain and attack bird-sound classifiers")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    t = sub.add_parser("train", help="train a model and write checkpoints/NAME.safetensors + NAME.json")
+    t.add_argument("--config", required=True, help="named config: baseline-small, protopnet-small, baseline-paper, protopnet-paper")
+    t.add_argument("--name", help="checkpoint name (default: the config name)")
+    t.add_argument("--init-backbone", help="checkpoint whose backbone initialises this model (AudioProtoPNet)")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--warm-epochs", type=int)
+    t.add_argument("--last-layer-epochs", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--loss", choices=["asl", "bce"], help="default: asl for protopnet, bce for baseline")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--max-recordings", type=int, help="use only N recordings per class and split (smoke test)")
+    t.add_argument("--out-dir", help="directory for the checkpoint (default: checkpoints/)")
+    _add_data_dir(t)
+    t.set_defaults(func=cmd_train)
+
+    r = sub.add_parser("reference", help="fit the logistic-regression reference and write its metrics")
+    r.add_argument("--out")
+    _add_data_dir(r)
+    r.set_defaults(func=cmd_reference)
+
+    e = sub.add_parser("evaluate", help="metrics of a checkpoint on a split")
+    e.add_argument("--model", default="protopnet")
+    e.add_argument("--split", default="test", choices=["train", "val", "test"])
+    e.add_argument("--json", action="store_true")
+    _add_data_dir(e)
+    e.set_defaults(func=cmd_evaluate)
+
+    pr = sub.add_parser("predict", help="species scores for an audio file, per 5 s window")
+    pr.add_argument("file")
+    pr.add_argument("--model", default="protopnet")
+    pr.add_argument("--json", action="store_true")
+    pr.set_defaults(func=cmd_predict)
+
+    a = sub.add_parser("attack", help="PGD attack (L-inf, waveform domain) on an audio file")
+    a.add_argument("file")
+    a.add_argument("--model", default="protopnet")
+    a.add_argument("--eps", type=float, required=True, help="L-inf budget in full-scale amplitude, e.g. 0.002")
+    a.add_argument("--steps", type=int, default=10, help="PGD steps (1 = FGSM)")
+    a.add_argument("--alpha", type=float, default=None, help="step size (default 2.5 * eps / steps)")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--out", help="write the perturbed audio to this WAV file")
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(func=cmd_attack)
+
+    d = sub.add_parser("download", help="download the xc9 recordings from xeno-canto (network)")
+    d.add_argument("--dest", help="target directory (default: data/xc9 in the repository)")
+    d.set_defaults(func=cmd_download)
+
+    s = sub.add_parser("data", help="show which dataset is found and its splits")
+    _add_data_dir(s)
+    s.set_defaults(func=cmd_data)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.command_line = "python -m core " + " ".join(argv if argv is not None else sys.argv[1:])
+    try:
+        return args.func(args)
+    except CoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

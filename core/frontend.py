@@ -1,0 +1,114 @@
+"""Log-mel front end as a differentiable ``nn.Module`` in plain torch.
+
+``torch.stft`` + a Slaney mel filterbank (built once by ``librosa.filters.mel``
+and stored as a non-persistent buffer) + power-to-dB + a fixed z-normalisation.
+Gradients flow from the features back to the waveform, so waveform-domain
+attacks are possible and their results are audible.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import librosa
+import torch
+from torch import nn
+
+from core.errors import ParameterError
+
+__all__ = ["FrontendConfig", "LogMel"]
+
+
+@dataclass(frozen=True)
+class FrontendConfig:
+    """Parameters of the log-mel front end.
+
+    Attributes
+    ----------
+    sample_rate : int [Hz]
+        32 kHz as in AudioProtoPNet (Heinrich et al. 2025).
+    n_fft : int [samples]
+        FFT size (Hann window of the same length).
+    hop_length : int [samples]
+    n_mels : int
+    f_min, f_max : float [Hz]
+    amin : float
+        Power floor before the log: silence maps to ``10 log10(amin)`` dB, never -inf.
+    mean_db, std_db : float [dB]
+        Fixed z-normalisation of the log-mel (xc9 training split: mean -45.1 dB, std 19.5 dB).
+        A fixed affine map (not per-clip statistics) keeps loudness information and is
+        safe on silence.
+    """
+
+    sample_rate: int = 32_000
+    n_fft: int = 1024
+    hop_length: int = 320
+    n_mels: int = 128
+    f_min: float = 50.0
+    f_max: float = 16_000.0
+    amin: float = 1e-10
+    mean_db: float = -45.0
+    std_db: float = 20.0
+
+    def __post_init__(self) -> None:
+        if self.sample_rate <= 0 or self.n_fft <= 0 or self.hop_length <= 0 or self.n_mels <= 0:
+            raise ParameterError(f"sample_rate, n_fft, hop_length, n_mels must be > 0, got {self}")
+        if not 0 <= self.f_min < self.f_max <= self.sample_rate / 2:
+            raise ParameterError(f"need 0 <= f_min < f_max <= sample_rate/2, got f_min={self.f_min}, f_max={self.f_max}")
+        if self.std_db <= 0 or self.amin <= 0:
+            raise ParameterError(f"std_db and amin must be > 0, got {self.std_db}, {self.amin}")
+
+    def n_frames(self, n_samples: int) -> int:
+        """Number of STFT frames for ``n_samples`` (centred frames)."""
+        return 1 + n_samples // self.hop_length
+
+
+class LogMel(nn.Module):
+    """Waveform -> normalised log-mel spectrogram.
+
+    Equivalent to ``librosa.power_to_db(librosa.feature.melspectrogram(y, sr=..., n_fft=...,
+    hop_length=..., n_mels=..., fmin=..., fmax=..., power=2, center=True, pad_mode="constant"),
+    ref=1.0, amin=amin, top_db=None)``, then ``(x - mean_db) / std_db``.
+
+    Parameters
+    ----------
+    config : FrontendConfig
+
+    Shapes
+    ------
+    input : torch.Tensor [shape=(batch, n_samples), dtype=float32], full-scale amplitude
+    output : torch.Tensor [shape=(batch, 1, n_mels, n_frames)]
+    """
+
+    def __init__(self, config: FrontendConfig) -> None:
+        super().__init__()
+        self.config = config
+        mel = librosa.filters.mel(
+            sr=config.sample_rate, n_fft=config.n_fft, n_mels=config.n_mels, fmin=config.f_min, fmax=config.f_max
+        )
+        self.register_buffer("mel_basis", torch.from_numpy(mel).float(), persistent=False)
+        self.register_buffer("window", torch.hann_window(config.n_fft, periodic=True), persistent=False)
+
+    def power_mel(self, waveform: torch.Tensor) -> torch.Tensor:
+        """Mel power spectrogram ``(batch, n_mels, n_frames)`` (no log)."""
+        if waveform.ndim != 2:
+            raise ParameterError(f"waveform must be (batch, n_samples), got shape {tuple(waveform.shape)}")
+        spec = torch.stft(
+            waveform,
+            n_fft=self.config.n_fft,
+            hop_length=self.config.hop_length,
+            window=self.window,
+            center=True,
+            pad_mode="constant",
+            return_complex=True,
+        )
+        power = spec.real.square() + spec.imag.square()
+        return torch.matmul(self.mel_basis, power)
+
+    def db(self, waveform: torch.Tensor) -> torch.Tensor:
+        """Log-mel in dB (ref 1.0), ``(batch, n_mels, n_frames)``."""
+        return 10.0 * torch.log10(torch.clamp(self.power_mel(waveform), min=self.config.amin))
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        x = (self.db(waveform) - self.config.mean_db) / self.config.std_db
+        return x.unsqueeze(1)

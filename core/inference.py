@@ -1,0 +1,204 @@
+"""Clip-level inference and attack: windows in, per-window and per-recording results out."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from core.attacks import PGD, clean_prediction_targets
+from core.audio import frame_windows, load_audio
+from core.errors import ParameterError
+from core.metrics import linf, snr_db
+from core.models.base import BirdClassifier, ModelOutput
+
+__all__ = ["ClipAnalysis", "analyze_waveform", "attack_waveform", "predict_file", "attack_file", "top_classes"]
+
+
+@dataclass
+class ClipAnalysis:
+    """Model outputs for every window of a clip.
+
+    Attributes
+    ----------
+    windows : np.ndarray [shape=(n_windows, window_samples), dtype=float32]
+    starts : list of int [samples]
+    scores : np.ndarray [shape=(n_windows, n_classes)]
+        Sigmoid scores.
+    similarity_maps : np.ndarray or None [shape=(n_windows, n_prototypes, freq, time)]
+    prototype_activations : np.ndarray or None [shape=(n_windows, n_prototypes)]
+    embedding : np.ndarray [shape=(n_windows, embed_dim)]
+    """
+
+    windows: np.ndarray
+    starts: list[int]
+    scores: np.ndarray
+    similarity_maps: np.ndarray | None
+    prototype_activations: np.ndarray | None
+    embedding: np.ndarray
+
+    @property
+    def recording_scores(self) -> np.ndarray:
+        """Max over windows, ``(n_classes,)``."""
+        return self.scores.max(0)
+
+
+def _device(model):
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def analyze_waveform(model: BirdClassifier, waveform: np.ndarray, *, batch_size: int = 16) -> ClipAnalysis:
+    """Cut a mono waveform at the model's rate into windows and run the model on each.
+
+    Parameters
+    ----------
+    model : BirdClassifier
+    waveform : np.ndarray [shape=(n_samples,)] at ``model.config.frontend.sample_rate``
+
+    Returns
+    -------
+    ClipAnalysis
+    """
+    windows, starts = frame_windows(waveform, model.config.window_samples)
+    outs: list[ModelOutput] = []
+    model.eval()
+    for i in range(0, len(windows), batch_size):
+        outs.append(model.forward_all(torch.as_tensor(windows[i : i + batch_size], device=_device(model))))
+
+    def cat(name):
+        parts = [getattr(o, name) for o in outs]
+        return None if parts[0] is None else torch.cat(parts).float().cpu().numpy()
+
+    return ClipAnalysis(
+        windows=windows,
+        starts=starts,
+        scores=torch.sigmoid(torch.cat([o.logits for o in outs])).float().cpu().numpy(),
+        similarity_maps=cat("similarity_maps"),
+        prototype_activations=cat("prototype_activations"),
+        embedding=cat("embedding"),
+    )
+
+
+def attack_waveform(
+    model: BirdClassifier,
+    waveform: np.ndarray,
+    *,
+    eps: float,
+    steps: int = 10,
+    alpha: float | None = None,
+    random_start: bool = True,
+    seed: int = 0,
+    targets: np.ndarray | None = None,
+    batch_size: int = 8,
+) -> np.ndarray:
+    """PGD (L-inf, waveform domain) on every window of a clip; returns the perturbed clip.
+
+    Zero padding of the last window is never perturbed, so the returned clip has
+    the input's length and the model sees exactly what the user hears.
+
+    Parameters
+    ----------
+    model : BirdClassifier
+    waveform : np.ndarray [shape=(n_samples,)], full-scale amplitude
+    eps : float in [0, 1] [full-scale amplitude]
+    steps : int >= 1
+        1 with ``random_start=False`` is FGSM.
+    alpha : float, optional
+        Step size, default ``2.5 * eps / steps``.
+    seed : int
+        Seeds the random start.
+    targets : np.ndarray [shape=(n_classes,)], optional
+        True labels; default: the clean prediction of each window.
+
+    Returns
+    -------
+    np.ndarray [shape=(n_samples,), dtype=float32]
+    """
+    waveform = np.clip(np.asarray(waveform, dtype=np.float32), -1.0, 1.0)
+    n = len(waveform)
+    win = model.config.window_samples
+    windows, starts = frame_windows(waveform, win)
+    mask = np.zeros_like(windows)
+    for i, s in enumerate(starts):
+        mask[i, : min(win, n - s)] = 1.0
+    gen = torch.Generator().manual_seed(seed)
+    attack = PGD(eps=eps, alpha=alpha, steps=steps, random_start=random_start, generator=gen)
+    device = _device(model)
+    adv = np.empty_like(windows)
+    for i in range(0, len(windows), batch_size):
+        x = torch.as_tensor(windows[i : i + batch_size], device=device)
+        y = None if targets is None else torch.as_tensor(np.repeat(targets[None], len(x), 0), device=device)
+        adv[i : i + batch_size] = attack(model, x, y, mask=torch.as_tensor(mask[i : i + batch_size])).cpu().numpy()
+    out = waveform.copy()
+    for i, s in enumerate(starts):
+        k = min(win, n - s)
+        out[s : s + k] = adv[i, :k]
+    return out
+
+
+def top_classes(scores: np.ndarray, class_names, k: int = 3) -> list[dict]:
+    """The ``k`` best classes as ``[{"species": code, "score": float}]``."""
+    order = np.argsort(-np.asarray(scores))[:k]
+    return [{"species": class_names[i], "score": round(float(scores[i]), 4)} for i in order]
+
+
+def _load_for(model, path):
+    if not os.path.exists(path):
+        raise ParameterError(f"no such file: {path}")
+    return load_audio(path, sample_rate=model.config.frontend.sample_rate)
+
+
+def predict_file(model: BirdClassifier, path: str) -> dict:
+    """JSON-ready predictions for an audio file, per window and per recording."""
+    clip = _load_for(model, path)
+    res = analyze_waveform(model, clip.waveform)
+    names = model.config.class_names
+    sr = clip.sample_rate
+    return {
+        "file": str(path),
+        "duration_s": clip.duration_s,
+        "windows": [
+            {"start_s": s / sr, "top": top_classes(res.scores[i], names), "scores": dict(zip(names, map(float, res.scores[i])))}
+            for i, s in enumerate(res.starts)
+        ],
+        "top": top_classes(res.recording_scores, names),
+    }
+
+
+def attack_file(model: BirdClassifier, path: str, *, eps: float, steps: int = 10, alpha: float | None = None, seed: int = 0):
+    """Attack an audio file; returns (JSON-ready result, perturbed waveform)."""
+    clip = _load_for(model, path)
+    if not isinstance(steps, int) or steps < 1:
+        raise ParameterError(f"steps must be an integer >= 1, got {steps}")
+    adv = attack_waveform(model, clip.waveform, eps=eps, steps=steps, alpha=alpha, random_start=steps > 1, seed=seed)
+    before = analyze_waveform(model, clip.waveform)
+    after = analyze_waveform(model, adv)
+    names = model.config.class_names
+    sr = clip.sample_rate
+    with torch.no_grad():
+        pred_before = clean_prediction_targets(torch.logit(torch.as_tensor(before.scores).clamp(1e-6, 1 - 1e-6)))
+        pred_after = clean_prediction_targets(torch.logit(torch.as_tensor(after.scores).clamp(1e-6, 1 - 1e-6)))
+    changed = (pred_before != pred_after).any(-1).numpy()
+    result = {
+        "file": str(path),
+        "eps": eps,
+        "steps": steps,
+        "snr_db": float(snr_db(clip.waveform, adv)),
+        "linf": float(linf(clip.waveform, adv)),
+        "windows_changed": int(changed.sum()),
+        "windows": [
+            {
+                "start_s": s / sr,
+                "top_before": top_classes(before.scores[i], names),
+                "top_after": top_classes(after.scores[i], names),
+                "prediction_changed": bool(changed[i]),
+            }
+            for i, s in enumerate(before.starts)
+        ],
+        "top_before": top_classes(before.recording_scores, names),
+        "top_after": top_classes(after.recording_scores, names),
+    }
+    return result, adv

@@ -1,0 +1,48 @@
+"""Black-box baseline: ConvNeXt backbone + global average pooling + linear head."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from core.frontend import LogMel
+from core.models.base import BirdClassifier, ModelOutput
+from core.models.convnext import ConvNeXt
+
+__all__ = ["BaselineClassifier"]
+
+
+class BaselineClassifier(BirdClassifier):
+    """ConvNeXt + global average pooling + LayerNorm + dropout + linear layer.
+
+    The same backbone as :class:`~core.models.protopnet.AudioProtoPNet`, so the
+    two can be compared on equal terms (a "black box" reference).
+
+    Parameters
+    ----------
+    config : core.models.registry.ModelConfig
+    """
+
+    def __init__(self, config) -> None:
+        super().__init__()
+        self.config = config
+        self.frontend = LogMel(config.frontend)
+        self.backbone = ConvNeXt(config.backbone)
+        dim = config.backbone.out_channels
+        self.head_norm = nn.LayerNorm(dim, eps=1e-6)
+        self.head_drop = nn.Dropout(config.dropout)
+        self.classifier = nn.Linear(dim, len(config.class_names))
+        nn.init.trunc_normal_(self.classifier.weight, std=0.02)
+        nn.init.constant_(self.classifier.bias, -2.0)
+
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """``(batch, C, F, T)`` -> logits ``(batch, n_classes)`` or embedding ``(batch, C)``."""
+        emb = self.head_norm(features.mean(dim=(2, 3)))
+        if pre_logits:
+            return emb
+        return self.classifier(self.head_drop(emb))
+
+    def forward_all(self, waveform: torch.Tensor) -> ModelOutput:
+        feats = self.forward_features(waveform)
+        emb = self.forward_head(feats, pre_logits=True)
+        return ModelOutput(logits=self.classifier(self.head_drop(emb)), embedding=emb, feature_map=feats)

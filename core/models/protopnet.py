@@ -1,0 +1,177 @@
+"""AudioProtoPNet: prototype learning for interpretable bird-sound classification.
+
+Heinrich, Rauch, Sick & Scholz 2025, "AudioProtoPNet: An interpretable deep
+learning model for bird sound classification", Ecological Informatics 87:103081
+(arXiv 2404.10420), after ProtoPNet (Chen et al. 2019, "This looks like that").
+
+- ConvNeXt backbone on the log-mel spectrogram; add-on layer = bilinear 2x
+  upsampling of the feature map (as the reference ``add_on_layers_type: upsample``).
+- ``prototype_vectors`` ``(n_prototypes, channels, 1, 1)``, ``prototypes_per_class``
+  per class (``prototype_class_identity``).
+- Similarity = ReLU(cosine(feature vector, prototype)) at every time-frequency
+  position: one similarity map per prototype; global max pooling.
+- ``last_layer``: each class connected only to its own prototypes with
+  non-negative weights (ReLU of the stored weights), plus a bias.
+- Loss: asymmetric loss (Ridnik et al. 2021) + orthogonality loss on the
+  prototypes of each class (:func:`orthogonality_loss`).
+- Push (projection): :func:`core.train.push_prototypes` replaces each prototype
+  with its most similar training feature vector of its own class and records
+  where it came from (:class:`PrototypeSource`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from core.frontend import LogMel
+from core.models.base import BirdClassifier, ModelOutput
+from core.models.convnext import ConvNeXt
+
+__all__ = ["AudioProtoPNet", "PrototypeSource", "orthogonality_loss"]
+
+
+@dataclass(frozen=True)
+class PrototypeSource:
+    """Where a pushed prototype came from ("this looks like that").
+
+    Attributes
+    ----------
+    prototype : int
+        Prototype index.
+    class_name : str
+    recording_id : str
+    window_start_s : float [seconds]
+        Start of the 5 s training window in its recording.
+    freq_index, time_index : int
+        Cell of the (upsampled) feature map.
+    t_start_s, t_end_s : float [seconds]
+        Time span of the cell, relative to the recording start.
+    f_low_hz, f_high_hz : float [Hz]
+        Frequency span of the cell.
+    similarity : float
+        Cosine similarity before the push (1.0 after).
+    """
+
+    prototype: int
+    class_name: str
+    recording_id: str
+    window_start_s: float
+    freq_index: int
+    time_index: int
+    t_start_s: float
+    t_end_s: float
+    f_low_hz: float
+    f_high_hz: float
+    similarity: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class AudioProtoPNet(BirdClassifier):
+    """AudioProtoPNet classifier (see module docstring for the method).
+
+    Parameters
+    ----------
+    config : core.models.registry.ModelConfig
+        ``arch == "protopnet"``; ``prototypes_per_class`` prototypes per class of
+        ``backbone.dims[-1]`` channels.
+
+    Attributes
+    ----------
+    prototype_vectors : nn.Parameter [shape=(n_prototypes, channels, 1, 1)]
+    prototype_class_identity : torch.Tensor [shape=(n_prototypes,), dtype=int64]
+        Class index of each prototype.
+    last_layer : nn.Parameter [shape=(n_classes, prototypes_per_class)]
+        Stored weights; the effective weights are ``relu(last_layer)``.
+    last_layer_bias : nn.Parameter [shape=(n_classes,)]
+    """
+
+    def __init__(self, config) -> None:
+        super().__init__()
+        self.config = config
+        self.frontend = LogMel(config.frontend)
+        self.backbone = ConvNeXt(config.backbone)
+        n_classes, k = len(config.class_names), config.prototypes_per_class
+        channels = config.backbone.out_channels
+        self.n_prototypes = n_classes * k
+        self.prototype_vectors = nn.Parameter(torch.rand(self.n_prototypes, channels, 1, 1))
+        self.register_buffer(
+            "prototype_class_identity", torch.arange(self.n_prototypes) // k, persistent=False
+        )
+        # Reference initialisation: own-class connection 1.0, bias -2.0.
+        self.last_layer = nn.Parameter(torch.ones(n_classes, k))
+        self.last_layer_bias = nn.Parameter(torch.full((n_classes,), -2.0))
+
+    def add_on(self, features: torch.Tensor) -> torch.Tensor:
+        """Add-on layer: bilinear 2x upsampling (no parameters)."""
+        if self.config.add_on == "upsample":
+            return F.interpolate(features, scale_factor=2, mode="bilinear", align_corners=False)
+        return features
+
+    def forward_features(self, waveform: torch.Tensor) -> torch.Tensor:
+        """Feature map after the add-on layer ``(batch, channels, freq, time)``."""
+        return self.add_on(super().forward_features(waveform))
+
+    def similarity_maps(self, features: torch.Tensor) -> torch.Tensor:
+        """ReLU of the cosine similarity, ``(batch, n_prototypes, freq, time)``, values in [0, 1]."""
+        f = F.normalize(features, dim=1, eps=1e-6)
+        p = F.normalize(self.prototype_vectors, dim=1, eps=1e-6)
+        return F.relu(F.conv2d(f, p))
+
+    def classify(self, activations: torch.Tensor) -> torch.Tensor:
+        """Last layer: ``(batch, n_prototypes)`` -> logits ``(batch, n_classes)``."""
+        b = activations.shape[0]
+        act = activations.view(b, *self.last_layer.shape)
+        return torch.einsum("bck,ck->bc", act, F.relu(self.last_layer)) + self.last_layer_bias
+
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if pre_logits:
+            return features.mean(dim=(2, 3))
+        return self.classify(self.similarity_maps(features).amax(dim=(2, 3)))
+
+    def forward_all(self, waveform: torch.Tensor) -> ModelOutput:
+        feats = self.forward_features(waveform)
+        sims = self.similarity_maps(feats)
+        acts = sims.amax(dim=(2, 3))
+        return ModelOutput(
+            logits=self.classify(acts),
+            embedding=feats.mean(dim=(2, 3)),
+            feature_map=feats,
+            similarity_maps=sims,
+            prototype_activations=acts,
+        )
+
+    def class_connection(self) -> torch.Tensor:
+        """Effective last-layer weight matrix ``(n_classes, n_prototypes)`` (zero off-class)."""
+        n_classes, k = self.last_layer.shape
+        w = torch.zeros(n_classes, self.n_prototypes, device=self.last_layer.device)
+        idx = torch.arange(self.n_prototypes, device=w.device)
+        w[self.prototype_class_identity, idx] = F.relu(self.last_layer).reshape(-1)
+        return w
+
+
+def orthogonality_loss(prototype_vectors: torch.Tensor, prototypes_per_class: int) -> torch.Tensor:
+    """Orthogonality loss of AudioProtoPNet.
+
+    For each class c with unit-normalised prototypes ``P_c`` (k x D), the
+    deviation ``P_c P_c^T - I_k``; the loss is the Frobenius norm over all classes
+    divided by ``n_classes * k * k`` (reference ``calculate_orthogonality_loss``).
+
+    Parameters
+    ----------
+    prototype_vectors : torch.Tensor [shape=(n_prototypes, D, 1, 1)]
+    prototypes_per_class : int
+
+    Returns
+    -------
+    torch.Tensor, scalar
+    """
+    k = prototypes_per_class
+    p = F.normalize(prototype_vectors.flatten(1), dim=1).view(-1, k, prototype_vectors.shape[1])
+    gram = p @ p.transpose(1, 2) - torch.eye(k, device=p.device)
+    return torch.linalg.norm(gram) / gram.numel()

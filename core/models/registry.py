@@ -1,0 +1,270 @@
+"""Model configs, construction, and safetensors checkpoints.
+
+A checkpoint is ``NAME.safetensors`` (weights; the config JSON also sits in the
+safetensors header metadata) plus ``NAME.json`` beside it, the model card
+(config, classes, data, metrics, training time, prototype provenance).
+:func:`load_checkpoint` does all validation; nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from core.errors import CheckpointError, ParameterError
+from core.frontend import FrontendConfig
+from core.models.base import BirdClassifier
+from core.models.convnext import CONVNEXT_BASE, CONVNEXT_SMALL_CPU, BackboneConfig
+
+__all__ = [
+    "ARCHS",
+    "CONFIG_VERSION",
+    "ModelConfig",
+    "NAMED_CONFIGS",
+    "build_model",
+    "save_checkpoint",
+    "load_checkpoint",
+    "read_model_card",
+    "list_checkpoints",
+    "CHECKPOINT_DIR",
+]
+
+ARCHS = ("protopnet", "baseline")
+#: Bumped whenever a change in the code makes old checkpoints incompatible.
+CONFIG_VERSION = 1
+CHECKPOINT_DIR = Path(__file__).resolve().parent.parent.parent / "checkpoints"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a model.
+
+    Attributes
+    ----------
+    arch : {"protopnet", "baseline"}
+    class_names : tuple of str
+        Class codes in output order.
+    frontend : FrontendConfig
+    backbone : BackboneConfig
+    clip_seconds : float [seconds]
+        Window length the model was trained on (5 s).
+    prototypes_per_class : int
+        AudioProtoPNet only.
+    add_on : {"upsample", "identity"}
+        AudioProtoPNet add-on layer.
+    dropout : float
+        Baseline head dropout.
+    version : int
+        :data:`CONFIG_VERSION` of the code that wrote it.
+    """
+
+    arch: str
+    class_names: tuple[str, ...]
+    frontend: FrontendConfig = field(default_factory=FrontendConfig)
+    backbone: BackboneConfig = CONVNEXT_SMALL_CPU
+    clip_seconds: float = 5.0
+    prototypes_per_class: int = 5
+    add_on: str = "upsample"
+    dropout: float = 0.2
+    version: int = CONFIG_VERSION
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "class_names", tuple(self.class_names))
+        if self.arch not in ARCHS:
+            raise ParameterError(f"arch must be one of {ARCHS}, got {self.arch!r}")
+        if not self.class_names:
+            raise ParameterError("class_names must not be empty")
+        if self.prototypes_per_class < 1:
+            raise ParameterError(f"prototypes_per_class must be >= 1, got {self.prototypes_per_class}")
+        if self.add_on not in ("upsample", "identity"):
+            raise ParameterError(f"add_on must be 'upsample' or 'identity', got {self.add_on!r}")
+        if self.clip_seconds <= 0:
+            raise ParameterError(f"clip_seconds must be > 0, got {self.clip_seconds}")
+
+    @property
+    def window_samples(self) -> int:
+        return int(round(self.clip_seconds * self.frontend.sample_rate))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        """Rebuild from :meth:`to_dict`; unknown or missing keys raise :class:`CheckpointError`."""
+        try:
+            d = dict(d)
+            version = d.get("version")
+            if version != CONFIG_VERSION:
+                raise CheckpointError(
+                    f"checkpoint config version {version} does not match this code's version {CONFIG_VERSION}"
+                )
+            for key, sub in (("frontend", FrontendConfig), ("backbone", BackboneConfig)):
+                if key in d:
+                    _check_keys(d[key], sub, key)
+                    d[key] = sub(**d[key])
+            _check_keys(d, cls, "model")
+            return cls(**d)
+        except (TypeError, ParameterError) as exc:
+            raise CheckpointError(f"checkpoint config does not match the code: {exc}") from exc
+
+
+def _check_keys(d: dict, cls, where: str) -> None:
+    known = {f.name for f in fields(cls)}
+    unknown = set(d) - known
+    if unknown:
+        raise CheckpointError(f"checkpoint {where} config has keys this code does not know: {sorted(unknown)}")
+
+
+
+#: Named configurations for ``python -m core train --config NAME``. Class names
+#: are filled in from the dataset at training time.
+NAMED_CONFIGS: dict[str, dict] = {
+    "baseline-small": dict(arch="baseline", backbone=CONVNEXT_SMALL_CPU),
+    "protopnet-small": dict(arch="protopnet", backbone=CONVNEXT_SMALL_CPU, prototypes_per_class=5),
+    # Paper size (AudioProtoPNet): ConvNeXt-B on 256 mels, n_fft 2048, hop 256. For GPUs.
+    "baseline-paper": dict(
+        arch="baseline", backbone=CONVNEXT_BASE, frontend=FrontendConfig(n_fft=2048, hop_length=256, n_mels=256)
+    ),
+    "protopnet-paper": dict(
+        arch="protopnet",
+        backbone=CONVNEXT_BASE,
+        prototypes_per_class=5,
+        frontend=FrontendConfig(n_fft=2048, hop_length=256, n_mels=256),
+    ),
+}
+
+
+def build_model(config: ModelConfig) -> BirdClassifier:
+    """Instantiate the model of ``config`` (random weights)."""
+    from core.models.baseline import BaselineClassifier
+    from core.models.protopnet import AudioProtoPNet
+
+    return AudioProtoPNet(config) if config.arch == "protopnet" else BaselineClassifier(config)
+
+
+def save_checkpoint(model: BirdClassifier, path: str | os.PathLike, card: dict) -> Path:
+    """Write ``path`` (.safetensors) and the model card ``path.with_suffix('.json')``.
+
+    Parameters
+    ----------
+    model : BirdClassifier
+    path : path ending in ``.safetensors``
+    card : dict
+        JSON-serialisable model card; ``config`` is added from the model.
+
+    Returns
+    -------
+    Path
+        The safetensors path.
+    """
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ParameterError(f"checkpoint path must end in .safetensors, got {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    config_json = json.dumps(model.config.to_dict())
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = path.with_suffix(".safetensors.tmp")
+    save_file(state, str(tmp), metadata={"config": config_json, "format": "birdshield"})
+    os.replace(tmp, path)
+    card = {**card, "config": model.config.to_dict()}
+    tmp_card = path.with_suffix(".json.tmp")
+    tmp_card.write_text(json.dumps(card, indent=2, default=_json_default) + "\n")
+    os.replace(tmp_card, path.with_suffix(".json"))
+    return path
+
+
+def _json_default(o):
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
+    """A checkpoint name (``protopnet``) or path -> the ``.safetensors`` path."""
+    p = Path(name_or_path)
+    if p.suffix != ".safetensors" and not p.exists():
+        p = CHECKPOINT_DIR / f"{name_or_path}.safetensors"
+    return p
+
+
+def load_checkpoint(name_or_path: str | os.PathLike, *, device: torch.device | str | None = None) -> BirdClassifier:
+    """Load a checkpoint by name (in ``checkpoints/``) or path, in eval mode.
+
+    Parameters
+    ----------
+    name_or_path : str or path
+    device : torch.device, optional
+        Default :func:`core.device.get_device`.
+
+    Returns
+    -------
+    BirdClassifier
+        With ``model.card`` (the model card dict, empty if the JSON is absent)
+        and ``model.checkpoint_path``.
+
+    Raises
+    ------
+    CheckpointError
+        Missing file, not safetensors (or truncated), no birdshield config, config
+        from another code version or architecture, or weights whose names or
+        shapes do not match the config.
+    """
+    from core.device import get_device
+
+    path = resolve_checkpoint(name_or_path)
+    if not path.is_file():
+        known = ", ".join(list_checkpoints()) or "none"
+        raise CheckpointError(f"checkpoint not found: {path} (available: {known})")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path.name} is not a readable safetensors file ({exc})") from exc
+    if "config" not in meta:
+        raise CheckpointError(f"{path.name} has no birdshield config in its metadata")
+    try:
+        config = ModelConfig.from_dict(json.loads(meta["config"]))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path.name}: config metadata is not valid JSON ({exc})") from exc
+    model = build_model(config)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path.name} does not match the {config.arch} architecture: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    bad = [k for k in expected if expected[k].shape != state[k].shape]
+    if bad:
+        k = bad[0]
+        raise CheckpointError(
+            f"{path.name}: weight {k} has shape {tuple(state[k].shape)}, config expects {tuple(expected[k].shape)}"
+        )
+    model.load_state_dict(state, strict=True)
+    model.card = read_model_card(path)
+    model.checkpoint_path = path
+    return model.to(device or get_device()).eval()
+
+
+def read_model_card(path: str | os.PathLike) -> dict:
+    """The JSON model card beside a checkpoint (empty dict if absent or unreadable)."""
+    card = resolve_checkpoint(path).with_suffix(".json")
+    try:
+        return json.loads(card.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def list_checkpoints(directory: str | os.PathLike = CHECKPOINT_DIR) -> list[str]:
+    """Names of the ``.safetensors`` checkpoints in ``directory``, sorted."""
+    d = Path(directory)
+    return sorted(p.stem for p in d.glob("*.safetensors")) if d.is_dir() else []

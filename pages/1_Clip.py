@@ -1,0 +1,85 @@
+"""Clip page: pick a clip, listen, see its spectrogram, predictions and prototypes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from core.errors import CoreError
+from ui.common import analyze, audio_player, clip_picker, dataset_status_message, get_dataset, get_model, load_recording, model_picker
+from ui.plots import add_box, logmel_db, score_bars, similarity_overlay, spectrogram_figure
+
+st.set_page_config(page_title="Clip · birdshield", page_icon="🐦", layout="wide")
+st.title("Clip: listen, predict, explain")
+
+name = model_picker("clip_model")
+if not name:
+    st.stop()
+try:
+    model = get_model(name)
+except CoreError as exc:
+    st.error(f"Cannot load model {name}: {exc}")
+    st.stop()
+cfg = model.config
+fe = cfg.frontend
+if get_dataset() is None:
+    st.info(dataset_status_message())
+
+clip = clip_picker("clip", fe.sample_rate, cfg.clip_seconds)
+if clip is None:
+    st.stop()
+
+names = list(cfg.class_names)
+ds = get_dataset()
+display = ds.display_name if ds else (lambda c: c)
+res = analyze(name, clip.key, clip.waveform)
+scores = res.scores[0]
+
+left, right = st.columns([3, 2])
+with left:
+    audio_player(clip.waveform, clip.sample_rate, label=f"{clip.name}, {clip.offset_s:.0f}–{clip.offset_s + len(clip.waveform) / clip.sample_rate:.1f} s")
+    db = logmel_db(res.windows[0], fe)
+    st.plotly_chart(spectrogram_figure(db, fe, title="Log-mel spectrogram", offset_s=clip.offset_s), key="clip_spec")
+with right:
+    if clip.labels:
+        st.markdown("**Labels:** " + ", ".join(display(x) for x in clip.labels))
+    st.plotly_chart(score_bars(names, scores, title="Predicted scores"), key="clip_scores")
+    top = np.argsort(-scores)[:3]
+    st.dataframe(pd.DataFrame({"species": [display(names[i]) for i in top], "score": scores[top].round(3)}), hide_index=True)
+
+if res.similarity_maps is None:
+    st.info(f"{name} is a black-box model (no prototypes). Choose an AudioProtoPNet model to see explanations.")
+    st.stop()
+
+st.header("This looks like that: prototypes")
+k = cfg.prototypes_per_class
+n_top = st.slider("Classes to explain", 1, 5, 2, key="clip_n_classes")
+acts = res.prototype_activations[0]
+weights = model.class_connection().detach().cpu().numpy()
+sources = {p["prototype"]: p for p in model.card.get("prototypes", [])}
+for c in np.argsort(-scores)[:n_top]:
+    protos = np.arange(c * k, (c + 1) * k)
+    contrib = acts[protos] * weights[c, protos]
+    st.subheader(f"{display(names[c])}: score {scores[c]:.2f}")
+    cols = st.columns(min(3, k))
+    for col, j in zip(cols, protos[np.argsort(-contrib)][: len(cols)]):
+        with col:
+            fig = similarity_overlay(db, res.similarity_maps[0, j], fe,
+                                     title=f"prototype {j}: max sim {acts[j]:.2f}, weight {weights[c, j]:.2f}")
+            st.plotly_chart(fig, key=f"clip_sim_{j}")
+            src = sources.get(int(j))
+            if src and ds is not None:
+                rec = next((r for r in ds.recordings if r.recording_id == src["recording_id"]), None)
+                if rec is not None and rec.path.is_file():
+                    full = load_recording(str(rec.path), fe.sample_rate, rec.duration_s)
+                    a = max(0.0, src["t_start_s"] - 1.0)
+                    b = min(len(full) / fe.sample_rate, src["t_end_s"] + 1.0)
+                    seg = full[int(a * fe.sample_rate): int(b * fe.sample_rate)]
+                    pfig = spectrogram_figure(logmel_db(seg, fe), fe, offset_s=a, height=220,
+                                              title=f"…looks like {src['recording_id']} at {src['t_start_s']:.2f} s")
+                    add_box(pfig, fe, src["t_start_s"], src["t_end_s"], src["f_low_hz"], src["f_high_hz"])
+                    st.plotly_chart(pfig, key=f"clip_patch_{j}")
+                    audio_player(seg, fe.sample_rate, label=f"training patch ±1 s ({src['f_low_hz']:.0f}–{src['f_high_hz']:.0f} Hz)")
+            elif src:
+                st.caption(f"pushed to {src['recording_id']} at {src['t_start_s']:.2f} s (dataset not available to play it)")

@@ -1,0 +1,120 @@
+"""Attack page: PGD in the waveform domain; hear and see what changed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from core.audio import wav_bytes
+from core.errors import CoreError
+from core.inference import analyze_waveform, attack_waveform
+from core.metrics import eps_for_snr, linf, snr_db
+from ui.common import analyze, audio_player, clip_picker, get_dataset, get_model, model_picker
+from ui.plots import logmel_db, score_bars, spectrogram_figure
+
+st.set_page_config(page_title="Attack · birdshield", page_icon="🐦", layout="wide")
+st.title("Attack: how little noise does it take?")
+
+name = model_picker("attack_model")
+if not name:
+    st.stop()
+try:
+    model = get_model(name)
+except CoreError as exc:
+    st.error(f"Cannot load model {name}: {exc}")
+    st.stop()
+cfg = model.config
+fe = cfg.frontend
+names = list(cfg.class_names)
+ds = get_dataset()
+display = ds.display_name if ds else (lambda c: c)
+
+with st.expander("Clip", expanded=st.session_state.get("clip") is None):
+    clip = clip_picker("attack", fe.sample_rate, cfg.clip_seconds)
+if clip is None:
+    st.info("Choose a clip above.")
+    st.stop()
+st.caption(f"Clip: {clip.name} from {clip.offset_s:.0f} s ({clip.source})")
+
+rms = float(np.sqrt(np.mean(clip.waveform.astype(np.float64) ** 2)))
+c1, c2, c3, c4 = st.columns(4)
+eps = c1.number_input("eps (L-inf, full-scale amplitude)", min_value=0.0, max_value=1.0,
+                      value=st.session_state.get("attack_eps_value", 0.001), step=0.0005, format="%.4f", key="attack_eps")
+st.session_state["attack_eps_value"] = eps
+steps = int(c2.number_input("steps (1 = FGSM)", min_value=1, max_value=200, value=10, step=1, key="attack_steps"))
+gain = c3.select_slider("perturbation playback gain", options=[1, 10, 30, 100, 300, 1000], value=100, key="attack_gain")
+seed = int(c4.number_input("seed", min_value=0, max_value=2**31 - 1, value=0, key="attack_seed"))
+if rms > 0 and eps > 0:
+    # a sign pattern of amplitude eps has power eps^2: SNR = 20 log10(rms / eps)
+    st.caption(f"eps = {eps:g} is about {20 * np.log10(rms / eps):.1f} dB SNR on this clip "
+               f"(clip RMS {rms:.4f}; eps for 40 dB: {eps_for_snr(clip.waveform, 40):.5f}, for 20 dB: {eps_for_snr(clip.waveform, 20):.5f})")
+elif rms == 0:
+    st.warning("This clip is silent: any perturbation has SNR −∞ dB.")
+
+run = st.button("Run attack", type="primary", key="attack_run")
+run_key = (name, clip.key, eps, steps, seed)
+if run:
+    with st.status("Running PGD…", expanded=False) as status:
+        try:
+            adv = attack_waveform(model, clip.waveform, eps=float(eps), steps=steps, random_start=steps > 1, seed=seed)
+        except CoreError as exc:
+            status.update(label="Attack failed", state="error")
+            st.error(str(exc))
+            st.stop()
+        st.session_state["attack_result"] = {"key": run_key, "adv": adv}
+        status.update(label="Attack done", state="complete")
+
+result = st.session_state.get("attack_result")
+if not result or result["key"][:2] != run_key[:2]:
+    st.info("Set eps and steps, then run the attack.")
+    st.stop()
+if result["key"] != run_key:
+    st.warning("Showing the result for earlier settings (eps={:g}, steps={}); run again to update.".format(result["key"][2], result["key"][3]))
+
+adv = result["adv"]
+delta = adv - clip.waveform
+before = analyze(name, clip.key, clip.waveform)
+after = analyze_waveform(model, adv)
+snr = float(snr_db(clip.waveform, adv))
+m1, m2, m3 = st.columns(3)
+m1.metric("SNR of perturbation", f"{snr:.1f} dB")
+m2.metric("L-inf", f"{float(linf(clip.waveform, adv)):.5f}")
+top_b, top_a = int(before.scores[0].argmax()), int(after.scores[0].argmax())
+m3.metric("Top-1", display(names[top_a]), delta=None if top_a == top_b else f"was {display(names[top_b])}", delta_color="inverse")
+
+a1, a2, a3 = st.columns(3)
+with a1:
+    audio_player(clip.waveform, clip.sample_rate, label="clean")
+with a2:
+    audio_player(adv, clip.sample_rate, label="perturbed (same level as clean)")
+with a3:
+    audio_player(delta, clip.sample_rate, gain=gain, label=f"perturbation × {gain} (+{20 * np.log10(gain):.0f} dB)")
+wav = wav_bytes(adv, clip.sample_rate)
+st.download_button("Download perturbed WAV", wav, file_name=f"{clip.name.rsplit('.', 1)[0]}_pgd_eps{eps:g}.wav",
+                   mime="audio/wav", key="attack_download")
+
+db_c = logmel_db(clip.waveform, fe)
+db_a = logmel_db(adv, fe)
+s1, s2, s3 = st.columns(3)
+zmin, zmax = float(min(db_c.min(), db_a.min())), float(max(db_c.max(), db_a.max()))
+s1.plotly_chart(spectrogram_figure(db_c, fe, title="clean", zmin=zmin, zmax=zmax, height=260), key="attack_spec_clean")
+s2.plotly_chart(spectrogram_figure(db_a, fe, title="perturbed", zmin=zmin, zmax=zmax, height=260), key="attack_spec_adv")
+diff = db_a - db_c
+lim = float(np.abs(diff).max()) or 1.0
+s3.plotly_chart(spectrogram_figure(diff, fe, title="difference (perturbed − clean)", colorscale="RdBu", zmid=0,
+                                   zmin=-lim, zmax=lim, height=260, colorbar_title="ΔdB"), key="attack_spec_diff")
+
+st.plotly_chart(score_bars(names, before.scores[0], compare=after.scores[0], title="Scores before and after"), key="attack_scores")
+table = pd.DataFrame({"species": [display(n) for n in names], "clean": before.scores[0], "perturbed": after.scores[0]})
+table["change"] = table["perturbed"] - table["clean"]
+st.dataframe(table.sort_values("clean", ascending=False).round(3), hide_index=True)
+
+if before.prototype_activations is not None:
+    st.subheader("Prototype activations that changed most")
+    k = cfg.prototypes_per_class
+    pa, pb = before.prototype_activations[0], after.prototype_activations[0]
+    order = np.argsort(-np.abs(pb - pa))[:10]
+    st.dataframe(pd.DataFrame({"prototype": order, "class": [display(names[j // k]) for j in order],
+                               "clean": pa[order], "perturbed": pb[order], "change": (pb - pa)[order]}).round(3),
+                 hide_index=True)

@@ -1,0 +1,64 @@
+"""The CLI on the shipped checkpoints: predictions, attack, and one-line errors for bad input."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from core.models.registry import list_checkpoints
+from tests.conftest import ROOT, tone
+
+pytestmark = pytest.mark.skipif("protopnet" not in list_checkpoints(), reason="shipped checkpoints missing")
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "core", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def wav(tmp_path):
+    rng = np.random.default_rng(0)
+    x = tone(3000, 7.0, 44_100, amp=0.2) + rng.standard_normal(int(7.0 * 44_100)).astype(np.float32) * 0.01
+    path = tmp_path / "clip.wav"
+    sf.write(path, np.stack([x, x], 1), 44_100)  # stereo 44.1 kHz: down-mixed and resampled
+    return path
+
+
+def test_predict_json(wav):
+    r = run("predict", str(wav), "--model", "protopnet", "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert len(res["windows"]) == 2  # 7 s -> a 5 s window and a padded 2 s window
+    scores = res["windows"][0]["scores"]
+    assert len(scores) == 9 and all(0 <= v <= 1 for v in scores.values())
+    assert res["top"][0]["score"] >= res["top"][1]["score"]
+
+
+def test_attack_writes_audio(wav, tmp_path):
+    out = tmp_path / "adv.wav"
+    r = run("attack", str(wav), "--model", "baseline", "--eps", "0.002", "--steps", "3", "--out", str(out), "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["linf"] <= 0.002 + 1e-4  # 16-bit WAV quantisation aside, the budget holds
+    assert 10 < res["snr_db"] < 60
+    adv, sr = sf.read(out, dtype="float32")
+    assert sr == 32_000 and len(adv) == 7 * 32_000
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["predict", "missing.wav"], "no such file"),
+    (["attack", "{wav}", "--eps", "-0.1"], "eps must be in [0, 1]"),
+    (["attack", "{wav}", "--eps", "0.01", "--steps", "0"], "steps"),
+    (["predict", "{wav}", "--model", "nonexistent"], "checkpoint not found"),
+    (["predict", "{txt}"], "not a readable audio file"),
+])
+def test_bad_input_one_line_error(args, needle, wav, tmp_path):
+    txt = tmp_path / "notes.wav"
+    txt.write_text("not audio at all")
+    r = run(*[a.format(wav=wav, txt=txt) for a in args])
+    assert r.returncode == 2
+    assert needle in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1

@@ -1,0 +1,187 @@
+"""Cached loaders and widgets shared by all pages."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import streamlit as st
+
+from core.audio import MAX_DURATION_S, load_audio, wav_bytes
+from core.data import DATA_ENV_VAR, Dataset, find_data_dir
+from core.errors import CoreError
+from core.inference import ClipAnalysis, analyze_waveform
+from core.models.registry import list_checkpoints, load_checkpoint, read_model_card
+
+MAX_UPLOAD_MB = 50
+DEFAULT_MODEL = "protopnet"
+
+
+@st.cache_resource(show_spinner="Loading model…")
+def get_model(name: str):
+    """Load a checkpoint once per server process (shared, never mutated)."""
+    return load_checkpoint(name)
+
+
+@st.cache_resource(show_spinner=False)
+def get_dataset(explicit: str | None = None) -> Dataset | None:
+    root = find_data_dir(explicit) if explicit else find_data_dir()
+    return Dataset(root) if root else None
+
+
+@st.cache_data(max_entries=64, show_spinner="Decoding audio…")
+def load_recording(path: str, sample_rate: int, duration_s: float | None) -> np.ndarray:
+    return load_audio(path, sample_rate=sample_rate, duration_s=duration_s).waveform
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def decode_upload(data: bytes, name: str, sample_rate: int) -> np.ndarray:
+    return load_audio(data, sample_rate=sample_rate, name=name).waveform
+
+
+@st.cache_data(max_entries=64, show_spinner="Running the model…")
+def analyze(model_name: str, digest: str, _waveform: np.ndarray) -> ClipAnalysis:
+    """Model outputs of a clip, cached by model and the clip's hash."""
+    return analyze_waveform(get_model(model_name), _waveform)
+
+
+def digest(waveform: np.ndarray) -> str:
+    return hashlib.sha1(np.ascontiguousarray(waveform).tobytes()).hexdigest()[:16]
+
+
+def audio_player(waveform: np.ndarray, sample_rate: int, *, gain: float = 1.0, label: str | None = None) -> None:
+    """Play a clip at its true level (WAV bytes: st.audio would peak-normalise an array)."""
+    if label:
+        st.caption(label)
+    st.audio(wav_bytes(waveform, sample_rate, gain=gain), format="audio/wav")
+
+
+def model_picker(key: str) -> str | None:
+    """Select box of the shipped checkpoints; remembers the choice across pages."""
+    names = list_checkpoints()
+    if not names:
+        st.error("No checkpoints found in checkpoints/. Train one with `python -m core train --config baseline-small`.")
+        return None
+    current = st.session_state.get("model_name", DEFAULT_MODEL if DEFAULT_MODEL in names else names[0])
+    if current not in names:
+        current = names[0]
+    choice = st.sidebar.selectbox(
+        "Model", names, index=names.index(current), key=key,
+        format_func=lambda n: f"{n} ({read_model_card(n).get('config', {}).get('arch', '?')})",
+    )
+    st.session_state["model_name"] = choice
+    return choice
+
+
+@dataclass
+class Clip:
+    """The clip a user is looking at."""
+
+    waveform: np.ndarray
+    sample_rate: int
+    name: str
+    source: str  # "dataset", "upload" or "microphone"
+    labels: tuple[str, ...] = ()
+    recording_id: str | None = None
+    offset_s: float = 0.0
+
+    @property
+    def key(self) -> str:
+        return digest(self.waveform)
+
+
+def dataset_status_message() -> str:
+    return (
+        f"No dataset found. Set `{DATA_ENV_VAR}` to a directory with `manifest.csv`, or run "
+        "`python -m core download` to fetch the xc9 recordings from xeno-canto. "
+        "You can still upload or record a clip."
+    )
+
+
+def clip_picker(prefix: str, sample_rate: int, window_s: float) -> Clip | None:
+    """Choose a clip from the dataset, an upload or the microphone; the choice is
+    shared across pages through ``st.session_state["clip"]``.
+
+    A recording longer than one window is shown window by window; the selected
+    5 s window is the clip.
+    """
+    ds = get_dataset()
+    sources = (["Dataset"] if ds else []) + ["Upload", "Record"]
+    saved = st.session_state.get("clip_source", sources[0])
+    source = st.radio("Clip source", sources, index=sources.index(saved) if saved in sources else 0,
+                      horizontal=True, key=f"{prefix}_source")
+    st.session_state["clip_source"] = source
+    if source == "Dataset":
+        species = ds.class_names
+        sel_species = st.multiselect("Species", species, default=st.session_state.get("clip_species", []),
+                                     format_func=ds.display_name, key=f"{prefix}_species")
+        st.session_state["clip_species"] = sel_species
+        split = st.selectbox("Split", ["test", "val", "train", "all"],
+                             index=["test", "val", "train", "all"].index(st.session_state.get("clip_split", "test")),
+                             key=f"{prefix}_split")
+        st.session_state["clip_split"] = split
+        recs = [r for r in ds.available() if (split == "all" or r.split == split)
+                and (not sel_species or set(r.labels) & set(sel_species))]
+        if not recs:
+            st.warning("No recording matches this filter.")
+            return None
+        ids = [r.recording_id for r in recs]
+        saved_id = st.session_state.get("clip_recording")
+        rec_id = st.selectbox(
+            "Recording", ids, index=ids.index(saved_id) if saved_id in ids else 0, key=f"{prefix}_recording",
+            format_func=lambda i: f"{i} · {', '.join(ds.display_name(x) for x in next(r for r in recs if r.recording_id == i).labels)}",
+        )
+        st.session_state["clip_recording"] = rec_id
+        rec = next(r for r in recs if r.recording_id == rec_id)
+        try:
+            full = load_recording(str(rec.path), sample_rate, rec.duration_s)
+        except CoreError as exc:
+            st.error(str(exc))
+            return None
+        return _window_of(prefix, full, sample_rate, window_s, name=rec_id, source="dataset",
+                          labels=rec.labels + rec.secondary_labels, recording_id=rec_id)
+    if source == "Upload":
+        up = st.file_uploader(f"Audio file (WAV, FLAC, MP3, OGG; up to {MAX_UPLOAD_MB} MB, {MAX_DURATION_S / 60:.0f} min)",
+                              type=["wav", "flac", "mp3", "ogg"], key=f"{prefix}_upload")
+        if up is None:
+            prev = st.session_state.get("clip")
+            if prev is not None and prev.source == "upload":
+                st.caption(f"Using the earlier upload: {prev.name}")
+                return prev
+            return None
+        data = up.getvalue()
+        if len(data) > MAX_UPLOAD_MB * 2**20:
+            st.error(f"{up.name}: {len(data) / 2**20:.1f} MB is over the {MAX_UPLOAD_MB} MB upload limit.")
+            return None
+        try:
+            full = decode_upload(data, up.name, sample_rate)
+        except CoreError as exc:
+            st.error(str(exc))
+            return None
+        return _window_of(prefix, full, sample_rate, window_s, name=up.name, source="upload")
+    rec = st.audio_input("Record a clip with your microphone", key=f"{prefix}_mic")
+    if rec is None:
+        return None
+    try:
+        full = decode_upload(rec.getvalue(), "microphone.wav", sample_rate)
+    except CoreError as exc:
+        st.error(str(exc))
+        return None
+    return _window_of(prefix, full, sample_rate, window_s, name="microphone", source="microphone")
+
+
+def _window_of(prefix, full, sample_rate, window_s, **kw) -> Clip:
+    win = int(window_s * sample_rate)
+    n_windows = max(1, int(np.ceil(len(full) / win)))
+    offset = 0.0
+    if n_windows > 1:
+        starts = [i * window_s for i in range(n_windows)]
+        saved = st.session_state.get("clip_offset", 0.0)
+        offset = st.select_slider("Window start (s)", options=starts, value=saved if saved in starts else 0.0,
+                                  key=f"{prefix}_offset_{kw.get('name')}")
+        st.session_state["clip_offset"] = offset
+    s = int(offset * sample_rate)
+    clip = Clip(waveform=full[s : s + win].copy(), sample_rate=sample_rate, offset_s=offset, **kw)
+    st.session_state["clip"] = clip
+    return clip

@@ -1,0 +1,77 @@
+"""Plotly figures: spectrograms, similarity overlays, score bars."""
+
+from __future__ import annotations
+
+import librosa
+import numpy as np
+import plotly.graph_objects as go
+import torch
+
+from core.frontend import FrontendConfig, LogMel
+
+
+def logmel_db(waveform: np.ndarray, config: FrontendConfig) -> np.ndarray:
+    """Log-mel [dB] ``(n_mels, n_frames)`` of a clip (pads clips shorter than n_fft)."""
+    x = np.asarray(waveform, np.float32)
+    if len(x) < config.n_fft:
+        x = np.pad(x, (0, config.n_fft - len(x)))
+    with torch.no_grad():
+        return LogMel(config).db(torch.as_tensor(x)[None])[0].numpy()
+
+
+def axes(config: FrontendConfig, n_frames: int, offset_s: float = 0.0):
+    t = offset_s + np.arange(n_frames) * config.hop_length / config.sample_rate
+    f = librosa.mel_frequencies(n_mels=config.n_mels, fmin=config.f_min, fmax=config.f_max)
+    return t, f
+
+
+def spectrogram_figure(db: np.ndarray, config: FrontendConfig, *, title: str = "", offset_s: float = 0.0,
+                       colorscale: str = "Viridis", zmin=None, zmax=None, height: int = 300, zmid=None,
+                       colorbar_title: str = "dB") -> go.Figure:
+    t, f = axes(config, db.shape[1], offset_s)
+    fig = go.Figure(go.Heatmap(z=db, x=t, y=np.arange(len(f)), colorscale=colorscale, zmin=zmin, zmax=zmax, zmid=zmid,
+                               colorbar=dict(title=colorbar_title), customdata=np.repeat(f[:, None], len(t), 1),
+                               hovertemplate="t %{x:.2f} s<br>f %{customdata:.0f} Hz<br>%{z:.1f}<extra></extra>"))
+    ticks = np.linspace(0, len(f) - 1, 6).astype(int)
+    fig.update_yaxes(title="frequency (Hz, mel scale)", tickvals=ticks, ticktext=[f"{f[i]:.0f}" for i in ticks])
+    fig.update_xaxes(title="time (s)")
+    fig.update_layout(title=title, height=height, margin=dict(l=10, r=10, t=40, b=10))
+    return fig
+
+
+def similarity_overlay(db: np.ndarray, sim: np.ndarray, config: FrontendConfig, *, title: str, height: int = 260) -> go.Figure:
+    """Spectrogram (grey) with a prototype's similarity map (upsampled) as a translucent heat layer."""
+    n_mels, n_frames = db.shape
+    up = torch.nn.functional.interpolate(torch.as_tensor(sim)[None, None], size=(n_mels, n_frames), mode="bilinear",
+                                         align_corners=False)[0, 0].numpy()
+    t, f = axes(config, n_frames)
+    fig = go.Figure()
+    fig.add_trace(go.Heatmap(z=db, x=t, y=np.arange(n_mels), colorscale="Greys", reversescale=True, showscale=False,
+                             hoverinfo="skip"))
+    fig.add_trace(go.Heatmap(z=up, x=t, y=np.arange(n_mels), colorscale="Hot", reversescale=True, zmin=0, zmax=1,
+                             opacity=0.55, colorbar=dict(title="sim"),
+                             hovertemplate="t %{x:.2f} s<br>similarity %{z:.2f}<extra></extra>"))
+    ticks = np.linspace(0, n_mels - 1, 5).astype(int)
+    fig.update_yaxes(title="Hz", tickvals=ticks, ticktext=[f"{f[i]:.0f}" for i in ticks])
+    fig.update_xaxes(title="time (s)")
+    fig.update_layout(title=title, height=height, margin=dict(l=10, r=10, t=40, b=10))
+    return fig
+
+
+def add_box(fig: go.Figure, config: FrontendConfig, t0: float, t1: float, f_lo: float, f_hi: float) -> go.Figure:
+    """Draw a time-frequency box (seconds, Hz) on a spectrogram figure with mel-bin y axis."""
+    f = librosa.mel_frequencies(n_mels=config.n_mels, fmin=config.f_min, fmax=config.f_max)
+    y0, y1 = np.searchsorted(f, f_lo), np.searchsorted(f, f_hi)
+    fig.add_shape(type="rect", x0=t0, x1=t1, y0=y0 - 0.5, y1=y1 + 0.5, line=dict(color="red", width=3))
+    return fig
+
+
+def score_bars(names: list[str], scores: np.ndarray, *, title: str = "", compare: np.ndarray | None = None,
+               labels=("clean", "perturbed"), height: int = 300) -> go.Figure:
+    order = np.argsort(-scores)
+    fig = go.Figure(go.Bar(x=[names[i] for i in order], y=scores[order], name=labels[0]))
+    if compare is not None:
+        fig.add_trace(go.Bar(x=[names[i] for i in order], y=compare[order], name=labels[1]))
+    fig.update_yaxes(range=[0, 1], title="score (sigmoid)")
+    fig.update_layout(title=title, barmode="group", height=height, margin=dict(l=10, r=10, t=40, b=10))
+    return fig
