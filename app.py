@@ -9,9 +9,8 @@ import pandas as pd
 import streamlit as st
 
 from core.data import candidate_data_dirs
-from core.errors import CoreError
 from core.models.registry import list_checkpoints, read_model_card
-from ui.common import dataset_status_message, get_dataset, get_model, model_picker
+from ui.common import dataset_status_message, get_dataset, require_model
 
 st.set_page_config(page_title="birdshield", page_icon="🐦", layout="wide")
 
@@ -25,14 +24,8 @@ st.markdown(
     "perturbation side by side, and see what changed in the predictions and the prototypes."
 )
 
-name = model_picker("home_model")
+name, model = require_model("home_model") if list_checkpoints() else (None, None)
 if name:
-    try:
-        model = get_model(name)
-    except CoreError as exc:
-        st.error(f"Cannot load model {name}: {exc}")
-        st.stop()
-    card = model.card
     cfg = model.config
     st.subheader(f"Model: {name}")
     c1, c2, c3 = st.columns(3)

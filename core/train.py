@@ -151,11 +151,17 @@ def evaluate(model: BirdClassifier, windows: WindowSet, *, batch_size: int = 32)
     return metrics_from_scores(scores, windows, model.config.class_names)
 
 
-def cell_size(model: AudioProtoPNet) -> tuple[float, float]:
-    """Size of one similarity-map cell in (mel bins, STFT frames)."""
-    stride = model.config.backbone.stride
-    up = 2 if model.config.add_on == "upsample" else 1
-    return stride / up, stride / up
+def cell_size(model: AudioProtoPNet, map_shape: tuple[int, int]) -> tuple[float, float]:
+    """Size of one similarity-map cell in (mel bins, STFT frames).
+
+    Parameters
+    ----------
+    map_shape : (freq, time)
+        Shape of the similarity maps of one window.
+    """
+    fcfg = model.config.frontend
+    n_frames = fcfg.n_frames(model.config.window_samples)
+    return fcfg.n_mels / map_shape[0], n_frames / map_shape[1]
 
 
 @torch.no_grad()
@@ -192,6 +198,7 @@ def push_prototypes(model: AudioProtoPNet, windows: WindowSet, *, batch_size: in
         feats = model.forward_features(x)
         sims = model.similarity_maps(feats).cpu()  # (B, P, F, T)
         b, _, fh, tw = sims.shape
+        map_shape = (fh, tw)
         allowed = targets[i : i + b][:, cls] > 0.5  # (B, P)
         flat = sims.flatten(2).masked_fill(~allowed[..., None], -1.0)  # (B, P, F*T)
         val, pos = flat.max(dim=2)  # per sample
@@ -209,7 +216,7 @@ def push_prototypes(model: AudioProtoPNet, windows: WindowSet, *, batch_size: in
     model.prototype_vectors.data.copy_(best_vec)
     fcfg = model.config.frontend
     mel_f = librosa.mel_frequencies(n_mels=fcfg.n_mels, fmin=fcfg.f_min, fmax=fcfg.f_max)
-    cell_f, cell_t = cell_size(model)
+    cell_f, cell_t = cell_size(model, map_shape)
     sources = []
     for j in range(n_p):
         w, fi, ti = where[j]
@@ -348,34 +355,45 @@ def _run_phase(model, sampler, cfg, param_groups, epochs, name, val, gen, progre
     model.load_state_dict(best_state)
 
 
-def _last_layer_phase(model: AudioProtoPNet, train_w: WindowSet, val: WindowSet, cfg: TrainConfig, history: list):
-    """Train only ``last_layer`` (+ bias) on the fixed prototype activations of the training windows."""
+def _activations(model: AudioProtoPNet, waveforms: np.ndarray, batch_size: int) -> torch.Tensor:
     device = next(model.parameters()).device
     model.eval()
-    acts = []
     with torch.no_grad():
-        for i in range(0, len(train_w.waveforms), cfg.batch_size):
-            x = torch.as_tensor(train_w.waveforms[i : i + cfg.batch_size], device=device)
-            acts.append(model.forward_all(x).prototype_activations)
-    acts = torch.cat(acts)
-    y = torch.as_tensor(train_w.targets, device=device)
+        return torch.cat([
+            model.forward_all(torch.as_tensor(waveforms[i : i + batch_size], device=device)).prototype_activations
+            for i in range(0, len(waveforms), batch_size)
+        ])
+
+
+def _last_layer_phase(model: AudioProtoPNet, train_w: WindowSet, val: WindowSet, cfg: TrainConfig, history: list):
+    """Train only ``last_layer`` (+ bias) on the fixed prototype activations of the training windows.
+
+    The backbone and prototypes are frozen, so activations are computed once for
+    the training and validation windows; the best epoch by validation cmAP is kept.
+    """
+    acts = _activations(model, train_w.waveforms, cfg.batch_size)
+    val_acts = _activations(model, val.waveforms, cfg.batch_size)
+    y = torch.as_tensor(train_w.targets, device=acts.device)
     opt = torch.optim.Adam([model.last_layer, model.last_layer_bias], lr=cfg.lr_last_layer)
     gen = torch.Generator().manual_seed(cfg.seed + 7)
     best, best_state = -1.0, None
     for epoch in range(cfg.last_layer_epochs):
         perm = torch.randperm(len(acts), generator=gen)
         for i in range(0, len(perm), cfg.batch_size):
-            idx = perm[i : i + cfg.batch_size].to(device)
+            idx = perm[i : i + cfg.batch_size].to(acts.device)
             logits = model.classify(acts[idx])
             loss = asymmetric_loss(logits, y[idx]) if cfg.loss == "asl" else F.binary_cross_entropy_with_logits(logits, y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        m = evaluate(model, val)
+        with torch.no_grad():
+            scores = torch.sigmoid(model.classify(val_acts)).cpu().numpy()
+        m = metrics_from_scores(scores, val, model.config.class_names)
         history.append({"phase": "last_layer", "epoch": epoch + 1, "loss": loss.item(), "val": m})
         if m["window"]["cmap"] > best:
             best, best_state = m["window"]["cmap"], copy.deepcopy(model.state_dict())
-    model.load_state_dict(best_state)
+    if best_state is not None:
+        model.load_state_dict(best_state)
     log.info("last layer: best val cmAP %.3f", best)
 
 

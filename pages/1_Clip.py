@@ -6,21 +6,21 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.errors import CoreError
-from ui.common import analyze, audio_player, clip_picker, dataset_status_message, get_dataset, get_model, load_recording, model_picker
+from ui.common import (
+    analyze,
+    audio_player,
+    clip_picker,
+    dataset_status_message,
+    get_dataset,
+    load_recording,
+    require_model,
+)
 from ui.plots import add_box, logmel_db, score_bars, similarity_overlay, spectrogram_figure
 
 st.set_page_config(page_title="Clip · birdshield", page_icon="🐦", layout="wide")
 st.title("Clip: listen, predict, explain")
 
-name = model_picker("clip_model")
-if not name:
-    st.stop()
-try:
-    model = get_model(name)
-except CoreError as exc:
-    st.error(f"Cannot load model {name}: {exc}")
-    st.stop()
+name, model = require_model("clip_model")
 cfg = model.config
 fe = cfg.frontend
 if get_dataset() is None:

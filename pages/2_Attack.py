@@ -10,20 +10,13 @@ from core.audio import wav_bytes
 from core.errors import CoreError
 from core.inference import analyze_waveform, attack_waveform
 from core.metrics import eps_for_snr, linf, snr_db
-from ui.common import analyze, audio_player, clip_picker, get_dataset, get_model, model_picker
+from ui.common import analyze, audio_player, clip_picker, get_dataset, require_model
 from ui.plots import logmel_db, score_bars, spectrogram_figure
 
 st.set_page_config(page_title="Attack · birdshield", page_icon="🐦", layout="wide")
 st.title("Attack: how little noise does it take?")
 
-name = model_picker("attack_model")
-if not name:
-    st.stop()
-try:
-    model = get_model(name)
-except CoreError as exc:
-    st.error(f"Cannot load model {name}: {exc}")
-    st.stop()
+name, model = require_model("attack_model")
 cfg = model.config
 fe = cfg.frontend
 names = list(cfg.class_names)

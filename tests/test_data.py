@@ -22,7 +22,7 @@ def test_windows_stay_in_their_split(tiny_dataset):
         assert w.waveforms.shape == (3 * len(ds.split(split)), 16_000)  # 2.5 s -> 3 windows (last padded)
         assert np.allclose(w.targets, w.recording_targets()[w.recording_index])
         ids = {w.recordings[i].recording_id for i in w.recording_index}
-        for other, other_ids in seen.items():
+        for other_ids in seen.values():
             assert not ids & other_ids
         seen[split] = ids
 

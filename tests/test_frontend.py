@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from core.frontend import FrontendConfig, LogMel
 from core.errors import ParameterError
+from core.frontend import FrontendConfig, LogMel
 
 
 @pytest.mark.parametrize("cfg", [FrontendConfig(), FrontendConfig(sample_rate=16_000, n_fft=512, hop_length=160, n_mels=64, f_max=8000.0)])

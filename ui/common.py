@@ -74,6 +74,23 @@ def model_picker(key: str) -> str | None:
     return choice
 
 
+def require_model(key: str):
+    """Model picker + cached load; stops the page with a message when no model can be loaded.
+
+    Returns
+    -------
+    (name, model)
+    """
+    name = model_picker(key)
+    if not name:
+        st.stop()
+    try:
+        return name, get_model(name)
+    except CoreError as exc:
+        st.error(f"Cannot load model {name}: {exc}")
+        st.stop()
+
+
 @dataclass
 class Clip:
     """The clip a user is looking at."""
