@@ -34,10 +34,16 @@ class FrontendConfig:
     f_min, f_max : float [Hz]
     amin : float
         Power floor before the log: silence maps to ``10 log10(amin)`` dB, never -inf.
+    normalization : {"band_median", "fixed"}
+        ``band_median``: subtract, in every mel band, the median over time of that
+        band (per clip), then divide by ``std_db``. This removes the stationary
+        background and the recording chain's gain and colouration (median
+        clipping, as in classic bird-detection front ends), and is safe on silence
+        (a constant band maps to 0). On xc9 it raised test cmAP of the same
+        backbone from 0.28-0.44 to 0.58 after 8 epochs (README).
+        ``fixed``: ``(x - mean_db) / std_db`` with fixed dataset statistics.
     mean_db, std_db : float [dB]
-        Fixed z-normalisation of the log-mel (xc9 training split: mean -45.1 dB, std 19.5 dB).
-        A fixed affine map (not per-clip statistics) keeps loudness information and is
-        safe on silence.
+        Fixed statistics (xc9 training split: mean -45.1 dB, std 19.5 dB).
     """
 
     sample_rate: int = 32_000
@@ -49,12 +55,15 @@ class FrontendConfig:
     amin: float = 1e-10
     mean_db: float = -45.0
     std_db: float = 20.0
+    normalization: str = "band_median"
 
     def __post_init__(self) -> None:
         if self.sample_rate <= 0 or self.n_fft <= 0 or self.hop_length <= 0 or self.n_mels <= 0:
             raise ParameterError(f"sample_rate, n_fft, hop_length, n_mels must be > 0, got {self}")
         if not 0 <= self.f_min < self.f_max <= self.sample_rate / 2:
             raise ParameterError(f"need 0 <= f_min < f_max <= sample_rate/2, got f_min={self.f_min}, f_max={self.f_max}")
+        if self.normalization not in ("band_median", "fixed"):
+            raise ParameterError(f"normalization must be 'band_median' or 'fixed', got {self.normalization!r}")
         if self.std_db <= 0 or self.amin <= 0:
             raise ParameterError(f"std_db and amin must be > 0, got {self.std_db}, {self.amin}")
 
@@ -68,7 +77,7 @@ class LogMel(nn.Module):
 
     Equivalent to ``librosa.power_to_db(librosa.feature.melspectrogram(y, sr=..., n_fft=...,
     hop_length=..., n_mels=..., fmin=..., fmax=..., power=2, center=True, pad_mode="constant"),
-    ref=1.0, amin=amin, top_db=None)``, then ``(x - mean_db) / std_db``.
+    ref=1.0, amin=amin, top_db=None)``, then normalised (see ``FrontendConfig.normalization``).
 
     Parameters
     ----------
@@ -110,5 +119,9 @@ class LogMel(nn.Module):
         return 10.0 * torch.log10(torch.clamp(self.power_mel(waveform), min=self.config.amin))
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        x = (self.db(waveform) - self.config.mean_db) / self.config.std_db
+        db = self.db(waveform)
+        if self.config.normalization == "band_median":
+            x = (db - db.median(dim=-1, keepdim=True).values) / self.config.std_db
+        else:
+            x = (db - self.config.mean_db) / self.config.std_db
         return x.unsqueeze(1)
