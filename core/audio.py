@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -134,7 +135,9 @@ def _decode(source: str | os.PathLike | bytes | BinaryIO, name: str, max_duratio
             src = opener()
             if isinstance(src, io.BytesIO):
                 raise AudioLoadError(f"{name}: not a readable audio file ({sf_error})") from sf_error
-            samples, sr = librosa.load(src, sr=None, mono=False, duration=max_duration_s + 1)
+            with warnings.catch_warnings():  # librosa warns about its audioread fallback; the error below is enough
+                warnings.simplefilter("ignore")
+                samples, sr = librosa.load(src, sr=None, mono=False, duration=max_duration_s + 1)
             samples = np.atleast_2d(samples).T.astype(np.float32)
         except AudioLoadError:
             raise

@@ -21,7 +21,7 @@ def run(*args):
 @pytest.fixture
 def wav(tmp_path):
     rng = np.random.default_rng(0)
-    x = tone(3000, 7.0, 44_100, amp=0.2) + rng.standard_normal(int(7.0 * 44_100)).astype(np.float32) * 0.01
+    x = tone(3000, 8.0, 44_100, amp=0.2) + rng.standard_normal(int(8.0 * 44_100)).astype(np.float32) * 0.01
     path = tmp_path / "clip.wav"
     sf.write(path, np.stack([x, x], 1), 44_100)  # stereo 44.1 kHz: down-mixed and resampled
     return path
@@ -31,7 +31,7 @@ def test_predict_json(wav):
     r = run("predict", str(wav), "--model", "protopnet", "--json")
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
-    assert len(res["windows"]) == 2  # 7 s -> a 5 s window and a padded 2 s window
+    assert len(res["windows"]) == 2  # 8 s -> a 5 s window and a padded 3 s window
     scores = res["windows"][0]["scores"]
     assert len(scores) == 9 and all(0 <= v <= 1 for v in scores.values())
     assert res["top"][0]["score"] >= res["top"][1]["score"]
@@ -45,7 +45,7 @@ def test_attack_writes_audio(wav, tmp_path):
     assert res["linf"] <= 0.002 + 1e-4  # 16-bit WAV quantisation aside, the budget holds
     assert 10 < res["snr_db"] < 60
     adv, sr = sf.read(out, dtype="float32")
-    assert sr == 32_000 and len(adv) == 7 * 32_000
+    assert sr == 32_000 and len(adv) == 8 * 32_000
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -125,31 +125,31 @@ def clip_picker(prefix: str, sample_rate: int, window_s: float) -> Clip | None:
     """
     ds = get_dataset()
     sources = (["Dataset"] if ds else []) + ["Upload", "Record"]
-    saved = st.session_state.get("clip_source", sources[0])
+    saved = st.session_state.get("shared_source", sources[0])
     source = st.radio("Clip source", sources, index=sources.index(saved) if saved in sources else 0,
                       horizontal=True, key=f"{prefix}_source")
-    st.session_state["clip_source"] = source
+    st.session_state["shared_source"] = source
     if source == "Dataset":
         species = ds.class_names
-        sel_species = st.multiselect("Species", species, default=st.session_state.get("clip_species", []),
+        sel_species = st.multiselect("Species", species, default=st.session_state.get("shared_species", []),
                                      format_func=ds.display_name, key=f"{prefix}_species")
-        st.session_state["clip_species"] = sel_species
+        st.session_state["shared_species"] = sel_species
         split = st.selectbox("Split", ["test", "val", "train", "all"],
-                             index=["test", "val", "train", "all"].index(st.session_state.get("clip_split", "test")),
+                             index=["test", "val", "train", "all"].index(st.session_state.get("shared_split", "test")),
                              key=f"{prefix}_split")
-        st.session_state["clip_split"] = split
+        st.session_state["shared_split"] = split
         recs = [r for r in ds.available() if (split == "all" or r.split == split)
                 and (not sel_species or set(r.labels) & set(sel_species))]
         if not recs:
             st.warning("No recording matches this filter.")
             return None
         ids = [r.recording_id for r in recs]
-        saved_id = st.session_state.get("clip_recording")
+        saved_id = st.session_state.get("shared_recording")
         rec_id = st.selectbox(
             "Recording", ids, index=ids.index(saved_id) if saved_id in ids else 0, key=f"{prefix}_recording",
             format_func=lambda i: f"{i} · {', '.join(ds.display_name(x) for x in next(r for r in recs if r.recording_id == i).labels)}",
         )
-        st.session_state["clip_recording"] = rec_id
+        st.session_state["shared_recording"] = rec_id
         rec = next(r for r in recs if r.recording_id == rec_id)
         try:
             full = load_recording(str(rec.path), sample_rate, rec.duration_s)
@@ -194,10 +194,10 @@ def _window_of(prefix, full, sample_rate, window_s, **kw) -> Clip:
     offset = 0.0
     if n_windows > 1:
         starts = [i * window_s for i in range(n_windows)]
-        saved = st.session_state.get("clip_offset", 0.0)
+        saved = st.session_state.get("shared_offset", 0.0)
         offset = st.select_slider("Window start (s)", options=starts, value=saved if saved in starts else 0.0,
                                   key=f"{prefix}_offset_{kw.get('name')}")
-        st.session_state["clip_offset"] = offset
+        st.session_state["shared_offset"] = offset
     s = int(offset * sample_rate)
     clip = Clip(waveform=full[s : s + win].copy(), sample_rate=sample_rate, offset_s=offset, **kw)
     st.session_state["clip"] = clip
