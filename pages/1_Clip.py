@@ -45,6 +45,9 @@ with right:
     if clip.labels:
         st.markdown("**Labels:** " + ", ".join(display(x) for x in clip.labels))
     st.plotly_chart(score_bars(names, scores, title="Predicted scores"), key="clip_scores")
+    if model.card.get("train_config", {}).get("loss") == "asl":
+        st.caption("Trained with the asymmetric loss (as AudioProtoPNet): scores run high and are not calibrated "
+                   "probabilities; compare them across species rather than against 0.5.")
     top = np.argsort(-scores)[:3]
     st.dataframe(pd.DataFrame({"species": [display(names[i]) for i in top], "score": scores[top].round(3)}), hide_index=True)
 

@@ -40,7 +40,8 @@ gain = c3.select_slider("perturbation playback gain", options=[1, 10, 30, 100, 3
 seed = int(c4.number_input("seed", min_value=0, max_value=2**31 - 1, value=0, key="attack_seed"))
 if rms > 0 and eps > 0:
     # a sign pattern of amplitude eps has power eps^2: SNR = 20 log10(rms / eps)
-    st.caption(f"eps = {eps:g} is about {20 * np.log10(rms / eps):.1f} dB SNR on this clip "
+    st.caption(f"eps = {eps:g} gives an SNR of at least {20 * np.log10(rms / eps):.1f} dB on this clip (a full ±eps sign "
+               "pattern; the measured SNR is shown after the attack) "
                f"(clip RMS {rms:.4f}; eps for 40 dB: {eps_for_snr(clip.waveform, 40):.5f}, for 20 dB: {eps_for_snr(clip.waveform, 20):.5f})")
 elif rms == 0:
     st.warning("This clip is silent: any perturbation has SNR −∞ dB.")
