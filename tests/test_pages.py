@@ -74,3 +74,24 @@ def test_attack_page_runs_attack():
     assert 10 < snr < 40
     assert float(labels["L-inf"]) <= 0.005 + 1e-6
     assert len(at.dataframe) >= 2  # score table and changed prototypes
+
+
+def test_pages_without_dataset(monkeypatch, tmp_path):
+    """No dataset anywhere: the pages still run on uploads and say how to get the data."""
+    import streamlit as st
+
+    import core.data
+
+    monkeypatch.delenv("BIRDSHIELD_DATA_DIR", raising=False)
+    monkeypatch.setattr(core.data, "candidate_data_dirs", lambda explicit=None: [tmp_path / "nothing"])
+    st.cache_resource.clear()
+    try:
+        at = AppTest.from_file(str(ROOT / "pages" / "1_Clip.py"), default_timeout=TIMEOUT).run()
+        no_exception(at)
+        assert at.radio(key="clip_source").options == ["Upload", "Record"]
+        assert any("python -m core download" in i.value for i in at.info)
+        home = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
+        no_exception(home)
+        assert any("No dataset found" in w.value for w in home.warning)
+    finally:
+        st.cache_resource.clear()

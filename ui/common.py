@@ -54,7 +54,8 @@ def audio_player(waveform: np.ndarray, sample_rate: int, *, gain: float = 1.0, l
     """Play a clip at its true level (WAV bytes: st.audio would peak-normalise an array)."""
     if label:
         st.caption(label)
-    st.audio(wav_bytes(waveform, sample_rate, gain=gain), format="audio/wav")
+    data = wav_bytes(waveform, sample_rate, gain=gain)
+    st.audio(data, format="audio/wav")
 
 
 def model_picker(key: str) -> str | None:
