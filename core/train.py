@@ -252,9 +252,10 @@ class _CropSampler:
 
     def epoch(self, batch_size: int):
         order = self.index[torch.randperm(len(self.index), generator=self.gen).numpy()]
-        for i in range(0, len(order) - batch_size + 1, batch_size):
-            batch = np.zeros((batch_size, self.window), np.float32)
-            for k, r in enumerate(order[i : i + batch_size]):
+        for i in range(0, self.steps(batch_size) * batch_size, batch_size):
+            chunk = order[i : i + batch_size]
+            batch = np.zeros((len(chunk), self.window), np.float32)
+            for k, r in enumerate(chunk):
                 w = self.waves[r]
                 if len(w) >= self.window:
                     s = int(torch.randint(0, len(w) - self.window + 1, (1,), generator=self.gen))
@@ -262,10 +263,11 @@ class _CropSampler:
                 else:
                     s = int(torch.randint(0, self.window - len(w) + 1, (1,), generator=self.gen))
                     batch[k, s : s + len(w)] = w
-            yield torch.from_numpy(batch), torch.from_numpy(self.targets[order[i : i + batch_size]])
+            yield torch.from_numpy(batch), torch.from_numpy(self.targets[chunk])
 
     def steps(self, batch_size: int) -> int:
-        return len(self.index) // batch_size
+        """Full batches per epoch (one smaller batch when there are fewer crops than ``batch_size``)."""
+        return max(1, len(self.index) // batch_size)
 
 
 def _augment(model, x, y, cfg: TrainConfig, gen: torch.Generator):
@@ -350,7 +352,7 @@ def _run_phase(model, sampler, cfg, param_groups, epochs, name, val, gen, progre
         history.append(row)
         log.info("%s epoch %d/%d loss %.4f val cmAP %.3f (rec %.3f) %.0fs", name, epoch + 1, epochs,
                  row["loss"], m["window"]["cmap"], m["recording"]["cmap"], row["seconds"])
-        if m["window"]["cmap"] > best:
+        if best_state is None or m["window"]["cmap"] > best:
             best, best_state = m["window"]["cmap"], copy.deepcopy(model.state_dict())
     model.load_state_dict(best_state)
 
@@ -390,7 +392,7 @@ def _last_layer_phase(model: AudioProtoPNet, train_w: WindowSet, val: WindowSet,
             scores = torch.sigmoid(model.classify(val_acts)).cpu().numpy()
         m = metrics_from_scores(scores, val, model.config.class_names)
         history.append({"phase": "last_layer", "epoch": epoch + 1, "loss": loss.item(), "val": m})
-        if m["window"]["cmap"] > best:
+        if best_state is None or m["window"]["cmap"] > best:
             best, best_state = m["window"]["cmap"], copy.deepcopy(model.state_dict())
     if best_state is not None:
         model.load_state_dict(best_state)

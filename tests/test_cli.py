@@ -62,3 +62,20 @@ def test_bad_input_one_line_error(args, needle, wav, tmp_path):
     assert r.returncode == 2
     assert needle in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_train_command_writes_checkpoint_card_and_log(tiny_dataset, tmp_path):
+    """`python -m core train` end to end on a tiny generated dataset (fewer clips than one batch)."""
+    out = tmp_path / "ck"
+    r = run("train", "--config", "baseline-small", "--name", "smoke", "--epochs", "1", "--data-dir", str(tiny_dataset),
+            "--out-dir", str(out))
+    assert r.returncode == 0, r.stderr
+    card = json.loads((out / "smoke.json").read_text())
+    assert card["config"]["class_names"] == ["aaa", "bbb", "ccc"]
+    assert card["metrics"]["test"]["window"]["n"] == 3
+    assert card["command"].startswith("python -m core train --config baseline-small")
+    assert "train epoch 1/1" in (out / "smoke.log").read_text()
+    r = run("predict", str(next(tiny_dataset.rglob("*.ogg"))), "--model", str(out / "smoke.safetensors"), "--json")
+    assert r.returncode == 0, r.stderr
+    r = run("train", "--config", "nope", "--data-dir", str(tiny_dataset))
+    assert r.returncode == 2 and "--config must be one of" in r.stderr
