@@ -14,8 +14,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-
 from core.errors import CoreError, ParameterError
 
 log = logging.getLogger("core")
@@ -116,11 +114,6 @@ def cmd_evaluate(args) -> int:
           f"{args.model} on {args.split}: cmAP window {m['window']['cmap']:.3f} recording {m['recording']['cmap']:.3f}, "
           f"ROC-AUC {m['window']['roc_auc']:.3f}, top-1 {m['window']['top1']:.3f}")
     return 0
-
-
-def _top(scores: np.ndarray, names, k: int = 3) -> list[dict]:
-    order = np.argsort(-scores)[:k]
-    return [{"species": names[i], "score": round(float(scores[i]), 4)} for i in order]
 
 
 def cmd_predict(args) -> int:

@@ -39,6 +39,7 @@ __all__ = [
     "download_dataset",
     "WindowSet",
     "build_windows",
+    "windows_from_waveforms",
 ]
 
 log = logging.getLogger(__name__)
@@ -407,20 +408,50 @@ def build_windows(
     WindowSet
     """
     recordings = list(recordings)
-    window = int(round(window_s * sample_rate))
-    waves, targets, rec_idx, starts = [], [], [], []
+    waves = []
     for i, rec in enumerate(recordings):
-        wav = dataset.load(rec, sample_rate)
-        w, s = frame_windows(wav, window)
-        waves.append(w)
-        targets.append(np.repeat(dataset.target(rec, class_names)[None], len(s), axis=0))
-        rec_idx += [i] * len(s)
-        starts += s
+        waves.append(dataset.load(rec, sample_rate))
         if progress:
             progress(i + 1, len(recordings))
+    targets = np.stack([dataset.target(r, class_names) for r in recordings]) if recordings else None
+    n_classes = len(class_names or dataset.class_names)
+    return windows_from_waveforms(waves, targets, recordings, window_samples=int(round(window_s * sample_rate)), n_classes=n_classes)
+
+
+def windows_from_waveforms(
+    waveforms: Sequence[np.ndarray],
+    targets: np.ndarray | None,
+    recordings: list[Recording],
+    *,
+    window_samples: int,
+    n_classes: int,
+) -> WindowSet:
+    """Cut already decoded recordings into non-overlapping, zero-padded windows.
+
+    Parameters
+    ----------
+    waveforms : sequence of np.ndarray [shape=(n_samples,)]
+        One mono waveform per recording.
+    targets : np.ndarray [shape=(n_recordings, n_classes)] or None
+        Multi-hot target of each recording, inherited by its windows.
+    recordings : list of Recording
+    window_samples : int > 0
+    n_classes : int
+
+    Returns
+    -------
+    WindowSet
+    """
+    wins, tgts, rec_idx, starts = [], [], [], []
+    for i, wav in enumerate(waveforms):
+        w, s = frame_windows(wav, window_samples)
+        wins.append(w)
+        tgts.append(np.repeat(targets[i][None], len(s), axis=0))
+        rec_idx += [i] * len(s)
+        starts += s
     return WindowSet(
-        waveforms=np.concatenate(waves) if waves else np.zeros((0, window), np.float32),
-        targets=np.concatenate(targets) if targets else np.zeros((0, len(class_names or dataset.class_names)), np.float32),
+        waveforms=np.concatenate(wins) if wins else np.zeros((0, window_samples), np.float32),
+        targets=np.concatenate(tgts) if tgts else np.zeros((0, n_classes), np.float32),
         recording_index=np.asarray(rec_idx, dtype=np.int64),
         starts=np.asarray(starts, dtype=np.int64),
         recordings=recordings,

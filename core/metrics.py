@@ -103,8 +103,7 @@ def snr_db(clean, perturbed) -> torch.Tensor:
         raise ParameterError(f"clean and perturbed shapes differ: {tuple(x.shape)} vs {tuple(xp.shape)}")
     sig = x.square().sum(-1)
     noise = (xp - x).square().sum(-1)
-    with np.errstate(divide="ignore"):
-        return (10 * torch.log10(sig) - 10 * torch.log10(noise)).float()
+    return (10 * torch.log10(sig) - 10 * torch.log10(noise)).float()
 
 
 def linf(clean, perturbed) -> torch.Tensor:

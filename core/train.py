@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from core.data import Dataset, WindowSet, build_windows
+from core.data import Dataset, WindowSet, build_windows, windows_from_waveforms
 from core.device import get_device
 from core.errors import ParameterError
 from core.losses import asymmetric_loss
@@ -467,7 +467,7 @@ def train_model(
             {"params": [model.prototype_vectors], "lr": cfg.lr_prototypes / 5, "weight_decay": 0.0},
             {"params": [model.last_layer, model.last_layer_bias], "lr": cfg.lr_last_layer * 2},
         ], cfg.epochs, "joint", val, gen, progress, history)
-        train_w = WindowSet(*_windows_from(waves, targets, window), recordings=train_recs)
+        train_w = windows_from_waveforms(waves, targets, train_recs, window_samples=window, n_classes=len(config.class_names))
         before = evaluate(model, val)
         sources = push_prototypes(model, train_w)
         after = evaluate(model, val)
@@ -493,16 +493,3 @@ def train_model(
     }
     card["device"] = str(device)
     return card
-
-
-def _windows_from(waves: list[np.ndarray], targets: np.ndarray, window: int):
-    from core.audio import frame_windows
-
-    ws, ts, ri, st = [], [], [], []
-    for i, w in enumerate(waves):
-        f, s = frame_windows(w, window)
-        ws.append(f)
-        ts.append(np.repeat(targets[i][None], len(s), 0))
-        ri += [i] * len(s)
-        st += s
-    return np.concatenate(ws), np.concatenate(ts), np.asarray(ri), np.asarray(st)
