@@ -124,8 +124,10 @@ def attack_waveform(
     mask = np.zeros_like(windows)
     for i, s in enumerate(starts):
         mask[i, : min(win, n - s)] = 1.0
-    gen = torch.Generator().manual_seed(seed)
-    attack = PGD(eps=eps, alpha=alpha, steps=steps, random_start=random_start, generator=gen)
+    if alpha is not None and not (eps > 0 and alpha > 0):
+        raise ParameterError(f"alpha must be > 0 with eps > 0, got alpha={alpha}, eps={eps}")
+    ratio = None if alpha is None or eps == 0 else alpha / eps
+    attack = PGD(eps=eps, alpha_ratio=ratio, steps=steps, random_start=random_start, seed=seed)
     device = _device(model)
     adv = np.empty_like(windows)
     for i in range(0, len(windows), batch_size):

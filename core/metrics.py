@@ -4,12 +4,13 @@ Classification metrics follow BirdSet (Rauch et al. 2024): cmAP is the mean
 over classes of the average precision (scikit-learn's ``average_precision_score``),
 macro ROC-AUC likewise; classes with no positive (or no negative) example in
 the evaluated set are left out of the mean and counted in the result.
+Robustness scores PRS, DRS and TARS follow Heinrich et al. 2023; perceptibility
+is measured as SNR [dB] and dB_x (Carlini & Wagner 2018).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -17,7 +18,10 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from core.errors import ParameterError
 
-__all__ = ["cmap", "macro_roc_auc", "top1_accuracy", "classification_metrics", "snr_db", "linf", "eps_for_snr"]
+__all__ = [
+    "cmap", "macro_roc_auc", "top1_accuracy", "classification_metrics", "snr_db", "linf", "l2", "db_x", "eps_for_snr",
+    "prs", "drs", "tars", "attack_success_rate",
+]
 
 
 def _check(scores: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -111,22 +115,142 @@ def linf(clean, perturbed) -> torch.Tensor:
     return (_as_tensor(perturbed) - _as_tensor(clean)).abs().amax(-1)
 
 
-def eps_for_snr(clean: Sequence[float] | np.ndarray, target_snr_db: float) -> float:
-    """L-inf ``eps`` whose uniform +-eps perturbation gives ``target_snr_db``.
+def l2(clean, perturbed) -> torch.Tensor:
+    """L2 norm of the perturbation per clip [full-scale amplitude]."""
+    return (_as_tensor(perturbed).double() - _as_tensor(clean).double()).norm(dim=-1).float()
 
-    A sign perturbation of amplitude eps has power eps^2, so
-    ``eps = rms(x) * 10^(-SNR/20)``. PGD's perturbation is close to a sign
-    pattern, so this is the budget shown beside an SNR target.
+
+def db_x(clean, perturbed) -> torch.Tensor:
+    """Relative loudness of the perturbation's peak [dB] (Carlini & Wagner 2018, audio).
+
+    ``dB_x(delta) = 20 log10(max|delta|) - 20 log10(max|x|)``; -inf for an unchanged clip.
 
     Parameters
     ----------
-    clean : array [shape=(n_samples,)]
-    target_snr_db : float [dB]
+    clean, perturbed : array or tensor [shape=(batch, n_samples) or (n_samples,)]
 
     Returns
     -------
-    float [full-scale amplitude]
+    torch.Tensor [shape=(batch,) or ()]
     """
-    x = np.asarray(clean, dtype=np.float64)
-    rms = math.sqrt(float(np.mean(x * x))) if x.size else 0.0
-    return rms * 10 ** (-target_snr_db / 20)
+    x, xp = _as_tensor(clean).double(), _as_tensor(perturbed).double()
+    if x.shape != xp.shape:
+        raise ParameterError(f"clean and perturbed shapes differ: {tuple(x.shape)} vs {tuple(xp.shape)}")
+    return (20 * torch.log10((xp - x).abs().amax(-1)) - 20 * torch.log10(x.abs().amax(-1))).float()
+
+
+def eps_for_snr(clean, target_snr_db: float, *, norm: str = "linf", n_samples=None):
+    """Budget ``eps`` whose perturbations have an SNR of at least ``target_snr_db``.
+
+    L2: ``||delta||_2 <= eps = ||x||_2 10^(-SNR/20)`` gives SNR >= target exactly.
+    L-inf: ``eps = rms(x) 10^(-SNR/20)``; a perturbation of peak eps has power at
+    most eps^2, so SNR >= target, with equality for a full sign pattern (which PGD
+    and FGSM produce).
+
+    Parameters
+    ----------
+    clean : array or tensor [shape=(n_samples,) or (batch, n_samples)], full-scale amplitude
+    target_snr_db : float [dB]
+    norm : {"linf", "l2"}
+    n_samples : tensor [shape=(batch,)], optional
+        Samples counted in the RMS (e.g. excluding zero padding); default all.
+
+    Returns
+    -------
+    float for a 1-D array input, else torch.Tensor [shape=(batch,)] [full-scale amplitude]
+
+    Raises
+    ------
+    ParameterError
+        Unknown norm or a non-finite target.
+    """
+    if norm not in ("linf", "l2"):
+        raise ParameterError(f"norm must be 'linf' or 'l2', got {norm!r}")
+    if not math.isfinite(target_snr_db):
+        raise ParameterError(f"target SNR must be finite, got {target_snr_db}")
+    is_tensor = isinstance(clean, torch.Tensor)
+    x = _as_tensor(clean).double()
+    energy = x.square().sum(-1)
+    if norm == "linf":
+        n = torch.as_tensor(x.shape[-1] if n_samples is None else n_samples, dtype=torch.float64, device=x.device)
+        energy = energy / n.clamp_min(1)
+    eps = energy.sqrt() * 10 ** (-target_snr_db / 20)
+    if not is_tensor and x.ndim == 1:
+        return float(eps)
+    return eps.to(clean.dtype if is_tensor else torch.float32)
+
+
+def prs(loss_clean, loss_adv) -> np.ndarray:
+    """Prediction robustness score per clip (Heinrich et al. 2023, Eq. for PRS).
+
+    ``PRS = min(1, exp(1 - L(f(x'), y) / (L(f(x), y) + 1e-10)))``: 1 while the attacked
+    loss against the ground truth ``y`` is at most the clean loss, falling towards 0
+    as the attacked loss grows.
+    From "Targeted adversarial attacks on wind power forecasts" (Machine Learning,
+    2023; reference code FraunhoferIEE/taaowpf, ``robustness_scores.py``). A clean
+    loss of 0 makes any increase give PRS ~ 0.
+
+    Parameters
+    ----------
+    loss_clean, loss_adv : array [shape=(...)], losses >= 0
+
+    Returns
+    -------
+    np.ndarray [shape=(...)], values in [0, 1]; NaN where an input is NaN.
+    """
+    lc, la = np.asarray(loss_clean, dtype=np.float64), np.asarray(loss_adv, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        return np.minimum(1.0, np.exp(1.0 - la / (lc + 1e-10)))
+
+
+def drs(loss_clean_target, loss_adv_target) -> np.ndarray:
+    """Deformation robustness score per clip (Heinrich et al. 2023, Eq. for DRS).
+
+    ``DRS = min(1, exp(1 - L(f(x), t) / (L(f(x'), t) + 1e-10)))`` for the attacker's
+    target ``t``: 1 while the attack has not brought the output closer to ``t``,
+    falling towards 0 as it reaches ``t``. Untargeted attacks have no ``t``: pass
+    NaN and get NaN.
+
+    Parameters
+    ----------
+    loss_clean_target, loss_adv_target : array [shape=(...)], distances to the target >= 0
+
+    Returns
+    -------
+    np.ndarray [shape=(...)], values in [0, 1] or NaN.
+    """
+    lc, la = np.asarray(loss_clean_target, dtype=np.float64), np.asarray(loss_adv_target, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        return np.minimum(1.0, np.exp(1.0 - lc / (la + 1e-10)))
+
+
+def tars(prs_values, drs_values, beta: float = 1.0) -> np.ndarray:
+    """Total adversarial robustness score (Heinrich et al. 2023): F-beta mean of PRS and DRS.
+
+    ``TARS = (1 + beta^2) PRS DRS / (beta^2 PRS + DRS)``, 0 where both are 0, NaN
+    where DRS is NaN (no target). Average it over clips for a model-level score.
+
+    Parameters
+    ----------
+    prs_values, drs_values : array [shape=(...)], values in [0, 1]
+    beta : float > 0
+        Weight of DRS relative to PRS; 1 in the reference code.
+
+    Raises
+    ------
+    ParameterError
+        ``beta <= 0``.
+    """
+    if not beta > 0:
+        raise ParameterError(f"beta must be > 0, got {beta}")
+    p, d = np.asarray(prs_values, dtype=np.float64), np.asarray(drs_values, dtype=np.float64)
+    den = beta**2 * p + d
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = (1 + beta**2) * p * d / den
+    return np.where(den == 0, 0.0, out)
+
+
+def attack_success_rate(success) -> float:
+    """Fraction of clips where the attack succeeded (predicted label set changed, or target reached)."""
+    s = np.asarray(success, dtype=bool)
+    return float(s.mean()) if s.size else float("nan")

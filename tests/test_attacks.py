@@ -1,58 +1,204 @@
+"""One shared contract test over every attack, norm and objective, plus sweeps and bisection."""
+
+import numpy as np
 import pytest
 import torch
 
-from core.attacks import FGSM, PGD, clean_prediction_targets, multilabel_loss
+from core.attacks import (
+    ATTACKS,
+    BIM,
+    FGSM,
+    PGD,
+    EmbeddingTargeted,
+    EmbeddingUntargeted,
+    OutputTargeted,
+    OutputUntargeted,
+    PrototypeActivate,
+    PrototypeSuppress,
+    make_attack,
+    make_objective,
+)
 from core.errors import ParameterError
+from core.metrics import eps_for_snr, snr_db
+from core.sweep import minimal_eps, run_sweep
 
-ATTACKS = [
-    lambda eps: PGD(eps=eps, steps=5, generator=torch.Generator().manual_seed(0)),
-    lambda eps: PGD(eps=eps, steps=3, random_start=False),
-    lambda eps: FGSM(eps=eps),
-]
+EPS = {"linf": 0.01, "l2": 1.0}
 
 
-@pytest.mark.parametrize("make", ATTACKS, ids=["pgd", "bim", "fgsm"])
-def test_attack_contract(tiny_model, make):
-    gen = torch.Generator().manual_seed(1)
-    x = (torch.rand(2, 16_000, generator=gen) * 2 - 1) * 0.9
+def _clips(n=2, seed=1, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(seed)
+    x = ((torch.rand(n, 16_000, generator=gen) * 2 - 1) * 0.9).to(dtype)
     x[0, :100] = 1.0  # samples at the bound stay inside it
-    eps = 0.01
-    tiny_model.train()
-    before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
-    with torch.no_grad():
-        tiny_model.eval()
-        y = clean_prediction_targets(tiny_model(x))
+    return x
+
+
+def _objectives(model):
+    target = _clips(1, seed=7)[0] * 0.5
+    objs = [OutputUntargeted(), OutputTargeted(1, "add"), OutputTargeted(0, "remove"), EmbeddingUntargeted(), EmbeddingTargeted(target)]
+    if hasattr(model, "prototype_vectors"):
+        objs += [PrototypeSuppress(k=2), PrototypeActivate(prototype_index=3)]
+    return objs
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_attack_contract(tiny_model, name, norm):
+    x = _clips()
+    eps = EPS[norm]
+    for objective in _objectives(tiny_model):
         tiny_model.train()
-    adv = make(eps)(tiny_model, x)
-    assert tiny_model.training  # mode restored
-    assert adv.shape == x.shape and adv.dtype == x.dtype
-    assert (adv - x).abs().max() <= eps + 1e-6
-    assert adv.min() >= -1.0 and adv.max() <= 1.0
-    assert all(p.grad is None for p in tiny_model.parameters())
-    for k, v in tiny_model.state_dict().items():  # BatchNorm statistics untouched
-        assert torch.equal(v, before[k])
-    tiny_model.eval()
-    with torch.no_grad():
-        assert (multilabel_loss(tiny_model(adv), y) > multilabel_loss(tiny_model(x), y)).all()
-    assert torch.equal(make(0.0)(tiny_model, x), x)
+        before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+        attack = make_attack(name, eps=eps, norm=norm, steps=5, objective=objective)
+        adv = attack(tiny_model, x)
+        label = f"{name}/{norm}/{objective.name}"
+        assert tiny_model.training, label  # mode restored
+        assert adv.shape == x.shape and adv.dtype == x.dtype, label
+        delta = adv - x
+        size = delta.abs().amax(-1) if norm == "linf" else delta.norm(dim=-1)
+        assert (size <= eps + 1e-6).all(), label
+        assert adv.min() >= -1.0 and adv.max() <= 1.0, label
+        assert all(p.grad is None for p in tiny_model.parameters()), label
+        for k, v in tiny_model.state_dict().items():  # BatchNorm statistics untouched
+            assert torch.equal(v, before[k]), label
+        tiny_model.eval()
+        state = objective.prepare(tiny_model, x)
+        with torch.no_grad():
+            value = objective.evaluate(tiny_model.forward_all(adv), state)["objective"]
+        assert (value > state["clean_objective"]).all(), f"{label}: {value} vs {state['clean_objective']}"
+        zero = make_attack(name, eps=0.0, norm=norm, objective=objective)
+        assert torch.equal(zero(tiny_model, x), x), label
+
+
+def test_prototype_objective_needs_protopnet():
+    from tests.conftest import tiny_config
+    from core.models.registry import build_model
+
+    baseline = build_model(tiny_config("baseline")).eval()
+    with pytest.raises(ParameterError, match="AudioProtoPNet"):
+        PGD(eps=0.01, objective=PrototypeSuppress())(baseline, _clips())
 
 
 def test_mask_keeps_padding(tiny_model):
     x = torch.rand(1, 16_000) * 0.2
     mask = torch.ones_like(x)
     mask[:, 8000:] = 0
-    adv = PGD(eps=0.05, steps=2)(tiny_model, x, mask=mask)
-    assert torch.equal(adv[:, 8000:], x[:, 8000:])
-    assert (adv[:, :8000] != x[:, :8000]).any()
+    for norm in ("linf", "l2"):
+        adv = PGD(eps=EPS[norm], norm=norm, steps=2)(tiny_model, x, mask=mask)
+        assert torch.equal(adv[:, 8000:], x[:, 8000:])
+        assert (adv[:, :8000] != x[:, :8000]).any()
+
+
+def test_snr_budget_reaches_at_least_target(tiny_proto):
+    x = _clips() * 0.3
+    for norm in ("linf", "l2"):
+        adv = PGD(snr_db=30.0, norm=norm, steps=3)(tiny_proto, x)
+        snr = snr_db(x, adv)
+        assert (snr >= 30.0 - 1e-3).all(), (norm, snr)
+        assert (snr <= 36.0).all(), (norm, snr)  # the budget is used, not wasted
+    # eps for an SNR: L2 exactly ||x|| 10^(-SNR/20); L-inf rms(x) 10^(-SNR/20)
+    w = np.array([0.5, -0.5, 0.5, -0.5])
+    assert eps_for_snr(w, 20.0, norm="l2") == pytest.approx(1.0 * 0.1)
+    assert eps_for_snr(w, 20.0) == pytest.approx(0.5 * 0.1)
+
+
+def test_seeded_attacks_are_reproducible(tiny_proto):
+    x = _clips()
+    a = PGD(eps=0.01, seed=3)(tiny_proto, x)
+    assert torch.equal(a, PGD(eps=0.01, seed=3)(tiny_proto, x))
+    assert not torch.equal(a, PGD(eps=0.01, seed=4)(tiny_proto, x))
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_sweep_equals_looped_attacks(tiny_model, norm):
+    """Batched eps grid == one attack per eps with the same seed (float64: no ties in sign())."""
+    model = tiny_model.double()
+    x = _clips(3, dtype=torch.float64) * 0.5
+    grid = [0.0, EPS[norm] / 4, EPS[norm]]
+    for objective in (OutputUntargeted(), EmbeddingUntargeted()):
+        attack = PGD(eps=grid[-1], norm=norm, steps=3, seed=5, objective=objective)
+        res = run_sweep(attack, model, x, epsilons=grid, max_rows=4, keep_waveforms=True)
+        assert res.success.shape == (3, 3) and res.scores.shape == (3, 3, 3)
+        for i, e in enumerate(grid):
+            single = PGD(eps=e, norm=norm, steps=3, seed=5, objective=objective)(model, x)
+            np.testing.assert_allclose(res.adversarial[i], single.float().numpy(), atol=1e-6)
+            with torch.no_grad():
+                scores = torch.sigmoid(model(single)).numpy()
+            np.testing.assert_allclose(res.scores[i], scores, atol=1e-5)
+        np.testing.assert_array_equal(res.adversarial[0], x.float().numpy())
+        assert np.all(res.prs[0] == 1.0) and not res.success[0].any()
+
+
+def test_sweep_snr_grid_and_targeted_scores(tiny_proto):
+    x = _clips() * 0.3
+    attack = PGD(eps=0.1, steps=5, objective=OutputTargeted(2, "add"))
+    res = run_sweep(attack, tiny_proto, x, snr_db=[60.0, 20.0, 0.0])
+    assert np.all(res.snr_db >= np.array([60.0, 20.0, 0.0])[:, None] - 1e-3)
+    assert np.all(np.diff(res.eps, axis=0) > 0)  # lower SNR, bigger eps, per clip
+    assert np.isfinite(res.drs).all() and np.isfinite(res.tars).all()
+    # at 0 dB the target class is pushed up: its score rises, DRS falls below the clean 1
+    assert (res.scores[2, :, 2] > res.clean_scores[:, 2]).all()
+    assert (res.drs[2] < res.drs[0]).all()
+    untargeted = run_sweep(PGD(eps=0.1, steps=2), tiny_proto, x, epsilons=[0.01])
+    assert np.isnan(untargeted.drs).all() and np.isnan(untargeted.tars).all()
+
+
+def test_minimal_eps_brackets_the_flip(tiny_proto):
+    x = _clips(2) * 0.3
+    attack = BIM(eps=0.1, steps=5)
+    found = minimal_eps(attack, tiny_proto, x, eps_low=1e-5, eps_high=0.5, iterations=12)
+    assert found["found"].all()
+    eps = found["eps"]
+    assert ((eps >= 1e-5) & (eps <= 0.5)).all()
+    # BIM is deterministic: the attack succeeds at the eps found, and fails just below it
+    res = run_sweep(attack, tiny_proto, x, epsilons=[float(eps.min()) * 0.98])
+    above = [run_sweep(attack, tiny_proto, x[i : i + 1], epsilons=[float(eps[i])]).success[0, 0] for i in range(2)]
+    below = [run_sweep(attack, tiny_proto, x[i : i + 1], epsilons=[float(eps[i]) * 0.97]).success[0, 0] for i in range(2)]
+    assert all(above) and not any(below), (eps, above, below)
+    assert res.success.shape == (1, 2)
+    assert np.isfinite(found["snr_db"]).all()
+
+
+def test_minimal_eps_not_found_is_nan(tiny_proto):
+    x = _clips(1) * 0.3
+    found = minimal_eps(FGSM(eps=0.1), tiny_proto, x, eps_low=1e-9, eps_high=1e-8, iterations=2)
+    assert not found["found"][0] and np.isnan(found["eps"][0])
 
 
 def test_parameter_errors(tiny_model):
-    for bad in (-0.1, 1.5, float("nan")):
+    for bad in (-0.1, 1.5, float("nan"), "0.1", True):
         with pytest.raises(ParameterError, match="eps"):
             PGD(eps=bad)
+    with pytest.raises(ParameterError, match="exactly one budget"):
+        PGD()
+    with pytest.raises(ParameterError, match="exactly one budget"):
+        PGD(eps=0.1, snr_db=30.0)
+    with pytest.raises(ParameterError, match="snr_db"):
+        PGD(snr_db=500.0)
     with pytest.raises(ParameterError, match="steps"):
         PGD(eps=0.1, steps=0)
+    with pytest.raises(ParameterError, match="steps"):
+        PGD(eps=0.1, steps=10_000)
+    with pytest.raises(ParameterError, match="norm"):
+        PGD(eps=0.1, norm="l1")
+    with pytest.raises(ParameterError, match="single step"):
+        FGSM(eps=0.1, steps=3)
+    with pytest.raises(ParameterError, match="random start"):
+        BIM(eps=0.1, random_start=True)
+    with pytest.raises(ParameterError, match="attack must be one of"):
+        make_attack("cw", eps=0.1)
+    with pytest.raises(ParameterError, match="objective must be one of"):
+        make_objective("nope")
+    with pytest.raises(ParameterError, match="class_index"):
+        make_objective("output-targeted")
     with pytest.raises(ParameterError, match="bounds"):
         PGD(eps=0.1)(tiny_model, torch.full((1, 16_000), 2.0))
     with pytest.raises(ParameterError, match="NaN"):
         PGD(eps=0.1)(tiny_model, torch.full((1, 16_000), float("nan")))
+    with pytest.raises(ParameterError, match="class_index"):
+        PGD(eps=0.1, objective=OutputTargeted(7))(tiny_model, _clips())
+    with pytest.raises(ParameterError, match="samples"):
+        PGD(eps=0.1, objective=EmbeddingTargeted(torch.zeros(100)))(tiny_model, _clips())
+    with pytest.raises(ParameterError, match="grid is empty"):
+        run_sweep(PGD(eps=0.1), tiny_model, _clips(), epsilons=[])
+    with pytest.raises(ParameterError, match=r"\[0, 1\]"):
+        run_sweep(PGD(eps=0.1), tiny_model, _clips(), epsilons=[0.1, -1.0])

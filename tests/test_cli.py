@@ -50,7 +50,7 @@ def test_attack_writes_audio(wav, tmp_path):
 
 @pytest.mark.parametrize("args,needle", [
     (["predict", "missing.wav"], "no such file"),
-    (["attack", "{wav}", "--eps", "-0.1"], "eps must be in [0, 1]"),
+    (["attack", "{wav}", "--eps", "-0.1"], "eps must be a number in [0, 1]"),
     (["attack", "{wav}", "--eps", "0.01", "--steps", "0"], "steps"),
     (["predict", "{wav}", "--model", "nonexistent"], "checkpoint not found"),
     (["predict", "{txt}"], "not a readable audio file"),

@@ -1,6 +1,44 @@
-"""Waveform-domain adversarial attacks."""
+"""Waveform-domain adversarial attacks: FGSM, BIM, PGD (L-inf and L2) on any objective."""
 
-from core.attacks.base import Attack, clean_prediction_targets, multilabel_loss
-from core.attacks.pgd import FGSM, PGD
+from core.attacks.base import NORMS, Attack, clean_prediction_targets, multilabel_loss, predicted_sets
+from core.attacks.bim import BIM
+from core.attacks.fgsm import FGSM
+from core.attacks.objectives import (
+    OBJECTIVES,
+    EmbeddingTargeted,
+    EmbeddingUntargeted,
+    Objective,
+    OutputTargeted,
+    OutputUntargeted,
+    PrototypeActivate,
+    PrototypeSuppress,
+    make_objective,
+)
+from core.attacks.pgd import PGD
+from core.errors import ParameterError
 
-__all__ = ["Attack", "PGD", "FGSM", "multilabel_loss", "clean_prediction_targets"]
+ATTACKS = {cls.name: cls for cls in (FGSM, BIM, PGD)}
+
+
+def make_attack(name: str, **kwargs) -> Attack:
+    """Build an attack by name (``fgsm``, ``bim``, ``pgd``) with :class:`Attack`'s keyword arguments.
+
+    Raises
+    ------
+    ParameterError
+        Unknown name or invalid settings.
+    """
+    if name not in ATTACKS:
+        raise ParameterError(f"attack must be one of {sorted(ATTACKS)}, got {name!r}")
+    if name == "fgsm":
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("steps", "random_start", "alpha_ratio")}
+    if name == "bim":
+        kwargs.pop("random_start", None)
+    return ATTACKS[name](**kwargs)
+
+
+__all__ = [
+    "ATTACKS", "NORMS", "OBJECTIVES", "Attack", "BIM", "FGSM", "PGD", "Objective", "OutputUntargeted", "OutputTargeted",
+    "EmbeddingUntargeted", "EmbeddingTargeted", "PrototypeSuppress", "PrototypeActivate", "make_attack", "make_objective",
+    "multilabel_loss", "predicted_sets", "clean_prediction_targets",
+]

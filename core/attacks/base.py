@@ -1,9 +1,20 @@
-"""Base class of waveform-domain adversarial attacks (after foolbox/torchattacks).
+"""Base class of waveform-domain adversarial attacks (after foolbox and torchattacks).
 
-``Attack.__call__`` validates the input, puts the model in eval mode, runs
-``_perturb`` and restores the model's previous mode. Gradients are taken with
+``Attack.__call__`` validates the input, puts the model in eval mode, runs the
+attack and restores the model's previous mode. Gradients are taken with
 ``torch.autograd.grad`` with respect to the input only; the model's parameters
 never receive ``.grad``.
+
+Every attack is a gradient ascent on an :class:`~core.attacks.objectives.Objective`
+inside an L-inf or L2 ball of radius ``eps`` (full-scale amplitude) around the
+clean waveform, clipped to explicit ``bounds``. FGSM, BIM and PGD differ only in
+the number of steps, the step size and the random start, so the loop lives here
+and each attack file configures it.
+
+The budget is either ``eps`` (amplitude) or ``snr_db``: a target signal-to-noise
+ratio that is turned into a per-clip eps by :func:`core.metrics.eps_for_snr`.
+Internally every row of a batch carries its own eps, which is what lets
+:func:`core.sweep.run_sweep` put a whole eps grid on the batch axis.
 """
 
 from __future__ import annotations
@@ -15,7 +26,9 @@ from torch.nn import functional as F
 
 from core.errors import ParameterError
 
-__all__ = ["Attack", "multilabel_loss", "clean_prediction_targets"]
+__all__ = ["Attack", "NORMS", "multilabel_loss", "clean_prediction_targets", "predicted_sets"]
+
+NORMS = ("linf", "l2")
 
 
 def multilabel_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -24,11 +37,16 @@ def multilabel_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
 
 
 @torch.no_grad()
-def clean_prediction_targets(logits: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
-    """Multi-hot targets from a clean prediction: classes with sigmoid >= threshold.
+def predicted_sets(logits: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """Multi-hot predicted label sets: classes with sigmoid >= threshold.
 
-    A clip with no class above the threshold gets its top-1 class, so the attack
-    always has something to move away from.
+    A clip with no class above the threshold gets its top-1 class, so a
+    prediction is never empty.
+
+    Parameters
+    ----------
+    logits : torch.Tensor [shape=(batch, n_classes)]
+    threshold : float in (0, 1)
 
     Returns
     -------
@@ -41,38 +59,119 @@ def clean_prediction_targets(logits: torch.Tensor, threshold: float = 0.5) -> to
     return y
 
 
+#: Targets of an untargeted output-space attack when no labels are given.
+clean_prediction_targets = predicted_sets
+
+
+def _check_finite_number(name: str, value, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not low <= value <= high:
+        raise ParameterError(f"{name} must be a number in [{low:g}, {high:g}], got {value!r}")
+    return float(value)
+
+
 class Attack:
-    """Base class: an L-inf bounded, untargeted perturbation of the waveform.
+    """Gradient ascent on an objective inside an L-inf or L2 eps-ball of the waveform.
 
     Parameters
     ----------
-    eps : float >= 0 [full-scale amplitude]
-        L-inf budget: ``max |x' - x| <= eps``.
+    eps : float, optional [full-scale amplitude]
+        Radius of the ball: ``max|delta| <= eps`` (``norm="linf"``, eps in [0, 1]) or
+        ``||delta||_2 <= eps`` over a clip's samples (``norm="l2"``, eps in [0, 1000]).
+    snr_db : float, optional [dB]
+        Budget as a target SNR relative to each clip instead of ``eps``; exactly one
+        of ``eps`` and ``snr_db`` is given. The per-clip eps is
+        :func:`core.metrics.eps_for_snr`, so the perturbation's SNR is >= ``snr_db``.
+    norm : {"linf", "l2"}
+    steps : int in [1, 1000]
+    alpha_ratio : float > 0, optional
+        Step size as a multiple of each clip's eps (``alpha = alpha_ratio * eps``);
+        default ``2.5 / steps`` (Madry et al. 2018).
+    random_start : bool
+        Start from a random point of the ball (uniform per sample for L-inf; a
+        uniform radius along a Gaussian direction for L2, as torchattacks' PGDL2).
+    seed : int
+        Seeds the random start. The noise is drawn once per call for the whole
+        batch, so the same seed and inputs always give the same result.
+    objective : Objective, optional
+        What the attack maximises; default untargeted output space
+        (:class:`~core.attacks.objectives.OutputUntargeted`).
     bounds : (float, float)
         Valid sample range, ``(-1.0, 1.0)`` for full-scale audio; enforced explicitly.
 
     Raises
     ------
     ParameterError
-        ``eps`` negative, not finite or > 1 (wider than full scale); bad bounds.
+        Both or neither of ``eps``/``snr_db``; eps negative, not finite or beyond its
+        range; ``snr_db`` outside [-20, 120] dB; bad norm, steps, alpha_ratio or bounds.
     """
 
     name = "attack"
 
-    def __init__(self, *, eps: float, bounds: tuple[float, float] = (-1.0, 1.0)) -> None:
-        if not isinstance(eps, (int, float)) or not math.isfinite(eps) or not 0 <= eps <= 1:
-            raise ParameterError(f"eps must be in [0, 1] (full-scale amplitude), got {eps}")
+    def __init__(
+        self,
+        *,
+        eps: float | None = None,
+        snr_db: float | None = None,
+        norm: str = "linf",
+        steps: int = 10,
+        alpha_ratio: float | None = None,
+        random_start: bool = True,
+        seed: int = 0,
+        objective=None,
+        bounds: tuple[float, float] = (-1.0, 1.0),
+    ) -> None:
+        from core.attacks.objectives import Objective, OutputUntargeted
+
+        if norm not in NORMS:
+            raise ParameterError(f"norm must be one of {NORMS}, got {norm!r}")
+        self.norm = norm
+        if (eps is None) == (snr_db is None):
+            raise ParameterError("give exactly one budget: eps (full-scale amplitude) or snr_db (dB)")
+        self.eps = None if eps is None else _check_finite_number("eps", eps, 0.0, self.eps_max(norm))
+        self.snr_db = None if snr_db is None else _check_finite_number("snr_db", snr_db, -20.0, 120.0)
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 1000:
+            raise ParameterError(f"steps must be an integer in [1, 1000], got {steps!r}")
+        self.steps = steps
+        if alpha_ratio is not None:
+            alpha_ratio = _check_finite_number("alpha_ratio", alpha_ratio, 1e-6, 10.0)
+        self.alpha_ratio = alpha_ratio if alpha_ratio is not None else 2.5 / steps
+        self.random_start = bool(random_start)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ParameterError(f"seed must be an integer, got {seed!r}")
+        self.seed = seed
+        objective = OutputUntargeted() if objective is None else objective
+        if not isinstance(objective, Objective):
+            raise ParameterError(f"objective must be an Objective, got {type(objective).__name__}")
+        self.objective = objective
         lo, hi = bounds
         if not lo < hi:
             raise ParameterError(f"bounds must be (low, high) with low < high, got {bounds}")
-        self.eps = float(eps)
         self.bounds = (float(lo), float(hi))
+
+    @staticmethod
+    def eps_max(norm: str) -> float:
+        """Largest accepted eps for a norm [full-scale amplitude]."""
+        return 1.0 if norm == "linf" else 1000.0
+
+    def describe(self) -> dict:
+        """JSON-ready settings (recorded with sweep results)."""
+        return {
+            "attack": self.name,
+            "norm": self.norm,
+            "steps": self.steps,
+            "alpha_ratio": self.alpha_ratio,
+            "random_start": self.random_start,
+            "seed": self.seed,
+            "objective": self.objective.describe(),
+        }
+
+    # -- public entry -------------------------------------------------------------------------
 
     def __call__(
         self,
         model: torch.nn.Module,
         waveform: torch.Tensor,
-        targets: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
         *,
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
@@ -80,50 +179,137 @@ class Attack:
 
         Parameters
         ----------
-        model : torch.nn.Module
+        model : BirdClassifier
             Maps ``(batch, n_samples)`` waveforms to ``(batch, n_classes)`` logits.
-        waveform : torch.Tensor [shape=(batch, n_samples), dtype=float32]
+        waveform : torch.Tensor [shape=(batch, n_samples), dtype=float32 or float64]
             Clean input inside ``bounds``.
-        targets : torch.Tensor [shape=(batch, n_classes)], optional
-            Multi-hot labels to move away from (true labels when known); default:
-            the model's clean prediction (:func:`clean_prediction_targets`).
+        labels : torch.Tensor [shape=(batch, n_classes)], optional
+            Multi-hot true labels. Output-space untargeted attacks move away from them;
+            default: the model's clean prediction (:func:`predicted_sets`).
         mask : torch.Tensor [shape=(batch, n_samples)], optional
             1 where samples may change (e.g. 0 on zero padding).
 
         Returns
         -------
-        torch.Tensor [shape=(batch, n_samples), dtype=float32]
-            ``x'`` with ``|x' - x|_inf <= eps`` and ``x'`` inside ``bounds``.
+        torch.Tensor [shape=(batch, n_samples)], the input's dtype
+            ``x'`` with ``|x' - x| <= eps`` in the attack's norm and inside ``bounds``.
+
+        Raises
+        ------
+        ParameterError
+            Waveform not a float ``(batch, n_samples)`` tensor, NaN/inf samples, samples
+            outside ``bounds``, or shapes of labels/mask that do not match.
         """
+        x, labels, mask = self.check_inputs(waveform, labels, mask)
+        with self.eval_mode(model):
+            state = self.objective.prepare(model, x, labels)
+            eps = self.budget(x, mask)
+            return self.perturb(model, x, eps, state, mask, self.start_noise(x))
+
+    # -- building blocks (used by core.sweep) ---------------------------------------------------
+
+    def check_inputs(self, waveform, labels=None, mask=None):
+        """Validate and return ``(waveform, labels, mask)`` detached, on the waveform's device."""
         if not isinstance(waveform, torch.Tensor) or waveform.ndim != 2 or not waveform.is_floating_point():
-            raise ParameterError(f"waveform must be a float tensor (batch, n_samples), got {getattr(waveform, 'shape', waveform)}")
+            raise ParameterError(f"waveform must be a float tensor (batch, n_samples), got {getattr(waveform, 'shape', type(waveform).__name__)}")
+        if waveform.shape[0] == 0:
+            raise ParameterError("waveform batch is empty")
         if not torch.isfinite(waveform).all():
             raise ParameterError("waveform contains NaN or inf")
         lo, hi = self.bounds
         if waveform.min() < lo - 1e-6 or waveform.max() > hi + 1e-6:
             raise ParameterError(f"waveform must lie inside bounds {self.bounds}")
-        was_training = model.training
-        model.eval()
-        try:
-            x = waveform.detach()
-            if targets is None:
-                with torch.no_grad():
-                    targets = clean_prediction_targets(model(x))
-            targets = targets.to(x.device, x.dtype)
-            if mask is not None:
-                mask = mask.to(x.device, x.dtype)
-            if self.eps == 0:
-                return x.clone()
-            return self._perturb(model, x, targets, mask).detach()
-        finally:
-            model.train(was_training)
+        x = waveform.detach()
+        if labels is not None:
+            labels = torch.as_tensor(labels).to(x.device, x.dtype)
+            if labels.ndim != 2 or labels.shape[0] != x.shape[0]:
+                raise ParameterError(f"labels must be (batch={x.shape[0]}, n_classes), got {tuple(labels.shape)}")
+        if mask is not None:
+            mask = torch.as_tensor(mask).to(x.device, x.dtype)
+            if mask.shape != x.shape:
+                raise ParameterError(f"mask must have the waveform's shape {tuple(x.shape)}, got {tuple(mask.shape)}")
+        return x, labels, mask
 
-    def project(self, x: torch.Tensor, x_adv: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """Project onto the eps-ball around ``x`` (and the mask), then into ``bounds``."""
-        delta = (x_adv - x).clamp(-self.eps, self.eps)
+    class _EvalMode:
+        def __init__(self, model):
+            self.model = model
+
+        def __enter__(self):
+            self.was_training = self.model.training
+            self.model.eval()
+
+        def __exit__(self, *exc):
+            self.model.train(self.was_training)
+
+    def eval_mode(self, model):
+        """Context manager: eval mode inside, the previous mode restored on exit."""
+        return self._EvalMode(model)
+
+    def budget(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-clip eps ``(batch,)`` [full-scale amplitude] from ``eps`` or ``snr_db``."""
+        if self.eps is not None:
+            return torch.full((x.shape[0],), self.eps, dtype=x.dtype, device=x.device)
+        return eps_rows_for_snr(x, self.snr_db, self.norm, mask).clamp(max=self.eps_max(self.norm))
+
+    def start_noise(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Unit random start ``(batch, n_samples)`` drawn from ``seed`` (None without random start).
+
+        L-inf: uniform in [-1, 1] per sample; L2: a uniformly drawn radius in [0, 1]
+        times a unit-L2 Gaussian direction. Scaled by each row's eps in :meth:`perturb`.
+        """
+        if not self.random_start or self.steps == 0:
+            return None
+        gen = torch.Generator().manual_seed(self.seed)
+        if self.norm == "linf":
+            noise = torch.rand(x.shape, generator=gen, dtype=torch.float64) * 2 - 1
+        else:
+            d = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+            r = torch.rand((x.shape[0], 1), generator=gen, dtype=torch.float64)
+            noise = d / d.norm(dim=-1, keepdim=True).clamp_min(1e-12) * r
+        return noise.to(x.device, x.dtype)
+
+    def project(self, x: torch.Tensor, x_adv: torch.Tensor, eps: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Project onto the eps-ball around ``x`` (rows with their own eps), the mask, then ``bounds``."""
+        delta = x_adv - x
         if mask is not None:
             delta = delta * mask
+        e = eps[:, None]
+        if self.norm == "linf":
+            delta = torch.maximum(torch.minimum(delta, e), -e)
+        else:
+            norm = delta.norm(dim=-1, keepdim=True)
+            delta = delta * torch.clamp(e / norm.clamp_min(1e-20), max=1.0)
         return (x + delta).clamp(*self.bounds)
 
-    def _perturb(self, model, x, targets, mask) -> torch.Tensor:
-        raise NotImplementedError
+    def step(self, grad: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        """Steepest-ascent step of size ``alpha`` (per row): sign for L-inf, normalised gradient for L2."""
+        if self.norm == "linf":
+            return alpha[:, None] * grad.sign()
+        return alpha[:, None] * grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-20)
+
+    def perturb(self, model, x, eps, state, mask=None, noise=None) -> torch.Tensor:
+        """Run the ascent for rows with eps ``(batch,)``; ``state`` from ``objective.prepare``.
+
+        Rows with eps 0 are returned unchanged. The model must already be in eval mode.
+        """
+        x_adv = x.clone()
+        if not bool((eps > 0).any()):
+            return x_adv
+        if noise is not None:
+            x_adv = self.project(x, x + eps[:, None] * noise, eps, mask)
+        alpha = self.alpha_ratio * eps
+        for _ in range(self.steps):
+            x_adv.requires_grad_(True)
+            loss = self.objective.loss(model, x_adv, state).sum()
+            (grad,) = torch.autograd.grad(loss, x_adv)
+            x_adv = self.project(x, x_adv.detach() + self.step(grad, alpha), eps, mask)
+        return x_adv.detach()
+
+
+def eps_rows_for_snr(x: torch.Tensor, snr_db: float, norm: str, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-clip eps ``(batch,)`` for a target SNR; see :func:`core.metrics.eps_for_snr`."""
+    from core.metrics import eps_for_snr
+
+    w = x if mask is None else x * mask
+    n = None if mask is None else mask.sum(-1).clamp_min(1)
+    return eps_for_snr(w, snr_db, norm=norm, n_samples=n)

@@ -1,0 +1,419 @@
+"""What an attack maximises: output-, embedding- and prototype-space objectives.
+
+Every objective works on any attack (:mod:`core.attacks.fgsm`, ``bim``, ``pgd``).
+An objective is used in three steps:
+
+1. :meth:`Objective.prepare` runs the clean batch once (no gradient) and returns
+   a *state*: a dict of tensors with the batch on axis 0 (clean prediction,
+   reference labels, targets, clean feature maps...). Because every entry is
+   per row, :func:`core.sweep.run_sweep` can repeat the state along an eps grid.
+2. :meth:`Objective.loss` is the differentiable per-clip quantity the attack
+   ascends, shape ``(batch,)``.
+3. :meth:`Objective.evaluate` scores an adversarial model output: the objective
+   value, success, and the two distances used by the robustness scores.
+
+Robustness scores (:func:`core.metrics.prs`, :func:`~core.metrics.drs`,
+:func:`~core.metrics.tars`, Heinrich et al. 2023) need a loss ``L``:
+
+- PRS always uses the output-space loss: binary cross-entropy summed over
+  classes against ``y`` = the true labels when given, else the clean prediction.
+  It asks "does the decision survive?" for every objective.
+- DRS uses the distance to the attacker's target ``t`` in the space the attack
+  targets: BCE against the target label set (output space), or the RMSE between
+  representation vectors (embedding and prototype space; the reference code's
+  RMSE), where the representation is the prototype activation vector for
+  AudioProtoPNet and the pooled embedding for other models.
+- Untargeted output/embedding attacks have no ``t``: DRS and TARS are NaN.
+
+Success is "the predicted label set changed" (untargeted output and embedding
+attacks) or "the target was reached" (see each class).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+from core.attacks.base import multilabel_loss, predicted_sets
+from core.errors import ParameterError
+
+__all__ = [
+    "Objective",
+    "OutputUntargeted",
+    "OutputTargeted",
+    "EmbeddingUntargeted",
+    "EmbeddingTargeted",
+    "PrototypeSuppress",
+    "PrototypeActivate",
+    "OBJECTIVES",
+    "make_objective",
+    "spatial_cosine_dissimilarity",
+    "take_rows",
+]
+
+
+def spatial_cosine_dissimilarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean over positions of ``1 - cos`` between channel vectors of two feature maps.
+
+    The embedding-space distance of the AT-E recipe (Heinrich et al. 2025,
+    arXiv 2507.13727, "spatial-wise" cosine dissimilarity).
+
+    Parameters
+    ----------
+    a, b : torch.Tensor [shape=(batch, channels, freq, time)]
+
+    Returns
+    -------
+    torch.Tensor [shape=(batch,)], values in [0, 2]
+    """
+    return (1 - F.cosine_similarity(a, b, dim=1, eps=1e-8)).flatten(1).mean(-1)
+
+
+def _rmse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a - b).square().mean(-1).sqrt()
+
+
+def _representation(out) -> torch.Tensor:
+    return out.prototype_activations if out.prototype_activations is not None else out.embedding
+
+
+def take_rows(state: dict, index: torch.Tensor) -> dict:
+    """Rows ``index`` of every tensor in an objective state (used to tile an eps grid)."""
+    return {k: v[index] for k, v in state.items()}
+
+
+def _nan(batch: int, like: torch.Tensor) -> torch.Tensor:
+    return torch.full((batch,), float("nan"), dtype=torch.float32, device=like.device)
+
+
+class Objective:
+    """Base class. Subclasses set ``name``, ``space``, ``targeted`` and implement the hooks."""
+
+    name = "objective"
+    space = "output"
+    targeted = False
+
+    def describe(self) -> dict:
+        """JSON-ready settings."""
+        return {"name": self.name}
+
+    def check_model(self, model) -> None:
+        """Raise :class:`ParameterError` if the objective does not apply to ``model``."""
+
+    @torch.no_grad()
+    def prepare(self, model, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict:
+        """Clean pass: state tensors with the batch on axis 0.
+
+        Parameters
+        ----------
+        model : BirdClassifier, in eval mode
+        x : torch.Tensor [shape=(batch, n_samples)]
+        labels : torch.Tensor [shape=(batch, n_classes)], optional
+            True multi-hot labels; default the clean prediction.
+        """
+        self.check_model(model)
+        out = model.forward_all(x)
+        pred = predicted_sets(out.logits)
+        state = {
+            "clean_logits": out.logits,
+            "clean_pred": pred,
+            "labels": pred.clone() if labels is None else labels.to(out.logits.dtype),
+            "clean_representation": _representation(out),
+        }
+        state.update(self._prepare(model, x, out, state))
+        clean = self.evaluate(out, state)
+        state["clean_objective"] = clean["objective"]
+        state["clean_prs_loss"] = clean["prs_loss"]
+        state["clean_drs_loss"] = clean["drs_loss"]
+        return state
+
+    def _prepare(self, model, x, out, state) -> dict:
+        return {}
+
+    def loss(self, model, x_adv: torch.Tensor, state: dict) -> torch.Tensor:
+        """Differentiable quantity to maximise, ``(batch,)``."""
+        raise NotImplementedError
+
+    def _value(self, out, state) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _success(self, out, state) -> torch.Tensor:
+        return (predicted_sets(out.logits) != state["clean_pred"]).any(-1)
+
+    def _drs_loss(self, out, state) -> torch.Tensor:
+        return _nan(out.logits.shape[0], out.logits)
+
+    @torch.no_grad()
+    def evaluate(self, out, state: dict) -> dict:
+        """Score a model output (a :class:`~core.models.base.ModelOutput`).
+
+        Returns
+        -------
+        dict of torch.Tensor [shape=(batch,)]
+            ``objective`` (the value the attack maximised), ``success`` (bool),
+            ``prs_loss`` (BCE against ``y``), ``drs_loss`` (distance to the target;
+            NaN without one).
+        """
+        return {
+            "objective": self._value(out, state),
+            "success": self._success(out, state),
+            "prs_loss": multilabel_loss(out.logits, state["labels"]),
+            "drs_loss": self._drs_loss(out, state),
+        }
+
+
+class OutputUntargeted(Objective):
+    """Maximise the multi-label BCE against ``y`` (true labels, or the clean prediction).
+
+    Success: the predicted label set differs from the clean one.
+    """
+
+    name = "output-untargeted"
+
+    def loss(self, model, x_adv, state):
+        return multilabel_loss(model(x_adv), state["labels"])
+
+    def _value(self, out, state):
+        return multilabel_loss(out.logits, state["labels"])
+
+
+class OutputTargeted(Objective):
+    """Make a species appear (``mode="add"``) or a present one disappear (``"remove"``).
+
+    The target label set ``t`` is the clean prediction with ``class_index`` set to 1
+    (add) or 0 (remove); the attack minimises the BCE to ``t`` (maximises its negative),
+    so the other species are kept. Success: the class's score crosses 0.5.
+
+    Parameters
+    ----------
+    class_index : int >= 0
+    mode : {"add", "remove"}
+    """
+
+    name = "output-targeted"
+    targeted = True
+
+    def __init__(self, class_index: int, mode: str = "add") -> None:
+        if isinstance(class_index, bool) or not isinstance(class_index, int) or class_index < 0:
+            raise ParameterError(f"class_index must be an integer >= 0, got {class_index!r}")
+        if mode not in ("add", "remove"):
+            raise ParameterError(f"mode must be 'add' or 'remove', got {mode!r}")
+        self.class_index, self.mode = class_index, mode
+
+    def describe(self):
+        return {"name": self.name, "class_index": self.class_index, "mode": self.mode}
+
+    def check_model(self, model):
+        n = len(model.config.class_names)
+        if self.class_index >= n:
+            raise ParameterError(f"class_index must be < n_classes={n}, got {self.class_index}")
+
+    def _prepare(self, model, x, out, state):
+        t = state["clean_pred"].clone()
+        t[:, self.class_index] = 1.0 if self.mode == "add" else 0.0
+        return {"target": t}
+
+    def loss(self, model, x_adv, state):
+        return -multilabel_loss(model(x_adv), state["target"])
+
+    def _value(self, out, state):
+        return -multilabel_loss(out.logits, state["target"])
+
+    def _success(self, out, state):
+        present = torch.sigmoid(out.logits[:, self.class_index]) >= 0.5
+        return present if self.mode == "add" else ~present
+
+    def _drs_loss(self, out, state):
+        return multilabel_loss(out.logits, state["target"])
+
+
+class EmbeddingUntargeted(Objective):
+    """Maximise the spatial-wise cosine dissimilarity to the clean feature map (AT-E attack).
+
+    The feature map is :meth:`~core.models.base.BirdClassifier.forward_features`
+    (after the add-on layer for AudioProtoPNet). Success: the predicted label set changed.
+    """
+
+    name = "embedding-untargeted"
+    space = "embedding"
+
+    def _prepare(self, model, x, out, state):
+        return {"reference_features": out.feature_map}
+
+    def loss(self, model, x_adv, state):
+        return spatial_cosine_dissimilarity(model.forward_features(x_adv), state["reference_features"])
+
+    def _value(self, out, state):
+        return spatial_cosine_dissimilarity(out.feature_map, state["reference_features"])
+
+
+class EmbeddingTargeted(Objective):
+    """Pull the feature map towards that of a target clip (minimise their cosine dissimilarity).
+
+    Parameters
+    ----------
+    target_waveform : torch.Tensor [shape=(n_samples,)]
+        The target clip, same length as the attacked clips.
+
+    Success: the top-1 class equals the target clip's top-1 class. DRS uses the RMSE
+    between representation vectors (prototype activations or pooled embedding) of the
+    attacked and the target clip.
+    """
+
+    name = "embedding-targeted"
+    space = "embedding"
+    targeted = True
+
+    def __init__(self, target_waveform: torch.Tensor) -> None:
+        t = torch.as_tensor(target_waveform)
+        if t.ndim != 1 or not t.is_floating_point() or not torch.isfinite(t).all():
+            raise ParameterError(f"target_waveform must be a finite float (n_samples,) tensor, got shape {tuple(t.shape)}")
+        self.target_waveform = t
+
+    def describe(self):
+        return {"name": self.name, "target_samples": int(self.target_waveform.numel())}
+
+    def _prepare(self, model, x, out, state):
+        if self.target_waveform.numel() != x.shape[1]:
+            raise ParameterError(f"target clip has {self.target_waveform.numel()} samples, attacked clips have {x.shape[1]}")
+        t = model.forward_all(self.target_waveform.to(x.device, x.dtype)[None])
+        b = x.shape[0]
+        return {
+            "target_features": t.feature_map.expand(b, *t.feature_map.shape[1:]),
+            "target_representation": _representation(t).expand(b, -1),
+            "target_top1": t.logits.argmax(-1).expand(b),
+        }
+
+    def loss(self, model, x_adv, state):
+        return -spatial_cosine_dissimilarity(model.forward_features(x_adv), state["target_features"])
+
+    def _value(self, out, state):
+        return -spatial_cosine_dissimilarity(out.feature_map, state["target_features"])
+
+    def _success(self, out, state):
+        return out.logits.argmax(-1) == state["target_top1"]
+
+    def _drs_loss(self, out, state):
+        return _rmse(_representation(out), state["target_representation"])
+
+
+class _PrototypeObjective(Objective):
+    space = "prototype"
+    targeted = True
+
+    def check_model(self, model):
+        if not hasattr(model, "prototype_vectors"):
+            raise ParameterError(f"prototype objectives need an AudioProtoPNet, got {model.config.arch!r}")
+
+    def _activations(self, model, x_adv):
+        feats = model.forward_features(x_adv)
+        return model.similarity_maps(feats).amax(dim=(2, 3))
+
+    def _drs_loss(self, out, state):
+        return _rmse(out.prototype_activations, state["target_activations"])
+
+
+class PrototypeSuppress(_PrototypeObjective):
+    """Suppress the clip's ``k`` most activated prototypes (minimise their mean activation).
+
+    Target for DRS: the clean activation vector with those ``k`` set to 0.
+    Success: none of them is the most activated prototype any more.
+
+    Parameters
+    ----------
+    k : int >= 1
+    """
+
+    name = "prototype-suppress"
+
+    def __init__(self, k: int = 3) -> None:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ParameterError(f"k must be an integer >= 1, got {k!r}")
+        self.k = k
+
+    def describe(self):
+        return {"name": self.name, "k": self.k}
+
+    def check_model(self, model):
+        super().check_model(model)
+        if self.k >= model.n_prototypes:
+            raise ParameterError(f"k must be < n_prototypes={model.n_prototypes}, got {self.k}")
+
+    def _prepare(self, model, x, out, state):
+        top = out.prototype_activations.topk(self.k, dim=-1).indices
+        target = out.prototype_activations.scatter(1, top, 0.0)
+        return {"suppressed": top, "target_activations": target}
+
+    def loss(self, model, x_adv, state):
+        return -self._activations(model, x_adv).gather(1, state["suppressed"]).mean(-1)
+
+    def _value(self, out, state):
+        return -out.prototype_activations.gather(1, state["suppressed"]).mean(-1)
+
+    def _success(self, out, state):
+        best = out.prototype_activations.argmax(-1, keepdim=True)
+        return ~(state["suppressed"] == best).any(-1)
+
+
+class PrototypeActivate(_PrototypeObjective):
+    """Activate a chosen prototype (usually of another class): maximise its activation.
+
+    Target for DRS: the clean activation vector with that prototype at 1 (its maximum).
+    Success: it becomes the most activated prototype.
+
+    Parameters
+    ----------
+    prototype_index : int >= 0
+    """
+
+    name = "prototype-activate"
+
+    def __init__(self, prototype_index: int) -> None:
+        if isinstance(prototype_index, bool) or not isinstance(prototype_index, int) or prototype_index < 0:
+            raise ParameterError(f"prototype_index must be an integer >= 0, got {prototype_index!r}")
+        self.prototype_index = prototype_index
+
+    def describe(self):
+        return {"name": self.name, "prototype_index": self.prototype_index}
+
+    def check_model(self, model):
+        super().check_model(model)
+        if self.prototype_index >= model.n_prototypes:
+            raise ParameterError(f"prototype_index must be < n_prototypes={model.n_prototypes}, got {self.prototype_index}")
+
+    def _prepare(self, model, x, out, state):
+        target = out.prototype_activations.clone()
+        target[:, self.prototype_index] = 1.0
+        return {"target_activations": target}
+
+    def loss(self, model, x_adv, state):
+        return self._activations(model, x_adv)[:, self.prototype_index]
+
+    def _value(self, out, state):
+        return out.prototype_activations[:, self.prototype_index]
+
+    def _success(self, out, state):
+        return out.prototype_activations.argmax(-1) == self.prototype_index
+
+
+OBJECTIVES = {
+    cls.name: cls
+    for cls in (OutputUntargeted, OutputTargeted, EmbeddingUntargeted, EmbeddingTargeted, PrototypeSuppress, PrototypeActivate)
+}
+
+
+def make_objective(name: str, **kwargs) -> Objective:
+    """Build an objective by name (keys of :data:`OBJECTIVES`) with its keyword arguments.
+
+    Raises
+    ------
+    ParameterError
+        Unknown name, or a missing/unexpected argument (e.g. ``class_index`` for
+        ``output-targeted``).
+    """
+    if name not in OBJECTIVES:
+        raise ParameterError(f"objective must be one of {sorted(OBJECTIVES)}, got {name!r}")
+    try:
+        return OBJECTIVES[name](**kwargs)
+    except TypeError as exc:
+        raise ParameterError(f"objective {name!r}: {exc}") from None

@@ -1,0 +1,536 @@
+"""Robustness sweeps: many eps values in one call, minimal flipping eps, tidy tables.
+
+:func:`run_sweep` follows foolbox's ``attack(model, inputs, criterion,
+epsilons=[...])`` semantics: one call, results shaped ``(n_eps, batch)``. The eps
+grid is put on the batch axis: every (eps, clip) pair is one row, rows are run in
+chunks of ``max_rows`` with the clean pass, objective state and random start shared
+across the grid. Row ``(i, j)`` gives exactly what a single attack with eps ``i``
+on the same batch and seed gives for clip ``j``.
+
+:func:`minimal_eps` finds, per clip, the smallest eps that makes the attack
+succeed, by bisection on a log scale (success of PGD is not guaranteed to be
+monotone in eps, so the result is an upper bound found by the search).
+
+:func:`sweep_table` turns a result into tidy rows (one per model, eps and clip);
+:func:`summarize` aggregates them into curves; :func:`sweep_windows` runs a
+resumable sweep over many clips and models and writes the table to CSV/Parquet.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from core import metrics
+from core.attacks.base import Attack, eps_rows_for_snr
+from core.attacks.objectives import take_rows
+from core.errors import ParameterError
+
+__all__ = ["SweepResult", "run_sweep", "minimal_eps", "sweep_table", "summarize", "sweep_windows", "read_table", "write_table", "CURVE_METRICS"]
+
+#: Metrics of :func:`summarize`, in the order the dashboard offers them.
+CURVE_METRICS = ("cmap", "roc_auc", "top1", "success_rate", "prs", "drs", "tars", "snr_db", "db_x", "eps")
+
+
+@dataclass
+class SweepResult:
+    """Results of :func:`run_sweep`; arrays are ``(n_eps, batch)`` unless stated.
+
+    Attributes
+    ----------
+    budget_kind : {"eps", "snr_db"}
+    budgets : np.ndarray [shape=(n_eps,)]
+        The grid as given: eps [full-scale amplitude] or target SNR [dB].
+    eps : np.ndarray [full-scale amplitude]
+        The radius used for each row (per clip for SNR budgets).
+    clean_scores : np.ndarray [shape=(batch, n_classes)]
+        Sigmoid scores of the clean clips.
+    scores : np.ndarray [shape=(n_eps, batch, n_classes)]
+    success : np.ndarray, bool
+    objective, clean_objective : np.ndarray; ``clean_objective`` is ``(batch,)``
+        The value each attack maximised.
+    prs, drs, tars : np.ndarray
+        Robustness scores (:mod:`core.metrics`; NaN DRS/TARS without a target).
+    snr_db, db_x : np.ndarray [dB]
+    linf, l2 : np.ndarray [full-scale amplitude]
+    adversarial : np.ndarray [shape=(n_eps, batch, n_samples), dtype=float32] or None
+        Only with ``keep_waveforms=True``.
+    """
+
+    budget_kind: str
+    budgets: np.ndarray
+    eps: np.ndarray
+    clean_scores: np.ndarray
+    scores: np.ndarray
+    success: np.ndarray
+    objective: np.ndarray
+    clean_objective: np.ndarray
+    prs: np.ndarray
+    drs: np.ndarray
+    tars: np.ndarray
+    snr_db: np.ndarray
+    db_x: np.ndarray
+    linf: np.ndarray
+    l2: np.ndarray
+    adversarial: np.ndarray | None = None
+
+
+def _grid(attack: Attack, epsilons, snr_db) -> tuple[str, np.ndarray]:
+    if (epsilons is None) == (snr_db is None):
+        raise ParameterError("give exactly one grid: epsilons (full-scale amplitude) or snr_db (dB)")
+    kind, values = ("eps", epsilons) if epsilons is not None else ("snr_db", snr_db)
+    try:
+        grid = np.asarray(values, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise ParameterError(f"{kind} grid must be numbers, got {values!r}") from None
+    if grid.size == 0:
+        raise ParameterError(f"{kind} grid is empty")
+    low, high = (0.0, attack.eps_max(attack.norm)) if kind == "eps" else (-20.0, 120.0)
+    bad = [v for v in grid if not (math.isfinite(v) and low <= v <= high)]
+    if bad:
+        unit = "full-scale amplitude" if kind == "eps" else "dB"
+        raise ParameterError(f"{kind} values must lie in [{low:g}, {high:g}] ({unit}, norm {attack.norm}), got {bad}")
+    return kind, grid
+
+
+def run_sweep(
+    attack: Attack,
+    model,
+    waveforms: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    *,
+    epsilons: Sequence[float] | None = None,
+    snr_db: Sequence[float] | None = None,
+    masks: torch.Tensor | None = None,
+    max_rows: int = 8,
+    keep_waveforms: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> SweepResult:
+    """Attack a batch at every budget of a grid in one call.
+
+    The attack's own ``eps``/``snr_db`` is ignored; everything else (norm, steps,
+    step ratio, seed, objective, bounds) is used.
+
+    Parameters
+    ----------
+    attack : Attack
+    model : BirdClassifier
+    waveforms : torch.Tensor [shape=(batch, n_samples)], full-scale amplitude inside the bounds
+    labels : torch.Tensor [shape=(batch, n_classes)], optional
+        True multi-hot labels (PRS reference, output-space untargeted target).
+    epsilons : sequence of float, optional [full-scale amplitude]
+    snr_db : sequence of float, optional [dB]
+        Exactly one of ``epsilons`` and ``snr_db``; an SNR grid gives each clip its own eps.
+    masks : torch.Tensor [shape=(batch, n_samples)], optional
+        1 where samples may change.
+    max_rows : int >= 1
+        Rows (eps x clip pairs) per forward/backward pass; bounds memory.
+    keep_waveforms : bool
+        Return the adversarial waveforms (n_eps x batch x n_samples floats).
+    progress : callable, optional
+        ``progress(done_rows, total_rows)``.
+
+    Returns
+    -------
+    SweepResult
+
+    Raises
+    ------
+    ParameterError
+        Empty or out-of-range grid, invalid waveforms/labels/mask, ``max_rows < 1``.
+    """
+    kind, grid = _grid(attack, epsilons, snr_db)
+    if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
+        raise ParameterError(f"max_rows must be an integer >= 1, got {max_rows!r}")
+    x, labels, mask = attack.check_inputs(waveforms, labels, masks)
+    n_eps, batch = len(grid), x.shape[0]
+    with attack.eval_mode(model):
+        state = attack.objective.prepare(model, x, labels)
+        noise = attack.start_noise(x)
+        if kind == "eps":
+            eps = torch.as_tensor(grid, dtype=x.dtype, device=x.device)[:, None].expand(n_eps, batch)
+        else:
+            eps = torch.stack([eps_rows_for_snr(x, float(s), attack.norm, mask) for s in grid]).clamp(max=attack.eps_max(attack.norm))
+        flat_eps = eps.reshape(-1)
+        clip = torch.arange(batch, device=x.device).repeat(n_eps)
+        total = n_eps * batch
+        parts: dict[str, list[torch.Tensor]] = {}
+        for start in range(0, total, max_rows):
+            rows = torch.arange(start, min(start + max_rows, total), device=x.device)
+            j = clip[rows]
+            st = take_rows(state, j)
+            xa = attack.perturb(model, x[j], flat_eps[rows], st, None if mask is None else mask[j], None if noise is None else noise[j])
+            with torch.no_grad():
+                out = model.forward_all(xa)
+                row = attack.objective.evaluate(out, st)
+            row["scores"] = torch.sigmoid(out.logits)
+            row["snr_db"] = metrics.snr_db(x[j], xa)
+            row["db_x"] = metrics.db_x(x[j], xa)
+            row["linf"] = metrics.linf(x[j], xa)
+            row["l2"] = metrics.l2(x[j], xa)
+            if keep_waveforms:
+                row["adversarial"] = xa
+            for k, v in row.items():
+                parts.setdefault(k, []).append(v.detach().float().cpu())
+            if progress:
+                progress(int(rows[-1]) + 1, total)
+
+    def grid_shaped(name):
+        v = torch.cat(parts[name]).numpy()
+        return v.reshape(n_eps, batch, *v.shape[1:])
+
+    prs = metrics.prs(state["clean_prs_loss"].cpu().numpy()[None], grid_shaped("prs_loss"))
+    drs = metrics.drs(state["clean_drs_loss"].cpu().numpy()[None], grid_shaped("drs_loss"))
+    return SweepResult(
+        budget_kind=kind,
+        budgets=grid,
+        eps=eps.detach().cpu().double().numpy(),
+        clean_scores=torch.sigmoid(state["clean_logits"]).float().cpu().numpy(),
+        scores=grid_shaped("scores"),
+        success=grid_shaped("success").astype(bool),
+        objective=grid_shaped("objective"),
+        clean_objective=state["clean_objective"].float().cpu().numpy(),
+        prs=prs,
+        drs=drs,
+        tars=metrics.tars(prs, drs),
+        snr_db=grid_shaped("snr_db"),
+        db_x=grid_shaped("db_x"),
+        linf=grid_shaped("linf"),
+        l2=grid_shaped("l2"),
+        adversarial=grid_shaped("adversarial") if keep_waveforms else None,
+    )
+
+
+def minimal_eps(
+    attack: Attack,
+    model,
+    waveforms: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    *,
+    eps_low: float = 1e-6,
+    eps_high: float | None = None,
+    iterations: int = 10,
+    masks: torch.Tensor | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
+    """Smallest eps at which the attack succeeds, per clip, by bisection on log(eps).
+
+    Every iteration runs the attack once on the whole batch, each clip at its own
+    eps (the geometric mean of its current bracket). After ``iterations`` steps the
+    bracket is ``(eps_high/eps_low)^(1/2^iterations)`` wide in ratio (10 iterations
+    over 6 decades: 1.4 %).
+
+    Parameters
+    ----------
+    attack : Attack
+        Its norm, steps, seed and objective are used; its budget is not.
+    model : BirdClassifier
+    waveforms : torch.Tensor [shape=(batch, n_samples)]
+    labels : torch.Tensor [shape=(batch, n_classes)], optional
+    eps_low, eps_high : float [full-scale amplitude]
+        Search range; ``eps_high`` defaults to the norm's maximum (1 for L-inf).
+    iterations : int in [1, 40]
+    masks : torch.Tensor [shape=(batch, n_samples)], optional
+    progress : callable, optional
+        ``progress(done, total)`` over the ``iterations + 2`` attack runs.
+
+    Returns
+    -------
+    dict of np.ndarray [shape=(batch,)]
+        ``eps`` (NaN where even ``eps_high`` fails; ``eps_low`` where it already
+        succeeds), ``snr_db`` and ``db_x`` of the adversarial clip found at that eps,
+        ``found`` (bool).
+
+    Raises
+    ------
+    ParameterError
+        A bad range or iteration count, or invalid inputs.
+    """
+    eps_high = attack.eps_max(attack.norm) if eps_high is None else eps_high
+    if not (math.isfinite(eps_low) and math.isfinite(eps_high) and 0 < eps_low < eps_high <= attack.eps_max(attack.norm)):
+        raise ParameterError(f"need 0 < eps_low < eps_high <= {attack.eps_max(attack.norm):g}, got {eps_low}, {eps_high}")
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or not 1 <= iterations <= 40:
+        raise ParameterError(f"iterations must be an integer in [1, 40], got {iterations!r}")
+    x, labels, mask = attack.check_inputs(waveforms, labels, masks)
+    batch, total = x.shape[0], iterations + 2
+    with attack.eval_mode(model):
+        state = attack.objective.prepare(model, x, labels)
+        noise = attack.start_noise(x)
+
+        def run(eps_rows):
+            xa = attack.perturb(model, x, eps_rows, state, mask, noise)
+            with torch.no_grad():
+                ok = attack.objective.evaluate(model.forward_all(xa), state)["success"]
+            return xa, ok
+
+        lo = torch.full((batch,), float(eps_low), dtype=torch.float64)
+        hi = torch.full((batch,), float(eps_high), dtype=torch.float64)
+        best, ok_high = run(hi.to(x.dtype).to(x.device))
+        ok_high = ok_high.cpu()
+        adv_low, ok_low = run(lo.to(x.dtype).to(x.device))
+        ok_low = ok_low.cpu()
+        best[ok_low.to(x.device)] = adv_low[ok_low.to(x.device)]
+        hi[ok_low] = eps_low
+        if progress:
+            progress(2, total)
+        active = ok_high & ~ok_low
+        for it in range(iterations):
+            if not active.any():
+                break
+            mid = torch.sqrt(lo * hi)
+            xa, ok = run(torch.where(active, mid, hi).to(x.dtype).to(x.device))
+            ok = ok.cpu() & active
+            hi = torch.where(ok, mid, hi)
+            lo = torch.where(active & ~ok, mid, lo)
+            best[ok.to(x.device)] = xa[ok.to(x.device)]
+            if progress:
+                progress(it + 3, total)
+    found = (ok_high | ok_low).numpy()
+    eps = np.where(found, hi.numpy(), np.nan)
+    snr = np.where(found, metrics.snr_db(x, best).cpu().numpy(), np.nan)
+    dbx = np.where(found, metrics.db_x(x, best).cpu().numpy(), np.nan)
+    return {"eps": eps, "snr_db": snr, "db_x": dbx, "found": found}
+
+
+def sweep_table(
+    result: SweepResult,
+    *,
+    model: str,
+    attack: Attack,
+    clip_ids: Sequence[str],
+    class_names: Sequence[str],
+    labels: np.ndarray | None = None,
+) -> pd.DataFrame:
+    """Tidy rows, one per (eps, clip), clean rows (budget ``None``/eps 0) first.
+
+    Columns: ``model, attack, norm, objective, steps, seed, budget_kind, budget, clip,
+    eps, success, objective_value, prs, drs, tars, snr_db, db_x, linf, l2``, one
+    ``score:<class>`` column per class and, with labels, one ``label:<class>`` column.
+    Clean rows have ``budget_kind == "clean"`` and carry the clean scores.
+
+    Raises
+    ------
+    ParameterError
+        ``clip_ids`` or ``labels`` do not match the batch.
+    """
+    n_eps, batch = result.success.shape
+    if len(clip_ids) != batch:
+        raise ParameterError(f"{len(clip_ids)} clip ids for a batch of {batch}")
+    if labels is not None and np.shape(labels) != (batch, len(class_names)):
+        raise ParameterError(f"labels must be ({batch}, {len(class_names)}), got {np.shape(labels)}")
+    info = {
+        "model": model, "attack": attack.name, "norm": attack.norm, "objective": attack.objective.name,
+        "steps": attack.steps, "seed": attack.seed,
+    }
+    clean = pd.DataFrame({
+        **info, "budget_kind": "clean", "budget": np.nan, "clip": list(clip_ids), "eps": 0.0, "success": False,
+        "objective_value": result.clean_objective, "prs": 1.0, "drs": np.where(np.isnan(result.drs[0]), np.nan, 1.0),
+        "tars": np.where(np.isnan(result.tars[0]), np.nan, 1.0),
+        "snr_db": np.inf, "db_x": -np.inf, "linf": 0.0, "l2": 0.0,
+    })
+    scores = [result.clean_scores] + [result.scores[i] for i in range(n_eps)]
+    adv = pd.DataFrame({
+        **info, "budget_kind": result.budget_kind, "budget": np.repeat(result.budgets, batch), "clip": list(clip_ids) * n_eps,
+        "eps": result.eps.reshape(-1), "success": result.success.reshape(-1), "objective_value": result.objective.reshape(-1),
+        "prs": result.prs.reshape(-1), "drs": result.drs.reshape(-1), "tars": result.tars.reshape(-1),
+        "snr_db": result.snr_db.reshape(-1), "db_x": result.db_x.reshape(-1), "linf": result.linf.reshape(-1), "l2": result.l2.reshape(-1),
+    })
+    df = pd.concat([clean, adv], ignore_index=True)
+    all_scores = np.concatenate(scores)
+    cols = {f"score:{c}": all_scores[:, k] for k, c in enumerate(class_names)}
+    if labels is not None:
+        lab = np.tile(np.asarray(labels, dtype=np.float32), (n_eps + 1, 1))
+        cols |= {f"label:{c}": lab[:, k] for k, c in enumerate(class_names)}
+    return pd.concat([df, pd.DataFrame(cols)], axis=1)
+
+
+def _classes(df: pd.DataFrame) -> list[str]:
+    return [c.split(":", 1)[1] for c in df.columns if c.startswith("score:")]
+
+
+def summarize(df: pd.DataFrame) -> pd.DataFrame:
+    """Aggregate a tidy sweep table into one row per (model, attack, objective, budget).
+
+    cmAP, macro ROC-AUC and top-1 are computed over the clips of each group
+    (needs ``label:`` columns; NaN otherwise); success rate, PRS, DRS and TARS are
+    means over clips; SNR, dB_x and eps are medians (SNR of a clean row is +inf).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``model, attack, norm, objective, budget_kind, budget, n_clips`` and
+        :data:`CURVE_METRICS`.
+    """
+    classes = _classes(df)
+    has_labels = all(f"label:{c}" in df.columns for c in classes) and classes
+    keys = ["model", "attack", "norm", "objective", "budget_kind", "budget"]
+    rows = []
+    for key, g in df.groupby(keys, dropna=False, sort=False):
+        row = dict(zip(keys, key))
+        row["n_clips"] = int(g["clip"].nunique())
+        if has_labels:
+            cls = metrics.classification_metrics(g[[f"score:{c}" for c in classes]].to_numpy(), g[[f"label:{c}" for c in classes]].to_numpy())
+            row |= {k: cls[k] for k in ("cmap", "roc_auc", "top1")}
+        else:
+            row |= {"cmap": np.nan, "roc_auc": np.nan, "top1": np.nan}
+        row["success_rate"] = float(g["success"].astype(float).mean())
+        for m in ("prs", "drs", "tars"):
+            row[m] = float(g[m].mean()) if g[m].notna().any() else np.nan
+        for m in ("snr_db", "db_x", "eps"):
+            row[m] = float(g[m].median())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# -- tables on disk -----------------------------------------------------------------------------
+
+
+def write_table(df: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write CSV or Parquet (by extension) atomically: a temporary file, then a rename.
+
+    Raises
+    ------
+    ParameterError
+        Extension other than ``.csv`` or ``.parquet``.
+    """
+    path = Path(path)
+    if path.suffix not in (".csv", ".parquet"):
+        raise ParameterError(f"sweep table must end in .csv or .parquet, got {path.name!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        if path.suffix == ".csv":
+            df.to_csv(tmp, index=False)
+        else:
+            df.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def read_table(source) -> pd.DataFrame:
+    """Read a sweep table (path or file-like; CSV or Parquet) and check its columns.
+
+    Raises
+    ------
+    ParameterError
+        Unreadable file, or missing columns of a sweep table.
+    """
+    name = str(getattr(source, "name", source))
+    try:
+        df = pd.read_parquet(source) if name.endswith(".parquet") else pd.read_csv(source)
+    except Exception as exc:  # pandas raises many types for a bad file
+        raise ParameterError(f"cannot read sweep table {os.path.basename(name)!r}: {exc}") from None
+    required = {"model", "attack", "norm", "objective", "budget_kind", "budget", "clip", "eps", "success", "prs", "drs", "tars", "snr_db"}
+    missing = sorted(required - set(df.columns))
+    if missing or not _classes(df):
+        raise ParameterError(f"{os.path.basename(name)!r} is not a sweep table: missing columns {missing or ['score:<class>']}")
+    df["success"] = df["success"].astype(str).str.lower().isin(("true", "1", "1.0"))
+    return df
+
+
+def sweep_windows(
+    models: dict,
+    attack: Attack,
+    waveforms: np.ndarray,
+    clip_ids: Sequence[str],
+    labels: np.ndarray | None = None,
+    *,
+    epsilons: Sequence[float] | None = None,
+    snr_db: Sequence[float] | None = None,
+    masks: np.ndarray | None = None,
+    clips_per_batch: int = 4,
+    max_rows: int = 8,
+    out: str | os.PathLike | None = None,
+    settings: dict | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> pd.DataFrame:
+    """Sweep several models over many clips, optionally resumable on disk.
+
+    Clips are attacked ``clips_per_batch`` at a time; after each batch the table is
+    written atomically to ``out`` (with a ``.json`` sidecar of the settings). If
+    ``out`` already holds rows of a sweep with the same settings, clips already
+    done for a model are skipped, so an interrupted run resumes where it stopped.
+
+    Parameters
+    ----------
+    models : dict of name -> BirdClassifier
+    attack : Attack
+    waveforms : np.ndarray [shape=(n_clips, n_samples), dtype=float32]
+    clip_ids : sequence of str, unique
+    labels : np.ndarray [shape=(n_clips, n_classes)], optional
+    epsilons, snr_db : sequence of float
+        The grid (see :func:`run_sweep`).
+    masks : np.ndarray [shape=(n_clips, n_samples)], optional
+    out : path, optional
+        ``.csv`` or ``.parquet``.
+    settings : dict, optional
+        Extra JSON-ready settings recorded in the sidecar (e.g. split).
+    progress : callable, optional
+        ``progress(done_clips, total_clips)`` summed over models.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The whole table (earlier rows included).
+
+    Raises
+    ------
+    ParameterError
+        ``out`` holds a sweep with other settings, duplicate clip ids, bad inputs.
+    """
+    kind, grid = _grid(attack, epsilons, snr_db)
+    if len(set(clip_ids)) != len(clip_ids) or len(clip_ids) != len(waveforms):
+        raise ParameterError("clip_ids must be unique, one per waveform")
+    meta = {
+        "attack": attack.describe(), "budget_kind": kind, "grid": [float(v) for v in grid], "models": sorted(models),
+        **(settings or {}),
+    }
+    table = pd.DataFrame()
+    if out is not None:
+        out = Path(out)
+        side = out.with_suffix(out.suffix + ".json")
+        if out.exists():
+            old = json.loads(side.read_text()) if side.exists() else None
+            if old is None or {k: v for k, v in old.items() if k != "models"} != {k: v for k, v in meta.items() if k != "models"}:
+                raise ParameterError(f"{out} holds a sweep with other settings; choose another output file or delete it")
+            table = read_table(out)
+            meta["models"] = sorted(set(old["models"]) | set(models))
+        side.parent.mkdir(parents=True, exist_ok=True)
+        side.write_text(json.dumps(meta, indent=1))
+    total = len(models) * len(clip_ids)
+    done = 0
+    for name, model in models.items():
+        finished = set(table.loc[table["model"] == name, "clip"]) if len(table) else set()
+        todo = [i for i, c in enumerate(clip_ids) if c not in finished]
+        done += len(clip_ids) - len(todo)
+        if progress:
+            progress(done, total)
+        device = next(model.parameters()).device
+        for b in range(0, len(todo), clips_per_batch):
+            idx = todo[b : b + clips_per_batch]
+            x = torch.as_tensor(np.asarray(waveforms[idx], dtype=np.float32), device=device)
+            y = None if labels is None else torch.as_tensor(labels[idx], device=device)
+            m = None if masks is None else torch.as_tensor(masks[idx], device=device)
+            grids = {"epsilons": grid} if kind == "eps" else {"snr_db": grid}
+            res = run_sweep(attack, model, x, y, masks=m, max_rows=max_rows, **grids)
+            part = sweep_table(res, model=name, attack=attack, clip_ids=[clip_ids[i] for i in idx], class_names=model.config.class_names,
+                               labels=None if labels is None else labels[idx])
+            table = pd.concat([table, part], ignore_index=True) if len(table) else part
+            if out is not None:
+                write_table(table, out)
+            done += len(idx)
+            if progress:
+                progress(done, total)
+    return table
