@@ -157,6 +157,84 @@ def cmd_attack(args) -> int:
     return 0
 
 
+def _floats(text: str, option: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ParameterError(f"{option} must be comma-separated numbers, e.g. 0,1e-4,1e-3; got {text!r}") from None
+
+
+def cmd_sweep(args) -> int:
+    import numpy as np
+    from tqdm import tqdm
+
+    from core.data import open_dataset
+    from core.models.registry import load_checkpoint
+    from core.sweep import attack_from_options, dataset_clips, minimal_eps, summarize, sweep_windows, write_table
+
+    if (args.epsilons is None) == (args.snr is None):
+        raise ParameterError("give exactly one of --epsilons (full-scale amplitude) and --snr (dB)")
+    grid = {"epsilons": _floats(args.epsilons, "--epsilons")} if args.epsilons is not None else {"snr_db": _floats(args.snr, "--snr")}
+    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not names:
+        raise ParameterError("--models needs at least one checkpoint name")
+    models = {n: load_checkpoint(n) for n in names}
+    first = next(iter(models.values()))
+    sr, win = first.config.frontend.sample_rate, first.config.window_samples
+    if any((m.config.frontend.sample_rate, m.config.window_samples) != (sr, win) for m in models.values()):
+        raise ParameterError("all --models must share the sample rate and window length")
+    dataset = open_dataset(args.data_dir)
+    clips = dataset_clips(dataset, split=args.split, class_names=first.config.class_names, sample_rate=sr, window_samples=win,
+                          species=args.species, max_clips=args.max_clips)
+    target = None
+    if args.target_clip:
+        if args.target_clip not in dataset.by_id:
+            raise ParameterError(f"--target-clip: no recording {args.target_clip!r} in the manifest")
+        target = dataset.load(dataset.by_id[args.target_clip], sr)[:win]
+        target = np.pad(target, (0, win - len(target)))
+
+    def make(model):
+        return attack_from_options(model, attack=args.attack, norm=args.norm, objective=args.objective, steps=args.steps, seed=args.seed,
+                                   species=args.target_species, mode=args.mode, target_waveform=target, prototype=args.prototype, k=args.k)
+
+    out = Path(args.out)
+    settings = {"split": args.split, "species": args.species, "max_clips": args.max_clips, "target_clip": args.target_clip}
+    bar = tqdm(total=len(models) * len(clips), unit="clip", dynamic_ncols=True, disable=None)
+
+    def progress(done, total):
+        bar.n = done
+        bar.refresh()
+
+    table = sweep_windows(models, make, clips.waveforms, clips.clip_ids, clips.labels, masks=clips.masks, out=out, settings=settings,
+                          clips_per_batch=args.batch_clips, progress=progress, **grid)
+    bar.close()
+    summary = summarize(table)
+    cols = ["model", "budget_kind", "budget", "n_clips", "cmap", "success_rate", "prs", "drs", "tars", "snr_db"]
+    print(summary[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(f"{len(table)} rows written to {out}")
+    if args.minimal_eps:
+        rows = []
+        for name, model in models.items():
+            import torch
+
+            x = torch.as_tensor(clips.waveforms, device=next(model.parameters()).device)
+            for b in range(0, len(clips), args.batch_clips):
+                sl = slice(b, b + args.batch_clips)
+                found = minimal_eps(make(model), model, x[sl], torch.as_tensor(clips.labels[sl]), masks=torch.as_tensor(clips.masks[sl]),
+                                    iterations=args.iterations)
+                for i, cid in enumerate(clips.clip_ids[sl]):
+                    rows.append({"model": name, "clip": cid, "species": clips.species[b + i], "min_eps": found["eps"][i],
+                                 "snr_db": found["snr_db"][i], "db_x": found["db_x"][i], "found": bool(found["found"][i])})
+        import pandas as pd
+
+        min_out = out.with_name(out.stem + "_min_eps" + out.suffix)
+        min_table = pd.DataFrame(rows)
+        write_table(min_table, min_out)
+        print(min_table.groupby("model")[["min_eps", "snr_db"]].median().to_string(float_format=lambda v: f"{v:.4g}"))
+        print(f"minimal flipping eps per clip written to {min_out}")
+    return 0
+
+
 def cmd_download(args) -> int:
     from tqdm import tqdm
 
@@ -236,6 +314,31 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--out", help="write the perturbed audio to this WAV file")
     a.add_argument("--json", action="store_true")
     a.set_defaults(func=cmd_attack)
+
+    sw = sub.add_parser("sweep", help="attack a dataset split at every eps of a grid; writes a tidy, resumable table")
+    sw.add_argument("--models", default="baseline,protopnet", help="comma-separated checkpoint names")
+    sw.add_argument("--attack", default="pgd", choices=["fgsm", "bim", "pgd"])
+    sw.add_argument("--norm", default="linf", choices=["linf", "l2"])
+    sw.add_argument("--objective", default="output-untargeted",
+                    choices=["output-untargeted", "output-targeted", "embedding-untargeted", "embedding-targeted", "prototype-suppress", "prototype-activate"])
+    sw.add_argument("--epsilons", help="comma-separated eps grid in full-scale amplitude, e.g. 0,1e-5,1e-4,1e-3")
+    sw.add_argument("--snr", help="comma-separated grid of target SNR in dB instead of eps, e.g. 60,50,40,30")
+    sw.add_argument("--steps", type=int, default=10)
+    sw.add_argument("--seed", type=int, default=0)
+    sw.add_argument("--split", default="test", choices=["train", "val", "test"])
+    sw.add_argument("--species", help="only clips of this species code")
+    sw.add_argument("--max-clips", type=int, help="at most N clips, spread over the split")
+    sw.add_argument("--target-species", help="output-targeted: species code to add or remove")
+    sw.add_argument("--mode", default="add", choices=["add", "remove"], help="output-targeted: add or remove the species")
+    sw.add_argument("--target-clip", help="embedding-targeted: recording id whose first window is the target")
+    sw.add_argument("--prototype", help="prototype-activate: index or CODE:j")
+    sw.add_argument("--k", type=int, default=3, help="prototype-suppress: number of prototypes")
+    sw.add_argument("--batch-clips", type=int, default=4, help="clips per batch (memory)")
+    sw.add_argument("--minimal-eps", action="store_true", help="also find each clip's minimal flipping eps (bisection)")
+    sw.add_argument("--iterations", type=int, default=10, help="bisection steps for --minimal-eps")
+    sw.add_argument("--out", default="results/sweep.csv", help="output table, .csv or .parquet; an existing one with the same settings is resumed")
+    _add_data_dir(sw)
+    sw.set_defaults(func=cmd_sweep)
 
     d = sub.add_parser("download", help="download the xc9 recordings from xeno-canto (network)")
     d.add_argument("--dest", help="target directory (default: data/xc9 in the repository)")

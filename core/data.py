@@ -160,6 +160,7 @@ class Dataset:
                 raise DatasetError(f"recording {r.recording_id}: labels {sorted(unknown)} are not in species.csv")
         # secondary labels outside the class list are ignored (documented)
         self.recordings = recordings
+        self.by_id: dict[str, Recording] = {r.recording_id: r for r in recordings}
 
     def __len__(self) -> int:
         return len(self.recordings)
@@ -366,6 +367,8 @@ class WindowSet:
         Index into ``recordings``.
     starts : np.ndarray [shape=(n_windows,), dtype=int64] [samples]
     recordings : list of Recording
+    valid_samples : np.ndarray [shape=(n_windows,), dtype=int64] or None [samples]
+        Samples of real audio in each window (the rest is zero padding).
     """
 
     waveforms: np.ndarray
@@ -373,6 +376,17 @@ class WindowSet:
     recording_index: np.ndarray
     starts: np.ndarray
     recordings: list[Recording]
+    valid_samples: np.ndarray | None = None
+
+    def masks(self) -> np.ndarray:
+        """``(n_windows, window_samples)`` float32: 1 on real audio, 0 on padding."""
+        n = self.waveforms.shape[1]
+        valid = np.full(len(self.waveforms), n) if self.valid_samples is None else self.valid_samples
+        return (np.arange(n)[None, :] < valid[:, None]).astype(np.float32)
+
+    def clip_ids(self, sample_rate: int) -> list[str]:
+        """``"<recording_id>@<start>s"`` per window (unique), start in seconds at ``sample_rate`` [Hz]."""
+        return [f"{self.recordings[r].recording_id}@{s / sample_rate:g}s" for r, s in zip(self.recording_index, self.starts)]
 
     def recording_targets(self) -> np.ndarray:
         """Targets per recording ``(n_recordings, n_classes)``."""
@@ -442,17 +456,19 @@ def windows_from_waveforms(
     -------
     WindowSet
     """
-    wins, tgts, rec_idx, starts = [], [], [], []
+    wins, tgts, rec_idx, starts, valid = [], [], [], [], []
     for i, wav in enumerate(waveforms):
         w, s = frame_windows(wav, window_samples)
         wins.append(w)
         tgts.append(np.repeat(targets[i][None], len(s), axis=0))
         rec_idx += [i] * len(s)
         starts += s
+        valid += [min(window_samples, len(wav) - st) for st in s]
     return WindowSet(
         waveforms=np.concatenate(wins) if wins else np.zeros((0, window_samples), np.float32),
         targets=np.concatenate(tgts) if tgts else np.zeros((0, n_classes), np.float32),
         recording_index=np.asarray(rec_idx, dtype=np.int64),
         starts=np.asarray(starts, dtype=np.int64),
         recordings=recordings,
+        valid_samples=np.asarray(valid, dtype=np.int64),
     )

@@ -35,7 +35,10 @@ from core.attacks.base import Attack, eps_rows_for_snr
 from core.attacks.objectives import take_rows
 from core.errors import ParameterError
 
-__all__ = ["SweepResult", "run_sweep", "minimal_eps", "sweep_table", "summarize", "sweep_windows", "read_table", "write_table", "CURVE_METRICS"]
+__all__ = [
+    "SweepResult", "run_sweep", "minimal_eps", "sweep_table", "summarize", "sweep_windows", "read_table", "write_table",
+    "CURVE_METRICS", "ClipSet", "dataset_clips", "attack_from_options", "prototype_index",
+]
 
 #: Metrics of :func:`summarize`, in the order the dashboard offers them.
 CURVE_METRICS = ("cmap", "roc_auc", "top1", "success_rate", "prs", "drs", "tars", "snr_db", "db_x", "eps")
@@ -95,7 +98,7 @@ def _grid(attack: Attack, epsilons, snr_db) -> tuple[str, np.ndarray]:
     if grid.size == 0:
         raise ParameterError(f"{kind} grid is empty")
     low, high = (0.0, attack.eps_max(attack.norm)) if kind == "eps" else (-20.0, 120.0)
-    bad = [v for v in grid if not (math.isfinite(v) and low <= v <= high)]
+    bad = [float(v) for v in grid if not (math.isfinite(v) and low <= v <= high)]
     if bad:
         unit = "full-scale amplitude" if kind == "eps" else "dB"
         raise ParameterError(f"{kind} values must lie in [{low:g}, {high:g}] ({unit}, norm {attack.norm}), got {bad}")
@@ -442,7 +445,7 @@ def read_table(source) -> pd.DataFrame:
 
 def sweep_windows(
     models: dict,
-    attack: Attack,
+    attack: Attack | Callable[[object], Attack],
     waveforms: np.ndarray,
     clip_ids: Sequence[str],
     labels: np.ndarray | None = None,
@@ -466,7 +469,9 @@ def sweep_windows(
     Parameters
     ----------
     models : dict of name -> BirdClassifier
-    attack : Attack
+    attack : Attack, or a callable model -> Attack
+        A callable builds one attack per model (targets given by class code or
+        prototype differ between models).
     waveforms : np.ndarray [shape=(n_clips, n_samples), dtype=float32]
     clip_ids : sequence of str, unique
     labels : np.ndarray [shape=(n_clips, n_classes)], optional
@@ -490,11 +495,13 @@ def sweep_windows(
     ParameterError
         ``out`` holds a sweep with other settings, duplicate clip ids, bad inputs.
     """
-    kind, grid = _grid(attack, epsilons, snr_db)
+    attacks = {name: attack(m) if callable(attack) and not isinstance(attack, Attack) else attack for name, m in models.items()}
+    first = next(iter(attacks.values()))
+    kind, grid = _grid(first, epsilons, snr_db)
     if len(set(clip_ids)) != len(clip_ids) or len(clip_ids) != len(waveforms):
         raise ParameterError("clip_ids must be unique, one per waveform")
     meta = {
-        "attack": attack.describe(), "budget_kind": kind, "grid": [float(v) for v in grid], "models": sorted(models),
+        "attack": first.describe(), "budget_kind": kind, "grid": [float(v) for v in grid], "models": sorted(models),
         **(settings or {}),
     }
     table = pd.DataFrame()
@@ -524,8 +531,8 @@ def sweep_windows(
             y = None if labels is None else torch.as_tensor(labels[idx], device=device)
             m = None if masks is None else torch.as_tensor(masks[idx], device=device)
             grids = {"epsilons": grid} if kind == "eps" else {"snr_db": grid}
-            res = run_sweep(attack, model, x, y, masks=m, max_rows=max_rows, **grids)
-            part = sweep_table(res, model=name, attack=attack, clip_ids=[clip_ids[i] for i in idx], class_names=model.config.class_names,
+            res = run_sweep(attacks[name], model, x, y, masks=m, max_rows=max_rows, **grids)
+            part = sweep_table(res, model=name, attack=attacks[name], clip_ids=[clip_ids[i] for i in idx], class_names=model.config.class_names,
                                labels=None if labels is None else labels[idx])
             table = pd.concat([table, part], ignore_index=True) if len(table) else part
             if out is not None:
@@ -534,3 +541,179 @@ def sweep_windows(
             if progress:
                 progress(done, total)
     return table
+
+
+# -- clips and attacks from user options (CLI and dashboard) --------------------------------------
+
+
+@dataclass
+class ClipSet:
+    """Fixed-length clips to sweep over.
+
+    Attributes
+    ----------
+    waveforms : np.ndarray [shape=(n_clips, n_samples), dtype=float32]
+    clip_ids : list of str
+    labels : np.ndarray [shape=(n_clips, n_classes), dtype=float32] or None
+    masks : np.ndarray [shape=(n_clips, n_samples), dtype=float32]
+        0 on zero padding.
+    species : list of str
+        Focal species code of each clip ("" when unknown).
+    """
+
+    waveforms: np.ndarray
+    clip_ids: list[str]
+    labels: np.ndarray | None
+    masks: np.ndarray
+    species: list[str]
+
+    def __len__(self) -> int:
+        return len(self.clip_ids)
+
+
+def _spread(n: int, k: int | None) -> np.ndarray:
+    if k is None or k >= n:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, k).round().astype(int))
+
+
+def dataset_clips(
+    dataset,
+    *,
+    split: str,
+    class_names: Sequence[str],
+    sample_rate: int,
+    window_samples: int,
+    species: str | None = None,
+    max_clips: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ClipSet:
+    """Windows of a dataset split (optionally one species, at most ``max_clips``) as a :class:`ClipSet`.
+
+    With ``max_clips`` the recordings are taken evenly spaced over the split's
+    (species-sorted) list first and the windows evenly spaced over them, so a small
+    subset still covers the species.
+
+    Raises
+    ------
+    ParameterError
+        Unknown split or species, ``max_clips < 1``, or no recording available.
+    """
+    from core.data import build_windows
+
+    if max_clips is not None and (isinstance(max_clips, bool) or not isinstance(max_clips, int) or max_clips < 1):
+        raise ParameterError(f"max_clips must be an integer >= 1, got {max_clips!r}")
+    recs = [r for r in dataset.split(split) if r.path.is_file()]
+    if species is not None:
+        if species not in class_names:
+            raise ParameterError(f"species must be one of {list(class_names)}, got {species!r}")
+        recs = [r for r in recs if species in r.labels]
+    if not recs:
+        raise ParameterError(f"no recordings available in split {split!r}" + (f" for species {species!r}" if species else ""))
+    recs = sorted(recs, key=lambda r: (r.labels, r.recording_id))
+    recs = [recs[i] for i in _spread(len(recs), max_clips)]
+    windows = build_windows(dataset, recs, sample_rate=sample_rate, window_s=window_samples / sample_rate, class_names=class_names, progress=progress)
+    keep = _spread(len(windows.waveforms), max_clips)
+    ids = windows.clip_ids(sample_rate)
+    return ClipSet(
+        waveforms=windows.waveforms[keep],
+        clip_ids=[ids[i] for i in keep],
+        labels=windows.targets[keep],
+        masks=windows.masks()[keep],
+        species=[";".join(windows.recordings[windows.recording_index[i]].labels) for i in keep],
+    )
+
+
+def prototype_index(model, prototype) -> int:
+    """Global prototype index from an int or ``"<species code>:<j>"`` (j-th prototype of that class).
+
+    Raises
+    ------
+    ParameterError
+        Not an AudioProtoPNet, unknown class, or index out of range.
+    """
+    if not hasattr(model, "prototype_vectors"):
+        raise ParameterError("prototype objectives need an AudioProtoPNet model")
+    k = model.config.prototypes_per_class
+    if isinstance(prototype, str) and ":" in prototype:
+        code, _, j = prototype.partition(":")
+        names = list(model.config.class_names)
+        if code not in names:
+            raise ParameterError(f"prototype class must be one of {names}, got {code!r}")
+        if not j.isdigit() or int(j) >= k:
+            raise ParameterError(f"prototype number must be in [0, {k - 1}], got {j!r}")
+        return names.index(code) * k + int(j)
+    try:
+        index = int(prototype)
+    except (TypeError, ValueError):
+        raise ParameterError(f"prototype must be an index or 'CODE:j', got {prototype!r}") from None
+    if not 0 <= index < model.n_prototypes:
+        raise ParameterError(f"prototype index must be in [0, {model.n_prototypes - 1}], got {index}")
+    return index
+
+
+def attack_from_options(
+    model,
+    *,
+    attack: str = "pgd",
+    norm: str = "linf",
+    objective: str = "output-untargeted",
+    steps: int = 10,
+    seed: int = 0,
+    species: str | None = None,
+    mode: str = "add",
+    target_waveform=None,
+    prototype=None,
+    k: int = 3,
+) -> Attack:
+    """Build the attack a user described, for one model (class and prototype indices are per model).
+
+    Parameters
+    ----------
+    model : BirdClassifier
+    attack : {"fgsm", "bim", "pgd"}
+    norm : {"linf", "l2"}
+    objective : str
+        A key of :data:`core.attacks.OBJECTIVES`.
+    steps, seed : int
+    species : str, optional
+        Class code for ``output-targeted``.
+    mode : {"add", "remove"}
+    target_waveform : array [shape=(n_samples,)], optional
+        Target clip for ``embedding-targeted``.
+    prototype : int or str, optional
+        For ``prototype-activate`` (see :func:`prototype_index`).
+    k : int
+        Prototypes suppressed by ``prototype-suppress``.
+
+    Returns
+    -------
+    Attack
+        Its budget is a placeholder (eps 0); sweeps set their own.
+
+    Raises
+    ------
+    ParameterError
+        Unknown names, a missing target, or a target that does not fit the model.
+    """
+    from core.attacks import make_attack, make_objective
+
+    names = list(model.config.class_names)
+    if objective == "output-targeted":
+        if species not in names:
+            raise ParameterError(f"output-targeted needs a target species, one of {names}; got {species!r}")
+        obj = make_objective(objective, class_index=names.index(species), mode=mode)
+    elif objective == "embedding-targeted":
+        if target_waveform is None:
+            raise ParameterError("embedding-targeted needs a target clip")
+        obj = make_objective(objective, target_waveform=torch.as_tensor(np.asarray(target_waveform, dtype=np.float32)))
+    elif objective == "prototype-activate":
+        if prototype is None:
+            raise ParameterError("prototype-activate needs a prototype (index or 'CODE:j')")
+        obj = make_objective(objective, prototype_index=prototype_index(model, prototype))
+    elif objective == "prototype-suppress":
+        obj = make_objective(objective, k=k)
+    else:
+        obj = make_objective(objective)
+    obj.check_model(model)
+    return make_attack(attack, eps=0.0, norm=norm, steps=steps, seed=seed, objective=obj)
