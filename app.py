@@ -50,7 +50,7 @@ if rows:
                      "test ROC-AUC (window)": m["window"]["roc_auc"], "test top-1 (window)": m["window"]["top1"],
                      "test cmAP (recording)": m["recording"]["cmap"], "train minutes": float("nan")})
     st.subheader("Held-out test metrics")
-    st.dataframe(pd.DataFrame(rows).round(3), hide_index=True, use_container_width=True)
+    st.dataframe(pd.DataFrame(rows).round(3), hide_index=True, width="stretch")
     st.caption("Test split: recordings never seen in training. Window = one 5 s window; recording = max over its windows.")
 
 if name:
@@ -58,7 +58,7 @@ if name:
         st.json({k: v for k, v in model.card.items() if k not in ("history", "prototypes")}, expanded=False)
     if model.card.get("prototypes"):
         with st.expander("Prototype provenance (where each prototype was pushed to)"):
-            st.dataframe(pd.DataFrame(model.card["prototypes"]), hide_index=True, use_container_width=True)
+            st.dataframe(pd.DataFrame(model.card["prototypes"]), hide_index=True, width="stretch")
 
 st.subheader("Dataset")
 ds = get_dataset()

@@ -335,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--k", type=int, default=3, help="prototype-suppress: number of prototypes")
     sw.add_argument("--batch-clips", type=int, default=4, help="clips per batch (memory)")
     sw.add_argument("--minimal-eps", action="store_true", help="also find each clip's minimal flipping eps (bisection)")
-    sw.add_argument("--iterations", type=int, default=10, help="bisection steps for --minimal-eps")
+    sw.add_argument("--iterations", type=int, default=7, help="bisection steps for --minimal-eps (after one attack per decade)")
     sw.add_argument("--out", default="results/sweep.csv", help="output table, .csv or .parquet; an existing one with the same settings is resumed")
     _add_data_dir(sw)
     sw.set_defaults(func=cmd_sweep)

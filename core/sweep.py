@@ -220,17 +220,21 @@ def minimal_eps(
     labels: torch.Tensor | None = None,
     *,
     eps_low: float = 1e-6,
-    eps_high: float | None = None,
-    iterations: int = 10,
+    eps_high: float = 0.1,
+    iterations: int = 7,
     masks: torch.Tensor | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict:
-    """Smallest eps at which the attack succeeds, per clip, by bisection on log(eps).
+    """Smallest eps at which the attack succeeds, per clip: a coarse log grid, then bisection.
 
-    Every iteration runs the attack once on the whole batch, each clip at its own
-    eps (the geometric mean of its current bracket). After ``iterations`` steps the
-    bracket is ``(eps_high/eps_low)^(1/2^iterations)`` wide in ratio (10 iterations
-    over 6 decades: 1.4 %).
+    First the attack runs at one eps per decade from ``eps_low`` up to ``eps_high``
+    (all clips at once); the first success brackets each clip's minimal eps within a
+    decade. Then ``iterations`` bisection steps on log(eps) narrow the bracket to a
+    ratio of ``10^(1/2^iterations)`` (7 steps: 1.8 %). Each step runs the attack once
+    on the whole batch, every clip at its own eps. Success of PGD is not guaranteed to
+    be monotone in eps; the coarse pass makes the search find the smallest decade
+    that succeeds rather than trusting a single large eps, and the result is the
+    smallest successful eps the search met.
 
     Parameters
     ----------
@@ -240,68 +244,80 @@ def minimal_eps(
     waveforms : torch.Tensor [shape=(batch, n_samples)]
     labels : torch.Tensor [shape=(batch, n_classes)], optional
     eps_low, eps_high : float [full-scale amplitude]
-        Search range; ``eps_high`` defaults to the norm's maximum (1 for L-inf).
-    iterations : int in [1, 40]
+        Search range, ``0 < eps_low < eps_high <=`` the norm's maximum.
+    iterations : int in [0, 40]
     masks : torch.Tensor [shape=(batch, n_samples)], optional
     progress : callable, optional
-        ``progress(done, total)`` over the ``iterations + 2`` attack runs.
+        ``progress(done, total)`` over the attack runs.
 
     Returns
     -------
     dict of np.ndarray [shape=(batch,)]
-        ``eps`` (NaN where even ``eps_high`` fails; ``eps_low`` where it already
-        succeeds), ``snr_db`` and ``db_x`` of the adversarial clip found at that eps,
-        ``found`` (bool).
+        ``eps`` (NaN where no eps up to ``eps_high`` succeeds; ``eps_low`` where it
+        already succeeds there), ``snr_db`` and ``db_x`` of the adversarial clip found
+        at that eps, ``found`` (bool).
 
     Raises
     ------
     ParameterError
         A bad range or iteration count, or invalid inputs.
     """
-    eps_high = attack.eps_max(attack.norm) if eps_high is None else eps_high
-    if not (math.isfinite(eps_low) and math.isfinite(eps_high) and 0 < eps_low < eps_high <= attack.eps_max(attack.norm)):
-        raise ParameterError(f"need 0 < eps_low < eps_high <= {attack.eps_max(attack.norm):g}, got {eps_low}, {eps_high}")
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or not 1 <= iterations <= 40:
-        raise ParameterError(f"iterations must be an integer in [1, 40], got {iterations!r}")
+    top = attack.eps_max(attack.norm)
+    if not (math.isfinite(eps_low) and math.isfinite(eps_high) and 0 < eps_low < eps_high <= top):
+        raise ParameterError(f"need 0 < eps_low < eps_high <= {top:g}, got {eps_low}, {eps_high}")
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or not 0 <= iterations <= 40:
+        raise ParameterError(f"iterations must be an integer in [0, 40], got {iterations!r}")
     x, labels, mask = attack.check_inputs(waveforms, labels, masks)
-    batch, total = x.shape[0], iterations + 2
+    batch = x.shape[0]
+    decades = int(math.ceil(math.log10(eps_high / eps_low) - 1e-9))
+    coarse = [eps_low * 10**i for i in range(decades)] + [eps_high]
+    total, done = len(coarse) + iterations, 0
     with attack.eval_mode(model):
         state = attack.objective.prepare(model, x, labels)
         noise = attack.start_noise(x)
 
-        def run(eps_rows):
-            xa = attack.perturb(model, x, eps_rows, state, mask, noise)
+        def run(eps_rows: torch.Tensor):
+            xa = attack.perturb(model, x, eps_rows.to(x.device, x.dtype), state, mask, noise)
             with torch.no_grad():
-                ok = attack.objective.evaluate(model.forward_all(xa), state)["success"]
+                ok = attack.objective.evaluate(model.forward_all(xa), state)["success"].cpu()
             return xa, ok
 
-        lo = torch.full((batch,), float(eps_low), dtype=torch.float64)
-        hi = torch.full((batch,), float(eps_high), dtype=torch.float64)
-        best, ok_high = run(hi.to(x.dtype).to(x.device))
-        ok_high = ok_high.cpu()
-        adv_low, ok_low = run(lo.to(x.dtype).to(x.device))
-        ok_low = ok_low.cpu()
-        best[ok_low.to(x.device)] = adv_low[ok_low.to(x.device)]
-        hi[ok_low] = eps_low
-        if progress:
-            progress(2, total)
-        active = ok_high & ~ok_low
-        for it in range(iterations):
+        found = torch.zeros(batch, dtype=torch.bool)
+        lo = torch.zeros(batch, dtype=torch.float64)
+        hi = torch.full((batch,), float("nan"), dtype=torch.float64)
+        best = x.clone()
+        for i, e in enumerate(coarse):
+            xa, ok = run(torch.full((batch,), e, dtype=torch.float64))
+            new = ok & ~found
+            hi[new] = e
+            lo[new] = coarse[i - 1] if i else 0.0
+            best[new.to(x.device)] = xa[new.to(x.device)]
+            found |= ok
+            done += 1
+            if progress:
+                progress(done, total)
+            if found.all():
+                break
+        active = found & (lo > 0)
+        for _ in range(iterations):
             if not active.any():
                 break
-            mid = torch.sqrt(lo * hi)
-            xa, ok = run(torch.where(active, mid, hi).to(x.dtype).to(x.device))
-            ok = ok.cpu() & active
+            mid = torch.where(active, torch.sqrt(lo.clamp_min(1e-30) * hi), hi)
+            xa, ok = run(mid)
+            ok = ok & active
             hi = torch.where(ok, mid, hi)
             lo = torch.where(active & ~ok, mid, lo)
             best[ok.to(x.device)] = xa[ok.to(x.device)]
+            done += 1
             if progress:
-                progress(it + 3, total)
-    found = (ok_high | ok_low).numpy()
-    eps = np.where(found, hi.numpy(), np.nan)
-    snr = np.where(found, metrics.snr_db(x, best).cpu().numpy(), np.nan)
-    dbx = np.where(found, metrics.db_x(x, best).cpu().numpy(), np.nan)
-    return {"eps": eps, "snr_db": snr, "db_x": dbx, "found": found}
+                progress(done, total)
+    f = found.numpy()
+    return {
+        "eps": np.where(f, hi.numpy(), np.nan),
+        "snr_db": np.where(f, metrics.snr_db(x, best).cpu().numpy(), np.nan),
+        "db_x": np.where(f, metrics.db_x(x, best).cpu().numpy(), np.nan),
+        "found": f,
+    }
 
 
 def sweep_table(
@@ -699,6 +715,8 @@ def attack_from_options(
     from core.attacks import make_attack, make_objective
 
     names = list(model.config.class_names)
+    if objective.startswith("prototype") and not hasattr(model, "prototype_vectors"):
+        raise ParameterError(f"{objective} needs an AudioProtoPNet model, got {model.config.arch!r}")
     if objective == "output-targeted":
         if species not in names:
             raise ParameterError(f"output-targeted needs a target species, one of {names}; got {species!r}")

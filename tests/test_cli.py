@@ -79,3 +79,37 @@ def test_train_command_writes_checkpoint_card_and_log(tiny_dataset, tmp_path):
     assert r.returncode == 0, r.stderr
     r = run("train", "--config", "nope", "--data-dir", str(tiny_dataset))
     assert r.returncode == 2 and "--config must be one of" in r.stderr
+
+
+def test_sweep_command_writes_table_and_resumes(data_dir, tmp_path):
+    out = tmp_path / "sweep.parquet"
+    args = ["sweep", "--models", "baseline,protopnet", "--attack", "bim", "--epsilons", "0,1e-3", "--steps", "2",
+            "--max-clips", "2", "--out", str(out), "--minimal-eps", "--iterations", "2"]
+    r = run(*args)
+    assert r.returncode == 0, r.stderr
+    import pandas as pd
+
+    df = pd.read_parquet(out)
+    assert len(df) == 2 * 2 * 3 and set(df["model"]) == {"baseline", "protopnet"}
+    assert (df[df["budget"] == 1e-3]["linf"] <= 1e-3 + 1e-6).all()
+    assert (tmp_path / "sweep_min_eps.parquet").exists()
+    again = run(*args[:-3])  # same settings: everything is resumed, nothing recomputed
+    assert again.returncode == 0, again.stderr
+    assert len(pd.read_parquet(out)) == len(df)
+    other = run("sweep", "--models", "baseline", "--epsilons", "0,1e-2", "--max-clips", "2", "--out", str(out))
+    assert other.returncode == 2 and "other settings" in other.stderr
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--epsilons", "0,abc"], "comma-separated numbers"),
+    (["--epsilons", "0,-1"], "[0, 1]"),
+    (["--epsilons", "0", "--snr", "30"], "exactly one of"),
+    (["--objective", "output-targeted", "--epsilons", "1e-3"], "target species"),
+    (["--objective", "prototype-activate", "--models", "baseline", "--epsilons", "1e-3"], "AudioProtoPNet"),
+    (["--epsilons", "1e-3", "--out", "x.txt"], ".csv or .parquet"),
+])
+def test_sweep_bad_options(args, needle, data_dir, tmp_path):
+    argv = ["sweep", "--max-clips", "1", "--steps", "1", "--out", str(tmp_path / "s.csv"), *args]
+    r = run(*argv)
+    assert r.returncode == 2, r.stdout
+    assert needle in r.stderr and "Traceback" not in r.stderr

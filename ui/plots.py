@@ -75,3 +75,43 @@ def score_bars(names: list[str], scores: np.ndarray, *, title: str = "", compare
     fig.update_yaxes(range=[0, 1], title="score (sigmoid)")
     fig.update_layout(title=title, barmode="group", height=height, margin=dict(l=10, r=10, t=40, b=10))
     return fig
+
+
+METRIC_LABELS = {
+    "cmap": "cmAP", "roc_auc": "macro ROC-AUC", "top1": "top-1 accuracy", "success_rate": "attack success rate",
+    "prs": "PRS", "drs": "DRS", "tars": "TARS", "snr_db": "SNR (dB, median)", "db_x": "dB_x (dB, median)", "eps": "eps (median)",
+}
+
+
+def budget_label(kind: str, value: float) -> str:
+    """Axis label of one budget: ``clean``, ``eps 1e-04`` or ``40 dB``."""
+    if kind == "clean":
+        return "clean"
+    return f"{value:g}" if kind == "eps" else f"{value:g} dB"
+
+
+def robustness_curves(summary, metric: str, *, height: int = 320) -> go.Figure:
+    """One line per (model, attack, objective) of ``metric`` against the budget.
+
+    The x axis is categorical in order of attack strength (clean, then eps
+    ascending or SNR descending), so eps 0 and SNR budgets plot alike.
+    """
+    fig = go.Figure()
+    kinds = set(summary["budget_kind"]) - {"clean"}
+    kind = kinds.pop() if len(kinds) == 1 else "eps"
+    order = summary[summary["budget_kind"] != "clean"]["budget"].dropna().unique()
+    order = sorted(order, reverse=(kind == "snr_db"))
+    cats = ["clean"] + [budget_label(kind, v) for v in order]
+    groups = summary.groupby(["model", "attack", "norm", "objective"], sort=False)
+    many = groups.ngroups > len(summary["model"].unique())
+    for (model, attack, norm, objective), g in groups:
+        g = g.assign(x=[budget_label(k, b) for k, b in zip(g["budget_kind"], g["budget"])])
+        g = g.set_index("x").reindex(cats).reset_index()
+        name = f"{model} · {attack} {norm} {objective}" if many else model
+        fig.add_trace(go.Scatter(x=g["x"], y=g[metric], mode="lines+markers", name=name,
+                                 hovertemplate=f"{name}<br>%{{x}}<br>{METRIC_LABELS.get(metric, metric)} %{{y:.3f}}<extra></extra>"))
+    fig.update_xaxes(title="eps (full-scale amplitude)" if kind == "eps" else "target SNR", type="category", categoryorder="array", categoryarray=cats)
+    fig.update_yaxes(title=METRIC_LABELS.get(metric, metric))
+    fig.update_layout(title=METRIC_LABELS.get(metric, metric), height=height, margin=dict(l=10, r=10, t=40, b=10),
+                      legend=dict(orientation="h", y=-0.3))
+    return fig

@@ -1,0 +1,258 @@
+"""Sweep page: robustness curves over an eps (or SNR) grid, one line per model; hear where a clip breaks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+import torch
+
+from core.attacks import OBJECTIVES
+from core.audio import wav_bytes
+from core.errors import CoreError
+from core.models.registry import list_checkpoints, read_model_card
+from core.sweep import CURVE_METRICS, attack_from_options, dataset_clips, minimal_eps, read_table, run_sweep, summarize, sweep_table
+from ui.common import clip_picker, get_dataset, get_model
+from ui.plots import METRIC_LABELS, budget_label, robustness_curves
+
+st.set_page_config(page_title="Sweep · birdshield", page_icon="🐦", layout="wide")
+st.title("Sweep: watch robustness fall as the budget grows")
+st.caption("Every clip is attacked at every budget of the grid (the grid runs on the batch axis). Curves show held-out "
+           "metrics per model; PRS/DRS/TARS are the robustness scores of Heinrich et al. 2023 (1 = unaffected).")
+
+OBJECTIVE_HELP = {
+    "output-untargeted": "maximise the classification loss against the true labels (or the clean prediction)",
+    "output-targeted": "make a chosen species appear, or a present one disappear",
+    "embedding-untargeted": "push the feature map away from the clean one (spatial-wise cosine dissimilarity, as AT-E)",
+    "embedding-targeted": "pull the feature map towards that of a target clip",
+    "prototype-suppress": "AudioProtoPNet only: switch off the clip's most activated prototypes",
+    "prototype-activate": "AudioProtoPNet only: switch on a chosen prototype (of another class)",
+}
+DEFAULT_GRID = {"eps": "0, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3", "snr_db": "60, 50, 40, 30, 20"}
+MAX_CLIPS = 64
+
+ds = get_dataset()
+names = list_checkpoints()
+if not names:
+    st.error("No checkpoints found in checkpoints/. Train one with `python -m core train --config baseline-small`.")
+    st.stop()
+display = ds.display_name if ds else (lambda c: c)
+
+
+@st.cache_data(max_entries=16, show_spinner="Decoding clips…")
+def split_clips(split: str, species: str | None, max_clips: int, sample_rate: int, window_samples: int, class_names: tuple):
+    return dataset_clips(ds, split=split, class_names=class_names, sample_rate=sample_rate, window_samples=window_samples,
+                         species=species, max_clips=max_clips)
+
+
+def parse_grid(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.replace(";", ",").split(",") if v.strip()]
+    except ValueError:
+        raise CoreError(f"the grid must be comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise CoreError("the grid is empty")
+    return values
+
+
+# -- set-up ---------------------------------------------------------------------------------------
+
+with st.expander("Set up a sweep", expanded="sweep_result" not in st.session_state):
+    models = st.multiselect("Models", names, default=st.session_state.get("sweep_models_value", names[:2]), key="sweep_models",
+                            format_func=lambda n: f"{n} ({read_model_card(n).get('config', {}).get('arch', '?')})")
+    st.session_state["sweep_models_value"] = models
+    c1, c2, c3, c4, c5 = st.columns(5)
+    attack = c1.selectbox("Attack", ["pgd", "bim", "fgsm"], key="sweep_attack",
+                          format_func={"pgd": "PGD (random start)", "bim": "BIM (zero start)", "fgsm": "FGSM (one step)"}.get)
+    norm = c2.selectbox("Norm", ["linf", "l2"], key="sweep_norm", format_func={"linf": "L-inf", "l2": "L2"}.get)
+    steps = int(c3.number_input("steps", min_value=1, max_value=200, value=10, key="sweep_steps", disabled=attack == "fgsm"))
+    seed = int(c4.number_input("seed", min_value=0, max_value=2**31 - 1, value=0, key="sweep_seed"))
+    objective = c5.selectbox("Objective", list(OBJECTIVES), key="sweep_objective")
+    st.caption(OBJECTIVE_HELP[objective])
+
+    options: dict = {}
+    loaded = {m: get_model(m) for m in models}
+    first = next(iter(loaded.values()), None)
+    class_names = list(first.config.class_names) if first else []
+    if objective == "output-targeted" and class_names:
+        o1, o2 = st.columns(2)
+        options["species"] = o1.selectbox("Target species", class_names, format_func=display, key="sweep_target_species")
+        options["mode"] = o2.radio("Make it", ["add", "remove"], horizontal=True, key="sweep_mode",
+                                   format_func={"add": "appear", "remove": "disappear"}.get)
+    if objective == "embedding-targeted":
+        if ds is None:
+            st.warning("A target clip comes from the dataset; none is found.")
+        else:
+            recs = [r for r in ds.available() if r.split == "test"]
+            rid = st.selectbox("Target clip (its first 5 s)", [r.recording_id for r in recs], key="sweep_target_clip",
+                               format_func=lambda i: f"{i} · {', '.join(display(x) for x in ds.by_id[i].labels)}")
+            options["target_recording"] = rid
+    if objective.startswith("prototype"):
+        not_proto = [m for m in models if loaded[m].config.arch != "protopnet"]
+        if not_proto:
+            st.warning(f"Prototype objectives apply to AudioProtoPNet only; {', '.join(not_proto)} will be skipped.")
+        if objective == "prototype-suppress":
+            options["k"] = int(st.number_input("prototypes to suppress (k)", min_value=1, max_value=20, value=3, key="sweep_k"))
+        elif class_names:
+            p1, p2 = st.columns(2)
+            pc = p1.selectbox("Prototype of class", class_names, format_func=display, key="sweep_proto_class")
+            k_per = max((loaded[m].config.prototypes_per_class for m in models if loaded[m].config.arch == "protopnet"), default=1)
+            pj = int(p2.number_input("prototype number within the class", min_value=0, max_value=k_per - 1, value=0, key="sweep_proto_j"))
+            options["prototype"] = f"{pc}:{pj}"
+
+    b1, b2 = st.columns([1, 3])
+    budget_kind = b1.radio("Budget", ["eps", "snr_db"], key="sweep_budget_kind",
+                           format_func={"eps": "eps (full-scale amplitude)", "snr_db": "target SNR (dB)"}.get)
+    grid_text = b2.text_input("Grid (comma-separated)", value=DEFAULT_GRID[budget_kind], key=f"sweep_grid_{budget_kind}",
+                              help="eps in full-scale amplitude (L-inf: max |delta|; L2: ||delta||_2 over the 5 s clip), "
+                                   "or target SNR in dB relative to each clip (each clip gets its own eps).")
+
+    clip_sources = ["Current clip"] + (["A species", "Split subset"] if ds else [])
+    clip_mode = st.radio("Clips", clip_sources, horizontal=True, key="sweep_clip_mode")
+    clip = None
+    if clip_mode == "Current clip":
+        if first is None:
+            st.info("Choose at least one model.")
+        else:
+            clip = clip_picker("sweep", first.config.frontend.sample_rate, first.config.clip_seconds)
+    else:
+        s1, s2, s3 = st.columns(3)
+        split = s1.selectbox("Split", ["test", "val", "train"], key="sweep_split")
+        species = s2.selectbox("Species", ds.class_names, format_func=display, key="sweep_species") if clip_mode == "A species" else None
+        max_clips = int(s3.number_input("at most N clips (5 s windows)", min_value=1, max_value=MAX_CLIPS, value=8, key="sweep_max_clips"))
+    run = st.button("Run sweep", type="primary", key="sweep_run", disabled=not models)
+
+    if run:
+        try:
+            grid = parse_grid(grid_text)
+            sr, win = first.config.frontend.sample_rate, first.config.window_samples
+            if clip_mode == "Current clip":
+                if clip is None:
+                    raise CoreError("choose a clip first")
+                wav = clip.waveform[:win]
+                x = np.zeros((1, win), np.float32)
+                x[0, : len(wav)] = wav
+                mask = np.zeros_like(x)
+                mask[0, : len(wav)] = 1
+                labels = None
+                if clip.labels:
+                    labels = np.array([[float(c in clip.labels) for c in class_names]], np.float32)
+                ids = [f"{clip.name}@{clip.offset_s:g}s"]
+            else:
+                cs = split_clips(split, species, max_clips, sr, win, tuple(class_names))
+                x, mask, labels, ids = cs.waveforms, cs.masks, cs.labels, cs.clip_ids
+            target = None
+            if objective == "embedding-targeted":
+                if "target_recording" not in options:
+                    raise CoreError("embedding-targeted needs a target clip from the dataset")
+                t = ds.load(ds.by_id[options.pop("target_recording")], sr)[:win]
+                target = np.pad(t, (0, win - len(t)))
+            tables, audio = [], {}
+            bar = st.progress(0.0, text="Attacking…")
+            runnable = [m for m in models if not (objective.startswith("prototype") and loaded[m].config.arch != "protopnet")]
+            if not runnable:
+                raise CoreError("no selected model supports this objective")
+            for mi, m in enumerate(runnable):
+                model = loaded[m]
+                atk = attack_from_options(model, attack=attack, norm=norm, objective=objective, steps=steps, seed=seed,
+                                          target_waveform=target, **options)
+                device = next(model.parameters()).device
+
+                def progress(done, total, mi=mi, m=m):
+                    bar.progress((mi + done / total) / len(runnable), text=f"{m}: {done}/{total} attacks")
+
+                res = run_sweep(atk, model, torch.as_tensor(x, device=device), None if labels is None else torch.as_tensor(labels, device=device),
+                                masks=torch.as_tensor(mask, device=device), keep_waveforms=len(ids) == 1, progress=progress,
+                                **({"epsilons": grid} if budget_kind == "eps" else {"snr_db": grid}))
+                tables.append(sweep_table(res, model=m, attack=atk, clip_ids=ids, class_names=class_names, labels=labels))
+                if len(ids) == 1:
+                    n = int(mask[0].sum())
+                    audio[m] = [
+                        {"budget": budget_label(budget_kind, float(b)), "wav": wav_bytes(res.adversarial[i, 0, :n], sr),
+                         "success": bool(res.success[i, 0]), "snr_db": float(res.snr_db[i, 0]),
+                         "top1": class_names[int(res.scores[i, 0].argmax())]}
+                        for i, b in enumerate(res.budgets)
+                    ]
+                    audio[m].insert(0, {"budget": "clean", "wav": wav_bytes(x[0, :n], sr), "success": False, "snr_db": float("inf"),
+                                        "top1": class_names[int(res.clean_scores[0].argmax())]})
+            bar.empty()
+            spec = {"attack": attack, "norm": norm, "objective": objective, "steps": steps, "seed": seed, "target_waveform": target,
+                    **{k: v for k, v in options.items() if k != "target_recording"}}
+            st.session_state["sweep_result"] = {"table": pd.concat(tables, ignore_index=True), "audio": audio, "source": "run",
+                                                "clips": ids, "x": x, "mask": mask, "labels": labels, "spec": spec}
+            st.session_state.pop("sweep_min_eps", None)
+        except CoreError as exc:
+            st.error(f"Sweep not run: {exc}")
+
+with st.expander("Load a saved sweep (CSV or Parquet from `python -m core sweep`)"):
+    up = st.file_uploader("Sweep table", type=["csv", "parquet"], key="sweep_table_upload")
+    if up is not None and st.session_state.get("sweep_loaded_name") != (up.name, up.size):
+        try:
+            st.session_state["sweep_result"] = {"table": read_table(up), "audio": {}, "source": up.name}
+            st.session_state["sweep_loaded_name"] = (up.name, up.size)
+        except CoreError as exc:
+            st.error(str(exc))
+
+# -- results --------------------------------------------------------------------------------------
+
+result = st.session_state.get("sweep_result")
+if not result:
+    st.info("Set up a sweep and run it, or load a saved one.")
+    st.stop()
+table = result["table"]
+summary = summarize(table)
+st.subheader(f"Robustness curves ({summary['n_clips'].max()} clip(s), source: {result['source']})")
+available = [m for m in CURVE_METRICS if summary[m].notna().any() and m != "eps"]
+default = [m for m in ("cmap", "success_rate", "tars", "snr_db") if m in available] or available[:2]
+chosen = st.multiselect("Metrics", available, default=default, format_func=lambda m: METRIC_LABELS.get(m, m), key="sweep_metrics")
+cols = st.columns(2)
+for i, metric in enumerate(chosen):
+    cols[i % 2].plotly_chart(robustness_curves(summary, metric), key=f"sweep_curve_{metric}")
+if summary["cmap"].isna().all():
+    st.caption("cmAP, ROC-AUC and top-1 need true labels: the clip has none (upload or recording).")
+if summary["drs"].isna().all():
+    st.caption("DRS and TARS need a target; this objective is untargeted, so only PRS is defined.")
+
+shown = summary.drop(columns=[c for c in ("attack", "norm") if summary[c].nunique() == 1])
+st.dataframe(shown.round(4), hide_index=True, width="stretch")
+d1, d2 = st.columns(2)
+d1.download_button("Download the tidy table (CSV, one row per model × budget × clip)", table.to_csv(index=False).encode(),
+                   file_name="sweep.csv", mime="text/csv", key="sweep_download")
+d2.download_button("Download the curves (CSV)", summary.to_csv(index=False).encode(), file_name="sweep_summary.csv",
+                   mime="text/csv", key="sweep_download_summary")
+
+if result.get("audio"):
+    st.subheader("Hear where it breaks")
+    st.caption("The clip at every budget, at its true level. ✗ marks budgets where the attack succeeded.")
+    for m, strip in result["audio"].items():
+        st.markdown(f"**{m}**")
+        cols = st.columns(len(strip))
+        for col, item in zip(cols, strip):
+            mark = "✗ " if item["success"] else ""
+            snr = "" if not np.isfinite(item["snr_db"]) else f", {item['snr_db']:.0f} dB"
+            col.caption(f"{mark}{item['budget']}{snr} → {display(item['top1'])}")
+            col.audio(item["wav"], format="audio/wav")
+
+if "spec" in result:
+    st.subheader("Minimal flipping eps")
+    st.caption("For each clip, the smallest eps at which the sweep's attack succeeds, found with one attack per decade "
+               "from 1e-6 to 0.1, then 7 bisection steps on log(eps) (within 1.8 %).")
+    if st.button("Find minimal eps", key="sweep_min_run"):
+        rows = []
+        try:
+            with st.spinner("Bisecting…"):
+                for m in table["model"].unique():
+                    model = get_model(m)
+                    atk = attack_from_options(model, **result["spec"])
+                    dev = next(model.parameters()).device
+                    lab = None if result["labels"] is None else torch.as_tensor(result["labels"], device=dev)
+                    found = minimal_eps(atk, model, torch.as_tensor(result["x"], device=dev), lab,
+                                        masks=torch.as_tensor(result["mask"], device=dev))
+                    for i, cid in enumerate(result["clips"]):
+                        rows.append({"model": m, "clip": cid, "minimal eps": found["eps"][i], "SNR (dB)": found["snr_db"][i],
+                                     "dB_x": found["db_x"][i], "found": bool(found["found"][i])})
+            st.session_state["sweep_min_eps"] = pd.DataFrame(rows)
+        except CoreError as exc:
+            st.error(f"Search not run: {exc}")
+    if "sweep_min_eps" in st.session_state:
+        st.dataframe(st.session_state["sweep_min_eps"], hide_index=True, width="stretch")
