@@ -21,7 +21,10 @@ st.markdown(
     "predictions and the AudioProtoPNet prototypes that fired (*this looks like that*), each with the training "
     "sound it was taken from.\n"
     "- **Attack**: perturb the waveform with PGD within an L-inf budget `eps`, hear clean, perturbed and the "
-    "perturbation side by side, and see what changed in the predictions and the prototypes."
+    "perturbation side by side, and see what changed in the predictions and the prototypes.\n"
+    "- **Sweep**: attack many clips at every budget of an eps (or SNR) grid with FGSM, BIM or PGD (L-inf or L2) "
+    "on output-, embedding- or prototype-space objectives; watch cmAP, attack success, PRS/DRS/TARS and SNR "
+    "curves fall per model, hear a clip at each budget, find its minimal flipping eps, download the table."
 )
 
 name, model = require_model("home_model") if list_checkpoints() else (None, None)

@@ -166,9 +166,14 @@ def run_sweep(
         flat_eps = eps.reshape(-1)
         clip = torch.arange(batch, device=x.device).repeat(n_eps)
         total = n_eps * batch
+        # rows with eps 0 are the clean clip: evaluated without gradient steps, apart from the attacked rows
+        zero = (flat_eps == 0).nonzero().squeeze(1)
+        attacked = (flat_eps > 0).nonzero().squeeze(1)
+        chunks = [zero[i : i + max_rows] for i in range(0, len(zero), max_rows)]
+        chunks += [attacked[i : i + max_rows] for i in range(0, len(attacked), max_rows)]
         parts: dict[str, list[torch.Tensor]] = {}
-        for start in range(0, total, max_rows):
-            rows = torch.arange(start, min(start + max_rows, total), device=x.device)
+        order, done = [], 0
+        for rows in chunks:
             j = clip[rows]
             st = take_rows(state, j)
             xa = attack.perturb(model, x[j], flat_eps[rows], st, None if mask is None else mask[j], None if noise is None else noise[j])
@@ -184,11 +189,14 @@ def run_sweep(
                 row["adversarial"] = xa
             for k, v in row.items():
                 parts.setdefault(k, []).append(v.detach().float().cpu())
+            order.append(rows.cpu())
+            done += len(rows)
             if progress:
-                progress(int(rows[-1]) + 1, total)
+                progress(done, total)
+    inverse = torch.argsort(torch.cat(order))
 
     def grid_shaped(name):
-        v = torch.cat(parts[name]).numpy()
+        v = torch.cat(parts[name])[inverse].numpy()
         return v.reshape(n_eps, batch, *v.shape[1:])
 
     prs = metrics.prs(state["clean_prs_loss"].cpu().numpy()[None], grid_shaped("prs_loss"))
@@ -432,6 +440,9 @@ def write_table(df: pd.DataFrame, path: str | os.PathLike) -> None:
             df.to_csv(tmp, index=False)
         else:
             df.to_parquet(tmp, index=False)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the table the user's usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
