@@ -619,7 +619,8 @@ def dataset_clips(
 
     With ``max_clips`` the recordings are taken evenly spaced over the split's
     (species-sorted) list first and the windows evenly spaced over them, so a small
-    subset still covers the species.
+    subset still covers the species. Samples are clipped to [-1, 1] (resampling can
+    overshoot full scale slightly), as the attacks require.
 
     Raises
     ------
@@ -643,7 +644,8 @@ def dataset_clips(
     keep = _spread(len(windows.waveforms), max_clips)
     ids = windows.clip_ids(sample_rate)
     return ClipSet(
-        waveforms=windows.waveforms[keep],
+        # resampling can overshoot full scale by a little; attacks need samples inside [-1, 1]
+        waveforms=np.clip(windows.waveforms[keep], -1.0, 1.0),
         clip_ids=[ids[i] for i in keep],
         labels=windows.targets[keep],
         masks=windows.masks()[keep],

@@ -129,7 +129,7 @@ with st.expander("Set up a sweep", expanded="sweep_result" not in st.session_sta
             if clip_mode == "Current clip":
                 if clip is None:
                     raise CoreError("choose a clip first")
-                wav = clip.waveform[:win]
+                wav = np.clip(clip.waveform[:win], -1.0, 1.0)  # resampled uploads can overshoot full scale
                 x = np.zeros((1, win), np.float32)
                 x[0, : len(wav)] = wav
                 mask = np.zeros_like(x)

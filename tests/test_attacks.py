@@ -103,9 +103,16 @@ def test_snr_budget_reaches_at_least_target(tiny_proto):
 
 def test_seeded_attacks_are_reproducible(tiny_proto):
     x = _clips()
-    a = PGD(eps=0.01, seed=3)(tiny_proto, x)
-    assert torch.equal(a, PGD(eps=0.01, seed=3)(tiny_proto, x))
-    assert not torch.equal(a, PGD(eps=0.01, seed=4)(tiny_proto, x))
+    # small steps, so that the random start still shows (default steps saturate at +-eps)
+    a = PGD(eps=0.01, steps=2, alpha_ratio=0.05, seed=3)(tiny_proto, x)
+    assert torch.equal(a, PGD(eps=0.01, steps=2, alpha_ratio=0.05, seed=3)(tiny_proto, x))
+    assert not torch.equal(a, PGD(eps=0.01, steps=2, alpha_ratio=0.05, seed=4)(tiny_proto, x))
+    # a clip's random start does not depend on the batch it is in
+    for norm in ("linf", "l2"):
+        attack = PGD(eps=0.01, norm=norm, seed=3)
+        both = attack.start_noise(x)
+        assert torch.equal(both[1], attack.start_noise(x[1:])[0])
+        assert not torch.equal(both[0], both[1])
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])

@@ -139,3 +139,28 @@ def test_sweep_windows_resumes(tmp_path, tiny_proto, tiny_model):
     assert set(both["model"]) == {"m", "other"} and len(both) == 2 * 3 * 5
     with pytest.raises(ParameterError, match="other settings"):
         sweep_windows({"m": tiny_proto}, attack, x, ids, labels, epsilons=[0.0, 0.02], out=out)
+
+
+def test_dataset_clips_subset_labels_and_bounds(tiny_dataset):
+    import soundfile as sf
+
+    from core.data import Dataset
+    from core.sweep import dataset_clips
+
+    # a float WAV that overshoots full scale (as resampling can): clips must still be attackable
+    loud = next((tiny_dataset / "audio" / "bbb").glob("bbbtrain0.wav"))
+    t = np.arange(int(2.5 * 22_050)) / 22_050
+    sf.write(loud, (1.3 * np.sin(2 * np.pi * 2000 * t)).astype(np.float32), 22_050, subtype="FLOAT")
+    ds = Dataset(tiny_dataset)
+    clips = dataset_clips(ds, split="train", class_names=["aaa", "bbb", "ccc"], sample_rate=16_000, window_samples=16_000)
+    assert np.abs(clips.waveforms).max() <= 1.0
+    assert len(clips) == len(set(clips.clip_ids)) == 6 * 3  # 6 recordings of 2.5 s: windows at 0, 1, 2 s
+    assert clips.masks[:, -1].sum() == 6 * 2  # the last window of each recording is half padding
+    assert set(clips.species) == {"aaa", "bbb", "ccc"}
+    np.testing.assert_array_equal(clips.labels.argmax(1), [("aaa", "bbb", "ccc").index(s) for s in clips.species])
+    sub = dataset_clips(ds, split="train", class_names=["aaa", "bbb", "ccc"], sample_rate=16_000, window_samples=16_000, max_clips=3)
+    assert len(sub) == 3 and len(set(sub.species)) == 3  # a small subset still spreads over species
+    one = dataset_clips(ds, split="test", class_names=["aaa", "bbb", "ccc"], sample_rate=16_000, window_samples=16_000, species="ccc")
+    assert set(one.species) == {"ccc"}
+    with pytest.raises(ParameterError, match="species"):
+        dataset_clips(ds, split="test", class_names=["aaa", "bbb", "ccc"], sample_rate=16_000, window_samples=16_000, species="zzz")

@@ -20,6 +20,7 @@ Internally every row of a batch carries its own eps, which is what lets
 from __future__ import annotations
 
 import math
+import zlib
 
 import torch
 from torch.nn import functional as F
@@ -89,9 +90,9 @@ class Attack:
     random_start : bool
         Start from a random point of the ball (uniform per sample for L-inf; a
         uniform radius along a Gaussian direction for L2, as torchattacks' PGDL2).
-    seed : int
-        Seeds the random start. The noise is drawn once per call for the whole
-        batch, so the same seed and inputs always give the same result.
+    seed : int in [0, 2**31)
+        Seeds the random start, per clip (see :meth:`start_noise`): the same seed
+        and clip always give the same adversarial clip, alone or in any batch.
     objective : Objective, optional
         What the attack maximises; default untargeted output space
         (:class:`~core.attacks.objectives.OutputUntargeted`).
@@ -136,8 +137,8 @@ class Attack:
             alpha_ratio = _check_finite_number("alpha_ratio", alpha_ratio, 1e-6, 10.0)
         self.alpha_ratio = alpha_ratio if alpha_ratio is not None else 2.5 / steps
         self.random_start = bool(random_start)
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ParameterError(f"seed must be an integer, got {seed!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
+            raise ParameterError(f"seed must be an integer in [0, 2**31), got {seed!r}")
         self.seed = seed
         objective = OutputUntargeted() if objective is None else objective
         if not isinstance(objective, Objective):
@@ -252,21 +253,27 @@ class Attack:
         return eps_rows_for_snr(x, self.snr_db, self.norm, mask).clamp(max=self.eps_max(self.norm))
 
     def start_noise(self, x: torch.Tensor) -> torch.Tensor | None:
-        """Unit random start ``(batch, n_samples)`` drawn from ``seed`` (None without random start).
+        """Unit random start ``(batch, n_samples)`` (None without random start).
 
         L-inf: uniform in [-1, 1] per sample; L2: a uniformly drawn radius in [0, 1]
         times a unit-L2 Gaussian direction. Scaled by each row's eps in :meth:`perturb`.
+        Each row is drawn from a generator seeded by a CRC-32 of ``seed`` and the
+        clip's samples, so a clip gets the same start whatever batch it is in.
         """
-        if not self.random_start or self.steps == 0:
+        if not self.random_start:
             return None
-        gen = torch.Generator().manual_seed(self.seed)
-        if self.norm == "linf":
-            noise = torch.rand(x.shape, generator=gen, dtype=torch.float64) * 2 - 1
-        else:
-            d = torch.randn(x.shape, generator=gen, dtype=torch.float64)
-            r = torch.rand((x.shape[0], 1), generator=gen, dtype=torch.float64)
-            noise = d / d.norm(dim=-1, keepdim=True).clamp_min(1e-12) * r
-        return noise.to(x.device, x.dtype)
+        rows = []
+        seed_crc = zlib.crc32(self.seed.to_bytes(4, "little"))
+        for row in x.detach().to("cpu", torch.float32):
+            # torch's CPU generator keeps 32 bits of a seed: mix seed and clip into one CRC-32
+            gen = torch.Generator().manual_seed(zlib.crc32(row.numpy().tobytes(), seed_crc))
+            if self.norm == "linf":
+                rows.append(torch.rand(row.shape, generator=gen, dtype=torch.float64) * 2 - 1)
+            else:
+                d = torch.randn(row.shape, generator=gen, dtype=torch.float64)
+                r = torch.rand((), generator=gen, dtype=torch.float64)
+                rows.append(d / d.norm().clamp_min(1e-12) * r)
+        return torch.stack(rows).to(x.device, x.dtype)
 
     def project(self, x: torch.Tensor, x_adv: torch.Tensor, eps: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """Project onto the eps-ball around ``x`` (rows with their own eps), the mask, then ``bounds``."""
