@@ -161,3 +161,43 @@ def test_sweep_page_split_subset_and_bad_grid(data_dir, tmp_path):
     at.file_uploader(key="sweep_table_upload").set_value(("saved.csv", path.read_bytes(), "text/csv")).run()
     no_exception(at)
     assert at.session_state["sweep_result"]["source"] == "saved.csv"
+
+
+def test_embeddings_page_map_attack_and_selection(data_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("BIRDSHIELD_CACHE_DIR", str(tmp_path / "cache"))
+    at = AppTest.from_file(str(ROOT / "pages" / "4_Embeddings.py"), default_timeout=300).run()
+    no_exception(at)
+    at.number_input(key="emb_max_clips").set_value(16)
+    at.checkbox(key="emb_with_attack").check()
+    at.number_input(key="emb_steps").set_value(2)
+    at.button[0].click().run()
+    no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    res = at.session_state["emb_result"]
+    assert res["coords"].shape == (16, 2) and res["adv_coords"].shape == (16, 2)
+    assert res["proto_coords"].shape == (45, 2)  # the shipped AudioProtoPNet's prototypes in the same map
+    metrics = res["metrics"]
+    assert list(metrics["points"]) == ["clean", "clean", "adversarial", "adversarial"]
+    assert metrics[["nmi", "ari", "silhouette", "retrieval_roc_auc"]].notna().all().all()
+    assert len(list((tmp_path / "cache").glob("*.npz"))) >= 3  # clean, adversarial, UMAP
+    # selecting a clip (the selectbox; map clicks feed the same state) plays it clean and attacked
+    at.selectbox(key="emb_clip").set_value(5).run()
+    no_exception(at)
+    assert any(res["clips"].clip_ids[5] in s.value for s in at.subheader)
+    assert len(at.get("audio")) == 2
+    # a second page load of the same map comes from the disk cache
+    again = AppTest.from_file(str(ROOT / "pages" / "4_Embeddings.py"), default_timeout=300).run()
+    again.number_input(key="emb_max_clips").set_value(16)
+    again.checkbox(key="emb_with_attack").check()
+    again.number_input(key="emb_steps").set_value(2)
+    again.button[0].click().run()
+    no_exception(again)
+    assert again.session_state["emb_result"]["emb"].from_cache
+
+
+def test_selected_points_parsing():
+    from ui.common import selected_points
+
+    event = {"selection": {"points": [{"customdata": [3, "id"]}, {"x": 1.0}, {"customdata": [3, "id"]}, {"customdata": ["7"]}]}}
+    assert selected_points(event) == [3, 7]
+    assert selected_points(None) == [] and selected_points({"selection": {"points": []}}) == []

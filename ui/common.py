@@ -203,3 +203,27 @@ def _window_of(prefix, full, sample_rate, window_s, **kw) -> Clip:
     clip = Clip(waveform=full[s : s + win].copy(), sample_rate=sample_rate, offset_s=offset, **kw)
     st.session_state["clip"] = clip
     return clip
+
+
+def selected_points(event) -> list[int]:
+    """Clip indices of the points selected in a plotly chart (``customdata[0]`` of each point).
+
+    ``event`` is what ``st.plotly_chart(..., on_select="rerun")`` returns; points
+    without customdata (arrows, prototypes) are ignored, duplicates dropped.
+    """
+    selection = getattr(event, "selection", None) if event is not None else None
+    if selection is None and isinstance(event, dict):
+        selection = event.get("selection")
+    points = (selection or {}).get("points", []) or []
+    out: list[int] = []
+    for p in points:
+        custom = p.get("customdata") if isinstance(p, dict) else None
+        if custom is None or len(custom) == 0:
+            continue
+        try:
+            i = int(custom[0])
+        except (TypeError, ValueError):
+            continue
+        if i not in out:
+            out.append(i)
+    return out

@@ -1,0 +1,227 @@
+"""Embeddings page: UMAP of clean and adversarial clips, click a point to hear it, cluster and retrieval metrics."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+import torch
+
+from core.attacks import make_attack
+from core.embeddings import EmbeddingCache, compute_embeddings, embedding_metrics, umap_map
+from core.errors import CoreError
+from core.metrics import snr_db
+from core.sweep import ClipSet, dataset_clips
+from ui.common import audio_player, dataset_status_message, get_dataset, require_model, selected_points
+from ui.plots import logmel_db, spectrogram_figure
+
+st.set_page_config(page_title="Embeddings · birdshield", page_icon="🐦", layout="wide")
+st.title("Embeddings: where clips sit, and where an attack drags them")
+st.caption("Each point is a 5 s clip, placed by UMAP (fitted on the clean embeddings, fixed seed) from the model's "
+           "pre-logits embedding. Adversarial clips are placed into the same map, with an arrow from each clean clip to "
+           "its attacked twin. Select a point (click, or box/lasso) to hear it.")
+
+MAX_CLIPS = 2000
+name, model = require_model("emb_model")
+cfg = model.config
+names = list(cfg.class_names)
+ds = get_dataset()
+if ds is None:
+    st.info(dataset_status_message())
+    st.stop()
+display = ds.display_name
+
+
+@st.cache_data(max_entries=8, show_spinner="Decoding clips…")
+def load_clips(split: str, species: tuple, max_clips: int, sample_rate: int, window_samples: int, class_names: tuple) -> ClipSet:
+    if not species:
+        return dataset_clips(ds, split=split, class_names=class_names, sample_rate=sample_rate, window_samples=window_samples,
+                             max_clips=max_clips)
+    per = max(1, math.ceil(max_clips / len(species)))
+    parts = [dataset_clips(ds, split=split, class_names=class_names, sample_rate=sample_rate, window_samples=window_samples,
+                           species=s, max_clips=per) for s in species]
+    parts = [p for p in parts if len(p)]
+    ids, keep = [], []
+    for p in parts:  # a recording with two focal species can appear twice
+        keep.append([i for i, c in enumerate(p.clip_ids) if c not in ids])
+        ids += [p.clip_ids[i] for i in keep[-1]]
+    return ClipSet(waveforms=np.concatenate([p.waveforms[k] for p, k in zip(parts, keep)]), clip_ids=ids,
+                   labels=np.concatenate([p.labels[k] for p, k in zip(parts, keep)]),
+                   masks=np.concatenate([p.masks[k] for p, k in zip(parts, keep)]),
+                   species=[p.species[i] for p, k in zip(parts, keep) for i in k])
+
+
+with st.form("emb_form"):
+    c1, c2, c3 = st.columns([1, 3, 1])
+    split = c1.selectbox("Split", ["test", "val", "train"], key="emb_split")
+    species = c2.multiselect("Species (empty: all)", ds.class_names, format_func=display, key="emb_species")
+    max_clips = int(c3.number_input("at most N clips", min_value=4, max_value=MAX_CLIPS, value=120, step=20, key="emb_max_clips"))
+    a1, a2, a3, a4, a5 = st.columns([1.2, 1, 1, 1, 1.2])
+    with_attack = a1.checkbox("Add adversarial points", key="emb_with_attack")
+    attack_name = a2.selectbox("Attack", ["pgd", "bim", "fgsm"], key="emb_attack")
+    eps = a3.number_input("eps (L-inf)", min_value=0.0, max_value=1.0, value=3e-4, step=1e-4, format="%.5f", key="emb_eps")
+    steps = int(a4.number_input("steps", min_value=1, max_value=100, value=10, key="emb_steps"))
+    show_protos = a5.checkbox("Show prototypes", value=cfg.arch == "protopnet", key="emb_protos", disabled=cfg.arch != "protopnet")
+    submitted = st.form_submit_button("Compute map", type="primary")
+
+settings = (name, split, tuple(species), max_clips, with_attack, attack_name, float(eps), steps)
+if submitted:
+    try:
+        clips = load_clips(split, tuple(species), max_clips, cfg.frontend.sample_rate, cfg.window_samples, tuple(names))
+        if len(clips) < 4:
+            raise CoreError(f"only {len(clips)} clip(s) match; a map needs at least 4")
+        attack = None
+        if with_attack:
+            if eps <= 0:
+                raise CoreError("eps must be > 0 to add adversarial points")
+            attack = make_attack(attack_name, eps=float(eps), steps=steps)
+        bar = st.progress(0.0, text="Embedding…")
+
+        def progress(stage, done, total):
+            bar.progress(done / total, text=f"{'Embedding clean clips' if stage == 'clean' else 'Attacking and embedding'}: {done}/{total}")
+
+        cache = EmbeddingCache()
+        emb = compute_embeddings(model, clips, attack=attack, eps=float(eps) if attack else None, cache=cache, progress=progress)
+        bar.progress(1.0, text="UMAP…")
+        extra = []
+        if emb.adv_embeddings is not None:
+            extra.append(emb.adv_embeddings)
+        protos = None
+        if show_protos and cfg.arch == "protopnet":
+            protos = model.prototype_vectors.detach().flatten(1).cpu().numpy()
+            extra.append(protos)
+        key = EmbeddingCache.key("umap", emb.embeddings.tobytes().hex()[:64], len(emb.embeddings), [e.shape for e in extra],
+                                 [float(np.asarray(e).sum()) for e in extra])
+        stored = cache.load(key)
+        if stored is None:
+            coords, extra_coords = umap_map(emb.embeddings, extra=extra)
+            cache.save(key, coords=coords, **{f"extra{i}": c for i, c in enumerate(extra_coords)})
+        else:
+            coords, extra_coords = stored["coords"], [stored[f"extra{i}"] for i in range(len(extra))]
+        adv_coords = extra_coords[0] if emb.adv_embeddings is not None else None
+        primary = np.array([s.split(";")[0] for s in clips.species])
+        clean_metrics = embedding_metrics(emb.embeddings, primary)
+        clusters = clean_metrics.pop("clusters", np.zeros(len(primary), int))
+        rows = [{"points": "clean", "space": "embedding", **clean_metrics}, {"points": "clean", "space": "UMAP 2-D", **embedding_metrics(coords, primary)}]
+        if adv_coords is not None:
+            rows += [{"points": "adversarial", "space": "embedding", **embedding_metrics(emb.adv_embeddings, primary)},
+                     {"points": "adversarial", "space": "UMAP 2-D", **embedding_metrics(adv_coords, primary)}]
+        bar.empty()
+        st.session_state["emb_result"] = {
+            "settings": settings, "clips": clips, "emb": emb, "coords": coords, "adv_coords": adv_coords,
+            "proto_coords": extra_coords[-1] if protos is not None else None, "clusters": clusters,
+            "metrics": pd.DataFrame([{k: v for k, v in r.items() if k != "clusters"} for r in rows]), "adversarial": {},
+        }
+    except CoreError as exc:
+        st.error(f"Map not computed: {exc}")
+
+res = st.session_state.get("emb_result")
+if not res or res["settings"][0] != name:
+    st.info("Choose clips (and optionally an attack), then compute the map.")
+    st.stop()
+if res["settings"] != settings:
+    st.warning("Showing the map for earlier settings; press **Compute map** to update.")
+
+clips: ClipSet = res["clips"]
+emb = res["emb"]
+coords, adv_coords, proto_coords = res["coords"], res["adv_coords"], res["proto_coords"]
+primary = np.array([s.split(";")[0] for s in clips.species])
+pred = np.array([names[i] for i in emb.scores.argmax(1)])
+adv_pred = None if emb.adv_scores is None else np.array([names[i] for i in emb.adv_scores.argmax(1)])
+clusters = res["clusters"]
+
+colour_options = ["species", "predicted species", "KMeans cluster"] + (["clean / adversarial"] if adv_coords is not None else [])
+colour_by = st.radio("Colour by", colour_options, horizontal=True, key="emb_colour")
+if colour_by == "species":
+    groups = primary
+elif colour_by == "predicted species":
+    groups = pred
+elif colour_by == "KMeans cluster":
+    groups = np.array([f"cluster {c}" for c in clusters])
+else:
+    groups = np.array(["clean"] * len(primary))
+
+fig = go.Figure()
+if adv_coords is not None:
+    lx = np.column_stack([coords[:, 0], adv_coords[:, 0], np.full(len(coords), np.nan)]).ravel()
+    ly = np.column_stack([coords[:, 1], adv_coords[:, 1], np.full(len(coords), np.nan)]).ravel()
+    fig.add_trace(go.Scatter(x=lx, y=ly, mode="lines", line=dict(color="rgba(120,120,120,0.45)", width=1), hoverinfo="skip",
+                             name="clean → adversarial"))
+hover = ("%{customdata[1]}<br>species %{customdata[2]}<br>predicted %{customdata[3]}<extra>%{customdata[4]}</extra>")
+for g in sorted(set(groups)):
+    idx = np.flatnonzero(groups == g)
+    custom = np.column_stack([idx, np.array(clips.clip_ids)[idx], [display(s) for s in primary[idx]], [display(s) for s in pred[idx]],
+                              ["clean"] * len(idx)])
+    fig.add_trace(go.Scatter(x=coords[idx, 0], y=coords[idx, 1], mode="markers", name=display(g) if g in names else g,
+                             marker=dict(size=8, line=dict(width=0.5, color="white")), customdata=custom, hovertemplate=hover))
+if adv_coords is not None:
+    idx = np.arange(len(coords))
+    custom = np.column_stack([idx, np.array(clips.clip_ids), [display(s) for s in primary], [display(s) for s in adv_pred],
+                              [f"adversarial, SNR {s:.0f} dB" for s in emb.snr_db]])
+    fig.add_trace(go.Scatter(x=adv_coords[:, 0], y=adv_coords[:, 1], mode="markers", name="adversarial",
+                             marker=dict(size=7, symbol="x", color="black"), customdata=custom, hovertemplate=hover))
+if proto_coords is not None:
+    k = cfg.prototypes_per_class
+    fig.add_trace(go.Scatter(x=proto_coords[:, 0], y=proto_coords[:, 1], mode="markers", name="prototypes",
+                             marker=dict(size=12, symbol="star", color="gold", line=dict(width=1, color="black")),
+                             text=[f"prototype {j} of {display(names[j // k])}" for j in range(len(proto_coords))],
+                             hovertemplate="%{text}<extra></extra>"))
+fig.update_layout(height=620, margin=dict(l=10, r=10, t=30, b=10), xaxis_title="UMAP 1", yaxis_title="UMAP 2",
+                  dragmode="lasso", legend=dict(itemsizing="constant"))
+event = st.plotly_chart(fig, on_select="rerun", selection_mode=("points", "box", "lasso"), key="emb_plot")
+
+# -- metrics ----------------------------------------------------------------------------------------
+
+metrics_table = res["metrics"]
+st.subheader("Cluster and retrieval quality")
+st.dataframe(metrics_table.round(3), hide_index=True, width="stretch")
+st.caption("KMeans with k = number of species present, scored against each clip's primary (first focal) species by NMI, "
+           "ARI and V-measure; silhouette of the species labels (cosine); retrieval ROC-AUC: cosine similarity of every pair "
+           "of clips, same species vs. different. Adversarial rows embed the attacked clips with the clean clips' labels.")
+if emb.adv_scores is not None:
+    flipped = float((emb.adv_scores.argmax(1) != emb.scores.argmax(1)).mean())
+    st.caption(f"The attack changed the top-1 species of {flipped:.0%} of the clips; median SNR {np.median(emb.snr_db):.1f} dB.")
+
+table = pd.DataFrame({"clip": clips.clip_ids, "species": primary, "predicted": pred, "x": coords[:, 0], "y": coords[:, 1],
+                      "cluster": clusters})
+if adv_coords is not None:
+    table["adv_x"], table["adv_y"], table["adv_predicted"], table["snr_db"] = adv_coords[:, 0], adv_coords[:, 1], adv_pred, emb.snr_db
+d1, d2 = st.columns(2)
+d1.download_button("Download coordinates (CSV)", table.to_csv(index=False).encode(), file_name="embedding_map.csv", mime="text/csv",
+                   key="emb_download_coords")
+d2.download_button("Download metrics (CSV)", metrics_table.to_csv(index=False).encode(), file_name="embedding_metrics.csv",
+                   mime="text/csv", key="emb_download_metrics")
+
+# -- the selected clip ------------------------------------------------------------------------------
+
+picked = selected_points(event)
+options = list(range(len(clips.clip_ids)))
+if picked:
+    st.session_state["emb_clip"] = picked[0]
+choice = st.selectbox("Selected clip (or select a point in the map)", options, key="emb_clip",
+                      format_func=lambda i: f"{clips.clip_ids[i]} · {display(primary[i])}")
+if len(picked) > 1:
+    st.caption(f"{len(picked)} points selected; showing the first.")
+i = int(choice)
+wave = clips.waveforms[i][clips.masks[i] > 0]
+sr = cfg.frontend.sample_rate
+st.subheader(f"{clips.clip_ids[i]}: {display(primary[i])}, predicted {display(pred[i])}")
+cols = st.columns(2)
+with cols[0]:
+    audio_player(wave, sr, label="clean")
+    st.plotly_chart(spectrogram_figure(logmel_db(wave, cfg.frontend), cfg.frontend, title="clean", height=240), key="emb_spec_clean")
+if adv_coords is not None:
+    s = res["settings"]
+    if i not in res["adversarial"]:
+        # the same attack, seed and clip as in the map: the same adversarial clip (the random start is seeded per clip)
+        attack = make_attack(s[5], eps=s[6], steps=s[7])
+        x = torch.as_tensor(clips.waveforms[i : i + 1], device=next(model.parameters()).device)
+        adv = attack(model, x, torch.as_tensor(clips.labels[i : i + 1], device=x.device), mask=torch.as_tensor(clips.masks[i : i + 1], device=x.device))
+        res["adversarial"][i] = adv[0].cpu().numpy()[clips.masks[i] > 0]
+    adv = res["adversarial"][i]
+    with cols[1]:
+        audio_player(adv, sr, label=f"adversarial ({s[5]}, eps {s[6]:g}, SNR {float(snr_db(wave, adv)):.1f} dB): predicted {display(adv_pred[i])}")
+        st.plotly_chart(spectrogram_figure(logmel_db(adv, cfg.frontend), cfg.frontend, title="adversarial", height=240), key="emb_spec_adv")
