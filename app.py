@@ -24,7 +24,9 @@ st.markdown(
     "perturbation side by side, and see what changed in the predictions and the prototypes.\n"
     "- **Sweep**: attack many clips at every budget of an eps (or SNR) grid with FGSM, BIM or PGD (L-inf or L2) "
     "on output-, embedding- or prototype-space objectives; watch cmAP, attack success, PRS/DRS/TARS and SNR "
-    "curves fall per model, hear a clip at each budget, find its minimal flipping eps, download the table."
+    "curves fall per model, hear a clip at each budget, find its minimal flipping eps, download the table.\n"
+    "- **Embeddings**: UMAP map of clips in a model's embedding space, clean and attacked (arrows show the drift), "
+    "with prototypes; click a point to hear it; NMI, ARI, silhouette and retrieval ROC-AUC, clean vs attacked."
 )
 
 name, model = require_model("home_model") if list_checkpoints() else (None, None)

@@ -61,6 +61,9 @@ class SweepResult:
     success : np.ndarray, bool
     objective, clean_objective : np.ndarray; ``clean_objective`` is ``(batch,)``
         The value each attack maximised.
+    clean_success : np.ndarray [shape=(batch,)], bool
+        Success already on the clean clip (targeted objectives whose target is
+        already met; always False for untargeted ones).
     prs, drs, tars : np.ndarray
         Robustness scores (:mod:`core.metrics`; NaN DRS/TARS without a target).
     snr_db, db_x : np.ndarray [dB]
@@ -77,6 +80,7 @@ class SweepResult:
     success: np.ndarray
     objective: np.ndarray
     clean_objective: np.ndarray
+    clean_success: np.ndarray
     prs: np.ndarray
     drs: np.ndarray
     tars: np.ndarray
@@ -210,6 +214,7 @@ def run_sweep(
         success=grid_shaped("success").astype(bool),
         objective=grid_shaped("objective"),
         clean_objective=state["clean_objective"].float().cpu().numpy(),
+        clean_success=state["clean_success"].cpu().numpy().astype(bool),
         prs=prs,
         drs=drs,
         tars=metrics.tars(prs, drs),
@@ -359,7 +364,7 @@ def sweep_table(
         "steps": attack.steps, "seed": attack.seed,
     }
     clean = pd.DataFrame({
-        **info, "budget_kind": "clean", "budget": np.nan, "clip": list(clip_ids), "eps": 0.0, "success": False,
+        **info, "budget_kind": "clean", "budget": np.nan, "clip": list(clip_ids), "eps": 0.0, "success": result.clean_success,
         "objective_value": result.clean_objective, "prs": 1.0, "drs": np.where(np.isnan(result.drs[0]), np.nan, 1.0),
         "tars": np.where(np.isnan(result.tars[0]), np.nan, 1.0),
         "snr_db": np.inf, "db_x": -np.inf, "linf": 0.0, "l2": 0.0,
@@ -388,7 +393,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     """Aggregate a tidy sweep table into one row per (model, attack, objective, budget).
 
     cmAP, macro ROC-AUC and top-1 are computed over the clips of each group
-    (needs ``label:`` columns; NaN otherwise); success rate, PRS, DRS and TARS are
+    (needs ``label:`` columns and at least 2 clips; NaN otherwise); success rate, PRS, DRS and TARS are
     means over clips; SNR, dB_x and eps are medians (SNR of a clean row is +inf).
 
     Returns
@@ -404,7 +409,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     for key, g in df.groupby(keys, dropna=False, sort=False):
         row = dict(zip(keys, key))
         row["n_clips"] = int(g["clip"].nunique())
-        if has_labels:
+        if has_labels and row["n_clips"] >= 2:  # AP over a single clip is 1 whatever the score: not a metric
             cls = metrics.classification_metrics(g[[f"score:{c}" for c in classes]].to_numpy(), g[[f"label:{c}" for c in classes]].to_numpy())
             row |= {k: cls[k] for k in ("cmap", "roc_auc", "top1")}
         else:

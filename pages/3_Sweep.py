@@ -209,12 +209,15 @@ cols = st.columns(2)
 for i, metric in enumerate(chosen):
     cols[i % 2].plotly_chart(robustness_curves(summary, metric), key=f"sweep_curve_{metric}")
 if summary["cmap"].isna().all():
-    st.caption("cmAP, ROC-AUC and top-1 need true labels: the clip has none (upload or recording).")
+    st.caption("cmAP, ROC-AUC and top-1 need true labels and at least 2 clips (a single clip's average precision is 1 "
+               "whatever its scores): attack several clips, or read success rate and PRS.")
 if summary["drs"].isna().all():
     st.caption("DRS and TARS need a target; this objective is untargeted, so only PRS is defined.")
 
 shown = summary.drop(columns=[c for c in ("attack", "norm") if summary[c].nunique() == 1])
-st.dataframe(shown.round(4), hide_index=True, width="stretch")
+metric_cols = [c for c in CURVE_METRICS if c in shown.columns and c != "eps"]
+st.dataframe(shown.round({c: 4 for c in metric_cols}), hide_index=True, width="stretch",
+             column_config={"budget": st.column_config.NumberColumn(format="%g"), "eps": st.column_config.NumberColumn(format="%.3g")})
 d1, d2 = st.columns(2)
 d1.download_button("Download the tidy table (CSV, one row per model × budget × clip)", table.to_csv(index=False).encode(),
                    file_name="sweep.csv", mime="text/csv", key="sweep_download")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import librosa
 import numpy as np
+import plotly.express as px
 import plotly.graph_objects as go
 import torch
 
@@ -113,5 +114,5 @@ def robustness_curves(summary, metric: str, *, height: int = 320) -> go.Figure:
     fig.update_xaxes(title="eps (full-scale amplitude)" if kind == "eps" else "target SNR", type="category", categoryorder="array", categoryarray=cats)
     fig.update_yaxes(title=METRIC_LABELS.get(metric, metric))
     fig.update_layout(title=METRIC_LABELS.get(metric, metric), height=height, margin=dict(l=10, r=10, t=40, b=10),
-                      legend=dict(orientation="h", y=-0.3))
+                      legend=dict(orientation="h", y=-0.3), colorway=px.colors.qualitative.D3)
     return fig

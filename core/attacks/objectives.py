@@ -123,6 +123,7 @@ class Objective:
         state.update(self._prepare(model, x, out, state))
         clean = self.evaluate(out, state)
         state["clean_objective"] = clean["objective"]
+        state["clean_success"] = clean["success"]
         state["clean_prs_loss"] = clean["prs_loss"]
         state["clean_drs_loss"] = clean["drs_loss"]
         return state
