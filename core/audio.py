@@ -52,6 +52,8 @@ class AudioClip:
         Channel count of the file before down-mixing.
     name : str
         File name (no directory) or a caller-given label.
+    n_nonfinite : int >= 0
+        NaN or inf samples of the file (after down-mixing), replaced by 0.
     """
 
     waveform: np.ndarray
@@ -59,11 +61,32 @@ class AudioClip:
     source_sample_rate: int
     source_channels: int
     name: str
+    n_nonfinite: int = 0
 
     @property
     def duration_s(self) -> float:
         """Duration [seconds]."""
         return self.waveform.shape[0] / self.sample_rate
+
+    def notes(self) -> list[str]:
+        """Plain-language warnings about the content a user should know of (empty when none).
+
+        Non-finite samples replaced by 0, a silent clip, samples beyond full scale
+        (attacks clip to [-1, 1]), a DC offset.
+        """
+        out = []
+        x = self.waveform
+        if self.n_nonfinite:
+            out.append(f"{self.n_nonfinite} NaN/inf samples were replaced by 0.")
+        peak = float(np.abs(x).max()) if x.size else 0.0
+        if peak == 0.0:
+            out.append("The clip is silent (all samples are 0): predictions are meaningless and any perturbation has SNR -inf dB.")
+        elif peak > 1.0:
+            out.append(f"Samples exceed full scale (peak {peak:.2f}); attacks clip the clip to [-1, 1] first.")
+        mean = float(x.mean()) if x.size else 0.0
+        if peak > 0 and abs(mean) > 0.1 * peak:
+            out.append(f"The clip has a DC offset of {mean:+.3f} (full scale).")
+        return out
 
 
 def to_mono(samples: np.ndarray) -> np.ndarray:
@@ -206,9 +229,11 @@ def load_audio(
         raise AudioLoadError(f"{name}: no samples left after offset_s={offset_s}")
     channels = samples.shape[1]
     mono = to_mono(samples)
+    n_nonfinite = int((~np.isfinite(mono)).sum())
     mono = np.nan_to_num(mono, nan=0.0, posinf=0.0, neginf=0.0)
     waveform = resample(mono, sr, sample_rate)
-    return AudioClip(waveform=waveform, sample_rate=sample_rate, source_sample_rate=sr, source_channels=channels, name=str(name))
+    return AudioClip(waveform=waveform, sample_rate=sample_rate, source_sample_rate=sr, source_channels=channels, name=str(name),
+                     n_nonfinite=n_nonfinite)
 
 
 def window_starts(n_samples: int, window_samples: int, *, min_fraction: float = 0.5) -> list[int]:

@@ -36,8 +36,17 @@ def load_recording(path: str, sample_rate: int, duration_s: float | None) -> np.
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
-def decode_upload(data: bytes, name: str, sample_rate: int) -> np.ndarray:
-    return load_audio(data, sample_rate=sample_rate, name=name).waveform
+def decode_upload(data: bytes, name: str, sample_rate: int) -> tuple[np.ndarray, list[str]]:
+    """Decoded waveform of an uploaded or recorded file, and warnings about its content."""
+    clip = load_audio(data, sample_rate=sample_rate, name=name)
+    return clip.waveform, clip.notes()
+
+
+def safe_name(name: str, default: str = "clip") -> str:
+    """A file name without directories or characters that break downloads (``../a b?.wav`` -> ``a_b_.wav``)."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    cleaned = "".join(c if c.isalnum() or c in "._-" else "_" for c in base).strip("._")
+    return cleaned[:120] or default
 
 
 @st.cache_data(max_entries=64, show_spinner="Running the model…")
@@ -173,19 +182,23 @@ def clip_picker(prefix: str, sample_rate: int, window_s: float) -> Clip | None:
             st.error(f"{up.name}: {len(data) / 2**20:.1f} MB is over the {MAX_UPLOAD_MB} MB upload limit.")
             return None
         try:
-            full = decode_upload(data, up.name, sample_rate)
+            full, notes = decode_upload(data, safe_name(up.name), sample_rate)
         except CoreError as exc:
             st.error(str(exc))
             return None
-        return _window_of(prefix, full, sample_rate, window_s, name=up.name, source="upload")
+        for note in notes:
+            st.warning(note)
+        return _window_of(prefix, full, sample_rate, window_s, name=safe_name(up.name), source="upload")
     rec = st.audio_input("Record a clip with your microphone", key=f"{prefix}_mic")
     if rec is None:
         return None
     try:
-        full = decode_upload(rec.getvalue(), "microphone.wav", sample_rate)
+        full, notes = decode_upload(rec.getvalue(), "microphone.wav", sample_rate)
     except CoreError as exc:
         st.error(str(exc))
         return None
+    for note in notes:
+        st.warning(note)
     return _window_of(prefix, full, sample_rate, window_s, name="microphone", source="microphone")
 
 
