@@ -1,0 +1,209 @@
+"""A real browser walks every page: Playwright drives Debian's chromium against a live dashboard.
+
+Starts ``streamlit run app.py`` on a free loopback port, then on every page: chooses a clip, uploads a
+file, runs an attack, plays audio, runs a small sweep, computes an embedding map; asserts that no
+exception box or traceback text appears, and saves a screenshot of each page to
+``$BIRDSHIELD_ARTIFACTS`` (default ``test-artifacts/browser/``). A second browser session must load
+while the first one is busy with a sweep.
+
+Needs ``/usr/bin/chromium`` (``apt-get install chromium``; ``.ci/run`` installs it) and the
+``playwright`` Python package; never downloads a browser.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from core.models.registry import list_checkpoints
+from tests.conftest import ROOT, tone
+
+CHROMIUM = "/usr/bin/chromium"
+playwright = pytest.importorskip("playwright.sync_api")
+pytestmark = [
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium not installed (apt-get install chromium)"),
+    pytest.mark.skipif("protopnet" not in list_checkpoints(), reason="shipped checkpoints missing"),
+]
+ARTIFACTS = Path(os.environ.get("BIRDSHIELD_ARTIFACTS", ROOT / "test-artifacts" / "browser"))
+RUN_TIMEOUT_MS = 240_000
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    port = _free_port()
+    env = dict(os.environ, BIRDSHIELD_CACHE_DIR=str(tmp_path_factory.mktemp("cache")))
+    log = open(tmp_path_factory.mktemp("log") / "streamlit.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true",
+         "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("the dashboard did not start")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--autoplay-policy=no-user-gesture-required",
+        ])
+        yield b
+        b.close()
+
+
+def settle(page, timeout=RUN_TIMEOUT_MS):
+    """Wait until the script run finished (Streamlit's running indicator gone) and the page is idle."""
+    page.wait_for_timeout(800)
+    page.wait_for_function("() => !document.querySelector('[data-testid=stStatusWidget]')", timeout=timeout)
+    page.wait_for_timeout(500)
+
+
+def check(page, name: str):
+    """No exception box, no traceback text; save a screenshot."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    assert page.locator("[data-testid=stException]").count() == 0, f"exception box on {name}"
+    text = page.inner_text("body")
+    assert "Traceback" not in text, f"traceback on {name}"
+
+
+def open_page(browser, url):
+    page = browser.new_page(viewport={"width": 1400, "height": 2400})
+    page.goto(url)
+    page.wait_for_selector("h1", timeout=RUN_TIMEOUT_MS)
+    settle(page)
+    return page
+
+
+def test_walk_every_page(server, browser, tmp_path, data_dir):
+    upload = tmp_path / "tone.wav"
+    sf.write(upload, tone(2500, 6.0, 44_100, amp=0.2) + np.float32(0), 44_100)
+
+    page = open_page(browser, server)
+    assert "birdshield" in page.inner_text("h1")
+    check(page, "0_home")
+
+    # Clip: a dataset clip is shown by default; audio plays; then upload a file
+    page.goto(f"{server}/Clip")
+    page.wait_for_selector("h1")
+    settle(page)
+    page.get_by_text("Scores", exact=False).first.wait_for(timeout=RUN_TIMEOUT_MS)
+    audio = page.locator("audio").first
+    audio.wait_for(state="attached")
+    page.wait_for_function("() => document.querySelector('audio') && document.querySelector('audio').readyState >= 1",
+                           timeout=60_000)
+    playing = audio.evaluate("a => a.play().then(() => !a.paused).catch(() => 'blocked')")
+    assert playing is True or playing == "blocked"
+    assert audio.evaluate("a => a.duration") > 1.0
+    check(page, "1_clip_dataset")
+    page.get_by_text("Upload", exact=True).first.click()
+    settle(page)
+    page.locator("input[type=file]").first.set_input_files(str(upload))
+    settle(page)
+    page.get_by_text("tone.wav", exact=False).first.wait_for(timeout=RUN_TIMEOUT_MS)
+    check(page, "2_clip_upload")
+
+    # Attack: the uploaded clip is shared across pages; run a 3-step attack
+    page.goto(f"{server}/Attack")
+    page.wait_for_selector("h1")
+    settle(page)
+    steps = page.get_by_label("steps (1 = FGSM)")
+    steps.fill("3")
+    steps.press("Enter")
+    settle(page)
+    page.get_by_role("button", name="Run attack").click()
+    settle(page)
+    page.get_by_text("SNR of perturbation").wait_for(timeout=RUN_TIMEOUT_MS)
+    assert page.locator("audio").count() >= 3
+    check(page, "3_attack")
+
+    # Sweep: two models, a 3-value grid, 1 step
+    page.goto(f"{server}/Sweep")
+    page.wait_for_selector("h1")
+    settle(page)
+    grid = page.get_by_label("Grid (comma-separated)", exact=True)
+    grid.fill("0, 1e-3, 1e-2")
+    grid.press("Enter")
+    settle(page)
+    steps = page.get_by_label("steps", exact=True)
+    steps.first.fill("1")
+    steps.first.press("Enter")
+    settle(page)
+    page.get_by_role("button", name="Run sweep").click()
+    settle(page)
+    page.get_by_text("Robustness curves").wait_for(timeout=RUN_TIMEOUT_MS)
+    page.get_by_text("Hear where it breaks").wait_for(timeout=RUN_TIMEOUT_MS)
+    assert page.locator(".js-plotly-plot").count() >= 2
+    check(page, "4_sweep")
+
+    # Embeddings: a small map
+    page.goto(f"{server}/Embeddings")
+    page.wait_for_selector("h1")
+    settle(page)
+    n = page.get_by_label("at most N clips", exact=True)
+    n.fill("12")
+    n.press("Enter")
+    page.get_by_role("button", name="Compute map").click()
+    settle(page)
+    page.get_by_text("Cluster and retrieval quality").wait_for(timeout=RUN_TIMEOUT_MS)
+    assert page.locator(".js-plotly-plot").count() >= 1
+    check(page, "5_embeddings")
+    page.close()
+
+
+def test_second_session_loads_while_first_is_busy(server, browser, data_dir):
+    busy = open_page(browser, f"{server}/Sweep")
+    busy.get_by_text("Split subset", exact=True).click()
+    settle(busy)
+    busy.get_by_role("button", name="Run sweep").click()  # 8 clips x 2 models x 6 budgets x PGD-10: tens of seconds
+    busy.wait_for_selector("[data-testid=stStatusWidget]", timeout=30_000)
+    start = time.perf_counter()
+    other = browser.new_page(viewport={"width": 1400, "height": 1600})
+    other.goto(server)
+    other.wait_for_selector("h1", timeout=60_000)
+    other.get_by_text("Held-out test metrics").wait_for(timeout=60_000)
+    loaded_in = time.perf_counter() - start
+    still_busy = busy.locator("[data-testid=stStatusWidget]").count() > 0
+    check(other, "6_second_session")
+    assert still_busy, "the first session finished before the second loaded: the check proves nothing"
+    assert loaded_in < 60
+    # the second session does not see the first one's results
+    other.goto(f"{server}/Sweep")
+    other.wait_for_selector("h1")
+    settle(other)
+    assert other.get_by_text("Set up a sweep and run it").count() == 1
+    busy.close()
+    other.close()
