@@ -164,3 +164,23 @@ def test_dataset_clips_subset_labels_and_bounds(tiny_dataset):
     assert set(one.species) == {"ccc"}
     with pytest.raises(ParameterError, match="species"):
         dataset_clips(ds, split="test", class_names=["aaa", "bbb", "ccc"], sample_rate=16_000, window_samples=16_000, species="zzz")
+
+
+def test_cancelled_sweep_leaves_a_complete_table_and_resumes(tmp_path, tiny_proto):
+    gen = torch.Generator().manual_seed(1)
+    x = ((torch.rand(6, 16_000, generator=gen) * 2 - 1) * 0.3).numpy()
+    ids = [f"c{i}" for i in range(6)]
+    out = tmp_path / "s.parquet"
+
+    def cancel_after_first_batch(done, total):
+        if done >= 2:
+            raise KeyboardInterrupt  # what Ctrl-C (CLI) or Stop (dashboard) does to a run
+
+    with pytest.raises(KeyboardInterrupt):
+        sweep_windows({"m": tiny_proto}, PGD(eps=0.01, steps=1), x, ids, epsilons=[0.01], clips_per_batch=2, out=out,
+                      progress=cancel_after_first_batch)
+    partial = read_table(out)  # a readable table with exactly the finished batch
+    assert sorted(partial["clip"].unique()) == ["c0", "c1"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left behind
+    full = sweep_windows({"m": tiny_proto}, PGD(eps=0.01, steps=1), x, ids, epsilons=[0.01], clips_per_batch=2, out=out)
+    assert sorted(full["clip"].unique()) == ids and len(full) == 6 * 2
