@@ -47,7 +47,8 @@ def cmd_train(args) -> int:
     cfg = TrainConfig(seed=args.seed)
     # AudioProtoPNet uses the asymmetric loss of the paper; the baseline trains far faster with BCE here
     cfg = replace(cfg, loss="asl" if config.arch == "protopnet" else "bce")
-    overrides = {k: getattr(args, k) for k in ("epochs", "warm_epochs", "last_layer_epochs", "batch_size", "lr", "loss") if getattr(args, k) is not None}
+    keys = ("epochs", "warm_epochs", "last_layer_epochs", "batch_size", "lr", "loss", "adv", "adv_eps", "adv_snr_db", "adv_steps", "adv_beta")
+    overrides = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     cfg = replace(cfg, **overrides)
     model = build_model(config)
     if args.init_backbone:
@@ -280,6 +281,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int)
     t.add_argument("--lr", type=float)
     t.add_argument("--loss", choices=["asl", "bce"], help="default: asl for protopnet, bce for baseline")
+    t.add_argument("--adv", choices=["none", "at-o", "at-e"], help="adversarial training: output space (at-o) or embedding space (at-e)")
+    t.add_argument("--adv-eps", type=float, help="L-inf budget of the training perturbations, full-scale amplitude (default 1e-4)")
+    t.add_argument("--adv-snr", dest="adv_snr_db", type=float, help="budget as a target SNR in dB per clip instead of --adv-eps")
+    t.add_argument("--adv-steps", type=int, help="1 = FGSM (default); more = PGD steps")
+    t.add_argument("--adv-beta", type=float, help="weight of the TRADES-style adversarial term (default 1)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--max-recordings", type=int, help="use only N recordings per class and split (smoke test)")
     t.add_argument("--out-dir", help="directory for the checkpoint (default: checkpoints/)")

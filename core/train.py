@@ -41,6 +41,8 @@ __all__ = [
     "evaluate",
     "push_prototypes",
     "train_model",
+    "training_step",
+    "binary_kl",
     "cell_size",
 ]
 
@@ -78,6 +80,22 @@ class TrainConfig:
         Weight of the orthogonality loss (reference: 1.0).
     loss : {"asl", "bce"}
         Classification loss: asymmetric loss (AudioProtoPNet) or binary cross-entropy.
+    adv : {"none", "at-o", "at-e"}
+        Adversarial training (Heinrich et al. 2025, arXiv 2507.13727), in the waveform
+        domain. ``at-o``: perturbations maximise the classification loss (output
+        space); ``at-e``: they maximise the spatial-wise cosine dissimilarity of the
+        feature maps (embedding space). Either way the loss is the clean loss plus
+        ``adv_beta`` times a TRADES-style term (Zhang et al. 2019) between the clean
+        and the perturbed batch: the binary KL divergence of the outputs (at-o) or the
+        cosine dissimilarity of the feature maps (at-e).
+    adv_eps : float in (0, 1] [full-scale amplitude]
+        L-inf budget of the training perturbations (ignored with ``adv_snr_db``).
+    adv_snr_db : float, optional [dB]
+        Budget as a target SNR per clip instead of ``adv_eps``.
+    adv_steps : int >= 1
+        1: FGSM; more: PGD with that many steps.
+    adv_beta : float >= 0
+        Weight of the adversarial term.
     """
 
     epochs: int = 30
@@ -97,10 +115,20 @@ class TrainConfig:
     lr_last_layer: float = 5e-4
     orth_weight: float = 1.0
     loss: str = "asl"
+    adv: str = "none"
+    adv_eps: float = 1e-4
+    adv_snr_db: float | None = None
+    adv_steps: int = 1
+    adv_beta: float = 1.0
 
     def __post_init__(self) -> None:
         if self.loss not in ("asl", "bce"):
             raise ParameterError(f"loss must be 'asl' or 'bce', got {self.loss!r}")
+        if self.adv not in ("none", "at-o", "at-e"):
+            raise ParameterError(f"adv must be 'none', 'at-o' or 'at-e', got {self.adv!r}")
+        if not 0 < self.adv_eps <= 1 or self.adv_steps < 1 or self.adv_beta < 0:
+            raise ParameterError(f"adv_eps in (0, 1], adv_steps >= 1 and adv_beta >= 0 required, got "
+                                 f"{self.adv_eps}, {self.adv_steps}, {self.adv_beta}")
         if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
             raise ParameterError(f"epochs >= 0, batch_size >= 1 and lr > 0 required, got {self}")
 
@@ -270,8 +298,8 @@ class _CropSampler:
         return max(1, len(self.index) // batch_size)
 
 
-def _augment(model, x, y, cfg: TrainConfig, gen: torch.Generator):
-    """Gain + mixup on the waveform, masks on the spectrogram; returns (features, targets)."""
+def _augment_waveform(x, y, cfg: TrainConfig, gen: torch.Generator):
+    """Random gain and mixup on the waveform (stays inside [-1, 1]); targets of a mix: elementwise max."""
     b = x.shape[0]
     gain = 10 ** ((torch.rand(b, 1, generator=gen) * 2 - 1) * cfg.gain_db / 20)
     x = (x * gain).clamp(-1, 1)
@@ -280,22 +308,89 @@ def _augment(model, x, y, cfg: TrainConfig, gen: torch.Generator):
         lam = torch.empty(b, 1).uniform_(0.3, 0.7, generator=gen)
         x = lam * x + (1 - lam) * x[perm]
         y = torch.maximum(y, y[perm])
-    device = next(model.parameters()).device
-    spec = model.frontend(x.to(device))
-    _, _, n_mels, n_frames = spec.shape
-    fill = spec.amin(dim=(2, 3), keepdim=True)
+    return x, y
+
+
+def _draw_masks(b: int, n_mels: int, n_frames: int, cfg: TrainConfig, gen: torch.Generator, device) -> torch.Tensor:
+    """Two frequency and two time masks per clip (SpecAugment), ``(b, 1, n_mels, n_frames)`` bool."""
+    mask = torch.zeros(b, 1, n_mels, n_frames, dtype=torch.bool)
+    fr, tr = torch.arange(n_mels)[None], torch.arange(n_frames)[None]
     for _ in range(2):
         f0 = torch.randint(0, n_mels, (b,), generator=gen)
         fw = torch.randint(0, cfg.freq_mask + 1, (b,), generator=gen)
         t0 = torch.randint(0, n_frames, (b,), generator=gen)
         tw = torch.randint(0, cfg.time_mask + 1, (b,), generator=gen)
-        fr = torch.arange(n_mels)[None]
-        tr = torch.arange(n_frames)[None]
-        fm = ((fr >= f0[:, None]) & (fr < (f0 + fw)[:, None])).to(device)
-        tm = ((tr >= t0[:, None]) & (tr < (t0 + tw)[:, None])).to(device)
-        mask = fm[:, None, :, None] | tm[:, None, None, :]
-        spec = torch.where(mask, fill, spec)
-    return spec, y.to(device)
+        fm = (fr >= f0[:, None]) & (fr < (f0 + fw)[:, None])
+        tm = (tr >= t0[:, None]) & (tr < (t0 + tw)[:, None])
+        mask |= fm[:, None, :, None] | tm[:, None, None, :]
+    return mask.to(device)
+
+
+def _masked_spec(model, x, mask):
+    spec = model.frontend(x)
+    return torch.where(mask, spec.amin(dim=(2, 3), keepdim=True), spec)
+
+
+def _adversarial_batch(model, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    """Training perturbations (FGSM or PGD-k, L-inf) for ``cfg.adv``; the model's modes are restored."""
+    from core.attacks import FGSM, PGD, EmbeddingUntargeted, OutputUntargeted
+
+    objective = OutputUntargeted() if cfg.adv == "at-o" else EmbeddingUntargeted()
+    budget = {"snr_db": cfg.adv_snr_db} if cfg.adv_snr_db is not None else {"eps": cfg.adv_eps}
+    attack = FGSM(objective=objective, **budget) if cfg.adv_steps == 1 else PGD(steps=cfg.adv_steps, objective=objective, **budget)
+    modes = {m: m.training for m in model.modules()}
+    try:
+        return attack(model, x, y)
+    finally:
+        for m, training in modes.items():  # e.g. a frozen backbone stays in eval mode
+            m.training = training
+
+
+def binary_kl(clean_logits: torch.Tensor, adv_logits: torch.Tensor) -> torch.Tensor:
+    """Mean over clips of the summed per-class binary KL divergence KL(p_clean || p_adv).
+
+    The multi-label form of TRADES' regulariser (Zhang et al. 2019, Eq. 5).
+    """
+    p = torch.sigmoid(clean_logits)
+    kl = p * (F.logsigmoid(clean_logits) - F.logsigmoid(adv_logits)) + (1 - p) * (F.logsigmoid(-clean_logits) - F.logsigmoid(-adv_logits))
+    return kl.sum(-1).mean()
+
+
+def training_step(model, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, gen: torch.Generator):
+    """Loss of one batch of raw crops: augmentation, clean loss and, with ``cfg.adv``, the adversarial term.
+
+    Parameters
+    ----------
+    model : BirdClassifier, in train mode
+    x : torch.Tensor [shape=(batch, n_samples)], full-scale amplitude (CPU)
+    y : torch.Tensor [shape=(batch, n_classes)], multi-hot
+    cfg : TrainConfig
+    gen : torch.Generator
+
+    Returns
+    -------
+    (loss, adv_term) : torch.Tensor (scalar, with graph), float or None
+        ``adv_term`` is the TRADES-style term before weighting (None without ``cfg.adv``).
+    """
+    from core.attacks.objectives import spatial_cosine_dissimilarity
+
+    device = next(model.parameters()).device
+    x, y = _augment_waveform(x, y, cfg, gen)
+    x, y = x.to(device), y.to(device)
+    spec = model.frontend(x)
+    mask = _draw_masks(x.shape[0], spec.shape[2], spec.shape[3], cfg, gen, device)
+    feats = _features(model, _masked_spec(model, x, mask))
+    logits = model.forward_head(feats)
+    loss = _loss(model, logits, y, cfg)
+    if cfg.adv == "none":
+        return loss, None
+    x_adv = _adversarial_batch(model, x, y, cfg)
+    feats_adv = _features(model, _masked_spec(model, x_adv, mask))
+    if cfg.adv == "at-o":
+        term = binary_kl(logits, model.forward_head(feats_adv))
+    else:
+        term = spatial_cosine_dissimilarity(feats, feats_adv).mean()
+    return loss + cfg.adv_beta * term, float(term.detach())
 
 
 def _features(model: BirdClassifier, spec: torch.Tensor) -> torch.Tensor:
@@ -335,11 +430,10 @@ def _run_phase(model, sampler, cfg, param_groups, epochs, name, val, gen, progre
         model.train()
         if frozen_backbone:
             model.backbone.eval()
-        t0, total = time.time(), 0.0
+        t0, total, total_adv = time.time(), 0.0, 0.0
         for step, (x, y) in enumerate(sampler.epoch(cfg.batch_size)):
-            spec, y = _augment(model, x, y, cfg, gen)
-            logits = model.forward_head(_features(model, spec))
-            loss = _loss(model, logits, y, cfg)
+            loss, adv_term = training_step(model, x, y, cfg, gen)
+            total_adv += adv_term or 0.0
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -349,6 +443,8 @@ def _run_phase(model, sampler, cfg, param_groups, epochs, name, val, gen, progre
                 progress(name, epoch, epochs, step + 1, steps, loss.item())
         m = evaluate(model, val)
         row = {"phase": name, "epoch": epoch + 1, "loss": total / max(1, steps), "val": m, "seconds": time.time() - t0}
+        if cfg.adv != "none":
+            row["adv_term"] = total_adv / max(1, steps)
         history.append(row)
         log.info("%s epoch %d/%d loss %.4f val cmAP %.3f (rec %.3f) %.0fs", name, epoch + 1, epochs,
                  row["loss"], m["window"]["cmap"], m["recording"]["cmap"], row["seconds"])

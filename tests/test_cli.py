@@ -68,9 +68,12 @@ def test_train_command_writes_checkpoint_card_and_log(tiny_dataset, tmp_path):
     """`python -m core train` end to end on a tiny generated dataset (fewer clips than one batch)."""
     out = tmp_path / "ck"
     r = run("train", "--config", "baseline-small", "--name", "smoke", "--epochs", "1", "--data-dir", str(tiny_dataset),
-            "--out-dir", str(out))
+            "--out-dir", str(out), "--adv", "at-o", "--adv-snr", "40", "--adv-beta", "0.5")
     assert r.returncode == 0, r.stderr
     card = json.loads((out / "smoke.json").read_text())
+    tc = card["train_config"]
+    assert (tc["adv"], tc["adv_snr_db"], tc["adv_beta"], tc["adv_steps"]) == ("at-o", 40.0, 0.5, 1)
+    assert card["history"][0]["adv_term"] > 0
     assert card["config"]["class_names"] == ["aaa", "bbb", "ccc"]
     assert card["metrics"]["test"]["window"]["n"] == 3
     assert card["command"].startswith("python -m core train --config baseline-small")

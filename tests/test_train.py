@@ -33,3 +33,57 @@ def test_train_model_end_to_end(arch, tiny_dataset, tmp_path):
     x = torch.randn(2, 16_000) * 0.1
     with torch.no_grad():
         assert np.allclose(loaded(x).numpy(), model.eval()(x).numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("adv", ["at-o", "at-e"])
+@pytest.mark.parametrize("arch", ["baseline", "protopnet"])
+def test_adversarial_training_steps(adv, arch, monkeypatch):
+    """AT-O / AT-E: batches are really perturbed within eps, the adversarial term is non-zero, the loss falls."""
+    import core.train as train
+
+    torch.manual_seed(0)
+    model = build_model(tiny_config(arch)).train()
+    cfg = TrainConfig(batch_size=6, mixup_p=0.0, gain_db=0.0, freq_mask=0, time_mask=0, adv=adv, adv_eps=0.01, adv_beta=1.0,
+                      loss="bce")
+    gen = torch.Generator().manual_seed(0)
+    t = torch.arange(16_000) / 16_000
+    freqs = torch.tensor([500.0, 2000.0, 5000.0, 500.0, 2000.0, 5000.0])
+    x = 0.3 * torch.sin(2 * torch.pi * freqs[:, None] * t[None])
+    y = torch.eye(3)[[0, 1, 2, 0, 1, 2]]
+    seen = {}
+    real = train._adversarial_batch
+
+    def spy(model, xb, yb, cfg):
+        out = real(model, xb, yb, cfg)
+        seen["delta"] = (out - xb).abs().amax().item()
+        seen["training"] = model.training
+        return out
+
+    monkeypatch.setattr(train, "_adversarial_batch", spy)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses, terms = [], []
+    for _ in range(15):
+        loss, term = train.training_step(model, x, y, cfg, gen)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        terms.append(term)
+    assert 0 < seen["delta"] <= 0.01 + 1e-6  # perturbed, within eps
+    assert seen["training"]  # train mode restored after the attack
+    assert all(t is not None and t > 0 for t in terms)  # the adversarial term is non-zero
+    assert np.mean(losses[-3:]) < np.mean(losses[:3])
+    plain, none_term = train.training_step(model, x, y, TrainConfig(batch_size=6, loss="bce"), gen)
+    assert none_term is None
+
+
+def test_frozen_backbone_stays_frozen_under_adversarial_training():
+    import core.train as train
+
+    model = build_model(tiny_config("protopnet")).train()
+    model.backbone.eval()
+    cfg = TrainConfig(mixup_p=0.0, adv="at-o", adv_eps=0.01)
+    train.training_step(model, torch.rand(2, 16_000) * 0.2, torch.eye(3)[:2], cfg, torch.Generator().manual_seed(0))
+    assert model.training and not model.backbone.training
+    with pytest.raises(Exception, match="adv"):
+        TrainConfig(adv="trades")
