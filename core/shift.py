@@ -1,0 +1,185 @@
+"""Natural perturbations for distribution-shift evaluation: site noise, gain, mixup.
+
+Beside the adversarial perturbations of :mod:`core.attacks`, a model should be
+judged on the shifts it meets in the field (the AVEX recipe; Heinrich et al. 2025
+evaluate on recordings from other sites):
+
+- :func:`add_noise`: additive background noise at a chosen SNR. The noise comes
+  from real recordings: :func:`noise_bank` takes the quietest window of each
+  recording, which carries its site's ambient noise (wind, water, insects,
+  recorder hiss). Coloured (pink) noise is only a fallback when no bank is given.
+- :func:`apply_gain`: a level change in dB (clipped to full scale).
+- :func:`mix`: mixup of two clips; the labels of a mix are the union.
+
+:func:`shift_clips` applies one of them to a :class:`~core.sweep.ClipSet` so that
+clean and shifted metrics can be compared clip for clip.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Sequence
+
+import numpy as np
+
+from core.errors import ParameterError
+
+__all__ = ["pink_noise", "noise_bank", "add_noise", "apply_gain", "mix", "shift_clips", "SHIFTS"]
+
+SHIFTS = ("noise", "gain", "mixup")
+
+
+def _rms(x: np.ndarray) -> float:
+    x = np.asarray(x, dtype=np.float64)
+    return math.sqrt(float(np.mean(x * x))) if x.size else 0.0
+
+
+def pink_noise(n_samples: int, rng: np.random.Generator) -> np.ndarray:
+    """Pink (1/f power) noise of unit RMS, by shaping white noise in the frequency domain.
+
+    Returns
+    -------
+    np.ndarray [shape=(n_samples,), dtype=float32]
+    """
+    if n_samples <= 0:
+        return np.zeros(0, np.float32)
+    spec = np.fft.rfft(rng.standard_normal(n_samples))
+    f = np.arange(len(spec), dtype=np.float64)
+    f[0] = 1.0
+    x = np.fft.irfft(spec / np.sqrt(f), n=n_samples)
+    return (x / max(_rms(x), 1e-12)).astype(np.float32)
+
+
+def noise_bank(waveforms: Sequence[np.ndarray], window_samples: int, *, recording_ids: Sequence[str] | None = None) -> list[tuple[str, np.ndarray]]:
+    """The quietest full window (lowest RMS, not silent) of each recording: a site's ambient noise.
+
+    Parameters
+    ----------
+    waveforms : sequence of np.ndarray [shape=(n_samples,)]
+        One waveform per recording.
+    window_samples : int > 0
+    recording_ids : sequence of str, optional
+        Kept with each noise so a clip never gets noise from its own recording.
+
+    Returns
+    -------
+    list of (recording_id, np.ndarray [shape=(window_samples,), dtype=float32])
+        Recordings shorter than one window or entirely silent are skipped.
+    """
+    if window_samples <= 0:
+        raise ParameterError(f"window_samples must be > 0, got {window_samples}")
+    ids = list(recording_ids) if recording_ids is not None else [str(i) for i in range(len(waveforms))]
+    out = []
+    for rid, w in zip(ids, waveforms):
+        w = np.asarray(w, np.float32)
+        n = len(w) // window_samples
+        if n == 0:
+            continue
+        frames = w[: n * window_samples].reshape(n, window_samples)
+        rms = np.sqrt((frames.astype(np.float64) ** 2).mean(1))
+        rms[rms == 0] = np.inf
+        if np.isinf(rms).all():
+            continue
+        out.append((rid, frames[int(rms.argmin())].copy()))
+    return out
+
+
+def add_noise(clean: np.ndarray, noise: np.ndarray | None, snr_db: float, *, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Add noise scaled to ``snr_db`` relative to the clean clip, clipped to [-1, 1].
+
+    ``SNR = 20 log10(rms(clean) / rms(scaled noise))``. The noise is tiled or cut
+    to the clip's length; ``None`` or a silent noise falls back to pink noise.
+
+    Parameters
+    ----------
+    clean : np.ndarray [shape=(n_samples,)]
+    noise : np.ndarray [shape=(m,)] or None
+    snr_db : float [dB], finite
+    rng : np.random.Generator, optional
+        For the pink-noise fallback.
+
+    Returns
+    -------
+    np.ndarray [shape=(n_samples,), dtype=float32]
+
+    Raises
+    ------
+    ParameterError
+        Non-finite SNR.
+    """
+    if not math.isfinite(snr_db):
+        raise ParameterError(f"snr_db must be finite, got {snr_db}")
+    clean = np.asarray(clean, np.float32)
+    n = len(clean)
+    if noise is None or _rms(noise) == 0:
+        noise = pink_noise(n, rng or np.random.default_rng(0))
+    noise = np.resize(np.asarray(noise, np.float32), n)
+    scale = _rms(clean) / max(_rms(noise), 1e-12) * 10 ** (-snr_db / 20)
+    return np.clip(clean + scale * noise, -1.0, 1.0).astype(np.float32)
+
+
+def apply_gain(clean: np.ndarray, gain_db: float) -> np.ndarray:
+    """Multiply by ``10^(gain_db/20)``, clipped to [-1, 1]."""
+    if not math.isfinite(gain_db):
+        raise ParameterError(f"gain_db must be finite, got {gain_db}")
+    return np.clip(np.asarray(clean, np.float32) * 10 ** (gain_db / 20), -1.0, 1.0).astype(np.float32)
+
+
+def mix(a: np.ndarray, b: np.ndarray, lam: float) -> np.ndarray:
+    """``lam * a + (1 - lam) * b`` (mixup), clipped to [-1, 1]; ``lam`` in [0, 1]."""
+    if not 0 <= lam <= 1:
+        raise ParameterError(f"lam must be in [0, 1], got {lam}")
+    return np.clip(lam * np.asarray(a, np.float32) + (1 - lam) * np.asarray(b, np.float32), -1.0, 1.0).astype(np.float32)
+
+
+def shift_clips(clips, kind: str, *, snr_db: float = 10.0, gain_db: float = -20.0, lam: float = 0.6,
+                bank: list[tuple[str, np.ndarray]] | None = None, seed: int = 0):
+    """A shifted copy of a :class:`~core.sweep.ClipSet` (same clip ids; mixup unions the labels).
+
+    Parameters
+    ----------
+    clips : ClipSet
+    kind : {"noise", "gain", "mixup"}
+    snr_db : float [dB]
+        ``noise``: SNR of the added site noise.
+    gain_db : float [dB]
+        ``gain``: level change.
+    lam : float in [0, 1]
+        ``mixup``: weight of the clip itself; the partner is another clip of a
+        different primary species, drawn with ``seed``.
+    bank : list of (recording_id, noise), optional
+        From :func:`noise_bank`; a clip never gets the noise of its own recording.
+        Without a bank, pink noise is used.
+    seed : int
+
+    Raises
+    ------
+    ParameterError
+        Unknown ``kind``; mixup without a clip of another species.
+    """
+    if kind not in SHIFTS:
+        raise ParameterError(f"kind must be one of {SHIFTS}, got {kind!r}")
+    rng = np.random.default_rng(seed)
+    w = clips.waveforms
+    out = np.empty_like(w)
+    labels = None if clips.labels is None else clips.labels.copy()
+    rec = [c.split("@", 1)[0] for c in clips.clip_ids]
+    primary = [s.split(";")[0] for s in clips.species]
+    for i in range(len(w)):
+        if kind == "gain":
+            out[i] = apply_gain(w[i], gain_db)
+        elif kind == "noise":
+            choices = [n for rid, n in (bank or []) if rid != rec[i]]
+            noise = choices[int(rng.integers(len(choices)))] if choices else None
+            out[i] = add_noise(w[i], noise, snr_db, rng=rng)
+        else:
+            partners = [j for j in range(len(w)) if primary[j] != primary[i]]
+            if not partners:
+                raise ParameterError("mixup needs clips of at least two species")
+            j = partners[int(rng.integers(len(partners)))]
+            out[i] = mix(w[i], w[j], lam)
+            if labels is not None:
+                labels[i] = np.maximum(clips.labels[i], clips.labels[j])
+        out[i] *= clips.masks[i]  # zero padding stays zero
+    return replace(clips, waveforms=out, labels=labels)
