@@ -294,41 +294,55 @@ def umap_map(
     return coords, [reducer.transform(np.asarray(e, np.float32)) if len(e) else np.zeros((0, 2), np.float32) for e in extra]
 
 
-def retrieval_roc_auc(embeddings: np.ndarray, labels: Sequence) -> float:
-    """ROC-AUC of cosine similarity for telling same-label pairs from different-label pairs (AVEX).
+def _check_metric(metric: str) -> None:
+    if metric not in ("cosine", "euclidean"):
+        raise ParameterError(f"metric must be 'cosine' or 'euclidean', got {metric!r}")
+
+
+def retrieval_roc_auc(embeddings: np.ndarray, labels: Sequence, *, metric: str = "cosine") -> float:
+    """ROC-AUC of pair similarity for telling same-label pairs from different-label pairs (AVEX).
 
     Every unordered pair of distinct clips is scored by the cosine similarity of
-    their embeddings; positives are pairs with the same label.
+    their embeddings (``metric="cosine"``), or by minus their Euclidean distance
+    (``"euclidean"``, for a 2-D map where angles mean nothing); positives are pairs
+    with the same label.
 
     Returns
     -------
     float in [0, 1], NaN without both kinds of pairs.
     """
+    _check_metric(metric)
     x = np.asarray(embeddings, dtype=np.float64)
     labels = np.asarray(labels)
     if len(x) < 2:
         return float("nan")
-    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     i, j = np.triu_indices(len(x), k=1)
-    sims = np.einsum("ij,ij->i", x[i], x[j])
+    if metric == "cosine":
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        sims = np.einsum("ij,ij->i", x[i], x[j])
+    else:
+        sims = -np.linalg.norm(x[i] - x[j], axis=1)
     same = labels[i] == labels[j]
     if same.all() or not same.any():
         return float("nan")
     return float(roc_auc_score(same, sims))
 
 
-def embedding_metrics(embeddings: np.ndarray, labels: Sequence, *, seed: int = 0) -> dict:
+def embedding_metrics(embeddings: np.ndarray, labels: Sequence, *, seed: int = 0, metric: str = "cosine") -> dict:
     """Cluster and retrieval quality of embeddings against species labels.
 
     KMeans (k = number of distinct labels, 10 restarts, ``random_state=seed``) gives
     clusters scored by NMI, ARI and V-measure against the labels; silhouette uses the
-    labels themselves (cosine distance); retrieval ROC-AUC as :func:`retrieval_roc_auc`.
+    labels themselves; retrieval ROC-AUC as :func:`retrieval_roc_auc`. Silhouette and
+    retrieval use ``metric``: cosine for embeddings, Euclidean for a 2-D UMAP map.
 
     Parameters
     ----------
     embeddings : np.ndarray [shape=(n, d)]
     labels : sequence [shape=(n,)]
         One label per clip (the primary species).
+    seed : int
+    metric : {"cosine", "euclidean"}
 
     Returns
     -------
@@ -336,17 +350,18 @@ def embedding_metrics(embeddings: np.ndarray, labels: Sequence, *, seed: int = 0
         ``nmi, ari, v_measure, silhouette, retrieval_roc_auc, k, n``; NaN where a
         metric is undefined (fewer than 2 labels or fewer clips than labels + 1).
     """
+    _check_metric(metric)
     x = np.asarray(embeddings, dtype=np.float64)
     labels = np.asarray(labels)
     k = len(np.unique(labels))
     out = {"k": k, "n": len(x), "nmi": np.nan, "ari": np.nan, "v_measure": np.nan, "silhouette": np.nan,
-           "retrieval_roc_auc": retrieval_roc_auc(x, labels)}
+           "retrieval_roc_auc": retrieval_roc_auc(x, labels, metric=metric)}
     if k < 2 or len(x) <= k:
         return out
     clusters = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(x)
     out["nmi"] = float(normalized_mutual_info_score(labels, clusters))
     out["ari"] = float(adjusted_rand_score(labels, clusters))
     out["v_measure"] = float(v_measure_score(labels, clusters))
-    out["silhouette"] = float(silhouette_score(x, labels, metric="cosine"))
+    out["silhouette"] = float(silhouette_score(x, labels, metric=metric))
     out["clusters"] = clusters
     return out

@@ -105,10 +105,11 @@ if submitted:
         primary = np.array([s.split(";")[0] for s in clips.species])
         clean_metrics = embedding_metrics(emb.embeddings, primary)
         clusters = clean_metrics.pop("clusters", np.zeros(len(primary), int))
-        rows = [{"points": "clean", "space": "embedding", **clean_metrics}, {"points": "clean", "space": "UMAP 2-D", **embedding_metrics(coords, primary)}]
+        rows = [{"points": "clean", "space": "embedding", **clean_metrics},
+                {"points": "clean", "space": "UMAP 2-D", **embedding_metrics(coords, primary, metric="euclidean")}]
         if adv_coords is not None:
             rows += [{"points": "adversarial", "space": "embedding", **embedding_metrics(emb.adv_embeddings, primary)},
-                     {"points": "adversarial", "space": "UMAP 2-D", **embedding_metrics(adv_coords, primary)}]
+                     {"points": "adversarial", "space": "UMAP 2-D", **embedding_metrics(adv_coords, primary, metric="euclidean")}]
         bar.empty()
         st.session_state["emb_result"] = {
             "settings": settings, "clips": clips, "emb": emb, "coords": coords, "adv_coords": adv_coords,
@@ -179,8 +180,9 @@ metrics_table = res["metrics"]
 st.subheader("Cluster and retrieval quality")
 st.dataframe(metrics_table.round(3), hide_index=True, width="stretch")
 st.caption("KMeans with k = number of species present, scored against each clip's primary (first focal) species by NMI, "
-           "ARI and V-measure; silhouette of the species labels (cosine); retrieval ROC-AUC: cosine similarity of every pair "
-           "of clips, same species vs. different. Adversarial rows embed the attacked clips with the clean clips' labels.")
+           "ARI and V-measure; silhouette of the species labels; retrieval ROC-AUC: similarity of every pair of clips, same "
+           "species vs. different. Cosine in the embedding space, Euclidean in the 2-D map. Adversarial rows embed the "
+           "attacked clips with the clean clips' labels.")
 if emb.adv_scores is not None:
     flipped = float((emb.adv_scores.argmax(1) != emb.scores.argmax(1)).mean())
     st.caption(f"The attack changed the top-1 species of {flipped:.0%} of the clips; median SNR {np.median(emb.snr_db):.1f} dB.")

@@ -43,6 +43,12 @@ def test_retrieval_roc_auc_hand_computed():
     x = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.1]])
     assert retrieval_roc_auc(x, ["p", "p", "q"]) == 0.0
     assert np.isnan(retrieval_roc_auc(x, ["p", "p", "p"]))  # no negative pairs
+    # Euclidean (2-D maps): a far same-label pair ranks below a close different-label pair
+    pts = np.array([[0.0, 0.0], [10.0, 0.0], [0.5, 0.0]])
+    assert retrieval_roc_auc(pts, ["p", "p", "q"], metric="euclidean") == 0.0
+    assert retrieval_roc_auc(pts, ["p", "q", "p"], metric="euclidean") == 1.0
+    with pytest.raises(ParameterError, match="metric"):
+        retrieval_roc_auc(pts, ["p", "q", "p"], metric="manhattan")
     one = embedding_metrics(np.eye(4), ["a"] * 4)
     assert np.isnan(one["nmi"]) and np.isnan(one["silhouette"])  # one species: clustering is undefined
 
@@ -92,7 +98,7 @@ def test_umap_transform_places_a_clip_next_to_itself():
     dist = np.linalg.norm(again - coords[::10], axis=1)
     assert np.median(dist) < 0.1 * spread, (dist, spread)
     # the species are separated in the map too
-    assert embedding_metrics(coords, y)["nmi"] > 0.9
+    assert embedding_metrics(coords, y, metric="euclidean")["nmi"] > 0.9
     coords2, _ = umap_map(x)
     np.testing.assert_allclose(coords, coords2, atol=1e-4)  # fixed seed: the same map
     with pytest.raises(ParameterError, match="at least 4"):

@@ -203,7 +203,7 @@ class Attack:
         """
         x, labels, mask = self.check_inputs(waveform, labels, mask)
         with self.eval_mode(model):
-            state = self.objective.prepare(model, x, labels)
+            state = self.objective.attack_state(model, x, labels)
             eps = self.budget(x, mask)
             return self.perturb(model, x, eps, state, mask, self.start_noise(x))
 

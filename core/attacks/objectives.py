@@ -131,6 +131,13 @@ class Objective:
     def _prepare(self, model, x, out, state) -> dict:
         return {}
 
+    def attack_state(self, model, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict:
+        """The state :meth:`loss` needs, and no more (a single attack skips the scoring of the clean clip).
+
+        Default: :meth:`prepare`.
+        """
+        return self.prepare(model, x, labels)
+
     def loss(self, model, x_adv: torch.Tensor, state: dict) -> torch.Tensor:
         """Differentiable quantity to maximise, ``(batch,)``."""
         raise NotImplementedError
@@ -170,6 +177,12 @@ class OutputUntargeted(Objective):
     """
 
     name = "output-untargeted"
+
+    def attack_state(self, model, x, labels=None):
+        if labels is None:
+            return self.prepare(model, x, labels)
+        self.check_model(model)
+        return {"labels": labels}  # true labels given: no clean pass needed
 
     def loss(self, model, x_adv, state):
         return multilabel_loss(model(x_adv), state["labels"])
