@@ -236,6 +236,31 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def cmd_shift(args) -> int:
+    from core.data import open_dataset
+    from core.models.registry import load_checkpoint
+    from core.shift import noise_bank, shift_evaluation
+    from core.sweep import dataset_clips, write_table
+
+    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not names:
+        raise ParameterError("--models needs at least one checkpoint name")
+    models = {n: load_checkpoint(n) for n in names}
+    first = next(iter(models.values()))
+    sr, win = first.config.frontend.sample_rate, first.config.window_samples
+    dataset = open_dataset(args.data_dir)
+    clips = dataset_clips(dataset, split=args.split, class_names=first.config.class_names, sample_rate=sr, window_samples=win,
+                          max_clips=args.max_clips)
+    recs = [r for r in dataset.split(args.split) if r.path.is_file()]
+    bank = noise_bank([dataset.load(r, sr) for r in recs], win, recording_ids=[r.recording_id for r in recs])
+    table = shift_evaluation(models, clips, bank=bank, snr_db=args.snr, gain_db=args.gain, lam=args.mix, seed=args.seed)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if args.out:
+        write_table(table, args.out)
+        print(f"written to {args.out}")
+    return 0
+
+
 def cmd_download(args) -> int:
     from tqdm import tqdm
 
@@ -345,6 +370,18 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--out", default="results/sweep.csv", help="output table, .csv or .parquet; an existing one with the same settings is resumed")
     _add_data_dir(sw)
     sw.set_defaults(func=cmd_sweep)
+
+    sh = sub.add_parser("shift", help="clean vs shifted (site noise, gain, mixup) metrics of models on a split")
+    sh.add_argument("--models", default="baseline,protopnet", help="comma-separated checkpoint names")
+    sh.add_argument("--split", default="test", choices=["train", "val", "test"])
+    sh.add_argument("--max-clips", type=int, help="at most N clips, spread over the split")
+    sh.add_argument("--snr", type=float, default=10.0, help="SNR of the added site noise [dB] (quietest window of another recording)")
+    sh.add_argument("--gain", type=float, default=-20.0, help="gain change [dB]")
+    sh.add_argument("--mix", type=float, default=0.6, help="mixup weight of the clip itself (partner: another species)")
+    sh.add_argument("--seed", type=int, default=0)
+    sh.add_argument("--out", help="also write the table (.csv or .parquet)")
+    _add_data_dir(sh)
+    sh.set_defaults(func=cmd_shift)
 
     d = sub.add_parser("download", help="download the xc9 recordings from xeno-canto (network)")
     d.add_argument("--dest", help="target directory (default: data/xc9 in the repository)")

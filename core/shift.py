@@ -25,7 +25,7 @@ import numpy as np
 
 from core.errors import ParameterError
 
-__all__ = ["pink_noise", "noise_bank", "add_noise", "apply_gain", "mix", "shift_clips", "SHIFTS"]
+__all__ = ["pink_noise", "noise_bank", "add_noise", "apply_gain", "mix", "shift_clips", "shift_evaluation", "SHIFTS"]
 
 SHIFTS = ("noise", "gain", "mixup")
 
@@ -183,3 +183,53 @@ def shift_clips(clips, kind: str, *, snr_db: float = 10.0, gain_db: float = -20.
                 labels[i] = np.maximum(clips.labels[i], clips.labels[j])
         out[i] *= clips.masks[i]  # zero padding stays zero
     return replace(clips, waveforms=out, labels=labels)
+
+
+def shift_evaluation(models: dict, clips, *, bank=None, snr_db: float = 10.0, gain_db: float = -20.0, lam: float = 0.6,
+                     seed: int = 0, batch_size: int = 32):
+    """Clean vs shifted metrics of every model on the same clips.
+
+    Parameters
+    ----------
+    models : dict of name -> BirdClassifier
+    clips : ClipSet
+        With labels.
+    bank : list of (recording_id, noise), optional
+        From :func:`noise_bank`; pink noise without one.
+    snr_db, gain_db, lam, seed
+        See :func:`shift_clips`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per model and condition (``clean``, ``noise``, ``gain``, ``mixup``):
+        ``model, condition, setting, cmap, roc_auc, top1, n``, and ``cmap_change``
+        (relative to clean, in %).
+
+    Raises
+    ------
+    ParameterError
+        Clips without labels.
+    """
+    import pandas as pd
+
+    from core.metrics import classification_metrics
+    from core.train import predict_scores
+
+    if clips.labels is None:
+        raise ParameterError("a shift evaluation needs labelled clips")
+    conditions = {
+        "clean": (clips, ""),
+        "noise": (shift_clips(clips, "noise", snr_db=snr_db, bank=bank, seed=seed), f"site noise at {snr_db:g} dB SNR" + ("" if bank else " (pink)")),
+        "gain": (shift_clips(clips, "gain", gain_db=gain_db, seed=seed), f"gain {gain_db:+g} dB"),
+        "mixup": (shift_clips(clips, "mixup", lam=lam, seed=seed), f"mixup, weight {lam:g}"),
+    }
+    rows = []
+    for name, model in models.items():
+        clean_cmap = None
+        for cond, (c, setting) in conditions.items():
+            m = classification_metrics(predict_scores(model, c.waveforms, batch_size=batch_size), c.labels)
+            clean_cmap = m["cmap"] if cond == "clean" else clean_cmap
+            rows.append({"model": name, "condition": cond, "setting": setting, "cmap": m["cmap"], "roc_auc": m["roc_auc"],
+                         "top1": m["top1"], "n": m["n"], "cmap_change": 100 * (m["cmap"] - clean_cmap) / clean_cmap})
+    return pd.DataFrame(rows)

@@ -116,3 +116,15 @@ def test_sweep_bad_options(args, needle, data_dir, tmp_path):
     r = run(*argv)
     assert r.returncode == 2, r.stdout
     assert needle in r.stderr and "Traceback" not in r.stderr
+
+
+def test_shift_command(data_dir, tmp_path):
+    out = tmp_path / "shift.csv"
+    r = run("shift", "--models", "baseline", "--max-clips", "9", "--snr", "0", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    import pandas as pd
+
+    df = pd.read_csv(out)
+    assert list(df["condition"]) == ["clean", "noise", "gain", "mixup"]
+    clean, noisy = df["cmap"].iloc[0], df["cmap"].iloc[1]
+    assert noisy < clean  # site noise at 0 dB SNR hurts

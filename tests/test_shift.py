@@ -62,3 +62,20 @@ def test_gain_mix_and_shift_clips():
     assert clips.labels.sum() == 3  # the input is untouched
     with pytest.raises(ParameterError, match="kind"):
         shift_clips(clips, "reverb")
+
+
+def test_shift_evaluation_rows(tiny_proto, tiny_model):
+    from core.shift import shift_evaluation
+
+    rng = np.random.default_rng(0)
+    waves = np.stack([tone(f, 1.0, 16_000, amp=0.3) + rng.standard_normal(16_000).astype(np.float32) * 0.01
+                      for f in (500, 2000, 5000, 500, 2000, 5000)])
+    clips = ClipSet(waveforms=waves, clip_ids=[f"r{i}@0s" for i in range(6)], labels=np.eye(3, dtype=np.float32)[[0, 1, 2, 0, 1, 2]],
+                    masks=np.ones_like(waves), species=["aaa", "bbb", "ccc"] * 2)
+    df = shift_evaluation({"p": tiny_proto, "m": tiny_model}, clips, snr_db=0.0, gain_db=-30.0)
+    assert list(df["condition"].unique()) == ["clean", "noise", "gain", "mixup"] and len(df) == 8
+    assert (df[df["condition"] == "clean"]["cmap_change"] == 0).all()
+    assert df["cmap"].between(0, 1).all() and (df["n"] == 6).all()
+    assert "pink" in df[df["condition"] == "noise"]["setting"].iloc[0]
+    with pytest.raises(ParameterError, match="labelled"):
+        shift_evaluation({"p": tiny_proto}, ClipSet(waves, clips.clip_ids, None, clips.masks, clips.species))
