@@ -165,18 +165,11 @@ def _floats(text: str, option: str) -> list[float]:
         raise ParameterError(f"{option} must be comma-separated numbers, e.g. 0,1e-4,1e-3; got {text!r}") from None
 
 
-def cmd_sweep(args) -> int:
-    import numpy as np
-    from tqdm import tqdm
-
-    from core.data import open_dataset
+def _load_models(text: str) -> tuple[dict, int, int]:
+    """Checkpoints named in ``--models`` (comma-separated), and their shared sample rate and window length."""
     from core.models.registry import load_checkpoint
-    from core.sweep import attack_from_options, dataset_clips, minimal_eps, summarize, sweep_windows, write_table
 
-    if (args.epsilons is None) == (args.snr is None):
-        raise ParameterError("give exactly one of --epsilons (full-scale amplitude) and --snr (dB)")
-    grid = {"epsilons": _floats(args.epsilons, "--epsilons")} if args.epsilons is not None else {"snr_db": _floats(args.snr, "--snr")}
-    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    names = [m.strip() for m in text.split(",") if m.strip()]
     if not names:
         raise ParameterError("--models needs at least one checkpoint name")
     models = {n: load_checkpoint(n) for n in names}
@@ -184,6 +177,21 @@ def cmd_sweep(args) -> int:
     sr, win = first.config.frontend.sample_rate, first.config.window_samples
     if any((m.config.frontend.sample_rate, m.config.window_samples) != (sr, win) for m in models.values()):
         raise ParameterError("all --models must share the sample rate and window length")
+    return models, sr, win
+
+
+def cmd_sweep(args) -> int:
+    import numpy as np
+    from tqdm import tqdm
+
+    from core.data import open_dataset
+    from core.sweep import attack_from_options, dataset_clips, minimal_eps, summarize, sweep_windows, write_table
+
+    if (args.epsilons is None) == (args.snr is None):
+        raise ParameterError("give exactly one of --epsilons (full-scale amplitude) and --snr (dB)")
+    grid = {"epsilons": _floats(args.epsilons, "--epsilons")} if args.epsilons is not None else {"snr_db": _floats(args.snr, "--snr")}
+    models, sr, win = _load_models(args.models)
+    first = next(iter(models.values()))
     dataset = open_dataset(args.data_dir)
     clips = dataset_clips(dataset, split=args.split, class_names=first.config.class_names, sample_rate=sr, window_samples=win,
                           species=args.species, max_clips=args.max_clips)
@@ -238,16 +246,11 @@ def cmd_sweep(args) -> int:
 
 def cmd_shift(args) -> int:
     from core.data import open_dataset
-    from core.models.registry import load_checkpoint
     from core.shift import noise_bank, shift_evaluation
     from core.sweep import dataset_clips, write_table
 
-    names = [m.strip() for m in args.models.split(",") if m.strip()]
-    if not names:
-        raise ParameterError("--models needs at least one checkpoint name")
-    models = {n: load_checkpoint(n) for n in names}
+    models, sr, win = _load_models(args.models)
     first = next(iter(models.values()))
-    sr, win = first.config.frontend.sample_rate, first.config.window_samples
     dataset = open_dataset(args.data_dir)
     clips = dataset_clips(dataset, split=args.split, class_names=first.config.class_names, sample_rate=sr, window_samples=win,
                           max_clips=args.max_clips)
