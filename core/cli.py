@@ -57,6 +57,12 @@ def cmd_train(args) -> int:
             raise ParameterError(f"--init-backbone {args.init_backbone}: its backbone/front end differ from {args.config}")
         model.backbone.load_state_dict(donor.backbone.state_dict())
         log.info("backbone initialised from %s", args.init_backbone)
+    if args.init:
+        donor = load_checkpoint(args.init, device="cpu")
+        if donor.config != config:
+            raise ParameterError(f"--init {args.init}: its config differs from {args.config} (classes, front end or architecture)")
+        model.load_state_dict(donor.state_dict())
+        log.info("all weights initialised from %s (fine-tuning)", args.init)
     bar = tqdm(total=0, unit="step", dynamic_ncols=True, disable=None)
 
     def progress(phase, epoch, epochs, step, steps, loss):
@@ -75,6 +81,7 @@ def cmd_train(args) -> int:
         "config_name": args.config,
         "command": args.command_line,
         "init_backbone": args.init_backbone,
+        "init": args.init,
         "created": time.strftime("%Y-%m-%d"),
         **card,
     }
@@ -303,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", required=True, help="named config: baseline-small, protopnet-small, baseline-paper, protopnet-paper")
     t.add_argument("--name", help="checkpoint name (default: the config name)")
     t.add_argument("--init-backbone", help="checkpoint whose backbone initialises this model (AudioProtoPNet)")
+    t.add_argument("--init", help="checkpoint of the same config whose weights initialise the whole model (fine-tuning, e.g. adversarial)")
     t.add_argument("--epochs", type=int)
     t.add_argument("--warm-epochs", type=int)
     t.add_argument("--last-layer-epochs", type=int)

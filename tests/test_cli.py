@@ -82,6 +82,14 @@ def test_train_command_writes_checkpoint_card_and_log(tiny_dataset, tmp_path):
     assert r.returncode == 0, r.stderr
     r = run("train", "--config", "nope", "--data-dir", str(tiny_dataset))
     assert r.returncode == 2 and "--config must be one of" in r.stderr
+    # fine-tuning: all weights from the first run; a checkpoint of another config is refused
+    r = run("train", "--config", "baseline-small", "--name", "tuned", "--epochs", "1", "--data-dir", str(tiny_dataset),
+            "--out-dir", str(out), "--init", str(out / "smoke.safetensors"), "--lr", "1e-4")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "tuned.json").read_text())["init"].endswith("smoke.safetensors")
+    r = run("train", "--config", "protopnet-small", "--name", "x", "--epochs", "1", "--data-dir", str(tiny_dataset),
+            "--out-dir", str(out), "--init", str(out / "smoke.safetensors"))
+    assert r.returncode == 2 and "config differs" in r.stderr
 
 
 def test_sweep_command_writes_table_and_resumes(data_dir, tmp_path):
