@@ -338,12 +338,7 @@ def _adversarial_batch(model, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig
     objective = OutputUntargeted() if cfg.adv == "at-o" else EmbeddingUntargeted()
     budget = {"snr_db": cfg.adv_snr_db} if cfg.adv_snr_db is not None else {"eps": cfg.adv_eps}
     attack = FGSM(objective=objective, **budget) if cfg.adv_steps == 1 else PGD(steps=cfg.adv_steps, objective=objective, **budget)
-    modes = {m: m.training for m in model.modules()}
-    try:
-        return attack(model, x, y)
-    finally:
-        for m, training in modes.items():  # e.g. a frozen backbone stays in eval mode
-            m.training = training
+    return attack(model, x, y)  # the attack restores every submodule's mode (a frozen backbone stays frozen)
 
 
 def binary_kl(clean_logits: torch.Tensor, adv_logits: torch.Tensor) -> torch.Tensor:

@@ -169,15 +169,21 @@ def test_bad_checkpoints(make, needle, tmp_path):
 # -- the UI: messages, and the session keeps its state -------------------------------------------------
 
 
-@shipped
-def test_ui_bad_uploads_keep_the_session():
+def _attacked_session(clip_name: str):
+    """An Attack page session that uploaded a tone and ran a 1-step attack."""
     from streamlit.testing.v1 import AppTest
 
     at = AppTest.from_file(str(ROOT / "pages" / "2_Attack.py"), default_timeout=180).run()
     at.radio(key="attack_source").set_value("Upload").run()
-    at.file_uploader(key="attack_upload").set_value(("good.wav", wav(tone(2500, 5.0, SR, amp=0.2)), "audio/wav")).run()
+    at.file_uploader(key="attack_upload").set_value((clip_name, wav(tone(2500, 5.0, SR, amp=0.2)), "audio/wav")).run()
     at.number_input(key="attack_steps").set_value(1).run()
     at.button(key="attack_run").click().run()
+    return at
+
+
+@shipped
+def test_ui_bad_uploads_keep_the_session():
+    at = _attacked_session("good.wav")
     assert not at.exception and "attack_result" in at.session_state
     model_before = at.session_state["model_name"]
     for name, (data, needle) in INVALID.items():
@@ -213,11 +219,7 @@ def test_ui_upload_over_the_size_limit_and_odd_name():
 def test_two_sessions_do_not_share_results():
     from streamlit.testing.v1 import AppTest
 
-    a = AppTest.from_file(str(ROOT / "pages" / "2_Attack.py"), default_timeout=180).run()
-    a.radio(key="attack_source").set_value("Upload").run()
-    a.file_uploader(key="attack_upload").set_value(("a.wav", wav(tone(2500, 5.0, SR, amp=0.2)), "audio/wav")).run()
-    a.number_input(key="attack_steps").set_value(1).run()
-    a.button(key="attack_run").click().run()
+    a = _attacked_session("a.wav")
     b = AppTest.from_file(str(ROOT / "pages" / "2_Attack.py"), default_timeout=180).run()
     assert "attack_result" in a.session_state and a.session_state["clip"].name == "a.wav"
     assert "attack_result" not in b.session_state

@@ -100,6 +100,20 @@ def check(page, name: str):
     assert "Traceback" not in text, f"traceback on {name}"
 
 
+def visit(page, url):
+    page.goto(url)
+    page.wait_for_selector("h1", timeout=RUN_TIMEOUT_MS)
+    settle(page)
+
+
+def enter(page, label: str, value: str):
+    """Type into the (first) input with this label and confirm, as a user does."""
+    box = page.get_by_label(label, exact=True).first
+    box.fill(value)
+    box.press("Enter")
+    settle(page)
+
+
 def open_page(browser, url):
     page = browser.new_page(viewport={"width": 1400, "height": 2400})
     page.goto(url)
@@ -117,9 +131,7 @@ def test_walk_every_page(server, browser, tmp_path, data_dir):
     check(page, "0_home")
 
     # Clip: a dataset clip is shown by default; audio plays; then upload a file
-    page.goto(f"{server}/Clip")
-    page.wait_for_selector("h1")
-    settle(page)
+    visit(page, f"{server}/Clip")
     page.get_by_text("Scores", exact=False).first.wait_for(timeout=RUN_TIMEOUT_MS)
     audio = page.locator("audio").first
     audio.wait_for(state="attached")
@@ -137,13 +149,8 @@ def test_walk_every_page(server, browser, tmp_path, data_dir):
     check(page, "2_clip_upload")
 
     # Attack: the uploaded clip is shared across pages; run a 3-step attack
-    page.goto(f"{server}/Attack")
-    page.wait_for_selector("h1")
-    settle(page)
-    steps = page.get_by_label("steps (1 = FGSM)")
-    steps.fill("3")
-    steps.press("Enter")
-    settle(page)
+    visit(page, f"{server}/Attack")
+    enter(page, "steps (1 = FGSM)", "3")
     page.get_by_role("button", name="Run attack").click()
     settle(page)
     page.get_by_text("SNR of perturbation").wait_for(timeout=RUN_TIMEOUT_MS)
@@ -151,17 +158,9 @@ def test_walk_every_page(server, browser, tmp_path, data_dir):
     check(page, "3_attack")
 
     # Sweep: two models, a 3-value grid, 1 step
-    page.goto(f"{server}/Sweep")
-    page.wait_for_selector("h1")
-    settle(page)
-    grid = page.get_by_label("Grid (comma-separated)", exact=True)
-    grid.fill("0, 1e-3, 1e-2")
-    grid.press("Enter")
-    settle(page)
-    steps = page.get_by_label("steps", exact=True)
-    steps.first.fill("1")
-    steps.first.press("Enter")
-    settle(page)
+    visit(page, f"{server}/Sweep")
+    enter(page, "Grid (comma-separated)", "0, 1e-3, 1e-2")
+    enter(page, "steps", "1")
     page.get_by_role("button", name="Run sweep").click()
     settle(page)
     page.get_by_text("Robustness curves").wait_for(timeout=RUN_TIMEOUT_MS)
@@ -170,12 +169,8 @@ def test_walk_every_page(server, browser, tmp_path, data_dir):
     check(page, "4_sweep")
 
     # Embeddings: a small map
-    page.goto(f"{server}/Embeddings")
-    page.wait_for_selector("h1")
-    settle(page)
-    n = page.get_by_label("at most N clips", exact=True)
-    n.fill("12")
-    n.press("Enter")
+    visit(page, f"{server}/Embeddings")
+    enter(page, "at most N clips", "12")
     page.get_by_role("button", name="Compute map").click()
     settle(page)
     page.get_by_text("Cluster and retrieval quality").wait_for(timeout=RUN_TIMEOUT_MS)
@@ -201,9 +196,7 @@ def test_second_session_loads_while_first_is_busy(server, browser, data_dir):
     assert still_busy, "the first session finished before the second loaded: the check proves nothing"
     assert loaded_in < 60
     # the second session does not see the first one's results
-    other.goto(f"{server}/Sweep")
-    other.wait_for_selector("h1")
-    settle(other)
+    visit(other, f"{server}/Sweep")
     assert other.get_by_text("Set up a sweep and run it").count() == 1
     busy.close()
     other.close()

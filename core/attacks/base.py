@@ -19,6 +19,7 @@ Internally every row of a batch carries its own eps, which is what lets
 
 from __future__ import annotations
 
+import contextlib
 import math
 import zlib
 
@@ -231,20 +232,21 @@ class Attack:
                 raise ParameterError(f"mask must have the waveform's shape {tuple(x.shape)}, got {tuple(mask.shape)}")
         return x, labels, mask
 
-    class _EvalMode:
-        def __init__(self, model):
-            self.model = model
+    @staticmethod
+    @contextlib.contextmanager
+    def eval_mode(model):
+        """Context manager: eval mode inside; on exit every submodule gets its own previous mode back.
 
-        def __enter__(self):
-            self.was_training = self.model.training
-            self.model.eval()
-
-        def __exit__(self, *exc):
-            self.model.train(self.was_training)
-
-    def eval_mode(self, model):
-        """Context manager: eval mode inside, the previous mode restored on exit."""
-        return self._EvalMode(model)
+        Restoring per submodule (not ``model.train(was_training)``) keeps, e.g., a backbone
+        frozen in eval mode during AudioProtoPNet's warm-up phase frozen after an attack.
+        """
+        modes = [(m, m.training) for m in model.modules()]
+        model.eval()
+        try:
+            yield model
+        finally:
+            for m, training in modes:
+                m.training = training
 
     def budget(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Per-clip eps ``(batch,)`` [full-scale amplitude] from ``eps`` or ``snr_db``."""
