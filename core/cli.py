@@ -111,6 +111,7 @@ def cmd_reference(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from core.data import build_windows, open_dataset
+    from core.fileio import atomic_write_text
     from core.models.registry import load_checkpoint
     from core.train import evaluate
 
@@ -119,6 +120,14 @@ def cmd_evaluate(args) -> int:
     c = model.config
     w = build_windows(ds, ds.split(args.split), sample_rate=c.frontend.sample_rate, window_s=c.clip_seconds, class_names=c.class_names)
     m = evaluate(model, w)
+    if args.out:
+        out = Path(args.out)
+        if out.suffix != ".json":
+            raise ParameterError(f"--out must end in .json, got {out}")
+        stored = json.loads(out.read_text()) if out.is_file() else {}
+        stored[args.split] = m
+        stored["command"] = f"python -m core evaluate --model {args.model} --split {args.split} --out {args.out}"
+        atomic_write_text(out, json.dumps(stored, indent=2) + "\n")
     print(json.dumps(m, indent=2) if args.json else
           f"{args.model} on {args.split}: cmAP window {m['window']['cmap']:.3f} recording {m['recording']['cmap']:.3f}, "
           f"ROC-AUC {m['window']['roc_auc']:.3f}, top-1 {m['window']['top1']:.3f}")
@@ -396,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model", default="protopnet")
     e.add_argument("--split", default="test", choices=["train", "val", "test"])
     e.add_argument("--json", action="store_true")
+    e.add_argument("--out", help="also store the metrics under the split's key in this JSON file (e.g. assets/birdnet/metrics.json)")
     _add_data_dir(e)
     e.set_defaults(func=cmd_evaluate)
 
@@ -421,7 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--attack", default="pgd", choices=["fgsm", "bim", "pgd"])
     sw.add_argument("--norm", default="linf", choices=["linf", "l2"])
     sw.add_argument("--objective", default="output-untargeted",
-                    choices=["output-untargeted", "output-targeted", "embedding-untargeted", "embedding-targeted", "prototype-suppress", "prototype-activate"])
+                    choices=["output-untargeted", "output-margin", "output-targeted", "embedding-untargeted", "embedding-targeted",
+                             "prototype-suppress", "prototype-activate"])
     sw.add_argument("--epsilons", help="comma-separated eps grid in full-scale amplitude, e.g. 0,1e-5,1e-4,1e-3")
     sw.add_argument("--snr", help="comma-separated grid of target SNR in dB instead of eps, e.g. 60,50,40,30")
     sw.add_argument("--steps", type=int, default=10)

@@ -32,6 +32,7 @@ st.caption("Every clip is attacked at every budget of the grid (the grid runs on
 
 OBJECTIVE_HELP = {
     "output-untargeted": "maximise the classification loss against the true labels (or the clean prediction)",
+    "output-margin": "push the clip's top species below the runner-up (margin loss; success = top-1 changed, no threshold)",
     "output-targeted": "make a chosen species appear, or a present one disappear",
     "embedding-untargeted": "push the feature map away from the clean one (spatial-wise cosine dissimilarity, as AT-E)",
     "embedding-targeted": "pull the feature map towards that of a target clip",

@@ -11,6 +11,7 @@ from core.attacks import (
     PGD,
     EmbeddingTargeted,
     EmbeddingUntargeted,
+    OutputMargin,
     OutputTargeted,
     OutputUntargeted,
     PrototypeActivate,
@@ -34,7 +35,7 @@ def _clips(n=2, seed=1, dtype=torch.float32):
 
 def _objectives(model):
     target = _clips(1, seed=7)[0] * 0.5
-    objs = [OutputUntargeted(), OutputTargeted(1, "add"), OutputTargeted(0, "remove"), EmbeddingUntargeted(), EmbeddingTargeted(target)]
+    objs = [OutputUntargeted(), OutputMargin(), OutputTargeted(1, "add"), OutputTargeted(0, "remove"), EmbeddingUntargeted(), EmbeddingTargeted(target)]
     if hasattr(model, "prototype_vectors"):
         objs += [PrototypeSuppress(k=2), PrototypeActivate(prototype_index=3)]
     return objs
@@ -209,3 +210,24 @@ def test_parameter_errors(tiny_model):
         run_sweep(PGD(eps=0.1), tiny_model, _clips(), epsilons=[])
     with pytest.raises(ParameterError, match=r"\[0, 1\]"):
         run_sweep(PGD(eps=0.1), tiny_model, _clips(), epsilons=[0.1, -1.0])
+
+
+def test_output_margin_is_threshold_free_top1():
+    """Margin = best other logit minus the source class's; success exactly when top-1 moves."""
+    from core.models.base import ModelOutput
+
+    obj = OutputMargin()
+    logits = torch.tensor([[2.0, 1.0, -1.0], [0.1, 0.3, 0.2]])
+    out = ModelOutput(logits=logits, embedding=torch.zeros(2, 4), feature_map=torch.zeros(2, 1, 1, 1))
+    state = {"source_class": torch.tensor([0, 1])}
+    assert torch.allclose(obj._value(out, state), torch.tensor([-1.0, -0.1]))
+    assert obj._success(out, state).tolist() == [False, False]
+    moved = ModelOutput(logits=torch.tensor([[0.9, 1.0, -1.0], [0.1, 0.3, 0.2]]), embedding=out.embedding, feature_map=out.feature_map)
+    assert obj._success(moved, state).tolist() == [True, False]
+    # with true labels the source is the labelled class the clean clip scores highest, not the overall top-1
+    class Fixed(torch.nn.Module):
+        def forward_all(self, x):
+            return out
+
+    st = obj.prepare(Fixed(), torch.zeros(2, 10), labels=torch.tensor([[0.0, 1.0, 1.0], [1.0, 0.0, 0.0]]))
+    assert st["source_class"].tolist() == [1, 0]

@@ -109,10 +109,21 @@ def require_model(key: str):
     if not name:
         st.stop()
     try:
-        return name, get_model(name)
+        model = get_model(name)
     except CoreError as exc:
         st.error(f"Cannot load model {name}: {exc}")
         st.stop()
+    licence_notice(model)
+    return name, model
+
+
+def licence_notice(model) -> None:
+    """Attribution of third-party weights in the sidebar (BirdNET: CC BY-NC-SA 4.0)."""
+    if model.config.arch == "birdnet":
+        from core.models.birdnet import BIRDNET_LICENCE
+
+        st.sidebar.caption(BIRDNET_LICENCE + " Its training data probably include xeno-canto, so its accuracy on "
+                           "xeno-canto clips is optimistic.")
 
 
 @dataclass

@@ -8,6 +8,7 @@ from core.attacks.objectives import (
     EmbeddingTargeted,
     EmbeddingUntargeted,
     Objective,
+    OutputMargin,
     OutputTargeted,
     OutputUntargeted,
     PrototypeActivate,
@@ -38,7 +39,7 @@ def make_attack(name: str, **kwargs) -> Attack:
 
 
 __all__ = [
-    "ATTACKS", "NORMS", "OBJECTIVES", "Attack", "BIM", "FGSM", "PGD", "Objective", "OutputUntargeted", "OutputTargeted",
+    "ATTACKS", "NORMS", "OBJECTIVES", "Attack", "BIM", "FGSM", "PGD", "Objective", "OutputMargin", "OutputUntargeted", "OutputTargeted",
     "EmbeddingUntargeted", "EmbeddingTargeted", "PrototypeSuppress", "PrototypeActivate", "make_attack", "make_objective",
     "multilabel_loss", "predicted_sets", "clean_prediction_targets",
 ]

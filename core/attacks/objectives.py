@@ -40,6 +40,7 @@ from core.errors import ParameterError
 __all__ = [
     "Objective",
     "OutputUntargeted",
+    "OutputMargin",
     "OutputTargeted",
     "EmbeddingUntargeted",
     "EmbeddingTargeted",
@@ -189,6 +190,47 @@ class OutputUntargeted(Objective):
 
     def _value(self, out, state):
         return multilabel_loss(out.logits, state["labels"])
+
+
+class OutputMargin(Objective):
+    """Untargeted margin (Carlini & Wagner 2017, eq. 6 with kappa = infinity): push the top-1 class below the runner-up.
+
+    ``loss = max_{j != c} z_j - z_c`` over the model's classes (for BirdNET, the
+    chosen species list), where ``c`` is the clean top-1 class, or, with true
+    labels, the labelled class the clean clip scores highest. It needs no score
+    threshold, so it suits uncalibrated scores and many-class models alike.
+    Success: the top-1 class is no longer ``c`` (threshold-free).
+    """
+
+    name = "output-margin"
+
+    def _prepare(self, model, x, out, state):
+        logits = out.logits
+        if "labels" in state and state["labels"] is not None:
+            masked = logits.masked_fill(state["labels"] <= 0, float("-inf"))
+            has = state["labels"].sum(-1) > 0
+            c = torch.where(has, masked.argmax(-1), logits.argmax(-1))
+        else:
+            c = logits.argmax(-1)
+        return {"source_class": c}
+
+    def attack_state(self, model, x, labels=None):
+        return self.prepare(model, x, labels)
+
+    @staticmethod
+    def _margin(logits: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        own = logits.gather(1, c[:, None])[:, 0]
+        others = logits.scatter(1, c[:, None], float("-inf")).amax(-1)
+        return others - own
+
+    def loss(self, model, x_adv, state):
+        return self._margin(model(x_adv), state["source_class"])
+
+    def _value(self, out, state):
+        return self._margin(out.logits, state["source_class"])
+
+    def _success(self, out, state):
+        return out.logits.argmax(-1) != state["source_class"]
 
 
 class OutputTargeted(Objective):
@@ -417,7 +459,7 @@ class PrototypeActivate(_PrototypeObjective):
 
 OBJECTIVES = {
     cls.name: cls
-    for cls in (OutputUntargeted, OutputTargeted, EmbeddingUntargeted, EmbeddingTargeted, PrototypeSuppress, PrototypeActivate)
+    for cls in (OutputUntargeted, OutputMargin, OutputTargeted, EmbeddingUntargeted, EmbeddingTargeted, PrototypeSuppress, PrototypeActivate)
 }
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from core.errors import CheckpointError, ParameterError
@@ -139,6 +140,22 @@ class _SafePow(torch.autograd.Function):
         return grad * ctx.p * x.clamp_min(ctx.floor).pow(ctx.p - 1.0), None, None
 
 
+def _mel_real_kernel(window: np.ndarray, mel: np.ndarray) -> np.ndarray:
+    """Convolution kernels ``(n_mels, 1, n_fft)`` with ``kernel * frame = mel @ Re(rfft(window * frame))``.
+
+    The real part of the DFT is linear, ``Re X_f = sum_n x_n cos(2 pi f n / N)``, so the window, the
+    cosine basis and the mel matrix fold into one strided convolution (computed in float64): exact
+    in arithmetic, about 10x less work than an FFT followed by the projection, and its backward pass
+    is a single transposed convolution.
+    """
+    n_fft = len(window)
+    n = np.arange(n_fft)
+    f = np.arange(mel.shape[1])
+    cos = np.cos(2 * np.pi * np.outer(n, f) / n_fft)  # (n_fft, n_bins)
+    kernel = (window[:, None] * cos) @ mel.T  # (n_fft, n_mels)
+    return np.ascontiguousarray(kernel.T[:, None, :]).astype(np.float32)
+
+
 class BirdNETSpectrogram(nn.Module):
     """BirdNET V2.4's input layer in torch: waveform -> two-channel compressed mel spectrogram.
 
@@ -175,13 +192,14 @@ class BirdNETSpectrogram(nn.Module):
             self.frame_lengths.append(int(file.constant(rf"^model/{tag}/stft/frame_length$")))
             self.frame_steps.append(int(file.constant(rf"^model/{tag}/stft/frame_step$")))
             self.powers.append(float(file.constant(rf"^model/{tag}/truediv_1$")))
-            self.register_buffer(f"window{c}", torch.from_numpy(file.constant(rf"^model/{tag}/stft/hann_window/sub_2$")), persistent=False)
-            self.register_buffer(f"mel{c}", torch.from_numpy(file.constant(rf"^model/{tag}/Tensordot/MatMul$")), persistent=False)
+            window = file.constant(rf"^model/{tag}/stft/hann_window/sub_2$").astype(np.float64)
+            mel = file.constant(rf"^model/{tag}/Tensordot/MatMul$").astype(np.float64)
+            self.register_buffer(f"kernel{c}", torch.from_numpy(_mel_real_kernel(window, mel)), persistent=False)
         concat = file.operators[file.producer(file.find_tensor(r"^model/concatenate/concat$").index)]
         order = [file.tensors[i].name.split("/")[1] for i in concat.inputs]
         if order != ["MEL_SPEC1", "MEL_SPEC2"]:
             raise CheckpointError(f"unexpected BirdNET spectrogram channel order {order}")
-        self.n_mels = int(self.mel0.shape[0])
+        self.n_mels = int(self.kernel0.shape[0])
 
     def n_frames(self, n_samples: int) -> int:
         """Frames per channel for ``n_samples`` (no padding; both channels agree for 3 s)."""
@@ -194,15 +212,12 @@ class BirdNETSpectrogram(nn.Module):
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         """Both compressed mel spectrograms ``(batch, 2, 96, frames)`` (BirdNET's ``concatenate`` layer)."""
-        x = self.scale_waveform(waveform)
+        x = self.scale_waveform(waveform)[:, None]
         chans = []
         for c in range(2):
-            n_fft, hop = self.frame_lengths[c], self.frame_steps[c]
-            frames = x.unfold(1, n_fft, hop) * getattr(self, f"window{c}")
-            re = torch.fft.rfft(frames, n=n_fft, dim=-1).real
-            mel = re @ getattr(self, f"mel{c}").T
+            mel = F.conv1d(x, getattr(self, f"kernel{c}"), stride=self.frame_steps[c])  # (batch, 96, frames)
             s = _SafePow.apply(mel * mel, self.powers[c], 1e-12)
-            chans.append(s.flip(-1).transpose(1, 2))
+            chans.append(s.flip(1))
         t = min(ch.shape[-1] for ch in chans)
         return torch.stack([ch[..., :t] for ch in chans], dim=1)
 
