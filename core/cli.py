@@ -115,6 +115,8 @@ def cmd_evaluate(args) -> int:
     from core.models.registry import load_checkpoint
     from core.train import evaluate
 
+    if args.out and Path(args.out).suffix != ".json":
+        raise ParameterError(f"--out must end in .json, got {args.out}")
     model = load_checkpoint(args.model)
     ds = open_dataset(args.data_dir)
     c = model.config
@@ -122,8 +124,6 @@ def cmd_evaluate(args) -> int:
     m = evaluate(model, w)
     if args.out:
         out = Path(args.out)
-        if out.suffix != ".json":
-            raise ParameterError(f"--out must end in .json, got {out}")
         stored = json.loads(out.read_text()) if out.is_file() else {}
         stored[args.split] = m
         stored["command"] = f"python -m core evaluate --model {args.model} --split {args.split} --out {args.out}"

@@ -70,7 +70,10 @@ def model_recipe(name: str, card: dict | None = None) -> tuple[str, str]:
             card = read_model_card(name)
         except (CoreError, OSError):
             card = {}
-    arch = {"protopnet": "AudioProtoPNet", "baseline": "ConvNeXt baseline"}.get(card.get("config", {}).get("arch"), "unknown")
+    arch = {"protopnet": "AudioProtoPNet", "baseline": "ConvNeXt baseline", "birdnet": "BirdNET V2.4"}.get(
+        card.get("config", {}).get("arch"), "unknown")
+    if arch == "BirdNET V2.4":
+        return arch, "pretrained (Cornell Lab)"
     adv = card.get("train_config", {}).get("adv", "none" if "train_config" in card else None)
     return arch, {"none": "OT", "at-o": "AT-O", "at-e": "AT-E"}.get(adv, "unknown")
 

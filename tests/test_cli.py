@@ -160,3 +160,22 @@ def test_compare_command_computes_stores_and_updates_cards(tiny_dataset, tmp_pat
     assert again.returncode == 0 and "found a stored result" in again.stdout
     bad = run("compare", "--models", paths[0], "--epsilons", "1e-3, lots", "--data-dir", str(tiny_dataset))
     assert bad.returncode == 2 and "must be comma-separated numbers" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_predict_with_birdnet_uses_its_rate_and_window(wav):
+    r = run("predict", str(wav), "--model", "birdnet", "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert len(res["windows"]) == 3  # 8 s -> 3 s, 3 s and a padded 2 s window
+    assert len(res["windows"][0]["scores"]) == 9
+
+
+def test_evaluate_out_stores_each_split(tmp_path, data_dir):
+    out = tmp_path / "metrics.json"
+    r = run("evaluate", "--model", "birdnet", "--split", "val", "--out", str(out), "--data-dir", str(data_dir))
+    assert r.returncode == 0, r.stderr
+    stored = json.loads(out.read_text())
+    assert f"cmAP window {stored['val']['window']['cmap']:.3f}" in r.stdout
+    assert stored["command"].startswith("python -m core evaluate --model birdnet --split val")
+    bad = run("evaluate", "--model", "birdnet", "--out", str(tmp_path / "m.txt"), "--data-dir", str(data_dir))
+    assert bad.returncode != 0 and "must end in .json" in bad.stderr and "Traceback" not in bad.stderr

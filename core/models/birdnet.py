@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -66,6 +67,9 @@ _MODEL_FILE = "BirdNET_GLOBAL_6K_V2.4_Model_FP32.tflite"
 _MDATA_FILE = "BirdNET_GLOBAL_6K_V2.4_MData_Model_V2_FP16.tflite"
 _LABELS_FILE = "BirdNET_GLOBAL_6K_V2.4_Labels.txt"
 SPECIES_CSV = Path(__file__).resolve().parent.parent.parent / "assets" / "xc9" / "species.csv"
+#: Measured metrics of BirdNET on the dataset, written by
+#: ``python -m core evaluate --model birdnet --split test --out assets/birdnet/metrics.json``.
+METRICS_JSON = Path(__file__).resolve().parent.parent.parent / "assets" / "birdnet" / "metrics.json"
 
 #: Display front end for BirdNET clips on the pages (the model's own spectrogram is BirdNETSpectrogram).
 BIRDNET_DISPLAY_FRONTEND = FrontendConfig(
@@ -429,7 +433,15 @@ def load_birdnet(species: str | list[str] | None = "dataset", *, device: torch.d
 def birdnet_card(model: BirdNET | None = None) -> dict:
     """The model card of BirdNET (built in code: the weights are not ours)."""
     cfg = model.config if model is not None else None
+    metrics = {}
+    if METRICS_JSON.is_file():
+        try:
+            stored = json.loads(METRICS_JSON.read_text())
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{METRICS_JSON} is not valid JSON ({exc}); rerun the command in its 'command' field") from exc
+        metrics = {k: v for k, v in stored.items() if k in ("train", "val", "test")}
     return {
+        "metrics": metrics,
         "name": "BirdNET V2.4",
         "description": "BirdNET-Analyzer's global 6K model (EfficientNet-style, 6,522 classes), ported to torch from TFLite.",
         "licence": BIRDNET_LICENCE,
