@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from core.attacks import PGD, clean_prediction_targets
+from core.attacks import PGD, clean_prediction_targets, make_objective
 from core.audio import frame_windows, load_audio
 from core.errors import ParameterError
 from core.metrics import linf, snr_db
@@ -93,6 +93,7 @@ def attack_waveform(
     seed: int = 0,
     targets: np.ndarray | None = None,
     batch_size: int = 8,
+    objective: str = "output-untargeted",
 ) -> np.ndarray:
     """PGD (L-inf, waveform domain) on every window of a clip; returns the perturbed clip.
 
@@ -112,6 +113,16 @@ def attack_waveform(
         Seeds the random start.
     targets : np.ndarray [shape=(n_classes,)], optional
         True labels; default: the clean prediction of each window.
+    objective : {"output-untargeted", "output-margin"}
+        BCE against the labels (set of species above 0.5), or the margin loss
+        that pushes each window's top-1 species below the runner-up
+        (:class:`~core.attacks.objectives.OutputMargin`; threshold-free, the
+        natural choice for BirdNET's many classes).
+
+    Raises
+    ------
+    ParameterError
+        Bad eps, alpha, steps or objective.
 
     Returns
     -------
@@ -127,7 +138,9 @@ def attack_waveform(
     if alpha is not None and not (eps > 0 and alpha > 0):
         raise ParameterError(f"alpha must be > 0 with eps > 0, got alpha={alpha}, eps={eps}")
     ratio = None if alpha is None or eps == 0 else alpha / eps
-    attack = PGD(eps=eps, alpha_ratio=ratio, steps=steps, random_start=random_start, seed=seed)
+    if objective not in ("output-untargeted", "output-margin"):
+        raise ParameterError(f"objective must be 'output-untargeted' or 'output-margin', got {objective!r}")
+    attack = PGD(eps=eps, alpha_ratio=ratio, steps=steps, random_start=random_start, seed=seed, objective=make_objective(objective))
     device = _device(model)
     adv = np.empty_like(windows)
     for i in range(0, len(windows), batch_size):

@@ -46,12 +46,18 @@ if rms > 0 and eps > 0:
 elif rms == 0:
     st.warning("This clip is silent: any perturbation has SNR −∞ dB.")
 
+LOSSES = {"output-margin": "margin: push the top species below the runner-up (success = top-1 changes)",
+          "output-untargeted": "BCE: change the set of species scored above 0.5"}
+loss_default = "output-margin" if cfg.arch == "birdnet" else "output-untargeted"
+objective = st.radio("What the attack maximises", list(LOSSES), index=list(LOSSES).index(loss_default), format_func=LOSSES.get,
+                     horizontal=True, key=f"attack_objective_{cfg.arch == 'birdnet'}")
 run = st.button("Run attack", type="primary", key="attack_run")
-run_key = (name, clip.key, eps, steps, seed)
+run_key = (name, clip.key, eps, steps, seed, objective)
 if run:
     with st.status("Running PGD…", expanded=False) as status:
         try:
-            adv = attack_waveform(model, clip.waveform, eps=float(eps), steps=steps, random_start=steps > 1, seed=seed)
+            adv = attack_waveform(model, clip.waveform, eps=float(eps), steps=steps, random_start=steps > 1, seed=seed,
+                                  objective=objective)
         except CoreError as exc:
             status.update(label="Attack failed", state="error")
             st.error(str(exc))

@@ -296,3 +296,29 @@ def test_paper_check_page_shows_every_claim_with_a_verdict(empty_user_cache):
     at.number_input(key="pc_n_boot").set_value(200).run()  # a new bootstrap, computed on the page
     no_exception(at)
     assert len(at.dataframe[0].value) == 7
+
+
+def test_clip_and_attack_pages_with_birdnet(data_dir):
+    """BirdNET (3 s at 48 kHz) on the Clip and Attack pages, with its licence shown."""
+    at = AppTest.from_file(str(ROOT / "pages" / "1_Clip.py"), default_timeout=TIMEOUT)
+    at.session_state["model_name"] = "birdnet"
+    at.run()
+    no_exception(at)
+    at.multiselect(key="clip_species").set_value(["parmaj"]).run()
+    no_exception(at)
+    assert not at.error
+    assert any("CC BY-NC-SA 4.0" in c.value for c in at.sidebar.caption)
+    assert any("black-box" in i.value for i in at.info)  # no prototypes: said, not crashed
+    at = AppTest.from_file(str(ROOT / "pages" / "2_Attack.py"), default_timeout=TIMEOUT)
+    at.session_state["model_name"] = "birdnet"
+    at.run()
+    no_exception(at)
+    at.multiselect(key="attack_species").set_value(["parmaj"]).run()
+    assert at.radio(key="attack_objective_True").value == "output-margin"  # BirdNET defaults to the margin loss
+    at.number_input(key="attack_eps").set_value(0.001).run()
+    at.button(key="attack_run").click().run()
+    no_exception(at)
+    assert not at.error
+    labels = {m.label: m.value for m in at.metric}
+    assert 10 < float(labels["SNR of perturbation"].split()[0]) < 60  # eps 1e-3 on a real clip
+    assert "Top-1" in labels
