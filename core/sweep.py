@@ -37,7 +37,7 @@ from core.errors import ParameterError
 
 __all__ = [
     "SweepResult", "run_sweep", "minimal_eps", "sweep_table", "summarize", "sweep_windows", "read_table", "write_table",
-    "CURVE_METRICS", "ClipSet", "dataset_clips", "attack_from_options", "prototype_index",
+    "CURVE_METRICS", "ClipSet", "dataset_clips", "attack_from_options", "prototype_index", "summary_markdown",
 ]
 
 #: Metrics of :func:`summarize`, in the order the dashboard offers them.
@@ -438,6 +438,21 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
             row[m] = float(g[m].median())
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def summary_markdown(summary: pd.DataFrame) -> str:
+    """A :func:`summarize` table as Markdown, one row per model and budget (what the README shows).
+
+    Columns: model, eps (0 = clean), windows, median SNR (dB), cmAP, top-1 and success rate, each to 3
+    decimals. Tests regenerate it from the stored sweep tables and compare it with the README verbatim.
+    """
+    lines = ["| model | eps | windows | median SNR (dB) | cmAP | top-1 | success |", "|---|---|---|---|---|---|---|"]
+    for _, r in summary.iterrows():
+        if pd.isna(r["budget"]):
+            continue  # the clean row is repeated at eps 0
+        snr = "inf" if not np.isfinite(r["snr_db"]) else f"{r['snr_db']:.1f}"
+        lines.append(f"| {r['model']} | {r['budget']:g} | {r['n_clips']} | {snr} | {r['cmap']:.3f} | {r['top1']:.3f} | {r['success_rate']:.3f} |")
+    return "\n".join(lines) + "\n"
 
 
 # -- tables on disk -----------------------------------------------------------------------------

@@ -127,6 +127,11 @@ with st.expander("Set up a sweep", expanded="sweep_result" not in st.session_sta
         try:
             grid = list(parse_float_list(grid_text, "the grid"))
             sr, win = first.config.frontend.sample_rate, first.config.window_samples
+            other = [m for m in models if (loaded[m].config.frontend.sample_rate, loaded[m].config.window_samples) != (sr, win)]
+            if other:
+                raise CoreError(f"{', '.join(other)} work on other windows ({loaded[other[0]].config.clip_seconds:g} s at "
+                                f"{loaded[other[0]].config.frontend.sample_rate} Hz) than {models[0]} ({first.config.clip_seconds:g} s "
+                                f"at {sr} Hz): sweep them separately")
             if clip_mode == "Current clip":
                 if clip is None:
                     raise CoreError("choose a clip first")

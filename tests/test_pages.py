@@ -322,3 +322,21 @@ def test_clip_and_attack_pages_with_birdnet(data_dir):
     labels = {m.label: m.value for m in at.metric}
     assert 10 < float(labels["SNR of perturbation"].split()[0]) < 60  # eps 1e-3 on a real clip
     assert "Top-1" in labels
+
+
+def test_sweep_page_birdnet_alone_and_not_mixed():
+    """BirdNET sweeps on its own 3 s / 48 kHz windows; mixed with a 5 s / 32 kHz model it is refused, not misfed."""
+    at = AppTest.from_file(str(ROOT / "pages" / "3_Sweep.py"), default_timeout=TIMEOUT).run()
+    at.multiselect(key="sweep_models").set_value(["birdnet", "protopnet"]).run()
+    _upload_tone(at, "sweep")
+    at.number_input(key="sweep_steps").set_value(2).run()
+    at.text_input(key="sweep_grid_eps").set_value("0, 1e-2").run()
+    at.button(key="sweep_run").click().run()
+    no_exception(at)
+    assert at.error and "sweep them separately" in at.error[0].value
+    at.multiselect(key="sweep_models").set_value(["birdnet"]).run()
+    at.button(key="sweep_run").click().run()
+    no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    table = at.session_state["sweep_result"]["table"]
+    assert set(table["model"]) == {"birdnet"} and len(table) == 3  # clean row + 2 budgets
