@@ -31,6 +31,8 @@ st.markdown(
     "- **Compare models**: the six shipped models (baseline and AudioProtoPNet, each trained ordinarily, with "
     "output-space and with embedding-space adversarial training) side by side: clean and shifted cmAP, robustness "
     "curves, targeted embedding attacks and prototype stability.\n"
+    "- **Transfer**: an adversarial clip made on one model (BirdNET, AudioProtoPNet, the baseline), scored by every "
+    "other model, against a random-noise control of the same budget; listen to one recording attacked.\n"
     "- **Paper check**: the headline claims of Heinrich et al. 2025 (arXiv 2507.13727), measured on our data with "
     "bootstrap intervals and an honest verdict."
     "\n\n**BirdNET V2.4** (the classifier ecologists use; 6,522 species, 3 s windows at 48 kHz) is available as the "

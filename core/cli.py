@@ -182,19 +182,54 @@ def _floats(text: str, option: str) -> list[float]:
         raise ParameterError(f"{option} must be comma-separated numbers, e.g. 0,1e-4,1e-3; got {text!r}") from None
 
 
-def _load_models(text: str) -> tuple[dict, int, int]:
-    """Checkpoints named in ``--models`` (comma-separated), and their shared sample rate and window length."""
+def _load_models(text: str, *, same_rate: bool = True) -> tuple[dict, int, int]:
+    """Checkpoints named in ``--models`` (comma-separated), and the first one's sample rate and window length.
+
+    With ``same_rate`` (default) every model must share them.
+    """
     from core.models.registry import load_checkpoint
 
     names = [m.strip() for m in text.split(",") if m.strip()]
     if not names:
         raise ParameterError("--models needs at least one checkpoint name")
     models = {n: load_checkpoint(n) for n in names}
+    if not same_rate:
+        return models, 0, 0
     first = next(iter(models.values()))
     sr, win = first.config.frontend.sample_rate, first.config.window_samples
     if any((m.config.frontend.sample_rate, m.config.window_samples) != (sr, win) for m in models.values()):
         raise ParameterError("all --models must share the sample rate and window length")
     return models, sr, win
+
+
+def cmd_transfer(args) -> int:
+    from core.data import open_dataset
+    from core.sweep import write_table
+    from core.transfer import TransferSettings, transfer_summary, transfer_table
+
+    settings = TransferSettings(split=args.split, max_segments=args.max_segments, segment_seconds=args.segment_seconds,
+                                eps=args.eps, steps=args.steps, objective=args.objective, seed=args.seed)
+    if args.out and Path(args.out).suffix not in (".csv", ".parquet"):
+        raise ParameterError(f"--out must end in .csv or .parquet, got {args.out}")
+    models, _, _ = _load_models(args.models, same_rate=False)
+    ds = open_dataset(args.data_dir)
+    t0 = time.time()
+    from tqdm import tqdm
+
+    bar = tqdm(total=1, unit="segment", dynamic_ncols=True, disable=None, desc="transfer")
+
+    def progress(done, total):
+        bar.total, bar.n = total, done
+        bar.refresh()
+
+    table = transfer_table(models, ds, settings, progress=progress)
+    bar.close()
+    if args.out:
+        write_table(table, args.out)
+    summary = transfer_summary(table)
+    print(summary.round(3).to_string(index=False))
+    print(f"{len(table)} rows in {time.time() - t0:.0f} s" + (f"; table written to {args.out}" if args.out else ""))
+    return 0
 
 
 def cmd_sweep(args) -> int:
@@ -463,6 +498,19 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--out", help="also write the table (.csv or .parquet)")
     _add_data_dir(sh)
     sh.set_defaults(func=cmd_shift)
+
+    tr = sub.add_parser("transfer", help="adversarial segments made on each model, scored by every model, with a random-noise control")
+    tr.add_argument("--models", default="birdnet,protopnet,baseline", help="comma-separated model names (rates may differ)")
+    tr.add_argument("--split", default="test", choices=["train", "val", "test"])
+    tr.add_argument("--max-segments", type=int, default=24, help="recordings (one segment each), spread over the species")
+    tr.add_argument("--segment-seconds", type=float, default=15.0)
+    tr.add_argument("--eps", type=float, default=1e-3, help="L-inf budget of the attack and of the control")
+    tr.add_argument("--steps", type=int, default=10)
+    tr.add_argument("--objective", default="output-margin", choices=["output-margin", "output-untargeted"])
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--out", help="also write the per-segment table (.csv or .parquet)")
+    _add_data_dir(tr)
+    tr.set_defaults(func=cmd_transfer)
 
     c = sub.add_parser("compare", help="the model zoo side by side (clean, shifted, attacked) and the paper check; cached")
     c.add_argument("--models", help="comma-separated checkpoint names (default: the six shipped models)")

@@ -340,3 +340,22 @@ def test_sweep_page_birdnet_alone_and_not_mixed():
     assert not at.error, [e.value for e in at.error]
     table = at.session_state["sweep_result"]["table"]
     assert set(table["model"]) == {"birdnet"} and len(table) == 3  # clean row + 2 budgets
+
+
+def test_transfer_page(data_dir):
+    at = AppTest.from_file(str(ROOT / "pages" / "7_Transfer.py"), default_timeout=TIMEOUT).run()
+    no_exception(at)
+    at.multiselect(key="tr_models").set_value(["birdnet", "protopnet"]).run()
+    at.number_input(key="tr_segments").set_value(2).run()
+    at.number_input(key="tr_steps").set_value(2).run()
+    at.number_input(key="tr_seconds").set_value(6.0).run()
+    at.button(key="tr_run").click().run()
+    no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    table = at.session_state["tr_result"]["table"]
+    assert len(table) == 2 * 2 * 2 and set(table["target"]) == {"birdnet", "protopnet"}
+    assert len(at.get("plotly_chart")) == 2  # attack and control heat maps
+    assert any("CC BY-NC-SA 4.0" in c.value for c in at.sidebar.caption)
+    at.button(key="tr_one_run").click().run()
+    no_exception(at)
+    assert len(at.session_state["tr_one"]["out"]["rows"]) == 2

@@ -1,0 +1,120 @@
+"""Transfer: does an adversarial clip made on one model fool the others? With a random-noise control."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from core.errors import CoreError
+from core.models.registry import list_checkpoints
+from core.transfer import TransferSettings, dataset_segments, transfer_segment, transfer_summary, transfer_table
+from ui.common import audio_player, dataset_status_message, get_dataset, get_model, licence_notice
+
+st.set_page_config(page_title="Transfer · birdshield", page_icon="🐦", layout="wide")
+st.title("Transfer: does an attack made on one model fool another?")
+st.caption("Each recording's first seconds are attacked white-box on a *source* model (PGD on its own windows, at its own "
+           "sample rate), then every model (*target*) scores the attacked segment. A random ±eps sign pattern of the same "
+           "budget is the control: an effect the noise produces too is no attack. Models with other rates get the clean, "
+           "attacked and control segments resampled the same way, and compare their top-1 species (over the segment) "
+           "with their own top-1 on the resampled clean segment; no score threshold is involved.")
+
+ds = get_dataset()
+if ds is None:
+    st.warning(dataset_status_message())
+    st.stop()
+available = list_checkpoints()
+default = [m for m in ("birdnet", "protopnet", "baseline") if m in available] or available[:2]
+models = st.multiselect("Models (sources and targets)", available, default=st.session_state.get("tr_models_value", default), key="tr_models")
+st.session_state["tr_models_value"] = models
+if not models:
+    st.info("Choose at least one model.")
+    st.stop()
+c1, c2, c3, c4, c5 = st.columns(5)
+eps = c1.number_input("eps (L-inf, full-scale amplitude)", min_value=1e-6, max_value=1.0, value=1e-3, step=1e-4, format="%.5f", key="tr_eps")
+steps = int(c2.number_input("PGD steps", min_value=1, max_value=100, value=10, key="tr_steps"))
+n_seg = int(c3.number_input("recordings", min_value=1, max_value=47, value=6, key="tr_segments"))
+seconds = float(c4.number_input("segment length (s)", min_value=3.0, max_value=60.0, value=15.0, step=1.0, key="tr_seconds"))
+seed = int(c5.number_input("seed", min_value=0, max_value=2**31 - 1, value=0, key="tr_seed"))
+objective = st.radio("Source attack maximises", ["output-margin", "output-untargeted"], horizontal=True, key="tr_objective",
+                     format_func={"output-margin": "margin: top species below the runner-up",
+                                  "output-untargeted": "BCE against the labels"}.get)
+try:
+    settings = TransferSettings(max_segments=n_seg, segment_seconds=seconds, eps=float(eps), steps=steps, objective=objective, seed=seed)
+    loaded = {m: get_model(m) for m in models}
+except CoreError as exc:
+    st.error(f"Cannot run: {exc}")
+    st.stop()
+for m in loaded.values():
+    licence_notice(m)
+
+if st.button("Run transfer table", type="primary", key="tr_run"):
+    bar = st.progress(0.0, text="Attacking…")
+    try:
+        table = transfer_table(loaded, ds, settings, progress=lambda d, t: bar.progress(d / t, text=f"Attacking… {d}/{t} segments"))
+    except CoreError as exc:
+        bar.empty()
+        st.error(f"Transfer not run: {exc}")
+        st.stop()
+    bar.empty()
+    st.session_state["tr_result"] = {"settings": settings, "models": list(models), "table": table}
+
+result = st.session_state.get("tr_result")
+if result:
+    if result["settings"] != settings or result["models"] != list(models):
+        st.warning("Showing the result for earlier settings or models; run again to update.")
+    summary = transfer_summary(result["table"])
+    names = result["models"]
+
+    def matrix(col):
+        m = summary.pivot(index="source", columns="target", values=col).reindex(index=names, columns=names)
+        return m.to_numpy()
+
+    h1, h2 = st.columns(2)
+    for holder, col, title in ((h1, "attack_flip_rate", "attack: top-1 changed"), (h2, "noise_flip_rate", "control (random ±eps): top-1 changed")):
+        z = matrix(col)
+        fig = go.Figure(go.Heatmap(z=z, x=names, y=names, zmin=0, zmax=1, colorscale="Reds", text=np.round(z, 2), texttemplate="%{text}",
+                                   colorbar=dict(title="share")))
+        fig.update_layout(title=title, xaxis_title="scored by (target)", yaxis_title="made on (source)", height=360, margin=dict(t=50, b=40))
+        holder.plotly_chart(fig, key=f"tr_heat_{col}")
+    snr = summary.groupby("source")["median_snr_db"].first()
+    st.caption(f"{int(summary['segments'].iloc[0])} recordings, eps {result['settings'].eps:g}; median SNR of the perturbation per "
+               "source: " + ", ".join(f"{k} {v:.1f} dB" for k, v in snr.items()) + ". The diagonal is the white-box attack.")
+    show = summary.rename(columns={"attack_flip_rate": "attack: top-1 changed", "noise_flip_rate": "control: top-1 changed",
+                                   "clean_top1_acc": "top-1 correct (clean)", "attack_top1_acc": "top-1 correct (attack)",
+                                   "noise_top1_acc": "top-1 correct (control)", "median_snr_db": "median SNR (dB)"})
+    st.dataframe(show.round(3), hide_index=True, width="stretch")
+    st.download_button("Per-segment table (CSV)", result["table"].to_csv(index=False).encode(), "transfer.csv", "text/csv", key="tr_download")
+
+st.header("One recording: listen and compare")
+try:
+    segs = dataset_segments(ds, settings, list(loaded[models[0]].config.class_names))
+except CoreError as exc:
+    st.error(str(exc))
+    st.stop()
+d1, d2 = st.columns(2)
+source = d1.selectbox("Made on", models, key="tr_one_source")
+pick = d2.selectbox("Recording", range(len(segs)), key="tr_one_rec",
+                    format_func=lambda i: f"{segs[i]['recording'].recording_id} ({ds.display_name(segs[i]['species'])})")
+if st.button("Attack this recording and score it with every model", key="tr_one_run"):
+    with st.spinner("Attacking…"):
+        try:
+            st.session_state["tr_one"] = {"key": (source, pick, settings), "out": transfer_segment(loaded, source, ds, segs[pick], settings, index=pick)}
+        except CoreError as exc:
+            st.error(str(exc))
+one = st.session_state.get("tr_one")
+if one and one["key"] == (source, pick, settings):
+    out = one["out"]
+    a1, a2, a3 = st.columns(3)
+    with a1:
+        audio_player(out["clean"], out["sample_rate"], label="clean")
+    with a2:
+        audio_player(out["attack"], out["sample_rate"], label=f"attacked on {source}")
+    with a3:
+        audio_player(out["noise"], out["sample_rate"], label="control: random ±eps")
+    rows = pd.DataFrame(out["rows"])
+    st.dataframe(pd.DataFrame({"scored by": rows["target"], "clean top-1": rows["clean_top1"].map(ds.display_name),
+                               "attacked top-1": rows["attack_top1"].map(ds.display_name),
+                               "control top-1": rows["noise_top1"].map(ds.display_name),
+                               "SNR (dB)": rows["snr_db_attack"].round(1)}), hide_index=True, width="stretch")
