@@ -6,6 +6,8 @@ real-window tests also need the xc9 dataset.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -20,6 +22,7 @@ from core.models.birdnet import (
     load_birdnet,
 )
 from core.models.tflite_graph import TFLiteFile, TFLiteGraph
+from tests.conftest import ROOT
 
 litert = pytest.importorskip("ai_edge_litert.interpreter")
 WINDOW = 144_000
@@ -244,3 +247,5 @@ def test_registry_lists_and_loads_birdnet():
     assert m.config.arch == "birdnet" and m.config.window_samples == WINDOW and len(m.config.class_names) == 9
     card = read_model_card("birdnet")
     assert "CC BY-NC-SA 4.0" in card["licence"] and card["config"]["arch"] == "birdnet"
+    stored = json.loads((ROOT / "assets" / "birdnet" / "metrics.json").read_text())
+    assert card["metrics"]["test"] == stored["test"]  # the home page's table shows the measured figures

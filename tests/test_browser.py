@@ -193,6 +193,18 @@ def test_walk_every_page(server, browser, tmp_path, data_dir):
     text = page.inner_text("body")
     assert "reproduced" in text and "paper: +10.5 %" in text  # verdicts and the paper's numbers in the per-claim list
     check(page, "7_paper_check")
+
+    # Transfer: BirdNET and AudioProtoPNet, one recording, a 1-step attack; both heat maps drawn
+    visit(page, f"{server}/Transfer")
+    enter(page, "recordings", "1")
+    enter(page, "PGD steps", "1")
+    enter(page, "segment length (s)", "6")
+    page.get_by_role("button", name="Run transfer table").click()
+    settle(page)
+    page.get_by_text("attack: top-1 changed").first.wait_for(timeout=RUN_TIMEOUT_MS)
+    assert page.locator(".js-plotly-plot").count() >= 2
+    assert "CC BY-NC-SA 4.0" in page.inner_text("body")
+    check(page, "8_transfer")
     page.close()
 
 

@@ -1,0 +1,32 @@
+"""The README's BirdNET figures are the stored results, regenerated here (no figure typed by hand)."""
+
+import json
+import re
+
+import pandas as pd
+
+from core.sweep import read_table, summarize, summary_markdown
+from tests.conftest import ROOT
+
+README = (ROOT / "README.md").read_text()
+ASSETS = ROOT / "assets" / "birdnet"
+
+
+def block(name: str) -> str:
+    m = re.search(rf"<!-- {name}:start -->\n(.*?)<!-- {name}:end -->", README, re.S)
+    assert m, f"README has no {name} block"
+    return m.group(1)
+
+
+def test_birdnet_sweep_table_is_the_stored_sweeps():
+    tables = [read_table(ASSETS / f"sweep_margin_{m}.csv") for m in ("birdnet", "protopnet", "baseline")]
+    for t in tables:
+        assert set(t["objective"]) == {"output-margin"} and set(t["steps"]) == {10} and t["clip"].nunique() == 96
+    assert block("birdnet-sweep") == summary_markdown(summarize(pd.concat(tables, ignore_index=True)))
+
+
+def test_birdnet_clean_metrics_in_readme_are_the_stored_ones():
+    m = json.loads((ASSETS / "metrics.json").read_text())["test"]
+    for value in (m["window"]["cmap"], m["window"]["top1"], m["recording"]["cmap"], m["recording"]["top1"]):
+        assert f"{value:.3f}" in README
+    assert f"cmAP {m['window']['cmap']:.3f} ({m['window']['n']} windows of 3 s)" in README
