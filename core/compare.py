@@ -259,7 +259,9 @@ def run_compare(
     Parameters
     ----------
     models : dict of name -> BirdClassifier
-        Same classes, sample rate and window length.
+        Same classes. Models that share a sample rate and window length are
+        measured on the very same clips; others (BirdNET: 3 s at 48 kHz) on the same
+        recordings of the split cut into their own windows.
     dataset : core.data.Dataset
     settings : CompareSettings, optional
     clips_per_batch : int >= 1
@@ -276,7 +278,7 @@ def run_compare(
     Raises
     ------
     ParameterError
-        No models, models that disagree on classes or windows, a split with fewer
+        No models, models that disagree on classes, a split with fewer
         than two species.
     InterruptedError
         Cancelled.
@@ -290,43 +292,53 @@ def run_compare(
     if not models:
         raise ParameterError("no models to compare")
     first = next(iter(models.values())).config
+    groups: dict[tuple[int, int], dict] = {}
     for name, m in models.items():
         c = m.config
-        if list(c.class_names) != list(first.class_names) or c.frontend.sample_rate != first.frontend.sample_rate or c.window_samples != first.window_samples:
-            raise ParameterError(f"model {name!r} differs from the others in classes, sample rate or window length")
+        if list(c.class_names) != list(first.class_names):
+            raise ParameterError(f"model {name!r} differs from the others in its classes")
+        groups.setdefault((c.frontend.sample_rate, c.window_samples), {})[name] = m
     if isinstance(clips_per_batch, bool) or not isinstance(clips_per_batch, int) or clips_per_batch < 1:
         raise ParameterError(f"clips_per_batch must be an integer >= 1, got {clips_per_batch!r}")
     t0 = time.time()
-    sr, window = first.frontend.sample_rate, first.window_samples
-    kw = dict(split=settings.split, class_names=first.class_names, sample_rate=sr, window_samples=window)
-    _progress(progress, "clips", 0, 1)
-    shift_set = dataset_clips(dataset, max_clips=settings.shift_max_clips, **kw)
-    attack_set = dataset_clips(dataset, max_clips=settings.max_clips, **kw)
-    # site noise: the quietest window of every recording of the split (never a clip's own recording)
-    bank = split_noise_bank(dataset, settings.split, sr, window)
-    _progress(progress, "clips", 1, 1)
-    shift = shift_scores(models, shift_set, bank=bank, snr_db=settings.snr_db, gain_db=settings.gain_db, lam=settings.lam,
-                         seed=settings.seed, progress=lambda d, t: _progress(progress, "shift", d, t))
-    targets = partner_indices(attack_set.species, np.random.default_rng(settings.seed))
-    rob, tgt, protos = [], [], []
-    counter_r = [0, len(models) * len(attack_set)]
-    counter_t = [0, len(models) * len(attack_set)]
-    for name, model in models.items():
-        def untargeted(idx):
-            return PGD(eps=0.0, steps=settings.steps, seed=settings.seed, objective=OutputUntargeted())
+    # Models that share a sample rate and window see the very same clips; a model with other windows (BirdNET:
+    # 3 s at 48 kHz) gets the same recordings of the split cut into its own windows, and its own noise bank.
+    sets = {}
+    _progress(progress, "clips", 0, len(groups))
+    for gi, (sr, window) in enumerate(groups):
+        kw = dict(split=settings.split, class_names=first.class_names, sample_rate=sr, window_samples=window)
+        sets[(sr, window)] = (dataset_clips(dataset, max_clips=settings.shift_max_clips, **kw),
+                              dataset_clips(dataset, max_clips=settings.max_clips, **kw),
+                              split_noise_bank(dataset, settings.split, sr, window))  # site noise: never a clip's own recording
+        _progress(progress, "clips", gi + 1, len(groups))
+    n_attack = sum(len(g) * len(sets[k][1]) for k, g in groups.items())
+    shift_parts, rob, tgt, protos = [], [], [], []
+    counter_r, counter_t, counter_s = [0, n_attack], [0, n_attack], [0, sum(len(sets[k][0]) for k in groups)]
+    for key, group in groups.items():
+        shift_set, attack_set, bank = sets[key]
+        base = counter_s[0]
+        shift_parts.append(shift_scores(group, shift_set, bank=bank, snr_db=settings.snr_db, gain_db=settings.gain_db, lam=settings.lam,
+                                        seed=settings.seed, progress=lambda d, t, b=base: _progress(progress, "shift", b + d, counter_s[1])))
+        counter_s[0] += len(shift_set)
+        targets = partner_indices(attack_set.species, np.random.default_rng(settings.seed))
+        for name, model in group.items():
+            def untargeted(idx):
+                return PGD(eps=0.0, steps=settings.steps, seed=settings.seed, objective=OutputUntargeted())
 
-        def targeted(idx):
-            tw = torch.as_tensor(attack_set.waveforms[targets[idx]])
-            return PGD(eps=0.0, steps=settings.steps, seed=settings.seed, objective=EmbeddingTargeted(tw))
+            def targeted(idx, attack_set=attack_set, targets=targets):
+                tw = torch.as_tensor(attack_set.waveforms[targets[idx]])
+                return PGD(eps=0.0, steps=settings.steps, seed=settings.seed, objective=EmbeddingTargeted(tw))
 
-        common = dict(clips_per_batch=clips_per_batch, progress=progress, cancel=cancel)
-        t, p = _attack_tables(name, model, attack_set, untargeted, settings.epsilons, stage="robustness", counter=counter_r, **common)
-        rob.append(t)
-        protos += [p] if p is not None else []
-        t, p = _attack_tables(name, model, attack_set, targeted, settings.target_epsilons, stage="targeted", counter=counter_t, **common)
-        t["target_clip"] = [attack_set.clip_ids[targets[attack_set.clip_ids.index(c)]] for c in t["clip"]]
-        tgt.append(t)
-        protos += [p] if p is not None else []
+            common = dict(clips_per_batch=clips_per_batch, progress=progress, cancel=cancel)
+            t, p = _attack_tables(name, model, attack_set, untargeted, settings.epsilons, stage="robustness", counter=counter_r, **common)
+            rob.append(t)
+            protos += [p] if p is not None else []
+            t, p = _attack_tables(name, model, attack_set, targeted, settings.target_epsilons, stage="targeted", counter=counter_t, **common)
+            t["target_clip"] = [attack_set.clip_ids[targets[attack_set.clip_ids.index(c)]] for c in t["clip"]]
+            tgt.append(t)
+            protos += [p] if p is not None else []
+    shift = pd.concat(shift_parts, ignore_index=True)
+    first_sets = next(iter(sets.values()))
     targeted_table = pd.concat(tgt, ignore_index=True)
     return CompareResult(
         settings=settings,
@@ -337,7 +349,9 @@ def run_compare(
         prototypes=pd.concat(protos, ignore_index=True) if protos else pd.DataFrame(
             columns=["model", "objective", "eps", "prototype", "class", "clean_activation", "mean_abs_change"]),
         seconds=time.time() - t0,
-        info={"dataset": str(dataset.root), "n_shift_clips": len(shift_set), "n_attack_clips": len(attack_set),
+        info={"dataset": str(dataset.root), "n_shift_clips": len(first_sets[0]), "n_attack_clips": len(first_sets[1]),
+              "windows": {f"{sr} Hz, {win / sr:g} s": {"models": list(g), "n_shift_clips": len(sets[(sr, win)][0]),
+                                                        "n_attack_clips": len(sets[(sr, win)][1])} for (sr, win), g in groups.items()},
               "device": str(next(iter(models.values())).parameters().__next__().device)},
     )
 

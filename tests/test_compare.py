@@ -219,3 +219,29 @@ def test_summary_keeps_eps_that_round_alike_apart(compared):
     moved = replace(result, robustness=rob, prototypes=result.prototypes.iloc[0:0], settings=replace(result.settings, epsilons=(1.5e-2, 2e-2)))
     cols = [c for c in model_summary(moved).columns if c.startswith("cmAP PGD")]
     assert cols == ["cmAP PGD eps 0.015", "cmAP PGD eps 0.02"]
+
+
+def test_compare_models_with_other_windows_on_the_same_recordings(tiny_dataset):
+    """A model with another rate and window (as BirdNET beside the 32 kHz models) gets its own windows of the same recordings."""
+    from core.frontend import FrontendConfig
+    from core.models.registry import ModelConfig
+    from tests.conftest import TINY_BACKBONE
+
+    low = FrontendConfig(sample_rate=8_000, n_fft=256, hop_length=128, n_mels=16, f_min=50.0, f_max=4_000.0)
+    torch.manual_seed(2)
+    other = build_model(ModelConfig(arch="baseline", class_names=CLASSES, frontend=low, backbone=TINY_BACKBONE, clip_seconds=0.5)).eval()
+    models = {**_models(), "tiny_8k": other}
+    result = run_compare(models, Dataset(tiny_dataset), SETTINGS)
+    windows = result.info["windows"]
+    assert windows["16000 Hz, 1 s"]["models"] == ["tiny_proto", "tiny_base"]
+    assert windows["8000 Hz, 0.5 s"] == {"models": ["tiny_8k"], "n_shift_clips": 15, "n_attack_clips": 6}  # 3 recordings x 5 windows
+    rob = result.robustness
+    assert set(rob["model"]) == set(models)
+    same = {m: set(rob.loc[rob["model"] == m, "clip"]) for m in models}
+    assert same["tiny_proto"] == same["tiny_base"] != same["tiny_8k"]  # clip ids carry each model's own window starts
+    recs = {m: {c.split("@")[0] for c in same[m]} for m in models}
+    assert recs["tiny_8k"] == recs["tiny_base"] and len(recs["tiny_base"]) == 3  # the same three test recordings
+    assert set(result.shift["model"]) == set(models)
+    with pytest.raises(ParameterError, match="classes"):
+        bad = build_model(ModelConfig(arch="baseline", class_names=("x", "y", "z"), frontend=low, backbone=TINY_BACKBONE, clip_seconds=0.5))
+        run_compare({**_models(), "bad": bad}, Dataset(tiny_dataset), SETTINGS)

@@ -359,3 +359,22 @@ def test_transfer_page(data_dir):
     at.button(key="tr_one_run").click().run()
     no_exception(at)
     assert len(at.session_state["tr_one"]["out"]["rows"]) == 2
+
+
+def test_embeddings_page_with_birdnet(data_dir, tmp_path, monkeypatch):
+    """BirdNET's 1,024-d embedding on the map, clean and attacked (its own 3 s / 48 kHz windows)."""
+    monkeypatch.setenv("BIRDSHIELD_CACHE_DIR", str(tmp_path / "cache"))
+    at = AppTest.from_file(str(ROOT / "pages" / "4_Embeddings.py"), default_timeout=300)
+    at.session_state["model_name"] = "birdnet"
+    at.run()
+    no_exception(at)
+    at.number_input(key="emb_max_clips").set_value(12)
+    at.checkbox(key="emb_with_attack").check()
+    at.number_input(key="emb_steps").set_value(2)
+    at.button[0].click().run()
+    no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    res = at.session_state["emb_result"]
+    assert res["coords"].shape == (12, 2) and res["adv_coords"].shape == (12, 2)
+    assert res["clips"].waveforms.shape[1] == 144_000
+    assert res.get("proto_coords") is None
