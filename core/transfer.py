@@ -28,7 +28,7 @@ import pandas as pd
 from core.audio import resample
 from core.errors import ParameterError
 
-__all__ = ["TransferSettings", "transfer_table", "transfer_segment", "transfer_summary", "dataset_segments"]
+__all__ = ["TransferSettings", "transfer_table", "transfer_segment", "transfer_summary", "transfer_markdown", "dataset_segments"]
 
 
 @dataclass(frozen=True)
@@ -226,3 +226,14 @@ def transfer_summary(table: pd.DataFrame) -> pd.DataFrame:
             "noise_top1_acc": float(g["noise_correct"].mean()), "median_snr_db": float(g["snr_db_attack"].median()),
         })
     return pd.DataFrame(rows)
+
+
+def transfer_markdown(summary: pd.DataFrame, eps: float) -> str:
+    """A :func:`transfer_summary` as the README's Markdown table (tests regenerate and compare it verbatim)."""
+    lines = ["| eps | made on | scored by | segments | median SNR (dB) | top-1 changed: attack | top-1 changed: noise control "
+             "| top-1 correct: clean / attack / noise |", "|---|---|---|---|---|---|---|---|"]
+    for _, r in summary.iterrows():
+        who = f"{r['target']} (white box)" if r["white_box"] else r["target"]
+        lines.append(f"| {eps:g} | {r['source']} | {who} | {r['segments']} | {r['median_snr_db']:.1f} | {r['attack_flip_rate']:.2f} | "
+                     f"{r['noise_flip_rate']:.2f} | {r['clean_top1_acc']:.2f} / {r['attack_top1_acc']:.2f} / {r['noise_top1_acc']:.2f} |")
+    return "\n".join(lines) + "\n"

@@ -30,3 +30,15 @@ def test_birdnet_clean_metrics_in_readme_are_the_stored_ones():
     for value in (m["window"]["cmap"], m["window"]["top1"], m["recording"]["cmap"], m["recording"]["top1"]):
         assert f"{value:.3f}" in README
     assert f"cmAP {m['window']['cmap']:.3f} ({m['window']['n']} windows of 3 s)" in README
+
+
+def test_transfer_table_is_the_stored_tables():
+    from core.transfer import transfer_markdown, transfer_summary
+
+    parts = []
+    for eps in ("1e-4", "1e-3"):
+        t = pd.read_csv(ASSETS / f"transfer_eps{eps}.csv")
+        assert len(t) == 3 * 3 * 24 and set(t["source"]) == set(t["target"]) == {"birdnet", "protopnet", "baseline"}
+        parts.append(transfer_markdown(transfer_summary(t), float(eps)))
+    expected = parts[0] + "".join(p.split("\n", 2)[2] for p in parts[1:])
+    assert block("birdnet-transfer") == expected
