@@ -249,3 +249,25 @@ def test_registry_lists_and_loads_birdnet():
     assert "CC BY-NC-SA 4.0" in card["licence"] and card["config"]["arch"] == "birdnet"
     stored = json.loads((ROOT / "assets" / "birdnet" / "metrics.json").read_text())
     assert card["metrics"]["test"] == stored["test"]  # the home page's table shows the measured figures
+
+
+def test_every_objective_attacks_birdnet(real_windows):
+    """Output (BCE, margin, targeted) and embedding objectives on BirdNET; embedding ones use the 1,024-d embedding."""
+    from core.attacks import PGD, EmbeddingTargeted, EmbeddingUntargeted, OutputMargin, OutputTargeted, OutputUntargeted
+
+    model = load_birdnet("dataset", device="cpu")
+    x = torch.from_numpy(real_windows[:1])
+    for objective in (OutputUntargeted(), OutputMargin(), OutputTargeted(1, "add"), EmbeddingUntargeted(),
+                      EmbeddingTargeted(torch.from_numpy(real_windows[2]))):
+        adv = PGD(eps=1e-3, steps=3, seed=0, objective=objective)(model, x)
+        assert (adv - x).abs().max() <= 1e-3 + 1e-6
+        state = objective.prepare(model, x)
+        with torch.no_grad():
+            out = model.forward_all(adv)
+            value = objective.evaluate(out, state)["objective"]
+        assert value > state["clean_objective"], objective.name
+        if objective.name == "embedding-untargeted":
+            assert objective.pooled and state["reference_features"].shape == (1, 1024, 1, 1)
+            clean = model.embed(x)
+            expected = 1 - torch.nn.functional.cosine_similarity(out.embedding, clean)
+            assert torch.allclose(value, expected, atol=1e-5)

