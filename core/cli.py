@@ -242,50 +242,63 @@ def cmd_sweep(args) -> int:
     if (args.epsilons is None) == (args.snr is None):
         raise ParameterError("give exactly one of --epsilons (full-scale amplitude) and --snr (dB)")
     grid = {"epsilons": _floats(args.epsilons, "--epsilons")} if args.epsilons is not None else {"snr_db": _floats(args.snr, "--snr")}
-    models, sr, win = _load_models(args.models)
+    models, _, _ = _load_models(args.models, same_rate=False)
     first = next(iter(models.values()))
+    if any(list(m.config.class_names) != list(first.config.class_names) for m in models.values()):
+        raise ParameterError("all --models must share the species list")
     dataset = open_dataset(args.data_dir)
-    clips = dataset_clips(dataset, split=args.split, class_names=first.config.class_names, sample_rate=sr, window_samples=win,
-                          species=args.species, max_clips=args.max_clips)
-    target = None
-    if args.target_clip:
-        if args.target_clip not in dataset.by_id:
-            raise ParameterError(f"--target-clip: no recording {args.target_clip!r} in the manifest")
-        target = dataset.load(dataset.by_id[args.target_clip], sr)[:win]
-        target = np.pad(target, (0, win - len(target)))
-
-    def make(model):
-        return attack_from_options(model, attack=args.attack, norm=args.norm, objective=args.objective, steps=args.steps, seed=args.seed,
-                                   species=args.target_species, mode=args.mode, target_waveform=target, prototype=args.prototype, k=args.k)
-
+    if args.target_clip and args.target_clip not in dataset.by_id:
+        raise ParameterError(f"--target-clip: no recording {args.target_clip!r} in the manifest")
+    # models with other windows (BirdNET: 3 s at 48 kHz) get the same recordings cut into their own windows
+    groups: dict[tuple[int, int], dict] = {}
+    for name, m in models.items():
+        groups.setdefault((m.config.frontend.sample_rate, m.config.window_samples), {})[name] = m
     out = Path(args.out)
     settings = {"split": args.split, "species": args.species, "max_clips": args.max_clips, "target_clip": args.target_clip}
-    bar = tqdm(total=len(models) * len(clips), unit="clip", dynamic_ncols=True, disable=None)
+    group_clips, makers = {}, {}
+    table = None
+    for (sr, win), group in groups.items():
+        clips = dataset_clips(dataset, split=args.split, class_names=first.config.class_names, sample_rate=sr, window_samples=win,
+                              species=args.species, max_clips=args.max_clips)
+        group_clips[(sr, win)] = clips
+        target = None
+        if args.target_clip:
+            target = dataset.load(dataset.by_id[args.target_clip], sr)[:win]
+            target = np.pad(target, (0, win - len(target)))
 
-    def progress(done, total):
-        bar.n = done
-        bar.refresh()
+        def make(model, target=target):
+            return attack_from_options(model, attack=args.attack, norm=args.norm, objective=args.objective, steps=args.steps, seed=args.seed,
+                                       species=args.target_species, mode=args.mode, target_waveform=target, prototype=args.prototype, k=args.k)
 
-    table = sweep_windows(models, make, clips.waveforms, clips.clip_ids, clips.labels, masks=clips.masks, out=out, settings=settings,
-                          clips_per_batch=args.batch_clips, progress=progress, **grid)
-    bar.close()
+        makers[(sr, win)] = make
+        bar = tqdm(total=len(group) * len(clips), unit="clip", dynamic_ncols=True, disable=None, desc=f"{sr} Hz, {win / sr:g} s")
+
+        def progress(done, total, bar=bar):
+            bar.n = done
+            bar.refresh()
+
+        table = sweep_windows(group, make, clips.waveforms, clips.clip_ids, clips.labels, masks=clips.masks, out=out, settings=settings,
+                              clips_per_batch=args.batch_clips, progress=progress, **grid)
+        bar.close()
     summary = summarize(table)
     cols = ["model", "budget_kind", "budget", "n_clips", "cmap", "success_rate", "prs", "drs", "tars", "snr_db"]
     print(summary[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(f"{len(table)} rows written to {out}")
     if args.minimal_eps:
-        rows = []
-        for name, model in models.items():
-            import torch
+        import torch
 
-            x = torch.as_tensor(clips.waveforms, device=next(model.parameters()).device)
-            for b in range(0, len(clips), args.batch_clips):
-                sl = slice(b, b + args.batch_clips)
-                found = minimal_eps(make(model), model, x[sl], torch.as_tensor(clips.labels[sl]), masks=torch.as_tensor(clips.masks[sl]),
-                                    iterations=args.iterations)
-                for i, cid in enumerate(clips.clip_ids[sl]):
-                    rows.append({"model": name, "clip": cid, "species": clips.species[b + i], "min_eps": found["eps"][i],
-                                 "snr_db": found["snr_db"][i], "db_x": found["db_x"][i], "found": bool(found["found"][i])})
+        rows = []
+        for (sr, win), group in groups.items():
+            clips = group_clips[(sr, win)]
+            for name, model in group.items():
+                x = torch.as_tensor(clips.waveforms, device=next(model.parameters()).device)
+                for b in range(0, len(clips), args.batch_clips):
+                    sl = slice(b, b + args.batch_clips)
+                    found = minimal_eps(makers[(sr, win)](model), model, x[sl], torch.as_tensor(clips.labels[sl]),
+                                        masks=torch.as_tensor(clips.masks[sl]), iterations=args.iterations)
+                    for i, cid in enumerate(clips.clip_ids[sl]):
+                        rows.append({"model": name, "clip": cid, "species": clips.species[b + i], "min_eps": found["eps"][i],
+                                     "snr_db": found["snr_db"][i], "db_x": found["db_x"][i], "found": bool(found["found"][i])})
         import pandas as pd
 
         min_out = out.with_name(out.stem + "_min_eps" + out.suffix)

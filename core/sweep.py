@@ -34,6 +34,7 @@ from core import metrics
 from core.attacks.base import Attack, eps_rows_for_snr
 from core.attacks.objectives import take_rows
 from core.errors import ParameterError
+from core.fileio import atomic_write_text
 
 __all__ = [
     "SweepResult", "run_sweep", "minimal_eps", "sweep_table", "summarize", "sweep_windows", "read_table", "write_table",
@@ -571,6 +572,8 @@ def sweep_windows(
     table = pd.DataFrame()
     if out is not None:
         out = Path(out)
+        if out.suffix not in (".csv", ".parquet"):  # before anything is written (no stray sidecar)
+            raise ParameterError(f"sweep table must end in .csv or .parquet, got {out.name!r}")
         side = out.with_suffix(out.suffix + ".json")
         if out.exists():
             old = json.loads(side.read_text()) if side.exists() else None
@@ -578,8 +581,7 @@ def sweep_windows(
                 raise ParameterError(f"{out} holds a sweep with other settings; choose another output file or delete it")
             table = read_table(out)
             meta["models"] = sorted(set(old["models"]) | set(models))
-        side.parent.mkdir(parents=True, exist_ok=True)
-        side.write_text(json.dumps(meta, indent=1))
+        atomic_write_text(side, json.dumps(meta, indent=1))
     total = len(models) * len(clip_ids)
     done = 0
     for name, model in models.items():

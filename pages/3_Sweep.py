@@ -8,7 +8,7 @@ import streamlit as st
 import torch
 
 from core.attacks import OBJECTIVES
-from core.audio import wav_bytes
+from core.audio import resample, wav_bytes
 from core.errors import CoreError
 from core.models.registry import list_checkpoints, read_model_card
 from core.sweep import (
@@ -126,33 +126,36 @@ with st.expander("Set up a sweep", expanded="sweep_result" not in st.session_sta
     if run:
         try:
             grid = list(parse_float_list(grid_text, "the grid"))
-            sr, win = first.config.frontend.sample_rate, first.config.window_samples
-            other = [m for m in models if (loaded[m].config.frontend.sample_rate, loaded[m].config.window_samples) != (sr, win)]
-            if other:
-                raise CoreError(f"{', '.join(other)} work on other windows ({loaded[other[0]].config.clip_seconds:g} s at "
-                                f"{loaded[other[0]].config.frontend.sample_rate} Hz) than {models[0]} ({first.config.clip_seconds:g} s "
-                                f"at {sr} Hz): sweep them separately")
-            if clip_mode == "Current clip":
-                if clip is None:
-                    raise CoreError("choose a clip first")
-                wav = np.clip(clip.waveform[:win], -1.0, 1.0)  # resampled uploads can overshoot full scale
-                x = np.zeros((1, win), np.float32)
-                x[0, : len(wav)] = wav
-                mask = np.zeros_like(x)
-                mask[0, : len(wav)] = 1
-                labels = None
-                if clip.labels:
-                    labels = np.array([[float(c in clip.labels) for c in class_names]], np.float32)
-                ids = [f"{clip.name}@{clip.offset_s:g}s"]
-            else:
-                cs = split_clips(split, species, max_clips, sr, win, tuple(class_names))
-                x, mask, labels, ids = cs.waveforms, cs.masks, cs.labels, cs.clip_ids
-            target = None
-            if objective == "embedding-targeted":
-                if "target_recording" not in options:
-                    raise CoreError("embedding-targeted needs a target clip from the dataset")
-                t = ds.load(ds.by_id[options.pop("target_recording")], sr)[:win]
-                target = np.pad(t, (0, win - len(t)))
+            target_recording = options.pop("target_recording", None)
+            if objective == "embedding-targeted" and target_recording is None:
+                raise CoreError("embedding-targeted needs a target clip from the dataset")
+            if clip_mode == "Current clip" and clip is None:
+                raise CoreError("choose a clip first")
+            prepared: dict = {}
+
+            def inputs_for(model):
+                """Clips at the model's own rate and window (BirdNET: 3 s at 48 kHz), made once per (rate, window)."""
+                sr, win = model.config.frontend.sample_rate, model.config.window_samples
+                if (sr, win) not in prepared:
+                    if clip_mode == "Current clip":
+                        wave = clip.waveform if clip.sample_rate == sr else resample(clip.waveform, clip.sample_rate, sr)
+                        wav = np.clip(wave[:win], -1.0, 1.0)  # resampled audio can overshoot full scale
+                        x = np.zeros((1, win), np.float32)
+                        x[0, : len(wav)] = wav
+                        mask = np.zeros_like(x)
+                        mask[0, : len(wav)] = 1
+                        labels = np.array([[float(c in clip.labels) for c in class_names]], np.float32) if clip.labels else None
+                        ids = [f"{clip.name}@{clip.offset_s:g}s"]
+                    else:
+                        cs = split_clips(split, species, max_clips, sr, win, tuple(class_names))
+                        x, mask, labels, ids = cs.waveforms, cs.masks, cs.labels, cs.clip_ids
+                    target = None
+                    if target_recording is not None:
+                        t = ds.load(ds.by_id[target_recording], sr)[:win]
+                        target = np.pad(t, (0, win - len(t)))
+                    prepared[(sr, win)] = {"x": x, "mask": mask, "labels": labels, "clips": ids, "target_waveform": target, "sample_rate": sr}
+                return prepared[(sr, win)]
+
             tables, audio = [], {}
             bar = st.progress(0.0, text="Attacking…")
             runnable = [m for m in models if not (objective.startswith("prototype") and loaded[m].config.arch != "protopnet")]
@@ -160,8 +163,10 @@ with st.expander("Set up a sweep", expanded="sweep_result" not in st.session_sta
                 raise CoreError("no selected model supports this objective")
             for mi, m in enumerate(runnable):
                 model = loaded[m]
+                inp = inputs_for(model)
+                x, mask, labels, ids, sr = inp["x"], inp["mask"], inp["labels"], inp["clips"], inp["sample_rate"]
                 atk = attack_from_options(model, attack=attack, norm=norm, objective=objective, steps=steps, seed=seed,
-                                          target_waveform=target, **options)
+                                          target_waveform=inp["target_waveform"], **options)
                 device = next(model.parameters()).device
 
                 def progress(done, total, mi=mi, m=m):
@@ -182,10 +187,9 @@ with st.expander("Set up a sweep", expanded="sweep_result" not in st.session_sta
                     audio[m].insert(0, {"budget": "clean", "wav": wav_bytes(x[0, :n], sr), "success": False, "snr_db": float("inf"),
                                         "top1": class_names[int(res.clean_scores[0].argmax())]})
             bar.empty()
-            spec = {"attack": attack, "norm": norm, "objective": objective, "steps": steps, "seed": seed, "target_waveform": target,
-                    **{k: v for k, v in options.items() if k != "target_recording"}}
+            spec = {"attack": attack, "norm": norm, "objective": objective, "steps": steps, "seed": seed, **options}
             st.session_state["sweep_result"] = {"table": pd.concat(tables, ignore_index=True), "audio": audio, "source": "run",
-                                                "clips": ids, "x": x, "mask": mask, "labels": labels, "spec": spec}
+                                                "inputs": {m: inputs_for(loaded[m]) for m in runnable}, "spec": spec}
             st.session_state.pop("sweep_min_eps", None)
         except CoreError as exc:
             st.error(f"Sweep not run: {exc}")
@@ -242,7 +246,7 @@ if result.get("audio"):
             col.caption(f"{mark}{item['budget']}{snr} → {display(item['top1'])}")
             col.audio(item["wav"], format="audio/wav")
 
-if "spec" in result:
+if "inputs" in result:
     st.subheader("Minimal flipping eps")
     st.caption("For each clip, the smallest eps at which the sweep's attack succeeds, found with one attack per decade "
                "from 1e-6 to 0.1, then 7 bisection steps on log(eps) (within 1.8 %).")
@@ -252,12 +256,13 @@ if "spec" in result:
             with st.spinner("Bisecting…"):
                 for m in table["model"].unique():
                     model = get_model(m)
-                    atk = attack_from_options(model, **result["spec"])
+                    inp = result["inputs"][m]
+                    atk = attack_from_options(model, target_waveform=inp["target_waveform"], **result["spec"])
                     dev = next(model.parameters()).device
-                    lab = None if result["labels"] is None else torch.as_tensor(result["labels"], device=dev)
-                    found = minimal_eps(atk, model, torch.as_tensor(result["x"], device=dev), lab,
-                                        masks=torch.as_tensor(result["mask"], device=dev))
-                    for i, cid in enumerate(result["clips"]):
+                    lab = None if inp["labels"] is None else torch.as_tensor(inp["labels"], device=dev)
+                    found = minimal_eps(atk, model, torch.as_tensor(inp["x"], device=dev), lab,
+                                        masks=torch.as_tensor(inp["mask"], device=dev))
+                    for i, cid in enumerate(inp["clips"]):
                         rows.append({"model": m, "clip": cid, "minimal eps": found["eps"][i], "SNR (dB)": found["snr_db"][i],
                                      "dB_x": found["db_x"][i], "found": bool(found["found"][i])})
             st.session_state["sweep_min_eps"] = pd.DataFrame(rows)

@@ -179,3 +179,24 @@ def test_evaluate_out_stores_each_split(tmp_path, data_dir):
     assert stored["command"].startswith("python -m core evaluate --model birdnet --split val")
     bad = run("evaluate", "--model", "birdnet", "--out", str(tmp_path / "m.txt"), "--data-dir", str(data_dir))
     assert bad.returncode != 0 and "must end in .json" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_sweep_birdnet_beside_a_32k_model(data_dir, tmp_path):
+    """Models with other windows in one sweep: each on its own windows of the same recordings, one table."""
+    import pandas as pd
+
+    out = tmp_path / "mixed.csv"
+    r = run("sweep", "--models", "birdnet,baseline", "--objective", "output-margin", "--epsilons", "0,1e-3", "--steps", "1",
+            "--max-clips", "2", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    df = pd.read_csv(out)
+    assert set(df["model"]) == {"birdnet", "baseline"} and len(df) == 2 * 2 * 3
+    assert not (tmp_path / "x.txt.json").exists()
+    recs = {m: {c.split("@")[0] for c in df.loc[df["model"] == m, "clip"]} for m in ("birdnet", "baseline")}
+    assert recs["birdnet"] == recs["baseline"]  # the same recordings
+
+
+def test_sweep_bad_extension_writes_nothing(data_dir, tmp_path):
+    r = run("sweep", "--models", "baseline", "--epsilons", "1e-3", "--max-clips", "1", "--steps", "1", "--out", str(tmp_path / "x.txt"))
+    assert r.returncode == 2 and ".csv or .parquet" in r.stderr
+    assert list(tmp_path.iterdir()) == []

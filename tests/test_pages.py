@@ -324,8 +324,8 @@ def test_clip_and_attack_pages_with_birdnet(data_dir):
     assert "Top-1" in labels
 
 
-def test_sweep_page_birdnet_alone_and_not_mixed():
-    """BirdNET sweeps on its own 3 s / 48 kHz windows; mixed with a 5 s / 32 kHz model it is refused, not misfed."""
+def test_sweep_page_birdnet_beside_a_32k_model():
+    """BirdNET (3 s at 48 kHz) and AudioProtoPNet (5 s at 32 kHz) in one sweep of the same uploaded clip, each on its own window."""
     at = AppTest.from_file(str(ROOT / "pages" / "3_Sweep.py"), default_timeout=TIMEOUT).run()
     at.multiselect(key="sweep_models").set_value(["birdnet", "protopnet"]).run()
     _upload_tone(at, "sweep")
@@ -333,13 +333,14 @@ def test_sweep_page_birdnet_alone_and_not_mixed():
     at.text_input(key="sweep_grid_eps").set_value("0, 1e-2").run()
     at.button(key="sweep_run").click().run()
     no_exception(at)
-    assert at.error and "sweep them separately" in at.error[0].value
-    at.multiselect(key="sweep_models").set_value(["birdnet"]).run()
-    at.button(key="sweep_run").click().run()
-    no_exception(at)
     assert not at.error, [e.value for e in at.error]
-    table = at.session_state["sweep_result"]["table"]
-    assert set(table["model"]) == {"birdnet"} and len(table) == 3  # clean row + 2 budgets
+    res = at.session_state["sweep_result"]
+    assert set(res["table"]["model"]) == {"birdnet", "protopnet"} and len(res["table"]) == 2 * 3  # clean row + 2 budgets each
+    assert res["inputs"]["birdnet"]["x"].shape == (1, 144_000) and res["inputs"]["protopnet"]["x"].shape == (1, 160_000)
+    assert [len(res["audio"][m]) for m in ("birdnet", "protopnet")] == [3, 3]
+    at.button(key="sweep_min_run").click().run()
+    no_exception(at)
+    assert set(at.session_state["sweep_min_eps"]["model"]) == {"birdnet", "protopnet"}
 
 
 def test_transfer_page(data_dir):
