@@ -6,6 +6,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from core.errors import CoreError
+from core.models.birdnet import top_species
 from ui.common import (
     analyze,
     audio_player,
@@ -13,6 +15,7 @@ from ui.common import (
     dataset_status_message,
     get_dataset,
     load_recording,
+    location_filter,
     require_model,
 )
 from ui.plots import add_box, logmel_db, score_bars, similarity_overlay, spectrogram_figure
@@ -50,6 +53,28 @@ with right:
                    "probabilities; compare them across species rather than against 0.5.")
     top = np.argsort(-scores)[:3]
     st.dataframe(pd.DataFrame({"species": [display(names[i]) for i in top], "score": scores[top].round(3)}), hide_index=True)
+
+if cfg.arch == "birdnet":
+    with st.expander("BirdNET over all its 6,522 species (optionally only those expected at a place and week)"):
+        st.caption("The scores above are restricted to the dataset's species. BirdNET itself knows 6,522; its occurrence "
+                   "model (as BirdNET-Analyzer's species filter) keeps those expected at a latitude, longitude and week.")
+        use_loc = st.checkbox("Filter by location and week", key="clip_bn_loc")
+        allowed = None
+        if use_loc:
+            l1, l2, l3, l4 = st.columns(4)
+            lat = l1.number_input("latitude (°)", -90.0, 90.0, 52.5, key="clip_bn_lat")
+            lon = l2.number_input("longitude (°)", -180.0, 180.0, 13.4, key="clip_bn_lon")
+            week = int(l3.number_input("week (1-48, 4 per month; -1 all year)", -1, 48, -1, key="clip_bn_week"))
+            thr = l4.number_input("occurrence threshold", 0.0, 1.0, 0.03, step=0.01, key="clip_bn_thr")
+            try:
+                expected = location_filter().species(lat, lon, week if week != 0 else -1, threshold=thr)
+                allowed = {sci for sci, _, _ in expected}
+                st.caption(f"{len(allowed)} species expected there.")
+            except CoreError as exc:
+                st.error(str(exc))
+        top = top_species(model, res.windows[0], k=10, allowed=allowed)
+        st.dataframe(pd.DataFrame(top).rename(columns={"english_name": "species", "scientific_name": "scientific name"})
+                     [["species", "scientific name", "score"]].round(3), hide_index=True)
 
 if res.similarity_maps is None:
     st.info(f"{name} is a black-box model (no prototypes). Choose an AudioProtoPNet model to see explanations.")

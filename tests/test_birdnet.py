@@ -271,3 +271,18 @@ def test_every_objective_attacks_birdnet(real_windows):
             clean = model.embed(x)
             expected = 1 - torch.nn.functional.cosine_similarity(out.embedding, clean)
             assert torch.allclose(value, expected, atol=1e-5)
+
+
+def test_top_species_over_all_classes_with_location(model, real_windows):
+    from core.models.birdnet import top_species
+
+    top = top_species(model, real_windows[0], k=5)
+    assert len(top) == 5 and [t["score"] for t in top] == sorted((t["score"] for t in top), reverse=True)
+    with torch.no_grad():
+        best = int(model.all_logits(torch.from_numpy(real_windows[:1]))[0].argmax())
+    assert top[0]["scientific_name"] == birdnet_labels()[best][0]
+    allowed = {"Parus major", "Turdus merula"}
+    only = top_species(model, real_windows[0], k=5, allowed=allowed)
+    assert {t["scientific_name"] for t in only} == allowed
+    with pytest.raises(ParameterError, match="k must be"):
+        top_species(model, real_windows[0], k=0)

@@ -309,6 +309,14 @@ def test_clip_and_attack_pages_with_birdnet(data_dir):
     assert not at.error
     assert any("CC BY-NC-SA 4.0" in c.value for c in at.sidebar.caption)
     assert any("black-box" in i.value for i in at.info)  # no prototypes: said, not crashed
+    top = at.dataframe[-1].value  # BirdNET over all its species
+    assert len(top) == 10 and top["score"].is_monotonic_decreasing
+    at.checkbox(key="clip_bn_loc").check().run()
+    at.number_input(key="clip_bn_lat").set_value(-33.9).run()  # Cape Town
+    at.number_input(key="clip_bn_lon").set_value(18.4).run()
+    no_exception(at)
+    filtered = at.dataframe[-1].value
+    assert "Great Tit" not in set(filtered["species"])  # no Great Tits in South Africa
     at = AppTest.from_file(str(ROOT / "pages" / "2_Attack.py"), default_timeout=TIMEOUT)
     at.session_state["model_name"] = "birdnet"
     at.run()

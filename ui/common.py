@@ -24,6 +24,14 @@ def get_model(name: str):
     return load_checkpoint(name)
 
 
+@st.cache_resource(show_spinner="Loading BirdNET's occurrence model…")
+def location_filter():
+    """BirdNET's location/week species filter, loaded once per server process."""
+    from core.models.birdnet import LocationFilter
+
+    return LocationFilter()
+
+
 @st.cache_data(max_entries=32, show_spinner=False)
 def _fingerprint(name: str, mtime_ns: int) -> str:
     from core.embeddings import model_fingerprint

@@ -54,6 +54,7 @@ __all__ = [
     "birdnet_files",
     "birdnet_labels",
     "load_birdnet",
+    "top_species",
 ]
 
 BIRDNET_SAMPLE_RATE = 48_000
@@ -453,6 +454,43 @@ def birdnet_card(model: BirdNET | None = None) -> dict:
         "config": {"arch": "birdnet", "clip_seconds": BIRDNET_WINDOW_S, "sample_rate": BIRDNET_SAMPLE_RATE,
                    "n_classes": len(cfg.class_names) if cfg else None},
     }
+
+
+@torch.no_grad()
+def top_species(model: BirdNET, window: np.ndarray, *, k: int = 10, allowed: set[str] | None = None) -> list[dict]:
+    """BirdNET's ``k`` best species over all 6,522 classes for one window.
+
+    Parameters
+    ----------
+    model : BirdNET
+    window : np.ndarray [shape=(n_samples,), dtype=float32], 48 kHz, full-scale amplitude
+    k : int >= 1
+    allowed : set of str, optional
+        Scientific names to keep (e.g. :meth:`LocationFilter.species` for a place and week).
+
+    Returns
+    -------
+    list of dict
+        ``{"scientific_name", "english_name", "score"}`` (sigmoid of the logit), best first.
+
+    Raises
+    ------
+    ParameterError
+        ``k < 1`` or a window shorter than BirdNET accepts.
+    """
+    if k < 1:
+        raise ParameterError(f"k must be >= 1, got {k}")
+    device = next(model.parameters()).device
+    scores = torch.sigmoid(model.all_logits(torch.as_tensor(np.asarray(window, np.float32)[None], device=device)))[0].cpu().numpy()
+    labels = birdnet_labels()
+    out = []
+    for i in np.argsort(-scores):
+        if allowed is not None and labels[i][0] not in allowed:
+            continue
+        out.append({"scientific_name": labels[i][0], "english_name": labels[i][1], "score": float(scores[i])})
+        if len(out) == k:
+            break
+    return out
 
 
 class LocationFilter(nn.Module):
