@@ -10,8 +10,8 @@ import streamlit as st
 
 from core.compare import model_recipe
 from core.data import candidate_data_dirs
-from core.models.registry import list_checkpoints, read_model_card
-from ui.common import dataset_status_message, get_dataset, require_model
+from core.models.registry import list_checkpoints
+from ui.common import card_or_none, dataset_status_message, get_dataset, require_model
 
 st.set_page_config(page_title="birdshield", page_icon="🐦", layout="wide")
 
@@ -54,7 +54,10 @@ if name:
 
 rows = []
 for ck in list_checkpoints():
-    c = read_model_card(ck)
+    c = card_or_none(ck)
+    if c is None:
+        st.warning(f"The model card of {ck} is not readable JSON; its metrics are not shown. Restore it or retrain the model.")
+        continue
     m = c.get("metrics", {}).get("test", {})
     if not m:
         continue

@@ -17,7 +17,6 @@ import csv
 import logging
 import os
 import shutil
-import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 
 from core.audio import frame_windows, load_audio
 from core.errors import AudioLoadError, DatasetError
+from core.fileio import atomic_path
 
 __all__ = [
     "DATA_ENV_VAR",
@@ -332,19 +332,12 @@ def download_dataset(
         numeric = rec_id[2:] if rec_id.upper().startswith("XC") else rec_id
         try:
             data = opener(url_template.format(id=numeric))
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
-            os.close(fd)
-            try:
+            with atomic_path(target) as tmp:
                 if target.suffix.lower() == ".flac":
                     clip = load_audio(data, sample_rate=int(row.get("sample_rate") or 32000), name=rec_id)
                     sf.write(tmp, clip.waveform, clip.sample_rate, format="FLAC")
                 else:
-                    Path(tmp).write_bytes(data)
-                os.replace(tmp, target)
-            finally:
-                if os.path.exists(tmp):
-                    os.remove(tmp)
+                    tmp.write_bytes(data)
         except Exception as exc:  # network or decoding failure: report all at the end
             log.warning("download of %s failed: %s", rec_id, exc)
             failed.append(rec_id)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, roc_auc_score, silhouette_score, v_measure_score
 
 from core.errors import ParameterError
+from core.fileio import atomic_path
 
 __all__ = [
     "CACHE_ENV_VAR", "default_cache_dir", "model_fingerprint", "embed", "EmbeddingCache", "EmbeddingSet",
@@ -125,15 +125,8 @@ class EmbeddingCache:
             return None
 
     def save(self, key: str, **arrays: np.ndarray) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{key}.", suffix=".tmp.npz")
-        os.close(fd)
-        try:
+        with atomic_path(self.path(key)) as tmp:  # the temporary name ends in .npz, so np.savez keeps it
             np.savez(tmp, **arrays)
-            os.replace(tmp, self.path(key))
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
 
 
 @dataclass

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -34,7 +33,7 @@ from core import metrics
 from core.attacks.base import Attack, eps_rows_for_snr
 from core.attacks.objectives import take_rows
 from core.errors import ParameterError
-from core.fileio import atomic_write_text
+from core.fileio import atomic_path, atomic_write_text
 
 __all__ = [
     "SweepResult", "run_sweep", "minimal_eps", "sweep_table", "summarize", "sweep_windows", "read_table", "write_table",
@@ -470,21 +469,11 @@ def write_table(df: pd.DataFrame, path: str | os.PathLike) -> None:
     path = Path(path)
     if path.suffix not in (".csv", ".parquet"):
         raise ParameterError(f"sweep table must end in .csv or .parquet, got {path.name!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         if path.suffix == ".csv":
             df.to_csv(tmp, index=False)
         else:
             df.to_parquet(tmp, index=False)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the table the user's usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def read_table(source) -> pd.DataFrame:

@@ -10,7 +10,7 @@ import torch
 from core.attacks import OBJECTIVES
 from core.audio import resample, wav_bytes
 from core.errors import CoreError
-from core.models.registry import list_checkpoints, read_model_card
+from core.models.registry import list_checkpoints
 from core.sweep import (
     CURVE_METRICS,
     attack_from_options,
@@ -22,7 +22,7 @@ from core.sweep import (
     summarize,
     sweep_table,
 )
-from ui.common import clip_picker, get_dataset, get_model
+from ui.common import clip_picker, get_dataset, get_model, model_label
 from ui.plots import METRIC_LABELS, budget_label, robustness_curves
 
 st.set_page_config(page_title="Sweep · birdshield", page_icon="🐦", layout="wide")
@@ -60,7 +60,7 @@ def split_clips(split: str, species: str | None, max_clips: int, sample_rate: in
 
 with st.expander("Set up a sweep", expanded="sweep_result" not in st.session_state):
     models = st.multiselect("Models", names, default=st.session_state.get("sweep_models_value", names[:2]), key="sweep_models",
-                            format_func=lambda n: f"{n} ({read_model_card(n).get('config', {}).get('arch', '?')})")
+                            format_func=model_label)
     st.session_state["sweep_models_value"] = models
     c1, c2, c3, c4, c5 = st.columns(5)
     attack = c1.selectbox("Attack", ["pgd", "bim", "fgsm"], key="sweep_attack",

@@ -8,10 +8,10 @@ import streamlit as st
 
 from core.compare import ZOO, CompareSettings, CompareStore, model_recipe, model_summary, prototype_stability, run_compare
 from core.errors import CoreError
-from core.models.registry import list_checkpoints, read_model_card
+from core.models.registry import list_checkpoints
 from core.shift import summarize_shift
 from core.sweep import parse_float_list, summarize
-from ui.common import dataset_status_message, get_dataset, get_model, model_fingerprint_cached
+from ui.common import card_or_none, dataset_status_message, get_dataset, get_model, model_fingerprint_cached
 from ui.plots import METRIC_LABELS, robustness_curves
 
 st.set_page_config(page_title="Compare models · birdshield", page_icon="🐦", layout="wide")
@@ -29,7 +29,7 @@ if missing:
 default = zoo or available[:2]
 remembered = [m for m in st.session_state.get("cmp_models_saved", default) if m in available]  # a checkpoint may have gone
 models = st.multiselect("Models", available, default=remembered, key="cmp_models",
-                        format_func=lambda n: f"{n} ({' · '.join(model_recipe(n, read_model_card(n)))})")
+                        format_func=lambda n: f"{n} ({' · '.join(model_recipe(n, card_or_none(n)))})")
 st.session_state["cmp_models_saved"] = models
 if not models:
     st.info("Choose at least one model.")
@@ -103,7 +103,7 @@ if result is None:
 # -- summary --------------------------------------------------------------------------------------
 
 summary = model_summary(result)
-cards = {n: read_model_card(n) for n in result.models}
+cards = {n: card_or_none(n) or {} for n in result.models}
 
 
 def training_budget(card: dict) -> str:

@@ -66,3 +66,31 @@ def test_shape_mismatch(tmp_path):
               metadata={"config": json.dumps(cfg)})
     with pytest.raises(CheckpointError, match="shape"):
         load_checkpoint(tmp_path / "s.safetensors")
+
+
+def test_corrupt_card_is_an_error_not_defaults(tiny_model, tmp_path):
+    from core.models.registry import read_model_card
+
+    path = save_checkpoint(tiny_model, tmp_path / "m.safetensors", {"note": "x"})
+    path.with_suffix(".json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not readable JSON"):
+        read_model_card(path)
+    with pytest.raises(CheckpointError, match="not readable JSON"):
+        load_checkpoint(path)
+    path.with_suffix(".json").unlink()
+    assert read_model_card(path) == {}  # no card at all is allowed
+    assert load_checkpoint(path).card == {}
+
+
+def test_card_and_weights_are_a_pair(tmp_path):
+    torch.manual_seed(0)
+    a = build_model(tiny_config("baseline"))
+    torch.manual_seed(1)
+    b = build_model(tiny_config("baseline"))
+    pa = save_checkpoint(a, tmp_path / "a.safetensors", {"note": "a"})
+    pb = save_checkpoint(b, tmp_path / "b.safetensors", {"note": "b"})
+    assert len(json.loads(pa.with_suffix(".json").read_text())["weights_sha256"]) == 64
+    pa.write_bytes(pb.read_bytes())  # a's card now sits beside b's weights
+    with pytest.raises(CheckpointError, match="belongs to other weights"):
+        load_checkpoint(pa)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "a.safetensors", "b.json", "b.safetensors"]  # no temporaries

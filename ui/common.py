@@ -89,6 +89,20 @@ def audio_player(waveform: np.ndarray, sample_rate: int, *, gain: float = 1.0, l
     st.audio(data, format="audio/wav")
 
 
+def card_or_none(name: str) -> dict | None:
+    """A checkpoint's model card, or None when the card exists but is unreadable (pages say so)."""
+    try:
+        return read_model_card(name)
+    except CoreError:
+        return None
+
+
+def model_label(name: str) -> str:
+    """``name (arch)`` for select boxes; an unreadable card is named, not hidden."""
+    card = card_or_none(name)
+    return f"{name} (model card unreadable)" if card is None else f"{name} ({card.get('config', {}).get('arch', '?')})"
+
+
 def model_picker(key: str) -> str | None:
     """Select box of the shipped checkpoints; remembers the choice across pages."""
     names = list_checkpoints()
@@ -100,7 +114,7 @@ def model_picker(key: str) -> str | None:
         current = names[0]
     choice = st.sidebar.selectbox(
         "Model", names, index=names.index(current), key=key,
-        format_func=lambda n: f"{n} ({read_model_card(n).get('config', {}).get('arch', '?')})",
+        format_func=model_label,
     )
     st.session_state["model_name"] = choice
     return choice

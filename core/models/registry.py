@@ -8,6 +8,7 @@ safetensors header metadata) plus ``NAME.json`` beside it, the model card
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field, fields
@@ -18,6 +19,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from core.errors import CheckpointError, ParameterError
+from core.fileio import atomic_path, atomic_write_text
 from core.frontend import FrontendConfig
 from core.models.base import BirdClassifier
 from core.models.convnext import CONVNEXT_BASE, CONVNEXT_SMALL_CPU, BackboneConfig
@@ -169,17 +171,21 @@ def save_checkpoint(model: BirdClassifier, path: str | os.PathLike, card: dict) 
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ParameterError(f"checkpoint path must end in .safetensors, got {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     config_json = json.dumps(model.config.to_dict())
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = path.with_suffix(".safetensors.tmp")
-    save_file(state, str(tmp), metadata={"config": config_json, "format": "birdshield"})
-    os.replace(tmp, path)
-    card = {**card, "config": model.config.to_dict()}
-    tmp_card = path.with_suffix(".json.tmp")
-    tmp_card.write_text(json.dumps(card, indent=2, default=_json_default) + "\n")
-    os.replace(tmp_card, path.with_suffix(".json"))
+    with atomic_path(path) as tmp:  # the weights replace the old ones last, after their card
+        save_file(state, str(tmp), metadata={"config": config_json, "format": "birdshield"})
+        card = {**card, "config": model.config.to_dict(), "weights_sha256": _sha256(tmp)}
+        atomic_write_text(path.with_suffix(".json"), json.dumps(card, indent=2, default=_json_default) + "\n")
     return path
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _json_default(o):
@@ -262,21 +268,35 @@ def load_checkpoint(name_or_path: str | os.PathLike, *, device: torch.device | s
         )
     model.load_state_dict(state, strict=True)
     model.card = read_model_card(path)
+    if "weights_sha256" in model.card and model.card["weights_sha256"] != _sha256(path):
+        raise CheckpointError(f"{path.with_suffix('.json').name} belongs to other weights than {path.name} "
+                              "(an interrupted save?); retrain or restore the pair")
     model.checkpoint_path = path
     return model.to(device or get_device()).eval()
 
 
 def read_model_card(path: str | os.PathLike) -> dict:
-    """The JSON model card beside a checkpoint (empty dict if absent or unreadable); BirdNET's is built in code."""
+    """The JSON model card beside a checkpoint (empty dict if there is none); BirdNET's is built in code.
+
+    Raises
+    ------
+    CheckpointError
+        The card exists but is not readable JSON (never silently replaced by defaults).
+    """
     if str(path) in BUILTIN_MODELS:
         from core.models.birdnet import birdnet_card
 
         return birdnet_card()
     card = resolve_checkpoint(path).with_suffix(".json")
-    try:
-        return json.loads(card.read_text())
-    except (OSError, json.JSONDecodeError):
+    if not card.is_file():
         return {}
+    try:
+        data = json.loads(card.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"model card {card.name} is not readable JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"model card {card.name} is not a JSON object")
+    return data
 
 
 def update_model_card(name_or_path: str | os.PathLike, **fields) -> dict:
@@ -292,9 +312,7 @@ def update_model_card(name_or_path: str | os.PathLike, **fields) -> dict:
     if not card:
         raise ParameterError(f"no readable model card at {path}")
     card.update(fields)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(card, indent=2, default=_json_default) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(card, indent=2, default=_json_default) + "\n")
     return card
 
 
