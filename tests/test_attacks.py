@@ -231,3 +231,13 @@ def test_output_margin_is_threshold_free_top1():
 
     st = obj.prepare(Fixed(), torch.zeros(2, 10), labels=torch.tensor([[0.0, 1.0, 1.0], [1.0, 0.0, 0.0]]))
     assert st["source_class"].tolist() == [1, 0]
+
+
+def test_l2_random_start_is_uniform_in_the_ball():
+    """In n = 3 dimensions a uniform point of the unit ball has P(r < 1/2) = 1/8 (a uniform radius would give 1/2)."""
+    x = torch.rand(4000, 3, generator=torch.Generator().manual_seed(0)) * 0.5  # distinct rows: distinct seeds
+    start = PGD(eps=1.0, norm="l2", steps=1, seed=0).start_noise(x)
+    r = start.norm(dim=1)
+    assert (r <= 1 + 1e-6).all()
+    assert abs(float((r < 0.5).float().mean()) - 0.125) < 0.02
+    assert abs(float((r < 0.8).float().mean()) - 0.512) < 0.03

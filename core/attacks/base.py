@@ -89,8 +89,9 @@ class Attack:
         Step size as a multiple of each clip's eps (``alpha = alpha_ratio * eps``);
         default ``2.5 / steps`` (Madry et al. 2018).
     random_start : bool
-        Start from a random point of the ball (uniform per sample for L-inf; a
-        uniform radius along a Gaussian direction for L2, as torchattacks' PGDL2).
+        Start from a point drawn uniformly in the ball (uniform per sample for
+        L-inf; for L2 a Gaussian direction with radius ``U ** (1 / n)``, which is
+        uniform in the n-ball, Muller 1959; in high dimension it lies near the sphere).
     seed : int in [0, 2**31)
         Seeds the random start, per clip (see :meth:`start_noise`): the same seed
         and clip always give the same adversarial clip, alone or in any batch.
@@ -257,8 +258,8 @@ class Attack:
     def start_noise(self, x: torch.Tensor) -> torch.Tensor | None:
         """Unit random start ``(batch, n_samples)`` (None without random start).
 
-        L-inf: uniform in [-1, 1] per sample; L2: a uniformly drawn radius in [0, 1]
-        times a unit-L2 Gaussian direction. Scaled by each row's eps in :meth:`perturb`.
+        L-inf: uniform in [-1, 1] per sample; L2: uniform in the unit n-ball (a unit-L2
+        Gaussian direction times ``U ** (1 / n)``, ``n = n_samples``; Muller 1959). Scaled by each row's eps in :meth:`perturb`.
         Each row is drawn from a generator seeded by a CRC-32 of ``seed`` and the
         clip's samples, so a clip gets the same start whatever batch it is in.
         """
@@ -273,7 +274,7 @@ class Attack:
                 rows.append(torch.rand(row.shape, generator=gen, dtype=torch.float64) * 2 - 1)
             else:
                 d = torch.randn(row.shape, generator=gen, dtype=torch.float64)
-                r = torch.rand((), generator=gen, dtype=torch.float64)
+                r = torch.rand((), generator=gen, dtype=torch.float64) ** (1.0 / row.numel())
                 rows.append(d / d.norm().clamp_min(1e-12) * r)
         return torch.stack(rows).to(x.device, x.dtype)
 
