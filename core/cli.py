@@ -232,6 +232,26 @@ def cmd_transfer(args) -> int:
     return 0
 
 
+def cmd_embed_metrics(args) -> int:
+    from core.data import open_dataset
+    from core.embeddings import EmbeddingCache, embedding_markdown, embedding_table
+    from core.sweep import write_table
+
+    if args.out and Path(args.out).suffix not in (".csv", ".parquet"):
+        raise ParameterError(f"--out must end in .csv or .parquet, got {args.out}")
+    if args.steps < 1:
+        raise ParameterError(f"--steps must be >= 1, got {args.steps}")
+    models, _, _ = _load_models(args.models, same_rate=False)
+    ds = open_dataset(args.data_dir)
+    t0 = time.time()
+    table = embedding_table(models, ds, split=args.split, eps=args.eps, steps=args.steps, seed=args.seed, cache=EmbeddingCache())
+    if args.out:
+        write_table(table, args.out)
+    print(embedding_markdown(table))
+    print(f"{time.time() - t0:.0f} s" + (f"; table written to {args.out}" if args.out else ""))
+    return 0
+
+
 def cmd_sweep(args) -> int:
     import numpy as np
     from tqdm import tqdm
@@ -511,6 +531,16 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--out", help="also write the table (.csv or .parquet)")
     _add_data_dir(sh)
     sh.set_defaults(func=cmd_shift)
+
+    em = sub.add_parser("embed-metrics", help="cluster and retrieval quality of embeddings, clean and under PGD, per model")
+    em.add_argument("--models", default="baseline,protopnet,birdnet", help="comma-separated model names (rates may differ)")
+    em.add_argument("--split", default="test", choices=["train", "val", "test"])
+    em.add_argument("--eps", type=float, default=1e-4)
+    em.add_argument("--steps", type=int, default=10)
+    em.add_argument("--seed", type=int, default=0)
+    em.add_argument("--out", help="also write the table (.csv or .parquet)")
+    _add_data_dir(em)
+    em.set_defaults(func=cmd_embed_metrics)
 
     tr = sub.add_parser("transfer", help="adversarial segments made on each model, scored by every model, with a random-noise control")
     tr.add_argument("--models", default="birdnet,protopnet,baseline", help="comma-separated model names (rates may differ)")

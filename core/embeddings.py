@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, roc_auc_score, silhouette_score, v_measure_score
@@ -37,7 +38,7 @@ from core.fileio import atomic_path
 
 __all__ = [
     "CACHE_ENV_VAR", "default_cache_dir", "model_fingerprint", "embed", "EmbeddingCache", "EmbeddingSet",
-    "compute_embeddings", "umap_map", "embedding_metrics", "retrieval_roc_auc",
+    "compute_embeddings", "umap_map", "embedding_metrics", "retrieval_roc_auc", "recording_ids", "embedding_table", "embedding_markdown",
 ]
 
 CACHE_ENV_VAR = "BIRDSHIELD_CACHE_DIR"
@@ -292,13 +293,23 @@ def _check_metric(metric: str) -> None:
         raise ParameterError(f"metric must be 'cosine' or 'euclidean', got {metric!r}")
 
 
-def retrieval_roc_auc(embeddings: np.ndarray, labels: Sequence, *, metric: str = "cosine") -> float:
+def retrieval_roc_auc(embeddings: np.ndarray, labels: Sequence, *, metric: str = "cosine", groups: Sequence | None = None) -> float:
     """ROC-AUC of pair similarity for telling same-label pairs from different-label pairs (AVEX).
 
     Every unordered pair of distinct clips is scored by the cosine similarity of
     their embeddings (``metric="cosine"``), or by minus their Euclidean distance
     (``"euclidean"``, for a 2-D map where angles mean nothing); positives are pairs
     with the same label.
+
+    Parameters
+    ----------
+    embeddings : np.ndarray [shape=(n, d)]
+    labels : sequence [shape=(n,)]
+    metric : {"cosine", "euclidean"}
+    groups : sequence [shape=(n,)], optional
+        Source recording of each clip: pairs from the same recording are left out,
+        since two windows of one recording share the recordist, site and individual
+        bird and would make retrieval look easier than recognising a species.
 
     Returns
     -------
@@ -310,6 +321,12 @@ def retrieval_roc_auc(embeddings: np.ndarray, labels: Sequence, *, metric: str =
     if len(x) < 2:
         return float("nan")
     i, j = np.triu_indices(len(x), k=1)
+    if groups is not None:
+        groups = np.asarray(groups)
+        if len(groups) != len(x):
+            raise ParameterError(f"groups must have one entry per clip ({len(x)}), got {len(groups)}")
+        keep = groups[i] != groups[j]
+        i, j = i[keep], j[keep]
     if metric == "cosine":
         x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
         sims = np.einsum("ij,ij->i", x[i], x[j])
@@ -321,7 +338,12 @@ def retrieval_roc_auc(embeddings: np.ndarray, labels: Sequence, *, metric: str =
     return float(roc_auc_score(same, sims))
 
 
-def embedding_metrics(embeddings: np.ndarray, labels: Sequence, *, seed: int = 0, metric: str = "cosine") -> dict:
+def recording_ids(clip_ids: Sequence[str]) -> np.ndarray:
+    """Source recording of each clip id (``XC123@5s`` -> ``XC123``)."""
+    return np.array([str(c).rsplit("@", 1)[0] for c in clip_ids])
+
+
+def embedding_metrics(embeddings: np.ndarray, labels: Sequence, *, seed: int = 0, metric: str = "cosine", groups: Sequence | None = None) -> dict:
     """Cluster and retrieval quality of embeddings against species labels.
 
     KMeans (k = number of distinct labels, 10 restarts, ``random_state=seed``) gives
@@ -336,6 +358,9 @@ def embedding_metrics(embeddings: np.ndarray, labels: Sequence, *, seed: int = 0
         One label per clip (the primary species).
     seed : int
     metric : {"cosine", "euclidean"}
+    groups : sequence [shape=(n,)], optional
+        Source recording of each clip; retrieval ignores pairs from one recording
+        (see :func:`retrieval_roc_auc`).
 
     Returns
     -------
@@ -348,7 +373,7 @@ def embedding_metrics(embeddings: np.ndarray, labels: Sequence, *, seed: int = 0
     labels = np.asarray(labels)
     k = len(np.unique(labels))
     out = {"k": k, "n": len(x), "nmi": np.nan, "ari": np.nan, "v_measure": np.nan, "silhouette": np.nan,
-           "retrieval_roc_auc": retrieval_roc_auc(x, labels, metric=metric)}
+           "retrieval_roc_auc": retrieval_roc_auc(x, labels, metric=metric, groups=groups)}
     if k < 2 or len(x) <= k:
         return out
     clusters = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(x)
@@ -358,3 +383,85 @@ def embedding_metrics(embeddings: np.ndarray, labels: Sequence, *, seed: int = 0
     out["silhouette"] = float(silhouette_score(x, labels, metric=metric))
     out["clusters"] = clusters
     return out
+
+
+def embedding_table(
+    models: dict,
+    dataset,
+    *,
+    split: str = "test",
+    eps: float = 1e-4,
+    steps: int = 10,
+    seed: int = 0,
+    cache: EmbeddingCache | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> pd.DataFrame:
+    """Cluster and retrieval quality of every model's embedding on a split, clean and under PGD.
+
+    Each model embeds every window of the split at its own rate and window length (BirdNET: 3 s at
+    48 kHz), clean and after an L-inf PGD (output-untargeted objective against the true labels,
+    random start seeded per clip); UMAP is fitted on the clean embeddings and the attacked ones
+    are placed with ``transform``.
+
+    Parameters
+    ----------
+    models : dict of name -> BirdClassifier
+    dataset : core.data.Dataset
+    split : {"train", "val", "test"}
+    eps : float > 0 [full-scale amplitude]
+    steps : int >= 1
+    seed : int
+    cache : EmbeddingCache, optional
+    progress : callable, optional
+        ``progress(model_name, done, total)``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per model and ``points`` (clean / attacked): ``n, median_snr_db, nmi, ari, silhouette,
+        retrieval_roc_auc`` (pairs from other recordings only), ``retrieval_roc_auc_all_pairs`` (the
+        old, flattering definition), ``nmi_map, retrieval_roc_auc_map`` (2-D UMAP, Euclidean).
+
+    Raises
+    ------
+    ParameterError
+        eps <= 0, steps < 1, or a split without recordings.
+    """
+    from core.attacks import PGD
+    from core.sweep import dataset_clips
+
+    if not eps > 0:
+        raise ParameterError(f"eps must be > 0, got {eps}")
+    rows = []
+    for name, model in models.items():
+        c = model.config
+        clips = dataset_clips(dataset, split=split, class_names=c.class_names, sample_rate=c.frontend.sample_rate,
+                              window_samples=c.window_samples)
+        emb = compute_embeddings(model, clips, attack=PGD(eps=0.0, steps=steps, seed=seed), eps=eps, cache=cache,
+                                 progress=(lambda st, d, t, name=name: progress(name, d, t)) if progress else None)
+        coords, (adv_coords,) = umap_map(emb.embeddings, extra=[emb.adv_embeddings], seed=seed)
+        primary = np.array([s.split(";")[0] for s in clips.species])
+        groups = recording_ids(clips.clip_ids)
+        for points, e, xy, snr in (("clean", emb.embeddings, coords, np.inf), ("attacked", emb.adv_embeddings, adv_coords, None)):
+            m = embedding_metrics(e, primary, seed=seed, groups=groups)
+            m_map = embedding_metrics(xy, primary, seed=seed, metric="euclidean", groups=groups)
+            rows.append({"model": name, "points": points, "n": m["n"],
+                         "median_snr_db": float(np.median(emb.snr_db)) if snr is None else snr,
+                         "nmi": m["nmi"], "ari": m["ari"], "silhouette": m["silhouette"], "retrieval_roc_auc": m["retrieval_roc_auc"],
+                         "retrieval_roc_auc_all_pairs": retrieval_roc_auc(e, primary),
+                         "nmi_map": m_map["nmi"], "retrieval_roc_auc_map": m_map["retrieval_roc_auc"]})
+    table = pd.DataFrame(rows)
+    table.attrs["settings"] = {"split": split, "eps": eps, "steps": steps, "seed": seed}
+    return table
+
+
+def embedding_markdown(table) -> str:
+    """An :func:`embedding_table` as the README's Markdown table (tests regenerate and compare it)."""
+    lines = ["| model | points | windows | median SNR (dB) | NMI | ARI | silhouette | retrieval ROC-AUC (other recordings) "
+             "| retrieval ROC-AUC (all pairs) | NMI (2-D map) | retrieval ROC-AUC (2-D map) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for _, r in table.iterrows():
+        snr = "inf" if not np.isfinite(r["median_snr_db"]) else f"{r['median_snr_db']:.1f}"
+        lines.append(f"| {r['model']} | {r['points']} | {r['n']} | {snr} | {r['nmi']:.3f} | {r['ari']:.3f} | {r['silhouette']:.3f} | "
+                     f"{r['retrieval_roc_auc']:.3f} | {r['retrieval_roc_auc_all_pairs']:.3f} | {r['nmi_map']:.3f} | {r['retrieval_roc_auc_map']:.3f} |")
+    return "\n".join(lines) + "\n"

@@ -11,7 +11,7 @@ import streamlit as st
 import torch
 
 from core.attacks import make_attack
-from core.embeddings import EmbeddingCache, compute_embeddings, embedding_metrics, umap_map
+from core.embeddings import EmbeddingCache, compute_embeddings, embedding_metrics, recording_ids, umap_map
 from core.errors import CoreError
 from core.metrics import snr_db
 from core.sweep import ClipSet, dataset_clips
@@ -103,13 +103,15 @@ if submitted:
             coords, extra_coords = stored["coords"], [stored[f"extra{i}"] for i in range(len(extra))]
         adv_coords = extra_coords[0] if emb.adv_embeddings is not None else None
         primary = np.array([s.split(";")[0] for s in clips.species])
-        clean_metrics = embedding_metrics(emb.embeddings, primary)
+        recordings = recording_ids(clips.clip_ids)  # retrieval ignores pairs of windows from one recording
+        clean_metrics = embedding_metrics(emb.embeddings, primary, groups=recordings)
         clusters = clean_metrics.pop("clusters", np.zeros(len(primary), int))
         rows = [{"points": "clean", "space": "embedding", **clean_metrics},
-                {"points": "clean", "space": "UMAP 2-D", **embedding_metrics(coords, primary, metric="euclidean")}]
+                {"points": "clean", "space": "UMAP 2-D", **embedding_metrics(coords, primary, metric="euclidean", groups=recordings)}]
         if adv_coords is not None:
-            rows += [{"points": "adversarial", "space": "embedding", **embedding_metrics(emb.adv_embeddings, primary)},
-                     {"points": "adversarial", "space": "UMAP 2-D", **embedding_metrics(adv_coords, primary, metric="euclidean")}]
+            rows += [{"points": "adversarial", "space": "embedding", **embedding_metrics(emb.adv_embeddings, primary, groups=recordings)},
+                     {"points": "adversarial", "space": "UMAP 2-D",
+                      **embedding_metrics(adv_coords, primary, metric="euclidean", groups=recordings)}]
         bar.empty()
         st.session_state["emb_result"] = {
             "settings": settings, "clips": clips, "emb": emb, "coords": coords, "adv_coords": adv_coords,

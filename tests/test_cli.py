@@ -200,3 +200,10 @@ def test_sweep_bad_extension_writes_nothing(data_dir, tmp_path):
     r = run("sweep", "--models", "baseline", "--epsilons", "1e-3", "--max-clips", "1", "--steps", "1", "--out", str(tmp_path / "x.txt"))
     assert r.returncode == 2 and ".csv or .parquet" in r.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_embed_metrics_bad_options(tmp_path):
+    r = run("embed-metrics", "--models", "baseline", "--out", str(tmp_path / "m.txt"))
+    assert r.returncode == 2 and ".csv or .parquet" in r.stderr and "Traceback" not in r.stderr
+    r = run("embed-metrics", "--models", "baseline", "--eps", "0")
+    assert r.returncode == 2 and "eps must be > 0" in r.stderr

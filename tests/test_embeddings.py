@@ -105,3 +105,26 @@ def test_umap_transform_places_a_clip_next_to_itself():
         umap_map(x[:3])
     with pytest.raises(ParameterError, match="extra"):
         umap_map(x, extra=[np.zeros((2, 3))])
+
+
+def test_retrieval_leaves_out_pairs_from_one_recording():
+    """Windows of one recording are near-duplicates; counted as positives they flatter retrieval."""
+    from core.embeddings import recording_ids, retrieval_roc_auc
+
+    rng = np.random.default_rng(0)
+    recs = [f"XC{i}" for i in range(12)]
+    species = np.array(["a", "b", "c"] * 4)
+    x, labels, clip_ids = [], [], []
+    for rec, sp in zip(recs, species):
+        v = rng.standard_normal(16)  # each recording its own random point: species carry no signal
+        for w in range(4):
+            x.append(v + 0.01 * rng.standard_normal(16))
+            labels.append(sp)
+            clip_ids.append(f"{rec}@{5 * w}s")
+    x, labels = np.array(x), np.array(labels)
+    groups = recording_ids(clip_ids)
+    assert list(groups[:5]) == ["XC0"] * 4 + ["XC1"]
+    assert retrieval_roc_auc(x, labels) > 0.57  # the same-recording pairs (20 % of positives) alone lift it to about 0.6
+    assert abs(retrieval_roc_auc(x, labels, groups=groups) - 0.5) < 0.1  # honest: chance
+    with pytest.raises(ParameterError, match="one entry per clip"):
+        retrieval_roc_auc(x, labels, groups=groups[:-1])

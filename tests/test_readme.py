@@ -42,3 +42,12 @@ def test_transfer_table_is_the_stored_tables():
         parts.append(transfer_markdown(transfer_summary(t), float(eps)))
     expected = parts[0] + "".join(p.split("\n", 2)[2] for p in parts[1:])
     assert block("birdnet-transfer") == expected
+
+
+def test_embedding_table_is_the_stored_one():
+    from core.embeddings import embedding_markdown
+
+    t = pd.read_csv(ROOT / "assets" / "embeddings" / "metrics_test_eps1e-4.csv")
+    assert set(t["model"]) == {"baseline", "protopnet", "birdnet"} and set(t["points"]) == {"clean", "attacked"}
+    assert (t["retrieval_roc_auc"] <= t["retrieval_roc_auc_all_pairs"] + 1e-9).all()  # same-recording pairs flattered it
+    assert block("embeddings") == embedding_markdown(t)
