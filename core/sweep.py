@@ -361,7 +361,7 @@ def sweep_table(
 ) -> pd.DataFrame:
     """Tidy rows, one per (eps, clip), clean rows (budget ``None``/eps 0) first.
 
-    Columns: ``model, attack, norm, objective, steps, seed, budget_kind, budget, clip,
+    Columns: ``model, attack, norm, objective, steps, seed, success_definition, budget_kind, budget, clip,
     eps, success, objective_value, prs, drs, tars, snr_db, db_x, linf, l2``, one
     ``score:<class>`` column per class and, with labels, one ``label:<class>`` column.
     Clean rows have ``budget_kind == "clean"`` and carry the clean scores.
@@ -378,7 +378,7 @@ def sweep_table(
         raise ParameterError(f"labels must be ({batch}, {len(class_names)}), got {np.shape(labels)}")
     info = {
         "model": model, "attack": attack.name, "norm": attack.norm, "objective": attack.objective.name,
-        "steps": attack.steps, "seed": attack.seed,
+        "steps": attack.steps, "seed": attack.seed, "success_definition": attack.objective.success_definition,
     }
     clean = pd.DataFrame({
         **info, "budget_kind": "clean", "budget": np.nan, "clip": list(clip_ids), "eps": 0.0, "success": result.clean_success,
@@ -426,6 +426,8 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     for key, g in df.groupby(keys, dropna=False, sort=False):
         row = dict(zip(keys, key))
         row["n_clips"] = int(g["clip"].nunique())
+        if "success_definition" in g:  # tables written before it existed lack it
+            row["success_definition"] = str(g["success_definition"].iloc[0])
         if has_labels and row["n_clips"] >= 2:  # AP over a single clip is 1 whatever the score: not a metric
             cls = metrics.classification_metrics(g[[f"score:{c}" for c in classes]].to_numpy(), g[[f"label:{c}" for c in classes]].to_numpy())
             row |= {k: cls[k] for k in ("cmap", "roc_auc", "top1")}

@@ -12,7 +12,7 @@ from core.models.registry import list_checkpoints
 from core.shift import summarize_shift
 from core.sweep import parse_float_list, summarize
 from ui.common import card_or_none, dataset_status_message, get_dataset, get_model, model_fingerprint_cached
-from ui.plots import METRIC_LABELS, robustness_curves
+from ui.plots import METRIC_LABELS, robustness_curves, success_note
 
 st.set_page_config(page_title="Compare models · birdshield", page_icon="🐦", layout="wide")
 st.title("Compare models: ordinary vs adversarial training")
@@ -144,7 +144,7 @@ with tab_rob:
     st.plotly_chart(robustness_curves(rob, metric, height=420), width="stretch", key="cmp_rob_fig")
     st.caption(f"PGD-{result.settings.steps}, L-inf, output-space untargeted (maximises the BCE loss against the true labels), "
                f"{rob['n_clips'].max()} windows per model."
-               + ("".join(f" {n}: trained at {b}." for n, b in budgets.items() if b)))
+               + ("".join(f" {n}: trained at {b}." for n, b in budgets.items() if b)) + " " + success_note(rob))
     st.download_button("Per-clip table (CSV)", result.robustness.to_csv(index=False).encode(), "compare_robustness.csv", "text/csv",
                        key="cmp_dl_rob")
 
@@ -156,7 +156,7 @@ with tab_tgt:
     st.caption("Each clip is pulled towards the feature map of a clip of another species (PGD on the spatial-wise cosine "
                "similarity). DRS compares the representation (prototype activations for AudioProtoPNet, the pooled embedding "
                "otherwise) with the target's; TARS combines PRS and DRS (Heinrich et al. 2023); 1 means unchanged, 0 fully moved. "
-               "Success: the top-1 class became the target clip's.")
+               + success_note(tg))
     st.download_button("Per-clip table (CSV)", result.targeted.to_csv(index=False).encode(), "compare_targeted.csv", "text/csv",
                        key="cmp_dl_tgt")
 

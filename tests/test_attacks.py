@@ -241,3 +241,21 @@ def test_l2_random_start_is_uniform_in_the_ball():
     assert (r <= 1 + 1e-6).all()
     assert abs(float((r < 0.5).float().mean()) - 0.125) < 0.02
     assert abs(float((r < 0.8).float().mean()) - 0.512) < 0.03
+
+
+def test_success_is_top1_not_a_score_threshold():
+    """Uncalibrated scores: a set change at 0.5 is not success; a top-1 change is, whatever the scores."""
+    from core.models.base import ModelOutput
+
+    def out(logits):
+        return ModelOutput(logits=torch.tensor(logits), embedding=torch.zeros(1, 2), feature_map=torch.zeros(1, 1, 1, 1))
+
+    state = {"clean_top1": torch.tensor([0]), "clean_pred": torch.tensor([[1.0, 0.0, 0.0]])}
+    obj = OutputUntargeted()
+    assert obj.success_definition == "top-1 species changed"
+    assert not obj._success(out([[3.0, 2.0, 1.0]]), state)  # two more species above 0.5, same top-1
+    assert obj._success(out([[-3.0, -2.0, -4.0]]), state)  # nothing above 0.5 but the top-1 moved
+    add, remove = OutputTargeted(1, "add"), OutputTargeted(0, "remove")
+    assert add._success(out([[-1.0, -0.5, -2.0]]), state)  # ranked first at a score of 0.38
+    assert not add._success(out([[2.0, 1.5, -2.0]]), state)  # above 0.5 but not first
+    assert remove._success(out([[0.9, 1.0, 0.0]]), state) and not remove._success(out([[0.1, 0.0, -1.0]]), state)

@@ -116,3 +116,11 @@ def robustness_curves(summary, metric: str, *, height: int = 320) -> go.Figure:
     fig.update_layout(title=METRIC_LABELS.get(metric, metric), height=height, margin=dict(l=10, r=10, t=40, b=10),
                       legend=dict(orientation="h", y=-0.3), colorway=px.colors.qualitative.D3)
     return fig
+
+
+def success_note(summary) -> str:
+    """"Attack success: ..." naming the definition of each objective in a :func:`core.sweep.summarize` table."""
+    if "success_definition" not in summary or summary["success_definition"].isna().all():
+        return "Attack success: as defined by the sweep that wrote this table (an old table without its definition)."
+    pairs = summary[["objective", "success_definition"]].dropna().drop_duplicates()
+    return "Attack success (no score threshold): " + "; ".join(f"{o}: {d}" for o, d in pairs.itertuples(index=False)) + "."

@@ -25,8 +25,11 @@ Robustness scores (:func:`core.metrics.prs`, :func:`~core.metrics.drs`,
   AudioProtoPNet and the pooled embedding for other models.
 - Untargeted output/embedding attacks have no ``t``: DRS and TARS are NaN.
 
-Success is "the predicted label set changed" (untargeted output and embedding
-attacks) or "the target was reached" (see each class).
+Success never depends on a score threshold (the models' scores are not
+calibrated: an asymmetric-loss AudioProtoPNet scores absent species around 0.4):
+it is "the top-1 species changed" for untargeted output and embedding attacks,
+and "the target is ranked first" for targeted ones (see each class's
+``success_definition``, which sweep tables and pages show beside the rate).
 """
 
 from __future__ import annotations
@@ -114,6 +117,8 @@ class Objective:
     name = "objective"
     space = "output"
     targeted = False
+    #: What counts as a successful attack, in words (shown with every success rate).
+    success_definition = "top-1 species changed"
 
     def describe(self) -> dict:
         """JSON-ready settings."""
@@ -139,6 +144,7 @@ class Objective:
         state = {
             "clean_logits": out.logits,
             "clean_pred": pred,
+            "clean_top1": out.logits.argmax(-1),
             "labels": pred.clone() if labels is None else labels.to(out.logits.dtype),
             "clean_representation": _representation(out),
         }
@@ -168,7 +174,7 @@ class Objective:
         raise NotImplementedError
 
     def _success(self, out, state) -> torch.Tensor:
-        return (predicted_sets(out.logits) != state["clean_pred"]).any(-1)
+        return out.logits.argmax(-1) != state["clean_top1"]
 
     def _drs_loss(self, out, state) -> torch.Tensor:
         return _nan(out.logits.shape[0], out.logits)
@@ -195,7 +201,7 @@ class Objective:
 class OutputUntargeted(Objective):
     """Maximise the multi-label BCE against ``y`` (true labels, or the clean prediction).
 
-    Success: the predicted label set differs from the clean one.
+    Success: the top-1 species differs from the clean one.
     """
 
     name = "output-untargeted"
@@ -224,6 +230,7 @@ class OutputMargin(Objective):
     """
 
     name = "output-margin"
+    success_definition = "top-1 is not the source species (clean top-1, or its top labelled species)"
 
     def _prepare(self, model, x, out, state):
         logits = out.logits
@@ -259,7 +266,8 @@ class OutputTargeted(Objective):
 
     The target label set ``t`` is the clean prediction with ``class_index`` set to 1
     (add) or 0 (remove); the attack minimises the BCE to ``t`` (maximises its negative),
-    so the other species are kept. Success: the class's score crosses 0.5.
+    so the other species are kept. Success, by rank: the class becomes the top-1
+    species (add) or is no longer it (remove).
 
     Parameters
     ----------
@@ -296,9 +304,13 @@ class OutputTargeted(Objective):
     def _value(self, out, state):
         return -multilabel_loss(out.logits, state["target"])
 
+    @property
+    def success_definition(self) -> str:
+        return "target species ranked first" if self.mode == "add" else "target species no longer ranked first"
+
     def _success(self, out, state):
-        present = torch.sigmoid(out.logits[:, self.class_index]) >= 0.5
-        return present if self.mode == "add" else ~present
+        first = out.logits.argmax(-1) == self.class_index
+        return first if self.mode == "add" else ~first
 
     def _drs_loss(self, out, state):
         return multilabel_loss(out.logits, state["target"])
@@ -309,7 +321,7 @@ class EmbeddingUntargeted(_EmbeddingSpace, Objective):
 
     The feature map is :meth:`~core.models.base.BirdClassifier.forward_features`
     (after the add-on layer for AudioProtoPNet); for BirdNET the 1,024-d embedding
-    (see :class:`_EmbeddingSpace`). Success: the predicted label set changed.
+    (see :class:`_EmbeddingSpace`). Success: the top-1 species changed.
     """
 
     name = "embedding-untargeted"
@@ -344,6 +356,7 @@ class EmbeddingTargeted(_EmbeddingSpace, Objective):
     name = "embedding-targeted"
     space = "embedding"
     targeted = True
+    success_definition = "top-1 equals the target clip's top-1"
 
     def __init__(self, target_waveform: torch.Tensor) -> None:
         t = torch.as_tensor(target_waveform)
@@ -410,6 +423,7 @@ class PrototypeSuppress(_PrototypeObjective):
     """
 
     name = "prototype-suppress"
+    success_definition = "none of the suppressed prototypes is the most activated"
 
     def __init__(self, k: int = 3) -> None:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -452,6 +466,7 @@ class PrototypeActivate(_PrototypeObjective):
     """
 
     name = "prototype-activate"
+    success_definition = "the chosen prototype is the most activated"
 
     def __init__(self, prototype_index: int) -> None:
         if isinstance(prototype_index, bool) or not isinstance(prototype_index, int) or prototype_index < 0:
