@@ -448,10 +448,15 @@ def card_robustness(result: CompareResult, name: str) -> dict:
 # -- disk store ---------------------------------------------------------------------------------
 
 
+#: Bumped whenever what a stored comparison means changes (2: attack success by top-1 rank, not a 0.5 score cut-off);
+#: results of another schema are never shown.
+STORE_SCHEMA = 2
+
+
 def _key(settings: CompareSettings, fingerprints: dict) -> str:
     from core.embeddings import EmbeddingCache
 
-    return EmbeddingCache.key("compare-v1", settings.to_dict(), sorted(fingerprints.items()))
+    return EmbeddingCache.key(f"compare-v{STORE_SCHEMA}", settings.to_dict(), sorted(fingerprints.items()))
 
 
 class CompareStore:
@@ -527,7 +532,7 @@ class CompareStore:
                 getattr(result, name).to_parquet(tmp / f"{name}.parquet", index=False)
             if result.claims is not None:
                 result.claims.to_parquet(tmp / "claims.parquet", index=False)
-            meta = {"settings": result.settings.to_dict(), "fingerprints": result.fingerprints, "seconds": result.seconds,
+            meta = {"schema": STORE_SCHEMA, "settings": result.settings.to_dict(), "fingerprints": result.fingerprints, "seconds": result.seconds,
                     "info": result.info, "created": time.strftime("%Y-%m-%d %H:%M")}
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
             umask = os.umask(0)
@@ -545,6 +550,8 @@ class CompareStore:
     def _read(path: Path) -> CompareResult | None:
         try:
             meta = json.loads((path / "meta.json").read_text())
+            if meta.get("schema", 1) != STORE_SCHEMA:
+                return None  # measured with other definitions (e.g. success at a 0.5 cut-off)
             tables = {name: pd.read_parquet(path / f"{name}.parquet") for name in CompareResult.TABLES}
             claims = pd.read_parquet(path / "claims.parquet") if (path / "claims.parquet").is_file() else None
             return CompareResult(settings=CompareSettings.from_dict(meta["settings"]), fingerprints=meta["fingerprints"],
