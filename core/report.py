@@ -62,7 +62,7 @@ def minimal_eps_markdown(table: pd.DataFrame, labels: dict[str, str] | None = No
     for m, g in table.groupby("model", sort=False):
         f = g[g["found"].astype(str).str.lower().isin(("true", "1"))]
         q1, med, q3 = np.quantile(f["min_eps"], [0.25, 0.5, 0.75]) if len(f) else (np.nan,) * 3
-        lines.append(f"| {labels.get(m, m)} | {len(g)} | {len(f)} | {med:.2g} | {q1:.2g}-{q3:.2g} | {np.median(f['snr_db']):.1f} |")
+        lines.append(f"| {labels.get(m, m)} | {len(g)} | {len(f)} | {med:.2g} | {q1:.2g} to {q3:.2g} | {np.median(f['snr_db']):.1f} |")
     return "\n".join(lines) + "\n"
 
 

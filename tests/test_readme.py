@@ -51,3 +51,18 @@ def test_embedding_table_is_the_stored_one():
     assert set(t["model"]) == {"baseline", "protopnet", "birdnet"} and set(t["points"]) == {"clean", "attacked"}
     assert (t["retrieval_roc_auc"] <= t["retrieval_roc_auc_all_pairs"] + 1e-9).all()  # same-recording pairs flattered it
     assert block("embeddings") == embedding_markdown(t)
+
+
+def test_robustness_tables_are_the_stored_sweeps():
+    from core.report import minimal_eps_markdown, robustness_markdown, targeted_markdown
+
+    rob = ROOT / "assets" / "robustness"
+    labels = {"baseline": "baseline", "protopnet": "AudioProtoPNet"}
+    whole = read_table(rob / "sweep_test_pgd10.csv")
+    assert whole["clip"].nunique() == 258 and set(whole["success_definition"]) == {"top-1 species changed"}
+    assert block("robustness-sweep") == robustness_markdown(whole, ["baseline", "protopnet"], labels)
+    assert block("robustness-minimal-eps") == minimal_eps_markdown(pd.read_csv(rob / "minimal_eps_40_min_eps.csv"), labels)
+    tables = {"output-targeted: make Great Tit appear, eps 1e-3": read_table(rob / "targeted_parmaj_add.csv"),
+              "embedding-targeted: towards XC215926 (Sedge Warbler), eps 1e-3": read_table(rob / "targeted_embedding_XC215926.csv"),
+              "prototype-suppress (k = 3), eps 1e-3": read_table(rob / "prototype_suppress_k3.csv")}
+    assert block("robustness-targeted") == targeted_markdown(tables, labels)
