@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import streamlit as st
+import torch
 
 from core.errors import CoreError
 from core.models.birdnet import top_species
@@ -18,7 +19,7 @@ from ui.common import (
     location_filter,
     require_model,
 )
-from ui.plots import add_box, logmel_db, score_bars, similarity_overlay, spectrogram_figure
+from ui.plots import add_box, birdnet_input_figure, logmel_db, score_bars, similarity_overlay, spectrogram_figure
 
 st.set_page_config(page_title="Clip · birdshield", page_icon="🐦", layout="wide")
 st.title("Clip: listen, predict, explain")
@@ -55,6 +56,16 @@ with right:
     st.dataframe(pd.DataFrame({"species": [display(names[i]) for i in top], "score": scores[top].round(3)}), hide_index=True)
 
 if cfg.arch == "birdnet":
+    st.subheader("What BirdNET sees")
+    st.caption("BirdNET's own input layer: the window scaled to [-1, 1], two mel spectrograms of the real part of the STFT "
+               "(0-3 kHz with n_fft 2048; 0.5-15 kHz with n_fft 1024), compressed by learned powers. Gradients flow through it "
+               "to the waveform, which is how BirdNET can be attacked white-box.")
+    with torch.no_grad():
+        bn_spec = model.frontend(torch.as_tensor(res.windows[:1], device=next(model.parameters()).device))[0].cpu().numpy()
+    b1, b2 = st.columns(2)
+    for col, ch, name_ in ((b1, 0, "low band (0-3 kHz)"), (b2, 1, "high band (0.5-15 kHz)")):
+        col.plotly_chart(birdnet_input_figure(bn_spec[ch], model.frontend.band_hz[ch], model.frontend.frame_steps[ch],
+                                              fe.sample_rate, title=name_), key=f"clip_bn_spec_{ch}")
     with st.expander("BirdNET over all its 6,522 species (optionally only those expected at a place and week)"):
         st.caption("The scores above are restricted to the dataset's species. BirdNET itself knows 6,522; its occurrence "
                    "model (as BirdNET-Analyzer's species filter) keeps those expected at a latitude, longitude and week.")

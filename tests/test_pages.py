@@ -309,6 +309,7 @@ def test_clip_and_attack_pages_with_birdnet(data_dir):
     assert not at.error
     assert any("CC BY-NC-SA 4.0" in c.value for c in at.sidebar.caption)
     assert any("black-box" in i.value for i in at.info)  # no prototypes: said, not crashed
+    assert any(s.value == "What BirdNET sees" for s in at.subheader)  # its own two-channel input, drawn
     top = at.dataframe[-1].value  # BirdNET over all its species
     assert len(top) == 10 and top["score"].is_monotonic_decreasing
     at.checkbox(key="clip_bn_loc").check().run()

@@ -124,3 +124,19 @@ def success_note(summary) -> str:
         return "Attack success: as defined by the sweep that wrote this table (an old table without its definition)."
     pairs = summary[["objective", "success_definition"]].dropna().drop_duplicates()
     return "Attack success (no score threshold): " + "; ".join(f"{o}: {d}" for o, d in pairs.itertuples(index=False)) + "."
+
+
+def birdnet_input_figure(spec: np.ndarray, band_hz: np.ndarray, hop_length: int, sample_rate: int, *, title: str,
+                         height: int = 260) -> go.Figure:
+    """One channel of BirdNET's own input (compressed mel magnitude, row 0 = highest band), low bands at the bottom."""
+    z = spec[::-1]
+    f = band_hz[::-1]
+    t = np.arange(z.shape[1]) * hop_length / sample_rate
+    fig = go.Figure(go.Heatmap(z=z, x=t, y=np.arange(len(f)), colorscale="Viridis", colorbar=dict(title="(mel)^0.2"),
+                               customdata=np.repeat(f[:, None], len(t), 1),
+                               hovertemplate="t %{x:.2f} s<br>f %{customdata:.0f} Hz<br>%{z:.2f}<extra></extra>"))
+    ticks = np.linspace(0, len(f) - 1, 6).astype(int)
+    fig.update_yaxes(title="frequency (Hz, mel scale)", tickvals=ticks, ticktext=[f"{f[i]:.0f}" for i in ticks])
+    fig.update_xaxes(title="time (s)")
+    fig.update_layout(title=title, height=height, margin=dict(l=10, r=10, t=40, b=10))
+    return fig

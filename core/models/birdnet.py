@@ -193,12 +193,15 @@ class BirdNETSpectrogram(nn.Module):
         self.norm_center = float(file.constant(r"^model/MEL_SPEC1/Sub_1/y$"))
         self.norm_scale = float(file.constant(r"^model/MEL_SPEC1/Mul/y$"))
         self.frame_lengths, self.frame_steps, self.powers = [], [], []
+        self.band_hz: list[np.ndarray] = []
         for c, tag in enumerate(("MEL_SPEC1", "MEL_SPEC2")):
             self.frame_lengths.append(int(file.constant(rf"^model/{tag}/stft/frame_length$")))
             self.frame_steps.append(int(file.constant(rf"^model/{tag}/stft/frame_step$")))
             self.powers.append(float(file.constant(rf"^model/{tag}/truediv_1$")))
             window = file.constant(rf"^model/{tag}/stft/hann_window/sub_2$").astype(np.float64)
             mel = file.constant(rf"^model/{tag}/Tensordot/MatMul$").astype(np.float64)
+            # centre frequency [Hz] of each band, in the output's row order (flipped: row 0 = highest)
+            self.band_hz.append((mel.argmax(1) * BIRDNET_SAMPLE_RATE / len(window))[::-1].copy())
             self.register_buffer(f"kernel{c}", torch.from_numpy(_mel_real_kernel(window, mel)), persistent=False)
         concat = file.operators[file.producer(file.find_tensor(r"^model/concatenate/concat$").index)]
         order = [file.tensors[i].name.split("/")[1] for i in concat.inputs]
