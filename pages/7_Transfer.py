@@ -77,6 +77,7 @@ if result:
         fig = go.Figure(go.Heatmap(z=z, x=names, y=names, zmin=0, zmax=1, colorscale="Reds", text=np.round(z, 2), texttemplate="%{text}",
                                    colorbar=dict(title="share")))
         fig.update_layout(title=title, xaxis_title="scored by (target)", yaxis_title="made on (source)", height=360, margin=dict(t=50, b=40))
+        fig.update_yaxes(autorange="reversed")  # the white-box diagonal runs from top left to bottom right
         holder.plotly_chart(fig, key=f"tr_heat_{col}")
     snr = summary.groupby("source")["median_snr_db"].first()
     st.caption(f"{int(summary['segments'].iloc[0])} recordings, eps {result['settings'].eps:g}; median SNR of the perturbation per "
