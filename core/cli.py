@@ -397,11 +397,12 @@ def cmd_compare(args) -> int:
             print(result.claims[["key", "ours", "ci_low", "ci_high", "verdict", "size", "detail"]].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     if args.update_cards:
         from core.compare import card_robustness
-        from core.models.registry import update_model_card
+        from core.models.registry import BUILTIN_MODELS, update_model_card
 
-        for name in result.models:
+        ours = [n for n in result.models if n not in BUILTIN_MODELS]  # BirdNET's card is built in code, never written
+        for name in ours:
             update_model_card(name, robustness=card_robustness(result, name))
-        print(f"model cards updated: {', '.join(result.models)}")
+        print(f"model cards updated: {', '.join(ours)}")
     return 0
 
 

@@ -307,6 +307,8 @@ def update_model_card(name_or_path: str | os.PathLike, **fields) -> dict:
     ParameterError
         No checkpoint, or no readable card, under that name.
     """
+    if str(name_or_path) in BUILTIN_MODELS:
+        raise ParameterError(f"{name_or_path} has no model card of ours to update (its weights are not ours)")
     path = resolve_checkpoint(name_or_path).with_suffix(".json")
     card = read_model_card(name_or_path)
     if not card:
