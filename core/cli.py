@@ -361,7 +361,7 @@ def cmd_compare(args) -> int:
         epsilons=_float_list(args.epsilons, "--epsilons"), target_epsilons=_float_list(args.target_epsilons, "--target-epsilons"),
         steps=args.steps, seed=args.seed,
     )
-    models, _, _ = _load_models(args.models or ",".join(ZOO))
+    models, _, _ = _load_models(args.models or ",".join(ZOO), same_rate=False)  # run_compare groups models by window
     dataset = open_dataset(args.data_dir)
     store = CompareStore(args.out) if args.out else CompareStore()
     from core.embeddings import model_fingerprint
