@@ -171,7 +171,7 @@ class CompareResult:
         return list(self.fingerprints)
 
     def subset(self, names) -> "CompareResult":
-        """The same result restricted to some of its models (the paper check is dropped: it needs them all).
+        """The same result restricted to some of its models (the paper check is kept only if every zoo model stays).
 
         Raises
         ------
@@ -186,8 +186,10 @@ class CompareResult:
             return self
         tables = {t: getattr(self, t) for t in self.TABLES}
         tables = {t: df[df["model"].isin(names)].reset_index(drop=True) if "model" in df.columns else df for t, df in tables.items()}
+        # the paper check concerns only the zoo: it stays valid for any subset that keeps every zoo model it had
+        zoo_kept = all(n in names for n in self.models if n in ZOO)
         return CompareResult(settings=self.settings, fingerprints={n: self.fingerprints[n] for n in names},
-                             seconds=self.seconds, info=self.info, claims=None, **tables)
+                             seconds=self.seconds, info=self.info, claims=self.claims if zoo_kept else None, **tables)
 
 
 def _progress(progress, stage: str, done: int, total: int) -> None:
