@@ -91,7 +91,7 @@ def test_every_operator_matches_tflite(model, real_windows):
 
     With ``preserve_all_tensors`` TFLite still reuses a few buffers (the sigmoid of each swish and the
     squeeze-excitation convolutions feeding it, and the spectrogram scaling fused into the next add):
-    those are checked through the op that consumes them; at least 150 of the 263 tensors are compared (156 in V2.4).
+    those are checked through the op that consumes them; at least 150 of the 241 backbone tensors are compared (156 in V2.4).
     """
     it = interpreter(birdnet_files()["model"], preserve=True)
     it.set_tensor(it.get_input_details()[0]["index"], real_windows[:1])
