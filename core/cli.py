@@ -47,7 +47,8 @@ def cmd_train(args) -> int:
     cfg = TrainConfig(seed=args.seed)
     # AudioProtoPNet uses the asymmetric loss of the paper; the baseline trains far faster with BCE here
     cfg = replace(cfg, loss="asl" if config.arch == "protopnet" else "bce")
-    keys = ("epochs", "warm_epochs", "last_layer_epochs", "batch_size", "lr", "loss", "adv", "adv_eps", "adv_snr_db", "adv_steps", "adv_beta", "awp_gamma",
+    keys = ("epochs", "warm_epochs", "last_layer_epochs", "batch_size", "lr", "loss", "adv", "adv_eps", "adv_snr_db", "adv_steps", "adv_random_start",
+            "adv_alpha_ratio", "adv_beta", "awp_gamma",
             "awp_warmup")
     overrides = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     cfg = replace(cfg, **overrides)
@@ -455,7 +456,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--adv", choices=["none", "at-o", "at-e"], help="adversarial training: output space (at-o) or embedding space (at-e)")
     t.add_argument("--adv-eps", type=float, help="L-inf budget of the training perturbations, full-scale amplitude (default 1e-4)")
     t.add_argument("--adv-snr", dest="adv_snr_db", type=float, help="budget as a target SNR in dB per clip instead of --adv-eps")
-    t.add_argument("--adv-steps", type=int, help="1 = FGSM (default); more = PGD steps")
+    t.add_argument("--adv-steps", type=int, help="1 = FGSM-RS (default; FGSM with --adv-no-random-start); more = PGD steps")
+    t.add_argument("--adv-no-random-start", dest="adv_random_start", action="store_false", default=None,
+                   help="start from the clean waveform (plain FGSM; known to overfit catastrophically, Wong et al. 2020)")
+    t.add_argument("--adv-alpha-ratio", type=float, help="step size / eps (default 1.25 for FGSM-RS, 2.5/steps for PGD)")
     t.add_argument("--adv-beta", type=float, help="weight of the TRADES-style adversarial term (default 1)")
     t.add_argument("--awp-gamma", type=float, help="adversarial weight perturbation, relative size (e.g. 0.005; default 0 = off)")
     t.add_argument("--awp-warmup", type=int, help="epochs of each phase before AWP starts (default 1)")

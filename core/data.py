@@ -3,8 +3,15 @@
 A dataset directory holds ``manifest.csv`` with at least the columns ``path``
 (relative to the directory), ``labels`` (``;``-separated class codes) and
 ``split`` (``train``/``val``/``test``), and optionally ``secondary_labels``,
-``recording_id``, ``duration_s`` and a ``species.csv`` (``species_code``,
+``recording_id``, ``duration_s``, ``recordist`` and a ``species.csv`` (``species_code``,
 ``scientific_name``, ``english_name``) that fixes the class list and its order.
+
+Split schemes: ``recordist`` (the default) re-draws train/val/test so that no
+recordist appears in two splits (:func:`recordist_split`); a test split that
+shares recordists with training rewards models that learn a person's recorder,
+microphone and site instead of the species. ``manifest`` keeps the manifest's
+``split`` column (for xc9: split by recording only; 21 of its 47 test recordings
+share a recordist with training).
 
 Labels are weak (the species is somewhere in the recording), so every 5 s
 window inherits its recording's labels; windows never cross splits because the
@@ -14,6 +21,7 @@ split is a property of the recording.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import os
 import shutil
@@ -33,6 +41,8 @@ __all__ = [
     "DEFAULT_DATASET",
     "Recording",
     "Dataset",
+    "SPLIT_SCHEMES",
+    "recordist_split",
     "candidate_data_dirs",
     "find_data_dir",
     "open_dataset",
@@ -53,6 +63,79 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_MANIFEST_DIR = REPO_ROOT / "assets" / DEFAULT_DATASET
 REQUIRED_COLUMNS = ("path", "labels", "split")
 SPLITS = ("train", "val", "test")
+#: How train/val/test are assigned (see the module docstring).
+SPLIT_SCHEMES = ("recordist", "manifest")
+#: Seed and fold count of the recordist-disjoint split (fold 0 = test, fold 1 = val).
+RECORDIST_SPLIT_SEED = 0
+RECORDIST_SPLIT_FOLDS = 5
+
+
+def recordist_split(
+    recording_ids: Sequence[str],
+    primary_labels: Sequence[str],
+    recordists: Sequence[str | None],
+    *,
+    n_folds: int = RECORDIST_SPLIT_FOLDS,
+    seed: int = RECORDIST_SPLIT_SEED,
+    n_tries: int = 20,
+) -> dict[str, str]:
+    """Train/val/test assignment in which no recordist appears in two splits.
+
+    ``sklearn.model_selection.StratifiedGroupKFold`` (groups = recordist, strata =
+    primary label, shuffled): fold 0 is the test split, fold 1 the validation
+    split, the rest train (about 60/20/20). Whole recordists cannot always be
+    balanced per species, so the shuffles ``seed .. seed + n_tries - 1`` are
+    drawn and the one whose per-species val and test shares deviate least from
+    ``1 / n_folds`` is kept (a rule on label counts only, chosen before any
+    model was evaluated on it). Recordings without a
+    recordist are grouped by primary label (conservative: if they are one
+    unnamed person's, they stay together; on xc9 these are 6 Stone-curlews,
+    2 Blackcaps and 1 Little Owl).
+
+    Parameters
+    ----------
+    recording_ids, primary_labels, recordists : sequences of equal length n
+    n_folds : int
+    seed, n_tries : int
+        First shuffle seed and number of shuffles tried.
+
+    Returns
+    -------
+    dict recording_id -> split name
+
+    Raises
+    ------
+    DatasetError
+        Lengths differ, or fewer than ``n_folds`` distinct recordists.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    n = len(recording_ids)
+    if not (len(primary_labels) == len(recordists) == n):
+        raise DatasetError("recording_ids, primary_labels and recordists must have the same length")
+    groups = [r.strip() if isinstance(r, str) and r.strip() else f"unknown:{lab}"
+              for lab, r in zip(primary_labels, recordists)]
+    if len(set(groups)) < n_folds:
+        raise DatasetError(f"a recordist-disjoint split needs at least {n_folds} recordists, got {len(set(groups))}")
+    labels = np.asarray(primary_labels)
+    classes = np.unique(labels)
+
+    def assign(fold_seed: int) -> np.ndarray:
+        folds = list(StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=fold_seed).split(
+            np.zeros(n), labels, np.asarray(groups)))
+        split = np.full(n, "train", dtype=object)
+        split[folds[0][1]] = "test"
+        split[folds[1][1]] = "val"
+        return split
+
+    def deviation(split: np.ndarray) -> float:
+        # summed |share - 1/n_folds| of val and test over classes: how far from stratified
+        return sum(abs(np.mean(split[labels == c] == name) - 1 / n_folds) for c in classes for name in ("val", "test"))
+
+    candidates = [seed] if n_tries <= 1 else [seed + k for k in range(n_tries)]
+    best = min((assign(s) for s in candidates), key=deviation)
+    out = dict(zip(recording_ids, (str(v) for v in best)))
+    return out
 
 
 def _split_labels(text: str | None) -> tuple[str, ...]:
@@ -102,15 +185,23 @@ class Dataset:
     ----------
     root : path
         Directory with ``manifest.csv``.
+    split_scheme : {"recordist", "manifest"}
+        ``recordist`` (default) re-draws the splits so that they share no
+        recordist (:func:`recordist_split`); a manifest without a ``recordist``
+        column falls back to ``manifest`` with a logged warning, and
+        ``self.split_scheme`` says which one is in force. The manifest's own
+        split stays in ``Recording.meta["manifest_split"]``.
 
     Raises
     ------
     DatasetError
-        Missing manifest, missing columns, unknown split names, empty label sets,
-        or labels not in ``species.csv``.
+        Missing manifest, missing columns, unknown split names or scheme, empty
+        label sets, or labels not in ``species.csv``.
     """
 
-    def __init__(self, root: str | os.PathLike) -> None:
+    def __init__(self, root: str | os.PathLike, split_scheme: str = "recordist") -> None:
+        if split_scheme not in SPLIT_SCHEMES:
+            raise DatasetError(f"split_scheme must be one of {SPLIT_SCHEMES}, got {split_scheme!r}")
         self.root = Path(root).resolve()
         manifest = self.root / "manifest.csv"
         if not manifest.is_file():
@@ -138,6 +229,7 @@ class Dataset:
             duration = row.get("duration_s") or None
             rec_id = row.get("recording_id") or Path(row["path"]).stem
             meta = {k: v for k, v in row.items() if k not in ("path", "labels", "secondary_labels", "split")}
+            meta["manifest_split"] = row["split"]
             recordings.append(
                 Recording(
                     recording_id=rec_id,
@@ -159,6 +251,14 @@ class Dataset:
             if unknown:
                 raise DatasetError(f"recording {r.recording_id}: labels {sorted(unknown)} are not in species.csv")
         # secondary labels outside the class list are ignored (documented)
+        if split_scheme == "recordist" and "recordist" not in rows[0]:
+            log.warning("%s has no recordist column: using the manifest's split (recordists may be shared)", manifest)
+            split_scheme = "manifest"
+        if split_scheme == "recordist":
+            assign = recordist_split([r.recording_id for r in recordings], [r.labels[0] for r in recordings],
+                                     [r.meta.get("recordist") for r in recordings])
+            recordings = [dataclasses.replace(r, split=assign[r.recording_id]) for r in recordings]
+        self.split_scheme = split_scheme
         self.recordings = recordings
         self.by_id: dict[str, Recording] = {r.recording_id: r for r in recordings}
 
@@ -166,7 +266,7 @@ class Dataset:
         return len(self.recordings)
 
     def __repr__(self) -> str:
-        return f"Dataset({self.root}, {len(self)} recordings, {len(self.class_names)} classes)"
+        return f"Dataset({self.root}, {len(self)} recordings, {len(self.class_names)} classes, {self.split_scheme} split)"
 
     def split(self, name: str) -> list[Recording]:
         """Recordings of one split (``train``, ``val`` or ``test``)."""
@@ -245,8 +345,8 @@ def find_data_dir(explicit: str | os.PathLike | None = None) -> Path | None:
     return None
 
 
-def open_dataset(explicit: str | os.PathLike | None = None) -> Dataset:
-    """Open the dataset found by :func:`find_data_dir`.
+def open_dataset(explicit: str | os.PathLike | None = None, split_scheme: str = "recordist") -> Dataset:
+    """Open the dataset found by :func:`find_data_dir` (``split_scheme``: see :class:`Dataset`).
 
     Raises
     ------
@@ -260,7 +360,7 @@ def open_dataset(explicit: str | os.PathLike | None = None) -> Dataset:
             f"no dataset found (looked in {looked}). Set {DATA_ENV_VAR}, pass --data-dir, "
             "or run `python -m core download` to fetch the recordings from xeno-canto"
         )
-    return Dataset(root)
+    return Dataset(root, split_scheme)
 
 
 def download_dataset(

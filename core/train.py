@@ -16,6 +16,7 @@ everything, then the push (projection) step and a last-layer-only phase.
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import math
 import time
@@ -95,7 +96,16 @@ class TrainConfig:
     adv_snr_db : float, optional [dB]
         Budget as a target SNR per clip instead of ``adv_eps``.
     adv_steps : int >= 1
-        1: FGSM; more: PGD with that many steps.
+        1: one signed-gradient step; more: PGD with that many steps.
+    adv_random_start : bool
+        Start from a uniform random point of the eps-ball. With one step this is
+        FGSM-RS (Wong, Rice & Kolter 2020, "Fast is better than free", Alg. 3:
+        uniform start, step ``1.25 eps``, projection), which avoids the
+        catastrophic overfitting of FGSM from the clean point; the earlier shipped
+        AT models used plain FGSM (False).
+    adv_alpha_ratio : float, optional
+        Step size as a multiple of eps; default 1.25 for FGSM-RS, 1.0 for FGSM,
+        ``2.5 / adv_steps`` for PGD.
     adv_beta : float >= 0
         Weight of the adversarial term.
     awp_gamma : float >= 0
@@ -126,6 +136,8 @@ class TrainConfig:
     adv_eps: float = 1e-4
     adv_snr_db: float | None = None
     adv_steps: int = 1
+    adv_random_start: bool = True
+    adv_alpha_ratio: float | None = None
     adv_beta: float = 1.0
     awp_gamma: float = 0.0
     awp_warmup: int = 1
@@ -343,12 +355,19 @@ def _masked_spec(model, x, mask):
 
 
 def _adversarial_batch(model, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
-    """Training perturbations (FGSM or PGD-k, L-inf) for ``cfg.adv``; the model's modes are restored."""
+    """Training perturbations (FGSM, FGSM-RS or PGD-k, L-inf) for ``cfg.adv``; the model's modes are restored."""
     from core.attacks import FGSM, PGD, EmbeddingUntargeted, OutputUntargeted
 
     objective = OutputUntargeted() if cfg.adv == "at-o" else EmbeddingUntargeted()
     budget = {"snr_db": cfg.adv_snr_db} if cfg.adv_snr_db is not None else {"eps": cfg.adv_eps}
-    attack = FGSM(objective=objective, **budget) if cfg.adv_steps == 1 else PGD(steps=cfg.adv_steps, objective=objective, **budget)
+    if cfg.adv_steps == 1 and not cfg.adv_random_start:
+        attack = FGSM(objective=objective, **budget)
+    else:
+        ratio = cfg.adv_alpha_ratio if cfg.adv_alpha_ratio is not None else (1.25 if cfg.adv_steps == 1 else None)
+        # a fresh start per batch: the seed follows torch's global generator, which the training seed fixes
+        seed = int(torch.randint(0, 2**31 - 1, ()).item())
+        attack = PGD(steps=cfg.adv_steps, objective=objective, random_start=cfg.adv_random_start, alpha_ratio=ratio,
+                     seed=seed, **budget)
     return attack(model, x, y)  # the attack restores every submodule's mode (a frozen backbone stays frozen)
 
 
@@ -572,6 +591,16 @@ def _last_layer_phase(model: AudioProtoPNet, train_w: WindowSet, val: WindowSet,
     log.info("last layer: best val cmAP %.3f", best)
 
 
+def _ids_sha256(ids) -> str:
+    return hashlib.sha256(",".join(sorted(ids)).encode()).hexdigest()[:16]
+
+
+def _split_description(dataset: Dataset) -> str:
+    if dataset.split_scheme == "recordist":
+        return "train/val/test sharing no recordist (core.data.recordist_split), split by recording"
+    return "train/val/test split by recording from manifest.csv (recordists may be shared)"
+
+
 def train_model(
     model: BirdClassifier,
     dataset: Dataset,
@@ -662,7 +691,9 @@ def train_model(
         "n_windows": {"val": len(val.waveforms), "test": len(test.waveforms)},
         "targets": "focal labels + secondary labels among the classes (multi-hot); top-1 counts a focal label",
         "windows": f"{config.clip_seconds:g} s, non-overlapping, last partial window kept if >= 50 %, zero-padded",
-        "split": "fixed train/val/test split by recording from manifest.csv",
+        "split": _split_description(dataset),
+        "split_scheme": dataset.split_scheme,
+        "test_recordings_sha256": _ids_sha256(r.recording_id for r in recs("test")),
     }
     card["device"] = str(device)
     return card

@@ -259,3 +259,48 @@ def test_success_is_top1_not_a_score_threshold():
     assert add._success(out([[-1.0, -0.5, -2.0]]), state)  # ranked first at a score of 0.38
     assert not add._success(out([[2.0, 1.5, -2.0]]), state)  # above 0.5 but not first
     assert remove._success(out([[0.9, 1.0, 0.0]]), state) and not remove._success(out([[0.1, 0.0, -1.0]]), state)
+
+
+def test_apgd_checkpoints_follow_the_paper():
+    from core.attacks.apgd import apgd_checkpoints
+
+    # Croce & Hein 2020, Sec. 3.2: p = 0, 0.22, 0.41, 0.57, 0.70, 0.80, 0.87, 0.93, 0.99 (times N_iter)
+    assert apgd_checkpoints(100)[:8] == [22, 41, 57, 70, 80, 87, 93, 99]
+    assert apgd_checkpoints(1) == [1]
+
+
+def test_apgd_beats_a_too_large_fixed_step(tiny_model):
+    # PGD with a step of 2 eps bounces between corners of the ball; APGD starts there and halves its step,
+    # so with the same number of gradient steps it reaches a higher objective on every clip
+    from core.attacks import APGD
+
+    x = _clips(4, seed=5)
+    objective = OutputMargin()
+    tiny_model.eval()
+    state = objective.prepare(tiny_model, x)
+    pgd = PGD(eps=0.02, steps=30, alpha_ratio=2.0, objective=objective)(tiny_model, x)
+    apgd = APGD(eps=0.02, steps=30, objective=objective)(tiny_model, x)
+    with torch.no_grad():
+        v_pgd = objective.evaluate(tiny_model.forward_all(pgd), state)["objective"]
+        v_apgd = objective.evaluate(tiny_model.forward_all(apgd), state)["objective"]
+    assert (v_apgd >= v_pgd - 1e-6).all() and (v_apgd > v_pgd).any(), (v_apgd, v_pgd)
+
+
+def test_restarts_never_worse_and_validated(tiny_model):
+    x = _clips(3, seed=9)
+    objective = OutputUntargeted()
+    tiny_model.eval()
+    state = objective.prepare(tiny_model, x)
+    one = PGD(eps=0.003, steps=2, objective=objective)(tiny_model, x)
+    many = PGD(eps=0.003, steps=2, restarts=4, objective=objective)(tiny_model, x)
+    with torch.no_grad():
+        e1 = objective.evaluate(tiny_model.forward_all(one), state)
+        e4 = objective.evaluate(tiny_model.forward_all(many), state)
+    # per clip: success is kept, and without success the objective never drops below the first restart's
+    assert (e4["success"] >= e1["success"]).all()
+    assert ((e4["objective"] >= e1["objective"] - 1e-6) | e4["success"]).all()
+    assert (many - x).abs().amax() <= 0.003 + 1e-7
+    with pytest.raises(ParameterError, match="restarts"):
+        PGD(eps=0.01, restarts=0)
+    with pytest.raises(ParameterError, match="random start"):
+        BIM(eps=0.01, restarts=2)

@@ -1,5 +1,6 @@
-"""Waveform-domain adversarial attacks: FGSM, BIM, PGD (L-inf and L2) on any objective."""
+"""Waveform-domain adversarial attacks: FGSM, BIM, PGD, APGD (L-inf and L2) on any objective."""
 
+from core.attacks.apgd import APGD
 from core.attacks.base import NORMS, Attack, clean_prediction_targets, multilabel_loss, predicted_sets
 from core.attacks.bim import BIM
 from core.attacks.fgsm import FGSM
@@ -18,11 +19,11 @@ from core.attacks.objectives import (
 from core.attacks.pgd import PGD
 from core.errors import ParameterError
 
-ATTACKS = {cls.name: cls for cls in (FGSM, BIM, PGD)}
+ATTACKS = {cls.name: cls for cls in (FGSM, BIM, PGD, APGD)}
 
 
 def make_attack(name: str, **kwargs) -> Attack:
-    """Build an attack by name (``fgsm``, ``bim``, ``pgd``) with :class:`Attack`'s keyword arguments.
+    """Build an attack by name (``fgsm``, ``bim``, ``pgd``, ``apgd``) with :class:`Attack`'s keyword arguments.
 
     Raises
     ------
@@ -39,7 +40,7 @@ def make_attack(name: str, **kwargs) -> Attack:
 
 
 __all__ = [
-    "ATTACKS", "NORMS", "OBJECTIVES", "Attack", "BIM", "FGSM", "PGD", "Objective", "OutputMargin", "OutputUntargeted", "OutputTargeted",
+    "ATTACKS", "NORMS", "OBJECTIVES", "APGD", "Attack", "BIM", "FGSM", "PGD", "Objective", "OutputMargin", "OutputUntargeted", "OutputTargeted",
     "EmbeddingUntargeted", "EmbeddingTargeted", "PrototypeSuppress", "PrototypeActivate", "make_attack", "make_objective",
     "multilabel_loss", "predicted_sets", "clean_prediction_targets",
 ]

@@ -100,12 +100,17 @@ class Attack:
         (:class:`~core.attacks.objectives.OutputUntargeted`).
     bounds : (float, float)
         Valid sample range, ``(-1.0, 1.0)`` for full-scale audio; enforced explicitly.
+    restarts : int in [1, 100]
+        Independent random starts (needs ``random_start``); per clip the result of
+        the first restart that succeeds is kept, else the one with the highest
+        objective (as in Madry et al. 2018's evaluation and AutoAttack).
 
     Raises
     ------
     ParameterError
         Both or neither of ``eps``/``snr_db``; eps negative, not finite or beyond its
-        range; ``snr_db`` outside [-20, 120] dB; bad norm, steps, alpha_ratio or bounds.
+        range; ``snr_db`` outside [-20, 120] dB; bad norm, steps, alpha_ratio, bounds
+        or restarts.
     """
 
     name = "attack"
@@ -122,6 +127,7 @@ class Attack:
         seed: int = 0,
         objective=None,
         bounds: tuple[float, float] = (-1.0, 1.0),
+        restarts: int = 1,
     ) -> None:
         from core.attacks.objectives import Objective, OutputUntargeted
 
@@ -150,6 +156,11 @@ class Attack:
         if not lo < hi:
             raise ParameterError(f"bounds must be (low, high) with low < high, got {bounds}")
         self.bounds = (float(lo), float(hi))
+        if isinstance(restarts, bool) or not isinstance(restarts, int) or not 1 <= restarts <= 100:
+            raise ParameterError(f"restarts must be an integer in [1, 100], got {restarts!r}")
+        if restarts > 1 and not self.random_start:
+            raise ParameterError("restarts > 1 need a random start (they would all give the same result)")
+        self.restarts = restarts
 
     @staticmethod
     def eps_max(norm: str) -> float:
@@ -165,6 +176,7 @@ class Attack:
             "alpha_ratio": self.alpha_ratio,
             "random_start": self.random_start,
             "seed": self.seed,
+            "restarts": self.restarts,
             "objective": self.objective.describe(),
         }
 
@@ -255,18 +267,21 @@ class Attack:
             return torch.full((x.shape[0],), self.eps, dtype=x.dtype, device=x.device)
         return eps_rows_for_snr(x, self.snr_db, self.norm, mask).clamp(max=self.eps_max(self.norm))
 
-    def start_noise(self, x: torch.Tensor) -> torch.Tensor | None:
+    def start_noise(self, x: torch.Tensor, restart: int = 0) -> torch.Tensor | None:
         """Unit random start ``(batch, n_samples)`` (None without random start).
 
         L-inf: uniform in [-1, 1] per sample; L2: uniform in the unit n-ball (a unit-L2
         Gaussian direction times ``U ** (1 / n)``, ``n = n_samples``; Muller 1959). Scaled by each row's eps in :meth:`perturb`.
-        Each row is drawn from a generator seeded by a CRC-32 of ``seed`` and the
-        clip's samples, so a clip gets the same start whatever batch it is in.
+        Each row is drawn from a generator seeded by a CRC-32 of ``seed`` (and
+        ``restart`` when > 0) and the clip's samples, so a clip gets the same start
+        whatever batch it is in.
         """
         if not self.random_start:
             return None
         rows = []
         seed_crc = zlib.crc32(self.seed.to_bytes(4, "little"))
+        if restart:
+            seed_crc = zlib.crc32(restart.to_bytes(4, "little"), seed_crc)
         for row in x.detach().to("cpu", torch.float32):
             # torch's CPU generator keeps 32 bits of a seed: mix seed and clip into one CRC-32
             gen = torch.Generator().manual_seed(zlib.crc32(row.numpy().tobytes(), seed_crc))
@@ -300,8 +315,31 @@ class Attack:
     def perturb(self, model, x, eps, state, mask=None, noise=None) -> torch.Tensor:
         """Run the ascent for rows with eps ``(batch,)``; ``state`` from ``objective.prepare``.
 
-        Rows with eps 0 are returned unchanged. The model must already be in eval mode.
+        ``noise`` is the first restart's unit start (:meth:`start_noise`); further
+        restarts draw their own. Rows with eps 0 are returned unchanged. The model
+        must already be in eval mode.
         """
+        best = self.ascent(model, x, eps, state, mask, noise)
+        if self.restarts == 1 or not bool((eps > 0).any()):
+            return best
+        with torch.no_grad():
+            ev = self.objective.evaluate(model.forward_all(best), state)
+        best_ok, best_val = ev["success"].bool(), ev["objective"]
+        for r in range(1, self.restarts):
+            if bool(best_ok.all()):
+                break
+            cand = self.ascent(model, x, eps, state, mask, self.start_noise(x, r))
+            with torch.no_grad():
+                ev = self.objective.evaluate(model.forward_all(cand), state)
+            ok, val = ev["success"].bool(), ev["objective"]
+            take = ~best_ok & (ok | (val > best_val))
+            best = torch.where(take[:, None], cand, best)
+            best_val = torch.where(take, val, best_val)
+            best_ok = best_ok | ok
+        return best
+
+    def ascent(self, model, x, eps, state, mask=None, noise=None) -> torch.Tensor:
+        """One run of the ascent from one start (``noise``: unit start or None); see :meth:`perturb`."""
         x_adv = x.clone()
         if not bool((eps > 0).any()):
             return x_adv
