@@ -1,14 +1,17 @@
 """The model zoo side by side: clean, shifted and attacked metrics on the same clips, and a disk store.
 
-The six shipped models are {baseline, AudioProtoPNet} x {ordinary training (OT),
+The eight shipped models are {baseline, AudioProtoPNet} x {ordinary training (OT),
 output-space adversarial training (AT-O), embedding-space adversarial training
-(AT-E)} (Heinrich et al. 2025, arXiv 2507.13727). :func:`run_compare` evaluates
+(AT-E)} (Heinrich et al. 2025, arXiv 2507.13727), plus the matched control of the AT
+models (OT+FT: the same fine-tuning without the adversary). :func:`run_compare` evaluates
 any set of models on the same clips of a split:
 
 - ``shift``: per-clip scores on the clean windows and under the natural shifts of
   :mod:`core.shift` (site noise, gain, mixup);
 - ``robustness``: a PGD sweep of the output-space untargeted objective over an eps
-  grid (the tidy table of :func:`core.sweep.sweep_table`);
+  grid (the tidy table of :func:`core.sweep.sweep_table`, ``attack == "pgd"``) and,
+  with ``settings.strong``, the ``transfer`` and ``worst-case`` rows of
+  :func:`core.worstcase.worst_case_tables`;
 - ``targeted``: a PGD sweep of the targeted embedding-space objective, each clip
   pulled towards a clip of another species (DRS and TARS, Heinrich et al. 2023);
 - ``prototypes``: for AudioProtoPNet models, how far each prototype's activation
@@ -42,7 +45,8 @@ __all__ = [
     "prototype_stability", "SHIPPED_DIR", "card_robustness",
 ]
 
-#: The six shipped models: name -> (architecture, training recipe).
+#: The shipped models: name -> (architecture, training recipe). ``OT+FT`` is the matched control of the AT
+#: models: the OT model fine-tuned with the same epochs, learning rate and seed, without the adversary.
 ZOO = {
     "baseline": ("ConvNeXt baseline", "OT"),
     "baseline_ato": ("ConvNeXt baseline", "AT-O"),
@@ -50,6 +54,8 @@ ZOO = {
     "protopnet": ("AudioProtoPNet", "OT"),
     "protopnet_ato": ("AudioProtoPNet", "AT-O"),
     "protopnet_ate": ("AudioProtoPNet", "AT-E"),
+    "baseline_ft": ("ConvNeXt baseline", "OT+FT"),
+    "protopnet_ft": ("AudioProtoPNet", "OT+FT"),
 }
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "assets" / "compare"
@@ -58,7 +64,7 @@ SHIPPED_DIR = Path(__file__).resolve().parent.parent / "assets" / "compare"
 def model_recipe(name: str, card: dict | None = None) -> tuple[str, str]:
     """(architecture, recipe) of a model: from :data:`ZOO`, else from its model card (``"unknown"`` without one).
 
-    Recipes: ``OT`` (ordinary training), ``AT-O``, ``AT-E``.
+    Recipes: ``OT`` (ordinary training), ``OT+FT`` (the AT models' matched control), ``AT-O``, ``AT-E``.
     """
     if name in ZOO:
         return ZOO[name]
@@ -75,7 +81,10 @@ def model_recipe(name: str, card: dict | None = None) -> tuple[str, str]:
     if arch == "BirdNET V2.4":
         return arch, "pretrained (Cornell Lab)"
     adv = card.get("train_config", {}).get("adv", "none" if "train_config" in card else None)
-    return arch, {"none": "OT", "at-o": "AT-O", "at-e": "AT-E"}.get(adv, "unknown")
+    recipe = {"none": "OT", "at-o": "AT-O", "at-e": "AT-E"}.get(adv, "unknown")
+    if recipe == "OT" and card.get("init"):
+        recipe = "OT+FT"
+    return arch, recipe
 
 
 @dataclass(frozen=True)
@@ -95,6 +104,11 @@ class CompareSettings:
         L-inf budgets of the targeted embedding-space PGD sweep.
     steps : int >= 1
         PGD steps (step size 2.5 eps / steps, random start).
+    strong : bool
+        Also run the worst case over attacks (:mod:`core.worstcase`: transfer, APGD,
+        PGD with restarts) for the untargeted sweep.
+    strong_steps, restarts : int
+        APGD steps; steps and random restarts of the strong PGD.
     seed : int
         Attack random starts, noise draws, mixup partners and attack targets.
     snr_db, gain_db, lam : float
@@ -107,6 +121,9 @@ class CompareSettings:
     epsilons: tuple[float, ...] = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3)
     target_epsilons: tuple[float, ...] = (1e-4, 1e-3)
     steps: int = 10
+    strong: bool = True
+    strong_steps: int = 50
+    restarts: int = 2
     seed: int = 0
     snr_db: float = 10.0
     gain_db: float = -20.0
@@ -124,8 +141,12 @@ class CompareSettings:
             if not grid or not all(isinstance(e, (int, float)) and 0 < e <= 1 for e in grid):
                 raise ParameterError(f"{name} must be a non-empty list of eps in (0, 1], got {grid!r}")
             object.__setattr__(self, name, tuple(sorted(float(e) for e in grid)))
-        if not isinstance(self.steps, int) or not 1 <= self.steps <= 1000:
-            raise ParameterError(f"steps must be an integer in [1, 1000], got {self.steps!r}")
+        for name in ("steps", "strong_steps"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 1000:
+                raise ParameterError(f"{name} must be an integer in [1, 1000], got {v!r}")
+        if isinstance(self.restarts, bool) or not isinstance(self.restarts, int) or not 1 <= self.restarts <= 100:
+            raise ParameterError(f"restarts must be an integer in [1, 100], got {self.restarts!r}")
         if not 0 <= self.lam <= 1:
             raise ParameterError(f"lam must be in [0, 1], got {self.lam}")
 
@@ -269,7 +290,8 @@ def run_compare(
     clips_per_batch : int >= 1
         Clips attacked together (memory vs. speed).
     progress : callable, optional
-        ``progress(stage, done, total)``; stages ``clips``, ``shift``, ``robustness``, ``targeted``.
+        ``progress(stage, done, total)``; stages ``clips``, ``shift``, ``robustness``, ``targeted``,
+        ``transfer`` and ``strong`` (the worst case, with ``settings.strong``).
     cancel : callable, optional
         Polled between batches; when it returns True, :class:`InterruptedError` is raised.
 
@@ -323,6 +345,7 @@ def run_compare(
                                         seed=settings.seed, progress=lambda d, t, b=base: _progress(progress, "shift", b + d, counter_s[1])))
         counter_s[0] += len(shift_set)
         targets = partner_indices(attack_set.species, np.random.default_rng(settings.seed))
+        group_rob = []
         for name, model in group.items():
             def untargeted(idx):
                 return PGD(eps=0.0, steps=settings.steps, seed=settings.seed, objective=OutputUntargeted())
@@ -333,12 +356,19 @@ def run_compare(
 
             common = dict(clips_per_batch=clips_per_batch, progress=progress, cancel=cancel)
             t, p = _attack_tables(name, model, attack_set, untargeted, settings.epsilons, stage="robustness", counter=counter_r, **common)
-            rob.append(t)
+            group_rob.append(t)
             protos += [p] if p is not None else []
             t, p = _attack_tables(name, model, attack_set, targeted, settings.target_epsilons, stage="targeted", counter=counter_t, **common)
             t["target_clip"] = [attack_set.clip_ids[targets[attack_set.clip_ids.index(c)]] for c in t["clip"]]
             tgt.append(t)
             protos += [p] if p is not None else []
+        rob += group_rob
+        if settings.strong:
+            from core.worstcase import worst_case_tables
+
+            rob.append(worst_case_tables(group, attack_set, pd.concat(group_rob, ignore_index=True), settings.epsilons,
+                                         steps=settings.steps, strong_steps=settings.strong_steps, restarts=settings.restarts,
+                                         seed=settings.seed, clips_per_batch=clips_per_batch, progress=progress, cancel=cancel))
     shift = pd.concat(shift_parts, ignore_index=True)
     first_sets = next(iter(sets.values()))
     targeted_table = pd.concat(tgt, ignore_index=True)
@@ -391,7 +421,8 @@ def model_summary(result: CompareResult) -> pd.DataFrame:
     -------
     pandas.DataFrame
         Columns ``model, architecture, recipe``, ``cmAP <condition>``, ``cmAP PGD eps <e>``,
-        ``success PGD eps <e>``, ``TARS targeted eps <e>``, ``success targeted eps <e>`` and
+        ``success PGD eps <e>``, with the worst case also ``cmAP worst eps <e>``, ``success worst eps <e>``
+        and ``success transfer eps <e>``, then ``TARS targeted eps <e>``, ``success targeted eps <e>`` and
         ``prototype change PGD eps <e>`` (relative activation change; NaN without prototypes).
     """
     from core.shift import summarize_shift
@@ -415,9 +446,11 @@ def model_summary(result: CompareResult) -> pd.DataFrame:
         row = {"model": name, "architecture": arch, "recipe": recipe}
         for _, r in shift[shift["model"] == name].iterrows():
             row[f"cmAP {r['condition']}"] = r["cmap"]
-        for _, r in rob[(rob["model"] == name) & (rob["budget_kind"] != "clean")].iterrows():
-            row[f"cmAP PGD eps {label(r['eps'])}"] = r["cmap"]
-            row[f"success PGD eps {label(r['eps'])}"] = r["success_rate"]
+        for attack, word in (("pgd", "PGD"), ("worst-case", "worst"), ("transfer", "transfer")):
+            for _, r in rob[(rob["model"] == name) & (rob["budget_kind"] != "clean") & (rob["attack"] == attack)].iterrows():
+                if attack != "transfer":
+                    row[f"cmAP {word} eps {label(r['eps'])}"] = r["cmap"]
+                row[f"success {word} eps {label(r['eps'])}"] = r["success_rate"]
         for _, r in tgt[(tgt["model"] == name) & (tgt["budget_kind"] != "clean")].iterrows():
             row[f"TARS targeted eps {label(r['eps'])}"] = r["tars"]
             row[f"success targeted eps {label(r['eps'])}"] = r["success_rate"]
@@ -429,17 +462,23 @@ def model_summary(result: CompareResult) -> pd.DataFrame:
 
 
 def card_robustness(result: CompareResult, name: str) -> dict:
-    """Model-card field: clean cmAP and PGD cmAP/success/median SNR at the smallest and largest eps >= 1e-4."""
+    """Model-card field: clean cmAP and cmAP/success/median SNR at the smallest and largest eps >= 1e-4,
+    under the worst case over attacks when the comparison has it, else under PGD."""
     from core.sweep import summarize
+    from core.worstcase import worst_case_label
 
-    rob = summarize(result.robustness[result.robustness["model"] == name])
+    table = result.robustness[result.robustness["model"] == name]
+    s = result.settings
+    worst = "attack" in table and (table["attack"] == "worst-case").any()
+    table = table[table["attack"] == ("worst-case" if worst else "pgd")]
+    rob = summarize(table)
     attacked = rob[rob["budget_kind"] != "clean"].sort_values("budget")
     big = attacked[attacked["budget"] >= 1e-4]
     pick = big.iloc[[0, -1]] if len(big) >= 2 else attacked.iloc[[0, -1]]
     clean = rob[rob["budget_kind"] == "clean"].iloc[0]
-    s = result.settings
+    words = worst_case_label(s.steps, s.strong_steps, s.restarts, (table["source"].fillna("") != "").any()) if worst else f"PGD-{s.steps}"
     return {
-        "attack": f"PGD-{s.steps}, L-inf, output-space untargeted (random start, seed {s.seed})",
+        "attack": f"{words}, L-inf, output-space untargeted (random start, seed {s.seed}); success: top-1 changed",
         "split": s.split, "n_clips": int(clean["n_clips"]), "clean_cmap": float(clean["cmap"]),
         "by_eps": [{"eps": float(r["budget"]), "cmap": float(r["cmap"]), "success_rate": float(r["success_rate"]),
                     "median_snr_db": float(r["snr_db"])} for _, r in pick.iterrows()],
@@ -450,9 +489,10 @@ def card_robustness(result: CompareResult, name: str) -> dict:
 # -- disk store ---------------------------------------------------------------------------------
 
 
-#: Bumped whenever what a stored comparison means changes (2: attack success by top-1 rank, not a 0.5 score cut-off);
+#: Bumped whenever what a stored comparison means changes (2: attack success by top-1 rank, not a 0.5 score cut-off;
+#: 3: recordist-disjoint split, worst case over attacks, the 14 kHz front end's retrained models);
 #: results of another schema are never shown.
-STORE_SCHEMA = 2
+STORE_SCHEMA = 3
 
 
 def _key(settings: CompareSettings, fingerprints: dict) -> str:
