@@ -349,6 +349,34 @@ def cmd_shift(args) -> int:
     return 0
 
 
+def cmd_noise_bank(args) -> int:
+    from tqdm import tqdm
+
+    from core.data import open_dataset
+    from core.fileio import atomic_write_text
+    from core.noisebank import bank_path, vet_noise_windows
+
+    dataset = open_dataset(args.data_dir)
+    out = Path(args.out) if args.out else bank_path(dataset)
+    if out.suffix != ".csv":
+        raise ParameterError(f"--out must end in .csv, got {out}")
+    bar = tqdm(total=len(dataset.available()), desc="recordings", disable=None)
+
+    def progress(done, total):
+        bar.update(done - bar.n)
+
+    table = vet_noise_windows(dataset, candidates=args.candidates, threshold=args.threshold, progress=progress)
+    bar.close()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, table.to_csv(index=False, float_format="%.4g"))
+    kept = table[table["kept"]]
+    print(f"{len(kept)} of {len(table)} candidate windows kept (BirdNET < {args.threshold:g} for every animal class), "
+          f"from {kept['recording_id'].nunique()} recordings; per split: "
+          + ", ".join(f"{s} {int((kept['split'] == s).sum())}" for s in ("train", "val", "test")))
+    print(f"written to {out}")
+    return 0
+
+
 def cmd_compare(args) -> int:
     import pandas as pd
 
@@ -525,11 +553,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_dir(sw)
     sw.set_defaults(func=cmd_sweep)
 
+    nb = sub.add_parser("noise-bank", help="vet the quietest windows of every recording with BirdNET: the bird-free site-noise bank")
+    nb.add_argument("--candidates", type=int, default=4, help="quietest 5 s windows tried per recording (default 4)")
+    nb.add_argument("--threshold", type=float, default=0.1, help="highest BirdNET score of any animal class that counts as empty")
+    nb.add_argument("--out", help="CSV to write (default assets/noise/<dataset>_birdfree.csv)")
+    _add_data_dir(nb)
+    nb.set_defaults(func=cmd_noise_bank)
+
     sh = sub.add_parser("shift", help="clean vs shifted (site noise, gain, mixup) metrics of models on a split")
     sh.add_argument("--models", default="baseline,protopnet", help="comma-separated checkpoint names")
     sh.add_argument("--split", default="test", choices=["train", "val", "test"])
     sh.add_argument("--max-clips", type=int, help="at most N clips, spread over the split")
-    sh.add_argument("--snr", type=float, default=10.0, help="SNR of the added site noise [dB] (quietest window of another recording)")
+    sh.add_argument("--snr", type=float, default=10.0, help="SNR of the added site noise [dB] (a bird-free window of another recording)")
     sh.add_argument("--gain", type=float, default=-20.0, help="gain change [dB]")
     sh.add_argument("--mix", type=float, default=0.6, help="mixup weight of the clip itself (partner: another species)")
     sh.add_argument("--seed", type=int, default=0)

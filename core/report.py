@@ -14,7 +14,46 @@ import pandas as pd
 
 from core.sweep import summarize
 
-__all__ = ["robustness_markdown", "minimal_eps_markdown", "targeted_markdown"]
+__all__ = ["robustness_markdown", "minimal_eps_markdown", "targeted_markdown", "BANDS_HZ", "prototype_bands", "prototype_bands_markdown"]
+
+#: Frequency bands of the prototype table [Hz]: low calls (owls, ducks), the core of most songs, high notes, and
+#: the top of the front end (near the codec cut-off).
+BANDS_HZ = ((0.0, 1000.0), (1000.0, 2000.0), (2000.0, 4000.0), (4000.0, 8000.0), (8000.0, 16000.0))
+
+
+def prototype_bands(prototypes: Sequence[dict], class_names: Sequence[str]) -> pd.DataFrame:
+    """Where prototypes sit: count per class and frequency band of the band centre of each prototype's push patch.
+
+    Parameters
+    ----------
+    prototypes : sequence of dict
+        The model card's ``prototypes`` (push provenance: ``class_name``, ``f_low_hz``, ``f_high_hz``).
+    class_names : sequence of str
+
+    Returns
+    -------
+    pandas.DataFrame
+        Index: class; one column per band (``"0-1 kHz"``, ...) with prototype counts, and ``total``.
+    """
+    labels = [f"{lo / 1000:g}-{hi / 1000:g} kHz" for lo, hi in BANDS_HZ]
+    table = pd.DataFrame(0, index=list(class_names), columns=labels)
+    for p in prototypes:
+        centre = np.sqrt(max(p["f_low_hz"], 1.0) * p["f_high_hz"])  # geometric centre: bands are log-spaced
+        for (lo, hi), lab in zip(BANDS_HZ, labels):
+            if lo <= centre < hi:
+                table.loc[p["class_name"], lab] += 1
+    table["total"] = table.sum(1)
+    return table
+
+
+def prototype_bands_markdown(prototypes: Sequence[dict], class_names: Sequence[str], display: dict[str, str] | None = None) -> str:
+    """:func:`prototype_bands` as a Markdown table with a totals row."""
+    t = prototype_bands(prototypes, class_names)
+    t.loc["all"] = t.sum(0)
+    head = "| species | " + " | ".join(t.columns) + " |"
+    sep = "|---|" + "---:|" * len(t.columns)
+    rows = [f"| {(display or {}).get(c, c)} | " + " | ".join(str(int(v)) for v in t.loc[c]) + " |" for c in t.index]
+    return "\n".join([head, sep, *rows])
 
 
 def _f(v: float, digits: int = 3) -> str:

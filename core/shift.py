@@ -5,9 +5,12 @@ judged on the shifts it meets in the field (the AVEX recipe; Heinrich et al. 202
 evaluate on recordings from other sites):
 
 - :func:`add_noise`: additive background noise at a chosen SNR. The noise comes
-  from real recordings: :func:`noise_bank` takes the quietest window of each
-  recording, which carries its site's ambient noise (wind, water, insects,
-  recorder hiss). Coloured (pink) noise is only a fallback when no bank is given.
+  from real recordings: :func:`split_noise_bank` takes windows that an
+  independent detector (BirdNET) finds free of vocalising animals
+  (:mod:`core.noisebank`), which carry their site's ambient noise (wind, water,
+  recorder hiss). The quietest window of each recording (:func:`noise_bank`) is
+  only a fallback for datasets without a vetted bank (it may hold birds), and
+  coloured (pink) noise one when no bank is given at all.
 - :func:`apply_gain`: a level change in dB (clipped to full scale).
 - :func:`mix`: mixup of two clips; the labels of a mix are the union.
 
@@ -17,6 +20,7 @@ clean and shifted metrics can be compared clip for clip.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import replace
 from typing import Sequence
@@ -31,6 +35,7 @@ __all__ = [
 ]
 
 SHIFTS = ("noise", "gain", "mixup")
+log = logging.getLogger(__name__)
 
 
 def _rms(x: np.ndarray) -> float:
@@ -89,9 +94,23 @@ def noise_bank(waveforms: Sequence[np.ndarray], window_samples: int, *, recordin
 
 
 def split_noise_bank(dataset, split: str, sample_rate: int, window_samples: int) -> list[tuple[str, np.ndarray]]:
-    """:func:`noise_bank` of every available recording of a dataset split, resampled to ``sample_rate`` [Hz]."""
+    """Site noise for a dataset split at ``sample_rate`` [Hz]: the bird-free bank when the dataset has one.
+
+    :func:`core.noisebank.birdfree_bank` (windows that BirdNET finds empty) when a
+    vetted table exists for the dataset; otherwise, with a logged warning, the
+    quietest window of every recording (:func:`noise_bank`), which may hold birds.
+    The returned :class:`~core.noisebank.NoiseBank` says which in ``description``.
+    """
+    from core.noisebank import NoiseBank, birdfree_bank
+
+    bank = birdfree_bank(dataset, split, sample_rate, window_samples)
+    if len(bank):
+        return bank
+    log.warning("no bird-free noise bank for %s (%s split): using the quietest window of each recording, which may hold birds",
+                dataset.root, split)
     recs = [r for r in dataset.split(split) if r.path.is_file()]
-    return noise_bank([dataset.load(r, sample_rate) for r in recs], window_samples, recording_ids=[r.recording_id for r in recs])
+    return NoiseBank(noise_bank([dataset.load(r, sample_rate) for r in recs], window_samples, recording_ids=[r.recording_id for r in recs]),
+                     description="quietest window of another recording (not vetted: may hold birds)")
 
 
 def add_noise(clean: np.ndarray, noise: np.ndarray | None, snr_db: float, *, rng: np.random.Generator | None = None) -> np.ndarray:
@@ -226,7 +245,8 @@ def shifted_conditions(clips, *, bank=None, snr_db: float = 10.0, gain_db: float
     """
     return {
         "clean": (clips, ""),
-        "noise": (shift_clips(clips, "noise", snr_db=snr_db, bank=bank, seed=seed), f"site noise at {snr_db:g} dB SNR" + ("" if bank else " (pink)")),
+        "noise": (shift_clips(clips, "noise", snr_db=snr_db, bank=bank, seed=seed),
+                  f"{getattr(bank, 'description', '') or 'site noise'} at {snr_db:g} dB SNR" if bank else f"pink noise at {snr_db:g} dB SNR"),
         "gain": (shift_clips(clips, "gain", gain_db=gain_db, seed=seed), f"gain {gain_db:+g} dB"),
         "mixup": (shift_clips(clips, "mixup", lam=lam, seed=seed), f"mixup, weight {lam:g}"),
     }

@@ -677,6 +677,10 @@ def train_model(
         log.info("push: val cmAP %.3f -> %.3f", before["window"]["cmap"], after["window"]["cmap"])
         _last_layer_phase(model, train_w, val, replace(cfg, lr_last_layer=cfg.lr_last_layer * 2), history)
         card["prototypes"] = [s.to_dict() for s in sources]
+        from core.report import prototype_bands
+
+        bands = prototype_bands(card["prototypes"], config.class_names)
+        card["prototype_bands"] = {c: {k: int(v) for k, v in row.items()} for c, row in bands.iterrows()}
     else:
         _run_phase(model, sampler, cfg, [{"params": list(model.parameters()), "lr": cfg.lr}],
                    cfg.epochs, "train", val, gen, progress, history)
