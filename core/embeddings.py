@@ -38,7 +38,7 @@ from core.fileio import atomic_path
 
 __all__ = [
     "CACHE_ENV_VAR", "default_cache_dir", "model_fingerprint", "embed", "EmbeddingCache", "EmbeddingSet",
-    "compute_embeddings", "umap_map", "embedding_metrics", "retrieval_roc_auc", "recording_ids", "embedding_table", "embedding_markdown",
+    "compute_embeddings", "umap_map", "prototype_anchors", "embedding_metrics", "retrieval_roc_auc", "recording_ids", "embedding_table", "embedding_markdown",
 ]
 
 CACHE_ENV_VAR = "BIRDSHIELD_CACHE_DIR"
@@ -233,6 +233,45 @@ def compute_embeddings(
     out.adv_embeddings, out.adv_scores, out.snr_db = stored["embeddings"], stored["scores"], stored["snr_db"]
     out.from_cache = from_cache
     return out
+
+
+@torch.no_grad()
+def prototype_anchors(model, waveforms: np.ndarray, *, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """For every prototype, the clip on which it fires most (AudioProtoPNet).
+
+    A prototype is a patch vector of the feature map, not a clip embedding, so
+    placing it in a map of pooled embeddings with UMAP's ``transform`` puts it
+    wherever the out-of-distribution vector lands (often far outside the fitted
+    points). Its *anchor* is instead the clip whose best-matching patch is closest
+    to it (highest max cosine similarity), a point that really is on the map.
+
+    Parameters
+    ----------
+    model : AudioProtoPNet
+    waveforms : np.ndarray [shape=(n_clips, n_samples), dtype=float32], full-scale amplitude
+    batch_size : int
+
+    Returns
+    -------
+    (clip_index, similarity) : np.ndarray [shape=(n_prototypes,)] int64 and float32
+        Index of the anchor clip and the prototype's activation there (cosine similarity).
+
+    Raises
+    ------
+    ParameterError
+        A model without prototypes, or no clips.
+    """
+    if getattr(model, "prototype_vectors", None) is None:
+        raise ParameterError("prototype anchors need a model with prototypes (AudioProtoPNet)")
+    if len(waveforms) == 0:
+        raise ParameterError("no clips")
+    device = next(model.parameters()).device
+    acts = []
+    for i in range(0, len(waveforms), batch_size):
+        out = model.forward_all(torch.as_tensor(np.asarray(waveforms[i : i + batch_size], np.float32), device=device))
+        acts.append(out.prototype_activations.float().cpu().numpy())
+    a = np.concatenate(acts)  # (n_clips, P)
+    return a.argmax(0).astype(np.int64), a.max(0).astype(np.float32)
 
 
 def umap_map(

@@ -11,7 +11,7 @@ import streamlit as st
 import torch
 
 from core.attacks import make_attack
-from core.embeddings import EmbeddingCache, compute_embeddings, embedding_metrics, recording_ids, umap_map
+from core.embeddings import EmbeddingCache, compute_embeddings, embedding_metrics, prototype_anchors, recording_ids, umap_map
 from core.errors import CoreError
 from core.metrics import snr_db
 from core.sweep import ClipSet, dataset_clips
@@ -89,10 +89,9 @@ if submitted:
         extra = []
         if emb.adv_embeddings is not None:
             extra.append(emb.adv_embeddings)
-        protos = None
+        anchors = None
         if show_protos and cfg.arch == "protopnet":
-            protos = model.prototype_vectors.detach().flatten(1).cpu().numpy()
-            extra.append(protos)
+            anchors = prototype_anchors(model, clips.waveforms)  # each prototype at the clip it fires most on
         key = EmbeddingCache.key("umap", emb.embeddings.tobytes().hex()[:64], len(emb.embeddings), [e.shape for e in extra],
                                  [float(np.asarray(e).sum()) for e in extra])
         stored = cache.load(key)
@@ -115,7 +114,7 @@ if submitted:
         bar.empty()
         st.session_state["emb_result"] = {
             "settings": settings, "clips": clips, "emb": emb, "coords": coords, "adv_coords": adv_coords,
-            "proto_coords": extra_coords[-1] if protos is not None else None, "clusters": clusters,
+            "anchors": anchors, "clusters": clusters,
             "metrics": pd.DataFrame([{k: v for k, v in r.items() if k != "clusters"} for r in rows]), "adversarial": {},
         }
     except CoreError as exc:
@@ -130,7 +129,7 @@ if res["settings"] != settings:
 
 clips: ClipSet = res["clips"]
 emb = res["emb"]
-coords, adv_coords, proto_coords = res["coords"], res["adv_coords"], res["proto_coords"]
+coords, adv_coords, anchors = res["coords"], res["adv_coords"], res.get("anchors")
 primary = np.array([s.split(";")[0] for s in clips.species])
 pred = np.array([names[i] for i in emb.scores.argmax(1)])
 adv_pred = None if emb.adv_scores is None else np.array([names[i] for i in emb.adv_scores.argmax(1)])
@@ -166,11 +165,13 @@ if adv_coords is not None:
                               [f"adversarial, SNR {s:.0f} dB" for s in emb.snr_db]])
     fig.add_trace(go.Scatter(x=adv_coords[:, 0], y=adv_coords[:, 1], mode="markers", name="adversarial",
                              marker=dict(size=7, symbol="x", color="black"), customdata=custom, hovertemplate=hover))
-if proto_coords is not None:
+if anchors is not None:
     k = cfg.prototypes_per_class
-    fig.add_trace(go.Scatter(x=proto_coords[:, 0], y=proto_coords[:, 1], mode="markers", name="prototypes",
-                             marker=dict(size=12, symbol="star", color="gold", line=dict(width=1, color="black")),
-                             text=[f"prototype {j} of {display(names[j // k])}" for j in range(len(proto_coords))],
+    at, sim = anchors
+    fig.add_trace(go.Scatter(x=coords[at, 0], y=coords[at, 1], mode="markers", name="prototypes (at the clip each fires most on)",
+                             marker=dict(size=13, symbol="star-open", color="goldenrod", line=dict(width=2)),
+                             text=[f"prototype {j} of {display(names[j // k])}: fires most on {clips.clip_ids[at[j]]} "
+                                   f"(similarity {sim[j]:.2f}; species {display(primary[at[j]])})" for j in range(len(at))],
                              hovertemplate="%{text}<extra></extra>"))
 fig.update_layout(height=620, margin=dict(l=10, r=10, t=30, b=10), xaxis_title="UMAP 1", yaxis_title="UMAP 2",
                   dragmode="lasso", legend=dict(itemsizing="constant"))

@@ -128,3 +128,17 @@ def test_retrieval_leaves_out_pairs_from_one_recording():
     assert abs(retrieval_roc_auc(x, labels, groups=groups) - 0.5) < 0.1  # honest: chance
     with pytest.raises(ParameterError, match="one entry per clip"):
         retrieval_roc_auc(x, labels, groups=groups[:-1])
+
+
+def test_prototype_anchor_is_the_clip_each_prototype_fires_most_on(tiny_proto):
+    from core.embeddings import prototype_anchors
+
+    gen = torch.Generator().manual_seed(3)
+    w = ((torch.rand(5, 16_000, generator=gen) * 2 - 1) * 0.3).numpy()
+    at, sim = prototype_anchors(tiny_proto.eval(), w, batch_size=2)
+    with torch.no_grad():
+        acts = tiny_proto.forward_all(torch.as_tensor(w)).prototype_activations.numpy()
+    assert at.shape == (acts.shape[1],) and (at == acts.argmax(0)).all()
+    np.testing.assert_allclose(sim, acts.max(0), atol=1e-6)
+    with pytest.raises(ParameterError):
+        prototype_anchors(tiny_proto, w[:0])
