@@ -11,15 +11,17 @@ from core.errors import CoreError
 from core.models.registry import list_checkpoints
 from core.shift import summarize_shift
 from core.sweep import parse_float_list, summarize
+from core.worstcase import masking_check, worst_case_label
 from ui.common import card_or_none, dataset_status_message, get_dataset, get_model, model_fingerprint_cached
 from ui.plots import METRIC_LABELS, robustness_curves, success_note
 
 st.set_page_config(page_title="Compare models · birdshield", page_icon="🐦", layout="wide")
 st.title("Compare models: ordinary vs adversarial training")
-st.caption("The six shipped models, {ConvNeXt baseline, AudioProtoPNet} x {ordinary training (OT), output-space adversarial "
-           "training (AT-O), embedding-space adversarial training (AT-E)}, on the same test clips: clean and shifted cmAP, "
-           "robustness curves under PGD, targeted embedding-space attacks (DRS/TARS) and prototype stability. "
-           "Results come from the store; recomputing takes minutes.")
+st.caption("The eight shipped models, {ConvNeXt baseline, AudioProtoPNet} x {ordinary training (OT), output-space adversarial "
+           "training (AT-O), embedding-space adversarial training (AT-E), and the AT models' matched control (OT+FT: the same "
+           "fine-tuning without the adversary)}, on the same test clips (recordist-disjoint split): clean and shifted cmAP, "
+           "robustness curves under PGD and under the worst case over PGD, a transfer attack, APGD and PGD with restarts, "
+           "targeted embedding-space attacks (DRS/TARS) and prototype stability. Results come from the store; recomputing takes minutes.")
 
 available = list_checkpoints()
 zoo = [n for n in ZOO if n in available]
@@ -42,12 +44,14 @@ with st.expander("Settings (a stored result is used when one matches these setti
     max_clips = int(c2.number_input("clips attacked per model", min_value=2, max_value=2000, value=defaults.max_clips, key="cmp_max_clips"))
     steps = int(c3.number_input("PGD steps", min_value=1, max_value=100, value=defaults.steps, key="cmp_steps"))
     seed = int(c4.number_input("seed", min_value=0, max_value=2**31 - 1, value=defaults.seed, key="cmp_seed"))
+    strong = st.checkbox("Worst case over attacks (adds a transfer attack, APGD and PGD with restarts on the clips PGD did not break)",
+                         value=defaults.strong, key="cmp_strong")
     e1, e2 = st.columns(2)
     eps_text = e1.text_input("eps grid, untargeted PGD (full-scale amplitude)", ", ".join(f"{e:g}" for e in defaults.epsilons), key="cmp_eps")
     teps_text = e2.text_input("eps grid, targeted embedding-space PGD", ", ".join(f"{e:g}" for e in defaults.target_epsilons), key="cmp_teps")
 
 try:
-    settings = CompareSettings(split=split, max_clips=max_clips, steps=steps, seed=seed,
+    settings = CompareSettings(split=split, max_clips=max_clips, steps=steps, seed=seed, strong=strong,
                                epsilons=parse_float_list(eps_text, "eps grid"), target_epsilons=parse_float_list(teps_text, "targeted eps grid"))
     loaded = {n: get_model(n) for n in models}
 except CoreError as exc:
@@ -131,20 +135,37 @@ with tab_shift:
                  labels={"cmap": "cmAP", "condition": "condition"}, height=380)
     fig.update_layout(margin=dict(l=10, r=10, t=30, b=10))
     st.plotly_chart(fig, width="stretch", key="cmp_shift_fig")
-    st.caption("Site noise: the quietest window of another test recording (its site's ambient sound) added at the stated SNR. "
+    st.caption("Site noise: a window of another test recording in which BirdNET detects no vocalising animal (its site's "
+               "ambient sound; see the README), added at the stated SNR; labels unchanged. "
                "Gain: a level change. Mixup: the clip mixed with a clip of another species (labels: the union). "
                f"{sh['n'].max()} windows per condition.")
     st.dataframe(sh, hide_index=True, width="stretch")
     st.download_button("Per-clip scores (CSV)", result.shift.to_csv(index=False).encode(), "compare_shift.csv", "text/csv", key="cmp_dl_shift")
 
 with tab_rob:
-    metric = st.radio("Metric", ["cmap", "success_rate", "prs", "top1", "snr_db"], horizontal=True, key="cmp_rob_metric",
+    rob_all = result.robustness
+    attacks_here = [a for a in ("worst-case", "pgd", "transfer") if "attack" in rob_all and (rob_all["attack"] == a).any()]
+    s_ = result.settings
+    attack_words = {"worst-case": worst_case_label(s_.steps, s_.strong_steps, s_.restarts),
+                    "pgd": f"PGD-{s_.steps} (white-box, BCE against the true labels)",
+                    "transfer": f"transfer: PGD-{s_.steps} made on another model (baseline; for the baseline, AudioProtoPNet) and replayed"}
+    r1, r2 = st.columns([2, 3])
+    metric = r1.radio("Metric", ["cmap", "success_rate", "prs", "top1", "snr_db"], horizontal=True, key="cmp_rob_metric",
                       format_func=lambda m: METRIC_LABELS.get(m, m))
-    rob = summarize(result.robustness)
+    which = r2.radio("Attack", attacks_here, horizontal=True, key="cmp_rob_attack", format_func=lambda a: a.replace("-", " "))
+    checks = masking_check(rob_all)
+    flagged = checks[checks["warning"] != ""] if not checks.empty else checks
+    if not flagged.empty:
+        st.warning("Gradient-masking check: the default attack underestimates the attacker for "
+                   + "; ".join(f"**{r.model}** at eps {r.eps:g} ({r.warning})" for r in flagged.itertuples())
+                   + ". Read robustness from the worst case, not from PGD alone.")
+    rob = summarize(rob_all[rob_all["attack"] == which]) if "attack" in rob_all else summarize(rob_all)
     st.plotly_chart(robustness_curves(rob, metric, height=420), width="stretch", key="cmp_rob_fig")
-    st.caption(f"PGD-{result.settings.steps}, L-inf, output-space untargeted (maximises the BCE loss against the true labels), "
-               f"{rob['n_clips'].max()} windows per model."
+    st.caption(f"{attack_words.get(which, which)}; L-inf, output space, {rob['n_clips'].max()} windows per model."
                + ("".join(f" {n}: trained at {b}." for n, b in budgets.items() if b)) + " " + success_note(rob))
+    if not checks.empty:
+        with st.expander("Success rate per attack (the worst case is per clip, so it can exceed every single attack)"):
+            st.dataframe(checks, hide_index=True, width="stretch")
     st.download_button("Per-clip table (CSV)", result.robustness.to_csv(index=False).encode(), "compare_robustness.csv", "text/csv",
                        key="cmp_dl_rob")
 
