@@ -349,6 +349,28 @@ def cmd_shift(args) -> int:
     return 0
 
 
+def cmd_arms(args) -> int:
+    from tqdm import tqdm
+
+    from core.data import open_dataset
+    from core.fileio import atomic_write_text
+    from core.seeds import arm_markdown, arm_table, parse_arms
+
+    arms = parse_arms(args.arm)
+    if args.out and Path(args.out).suffix != ".csv":
+        raise ParameterError(f"--out must end in .csv, got {args.out}")
+    bar = tqdm(total=sum(len(v) for v in arms.values()), desc="models", disable=None)
+    table = arm_table(arms, open_dataset(args.data_dir), eps=args.eps, max_clips=args.max_clips, steps=args.steps,
+                      strong_steps=args.strong_steps, seed=args.seed, progress=lambda d, t: bar.update(d - bar.n))
+    bar.close()
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(arm_markdown(table))
+    if args.out:
+        atomic_write_text(args.out, table.to_csv(index=False))
+        print(f"written to {args.out}")
+    return 0
+
+
 def cmd_noise_bank(args) -> int:
     from tqdm import tqdm
 
@@ -552,6 +574,17 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--out", default="results/sweep.csv", help="output table, .csv or .parquet; an existing one with the same settings is resumed")
     _add_data_dir(sw)
     sw.set_defaults(func=cmd_sweep)
+
+    ar = sub.add_parser("arms", help="training arms over seeds (e.g. AT-O vs its OT+FT control): clean metrics and attack success, mean and sd")
+    ar.add_argument("--arm", action="append", required=True, help="NAME=checkpoint1,checkpoint2,... (names in checkpoints/ or paths); repeat")
+    ar.add_argument("--eps", type=float, default=1e-4, help="L-inf budget, full-scale amplitude (default 1e-4)")
+    ar.add_argument("--max-clips", type=int, default=48, help="test windows attacked per model (default 48)")
+    ar.add_argument("--steps", type=int, default=10, help="PGD steps (default 10)")
+    ar.add_argument("--strong-steps", type=int, default=50, help="APGD steps of the worst case (default 50)")
+    ar.add_argument("--seed", type=int, default=0)
+    ar.add_argument("--out", help="CSV to write")
+    _add_data_dir(ar)
+    ar.set_defaults(func=cmd_arms)
 
     nb = sub.add_parser("noise-bank", help="vet the quietest windows of every recording with BirdNET: the bird-free site-noise bank")
     nb.add_argument("--candidates", type=int, default=4, help="quietest 5 s windows tried per recording (default 4)")

@@ -1,0 +1,146 @@
+"""Training arms over seeds: mean and spread of clean and robust figures per recipe.
+
+One seed per arm cannot tell a recipe's effect from the luck of a run. The AT
+claims are therefore measured on several independently trained models per arm
+(e.g. AT-O and its matched control OT+FT, seeds 0, 1, 2), each evaluated the same
+way: clean metrics on the whole test split (from the model card, computed at the
+end of training) and, on ``max_clips`` test windows, the success rate of PGD-k and
+of the per-clip worst case over PGD-k and APGD on the margin loss at one eps.
+:func:`arm_summary` reports mean, standard deviation and range per arm.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from core.errors import ParameterError
+
+__all__ = ["arm_table", "arm_summary", "arm_markdown", "parse_arms"]
+
+
+def parse_arms(specs: list[str]) -> dict[str, list[str]]:
+    """``["AT-O=a,b,c", "OT+FT=d,e,f"]`` -> ``{"AT-O": [a, b, c], "OT+FT": [d, e, f]}``.
+
+    Raises
+    ------
+    ParameterError
+        A spec without ``=`` or without models, or an arm named twice.
+    """
+    arms: dict[str, list[str]] = {}
+    for spec in specs:
+        name, sep, models = spec.partition("=")
+        names = [m.strip() for m in models.split(",") if m.strip()]
+        if not sep or not name.strip() or not names:
+            raise ParameterError(f"--arm must look like NAME=model1,model2,...; got {spec!r}")
+        if name.strip() in arms:
+            raise ParameterError(f"arm {name.strip()!r} given twice")
+        arms[name.strip()] = names
+    return arms
+
+
+def arm_table(arms: dict[str, list[str]], dataset, *, eps: float = 1e-4, max_clips: int = 48, steps: int = 10,
+              strong_steps: int = 50, seed: int = 0, progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+    """One row per model of every arm: clean test metrics and attack success at ``eps``.
+
+    Parameters
+    ----------
+    arms : dict arm -> list of checkpoint names or paths
+        Models of one arm differ only in their training seed.
+    dataset : core.data.Dataset
+    eps : float [full-scale amplitude]
+        L-inf budget of the attacks.
+    max_clips : int
+        Test windows attacked (spread over the species).
+    steps, strong_steps : int
+        PGD steps; APGD steps.
+    seed : int
+        Attack seed.
+    progress : callable, optional
+        ``progress(done, total)`` over models.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``arm, model, train_seed, split_scheme, test_cmap, test_rec_cmap, test_rec_top1, pgd_success, worst_success, n_clips, eps``.
+
+    Raises
+    ------
+    ParameterError
+        No arms, or models that do not share windows and classes.
+    CheckpointError
+        A checkpoint cannot be loaded.
+    """
+    from core.attacks import APGD, PGD, OutputMargin, OutputUntargeted
+    from core.models.registry import load_checkpoint
+    from core.sweep import dataset_clips
+
+    if not arms:
+        raise ParameterError("no arms")
+    rows, clips, total, done = [], None, sum(len(v) for v in arms.values()), 0
+    for arm, names in arms.items():
+        for name in names:
+            model = load_checkpoint(name)
+            c = model.config
+            if clips is None:
+                clips = dataset_clips(dataset, split="test", class_names=c.class_names, sample_rate=c.frontend.sample_rate,
+                                      window_samples=c.window_samples, max_clips=max_clips)
+                key = (c.frontend.sample_rate, c.window_samples, tuple(c.class_names))
+            elif (c.frontend.sample_rate, c.window_samples, tuple(c.class_names)) != key:
+                raise ParameterError(f"{name}: other windows or classes than the first model")
+            device = next(model.parameters()).device
+            x = torch.as_tensor(clips.waveforms, device=device)
+            y = torch.as_tensor(clips.labels, device=device)
+            m = torch.as_tensor(clips.masks, device=device)
+            broken = []
+            for attack, labels in ((PGD(eps=eps, steps=steps, seed=seed, objective=OutputUntargeted()), y),
+                                   (APGD(eps=eps, steps=strong_steps, seed=seed + 1, objective=OutputMargin()), None)):
+                ok = []
+                for i in range(0, len(x), 8):
+                    xa = attack(model, x[i : i + 8], None if labels is None else labels[i : i + 8], mask=m[i : i + 8])
+                    with torch.no_grad():
+                        clean_top = model(x[i : i + 8]).argmax(-1)
+                        ok.append((model(xa).argmax(-1) != clean_top).cpu().numpy())
+                broken.append(np.concatenate(ok))
+            metrics = model.card.get("metrics", {}).get("test", {})
+            rows.append({
+                "arm": arm, "model": name, "train_seed": model.card.get("train_config", {}).get("seed"),
+                "split_scheme": model.card.get("data", {}).get("split_scheme", "manifest"),
+                "test_cmap": metrics.get("window", {}).get("cmap", np.nan),
+                "test_rec_cmap": metrics.get("recording", {}).get("cmap", np.nan),
+                "test_rec_top1": metrics.get("recording", {}).get("top1", np.nan),
+                "pgd_success": float(broken[0].mean()), "worst_success": float((broken[0] | broken[1]).mean()),
+                "n_clips": len(clips), "eps": eps,
+            })
+            done += 1
+            if progress:
+                progress(done, total)
+    return pd.DataFrame(rows)
+
+
+def arm_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean, standard deviation (ddof 1) and min/max per arm of every metric of :func:`arm_table`."""
+    cols = ["test_cmap", "test_rec_cmap", "test_rec_top1", "pgd_success", "worst_success"]
+    g = table.groupby("arm", sort=False)[cols]
+    out = g.mean().add_suffix(" mean").join(g.std(ddof=1).add_suffix(" sd")).join(g.min().add_suffix(" min")).join(g.max().add_suffix(" max"))
+    out.insert(0, "n_seeds", g.size())
+    return out.reset_index()
+
+
+def arm_markdown(table: pd.DataFrame) -> str:
+    """README table: per arm, mean ± sd over seeds (and the number of seeds)."""
+    s = arm_summary(table)
+    eps = float(table["eps"].iloc[0])
+    head = (f"| arm | seeds | test cmAP (window) | test top-1 (recording) | PGD success at eps {eps:g} | "
+            f"worst-case success at eps {eps:g} |")
+    lines = [head, "|---|---:|---:|---:|---:|---:|"]
+    def f(r, c):
+        return f"{r[c + ' mean']:.3f} ± {r[c + ' sd']:.3f}" if np.isfinite(r[c + " sd"]) else f"{r[c + ' mean']:.3f}"
+
+    for _, r in s.iterrows():
+        cells = " | ".join(f(r, c) for c in ("test_cmap", "test_rec_top1", "pgd_success", "worst_success"))
+        lines.append(f"| {r['arm']} | {int(r['n_seeds'])} | {cells} |")
+    return "\n".join(lines)
