@@ -1,0 +1,42 @@
+"""Training arms over seeds: parsing, per-model evaluation and the mean/sd summary."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from core.data import Dataset
+from core.errors import ParameterError
+from core.models.registry import build_model, save_checkpoint
+from core.seeds import arm_markdown, arm_summary, arm_table, parse_arms
+from tests.conftest import make_tiny_dataset, tiny_config
+
+
+def test_parse_arms():
+    assert parse_arms(["AT-O=a, b", "OT+FT=c"]) == {"AT-O": ["a", "b"], "OT+FT": ["c"]}
+    for bad in (["AT-O"], ["=a"], ["AT-O="], ["A=a", "A=b"]):
+        with pytest.raises(ParameterError):
+            parse_arms(bad)
+
+
+def test_summary_gives_mean_and_sample_sd_per_arm():
+    t = pd.DataFrame({"arm": ["A", "A", "A", "B"], "test_cmap": [0.5, 0.6, 0.7, 0.4], "test_rec_cmap": 0.0, "test_rec_top1": 0.0,
+                      "pgd_success": [0.2, 0.4, 0.6, 1.0], "worst_success": [0.3, 0.5, 0.7, 1.0], "eps": 1e-4})
+    s = arm_summary(t).set_index("arm")
+    assert s.loc["A", "n_seeds"] == 3 and s.loc["A", "test_cmap mean"] == pytest.approx(0.6)
+    assert s.loc["A", "pgd_success sd"] == pytest.approx(0.2)  # ddof 1
+    assert np.isnan(s.loc["B", "test_cmap sd"])
+    md = arm_markdown(t).splitlines()
+    assert md[2].startswith("| A | 3 | 0.600 ± 0.100 |") and md[3] == "| B | 1 | 0.400 | 0.000 | 1.000 | 1.000 |"
+
+
+def test_arm_table_attacks_every_model_and_reads_its_card(tmp_path):
+    ds = Dataset(make_tiny_dataset(tmp_path / "ds"))
+    paths = []
+    for s in (0, 1):
+        torch.manual_seed(s)
+        card = {"train_config": {"seed": s}, "metrics": {"test": {"window": {"cmap": 0.5 + s / 10}}}}
+        paths.append(str(save_checkpoint(build_model(tiny_config("baseline")), tmp_path / f"m{s}.safetensors", card)))
+    t = arm_table({"X": paths}, ds, eps=5e-2, max_clips=4, steps=2, strong_steps=3)
+    assert list(t["train_seed"]) == [0, 1] and t["test_cmap"].tolist() == pytest.approx([0.5, 0.6])
+    assert (t["worst_success"] >= t["pgd_success"]).all() and t["n_clips"].eq(4).all()
