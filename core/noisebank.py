@@ -16,6 +16,9 @@ clip of one. Here a window enters the bank only when
 Labels of a noisy clip stay unchanged because nothing vocal was added. The vetting
 is stored as a table (``assets/noise/<dataset>_birdfree.csv``) made by one command
 (``python -m core noise-bank``); the windows were not listened to one by one.
+BirdNET is no oracle for silence: after its per-window min/max scaling, synthetic
+white hiss at -60 to -93 dBFS scores 0.14-0.64 for Lesser Spotted Woodpecker, so the
+test errs on the side of rejecting (on xc9, 24 of 593 candidate windows pass).
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ def _quietest_starts(waveform: np.ndarray, window: int, k: int) -> list[int]:
     return [i * window for i in order[:k]]
 
 
-def vet_noise_windows(dataset, *, candidates: int = 4, threshold: float = 0.1, detector=None,
+def vet_noise_windows(dataset, *, candidates: int = 4, threshold: float = 0.1, detector=None, recording_ids=None,
                       progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
     """Score the quietest windows of every recording with BirdNET; see the module docstring.
 
@@ -77,6 +80,8 @@ def vet_noise_windows(dataset, *, candidates: int = 4, threshold: float = 0.1, d
         Highest BirdNET score of any animal class that still counts as "nothing there".
     detector : BirdNET, optional
         A BirdNET over all classes (default :func:`core.models.birdnet.load_birdnet` ``("all")``).
+    recording_ids : sequence of str, optional
+        Only these recordings (default: every available one).
     progress : callable, optional
         ``progress(done, total)`` over recordings.
 
@@ -107,7 +112,7 @@ def vet_noise_windows(dataset, *, candidates: int = 4, threshold: float = 0.1, d
     sr = BIRDNET_SAMPLE_RATE
     win, sub = int(WINDOW_S * sr), model.config.window_samples
     device = next(model.parameters()).device
-    recs = [r for r in dataset.recordings if r.path.is_file()]
+    recs = [r for r in dataset.recordings if r.path.is_file() and (recording_ids is None or r.recording_id in set(recording_ids))]
     rows = []
     for n, rec in enumerate(recs):
         w = dataset.load(rec, sr)
