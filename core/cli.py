@@ -410,7 +410,7 @@ def cmd_compare(args) -> int:
     settings = CompareSettings(
         split=args.split, max_clips=args.max_clips, shift_max_clips=args.shift_max_clips,
         epsilons=_float_list(args.epsilons, "--epsilons"), target_epsilons=_float_list(args.target_epsilons, "--target-epsilons"),
-        steps=args.steps, seed=args.seed,
+        steps=args.steps, seed=args.seed, strong=args.strong, strong_steps=args.strong_steps, restarts=args.restarts,
     )
     models, _, _ = _load_models(args.models or ",".join(ZOO), same_rate=False)  # run_compare groups models by window
     dataset = open_dataset(args.data_dir)
@@ -444,8 +444,13 @@ def cmd_compare(args) -> int:
             print(f"paper check recomputed from the stored tables; saved to {store.save(result)}")
     with pd.option_context("display.width", 200, "display.max_columns", 50):
         print(model_summary(result).set_index("model").T.to_string(float_format=lambda v: f"{v:.3f}"))
+        from core.worstcase import masking_check
+
+        checks = masking_check(result.robustness)
+        for r in checks[checks["warning"] != ""].itertuples() if not checks.empty else []:
+            print(f"gradient-masking check: {r.model} at eps {r.eps:g}: {r.warning}")
         if result.claims is not None and len(result.claims):
-            print(result.claims[["key", "ours", "ci_low", "ci_high", "verdict", "size", "detail"]].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+            print(result.claims[["key", "ours", "ci_low", "ci_high", "p_holm", "direction", "detail"]].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     if args.update_cards:
         from core.compare import card_robustness
         from core.models.registry import BUILTIN_MODELS, update_model_card
@@ -629,13 +634,17 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(func=cmd_transfer)
 
     c = sub.add_parser("compare", help="the model zoo side by side (clean, shifted, attacked) and the paper check; cached")
-    c.add_argument("--models", help="comma-separated checkpoint names (default: the six shipped models)")
+    c.add_argument("--models", help="comma-separated checkpoint names (default: the eight shipped models)")
     c.add_argument("--split", default="test", choices=["train", "val", "test"])
-    c.add_argument("--max-clips", type=int, default=96, help="windows attacked per model (spread over the split)")
+    c.add_argument("--max-clips", type=int, default=64, help="windows attacked per model (spread over the split)")
     c.add_argument("--shift-max-clips", type=int, help="windows for clean/shifted metrics (default: all)")
     c.add_argument("--epsilons", default="1e-5,3e-5,1e-4,3e-4,1e-3", help="L-inf eps grid of the untargeted PGD sweep")
     c.add_argument("--target-epsilons", default="1e-4,1e-3", help="L-inf eps grid of the targeted embedding-space PGD sweep")
     c.add_argument("--steps", type=int, default=10)
+    c.add_argument("--no-strong", dest="strong", action="store_false",
+                   help="PGD only: skip the worst case over attacks (transfer, APGD, PGD with restarts)")
+    c.add_argument("--strong-steps", type=int, default=20, help="steps of APGD and of the restarted PGD in the worst case (default 20)")
+    c.add_argument("--restarts", type=int, default=2, help="random restarts of the strong PGD (default 2)")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of the test recordings for the paper check")
     c.add_argument("--boot-seed", type=int, default=0, help="seed of the paper check's bootstrap")

@@ -117,12 +117,12 @@ class CompareSettings:
 
     split: str = "test"
     shift_max_clips: int | None = None
-    max_clips: int = 96
+    max_clips: int = 64
     epsilons: tuple[float, ...] = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3)
     target_epsilons: tuple[float, ...] = (1e-4, 1e-3)
     steps: int = 10
     strong: bool = True
-    strong_steps: int = 50
+    strong_steps: int = 20
     restarts: int = 2
     seed: int = 0
     snr_db: float = 10.0
