@@ -450,7 +450,8 @@ def cmd_compare(args) -> int:
         for r in checks[checks["warning"] != ""].itertuples() if not checks.empty else []:
             print(f"gradient-masking check: {r.model} at eps {r.eps:g}: {r.warning}")
         if result.claims is not None and len(result.claims):
-            print(result.claims[["key", "ours", "ci_low", "ci_high", "p_holm", "direction", "detail"]].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+            cols = ["key", "ours", "ci_low", "ci_high", "p_holm", "direction", "detail"]
+            print(result.claims[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     if args.update_cards:
         from core.compare import card_robustness
         from core.models.registry import BUILTIN_MODELS, update_model_card
