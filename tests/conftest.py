@@ -79,3 +79,26 @@ def data_dir():
     if d is None:
         pytest.skip("xc9 dataset not found (set BIRDSHIELD_DATA_DIR)")
     return d
+
+
+_RESULT_SKIPS: list[str] = []
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and "data_dir" in getattr(item, "fixturenames", ()):
+        _RESULT_SKIPS.append(item.nodeid)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Results tests (shipped checkpoints, README figures) need the dataset; when they skip, say so loudly."""
+    if _RESULT_SKIPS:
+        bar = "!" * 100
+        terminalreporter.write_line(bar, red=True, bold=True)
+        terminalreporter.write_line(f"{len(_RESULT_SKIPS)} RESULTS TESTS SKIPPED: the xc9 dataset was not found (set BIRDSHIELD_DATA_DIR "
+                                    "or put it at ../shared/data/xc9). The shipped figures were NOT checked:", red=True, bold=True)
+        for nodeid in _RESULT_SKIPS[:20]:
+            terminalreporter.write_line(f"  {nodeid}", red=True)
+        terminalreporter.write_line(bar, red=True, bold=True)
