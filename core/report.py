@@ -14,7 +14,8 @@ import pandas as pd
 
 from core.sweep import summarize
 
-__all__ = ["robustness_markdown", "minimal_eps_markdown", "targeted_markdown", "BANDS_HZ", "prototype_bands", "prototype_bands_markdown"]
+__all__ = ["robustness_markdown", "minimal_eps_markdown", "targeted_markdown", "model_table_markdown", "compare_markdown",
+           "BANDS_HZ", "prototype_bands", "prototype_bands_markdown"]
 
 #: Frequency bands of the prototype table [Hz]: low calls (owls, ducks), the core of most songs, high notes, and
 #: the top of the front end (near the codec cut-off).
@@ -125,3 +126,60 @@ def targeted_markdown(tables: dict[str, pd.DataFrame], labels: dict[str, str] | 
                          f"{_f(adv['success_rate'], 2)} ({_f(clean['success_rate'], 2)}) | {_f(adv['prs'], 2)} | {_f(adv['drs'], 2)} | "
                          f"{_f(adv['tars'], 2)} |")
     return "\n".join(lines) + "\n"
+
+
+def model_table_markdown(cards: dict[str, dict], labels: dict[str, str]) -> str:
+    """The README's model table from model cards: test metrics per window and recording, val cmAP, training time.
+
+    Parameters
+    ----------
+    cards : dict name -> model card (``metrics``, ``train_seconds``; the first card's ``reference`` adds its row)
+    labels : dict name -> row label
+    """
+    head = ("| model | cmAP (window) | ROC-AUC (window) | top-1 (window) | cmAP (recording) | ROC-AUC (recording) | "
+            "top-1 (recording) | val cmAP (window) | train min (this 2-core CPU) |")
+    lines = [head, "|---|---|---|---|---|---|---|---|---|"]
+
+    def row(label, m, minutes):
+        t, v = m["test"], m["val"]
+        cells = [_f(t["window"]["cmap"]), _f(t["window"]["roc_auc"]), _f(t["window"]["top1"]), _f(t["recording"]["cmap"]),
+                 _f(t["recording"]["roc_auc"]), _f(t["recording"]["top1"]), _f(v["window"]["cmap"]), minutes]
+        return f"| {label} | " + " | ".join(cells) + " |"
+
+    for name, card in cards.items():
+        minutes = f"{card['train_seconds'] / 60:.1f}" + (" (fine-tuning)" if card.get("init") else "")
+        lines.append(row(labels.get(name, name), card["metrics"], minutes))
+    ref = next(iter(cards.values())).get("reference")
+    if ref:
+        lines.append(row("Reference (log. regr. on mean log-mel)", ref["metrics"], "< 1"))
+    return "\n".join(lines)
+
+
+def compare_markdown(result, labels: dict[str, str]) -> str:
+    """The README's comparison table: clean/shifted cmAP, worst-case cmAP and success per eps, TARS, prototype change.
+
+    Parameters
+    ----------
+    result : core.compare.CompareResult
+        With worst-case rows (``settings.strong``).
+    labels : dict name -> row label
+    """
+    from core.compare import model_summary
+
+    s = model_summary(result).set_index("model")
+    eps_cols = [c for c in s.columns if c.startswith("cmAP worst eps ")]
+    eps = [c.removeprefix("cmAP worst eps ") for c in eps_cols]
+    tgt = [c for c in s.columns if c.startswith("TARS targeted eps ")][-1:]
+    head = ("| model | recipe | clean | bird-free noise 10 dB | mixup | " + " | ".join(f"worst cmAP {e}" for e in eps)
+            + " | " + " | ".join(f"success PGD / worst {e}" for e in eps) + " | TARS targeted "
+            + tgt[0].removeprefix("TARS targeted eps ") + " | prototype change 1e-04 |")
+    lines = [head, "|---|---|" + "---:|" * (3 + 2 * len(eps) + 2)]
+    for name, r in s.iterrows():
+        cells = [r["recipe"], _f(r["cmAP clean"]), _f(r["cmAP noise"]), _f(r["cmAP mixup"])]
+        cells += [_f(r[f"cmAP worst eps {e}"]) for e in eps]
+        cells += [f"{r[f'success PGD eps {e}']:.2f} / {r[f'success worst eps {e}']:.2f}" for e in eps]
+        cells.append(_f(r[tgt[0]]))
+        change = r.get("prototype change PGD eps 1e-04", np.nan)
+        cells.append("" if pd.isna(change) else f"{100 * change:.1f} %")
+        lines.append(f"| {labels.get(name, name)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
