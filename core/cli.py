@@ -637,7 +637,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="the model zoo side by side (clean, shifted, attacked) and the paper check; cached")
     c.add_argument("--models", help="comma-separated checkpoint names (default: the eight shipped models)")
     c.add_argument("--split", default="test", choices=["train", "val", "test"])
-    c.add_argument("--max-clips", type=int, default=64, help="windows attacked per model (spread over the split)")
+    c.add_argument("--max-clips", type=int, default=48, help="windows attacked per model (spread over the split)")
     c.add_argument("--shift-max-clips", type=int, help="windows for clean/shifted metrics (default: all)")
     c.add_argument("--epsilons", default="1e-5,3e-5,1e-4,3e-4,1e-3", help="L-inf eps grid of the untargeted PGD sweep")
     c.add_argument("--target-epsilons", default="1e-4,1e-3", help="L-inf eps grid of the targeted embedding-space PGD sweep")

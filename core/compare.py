@@ -117,7 +117,7 @@ class CompareSettings:
 
     split: str = "test"
     shift_max_clips: int | None = None
-    max_clips: int = 64
+    max_clips: int = 48
     epsilons: tuple[float, ...] = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3)
     target_epsilons: tuple[float, ...] = (1e-4, 1e-3)
     steps: int = 10
