@@ -37,7 +37,8 @@ architecture, else with ``"OT"``; ``control`` and the ``measure`` text say which
 
 Robustness. Where the robustness table has an ``attack`` column with ``"worst-case"`` rows (per clip, the
 attack succeeds if any of PGD-10, a transfer attack, APGD or PGD with restarts does; steps and restarts
-from the comparison's settings, by default APGD-20 and PGD-20 x 2), those are used; else the ``"pgd"`` rows (PGD-10). Tables without the column are PGD-10 only.
+from the comparison's settings, by default APGD-20 and PGD-20 x 2), those are used; else the ``"pgd"``
+rows (PGD-10). Tables without the column are PGD-10 only.
 
 A claim averaged over architectures in the paper ("on average") is averaged over our two architectures
 (ConvNeXt baseline and AudioProtoPNet). The paper's numbers are kept only where they can be traced to the
