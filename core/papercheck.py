@@ -561,7 +561,10 @@ def paper_check(result, *, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
         raise ParameterError(f"n_boot must be an integer >= 100, got {n_boot!r}")
     from core.compare import ZOO
 
-    result = result.subset([n for n in result.models if n in ZOO])  # the claims are about the zoo (BirdNET has other clips)
+    zoo = [n for n in result.models if n in ZOO]
+    if not zoo:  # the claims are about the zoo's recipes; other models have none to test
+        return pd.DataFrame(columns=COLUMNS)
+    result = result.subset(zoo)  # the claims are about the zoo (BirdNET has other clips)
     rows = []
     for claim, scores, effect, detail, control in _claims(result):
         groups = pd.Series([recording_of(c) for c in scores.clips])
