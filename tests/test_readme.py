@@ -66,3 +66,42 @@ def test_robustness_tables_are_the_stored_sweeps():
               "embedding-targeted: towards XC215926 (Sedge Warbler), eps 1e-3": read_table(rob / "targeted_embedding_XC215926.csv"),
               "prototype-suppress (k = 3), eps 1e-3": read_table(rob / "prototype_suppress_k3.csv")}
     assert block("robustness-targeted") == targeted_markdown(tables, labels)
+
+
+ZOO_LABELS = {"baseline": "Baseline", "baseline_ato": "Baseline, AT-O (`baseline_ato`)", "baseline_ate": "Baseline, AT-E (`baseline_ate`)",
+              "baseline_ft": "Baseline, OT+FT control (`baseline_ft`)", "protopnet": "AudioProtoPNet",
+              "protopnet_ato": "AudioProtoPNet, AT-O (`protopnet_ato`)", "protopnet_ate": "AudioProtoPNet, AT-E (`protopnet_ate`)",
+              "protopnet_ft": "AudioProtoPNet, OT+FT control (`protopnet_ft`)"}
+
+
+def test_model_table_is_the_model_cards():
+    from core.models.registry import read_model_card
+    from core.report import model_table_markdown
+
+    cards = {n: read_model_card(n) for n in ZOO_LABELS}
+    assert block("models") == model_table_markdown(cards, ZOO_LABELS) + "\n"
+
+
+def test_prototype_band_table_is_the_card():
+    from core.models.registry import read_model_card
+    from core.report import prototype_bands_markdown
+
+    card = read_model_card("protopnet")
+    assert block("prototype-bands") == prototype_bands_markdown(card["prototypes"], card["config"]["class_names"]) + "\n"
+
+
+def test_comparison_table_is_the_shipped_comparison():
+    from core.compare import SHIPPED_DIR, CompareStore
+    from core.report import compare_markdown
+
+    results = list(CompareStore(directory=SHIPPED_DIR, shipped=None).results())
+    assert len(results) == 1, "assets/compare must hold exactly the shipped comparison"
+    assert block("compare") == compare_markdown(results[0], ZOO_LABELS) + "\n"
+
+
+def test_seed_table_is_the_stored_arms():
+    from core.seeds import arm_markdown
+
+    t = pd.read_csv(ROOT / "assets" / "robustness" / "at_seeds.csv")
+    assert set(t["arm"]) == {"AT-O", "OT+FT"} and t.groupby("arm")["train_seed"].nunique().min() >= 3
+    assert block("at-seeds") == arm_markdown(t) + "\n"
