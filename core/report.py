@@ -15,7 +15,7 @@ import pandas as pd
 from core.sweep import summarize
 
 __all__ = ["robustness_markdown", "minimal_eps_markdown", "targeted_markdown", "model_table_markdown", "compare_markdown",
-           "BANDS_HZ", "prototype_bands", "prototype_bands_markdown"]
+           "claims_markdown", "BANDS_HZ", "prototype_bands", "prototype_bands_markdown"]
 
 #: Frequency bands of the prototype table [Hz]: low calls (owls, ducks), the core of most songs, high notes, and
 #: the top of the front end (near the codec cut-off).
@@ -182,4 +182,17 @@ def compare_markdown(result, labels: dict[str, str]) -> str:
         change = r.get("prototype change PGD eps 1e-04", np.nan)
         cells.append("" if pd.isna(change) else f"{100 * change:.1f} %")
         lines.append(f"| {labels.get(name, name)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def claims_markdown(claims: pd.DataFrame) -> str:
+    """The README's paper-check table from a comparison's claims (:func:`core.papercheck.paper_check`)."""
+    lines = ["| claim | kind | paper | ours [95 % CI] | p (Holm) | direction | verdict |", "|---|---|---|---|---|---|---|"]
+    for _, r in claims.iterrows():
+        unit = r["unit"]
+
+        def f(v, unit=unit):
+            return f"{v:+.1f} %" if unit == "%" else f"{v:+.3f} {unit}"
+        lines.append(f"| {r['claim']} | {r['kind']} | {r['paper']} | {f(r['ours'])} [{f(r['ci_low'])}, {f(r['ci_high'])}] | "
+                     f"{r['p_holm']:.3g} | {r['direction']} | {r['verdict']} |")
     return "\n".join(lines)

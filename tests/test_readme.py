@@ -97,6 +97,9 @@ def test_comparison_table_is_the_shipped_comparison():
     results = list(CompareStore(directory=SHIPPED_DIR, shipped=None).results())
     assert len(results) == 1, "assets/compare must hold exactly the shipped comparison"
     assert block("compare") == compare_markdown(results[0], ZOO_LABELS) + "\n"
+    from core.report import claims_markdown
+
+    assert block("paper-check") == claims_markdown(results[0].claims) + "\n"
 
 
 def test_seed_table_is_the_stored_arms():
