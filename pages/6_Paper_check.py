@@ -123,7 +123,8 @@ st.markdown(
 - **eps is not comparable across papers.** We attack the waveform (L-inf in full-scale amplitude); the paper's eps
   lives in its own input domain. We compare at our training eps (1e-4, about 45 dB SNR) and at ten times it.
 - **Our models are fine-tuned.** Adversarial training from scratch did not help in our 6-epoch CPU budget (val cmAP
-  0.21 vs 0.37 without it), so the AT models are the OT models fine-tuned for 4 epochs with FGSM perturbations (see the model cards).
+  0.21 vs 0.37 without it), so the AT models are the OT models fine-tuned for 4 epochs with FGSM-RS perturbations
+  (random start, Wong et al. 2020; see the model cards).
 - The paper's numbers are kept only where its abstract gives them (the +10.5 %); a figure that could not be traced to
   the paper (such as a TARS figure from this project's issue text) is left out. The paper's tables were not available here.
 - **Control arm.** AT-O is compared with OT+FT (ordinary training fine-tuned for the same epochs without the adversary)
