@@ -124,3 +124,24 @@ def test_training_with_awp_runs_and_lowers_the_loss(tiny_dataset):
     losses = [h["loss"] for h in card["history"]]
     assert losses[-1] < losses[0] and all(np.isfinite(losses))
     assert card["train_config"]["awp_gamma"] == 0.005
+
+
+def test_fgsm_rs_starts_inside_the_ball_and_plain_fgsm_sits_on_its_corners():
+    from core.train import _adversarial_batch
+
+    torch.manual_seed(0)
+    model = build_model(tiny_config("baseline")).eval()
+    x = (torch.rand(3, 16_000, generator=torch.Generator().manual_seed(1)) * 2 - 1) * 0.5
+    y = torch.zeros(3, 3)
+    y[:, 0] = 1
+    eps = 1e-3
+    plain = _adversarial_batch(model, x, y, TrainConfig(adv="at-o", adv_eps=eps, adv_random_start=False)) - x
+    rs = _adversarial_batch(model, x, y, TrainConfig(adv="at-o", adv_eps=eps)) - x
+    assert torch.allclose(plain.abs(), torch.full_like(plain, eps), atol=1e-7)  # FGSM: every sample at +-eps
+    assert rs.abs().max() <= eps + 1e-7
+    inside = (rs.abs() < eps * (1 - 1e-3)).float().mean()
+    # FGSM-RS: a uniform start u in [-eps, eps] plus a 1.25 eps signed step stays inside the ball when u lies in the
+    # opposite 0.75 eps of the interval: 3/8 of the samples
+    assert 0.3 < inside < 0.45, inside
+    again = _adversarial_batch(model, x, y, TrainConfig(adv="at-o", adv_eps=eps)) - x
+    assert not torch.equal(rs, again)  # a fresh random start per batch
