@@ -93,6 +93,15 @@ if res.similarity_maps is None:
 
 st.header("This looks like that: prototypes")
 k = cfg.prototypes_per_class
+if model.card.get("prototypes"):
+    with st.expander("Where this model's prototypes sit (frequency band of each prototype's training patch)"):
+        from core.report import prototype_bands
+
+        bands = prototype_bands(model.card["prototypes"], names)
+        bands.index = [display(c) for c in bands.index]
+        st.dataframe(bands, width="stretch")
+        st.caption("Counted by the centre of the push patch's frequency band. A prototype far above or below a species' "
+                   "song (e.g. a Mallard prototype at 8 kHz) explains the decision by something other than the bird.")
 n_top = st.slider("Classes to explain", 1, 5, 2, key="clip_n_classes")
 acts = res.prototype_activations[0]
 weights = model.class_connection().detach().cpu().numpy()
