@@ -175,7 +175,8 @@ def test_embeddings_page_map_attack_and_selection(data_dir, tmp_path, monkeypatc
     assert not at.error, [e.value for e in at.error]
     res = at.session_state["emb_result"]
     assert res["coords"].shape == (16, 2) and res["adv_coords"].shape == (16, 2)
-    assert res["proto_coords"].shape == (45, 2)  # the shipped AudioProtoPNet's prototypes in the same map
+    at_clip, sim = res["anchors"]  # each of the 45 prototypes marked at the clip of the map it fires most on
+    assert at_clip.shape == sim.shape == (45,) and ((0 <= at_clip) & (at_clip < 16)).all() and (sim <= 1 + 1e-6).all()
     metrics = res["metrics"]
     assert list(metrics["points"]) == ["clean", "clean", "adversarial", "adversarial"]
     assert metrics[["nmi", "ari", "silhouette", "retrieval_roc_auc"]].notna().all().all()
@@ -391,4 +392,4 @@ def test_embeddings_page_with_birdnet(data_dir, tmp_path, monkeypatch):
     res = at.session_state["emb_result"]
     assert res["coords"].shape == (12, 2) and res["adv_coords"].shape == (12, 2)
     assert res["clips"].waveforms.shape[1] == 144_000
-    assert res.get("proto_coords") is None
+    assert res.get("anchors") is None
