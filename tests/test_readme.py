@@ -100,11 +100,3 @@ def test_comparison_table_is_the_shipped_comparison():
     from core.report import claims_markdown
 
     assert block("paper-check") == claims_markdown(results[0].claims) + "\n"
-
-
-def test_seed_table_is_the_stored_arms():
-    from core.seeds import arm_markdown
-
-    t = pd.read_csv(ROOT / "assets" / "robustness" / "at_seeds.csv")
-    assert set(t["arm"]) == {"AT-O", "OT+FT"} and t.groupby("arm")["train_seed"].nunique().min() >= 3
-    assert block("at-seeds") == arm_markdown(t) + "\n"
