@@ -213,7 +213,7 @@ def test_robustness_claims_use_worst_case_rows_when_present_else_pgd_rows():
     t = paper_check(r, n_boot=100).set_index("key")
     for key in ("robust", "robust_big"):
         assert t.loc[key, "direction"] == "opposite", key
-        assert "worst case over PGD-10" in t.loc[key, "measure"] and "APGD-50, PGD-50x2" in t.loc[key, "measure"], key
+        assert "worst case over PGD-10" in t.loc[key, "measure"] and "APGD-20, PGD-20x2" in t.loc[key, "measure"], key
     assert t.loc["clean", "direction"] == "claimed"  # the shift table is untouched
     r.robustness = r.robustness[r.robustness["attack"] != "worst-case"]  # an older table: PGD and transfer rows only
     t = paper_check(r, n_boot=100).set_index("key")
