@@ -642,8 +642,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--epsilons", default="1e-5,3e-5,1e-4,3e-4,1e-3", help="L-inf eps grid of the untargeted PGD sweep")
     c.add_argument("--target-epsilons", default="1e-4,1e-3", help="L-inf eps grid of the targeted embedding-space PGD sweep")
     c.add_argument("--steps", type=int, default=10)
-    c.add_argument("--no-strong", dest="strong", action="store_false",
-                   help="PGD only: skip the worst case over attacks (transfer, APGD, PGD with restarts)")
+    c.add_argument("--strong", action="store_true",
+                   help="add the worst case over attacks (transfer, APGD, PGD with restarts); > 40 min for the zoo on 2 cores")
     c.add_argument("--strong-steps", type=int, default=20, help="steps of APGD and of the restarted PGD in the worst case (default 20)")
     c.add_argument("--restarts", type=int, default=2, help="random restarts of the strong PGD (default 2)")
     c.add_argument("--seed", type=int, default=0)

@@ -156,28 +156,29 @@ def model_table_markdown(cards: dict[str, dict], labels: dict[str, str]) -> str:
 
 
 def compare_markdown(result, labels: dict[str, str]) -> str:
-    """The README's comparison table: clean/shifted cmAP, worst-case cmAP and success per eps, TARS, prototype change.
+    """The README's comparison table: clean/shifted cmAP, attacked cmAP and success per eps, TARS, prototype change.
+
+    Attacked figures are the worst case over attacks when the comparison has it (``settings.strong``), else PGD.
 
     Parameters
     ----------
     result : core.compare.CompareResult
-        With worst-case rows (``settings.strong``).
     labels : dict name -> row label
     """
     from core.compare import model_summary
 
     s = model_summary(result).set_index("model")
-    eps_cols = [c for c in s.columns if c.startswith("cmAP worst eps ")]
-    eps = [c.removeprefix("cmAP worst eps ") for c in eps_cols]
+    word = "worst" if any(c.startswith("cmAP worst eps ") for c in s.columns) else "PGD"
+    eps = [c.removeprefix(f"cmAP {word} eps ") for c in s.columns if c.startswith(f"cmAP {word} eps ")]
     tgt = [c for c in s.columns if c.startswith("TARS targeted eps ")][-1:]
-    head = ("| model | recipe | clean | bird-free noise 10 dB | mixup | " + " | ".join(f"worst cmAP {e}" for e in eps)
-            + " | " + " | ".join(f"success PGD / worst {e}" for e in eps) + " | TARS targeted "
+    head = ("| model | recipe | clean | bird-free noise 10 dB | mixup | " + " | ".join(f"{word} cmAP {e}" for e in eps)
+            + " | " + " | ".join(f"success {e}" for e in eps) + " | TARS targeted "
             + tgt[0].removeprefix("TARS targeted eps ") + " | prototype change 1e-04 |")
     lines = [head, "|---|---|" + "---:|" * (3 + 2 * len(eps) + 2)]
     for name, r in s.iterrows():
         cells = [r["recipe"], _f(r["cmAP clean"]), _f(r["cmAP noise"]), _f(r["cmAP mixup"])]
-        cells += [_f(r[f"cmAP worst eps {e}"]) for e in eps]
-        cells += [f"{r[f'success PGD eps {e}']:.2f} / {r[f'success worst eps {e}']:.2f}" for e in eps]
+        cells += [_f(r[f"cmAP {word} eps {e}"]) for e in eps]
+        cells += [f"{r[f'success {word} eps {e}']:.2f}" for e in eps]
         cells.append(_f(r[tgt[0]]))
         change = r.get("prototype change PGD eps 1e-04", np.nan)
         cells.append("" if pd.isna(change) else f"{100 * change:.1f} %")

@@ -15,7 +15,7 @@ from core.models.registry import build_model
 from core.worstcase import ATTACK_ORDER, masking_check, transfer_sources, worst_case_label
 from tests.conftest import CLASSES, make_tiny_dataset, tiny_config
 
-SETTINGS = CompareSettings(max_clips=6, epsilons=(1e-4, 3e-2), target_epsilons=(1e-2,), steps=2, strong_steps=3, restarts=2)
+SETTINGS = CompareSettings(strong=True, max_clips=6, epsilons=(1e-4, 3e-2), target_epsilons=(1e-2,), steps=2, strong_steps=3, restarts=2)
 
 
 def _masked(model):
