@@ -20,7 +20,8 @@ st.title("Compare models: ordinary vs adversarial training")
 st.caption("The eight shipped models, {ConvNeXt baseline, AudioProtoPNet} x {ordinary training (OT), output-space adversarial "
            "training (AT-O), embedding-space adversarial training (AT-E), and the AT models' matched control (OT+FT: the same "
            "fine-tuning without the adversary)}, on the same test clips (recordist-disjoint split): clean and shifted cmAP, "
-           "robustness curves under PGD and under the worst case over PGD, a transfer attack, APGD and PGD with restarts, "
+           "robustness curves under PGD (and, when asked for in the settings, under the worst case over PGD, a transfer attack, "
+           "APGD and PGD with restarts), "
            "targeted embedding-space attacks (DRS/TARS) and prototype stability. Results come from the store; recomputing takes minutes.")
 
 available = list_checkpoints()
