@@ -110,6 +110,21 @@ def cmd_reference(args) -> int:
     return 0
 
 
+def cmd_calibrate(args) -> int:
+    from core.calibration import calibrate_model
+    from core.data import open_dataset
+    from core.models.registry import load_checkpoint, update_model_card
+
+    ds = open_dataset(args.data_dir)
+    for name in args.model:
+        entry = calibrate_model(load_checkpoint(name), ds)
+        update_model_card(name, decision_threshold=entry)
+        print(f"{name}: threshold {entry['value']:.3f} on {entry['n_windows']} validation windows "
+              f"(micro-F1 {entry['micro_f1']:.3f}, at 0.5 {entry['micro_f1_at_0.5']:.3f}; "
+              f"{entry['mean_predicted']:.2f} species predicted per window)")
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     from core.data import build_windows, open_dataset
     from core.fileio import atomic_write_text
@@ -529,6 +544,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out")
     _add_data_dir(r)
     r.set_defaults(func=cmd_reference)
+
+    cal = sub.add_parser("calibrate", help="choose each model's decision threshold on the validation split (stored in its card)")
+    cal.add_argument("--model", nargs="+", required=True, help="checkpoint names or paths (not BirdNET: its card is built in)")
+    _add_data_dir(cal)
+    cal.set_defaults(func=cmd_calibrate)
 
     e = sub.add_parser("evaluate", help="metrics of a checkpoint on a split")
     e.add_argument("--model", default="protopnet")

@@ -43,14 +43,14 @@ def prototype_bands(prototypes: Sequence[dict], class_names: Sequence[str]) -> p
         for (lo, hi), lab in zip(BANDS_HZ, labels):
             if lo <= centre < hi:
                 table.loc[p["class_name"], lab] += 1
-    table["total"] = table.sum(1)
+    table["total"] = table.sum(axis=1)
     return table
 
 
 def prototype_bands_markdown(prototypes: Sequence[dict], class_names: Sequence[str], display: dict[str, str] | None = None) -> str:
     """:func:`prototype_bands` as a Markdown table with a totals row."""
     t = prototype_bands(prototypes, class_names)
-    t.loc["all"] = t.sum(0)
+    t.loc["all"] = t.sum(axis=0)
     head = "| species | " + " | ".join(t.columns) + " |"
     sep = "|---|" + "---:|" * len(t.columns)
     rows = [f"| {(display or {}).get(c, c)} | " + " | ".join(str(int(v)) for v in t.loc[c]) + " |" for c in t.index]

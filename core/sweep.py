@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -32,6 +33,7 @@ import torch
 from core import metrics
 from core.attacks.base import Attack, eps_rows_for_snr
 from core.attacks.objectives import take_rows
+from core.calibration import set_changed
 from core.errors import ParameterError
 from core.fileio import atomic_path, atomic_write_text
 
@@ -41,7 +43,7 @@ __all__ = [
 ]
 
 #: Metrics of :func:`summarize`, in the order the dashboard offers them.
-CURVE_METRICS = ("cmap", "roc_auc", "top1", "success_rate", "prs", "drs", "tars", "snr_db", "db_x", "eps")
+CURVE_METRICS = ("cmap", "roc_auc", "top1", "success_rate", "set_change_rate", "prs", "drs", "tars", "snr_db", "db_x", "eps")
 
 
 @dataclass
@@ -406,12 +408,44 @@ def _classes(df: pd.DataFrame) -> list[str]:
     return [c.split(":", 1)[1] for c in df.columns if c.startswith("score:")]
 
 
-def summarize(df: pd.DataFrame) -> pd.DataFrame:
+def _set_changes(df: pd.DataFrame, classes: list[str], thresholds: Mapping[str, float]) -> pd.Series:
+    """Per row: predicted set at the model's threshold differs from the clean row's (NaN without a threshold)."""
+    out = pd.Series(np.nan, index=df.index, dtype=object)
+    if not classes or not thresholds:
+        return out.astype(float)
+    cols = [f"score:{c}" for c in classes]
+    keys = [k for k in ("model", "attack", "norm", "objective") if k in df]
+    for key, g in df.groupby(keys, sort=False):
+        t = thresholds.get(key[0])
+        if t is None:
+            continue
+        clean = g[g["budget_kind"] == "clean"].drop_duplicates("clip").set_index("clip")
+        have = g["clip"].isin(clean.index)
+        rows = g[have]
+        if rows.empty:
+            continue
+        ref = clean.loc[rows["clip"], cols].to_numpy()
+        out.loc[rows.index] = set_changed(ref, rows[cols].to_numpy(), t)
+    return out.astype(float)
+
+
+def summarize(df: pd.DataFrame, thresholds: Mapping[str, float] | None = None) -> pd.DataFrame:
     """Aggregate a tidy sweep table into one row per (model, attack, objective, budget).
 
     cmAP, macro ROC-AUC and top-1 are computed over the clips of each group
     (needs ``label:`` columns and at least 2 clips; NaN otherwise); success rate, PRS, DRS and TARS are
     means over clips; SNR, dB_x and eps are medians (SNR of a clean row is +inf).
+
+    ``set_change_rate`` is the share of clips whose predicted species set (scores
+    >= the model's validation threshold, :mod:`core.calibration`) differs from the
+    clean clip's; NaN for models without a threshold in ``thresholds``.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        A :func:`sweep_table` (or several concatenated).
+    thresholds : mapping of model name to float in (0, 1), optional
+        Per-model decision thresholds (model cards' ``decision_threshold``).
 
     Returns
     -------
@@ -422,6 +456,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     classes = _classes(df)
     has_labels = all(f"label:{c}" in df.columns for c in classes) and classes
     keys = ["model", "attack", "norm", "objective", "budget_kind", "budget"]
+    changed = _set_changes(df, classes, thresholds or {})
     rows = []
     for key, g in df.groupby(keys, dropna=False, sort=False):
         row = dict(zip(keys, key))
@@ -434,6 +469,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
         else:
             row |= {"cmap": np.nan, "roc_auc": np.nan, "top1": np.nan}
         row["success_rate"] = float(g["success"].astype(float).mean())
+        row["set_change_rate"] = float(changed[g.index].mean()) if changed[g.index].notna().all() else np.nan
         for m in ("prs", "drs", "tars"):
             row[m] = float(g[m].mean()) if g[m].notna().any() else np.nan
         for m in ("snr_db", "db_x", "eps"):

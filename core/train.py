@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from core.calibration import threshold_entry
 from core.data import Dataset, WindowSet, build_windows, windows_from_waveforms
 from core.device import get_device
 from core.errors import ParameterError
@@ -685,7 +686,9 @@ def train_model(
         _run_phase(model, sampler, cfg, [{"params": list(model.parameters()), "lr": cfg.lr}],
                    cfg.epochs, "train", val, gen, progress, history)
     test = build_windows(dataset, recs("test"), sample_rate=sr, window_s=config.clip_seconds, class_names=config.class_names)
-    card["metrics"] = {"val": evaluate(model, val), "test": evaluate(model, test)}
+    val_scores = predict_scores(model, val.waveforms)
+    card["metrics"] = {"val": metrics_from_scores(val_scores, val, config.class_names), "test": evaluate(model, test)}
+    card["decision_threshold"] = threshold_entry(val_scores, val.targets, dataset.split_scheme)
     card["history"] = history
     card["train_config"] = asdict(cfg)
     card["train_seconds"] = time.time() - t_start

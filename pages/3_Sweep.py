@@ -9,6 +9,7 @@ import torch
 
 from core.attacks import OBJECTIVES
 from core.audio import resample, wav_bytes
+from core.calibration import card_thresholds
 from core.errors import CoreError
 from core.models.registry import list_checkpoints
 from core.sweep import (
@@ -210,7 +211,12 @@ if not result:
     st.info("Set up a sweep and run it, or load a saved one.")
     st.stop()
 table = result["table"]
-summary = summarize(table)
+try:
+    thresholds = card_thresholds(table["model"].unique())
+except CoreError as exc:
+    st.warning(f"Set-change rates left out: {exc}")
+    thresholds = {}
+summary = summarize(table, thresholds=thresholds)
 st.subheader(f"Robustness curves ({summary['n_clips'].max()} clip(s), source: {result['source']})")
 available = [m for m in CURVE_METRICS if summary[m].notna().any() and m != "eps"]
 default = [m for m in ("cmap", "success_rate", "tars", "snr_db") if m in available] or available[:2]
@@ -218,7 +224,7 @@ chosen = st.multiselect("Metrics", available, default=default, format_func=lambd
 cols = st.columns(2)
 for i, metric in enumerate(chosen):
     cols[i % 2].plotly_chart(robustness_curves(summary, metric), key=f"sweep_curve_{metric}")
-st.caption(success_note(summary))
+st.caption(success_note(summary, thresholds))
 if summary["cmap"].isna().all():
     st.caption("cmAP, ROC-AUC and top-1 need true labels and at least 2 clips (a single clip's average precision is 1 "
                "whatever its scores): attack several clips, or read success rate and PRS.")

@@ -6,6 +6,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
+from core.calibration import card_thresholds
 from core.compare import ZOO, CompareSettings, CompareStore, model_recipe, model_summary, prototype_stability, run_compare
 from core.errors import CoreError
 from core.models.registry import list_checkpoints
@@ -151,7 +152,7 @@ with tab_rob:
                     "pgd": f"PGD-{s_.steps} (white-box, BCE against the true labels)",
                     "transfer": f"transfer: PGD-{s_.steps} made on another model (baseline; for the baseline, AudioProtoPNet) and replayed"}
     r1, r2 = st.columns([2, 3])
-    metric = r1.radio("Metric", ["cmap", "success_rate", "prs", "top1", "snr_db"], horizontal=True, key="cmp_rob_metric",
+    metric = r1.radio("Metric", ["cmap", "success_rate", "set_change_rate", "prs", "top1", "snr_db"], horizontal=True, key="cmp_rob_metric",
                       format_func=lambda m: METRIC_LABELS.get(m, m))
     which = r2.radio("Attack", attacks_here, horizontal=True, key="cmp_rob_attack", format_func=lambda a: a.replace("-", " "))
     checks = masking_check(rob_all)
@@ -160,10 +161,18 @@ with tab_rob:
         st.warning("Gradient-masking check: the default attack underestimates the attacker for "
                    + "; ".join(f"**{r.model}** at eps {r.eps:g} ({r.warning})" for r in flagged.itertuples())
                    + ". Read robustness from the worst case, not from PGD alone.")
-    rob = summarize(rob_all[rob_all["attack"] == which]) if "attack" in rob_all else summarize(rob_all)
+    try:
+        thresholds = card_thresholds(rob_all["model"].unique())
+    except CoreError as exc:
+        st.warning(f"Set-change rates left out: {exc}")
+        thresholds = {}
+    rob = summarize(rob_all[rob_all["attack"] == which] if "attack" in rob_all else rob_all, thresholds=thresholds)
+    if metric == "set_change_rate" and rob["set_change_rate"].isna().all():
+        st.info("No set-change rate here: the worst-case rows keep no scores, and models without a validation threshold "
+                "(BirdNET) have none. Pick PGD or transfer.")
     st.plotly_chart(robustness_curves(rob, metric, height=420), width="stretch", key="cmp_rob_fig")
     st.caption(f"{attack_words.get(which, which)}; L-inf, output space, {rob['n_clips'].max()} windows per model."
-               + ("".join(f" {n}: trained at {b}." for n, b in budgets.items() if b)) + " " + success_note(rob))
+               + ("".join(f" {n}: trained at {b}." for n, b in budgets.items() if b)) + " " + success_note(rob, thresholds))
     if not checks.empty:
         with st.expander("Success rate per attack (the worst case is per clip, so it can exceed every single attack)"):
             st.dataframe(checks, hide_index=True, width="stretch")

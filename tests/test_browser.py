@@ -189,7 +189,7 @@ def test_walk_every_page(server, browser, tmp_path, data_dir):
 
     # Paper check: one row per claim with a verdict
     visit(page, f"{server}/Paper_check")
-    page.get_by_text("Per claim").wait_for(timeout=RUN_TIMEOUT_MS)
+    page.get_by_text("Per claim", exact=True).wait_for(timeout=RUN_TIMEOUT_MS)
     text = page.inner_text("body")
     assert "reproduced" in text and "paper: +10.5 %" in text  # verdicts and the paper's numbers in the per-claim list
     check(page, "7_paper_check")

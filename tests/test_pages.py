@@ -123,6 +123,8 @@ def test_sweep_page_single_clip_two_models():
     strong = table[table["budget"] == 2e-2]
     assert strong["success"].any()  # eps 0.02 (about 17 dB below the tone) changes the prediction
     assert (strong["snr_db"] < table[table["budget"] == 1e-3]["snr_db"].max()).all()
+    # the set-change rate at each model's own validation threshold, named in the caption
+    assert any("Predicted set changed" in c.value and "protopnet 0." in c.value for c in at.caption)
     # minimal flipping eps for the clip
     at.button(key="sweep_min_run").click().run()
     no_exception(at)

@@ -27,6 +27,8 @@ def test_train_model_end_to_end(arch, tiny_dataset, tmp_path):
     for split in ("val", "test"):
         m = card["metrics"][split]["window"]
         assert 0 <= m["cmap"] <= 1 and m["n"] == 9
+    t = card["decision_threshold"]  # chosen on the validation windows, never the test ones
+    assert t["split"] == "val" and t["n_windows"] == card["metrics"]["val"]["window"]["n"] and 0 < t["value"] < 1
     # the trained model round-trips through a checkpoint with its card
     path = save_checkpoint(model, tmp_path / f"{arch}.safetensors", card)
     loaded = load_checkpoint(path, device="cpu")

@@ -80,6 +80,7 @@ def score_bars(names: list[str], scores: np.ndarray, *, title: str = "", compare
 
 METRIC_LABELS = {
     "cmap": "cmAP", "roc_auc": "macro ROC-AUC", "top1": "top-1 accuracy", "success_rate": "attack success rate",
+    "set_change_rate": "predicted set changed (val threshold)",
     "prs": "PRS", "drs": "DRS", "tars": "TARS", "snr_db": "SNR (dB, median)", "db_x": "dB_x (dB, median)", "eps": "eps (median)",
 }
 
@@ -118,12 +119,22 @@ def robustness_curves(summary, metric: str, *, height: int = 320) -> go.Figure:
     return fig
 
 
-def success_note(summary) -> str:
-    """"Attack success: ..." naming the definition of each objective in a :func:`core.sweep.summarize` table."""
+def success_note(summary, thresholds: dict | None = None) -> str:
+    """"Attack success: ..." naming the definition of each objective in a :func:`core.sweep.summarize` table.
+
+    With ``thresholds`` (model -> validation threshold), also says what the
+    set-change rate counts and at which cut-off per model.
+    """
     if "success_definition" not in summary or summary["success_definition"].isna().all():
-        return "Attack success: as defined by the sweep that wrote this table (an old table without its definition)."
-    pairs = summary[["objective", "success_definition"]].dropna().drop_duplicates()
-    return "Attack success (no score threshold): " + "; ".join(f"{o}: {d}" for o, d in pairs.itertuples(index=False)) + "."
+        note = "Attack success: as defined by the sweep that wrote this table (an old table without its definition)."
+    else:
+        pairs = summary[["objective", "success_definition"]].dropna().drop_duplicates()
+        note = "Attack success (no score threshold): " + "; ".join(f"{o}: {d}" for o, d in pairs.itertuples(index=False)) + "."
+    if thresholds:
+        note += (" Predicted set changed: the species scoring at least the model's own threshold, chosen on the "
+                 "validation split to maximise micro-F1 (" + ", ".join(f"{m} {t:.2f}" for m, t in thresholds.items())
+                 + "), differ from the clean clip's; models without a threshold show none.")
+    return note
 
 
 def birdnet_input_figure(spec: np.ndarray, band_hz: np.ndarray, hop_length: int, sample_rate: int, *, title: str,
