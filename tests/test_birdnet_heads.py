@@ -1,0 +1,116 @@
+"""Prototype and linear heads on BirdNET features: the trunk matches BirdNET, heads learn, the push is a real cell."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from core.birdnet_heads import (
+    BirdNETTrunk,
+    HeadConfig,
+    PrototypeHead,
+    extract_features,
+    head_scores,
+    push_head,
+    train_head,
+    train_last_layer,
+)
+from core.data import WindowSet
+from core.errors import ParameterError
+from core.models.birdnet import load_birdnet
+
+
+def _synthetic(n=120, c=16, f=4, t=6, k=3, seed=0):
+    """Windows of noise with their class's pattern (a strong channel) in one cell."""
+    rng = np.random.default_rng(seed)
+    y = np.zeros((n, k), np.float32)
+    y[np.arange(n), np.arange(n) % k] = 1
+    feats = rng.normal(size=(n, c, f, t)).astype(np.float32)
+    cells = rng.integers(0, [f, t], size=(n, 2))
+    for i in range(n):
+        feats[i, i % k, cells[i, 0], cells[i, 1]] += 6.0
+    return feats.astype(np.float16), y, cells
+
+
+@pytest.mark.parametrize("kind", ["prototype", "linear"])
+def test_heads_learn_a_pattern_hidden_in_one_cell(kind):
+    feats, y, _ = _synthetic()
+    cfg = HeadConfig(kind=kind, prototypes_per_class=2, epochs=40, batch_size=16, lr=5e-2 if kind == "prototype" else 1e-2, loss="bce")
+    head, history = train_head(cfg, feats, y, y)
+    assert history[-1]["loss"] < history[0]["loss"]
+    acc = (head_scores(head, feats).argmax(1) == y.argmax(1)).mean()
+    assert acc > 0.9  # chance is 1/3
+
+
+def test_push_puts_each_prototype_on_a_real_cell_of_its_own_class():
+    feats, y, _ = _synthetic()
+    cfg = HeadConfig(prototypes_per_class=2, epochs=5, batch_size=16, loss="bce")
+    head, _ = train_head(cfg, feats, y, y)
+    sources = push_head(head, feats, y)
+    assert len(sources) == head.n_prototypes == 6
+    for s in sources:
+        assert y[s["window"], s["class_index"]] == 1  # a window whose focal species is the prototype's class
+        cell = torch.as_tensor(feats[s["window"], :, s["freq_index"], s["time_index"]]).float()
+        assert torch.allclose(head.prototype_vectors[s["prototype"], :, 0, 0].cpu(), cell)
+        assert -1 <= s["similarity"] <= 1
+    # after the push each prototype fires fully (cosine 1) on its source cell
+    with torch.no_grad():
+        sims = head.similarity_maps(torch.as_tensor(feats[[s["window"] for s in sources]]).float())
+    for i, s in enumerate(sources):
+        assert float(sims[i, s["prototype"], s["freq_index"], s["time_index"]]) == pytest.approx(1.0, abs=1e-4)
+    before = head.last_layer.detach().clone()
+    history = train_last_layer(head, cfg, feats, y)
+    assert len(history) == cfg.last_layer_epochs and not torch.equal(before, head.last_layer.detach())
+
+
+def test_prototype_head_class_connection_is_non_negative_and_own_class_only():
+    head = PrototypeHead(channels=8, n_classes=3, prototypes_per_class=2)
+    with torch.no_grad():
+        head.last_layer.fill_(-1.0)  # negative weights act as zero
+    x = torch.randn(4, 8, 3, 5)
+    assert torch.allclose(head(x), head.last_layer_bias.expand(4, 3))
+
+
+def test_head_config_rejects_bad_values():
+    with pytest.raises(ParameterError, match="kind"):
+        HeadConfig(kind="mlp")
+    with pytest.raises(ParameterError, match="loss"):
+        HeadConfig(loss="focal")
+    with pytest.raises(ParameterError, match="epochs"):
+        HeadConfig(epochs=0)
+
+
+@pytest.fixture(scope="module")
+def birdnet():
+    return load_birdnet(device="cpu")
+
+
+def test_trunk_equals_birdnet_intermediates_and_caches(birdnet, tmp_path, monkeypatch):
+    monkeypatch.setenv("BIRDSHIELD_CACHE_DIR", str(tmp_path))
+    torch.manual_seed(0)
+    x = torch.randn(2, 144_000) * 0.05
+    trunk = BirdNETTrunk("BLOCK_3-5_ADD")
+    with torch.no_grad():
+        got = trunk(x)
+        want = birdnet.intermediates(x, ("BLOCK_3-5_ADD",))["BLOCK_3-5_ADD"]
+    assert got.shape == (2, 108, 6, 16) and torch.allclose(got, want, atol=1e-5)
+    windows = WindowSet(waveforms=x.numpy(), targets=np.zeros((2, 9), np.float32), recording_index=np.array([0, 0]),
+                        starts=np.array([0, 144_000]), recordings=[type("R", (), {"recording_id": "XC1"})()])
+    maps = extract_features(["BLOCK_3-5_ADD", "ACT_POST"], windows, batch_size=1)
+    assert maps["BLOCK_3-5_ADD"].dtype == np.float16 and maps["ACT_POST"].shape == (2, 192, 3, 8)
+    assert np.allclose(maps["BLOCK_3-5_ADD"].astype(np.float32), want.numpy(), atol=2e-2, rtol=2e-3)
+    assert len(list((tmp_path / "birdnet_features").glob("*.npy"))) == 2
+    again = extract_features("ACT_POST", windows)  # from the cache
+    assert np.array_equal(again["ACT_POST"], maps["ACT_POST"])
+    with pytest.raises(ParameterError, match="no layer"):
+        BirdNETTrunk("BLOCK_9-9_ADD")
+
+
+def test_trunk_rows_map_to_both_input_channels_bands():
+    trunk = BirdNETTrunk("ACT_POST")
+    bands = trunk.row_bands_hz(3)
+    assert len(bands) == 3
+    (low_top, high_top), (low_bottom, high_bottom) = bands[0], bands[-1]
+    assert high_top[1] > high_bottom[1] and low_top[1] > low_bottom[1]  # row 0 is the highest band
+    assert high_top[1] > 10_000 and low_top[1] <= 3_100  # the two channels span 0.5-15 kHz and 0-3 kHz
