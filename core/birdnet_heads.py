@@ -32,7 +32,7 @@ import hashlib
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +61,7 @@ __all__ = [
     "layer_study",
     "layer_tensor",
     "push_head",
+    "train_birdnet_head",
     "train_head",
 ]
 
@@ -485,3 +486,87 @@ def layer_study(dataset: Dataset, layers=CANDIDATE_LAYERS, *, configs: dict[str,
             log.info("%s %s: val window cmAP %.3f, recording top-1 %.3f", layer, name, row["val_window_cmap"], row["val_recording_top1"])
             rows.append(row)
     return rows
+
+
+def train_birdnet_head(dataset: Dataset, layer: str, cfg: HeadConfig, *, progress=None):
+    """Train a head on BirdNET's frozen ``layer`` and return the complete model and its card.
+
+    Parameters
+    ----------
+    dataset : Dataset
+        Train, val and test splits by its split scheme (recordist-disjoint by default).
+    layer : str
+        BirdNET layer (:data:`CANDIDATE_LAYERS`).
+    cfg : HeadConfig
+
+    Returns
+    -------
+    (BirdNETHeadModel, dict)
+        The model (on the device, eval mode) and its card: metrics on val and
+        test (windows of 3 s; recording scores = max over windows), the
+        validation threshold, and for prototype heads the push provenance of each
+        prototype (recording, time span, frequency band in both BirdNET input
+        channels) and the prototypes-by-band table.
+    """
+    from core.calibration import threshold_entry
+    from core.models.birdnet_proto import BirdNETHeadConfig, BirdNETHeadModel
+    from core.report import prototype_bands
+    from core.train import _ids_sha256, _split_description
+
+    t0 = time.time()
+    names = dataset.class_names
+    wins = {s: _windows(dataset, s) for s in ("train", "val", "test")}
+    file = TFLiteFile(birdnet_files()["model"])
+    feats = {s: extract_features(layer, w, file=file, progress=progress)[layer] for s, w in wins.items()}
+    focal_tr = _focal(wins["train"], names)[wins["train"].recording_index]
+    head, history = train_head(cfg, feats["train"], wins["train"].targets, focal_tr)
+    arch = "birdnet-protopnet" if cfg.kind == "prototype" else "birdnet-linear"
+    config = BirdNETHeadConfig(arch=arch, class_names=tuple(names), layer=layer, channels=int(feats["train"].shape[1]),
+                               prototypes_per_class=cfg.prototypes_per_class)
+    model = BirdNETHeadModel(config, file)
+    card: dict = {}
+    if cfg.kind == "prototype":
+        pushed = push_head(head, feats["train"], focal_tr)
+        history += train_last_layer(head, cfg, feats["train"], wins["train"].targets)
+        n_rows, n_cols = feats["train"].shape[2:]
+        bands = model.row_bands_hz(n_rows)
+        w = wins["train"]
+        card["prototypes"] = []
+        for p in pushed:
+            start_s = float(w.starts[p["window"]]) / BIRDNET_SAMPLE_RATE
+            (low_lo, low_hi), (high_lo, high_hi) = bands[p["freq_index"]]
+            card["prototypes"].append({
+                "prototype": p["prototype"], "class_name": names[p["class_index"]],
+                "recording_id": w.recordings[w.recording_index[p["window"]]].recording_id,
+                "window_start_s": start_s,
+                "freq_index": int(n_rows - 1 - p["freq_index"]),  # the model's orientation: row 0 lowest
+                "time_index": p["time_index"],
+                "t_start_s": start_s + p["time_index"] * BIRDNET_WINDOW_S / n_cols,
+                "t_end_s": start_s + (p["time_index"] + 1) * BIRDNET_WINDOW_S / n_cols,
+                "f_low_hz": high_lo, "f_high_hz": high_hi,
+                "low_channel_f_low_hz": low_lo, "low_channel_f_high_hz": low_hi,
+                "similarity": p["similarity"],
+            })
+        table = prototype_bands(card["prototypes"], names)
+        card["prototype_bands"] = {c: {k: int(v) for k, v in row.items()} for c, row in table.iterrows()}
+    model.head.load_state_dict(head.state_dict())
+    model = model.to(get_device()).eval()
+    scores = {s: head_scores(model.head, feats[s]) for s in ("val", "test")}
+    card["metrics"] = {s: metrics_from_scores(scores[s], wins[s], names) for s in ("val", "test")}
+    card["decision_threshold"] = threshold_entry(scores["val"], wins["val"].targets, dataset.split_scheme)
+    card["history"] = history
+    card["train_config"] = {**asdict(cfg), "backbone": f"BirdNET V2.4 up to {layer}, frozen"}
+    card["train_seconds"] = time.time() - t0
+    card["licence"] = model.config.licence
+    card["data"] = {
+        "root": str(dataset.root),
+        "n_recordings": {s: len(dataset.split(s)) for s in ("train", "val", "test")},
+        "n_windows": {s: int(len(wins[s].waveforms)) for s in ("train", "val", "test")},
+        "targets": "focal labels + secondary labels among the classes (multi-hot); top-1 counts a focal label",
+        "windows": f"{BIRDNET_WINDOW_S:g} s at 48 kHz, non-overlapping, last partial window kept if >= 50 %, zero-padded",
+        "split": _split_description(dataset),
+        "split_scheme": dataset.split_scheme,
+        "test_recordings_sha256": _ids_sha256(r.recording_id for r in dataset.split("test")),
+    }
+    card["device"] = str(get_device())
+    return model, card

@@ -125,6 +125,24 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def cmd_train_head(args) -> int:
+    from core.birdnet_heads import HeadConfig, train_birdnet_head
+    from core.data import open_dataset
+    from core.models.registry import CHECKPOINT_DIR, save_checkpoint
+
+    cfg = HeadConfig(kind=args.head, prototypes_per_class=args.prototypes_per_class, epochs=args.epochs, lr=args.lr,
+                     loss=args.loss, seed=args.seed)
+    model, card = train_birdnet_head(open_dataset(args.data_dir), args.layer, cfg)
+    card["command"] = "python -m core " + " ".join(sys.argv[1:])
+    out = Path(args.out_dir or CHECKPOINT_DIR) / f"{args.name}.safetensors"
+    save_checkpoint(model, out, card)
+    m = card["metrics"]["test"]
+    print(f"saved {out}; test cmAP window {m['window']['cmap']:.3f} recording {m['recording']['cmap']:.3f}, "
+          f"recording top-1 {m['recording']['top1']:.3f} (val recording top-1 {card['metrics']['val']['recording']['top1']:.3f}); "
+          f"{card['train_seconds'] / 60:.1f} min")
+    return 0
+
+
 def cmd_head_study(args) -> int:
     import pandas as pd
 
@@ -568,6 +586,19 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--model", nargs="+", required=True, help="checkpoint names or paths (not BirdNET: its card is built in)")
     _add_data_dir(cal)
     cal.set_defaults(func=cmd_calibrate)
+
+    th = sub.add_parser("train-head", help="train a prototype or linear head on BirdNET's frozen backbone (cached features)")
+    th.add_argument("--name", required=True)
+    th.add_argument("--layer", default="ACT_POST")
+    th.add_argument("--head", default="prototype", choices=["prototype", "linear"])
+    th.add_argument("--prototypes-per-class", type=int, default=5)
+    th.add_argument("--epochs", type=int, default=30)
+    th.add_argument("--lr", type=float, default=5e-2, help="Adam lr of the prototypes (linear head: of its weights)")
+    th.add_argument("--loss", default="asl", choices=["asl", "bce"])
+    th.add_argument("--seed", type=int, default=0)
+    th.add_argument("--out-dir", help="default checkpoints/")
+    _add_data_dir(th)
+    th.set_defaults(func=cmd_train_head)
 
     hs = sub.add_parser("head-study", help="prototype and linear heads on each candidate BirdNET layer (cached features): val and test metrics")
     hs.add_argument("--layers", default="BLOCK_2-4_ADD,BLOCK_3-5_ADD,ACT_POST,POST_ACT_1")

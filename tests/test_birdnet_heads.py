@@ -114,3 +114,39 @@ def test_trunk_rows_map_to_both_input_channels_bands():
     (low_top, high_top), (low_bottom, high_bottom) = bands[0], bands[-1]
     assert high_top[1] > high_bottom[1] and low_top[1] > low_bottom[1]  # row 0 is the highest band
     assert high_top[1] > 10_000 and low_top[1] <= 3_100  # the two channels span 0.5-15 kHz and 0-3 kHz
+
+
+@pytest.mark.parametrize("arch", ["birdnet-protopnet", "birdnet-linear"])
+def test_head_model_checkpoint_holds_only_the_head_and_round_trips(arch, tmp_path):
+    from safetensors import safe_open
+
+    from core.models.birdnet_proto import BirdNETHeadConfig, BirdNETHeadModel
+    from core.models.registry import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    cfg = BirdNETHeadConfig(arch=arch, class_names=("aaa", "bbb", "ccc"), layer="BLOCK_3-5_ADD", channels=108,
+                            prototypes_per_class=2)
+    model = BirdNETHeadModel(cfg).eval()
+    path = save_checkpoint(model, tmp_path / "head.safetensors", {"note": "test"})
+    with safe_open(str(path), framework="pt") as f:
+        keys = list(f.keys())
+    assert keys and all(k.startswith("head.") for k in keys)  # never BirdNET's own weights
+    assert path.stat().st_size < 200_000
+    loaded = load_checkpoint(path, device="cpu")
+    assert isinstance(loaded, BirdNETHeadModel) and loaded.config == cfg
+    x = (torch.randn(2, 144_000) * 0.05).requires_grad_(True)
+    out = loaded.forward_all(x)
+    assert out.logits.shape == (2, 3) and out.feature_map.shape == (2, 108, 6, 16)
+    with torch.no_grad():
+        assert torch.allclose(out.logits, model(x), atol=1e-5)
+    if arch == "birdnet-protopnet":
+        assert out.similarity_maps.shape == (2, 6, 6, 16) and out.prototype_activations.shape == (2, 6)
+        # the model's maps are BirdNET's rows flipped (row 0 = lowest band), so they overlay the display spectrogram
+        with torch.no_grad():
+            raw = model.backbone(model.frontend(x))[0][0]
+        assert torch.allclose(out.feature_map, raw.flip(2))
+        assert loaded.class_connection().shape == (3, 6)
+    else:
+        assert out.similarity_maps is None
+    out.logits.sum().backward()  # white-box: gradients reach the waveform
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0

@@ -31,7 +31,7 @@ from core.frontend import LogMel
 from core.models.base import BirdClassifier, ModelOutput
 from core.models.convnext import ConvNeXt
 
-__all__ = ["AudioProtoPNet", "PrototypeSource", "class_logits", "cosine_similarity_maps", "orthogonality_loss"]
+__all__ = ["AudioProtoPNet", "PrototypeSource", "class_connection_matrix", "class_logits", "cosine_similarity_maps", "orthogonality_loss"]
 
 
 @dataclass(frozen=True)
@@ -144,11 +144,7 @@ class AudioProtoPNet(BirdClassifier):
 
     def class_connection(self) -> torch.Tensor:
         """Effective last-layer weight matrix ``(n_classes, n_prototypes)`` (zero off-class)."""
-        n_classes, k = self.last_layer.shape
-        w = torch.zeros(n_classes, self.n_prototypes, device=self.last_layer.device)
-        idx = torch.arange(self.n_prototypes, device=w.device)
-        w[self.prototype_class_identity, idx] = F.relu(self.last_layer).reshape(-1)
-        return w
+        return class_connection_matrix(self.last_layer)
 
 
 def cosine_similarity_maps(features: torch.Tensor, prototype_vectors: torch.Tensor) -> torch.Tensor:
@@ -188,6 +184,18 @@ def class_logits(activations: torch.Tensor, last_layer: torch.Tensor, bias: torc
     """
     act = activations.view(activations.shape[0], *last_layer.shape)
     return torch.einsum("bck,ck->bc", act, F.relu(last_layer)) + bias
+
+
+def class_connection_matrix(last_layer: torch.Tensor) -> torch.Tensor:
+    """Effective class connection ``(n_classes, n_classes * k)`` from stored weights ``(n_classes, k)``.
+
+    ``relu(last_layer)`` on each class's own prototypes, zero elsewhere.
+    """
+    n_classes, k = last_layer.shape
+    w = torch.zeros(n_classes, n_classes * k, device=last_layer.device)
+    idx = torch.arange(n_classes * k, device=w.device)
+    w[idx // k, idx] = F.relu(last_layer).reshape(-1)
+    return w
 
 
 def orthogonality_loss(prototype_vectors: torch.Tensor, prototypes_per_class: int) -> torch.Tensor:

