@@ -230,6 +230,15 @@ class BirdNETSpectrogram(nn.Module):
         return torch.stack([ch[..., :t] for ch in chans], dim=1)
 
 
+def check_birdnet_waveform(frontend: BirdNETSpectrogram, waveform: torch.Tensor) -> None:
+    """Raise :class:`ParameterError` unless ``waveform`` is a float ``(batch, n_samples)`` tensor long enough for BirdNET."""
+    if not isinstance(waveform, torch.Tensor) or waveform.ndim != 2 or not waveform.is_floating_point():
+        shape = tuple(waveform.shape) if isinstance(waveform, torch.Tensor) else type(waveform).__name__
+        raise ParameterError(f"waveform must be a float tensor (batch, n_samples), got {shape}")
+    if waveform.shape[1] < 2 * frontend.frame_lengths[0]:
+        raise ParameterError(f"BirdNET needs >= {2 * frontend.frame_lengths[0]} samples at 48 kHz, got {waveform.shape[1]}")
+
+
 @dataclass(frozen=True)
 class BirdNETConfig:
     """What a BirdNET model instance outputs.
@@ -321,11 +330,7 @@ class BirdNET(BirdClassifier):
         self.checkpoint_path = file.path
 
     def check_waveform(self, waveform: torch.Tensor) -> None:
-        if not isinstance(waveform, torch.Tensor) or waveform.ndim != 2 or not waveform.is_floating_point():
-            shape = tuple(waveform.shape) if isinstance(waveform, torch.Tensor) else type(waveform).__name__
-            raise ParameterError(f"waveform must be a float tensor (batch, n_samples), got {shape}")
-        if waveform.shape[1] < 2 * self.frontend.frame_lengths[0]:
-            raise ParameterError(f"BirdNET needs >= {2 * self.frontend.frame_lengths[0]} samples at 48 kHz, got {waveform.shape[1]}")
+        check_birdnet_waveform(self.frontend, waveform)
 
     def forward_features(self, waveform: torch.Tensor) -> torch.Tensor:
         """``ACT_POST`` feature map ``(batch, 192, 3, time)``."""

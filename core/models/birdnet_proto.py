@@ -27,7 +27,7 @@ import torch
 from core.errors import CheckpointError, ParameterError
 from core.frontend import FrontendConfig
 from core.models.base import BirdClassifier, ModelOutput
-from core.models.birdnet import BIRDNET_DISPLAY_FRONTEND, BIRDNET_LICENCE, BIRDNET_WINDOW_S
+from core.models.birdnet import BIRDNET_DISPLAY_FRONTEND, BIRDNET_LICENCE, BIRDNET_WINDOW_S, check_birdnet_waveform
 from core.models.protopnet import class_connection_matrix, class_logits
 
 __all__ = ["BIRDNET_HEAD_ARCHS", "BirdNETHeadConfig", "BirdNETHeadModel"]
@@ -158,11 +158,7 @@ class BirdNETHeadModel(BirdClassifier):
     # -- the BirdClassifier interface ---------------------------------------------------------------
 
     def check_waveform(self, waveform: torch.Tensor) -> None:
-        if not isinstance(waveform, torch.Tensor) or waveform.ndim != 2 or not waveform.is_floating_point():
-            shape = tuple(waveform.shape) if isinstance(waveform, torch.Tensor) else type(waveform).__name__
-            raise ParameterError(f"waveform must be a float tensor (batch, n_samples), got {shape}")
-        if waveform.shape[1] < 2 * self.frontend.frame_lengths[0]:
-            raise ParameterError(f"BirdNET needs >= {2 * self.frontend.frame_lengths[0]} samples at 48 kHz, got {waveform.shape[1]}")
+        check_birdnet_waveform(self.frontend, waveform)
 
     def forward_features(self, waveform: torch.Tensor) -> torch.Tensor:
         """Feature map ``(batch, channels, freq, time)`` of ``config.layer``, row 0 the lowest band."""
