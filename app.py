@@ -48,7 +48,9 @@ if name:
     cfg = model.config
     st.subheader(f"Model: {name}")
     c1, c2, c3 = st.columns(3)
-    arch_label = {"protopnet": "AudioProtoPNet", "birdnet": "BirdNET V2.4 (black box)"}.get(cfg.arch, "ConvNeXt + linear (black box)")
+    arch_label = {"protopnet": "AudioProtoPNet", "birdnet": "BirdNET V2.4 (black box)",
+                  "birdnet-protopnet": "AudioProtoPNet on BirdNET", "birdnet-linear": "linear head on BirdNET (black box)"}.get(
+        cfg.arch, "ConvNeXt + linear (black box)")
     c1.metric("Architecture", arch_label)
     c2.metric("Classes", len(cfg.class_names))
     c3.metric("Parameters", f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M")

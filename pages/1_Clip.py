@@ -9,6 +9,7 @@ import torch
 
 from core.errors import CoreError
 from core.models.birdnet import top_species
+from core.models.registry import uses_birdnet
 from ui.common import (
     analyze,
     audio_player,
@@ -55,7 +56,7 @@ with right:
     top = np.argsort(-scores)[:3]
     st.dataframe(pd.DataFrame({"species": [display(names[i]) for i in top], "score": scores[top].round(3)}), hide_index=True)
 
-if cfg.arch == "birdnet":
+if uses_birdnet(cfg):
     st.subheader("What BirdNET sees")
     st.caption("BirdNET's own input layer: the window scaled to [-1, 1], two mel spectrograms of the real part of the STFT "
                "(0-3 kHz with n_fft 2048; 0.5-15 kHz with n_fft 1024), compressed by learned powers. Gradients flow through it "
@@ -66,6 +67,7 @@ if cfg.arch == "birdnet":
     for col, ch, name_ in ((b1, 0, "low band (0-3 kHz)"), (b2, 1, "high band (0.5-15 kHz)")):
         col.plotly_chart(birdnet_input_figure(bn_spec[ch], model.frontend.band_hz[ch], model.frontend.frame_steps[ch],
                                               fe.sample_rate, title=name_), key=f"clip_bn_spec_{ch}")
+if cfg.arch == "birdnet":
     with st.expander("BirdNET over all its 6,522 species (optionally only those expected at a place and week)"):
         st.caption("The scores above are restricted to the dataset's species. BirdNET itself knows 6,522; its occurrence "
                    "model (as BirdNET-Analyzer's species filter) keeps those expected at a latitude, longitude and week.")
@@ -93,6 +95,10 @@ if res.similarity_maps is None:
 
 st.header("This looks like that: prototypes")
 k = cfg.prototypes_per_class
+if uses_birdnet(cfg):
+    st.caption(f"These prototypes live on BirdNET's frozen backbone (layer {cfg.layer}). BirdNET stacks two spectrograms "
+               "as channels (0-3 kHz and 0.5-15 kHz), so each row of its feature map sees two bands at once: the maps "
+               "below are drawn on the 0.5-15 kHz scale, and each patch names both bands.")
 if model.card.get("prototypes"):
     with st.expander("Where this model's prototypes sit (frequency band of each prototype's training patch)"):
         from core.report import prototype_bands
@@ -128,6 +134,9 @@ for c in np.argsort(-scores)[:n_top]:
                                               title=f"…looks like {src['recording_id']} at {src['t_start_s']:.2f} s")
                     add_box(pfig, fe, src["t_start_s"], src["t_end_s"], src["f_low_hz"], src["f_high_hz"])
                     st.plotly_chart(pfig, key=f"clip_patch_{j}")
-                    audio_player(seg, fe.sample_rate, label=f"training patch ±1 s ({src['f_low_hz']:.0f}–{src['f_high_hz']:.0f} Hz)")
+                    band = f"{src['f_low_hz']:.0f}–{src['f_high_hz']:.0f} Hz"
+                    if "low_channel_f_low_hz" in src:
+                        band += f", or {src['low_channel_f_low_hz']:.0f}–{src['low_channel_f_high_hz']:.0f} Hz in BirdNET's low channel"
+                    audio_player(seg, fe.sample_rate, label=f"training patch ±1 s ({band})")
             elif src:
                 st.caption(f"pushed to {src['recording_id']} at {src['t_start_s']:.2f} s (dataset not available to play it)")

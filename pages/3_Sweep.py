@@ -11,7 +11,7 @@ from core.attacks import OBJECTIVES
 from core.audio import resample, wav_bytes
 from core.calibration import card_thresholds
 from core.errors import CoreError
-from core.models.registry import list_checkpoints
+from core.models.registry import has_prototypes, list_checkpoints
 from core.sweep import (
     CURVE_METRICS,
     attack_from_options,
@@ -90,7 +90,7 @@ with st.expander("Set up a sweep", expanded="sweep_result" not in st.session_sta
                                format_func=lambda i: f"{i} · {', '.join(display(x) for x in ds.by_id[i].labels)}")
             options["target_recording"] = rid
     if objective.startswith("prototype"):
-        not_proto = [m for m in models if loaded[m].config.arch != "protopnet"]
+        not_proto = [m for m in models if not has_prototypes(loaded[m].config)]
         if not_proto:
             st.warning(f"Prototype objectives apply to AudioProtoPNet only; {', '.join(not_proto)} will be skipped.")
         if objective == "prototype-suppress":
@@ -98,7 +98,7 @@ with st.expander("Set up a sweep", expanded="sweep_result" not in st.session_sta
         elif class_names:
             p1, p2 = st.columns(2)
             pc = p1.selectbox("Prototype of class", class_names, format_func=display, key="sweep_proto_class")
-            k_per = max((loaded[m].config.prototypes_per_class for m in models if loaded[m].config.arch == "protopnet"), default=1)
+            k_per = max((loaded[m].config.prototypes_per_class for m in models if has_prototypes(loaded[m].config)), default=1)
             pj = int(p2.number_input("prototype number within the class", min_value=0, max_value=k_per - 1, value=0, key="sweep_proto_j"))
             options["prototype"] = f"{pc}:{pj}"
 
@@ -159,7 +159,7 @@ with st.expander("Set up a sweep", expanded="sweep_result" not in st.session_sta
 
             tables, audio = [], {}
             bar = st.progress(0.0, text="Attacking…")
-            runnable = [m for m in models if not (objective.startswith("prototype") and loaded[m].config.arch != "protopnet")]
+            runnable = [m for m in models if not (objective.startswith("prototype") and not has_prototypes(loaded[m].config))]
             if not runnable:
                 raise CoreError("no selected model supports this objective")
             for mi, m in enumerate(runnable):

@@ -14,6 +14,7 @@ from core.attacks import make_attack
 from core.embeddings import EmbeddingCache, compute_embeddings, embedding_metrics, prototype_anchors, recording_ids, umap_map
 from core.errors import CoreError
 from core.metrics import snr_db
+from core.models.registry import has_prototypes
 from core.sweep import ClipSet, dataset_clips
 from ui.common import audio_player, dataset_status_message, get_dataset, require_model, selected_points
 from ui.plots import logmel_db, spectrogram_figure
@@ -64,7 +65,7 @@ with st.form("emb_form"):
     attack_name = a2.selectbox("Attack", ["pgd", "bim", "fgsm"], key="emb_attack")
     eps = a3.number_input("eps (L-inf)", min_value=0.0, max_value=1.0, value=3e-4, step=1e-4, format="%.5f", key="emb_eps")
     steps = int(a4.number_input("steps", min_value=1, max_value=100, value=10, key="emb_steps"))
-    show_protos = a5.checkbox("Show prototypes", value=cfg.arch == "protopnet", key="emb_protos", disabled=cfg.arch != "protopnet")
+    show_protos = a5.checkbox("Show prototypes", value=has_prototypes(cfg), key="emb_protos", disabled=not has_prototypes(cfg))
     submitted = st.form_submit_button("Compute map", type="primary")
 
 settings = (name, split, tuple(species), max_clips, with_attack, attack_name, float(eps), steps)
@@ -90,7 +91,7 @@ if submitted:
         if emb.adv_embeddings is not None:
             extra.append(emb.adv_embeddings)
         anchors = None
-        if show_protos and cfg.arch == "protopnet":
+        if show_protos and has_prototypes(cfg):
             anchors = prototype_anchors(model, clips.waveforms)  # each prototype at the clip it fires most on
         key = EmbeddingCache.key("umap", emb.embeddings.tobytes().hex()[:64], len(emb.embeddings), [e.shape for e in extra],
                                  [float(np.asarray(e).sum()) for e in extra])

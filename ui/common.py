@@ -146,6 +146,11 @@ def licence_notice(model) -> None:
 
         st.sidebar.caption(BIRDNET_LICENCE + " Its training data probably include xeno-canto, so its accuracy on "
                            "xeno-canto clips is optimistic.")
+    elif str(model.config.arch).startswith("birdnet-"):
+        from core.models.birdnet import BIRDNET_LICENCE
+
+        st.sidebar.caption(f"This head reads BirdNET V2.4's frozen backbone (up to {model.config.layer}): " + BIRDNET_LICENCE
+                           + " BirdNET's training data probably include xeno-canto, so accuracy on xeno-canto clips is optimistic.")
 
 
 @dataclass

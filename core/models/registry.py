@@ -145,6 +145,16 @@ NAMED_CONFIGS: dict[str, dict] = {
 }
 
 
+def has_prototypes(config) -> bool:
+    """Whether a model config (ours, BirdNET's or a BirdNET head's) has prototypes: AudioProtoPNet on either backbone."""
+    return config.arch in ("protopnet", "birdnet-protopnet") and getattr(config, "prototypes_per_class", 0) > 0
+
+
+def uses_birdnet(config) -> bool:
+    """Whether the model runs BirdNET's backbone (BirdNET itself or a head on it): its input is BirdNET's spectrogram."""
+    return str(config.arch).startswith("birdnet")
+
+
 def build_model(config: ModelConfig) -> BirdClassifier:
     """Instantiate the model of ``config`` (random weights)."""
     from core.models.baseline import BaselineClassifier
