@@ -1,0 +1,58 @@
+"""The shipped heads on BirdNET's backbone: chosen by the documented rule, reproduce their cards, beat the reference."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from core.birdnet_heads import choose_layer
+from core.data import Dataset, build_windows
+from core.models.registry import CHECKPOINT_DIR, list_checkpoints, load_checkpoint, read_model_card
+from core.train import _ids_sha256, evaluate
+from tests.conftest import ROOT
+
+HEADS = ["birdnet_protopnet", "birdnet_linear"]
+STUDY = pd.read_csv(ROOT / "assets" / "birdnet_heads" / "layers.csv")
+
+
+def test_shipped_layer_is_the_one_the_rule_picks_from_the_study():
+    layer = choose_layer(STUDY)
+    for name in HEADS:  # the black box reads the same layer, for an honest comparison
+        assert read_model_card(name)["config"]["layer"] == layer
+
+
+@pytest.mark.parametrize("name", HEADS)
+def test_shipped_head_reproduces_its_card(name, data_dir):
+    assert name in list_checkpoints()
+    model = load_checkpoint(name, device="cpu")
+    card = read_model_card(name)
+    ds = Dataset(data_dir)
+    assert card["data"]["split_scheme"] == ds.split_scheme == "recordist"
+    assert card["data"]["test_recordings_sha256"] == _ids_sha256(r.recording_id for r in ds.split("test"))
+    c = model.config
+    w = build_windows(ds, ds.split("test"), sample_rate=c.frontend.sample_rate, window_s=c.clip_seconds, class_names=c.class_names)
+    got = evaluate(model, w)  # the whole model from the waveform, not the cached features it was trained on
+    for level in ("window", "recording"):
+        assert got[level]["n"] == card["metrics"]["test"][level]["n"]
+        for key in ("cmap", "top1"):
+            assert got[level][key] == pytest.approx(card["metrics"]["test"][level][key], abs=0.01), (level, key)
+
+
+@pytest.mark.parametrize("name", HEADS)
+def test_shipped_head_beats_the_reference_by_a_clear_margin(name):
+    ref = json.loads((CHECKPOINT_DIR / "reference_logreg.json").read_text())["metrics"]["test"]["recording"]["top1"]
+    assert read_model_card(name)["metrics"]["test"]["recording"]["top1"] >= ref + 0.05
+
+
+def test_prototype_head_card_says_where_each_prototype_sits_and_carries_the_licence():
+    card = read_model_card("birdnet_protopnet")
+    assert "CC BY-NC-SA 4.0" in card["licence"] and "CC BY-NC-SA 4.0" in card["config"]["licence"]
+    protos = card["prototypes"]
+    k = card["config"]["prototypes_per_class"]
+    assert len(protos) == k * len(card["config"]["class_names"])
+    for p in protos:
+        assert p["f_low_hz"] < p["f_high_hz"] and p["low_channel_f_low_hz"] < p["low_channel_f_high_hz"] <= 3_100
+        assert 0 <= p["t_end_s"] - p["t_start_s"] <= 0.2 and p["recording_id"].startswith("XC")
+    assert sum(row["total"] for row in card["prototype_bands"].values()) == len(protos)
+    assert np.isfinite(card["decision_threshold"]["value"])
