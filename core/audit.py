@@ -29,7 +29,7 @@ import torch
 
 from core.errors import ParameterError
 
-__all__ = ["SONG_BANDS_CSV", "song_bands", "prototype_audit", "audit_summary"]
+__all__ = ["SONG_BANDS_CSV", "song_bands", "prototype_audit", "audit_summary", "load_audit"]
 
 SONG_BANDS_CSV = Path(__file__).resolve().parent.parent / "assets" / "xc9" / "song_bands.csv"
 
@@ -178,3 +178,14 @@ def audit_summary(audit: pd.DataFrame, bands: pd.DataFrame | None = None) -> pd.
         verdicts.append("plausible" if ok else "implausible")
     out["plausibility"] = verdicts
     return out
+
+
+def load_audit(card: dict) -> pd.DataFrame | None:
+    """The audit table a model card points to (``card["audit"]["table"]``, relative to the repository), or None."""
+    a = (card or {}).get("audit")
+    if not isinstance(a, dict) or "table" not in a:
+        return None
+    path = Path(a["table"])
+    if not path.is_absolute():
+        path = Path(__file__).resolve().parent.parent / path
+    return pd.read_csv(path) if path.is_file() else None

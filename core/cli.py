@@ -143,6 +143,33 @@ def cmd_train_head(args) -> int:
     return 0
 
 
+def cmd_audit(args) -> int:
+    from core.audit import audit_summary, prototype_audit, song_bands
+    from core.data import build_windows, open_dataset
+    from core.fileio import atomic_write_text
+    from core.models.registry import load_checkpoint, update_model_card
+
+    out = Path(args.out)
+    if out.suffix != ".csv":
+        raise ParameterError(f"--out must end in .csv, got {out}")
+    model = load_checkpoint(args.model)
+    ds = open_dataset(args.data_dir)
+    c = model.config
+    w = build_windows(ds, ds.split(args.split), sample_rate=c.frontend.sample_rate, window_s=c.clip_seconds, class_names=c.class_names)
+    table = audit_summary(prototype_audit(model, w, max_windows_per_class=args.max_windows, n_random=args.n_random), song_bands())
+    atomic_write_text(out, table.to_csv(index=False, float_format="%.4g"))
+    s = {"split": args.split, "windows_per_prototype": args.max_windows, "random_regions": args.n_random,
+         "median_drop_ratio": float(table["drop_ratio"].median()), "share_beating_random": float((table["wins"] > 0.5).mean()),
+         "median_act_own": float(table["act_own"].median()), "median_act_other": float(table["act_other"].median()),
+         "plausibility": table["plausibility"].value_counts().to_dict(), "table": str(out)}
+    update_model_card(args.model, audit=s)
+    print(f"{args.model}: deletion drop / random drop, median {s['median_drop_ratio']:.2f}; prototypes whose region beats "
+          f"random in most windows {s['share_beating_random']:.2f}; similarity own class {s['median_act_own']:.2f} vs other "
+          f"{s['median_act_other']:.2f}; plausibility {s['plausibility']}")
+    print(f"written to {out} and the model card")
+    return 0
+
+
 def cmd_head_study(args) -> int:
     import pandas as pd
 
@@ -599,6 +626,15 @@ def build_parser() -> argparse.ArgumentParser:
     th.add_argument("--out-dir", help="default checkpoints/")
     _add_data_dir(th)
     th.set_defaults(func=cmd_train_head)
+
+    au = sub.add_parser("audit", help="audit a BirdNET prototype head: where prototypes fire, deletion vs random regions, plausibility")
+    au.add_argument("--model", default="birdnet_protopnet")
+    au.add_argument("--split", default="test", choices=["val", "test"])
+    au.add_argument("--max-windows", type=int, default=12, help="own-class windows per prototype")
+    au.add_argument("--n-random", type=int, default=4, help="random regions per window (the control)")
+    au.add_argument("--out", default="assets/birdnet_heads/audit.csv")
+    _add_data_dir(au)
+    au.set_defaults(func=cmd_audit)
 
     hs = sub.add_parser("head-study", help="prototype and linear heads on each candidate BirdNET layer (cached features): val and test metrics")
     hs.add_argument("--layers", default="BLOCK_2-4_ADD,BLOCK_3-5_ADD,ACT_POST,POST_ACT_1")

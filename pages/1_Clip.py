@@ -7,6 +7,7 @@ import pandas as pd
 import streamlit as st
 import torch
 
+from core.audit import load_audit
 from core.errors import CoreError
 from core.models.birdnet import top_species
 from core.models.registry import uses_birdnet
@@ -108,6 +109,22 @@ if model.card.get("prototypes"):
         st.dataframe(bands, width="stretch")
         st.caption("Counted by the centre of the push patch's frequency band. A prototype far above or below a species' "
                    "song (e.g. a Mallard prototype at 8 kHz) explains the decision by something other than the bird.")
+audit = load_audit(model.card)
+if audit is not None:
+    a = model.card["audit"]
+    with st.expander("How trustworthy are these explanations? (audit on the held-out test split)"):
+        st.markdown(
+            f"- **Faithfulness (deletion):** silencing the spectrogram region under a prototype's peak lowers its class score "
+            f"{a['median_drop_ratio']:.1f}x as much as silencing a random region of the same size (median over prototypes); "
+            f"for {a['share_beating_random']:.0%} of the prototypes their own region beats the random ones in most windows.\n"
+            f"- **Class specificity:** median max-similarity {a['median_act_own']:.2f} on windows of the prototype's own species "
+            f"vs {a['median_act_other']:.2f} on the others.\n"
+            f"- **Plausibility** against sourced song/call ranges (`assets/xc9/song_bands.csv`): "
+            + ", ".join(f"{v} {k}" for k, v in a["plausibility"].items()) + " (most species have no published range we could trace).")
+        shown = audit[["prototype", "class_name", "act_own", "act_other", "peak_t_s", "band_high_hz", "band_low_hz",
+                       "drop_proto", "drop_random", "wins", "plausibility"]].copy()
+        shown["class_name"] = [display(c) for c in shown["class_name"]]
+        st.dataframe(shown.round(3), hide_index=True, width="stretch")
 n_top = st.slider("Classes to explain", 1, 5, 2, key="clip_n_classes")
 acts = res.prototype_activations[0]
 weights = model.class_connection().detach().cpu().numpy()
@@ -122,6 +139,12 @@ for c in np.argsort(-scores)[:n_top]:
             fig = similarity_overlay(db, res.similarity_maps[0, j], fe,
                                      title=f"prototype {j}: max sim {acts[j]:.2f}, weight {weights[c, j]:.2f}")
             st.plotly_chart(fig, key=f"clip_sim_{j}")
+            if audit is not None and int(j) in set(audit["prototype"]):
+                r = audit.set_index("prototype").loc[int(j)]
+                st.caption(f"Audit (test split): similarity {r['act_own']:.2f} on its species vs {r['act_other']:.2f} on others; "
+                           f"peaks in {r['band_high_hz']} Hz (or {r['band_low_hz']} Hz in BirdNET's low channel); deleting its "
+                           f"region drops the score by {r['drop_proto']:.3f} vs {r['drop_random']:.3f} for a random region; "
+                           f"plausibility: {r['plausibility']}.")
             src = sources.get(int(j))
             if src and ds is not None:
                 rec = next((r for r in ds.recordings if r.recording_id == src["recording_id"]), None)

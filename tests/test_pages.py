@@ -304,6 +304,23 @@ def test_paper_check_page_shows_every_claim_with_a_verdict(empty_user_cache):
     assert len(at.dataframe[0].value) == 7
 
 
+def test_clip_page_with_the_prototype_head_on_birdnet(data_dir):
+    """AudioProtoPNet on BirdNET's backbone: prototypes drawn, each with its audit, the licence in the sidebar."""
+    at = AppTest.from_file(str(ROOT / "pages" / "1_Clip.py"), default_timeout=TIMEOUT)
+    at.session_state["model_name"] = "birdnet_protopnet"
+    at.run()
+    no_exception(at)
+    at.multiselect(key="clip_species").set_value(["parmaj"]).run()
+    no_exception(at)
+    assert not at.error
+    assert any("CC BY-NC-SA 4.0" in c.value and "BLOCK_3-5_ADD" in c.value for c in at.sidebar.caption)
+    assert any(s.value == "What BirdNET sees" for s in at.subheader)
+    assert any("score" in s.value for s in at.subheader)  # prototype explanations for the top classes
+    audits = [c.value for c in at.caption if c.value.startswith("Audit (test split)")]
+    assert len(audits) >= 2 and all("random region" in a for a in audits)
+    assert any("Faithfulness (deletion)" in m.value for m in at.markdown)
+
+
 def test_clip_and_attack_pages_with_birdnet(data_dir):
     """BirdNET (3 s at 48 kHz) on the Clip and Attack pages, with its licence shown."""
     at = AppTest.from_file(str(ROOT / "pages" / "1_Clip.py"), default_timeout=TIMEOUT)

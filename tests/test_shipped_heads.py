@@ -56,3 +56,17 @@ def test_prototype_head_card_says_where_each_prototype_sits_and_carries_the_lice
         assert 0 <= p["t_end_s"] - p["t_start_s"] <= 0.2 and p["recording_id"].startswith("XC")
     assert sum(row["total"] for row in card["prototype_bands"].values()) == len(protos)
     assert np.isfinite(card["decision_threshold"]["value"])
+
+
+def test_audit_in_the_card_is_the_shipped_audit_table():
+    from core.audit import load_audit
+
+    card = read_model_card("birdnet_protopnet")
+    table = load_audit(card)
+    a = card["audit"]
+    assert len(table) == len(card["prototypes"]) and a["split"] == "test"
+    assert a["median_drop_ratio"] == pytest.approx(table["drop_ratio"].median(), rel=1e-3)
+    assert a["share_beating_random"] == pytest.approx((table["wins"] > 0.5).mean())
+    assert a["plausibility"] == table["plausibility"].value_counts().to_dict()
+    # the audit's peak band is the band of a real feature row of the model
+    assert table["high_lo_hz"].lt(table["high_hi_hz"]).all()
