@@ -128,3 +128,6 @@ def test_head_tables_are_the_stored_results():
     cards, ref = head_cards()
     assert block("head-models") == model_table_markdown(cards, HEAD_LABELS, reference=ref) + "\n"
     assert block("head-audit") == audit_markdown(load_audit(read_model_card("birdnet_protopnet"))) + "\n"
+    top1 = {n: f"{c['metrics']['test']['recording']['top1']:.3f}" for n, c in cards.items() if n != "birdnet"}
+    assert (f"recording top-1 {top1['birdnet_protopnet']} on the\nheld-out test split against {top1['protopnet']} for the small "
+            f"AudioProtoPNet below and {ref['metrics']['test']['recording']['top1']:.3f} for the reference") in README
