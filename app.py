@@ -55,7 +55,7 @@ if name:
     c2.metric("Classes", len(cfg.class_names))
     c3.metric("Parameters", f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M")
 
-rows = []
+rows, ref = [], None
 for ck in list_checkpoints():
     c = card_or_none(ck)
     if c is None:
@@ -69,7 +69,7 @@ for ck in list_checkpoints():
                  "test ROC-AUC (window)": m["window"]["roc_auc"],
                  "test top-1 (window)": m["window"]["top1"], "test cmAP (recording)": m["recording"]["cmap"],
                  "train minutes": c.get("train_seconds", float("nan")) / 60})
-    ref = c.get("reference")
+    ref = ref or c.get("reference")  # the reference lives in the small models' cards
 if rows:
     if ref:
         m = ref["metrics"]["test"]
@@ -80,7 +80,7 @@ if rows:
     st.subheader("Held-out test metrics")
     st.dataframe(pd.DataFrame(rows).round(3), hide_index=True, width="stretch")
     st.caption("Test split: recordings never seen in training (BirdNET: probably trained on xeno-canto, so its figures "
-               "are optimistic). Window = one 5 s window (3 s for BirdNET); recording = max over its windows.")
+               "are optimistic). Window = one 5 s window (3 s for BirdNET and the heads on it); recording = max over its windows.")
 
 if name:
     with st.expander("Model card (JSON)"):

@@ -76,10 +76,13 @@ def model_recipe(name: str, card: dict | None = None) -> tuple[str, str]:
             card = read_model_card(name)
         except (CoreError, OSError):
             card = {}
-    arch = {"protopnet": "AudioProtoPNet", "baseline": "ConvNeXt baseline", "birdnet": "BirdNET V2.4"}.get(
+    arch = {"protopnet": "AudioProtoPNet", "baseline": "ConvNeXt baseline", "birdnet": "BirdNET V2.4",
+            "birdnet-protopnet": "AudioProtoPNet on BirdNET", "birdnet-linear": "linear head on BirdNET"}.get(
         card.get("config", {}).get("arch"), "unknown")
     if arch == "BirdNET V2.4":
         return arch, "pretrained (Cornell Lab)"
+    if arch.endswith("on BirdNET"):
+        return arch, f"head on BirdNET's frozen {card['config'].get('layer', '?')}"
     adv = card.get("train_config", {}).get("adv", "none" if "train_config" in card else None)
     recipe = {"none": "OT", "at-o": "AT-O", "at-e": "AT-E"}.get(adv, "unknown")
     if recipe == "OT" and card.get("init"):

@@ -24,6 +24,10 @@ def test_home():
     assert at.title[0].value == "birdshield"
     assert any("test" in s.value.lower() for s in at.subheader)
     assert len(at.dataframe) >= 1
+    table = at.dataframe[0].value
+    assert "reference" in set(table["model"])  # kept whatever model is listed last
+    heads = table.set_index("model").loc[["birdnet_protopnet", "birdnet_linear"], "training"]
+    assert heads.str.contains("BirdNET's frozen BLOCK_3-5_ADD").all()
 
 
 def test_clip_page_dataset_clip(data_dir):
