@@ -131,3 +131,12 @@ def test_head_tables_are_the_stored_results():
     top1 = {n: f"{c['metrics']['test']['recording']['top1']:.3f}" for n, c in cards.items() if n != "birdnet"}
     assert (f"recording top-1 {top1['birdnet_protopnet']} on the\nheld-out test split against {top1['protopnet']} for the small "
             f"AudioProtoPNet below and {ref['metrics']['test']['recording']['top1']:.3f} for the reference") in README
+
+
+def test_seed_table_is_the_stored_arms():
+    from core.seeds import arm_markdown
+
+    t = pd.read_csv(ROOT / "assets" / "robustness" / "at_seeds.csv")
+    assert set(t["arm"]) == {"AT-O", "OT+FT"} and t.groupby("arm")["train_seed"].nunique().min() == 3
+    assert set(t["split_scheme"]) == {"recordist"}
+    assert block("at-seeds") == arm_markdown(t) + "\n"
