@@ -113,8 +113,11 @@ def cmd_reference(args) -> int:
 def cmd_calibrate(args) -> int:
     from core.calibration import calibrate_model
     from core.data import open_dataset
-    from core.models.registry import load_checkpoint, update_model_card
+    from core.models.registry import BUILTIN_MODELS, load_checkpoint, update_model_card
 
+    builtin = [n for n in args.model if n in BUILTIN_MODELS]
+    if builtin:
+        raise ParameterError(f"{', '.join(builtin)}: BirdNET's card is built in, not ours to calibrate")
     ds = open_dataset(args.data_dir)
     for name in args.model:
         entry = calibrate_model(load_checkpoint(name), ds)
@@ -126,12 +129,15 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_train_head(args) -> int:
-    from core.birdnet_heads import HeadConfig, train_birdnet_head
+    from core.birdnet_heads import HeadConfig, layer_tensor, train_birdnet_head
     from core.data import open_dataset
+    from core.models.birdnet import birdnet_files
     from core.models.registry import CHECKPOINT_DIR, save_checkpoint
+    from core.models.tflite_graph import TFLiteFile
 
     cfg = HeadConfig(kind=args.head, prototypes_per_class=args.prototypes_per_class, epochs=args.epochs, lr=args.lr,
                      loss=args.loss, seed=args.seed)
+    layer_tensor(TFLiteFile(birdnet_files()["model"]), args.layer)  # an unknown layer fails before any decoding
     model, card = train_birdnet_head(open_dataset(args.data_dir), args.layer, cfg)
     card["command"] = "python -m core " + " ".join(sys.argv[1:])
     out = Path(args.out_dir or CHECKPOINT_DIR) / f"{args.name}.safetensors"

@@ -276,3 +276,15 @@ def test_frontend_property(n, scale, batch, seed):
         return
     assert out.shape[:3] == (batch, 1, cfg.n_mels) and out.shape[3] >= 1
     assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["calibrate", "--model", "birdnet"], "not ours to calibrate"),
+    (["train-head", "--name", "x", "--layer", "BLOCK_9-9_ADD"], "no layer 'BLOCK_9-9_ADD'"),
+    (["audit", "--model", "baseline"], "prototype head on BirdNET"),
+    (["head-study", "--out", "layers.txt"], "--out must end in .csv"),
+])
+def test_cli_bird_net_head_commands_refuse_bad_input(args, needle):
+    r = run_cli(*args)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1
