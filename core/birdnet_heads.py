@@ -351,7 +351,18 @@ def _loss(logits, y, cfg: HeadConfig):
 
 @torch.no_grad()
 def head_scores(head: nn.Module, feats: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
-    """Sigmoid scores ``(n_windows, n_classes)`` float32 of a head on cached features."""
+    """Sigmoid scores of a head on cached features.
+
+    Parameters
+    ----------
+    head : PrototypeHead or LinearHead
+    feats : np.ndarray [shape=(n_windows, channels, freq, time)]
+    batch_size : int
+
+    Returns
+    -------
+    np.ndarray [shape=(n_windows, n_classes), dtype=float32], values in [0, 1]
+    """
     head.eval()
     device = next(head.parameters()).device
     out = [torch.sigmoid(head(torch.as_tensor(feats[i : i + batch_size], device=device).float())).cpu().numpy()
@@ -450,7 +461,21 @@ def train_head(cfg: HeadConfig, train_feats: np.ndarray, train_targets: np.ndarr
 
 
 def train_last_layer(head: PrototypeHead, cfg: HeadConfig, train_feats: np.ndarray, train_targets: np.ndarray) -> list:
-    """Last-layer-only epochs after the push (prototypes fixed), as AudioProtoPNet; returns per-epoch losses."""
+    """Last-layer-only epochs after the push (prototypes fixed), as AudioProtoPNet.
+
+    Parameters
+    ----------
+    head : PrototypeHead
+    cfg : HeadConfig
+        ``last_layer_epochs``, ``lr_last_layer_push``, ``batch_size``, ``loss``, ``seed``.
+    train_feats : np.ndarray [shape=(n, channels, freq, time)]
+    train_targets : np.ndarray [shape=(n, n_classes)], multi-hot
+
+    Returns
+    -------
+    list of dict
+        Per-epoch losses.
+    """
     gen = np.random.default_rng(cfg.seed + 1)
     device = next(head.parameters()).device
     opt = torch.optim.Adam([head.last_layer, head.last_layer_bias], lr=cfg.lr_last_layer_push)
