@@ -52,7 +52,9 @@ from core.train import _focal, metrics_from_scores
 
 __all__ = [
     "CANDIDATE_LAYERS",
+    "BirdNETStage",
     "BirdNETTrunk",
+    "finetune_study",
     "choose_layer",
     "HeadConfig",
     "LinearHead",
@@ -62,6 +64,7 @@ __all__ = [
     "layer_study",
     "layer_tensor",
     "push_head",
+    "stage_features",
     "train_birdnet_head",
     "train_head",
 ]
@@ -197,6 +200,52 @@ def extract_features(layers, windows: WindowSet, *, file: TFLiteFile | None = No
                 with open(tmp, "wb") as fh:
                     np.save(fh, out[lay])
     return {lay: out[lay] for lay in layers}
+
+
+class BirdNETStage(nn.Module):
+    """BirdNET's layers from one named layer's output to a later one's, trainable (partial fine-tuning).
+
+    Parameters
+    ----------
+    from_layer, layer : str
+        BirdNET layers, e.g. ``"BLOCK_3-4_ADD"`` -> ``"BLOCK_3-5_ADD"`` (the last
+        residual block before the shipped head's layer).
+    file : TFLiteFile, optional
+    trainable : bool
+        Whether the stage's weights require gradients (default True).
+
+    Shapes
+    ------
+    input : torch.Tensor [shape=(batch, c_in, f_in, t_in)], ``from_layer``'s map as cached by :func:`extract_features`
+    output : torch.Tensor [shape=(batch, channels, freq, time)], ``layer``'s map (row 0 the highest band)
+
+    Raises
+    ------
+    ParameterError
+        Unknown layer.
+    """
+
+    def __init__(self, from_layer: str, layer: str, file: TFLiteFile | None = None, *, trainable: bool = True) -> None:
+        super().__init__()
+        file = file or TFLiteFile(birdnet_files()["model"])
+        self.from_layer, self.layer = from_layer, layer
+        self.graph = TFLiteGraph(file, [layer_tensor(file, from_layer)], [layer_tensor(file, layer)], trainable=trainable)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        (out,), _ = self.graph(features)
+        return out
+
+
+@torch.no_grad()
+def stage_features(stage: nn.Module, features: np.ndarray, *, batch_size: int = 128) -> np.ndarray:
+    """Run cached features through a :class:`BirdNETStage`; returns float32 numpy maps ``(n, channels, freq, time)``."""
+    device = next(stage.parameters()).device
+    was_training = stage.training
+    stage.eval()
+    out = np.concatenate([stage(torch.as_tensor(features[i : i + batch_size], device=device).float()).cpu().numpy()
+                          for i in range(0, len(features), batch_size)])
+    stage.train(was_training)
+    return out
 
 
 @dataclass(frozen=True)
@@ -392,7 +441,8 @@ def _cluster_separation(acts: torch.Tensor, y: torch.Tensor, cfg: HeadConfig) ->
     return cfg.cluster_weight * cluster + cfg.separation_weight * separation
 
 
-def train_head(cfg: HeadConfig, train_feats: np.ndarray, train_targets: np.ndarray, train_focal: np.ndarray) -> tuple[nn.Module, list]:
+def train_head(cfg: HeadConfig, train_feats: np.ndarray, train_targets: np.ndarray, train_focal: np.ndarray, *,
+               stage: nn.Module | None = None, lr_stage: float = 1e-4) -> tuple[nn.Module, list]:
     """Train a head on cached training features.
 
     Prototype heads follow AudioProtoPNet's phases on a frozen backbone: joint
@@ -406,15 +456,26 @@ def train_head(cfg: HeadConfig, train_feats: np.ndarray, train_targets: np.ndarr
     train_feats : np.ndarray [shape=(n, channels, freq, time)]
     train_targets : np.ndarray [shape=(n, n_classes)], multi-hot (focal + secondary labels)
     train_focal : np.ndarray [shape=(n, n_classes)], focal labels (prototype initialisation)
+    stage : nn.Module, optional
+        Trainable backbone layers (:class:`BirdNETStage`) between ``train_feats`` and the
+        head, fine-tuned jointly with it (Adam, ``lr_stage``); ``train_feats`` are then the
+        stage's inputs. The standardisation and the prototypes' starting cells come
+        from the stage's outputs before training. Default: frozen backbone.
+    lr_stage : float
+        Learning rate of the stage.
 
     Returns
     -------
     (nn.Module, list of dict)
-        The head (on the device) and per-epoch losses.
+        The head (on the device) and per-epoch losses; the stage is trained in place.
     """
     torch.manual_seed(cfg.seed)
     gen = np.random.default_rng(cfg.seed)
     device = get_device()
+    inputs = train_feats
+    if stage is not None:
+        stage = stage.to(device)
+        train_feats = stage_features(stage, inputs)
     n_classes, channels = train_targets.shape[1], train_feats.shape[1]
     if cfg.kind == "prototype":
         head = PrototypeHead(channels, n_classes, cfg.prototypes_per_class)
@@ -426,6 +487,8 @@ def train_head(cfg: HeadConfig, train_feats: np.ndarray, train_targets: np.ndarr
         head = LinearHead(channels, n_classes)
         fit_standardizer(head, train_feats)
         groups = [{"params": head.parameters(), "lr": cfg.lr}]
+    if stage is not None:
+        groups.append({"params": [q for q in stage.parameters() if q.requires_grad], "lr": lr_stage})
     head = head.to(device)
     opt = torch.optim.Adam(groups)
     history = []
@@ -436,7 +499,9 @@ def train_head(cfg: HeadConfig, train_feats: np.ndarray, train_targets: np.ndarr
         total, t0 = 0.0, time.time()
         for i in range(0, len(order), cfg.batch_size):
             idx = np.sort(order[i : i + cfg.batch_size])
-            x = torch.as_tensor(train_feats[idx], device=device).float()
+            x = torch.as_tensor(inputs[idx], device=device).float()
+            if stage is not None:
+                x = stage(x)
             y = y_all[idx].to(device)
             if cfg.kind == "prototype":
                 acts = head.similarity_maps(x).amax(dim=(2, 3))
@@ -455,7 +520,7 @@ def train_head(cfg: HeadConfig, train_feats: np.ndarray, train_targets: np.ndarr
         history.append({"phase": "joint" if cfg.kind == "prototype" else "train", "epoch": epoch + 1,
                         "loss": total / len(order), "seconds": time.time() - t0})
         if cfg.kind == "prototype" and cfg.push_every and (epoch + 1) % cfg.push_every == 0 and epoch + 1 < cfg.epochs:
-            pushed = push_head(head, train_feats, train_focal)
+            pushed = push_head(head, train_feats if stage is None else stage_features(stage, inputs), train_focal)
             history.append({"phase": "push", "epoch": epoch + 1, "median_similarity": float(np.median([p["similarity"] for p in pushed]))})
     return head, history
 
@@ -579,13 +644,71 @@ def layer_study(dataset: Dataset, layers=CANDIDATE_LAYERS, *, configs: dict[str,
                 train_last_layer(head, cfg, feats["train"], wins["train"].targets)
             row = {"layer": layer, "head": name, "channels": c, "map": f"{fh} x {tw}", "cell_s": BIRDNET_WINDOW_S / tw,
                    "cell_mel_rows": frontend.n_mels / fh, "train_seconds": time.time() - t0}
-            for s in ("val", "test"):
-                m = metrics_from_scores(head_scores(head, feats[s]), wins[s], names)
-                for level in ("window", "recording"):
-                    for k in ("cmap", "roc_auc", "top1"):
-                        row[f"{s}_{level}_{k}"] = m[level][k]
-            log.info("%s %s: val window cmAP %.3f, recording top-1 %.3f", layer, name, row["val_window_cmap"], row["val_recording_top1"])
-            rows.append(row)
+            rows.append(_study_row(row, head, feats, wins, names))
+    return rows
+
+
+def _study_row(row: dict, head: nn.Module, feats: dict, wins: dict, names) -> dict:
+    """Add window and recording metrics on val and test to ``row``."""
+    for s in ("val", "test"):
+        m = metrics_from_scores(head_scores(head, feats[s]), wins[s], names)
+        for level in ("window", "recording"):
+            for k in ("cmap", "roc_auc", "top1"):
+                row[f"{s}_{level}_{k}"] = m[level][k]
+    log.info("%s: val window cmAP %.3f, recording top-1 %.3f", {k: v for k, v in row.items() if isinstance(v, str)},
+             row["val_window_cmap"], row["val_recording_top1"])
+    return row
+
+
+def finetune_study(dataset: Dataset, *, layer: str = "BLOCK_3-5_ADD", from_layer: str = "BLOCK_3-4_ADD",
+                   configs: dict[str, HeadConfig] | None = None, lr_stage: float = 1e-4, progress=None) -> list[dict]:
+    """Frozen vs partly fine-tuned backbone: each head trained on ``layer`` with BirdNET frozen, and again with
+    the layers from ``from_layer`` to ``layer`` trained jointly with the head.
+
+    The push and the last-layer epochs of prototype heads run on the fine-tuned
+    stage's features, as AudioProtoPNet does after its joint phase.
+
+    Parameters
+    ----------
+    dataset : Dataset
+    layer, from_layer : str
+        The head's layer and the input of the fine-tuned stage (:class:`BirdNETStage`).
+    configs : dict of name -> HeadConfig, optional
+        As :func:`layer_study`.
+    lr_stage : float
+        Adam learning rate of the fine-tuned stage.
+
+    Returns
+    -------
+    list of dict
+        One row per (backbone, head): ``backbone`` is ``"frozen"`` or ``"<from_layer> -> <layer> fine-tuned"``,
+        then the metrics of :func:`layer_study`, ``train_seconds`` and ``stage_parameters``.
+    """
+    configs = configs or {"prototype": HeadConfig(), "linear": HeadConfig(kind="linear", lr=1e-2, epochs=60)}
+    wins = {s: _windows(dataset, s) for s in ("train", "val", "test")}
+    names = dataset.class_names
+    focal_tr = _focal(wins["train"], names)[wins["train"].recording_index]
+    file = TFLiteFile(birdnet_files()["model"])
+    by_split = {s: extract_features((from_layer, layer), w, file=file, progress=progress) for s, w in wins.items()}
+    rows = []
+    for name, cfg in configs.items():
+        for tuned in (False, True):
+            t0 = time.time()
+            stage = BirdNETStage(from_layer, layer, file) if tuned else None
+            if tuned:
+                head, _ = train_head(cfg, by_split["train"][from_layer], wins["train"].targets, focal_tr, stage=stage, lr_stage=lr_stage)
+                feats = {s: stage_features(stage, by_split[s][from_layer]) for s in wins}
+            else:
+                feats = {s: by_split[s][layer] for s in wins}
+                head, _ = train_head(cfg, feats["train"], wins["train"].targets, focal_tr)
+            if cfg.kind == "prototype":
+                push_head(head, feats["train"], focal_tr)
+                train_last_layer(head, cfg, feats["train"], wins["train"].targets)
+            row = {"layer": layer, "head": name, "backbone": f"{from_layer} -> {layer} fine-tuned" if tuned else "frozen",
+                   "lr_stage": lr_stage if tuned else 0.0,
+                   "stage_parameters": int(sum(q.numel() for q in stage.parameters())) if tuned else 0,
+                   "train_seconds": time.time() - t0}
+            rows.append(_study_row(row, head, feats, wins, names))
     return rows
 
 

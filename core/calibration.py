@@ -13,14 +13,16 @@ validation threshold" is the secondary definition the Sweep page and
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import precision_recall_curve
 
 from core.errors import ParameterError
 
-__all__ = ["choose_threshold", "set_changed", "model_threshold", "calibrate_model", "threshold_entry", "card_thresholds"]
+__all__ = ["choose_threshold", "set_changed", "model_threshold", "calibrate_model", "threshold_entry", "card_thresholds", "builtin_threshold_path"]
 
 
 def choose_threshold(scores: np.ndarray, targets: np.ndarray) -> dict:
@@ -99,22 +101,36 @@ def model_threshold(card: Mapping) -> float | None:
     return float(t["value"]) if isinstance(t, Mapping) and "value" in t else None
 
 
+def builtin_threshold_path(name: str) -> Path:
+    """Where the validation threshold of a built-in model (BirdNET) is stored: ``assets/<name>/decision_threshold.json``."""
+    return Path(__file__).resolve().parent.parent / "assets" / str(name) / "decision_threshold.json"
+
+
 def card_thresholds(names) -> dict[str, float]:
     """``{name: threshold}`` for the named checkpoints whose model cards carry one.
 
-    Names without a card (BirdNET, models of a loaded table that are not
+    A built-in model (BirdNET) has no card: its threshold is read from
+    :func:`builtin_threshold_path` (written by ``python -m core calibrate --model
+    birdnet``). Names without either (models of a loaded table that are not
     installed here) are left out, so their set-change rate shows as NaN.
 
     Raises
     ------
     CheckpointError
-        A card exists but is corrupt (never silently ignored).
+        A card or a stored threshold exists but is corrupt (never silently ignored).
     """
+    from core.errors import CheckpointError
     from core.models.registry import BUILTIN_MODELS, read_model_card
 
     out = {}
     for name in names:
         if str(name) in BUILTIN_MODELS:
+            path = builtin_threshold_path(name)
+            if path.is_file():
+                try:
+                    out[str(name)] = float(json.loads(path.read_text())["value"])
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise CheckpointError(f"{path}: not a decision threshold ({exc})") from exc
             continue
         t = model_threshold(read_model_card(name))
         if t is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from dataclasses import replace
@@ -111,17 +112,18 @@ def cmd_reference(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
-    from core.calibration import calibrate_model
+    from core.calibration import builtin_threshold_path, calibrate_model
     from core.data import open_dataset
+    from core.fileio import atomic_write_text
     from core.models.registry import BUILTIN_MODELS, load_checkpoint, update_model_card
 
-    builtin = [n for n in args.model if n in BUILTIN_MODELS]
-    if builtin:
-        raise ParameterError(f"{', '.join(builtin)}: BirdNET's card is built in, not ours to calibrate")
     ds = open_dataset(args.data_dir)
     for name in args.model:
         entry = calibrate_model(load_checkpoint(name), ds)
-        update_model_card(name, decision_threshold=entry)
+        if name in BUILTIN_MODELS:  # no card of ours: stored beside its measured metrics
+            atomic_write_text(builtin_threshold_path(name), json.dumps(entry, indent=2) + "\n")
+        else:
+            update_model_card(name, decision_threshold=entry)
         print(f"{name}: threshold {entry['value']:.3f} on {entry['n_windows']} validation windows "
               f"(micro-F1 {entry['micro_f1']:.3f}, at 0.5 {entry['micro_f1_at_0.5']:.3f}; "
               f"{entry['mean_predicted']:.2f} species predicted per window)")
@@ -187,9 +189,21 @@ def cmd_head_study(args) -> int:
     if out.suffix != ".csv":
         raise ParameterError(f"--out must end in .csv, got {out}")
     layers = [x.strip() for x in args.layers.split(",") if x.strip()]
-    rows = pd.DataFrame(layer_study(open_dataset(args.data_dir), layers))
+    if args.finetune_from:
+        from core.birdnet_heads import finetune_study
+
+        if len(layers) != 1:
+            raise ParameterError(f"--finetune-from needs exactly one --layers (the head's layer), got {len(layers)}")
+        if args.lr_stage <= 0:
+            raise ParameterError(f"--lr-stage must be > 0, got {args.lr_stage}")
+        rows = pd.DataFrame(finetune_study(open_dataset(args.data_dir), layer=layers[0], from_layer=args.finetune_from,
+                                           lr_stage=args.lr_stage))
+        cols = ["layer", "head", "backbone"]
+    else:
+        rows = pd.DataFrame(layer_study(open_dataset(args.data_dir), layers))
+        cols = ["layer", "head", "map", "cell_s"]
     atomic_write_text(out, rows.to_csv(index=False, float_format="%.4g"))
-    cols = ["layer", "head", "map", "cell_s", "val_window_cmap", "val_recording_top1", "test_window_cmap", "test_recording_top1"]
+    cols += ["val_window_cmap", "val_recording_top1", "test_window_cmap", "test_recording_top1"]
     print(rows[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"written to {out}")
     return 0
@@ -236,6 +250,66 @@ def cmd_predict(args) -> int:
         top = ", ".join(f"{t['species']} {t['score']:.2f}" for t in res["top"])
         print(f"  recording (max over windows): {top}")
     return 0
+
+
+def cmd_analyze(args) -> int:
+    from tqdm import tqdm
+
+    from core.analyze import analyze_file, audio_files, detections, species_names, to_birdnet_csv, to_raven_table, window_outcomes
+    from core.fileio import atomic_write_text
+    from core.models.registry import load_checkpoint
+
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    bad = sorted(set(formats) - {"birdnet", "raven", "windows"})
+    if bad or not formats:
+        raise ParameterError(f"--format takes birdnet, raven and/or windows, got {args.format!r}")
+    if args.threshold is not None and not 0 < args.threshold < 1:
+        raise ParameterError(f"--threshold must lie in (0, 1), got {args.threshold}")
+    files = audio_files(args.path, recursive=args.recursive)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ParameterError(f"--out must be a directory, got the file {out}")
+    model = load_checkpoint(args.model)
+    names = species_names(model.config.class_names, model)
+    fe = model.config.frontend
+    band = (float(getattr(fe, "f_min", 0.0) or 0.0), float(getattr(fe, "f_max", None) or fe.sample_rate / 2))
+    failed = 0
+    for f in files:
+        bar = tqdm(total=0, unit="s", dynamic_ncols=True, disable=None, desc=f.name)
+
+        def progress(done, total, bar=bar):
+            bar.total = round(total) or None
+            bar.n = round(done)
+            bar.refresh()
+
+        try:
+            res = analyze_file(model, f, model_name=args.model, threshold=args.threshold,
+                               threshold_source="--threshold" if args.threshold is not None else "", progress=progress)
+        except CoreError as exc:
+            bar.close()
+            print(f"error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        bar.close()
+        if res.threshold is None:
+            raise ParameterError(f"model {args.model} has no validation threshold in its card: give --threshold")
+        dets = detections(res, names=names)
+        wins = window_outcomes(res, names=names)
+        stem = out / f.stem
+        if "birdnet" in formats:
+            atomic_write_text(stem.with_name(f.stem + ".BirdNET.results.csv"), to_birdnet_csv(dets))
+        if "raven" in formats:
+            atomic_write_text(stem.with_name(f.stem + ".BirdNET.selection.table.txt"), to_raven_table(dets, low_hz=band[0], high_hz=band[1]))
+        if "windows" in formats:
+            atomic_write_text(stem.with_name(f.stem + ".windows.csv"), wins.to_csv(index=False, float_format="%.4f"))
+        found = dets.groupby("english_name")["confidence"].agg(["size", "max"]).sort_values("size", ascending=False)
+        say = ", ".join(f"{n} {int(r['size'])}" for n, r in found.iterrows()) or "none"
+        print(f"{f.name}: {res.duration_s:.1f} s, {len(wins)} windows of {res.window_s:g} s in {res.info['seconds']:.1f} s; "
+              f"threshold {res.threshold:.3f} ({res.threshold_source}); no bird in {int((wins['n_species'] == 0).sum())} windows; "
+              f"detections by species: {say}"
+              + (f"; the last {res.unanalysed_s:.1f} s (under half a window) are not analysed" if res.unanalysed_s > 0 else ""))
+    print(f"written to {out}/")
+    return 1 if failed else 0
 
 
 def cmd_attack(args) -> int:
@@ -645,6 +719,9 @@ def build_parser() -> argparse.ArgumentParser:
     hs = sub.add_parser("head-study", help="prototype and linear heads on each candidate BirdNET layer (cached features): val and test metrics")
     hs.add_argument("--layers", default="BLOCK_2-4_ADD,BLOCK_3-5_ADD,ACT_POST,POST_ACT_1")
     hs.add_argument("--out", default="assets/birdnet_heads/layers.csv")
+    hs.add_argument("--finetune-from", metavar="LAYER",
+                    help="instead of the layer study: frozen vs fine-tuned from LAYER up to the one --layers (e.g. BLOCK_3-4_ADD)")
+    hs.add_argument("--lr-stage", type=float, default=1e-4, help="Adam learning rate of the fine-tuned layers (default 1e-4)")
     _add_data_dir(hs)
     hs.set_defaults(func=cmd_head_study)
 
@@ -661,6 +738,16 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--model", default="protopnet")
     pr.add_argument("--json", action="store_true")
     pr.set_defaults(func=cmd_predict)
+
+    an = sub.add_parser("analyze", help="whole recordings of any length (streamed): detections per window, selection tables")
+    an.add_argument("path", help="an audio file or a directory of them")
+    an.add_argument("--model", default="protopnet")
+    an.add_argument("--out", required=True, help="directory for the tables (created)")
+    an.add_argument("--threshold", type=float, help="score cut-off in (0, 1) (default: the model's validation threshold)")
+    an.add_argument("--format", default="birdnet,raven,windows",
+                    help="comma-separated: birdnet (BirdNET-Analyzer CSV), raven (selection table), windows (every window's outcome)")
+    an.add_argument("--recursive", action="store_true", help="also analyse audio files in sub-directories")
+    an.set_defaults(func=cmd_analyze)
 
     a = sub.add_parser("attack", help="PGD attack (L-inf, waveform domain) on an audio file")
     a.add_argument("file")
@@ -797,3 +884,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `python -m core predict ... --json | head`: the reader left, nothing is wrong
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0

@@ -7,12 +7,14 @@ import pytest
 import torch
 
 from core.birdnet_heads import (
+    BirdNETStage,
     BirdNETTrunk,
     HeadConfig,
     PrototypeHead,
     extract_features,
     head_scores,
     push_head,
+    stage_features,
     train_head,
     train_last_layer,
 )
@@ -108,6 +110,25 @@ def test_trunk_equals_birdnet_intermediates_and_caches(birdnet, tmp_path, monkey
     assert np.array_equal(again["ACT_POST"], maps["ACT_POST"])
     with pytest.raises(ParameterError, match="no layer"):
         BirdNETTrunk("BLOCK_9-9_ADD")
+
+
+def test_stage_continues_the_trunk_and_fine_tunes_with_the_head(birdnet):
+    torch.manual_seed(0)
+    x = torch.randn(6, 144_000) * 0.05
+    with torch.no_grad():
+        inter = birdnet.intermediates(x, ("BLOCK_3-4_ADD", "BLOCK_3-5_ADD"))
+    stage = BirdNETStage("BLOCK_3-4_ADD", "BLOCK_3-5_ADD")
+    got = stage_features(stage, inter["BLOCK_3-4_ADD"].numpy())
+    assert got.shape == (6, 108, 6, 16) and np.allclose(got, inter["BLOCK_3-5_ADD"].numpy(), atol=1e-4)
+    before = {k: v.detach().clone() for k, v in stage.state_dict().items()}
+    y = np.eye(3, dtype=np.float32)[np.arange(6) % 3]
+    cfg = HeadConfig(kind="linear", epochs=3, batch_size=3, lr=1e-2, loss="bce")
+    train_head(cfg, inter["BLOCK_3-4_ADD"].numpy().astype(np.float16), y, y, stage=stage, lr_stage=1e-3)
+    moved = [k for k, v in stage.state_dict().items() if not torch.equal(v, before[k])]
+    assert moved  # the stage's weights were trained with the head
+    assert not np.allclose(stage_features(stage, inter["BLOCK_3-4_ADD"].numpy()), got, atol=1e-4)
+    with pytest.raises(ParameterError, match="no layer"):
+        BirdNETStage("BLOCK_3-4_ADD", "BLOCK_9-9_ADD")
 
 
 def test_trunk_rows_map_to_both_input_channels_bands():

@@ -7,7 +7,7 @@ import pytest
 from core.calibration import calibrate_model, card_thresholds, choose_threshold, model_threshold, set_changed
 from core.compare import ZOO
 from core.data import Dataset
-from core.errors import ParameterError
+from core.errors import CheckpointError, ParameterError
 from core.models.registry import load_checkpoint, read_model_card
 from core.sweep import summarize
 
@@ -74,7 +74,24 @@ def test_shipped_cards_carry_a_validation_threshold(name):
     assert t["split"] == "val" and t["split_scheme"] == card["data"]["split_scheme"]
     assert 0 < model_threshold(card) < 1
     assert t["micro_f1"] >= t["micro_f1_at_0.5"]  # the optimum over cut-offs includes 0.5
-    assert card_thresholds([name, "birdnet", "no_such_model"]) == {name: model_threshold(card)}
+    assert card_thresholds([name, "no_such_model"]) == {name: model_threshold(card)}
+
+
+def test_birdnet_threshold_is_stored_beside_its_metrics(tmp_path, monkeypatch):
+    import json
+
+    from core import calibration
+
+    stored = json.loads(calibration.builtin_threshold_path("birdnet").read_text())
+    assert stored["split"] == "val" and stored["split_scheme"] == "recordist" and stored["micro_f1"] >= stored["micro_f1_at_0.5"]
+    assert card_thresholds(["birdnet"]) == {"birdnet": stored["value"]}
+    bad = tmp_path / "decision_threshold.json"
+    bad.write_text("{}")
+    monkeypatch.setattr(calibration, "builtin_threshold_path", lambda name: bad)
+    with pytest.raises(CheckpointError, match="not a decision threshold"):
+        card_thresholds(["birdnet"])
+    monkeypatch.setattr(calibration, "builtin_threshold_path", lambda name: tmp_path / "missing.json")
+    assert card_thresholds(["birdnet"]) == {}
 
 
 def test_shipped_threshold_reproduces_on_the_validation_split(data_dir):

@@ -1,0 +1,432 @@
+"""Whole-file analysis of long field recordings: streamed windows, detections, selection tables.
+
+A field recording (an AudioMoth night, hours long) is never held in memory: it is
+decoded in blocks by libsndfile, down-mixed, resampled with a streaming soxr
+resampler (so block edges leave no seams), cut into the model's non-overlapping
+windows and scored batch by batch. Only the scores, ``(n_windows, n_classes)``
+float32, are kept: an hour of 5 s windows is 720 x 9 numbers.
+
+A window's outcome is the set of species whose score reaches the model's
+*decision threshold*, chosen on the validation split (:mod:`core.calibration`);
+a window with none is "no bird detected", so silence, a tone or white noise do
+not get a species without warning. A partial last window (zero-padded, kept when
+it holds at least half a window, as everywhere in the project) is flagged.
+
+Detections export to BirdNET-Analyzer's CSV (``Start (s),End (s),Scientific
+name,Common name,Confidence,File``) and to a Raven selection table (tab-separated,
+the columns BirdNET-Analyzer writes), both readable by the tools ecologists use.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import pandas as pd
+import soundfile as sf
+import soxr
+import torch
+
+from core.audio import load_audio
+from core.errors import AudioLoadError, ParameterError
+
+__all__ = [
+    "AUDIO_SUFFIXES",
+    "FileAnalysis",
+    "analyze_file",
+    "audio_files",
+    "detections",
+    "iter_windows",
+    "species_names",
+    "to_birdnet_csv",
+    "to_raven_table",
+    "window_outcomes",
+]
+
+#: File suffixes taken from a directory by :func:`audio_files`.
+AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".oga", ".aif", ".aiff")
+NO_BIRD = "no bird detected"
+SPECIES_CSV = Path(__file__).resolve().parent.parent / "assets" / "xc9" / "species.csv"
+
+
+def species_names(class_names, model=None) -> dict[str, tuple[str, str]]:
+    """``{code: (scientific name, English name)}`` for the model's classes.
+
+    BirdNET-derived models carry their names; the project's own models name
+    their classes by the codes of ``assets/xc9/species.csv``. A code without a
+    name is its own name.
+    """
+    cfg = getattr(model, "config", None)
+    sci, eng = getattr(cfg, "scientific_names", ()), getattr(cfg, "english_names", ())
+    if len(sci) == len(class_names) and len(eng) == len(class_names):
+        return {c: (s, e) for c, s, e in zip(class_names, sci, eng)}
+    from core.models.birdnet import dataset_species
+
+    rows = {r["species_code"]: r for r in dataset_species(SPECIES_CSV)}
+    return {c: (rows[c]["scientific_name"], rows[c]["english_name"]) if c in rows else (c, c) for c in class_names}
+
+
+def audio_files(path: str | os.PathLike, *, recursive: bool = False) -> list[Path]:
+    """Audio files to analyse: ``path`` itself, or the audio files of a directory (sorted).
+
+    Raises
+    ------
+    ParameterError
+        No such file or directory, or a directory without audio files.
+    """
+    p = Path(path)
+    if p.is_file():
+        return [p]
+    if not p.is_dir():
+        raise ParameterError(f"no such file or directory: {p}")
+    files = sorted(f for f in (p.rglob("*") if recursive else p.iterdir()) if f.is_file() and f.suffix.lower() in AUDIO_SUFFIXES)
+    if not files:
+        raise ParameterError(f"{p}: no audio files ({', '.join(AUDIO_SUFFIXES)}){'' if recursive else '; --recursive looks in sub-directories'}")
+    return files
+
+
+def _stream_blocks(path: Path, sample_rate: int, block_s: float) -> Iterator[tuple[np.ndarray, dict]]:
+    """Mono float32 blocks at ``sample_rate``; the dict holds the source's rate, channels, frames."""
+    try:
+        f = sf.SoundFile(str(path))
+    except Exception:
+        # libsndfile cannot read it (e.g. some MP3 or M4A): decode whole, within load_audio's limit
+        try:
+            clip = load_audio(path, sample_rate=sample_rate)
+        except AudioLoadError as exc:
+            raise AudioLoadError(f"{exc} (files that libsndfile cannot stream are decoded whole; convert long ones to WAV or FLAC)") from exc
+        yield clip.waveform, {"source_sample_rate": clip.source_sample_rate, "source_channels": clip.source_channels,
+                              "n_nonfinite": clip.n_nonfinite, "n_samples": len(clip.waveform)}
+        return
+    with f:
+        sr, channels = int(f.samplerate), int(f.channels)
+        if sr <= 0:
+            raise AudioLoadError(f"{path.name}: invalid sample rate {sr}")
+        info = {"source_sample_rate": sr, "source_channels": channels, "n_nonfinite": 0, "n_samples": 0}
+        stream = soxr.ResampleStream(sr, sample_rate, 1, dtype="float32", quality="HQ") if sr != sample_rate else None
+        frames = max(1, int(block_s * sr))
+        read_any = False
+        while True:
+            try:
+                block = f.read(frames, dtype="float32", always_2d=True)
+            except Exception as exc:
+                raise AudioLoadError(f"{path.name}: decoding failed after {f.tell() / sr:.1f} s ({exc})") from exc
+            last = len(block) < frames
+            if len(block):
+                read_any = True
+            mono = block.mean(axis=1, dtype=np.float32) if len(block) else np.zeros(0, np.float32)
+            bad = ~np.isfinite(mono)
+            if bad.any():
+                info["n_nonfinite"] += int(bad.sum())
+                mono = np.where(bad, np.float32(0), mono)
+            out = stream.resample_chunk(mono, last=last) if stream is not None else mono
+            if len(out):
+                info["n_samples"] += len(out)
+                yield np.asarray(out, dtype=np.float32), info
+            if last:
+                break
+        if not read_any:
+            raise AudioLoadError(f"{path.name}: the file holds no samples")
+
+
+def iter_windows(path: str | os.PathLike, sample_rate: int, window_samples: int, *, block_s: float = 30.0,
+                 min_fraction: float = 0.5) -> Iterator[tuple[int, np.ndarray, int, dict]]:
+    """Stream a recording of any length as non-overlapping windows at ``sample_rate``.
+
+    Parameters
+    ----------
+    path : path-like
+        WAV, FLAC, OGG, MP3 (streamed by libsndfile); other formats are decoded
+        whole by :func:`core.audio.load_audio` (and its 10-minute limit).
+    sample_rate : int > 0 [Hz]
+    window_samples : int > 0 [samples]
+    block_s : float > 0 [seconds]
+        Decoding block; memory stays about ``block_s * source rate * channels`` floats.
+    min_fraction : float in [0, 1]
+        A partial last window is kept (zero-padded) when it holds at least this
+        fraction of a window; a recording shorter than one window always yields one.
+
+    Yields
+    ------
+    (start, window, valid, info)
+        ``start`` [samples at ``sample_rate``], ``window`` float32 ``(window_samples,)``
+        in full-scale amplitude, ``valid`` the number of real (not padded) samples,
+        ``info`` the source's ``source_sample_rate``, ``source_channels``,
+        ``n_nonfinite`` (non-finite samples replaced by 0 so far) and ``n_samples``
+        (samples at ``sample_rate`` decoded so far; a tail shorter than
+        ``min_fraction`` of a window is decoded but not yielded).
+
+    Raises
+    ------
+    AudioLoadError
+        Missing, empty or undecodable file.
+    ParameterError
+        Non-positive rate, window or block.
+    """
+    if sample_rate <= 0 or window_samples <= 0 or block_s <= 0:
+        raise ParameterError(f"sample_rate, window_samples and block_s must be > 0, got {sample_rate}, {window_samples}, {block_s}")
+    path = Path(path)
+    if not path.is_file():
+        raise AudioLoadError(f"no such file: {path}")
+    if path.stat().st_size == 0:
+        raise AudioLoadError(f"{path.name}: the file is empty (0 bytes)")
+    buf = np.zeros(0, np.float32)
+    start, info = 0, {}
+    for block, info in _stream_blocks(path, sample_rate, block_s):
+        buf = np.concatenate([buf, block])
+        while len(buf) >= window_samples:
+            yield start, buf[:window_samples].copy(), window_samples, info
+            buf = buf[window_samples:]
+            start += window_samples
+    if len(buf) and (start == 0 or len(buf) >= min_fraction * window_samples):
+        window = np.zeros(window_samples, np.float32)
+        window[: len(buf)] = buf
+        yield start, window, len(buf), info
+    elif start == 0:
+        raise AudioLoadError(f"{path.name}: the file holds no samples")
+
+
+@dataclass
+class FileAnalysis:
+    """Scores of every window of one recording.
+
+    Attributes
+    ----------
+    path : str
+    model : str
+        Name of the model (checkpoint or built-in).
+    class_names : tuple of str
+        Species codes, the score columns.
+    sample_rate : int [Hz]
+        The model's rate.
+    window_s : float [seconds]
+    starts_s : np.ndarray [shape=(n_windows,), dtype=float64], window starts [seconds]
+    valid_s : np.ndarray [shape=(n_windows,), dtype=float64], real (not padded) audio per window [seconds]
+    scores : np.ndarray [shape=(n_windows, n_classes), dtype=float32], sigmoid scores
+    threshold : float or None
+        The model's validation decision threshold (None: the model has none).
+    threshold_source : str
+        Where ``threshold`` comes from.
+    info : dict
+        Source rate, channels, non-finite samples, seconds taken.
+    """
+
+    path: str
+    model: str
+    class_names: tuple
+    sample_rate: int
+    window_s: float
+    starts_s: np.ndarray
+    valid_s: np.ndarray
+    scores: np.ndarray
+    threshold: float | None
+    threshold_source: str
+    info: dict = field(default_factory=dict)
+
+    @property
+    def duration_s(self) -> float:
+        """Length of the recording [seconds], including a short tail no window holds."""
+        held = float(self.starts_s[-1] + self.valid_s[-1]) if len(self.starts_s) else 0.0
+        return max(held, self.info.get("n_samples", 0) / self.sample_rate)
+
+    @property
+    def unanalysed_s(self) -> float:
+        """Audio at the end shorter than half a window, left out of every window [seconds]."""
+        held = float(self.starts_s[-1] + self.valid_s[-1]) if len(self.starts_s) else 0.0
+        return self.duration_s - held
+
+    @property
+    def padded(self) -> np.ndarray:
+        """Whether each window is partly zero padding, ``(n_windows,)`` bool."""
+        return self.valid_s < self.window_s - 1e-9
+
+
+def analyze_file(model, path: str | os.PathLike, *, model_name: str = "", threshold: float | None = None,
+                 threshold_source: str = "", batch_size: int = 16, block_s: float = 30.0,
+                 progress: Callable[[float, float], None] | None = None, cancel: Callable[[], bool] | None = None) -> FileAnalysis:
+    """Score every window of a recording of any length, streamed (bounded memory).
+
+    Parameters
+    ----------
+    model : BirdClassifier
+    path : path-like
+    model_name : str
+        Recorded in the result.
+    threshold : float in (0, 1), optional
+        Decision threshold for :func:`detections`; default the model card's
+        validation threshold when ``model_name`` has one.
+    batch_size : int >= 1
+        Windows scored together.
+    block_s : float [seconds]
+        Decoding block (:func:`iter_windows`).
+    progress : callable, optional
+        ``progress(seconds_done, seconds_total)`` after every batch (total from the
+        file header; 0 when unknown).
+    cancel : callable, optional
+        Polled after every batch; True raises :class:`InterruptedError`.
+
+    Returns
+    -------
+    FileAnalysis
+
+    Raises
+    ------
+    AudioLoadError
+        Unreadable file.
+    ParameterError
+        Bad ``batch_size`` or ``threshold``.
+    InterruptedError
+        Cancelled.
+    """
+    import time
+
+    from core.calibration import card_thresholds
+
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ParameterError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if threshold is None and model_name:
+        found = card_thresholds([model_name])
+        if model_name in found:
+            threshold, threshold_source = found[model_name], "validation threshold of the model card"
+    if threshold is not None and not (0.0 < float(threshold) < 1.0):
+        raise ParameterError(f"threshold must lie in (0, 1), got {threshold}")
+    t0 = time.time()
+    sr, window = int(model.config.frontend.sample_rate), int(model.config.window_samples)
+    try:
+        total = float(sf.info(str(path)).duration)
+    except Exception:
+        total = 0.0
+    device = next(model.parameters()).device
+    model.eval()
+    starts, valid, scores, batch, info = [], [], [], [], {}
+
+    def flush():
+        with torch.no_grad():
+            x = torch.as_tensor(np.stack(batch), device=device)
+            scores.append(torch.sigmoid(model(x)).float().cpu().numpy())
+        batch.clear()
+        if progress:
+            progress(min((starts[-1] + valid[-1]) / sr, total) if total else (starts[-1] + valid[-1]) / sr, total)
+        if cancel and cancel():
+            raise InterruptedError("analysis cancelled")
+
+    for start, w, n_valid, source in iter_windows(path, sr, window, block_s=block_s):
+        info = source
+        starts.append(start)
+        valid.append(n_valid)
+        batch.append(w)
+        if len(batch) == batch_size:
+            flush()
+    if batch:
+        flush()
+    return FileAnalysis(
+        path=str(path), model=model_name, class_names=tuple(model.config.class_names), sample_rate=sr, window_s=window / sr,
+        starts_s=np.asarray(starts, np.float64) / sr, valid_s=np.asarray(valid, np.float64) / sr,
+        scores=np.concatenate(scores).astype(np.float32), threshold=None if threshold is None else float(threshold),
+        threshold_source=threshold_source if threshold is not None else "", info={**info, "seconds": time.time() - t0})
+
+
+def _check_threshold(analysis: FileAnalysis, threshold: float | None) -> float:
+    t = analysis.threshold if threshold is None else threshold
+    if t is None:
+        raise ParameterError(f"model {analysis.model or '?'} has no validation threshold; give one (e.g. --threshold 0.5)")
+    if not (0.0 < float(t) < 1.0):
+        raise ParameterError(f"threshold must lie in (0, 1), got {t}")
+    return float(t)
+
+
+def window_outcomes(analysis: FileAnalysis, threshold: float | None = None, names: dict | None = None) -> pd.DataFrame:
+    """One row per window: what the model says, including "no bird detected".
+
+    Parameters
+    ----------
+    analysis : FileAnalysis
+    threshold : float, optional
+        Default the analysis's (validation) threshold.
+    names : dict, optional
+        :func:`species_names`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``start_s``, ``end_s``, ``outcome`` (English names of the species at or above
+        the threshold, or ``"no bird detected"``), ``n_species``, ``top_species``,
+        ``top_score``, ``padded``.
+
+    Raises
+    ------
+    ParameterError
+        No threshold given and none stored.
+    """
+    t = _check_threshold(analysis, threshold)
+    names = names or species_names(analysis.class_names)
+    rows = []
+    for i, s in enumerate(analysis.scores):
+        above = [j for j in np.argsort(-s) if s[j] >= t]
+        top = int(np.argmax(s))
+        rows.append({"start_s": analysis.starts_s[i], "end_s": analysis.starts_s[i] + analysis.valid_s[i],
+                     "outcome": ", ".join(names[analysis.class_names[j]][1] for j in above) if above else NO_BIRD,
+                     "n_species": len(above), "top_species": names[analysis.class_names[top]][1],
+                     "top_score": float(s[top]), "padded": bool(analysis.padded[i])})
+    return pd.DataFrame(rows)
+
+
+def detections(analysis: FileAnalysis, threshold: float | None = None, names: dict | None = None) -> pd.DataFrame:
+    """Every (window, species) whose score reaches the threshold, by time then score.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``start_s``, ``end_s`` (the window's real audio), ``species_code``,
+        ``scientific_name``, ``english_name``, ``confidence`` (the score), ``padded``, ``file``.
+    """
+    t = _check_threshold(analysis, threshold)
+    names = names or species_names(analysis.class_names)
+    w, j = np.nonzero(analysis.scores >= t)
+    rows = [{"start_s": float(analysis.starts_s[a]), "end_s": float(analysis.starts_s[a] + analysis.valid_s[a]),
+             "species_code": analysis.class_names[b], "scientific_name": names[analysis.class_names[b]][0],
+             "english_name": names[analysis.class_names[b]][1], "confidence": float(analysis.scores[a, b]),
+             "padded": bool(analysis.padded[a]), "file": analysis.path} for a, b in zip(w, j)]
+    cols = ["start_s", "end_s", "species_code", "scientific_name", "english_name", "confidence", "padded", "file"]
+    df = pd.DataFrame(rows, columns=cols)
+    return df.sort_values(["start_s", "confidence"], ascending=[True, False], kind="stable").reset_index(drop=True)
+
+
+def to_birdnet_csv(dets: pd.DataFrame) -> str:
+    """Detections in BirdNET-Analyzer's CSV format (``Start (s),End (s),Scientific name,Common name,Confidence,File``)."""
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(["Start (s)", "End (s)", "Scientific name", "Common name", "Confidence", "File"])
+    for r in dets.itertuples(index=False):
+        w.writerow([f"{r.start_s:.1f}", f"{r.end_s:.1f}", r.scientific_name, r.english_name, f"{r.confidence:.4f}", r.file])
+    return out.getvalue()
+
+
+RAVEN_COLUMNS = ("Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)", "High Freq (Hz)",
+                 "Common Name", "Species Code", "Confidence", "Begin Path", "File Offset (s)")
+
+
+def to_raven_table(dets: pd.DataFrame, *, low_hz: float = 0.0, high_hz: float = 15_000.0) -> str:
+    """Detections as a Raven selection table (tab-separated; BirdNET-Analyzer's columns).
+
+    Parameters
+    ----------
+    dets : pandas.DataFrame
+        :func:`detections`.
+    low_hz, high_hz : float [Hz]
+        The selection's band: the band the model sees (the models classify whole
+        windows; they do not localise a call in frequency).
+    """
+    if not (0 <= low_hz < high_hz) or not math.isfinite(high_hz):
+        raise ParameterError(f"need 0 <= low_hz < high_hz, got {low_hz}, {high_hz}")
+    lines = ["\t".join(RAVEN_COLUMNS)]
+    for i, r in enumerate(dets.itertuples(index=False), start=1):
+        lines.append("\t".join([str(i), "Spectrogram 1", "1", f"{r.start_s:.4f}", f"{r.end_s:.4f}", f"{low_hz:.1f}", f"{high_hz:.1f}",
+                                r.english_name, r.species_code, f"{r.confidence:.4f}", str(r.file), f"{r.start_s:.4f}"]))
+    return "\n".join(lines) + "\n"

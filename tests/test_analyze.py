@@ -1,0 +1,166 @@
+"""Whole-file analysis: streamed windows equal the whole-file path, outcomes follow the threshold, tables parse."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+from core.analyze import (
+    NO_BIRD,
+    RAVEN_COLUMNS,
+    FileAnalysis,
+    analyze_file,
+    audio_files,
+    detections,
+    iter_windows,
+    to_birdnet_csv,
+    to_raven_table,
+    window_outcomes,
+)
+from core.audio import frame_windows, load_audio
+from core.errors import AudioLoadError, ParameterError
+from core.models.registry import list_checkpoints, load_checkpoint, read_model_card
+from tests.conftest import ROOT, tone
+
+
+def _stereo_file(path, seconds, sr=44_100, seed=0):
+    rng = np.random.default_rng(seed)
+    x = tone(2500, seconds, sr, amp=0.2) + rng.standard_normal(int(seconds * sr)).astype(np.float32) * 0.02
+    y = rng.standard_normal(int(seconds * sr)).astype(np.float32) * 0.05
+    sf.write(path, np.stack([x, y], 1), sr)
+    return path
+
+
+@pytest.mark.parametrize("block_s", [1.3, 30.0])
+def test_streamed_windows_equal_the_whole_file_path(tmp_path, block_s):
+    path = _stereo_file(tmp_path / "long.flac", 23.7)
+    whole = load_audio(path, sample_rate=32_000).waveform
+    want, want_starts = frame_windows(whole, 160_000)
+    got = list(iter_windows(path, 32_000, 160_000, block_s=block_s))
+    assert [g[0] for g in got] == want_starts == [0, 160_000, 320_000, 480_000, 640_000]  # 23.7 s: the 3.7 s tail is kept, padded
+    assert [g[2] for g in got] == [160_000] * 4 + [len(whole) - 640_000]
+    # the streaming resampler leaves no seam at block edges: equal to the one-shot resampler up to its filter edge
+    stacked = np.stack([g[1] for g in got])
+    assert np.abs(stacked[:, 2000:-2000] - want[:, 2000:-2000]).max() < 1e-3
+    assert got[-1][3]["source_channels"] == 2 and got[-1][3]["source_sample_rate"] == 44_100
+    assert got[-1][3]["n_samples"] == pytest.approx(len(whole), abs=2)
+
+
+def test_short_tail_is_not_analysed_but_counted(tmp_path):
+    path = _stereo_file(tmp_path / "t.wav", 12.0, sr=32_000)  # 2 windows of 5 s and a 2 s tail (< half a window)
+    got = list(iter_windows(path, 32_000, 160_000))
+    assert [g[0] for g in got] == [0, 160_000]
+    short = _stereo_file(tmp_path / "s.wav", 1.0, sr=32_000)  # shorter than a window: one padded window
+    (start, w, valid, _), = iter_windows(short, 32_000, 160_000)
+    assert start == 0 and valid == 32_000 and not w[valid:].any()
+
+
+def test_unreadable_and_empty_files_raise_clear_errors(tmp_path):
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF not really a wave file" * 10)
+    with pytest.raises(AudioLoadError, match="bad.wav"):
+        list(iter_windows(bad, 32_000, 160_000))
+    empty = tmp_path / "e.wav"
+    empty.write_bytes(b"")
+    with pytest.raises(AudioLoadError, match="empty"):
+        list(iter_windows(empty, 32_000, 160_000))
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "notes.txt").write_text("x")
+    with pytest.raises(ParameterError, match="no audio files"):
+        audio_files(d)
+    with pytest.raises(ParameterError, match="no such file"):
+        audio_files(tmp_path / "nowhere")
+
+
+def _analysis(scores, window_s=5.0, valid=None):
+    scores = np.asarray(scores, np.float32)
+    n = len(scores)
+    return FileAnalysis(path="f.wav", model="m", class_names=("parmaj", "acrsch"), sample_rate=32_000, window_s=window_s,
+                        starts_s=np.arange(n) * window_s, valid_s=np.asarray(valid if valid is not None else [window_s] * n, float),
+                        scores=scores, threshold=0.4, threshold_source="test", info={})
+
+
+def test_outcomes_and_detections_follow_the_threshold():
+    a = _analysis([[0.9, 0.5], [0.1, 0.39], [0.2, 0.8]], valid=[5.0, 5.0, 2.6])
+    out = window_outcomes(a)
+    assert list(out["outcome"]) == ["Great Tit, Sedge Warbler", NO_BIRD, "Sedge Warbler"]
+    assert list(out["n_species"]) == [2, 0, 1] and list(out["padded"]) == [False, False, True]
+    assert out["end_s"].iloc[-1] == pytest.approx(12.6)
+    d = detections(a)
+    assert list(zip(d["start_s"], d["species_code"])) == [(0.0, "parmaj"), (0.0, "acrsch"), (10.0, "acrsch")]
+    assert list(window_outcomes(a, threshold=0.95)["outcome"]) == [NO_BIRD] * 3
+    a.threshold = None
+    with pytest.raises(ParameterError, match="no validation threshold"):
+        detections(a)
+
+
+def test_selection_tables_parse_back(tmp_path):
+    d = detections(_analysis([[0.9, 0.5], [0.1, 0.2]]))
+    raven = tmp_path / "r.txt"
+    raven.write_text(to_raven_table(d, low_hz=50, high_hz=14_000))
+    t = pd.read_csv(raven, sep="\t")
+    assert tuple(t.columns) == RAVEN_COLUMNS and list(t["Selection"]) == [1, 2]
+    assert list(t["Common Name"]) == ["Great Tit", "Sedge Warbler"] and (t["High Freq (Hz)"] == 14_000).all()
+    assert (t["End Time (s)"] - t["Begin Time (s)"] == 5.0).all()
+    c = pd.read_csv(pd.io.common.StringIO(to_birdnet_csv(d)))
+    assert list(c.columns) == ["Start (s)", "End (s)", "Scientific name", "Common name", "Confidence", "File"]
+    assert list(c["Scientific name"]) == ["Parus major", "Acrocephalus schoenobaenus"] and c["Confidence"].iloc[0] == 0.9
+    with pytest.raises(ParameterError):
+        to_raven_table(d, low_hz=5_000, high_hz=100)
+
+
+needs_models = pytest.mark.skipif("protopnet" not in list_checkpoints(), reason="shipped checkpoints missing")
+
+
+@needs_models
+def test_analyze_file_scores_every_window_like_the_clip_path(tmp_path):
+    from core.inference import analyze_waveform
+
+    path = _stereo_file(tmp_path / "x.wav", 18.0)
+    model = load_checkpoint("protopnet")
+    seen = []
+    res = analyze_file(model, path, model_name="protopnet", batch_size=2, block_s=2.0, progress=lambda d, t: seen.append((d, t)))
+    want = analyze_waveform(model, load_audio(path, sample_rate=32_000).waveform)
+    assert res.scores.shape == want.scores.shape == (4, 9)
+    assert np.abs(res.scores - want.scores).max() < 2e-3
+    assert res.threshold == pytest.approx(read_model_card("protopnet")["decision_threshold"]["value"])
+    assert res.duration_s == pytest.approx(18.0, abs=1e-3) and list(res.padded) == [False, False, False, True]
+    assert seen[-1][0] == pytest.approx(18.0, abs=1e-3) and seen[-1][1] == pytest.approx(18.0, abs=1e-3)
+    with pytest.raises(InterruptedError):
+        analyze_file(model, path, batch_size=1, cancel=lambda: True)
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "core", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+@needs_models
+def test_cli_analyses_a_directory_and_keeps_going_past_a_bad_file(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    _stereo_file(src / "a.wav", 11.0)
+    (src / "b.wav").write_bytes(b"RIFF" + b"\0" * 100)
+    r = run_cli("analyze", str(src), "--model", "protopnet", "--out", str(tmp_path / "out"), "--threshold", "0.3")
+    assert r.returncode == 1 and "b.wav" in r.stderr and "Traceback" not in r.stderr
+    assert "a.wav: 11.0 s, 2 windows of 5 s" in r.stdout and "(--threshold)" in r.stdout
+    t = pd.read_csv(tmp_path / "out" / "a.BirdNET.selection.table.txt", sep="\t")
+    w = pd.read_csv(tmp_path / "out" / "a.windows.csv")
+    assert len(w) == 2 and tuple(t.columns) == RAVEN_COLUMNS
+    assert len(t) == int(w["n_species"].sum())  # one selection per (window, species) at the threshold
+    assert not (tmp_path / "out" / "b.windows.csv").exists()
+    r = run_cli("analyze", str(src / "a.wav"), "--model", "protopnet", "--out", str(tmp_path / "o2"), "--format", "mp4")
+    assert r.returncode == 2 and "--format" in r.stderr
+
+
+@needs_models
+def test_json_output_piped_into_head_ends_quietly(tmp_path):
+    path = _stereo_file(tmp_path / "x.wav", 6.0)
+    p = subprocess.run(f'"{sys.executable}" -m core predict "{path}" --model protopnet --json | head -n 1', shell=True, cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert p.stdout.strip() == "{" and "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr
