@@ -43,6 +43,10 @@ __all__ = [
     "audio_files",
     "detections",
     "iter_windows",
+    "level_dbfs",
+    "no_bird_check",
+    "no_bird_markdown",
+    "read_segment",
     "species_names",
     "to_birdnet_csv",
     "to_raven_table",
@@ -52,6 +56,81 @@ __all__ = [
 #: File suffixes taken from a directory by :func:`audio_files`.
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".oga", ".aif", ".aiff")
 NO_BIRD = "no bird detected"
+#: Windows quieter than this RMS level [dBFS] are "silent" whatever a model says: 16-bit quantisation noise sits
+#: near -101 dBFS, a quiet night at an AudioMoth near -60 dBFS. Some models name a species on digital silence
+#: (see :func:`no_bird_check`); this guard keeps that out of the detections.
+SILENCE_DBFS = -90.0
+SILENT = f"silence (below {SILENCE_DBFS:g} dBFS)"
+
+
+#: Mel bands of the whole-file overview spectrogram, 50 Hz to min(15 kHz, Nyquist).
+OVERVIEW_MELS = 48
+
+
+def _overview_hz(sample_rate: int) -> np.ndarray:
+    import librosa
+
+    return librosa.mel_frequencies(n_mels=OVERVIEW_MELS + 2, fmin=50.0, fmax=min(15_000.0, sample_rate / 2))[1:-1]
+
+
+def _band_power_db(waveform: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Mean power per overview mel band of one window [dB, relative], ``(OVERVIEW_MELS,)``."""
+    import librosa
+
+    x = np.asarray(waveform, np.float32)
+    if len(x) < 2048:
+        x = np.pad(x, (0, 2048 - len(x)))
+    mel = librosa.feature.melspectrogram(y=x, sr=sample_rate, n_fft=2048, hop_length=1024, n_mels=OVERVIEW_MELS, fmin=50.0,
+                                         fmax=min(15_000.0, sample_rate / 2), power=2.0)
+    return (10 * np.log10(np.maximum(mel.mean(axis=1) / (2048 / 4), 1e-12))).astype(np.float32)
+
+
+def read_segment(path: str | os.PathLike, sample_rate: int, offset_s: float, duration_s: float) -> np.ndarray:
+    """One stretch of a recording of any length, mono at ``sample_rate`` (decodes only that stretch when libsndfile can seek).
+
+    Parameters
+    ----------
+    path : path-like
+    sample_rate : int [Hz]
+    offset_s, duration_s : float [seconds], offset >= 0, duration > 0
+
+    Returns
+    -------
+    np.ndarray [shape=(<= round(duration_s * sample_rate),), dtype=float32], full-scale amplitude
+
+    Raises
+    ------
+    AudioLoadError
+        Unreadable file, or an offset past its end.
+    ParameterError
+        Negative offset or non-positive duration.
+    """
+    from core.audio import resample, to_mono
+
+    if offset_s < 0 or duration_s <= 0:
+        raise ParameterError(f"offset_s must be >= 0 and duration_s > 0, got {offset_s}, {duration_s}")
+    path = Path(path)
+    try:
+        with sf.SoundFile(str(path)) as f:
+            sr = int(f.samplerate)
+            start = int(round(offset_s * sr))
+            if start >= f.frames:
+                raise AudioLoadError(f"{path.name}: offset {offset_s:.1f} s is past the end ({f.frames / sr:.1f} s)")
+            f.seek(start)
+            x = f.read(int(round(duration_s * sr)), dtype="float32", always_2d=True)
+    except AudioLoadError:
+        raise
+    except Exception:
+        clip = load_audio(path, sample_rate=sample_rate, offset_s=offset_s, duration_s=duration_s)
+        return clip.waveform
+    mono = np.nan_to_num(to_mono(x), nan=0.0, posinf=0.0, neginf=0.0)
+    return resample(mono, sr, sample_rate)[: int(round(duration_s * sample_rate))]
+
+
+def level_dbfs(waveform: np.ndarray) -> float:
+    """RMS level of a waveform [dB re full scale, a full-scale square wave = 0 dB]; -inf when all zero."""
+    rms = float(np.sqrt(np.mean(np.square(np.asarray(waveform, np.float64))))) if len(waveform) else 0.0
+    return 20.0 * math.log10(rms) if rms > 0 else -math.inf
 SPECIES_CSV = Path(__file__).resolve().parent.parent / "assets" / "xc9" / "species.csv"
 
 
@@ -209,6 +288,12 @@ class FileAnalysis:
     starts_s : np.ndarray [shape=(n_windows,), dtype=float64], window starts [seconds]
     valid_s : np.ndarray [shape=(n_windows,), dtype=float64], real (not padded) audio per window [seconds]
     scores : np.ndarray [shape=(n_windows, n_classes), dtype=float32], sigmoid scores
+    level_dbfs : np.ndarray [shape=(n_windows,), dtype=float64]
+        RMS level of each window's real audio [dB re full scale]; -inf for digital silence.
+    overview_db : np.ndarray [shape=(n_windows, OVERVIEW_MELS), dtype=float32]
+        Mean power of each window in :data:`OVERVIEW_MELS` mel bands [dB, relative; same
+        scale for every window]: a long-duration spectrogram of the whole file (one column per window).
+    overview_hz : np.ndarray [shape=(OVERVIEW_MELS,)], centre frequency of each band [Hz]
     threshold : float or None
         The model's validation decision threshold (None: the model has none).
     threshold_source : str
@@ -227,6 +312,9 @@ class FileAnalysis:
     scores: np.ndarray
     threshold: float | None
     threshold_source: str
+    level_dbfs: np.ndarray | None = None
+    overview_db: np.ndarray | None = None
+    overview_hz: np.ndarray | None = None
     info: dict = field(default_factory=dict)
 
     @property
@@ -304,7 +392,7 @@ def analyze_file(model, path: str | os.PathLike, *, model_name: str = "", thresh
         total = 0.0
     device = next(model.parameters()).device
     model.eval()
-    starts, valid, scores, batch, info = [], [], [], [], {}
+    starts, valid, scores, batch, levels, overview, info = [], [], [], [], [], [], {}
 
     def flush():
         with torch.no_grad():
@@ -320,6 +408,8 @@ def analyze_file(model, path: str | os.PathLike, *, model_name: str = "", thresh
         info = source
         starts.append(start)
         valid.append(n_valid)
+        levels.append(level_dbfs(w[:n_valid]))
+        overview.append(_band_power_db(w[:n_valid], sr))
         batch.append(w)
         if len(batch) == batch_size:
             flush()
@@ -329,7 +419,9 @@ def analyze_file(model, path: str | os.PathLike, *, model_name: str = "", thresh
         path=str(path), model=model_name, class_names=tuple(model.config.class_names), sample_rate=sr, window_s=window / sr,
         starts_s=np.asarray(starts, np.float64) / sr, valid_s=np.asarray(valid, np.float64) / sr,
         scores=np.concatenate(scores).astype(np.float32), threshold=None if threshold is None else float(threshold),
-        threshold_source=threshold_source if threshold is not None else "", info={**info, "seconds": time.time() - t0})
+        threshold_source=threshold_source if threshold is not None else "", level_dbfs=np.asarray(levels, np.float64),
+        overview_db=np.stack(overview).astype(np.float32), overview_hz=_overview_hz(sr),
+        info={**info, "seconds": time.time() - t0})
 
 
 def _check_threshold(analysis: FileAnalysis, threshold: float | None) -> float:
@@ -356,8 +448,9 @@ def window_outcomes(analysis: FileAnalysis, threshold: float | None = None, name
     -------
     pandas.DataFrame
         ``start_s``, ``end_s``, ``outcome`` (English names of the species at or above
-        the threshold, or ``"no bird detected"``), ``n_species``, ``top_species``,
-        ``top_score``, ``padded``.
+        the threshold, ``"no bird detected"``, or :data:`SILENT` for a window below
+        :data:`SILENCE_DBFS`, whatever its scores), ``n_species``, ``top_species``,
+        ``top_score``, ``level_dbfs``, ``padded``.
 
     Raises
     ------
@@ -366,19 +459,27 @@ def window_outcomes(analysis: FileAnalysis, threshold: float | None = None, name
     """
     t = _check_threshold(analysis, threshold)
     names = names or species_names(analysis.class_names)
+    silent = _silent(analysis)
     rows = []
     for i, s in enumerate(analysis.scores):
-        above = [j for j in np.argsort(-s) if s[j] >= t]
+        above = [] if silent[i] else [j for j in np.argsort(-s) if s[j] >= t]
         top = int(np.argmax(s))
-        rows.append({"start_s": analysis.starts_s[i], "end_s": analysis.starts_s[i] + analysis.valid_s[i],
-                     "outcome": ", ".join(names[analysis.class_names[j]][1] for j in above) if above else NO_BIRD,
+        outcome = SILENT if silent[i] else ", ".join(names[analysis.class_names[j]][1] for j in above) if above else NO_BIRD
+        rows.append({"start_s": analysis.starts_s[i], "end_s": analysis.starts_s[i] + analysis.valid_s[i], "outcome": outcome,
                      "n_species": len(above), "top_species": names[analysis.class_names[top]][1],
-                     "top_score": float(s[top]), "padded": bool(analysis.padded[i])})
+                     "top_score": float(s[top]), "level_dbfs": float(analysis.level_dbfs[i]) if analysis.level_dbfs is not None else np.nan,
+                     "padded": bool(analysis.padded[i])})
     return pd.DataFrame(rows)
 
 
+def _silent(analysis: FileAnalysis) -> np.ndarray:
+    if analysis.level_dbfs is None:
+        return np.zeros(len(analysis.scores), bool)
+    return np.asarray(analysis.level_dbfs) < SILENCE_DBFS
+
+
 def detections(analysis: FileAnalysis, threshold: float | None = None, names: dict | None = None) -> pd.DataFrame:
-    """Every (window, species) whose score reaches the threshold, by time then score.
+    """Every (window, species) whose score reaches the threshold, by time then score (silent windows excluded).
 
     Returns
     -------
@@ -388,7 +489,7 @@ def detections(analysis: FileAnalysis, threshold: float | None = None, names: di
     """
     t = _check_threshold(analysis, threshold)
     names = names or species_names(analysis.class_names)
-    w, j = np.nonzero(analysis.scores >= t)
+    w, j = np.nonzero((analysis.scores >= t) & ~_silent(analysis)[:, None])
     rows = [{"start_s": float(analysis.starts_s[a]), "end_s": float(analysis.starts_s[a] + analysis.valid_s[a]),
              "species_code": analysis.class_names[b], "scientific_name": names[analysis.class_names[b]][0],
              "english_name": names[analysis.class_names[b]][1], "confidence": float(analysis.scores[a, b]),
@@ -430,3 +531,92 @@ def to_raven_table(dets: pd.DataFrame, *, low_hz: float = 0.0, high_hz: float = 
         lines.append("\t".join([str(i), "Spectrogram 1", "1", f"{r.start_s:.4f}", f"{r.end_s:.4f}", f"{low_hz:.1f}", f"{high_hz:.1f}",
                                 r.english_name, r.species_code, f"{r.confidence:.4f}", str(r.file), f"{r.start_s:.4f}"]))
     return "\n".join(lines) + "\n"
+
+
+def _control_signals(sample_rate: int, window_samples: int, n_windows: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Sounds without birds, ``n_windows`` windows each: the controls of :func:`no_bird_check`."""
+    from core.shift import pink_noise
+
+    rng = np.random.default_rng(seed)
+    n = window_samples * n_windows
+    t = np.arange(n) / sample_rate
+    white = rng.standard_normal(n)
+    return {
+        "digital silence": np.zeros(n, np.float32),
+        "3 kHz tone, -20 dBFS": (0.1 * np.sqrt(2) * np.sin(2 * np.pi * 3000 * t)).astype(np.float32),
+        "white noise, -30 dBFS": (white / np.sqrt(np.mean(white ** 2)) * 10 ** (-30 / 20)).astype(np.float32),
+        "pink noise, -50 dBFS": pink_noise(n, rng) * np.float32(10 ** (-50 / 20)),
+    }
+
+
+@torch.no_grad()
+def no_bird_check(models: dict, *, dataset=None, splits=("val", "test"), n_windows: int = 8, seed: int = 0) -> pd.DataFrame:
+    """How often each model says "no bird" on sounds that hold none.
+
+    Controls: digital silence, a 3 kHz tone at -20 dBFS, white noise at -30 dBFS,
+    pink noise at -50 dBFS (``n_windows`` windows each), and, with a dataset, the
+    bird-free site-noise windows of its ``splits`` (:func:`core.noisebank.birdfree_bank`:
+    windows in which BirdNET detects no animal; tiled to a full window). Scores are
+    judged at each model's validation threshold, as :func:`window_outcomes` does but
+    *without* the silence guard, so that the table shows what the model itself does.
+
+    Parameters
+    ----------
+    models : dict of name -> BirdClassifier
+    dataset : core.data.Dataset, optional
+    splits : tuple of str
+    n_windows : int >= 1
+    seed : int
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``model``, ``signal``, ``windows``, ``threshold``, ``no_bird_rate`` (share of
+        windows with no species at or above the threshold), ``median_top_score``,
+        ``most_named`` (English name of the most frequent top-1 species among the
+        windows that named one).
+    """
+    from core.calibration import card_thresholds
+    from core.noisebank import birdfree_bank
+
+    if isinstance(n_windows, bool) or not isinstance(n_windows, int) or n_windows < 1:
+        raise ParameterError(f"n_windows must be an integer >= 1, got {n_windows!r}")
+    thresholds = card_thresholds(list(models))
+    rows = []
+    for name, model in models.items():
+        if name not in thresholds:
+            raise ParameterError(f"model {name} has no validation threshold (python -m core calibrate --model {name})")
+        sr, window = int(model.config.frontend.sample_rate), int(model.config.window_samples)
+        signals = {k: v.reshape(n_windows, window) for k, v in _control_signals(sr, window, n_windows, seed).items()}
+        if dataset is not None:
+            bank = [w for s in splits for _, w in birdfree_bank(dataset, s, sr, window)]
+            if bank:
+                signals["bird-free site noise (BirdNET-vetted)"] = np.stack([np.resize(w, window) for w in bank]).astype(np.float32)
+        names = species_names(model.config.class_names, model)
+        device = next(model.parameters()).device
+        model.eval()
+        for signal, x in signals.items():
+            scores = torch.cat([torch.sigmoid(model(torch.as_tensor(x[i : i + 16], device=device))).float().cpu()
+                                for i in range(0, len(x), 16)]).numpy()
+            named = scores.max(1) >= thresholds[name]
+            tops = pd.Series([names[model.config.class_names[j]][1] for j in scores.argmax(1)[named]])
+            rows.append({"model": name, "signal": signal, "windows": len(x), "threshold": thresholds[name],
+                         "no_bird_rate": float(1 - named.mean()), "median_top_score": float(np.median(scores.max(1))),
+                         "most_named": tops.mode().iloc[0] if len(tops) else ""})
+    return pd.DataFrame(rows)
+
+
+def no_bird_markdown(table: pd.DataFrame, labels: dict | None = None) -> str:
+    """The README's table of :func:`no_bird_check`: one row per model, one column per control (no-bird rate)."""
+    labels = labels or {}
+    signals = list(dict.fromkeys(table["signal"]))
+    head = "| model | threshold | " + " | ".join(f"{s} ({int(table[table.signal == s].windows.iloc[0])} windows)" for s in signals) + " |"
+    lines = [head, "|---|---:|" + "---:|" * len(signals)]
+    for model, g in table.groupby("model", sort=False):
+        g = g.set_index("signal")
+        cells = []
+        for s in signals:
+            r = g.loc[s]
+            cells.append(f"{r.no_bird_rate:.2f}" + (f" (else {r.most_named})" if r.no_bird_rate < 1 and r.most_named else ""))
+        lines.append(f"| {labels.get(model, model)} | {g.threshold.iloc[0]:.3f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -312,6 +312,27 @@ def cmd_analyze(args) -> int:
     return 1 if failed else 0
 
 
+def cmd_no_bird_check(args) -> int:
+    import pandas as pd
+
+    from core.analyze import no_bird_check
+    from core.data import open_dataset
+    from core.fileio import atomic_write_text
+    from core.models.registry import load_checkpoint
+
+    out = Path(args.out)
+    if out.suffix != ".csv":
+        raise ParameterError(f"--out must end in .csv, got {out}")
+    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    models = {n: load_checkpoint(n) for n in names}
+    table = no_bird_check(models, dataset=open_dataset(args.data_dir), n_windows=args.windows)
+    atomic_write_text(out, table.to_csv(index=False, float_format="%.4g"))
+    with pd.option_context("display.width", 200):
+        print(table.pivot(index="model", columns="signal", values="no_bird_rate").loc[names].to_string(float_format=lambda v: f"{v:.2f}"))
+    print(f"written to {out}")
+    return 0
+
+
 def cmd_attack(args) -> int:
     from core.audio import wav_bytes
     from core.inference import attack_file
@@ -748,6 +769,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="comma-separated: birdnet (BirdNET-Analyzer CSV), raven (selection table), windows (every window's outcome)")
     an.add_argument("--recursive", action="store_true", help="also analyse audio files in sub-directories")
     an.set_defaults(func=cmd_analyze)
+
+    nb = sub.add_parser("no-bird-check", help="how often each model says 'no bird' on silence, a tone, noise and bird-free site noise")
+    nb.add_argument("--models", default="baseline,protopnet,birdnet_protopnet,birdnet_linear,birdnet")
+    nb.add_argument("--windows", type=int, default=8, help="windows of each synthetic control (default 8)")
+    nb.add_argument("--out", default="assets/analyze/no_bird.csv")
+    _add_data_dir(nb)
+    nb.set_defaults(func=cmd_no_bird_check)
 
     a = sub.add_parser("attack", help="PGD attack (L-inf, waveform domain) on an audio file")
     a.add_argument("file")

@@ -164,3 +164,41 @@ def test_json_output_piped_into_head_ends_quietly(tmp_path):
     p = subprocess.run(f'"{sys.executable}" -m core predict "{path}" --model protopnet --json | head -n 1', shell=True, cwd=ROOT,
                        capture_output=True, text=True, timeout=300)
     assert p.stdout.strip() == "{" and "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr
+
+
+def test_silent_windows_are_never_detections():
+    a = _analysis([[0.9, 0.5], [0.9, 0.1]])
+    a.level_dbfs = np.array([-95.0, -40.0])
+    out = window_outcomes(a)
+    assert out["outcome"].iloc[0].startswith("silence") and out["n_species"].iloc[0] == 0
+    assert list(detections(a)["start_s"]) == [5.0]
+
+
+@needs_models
+def test_no_bird_check_agrees_with_the_file_path(tmp_path):
+    from core.analyze import _control_signals, no_bird_check
+
+    model = load_checkpoint("protopnet")
+    table = no_bird_check({"protopnet": model}, n_windows=3).set_index("signal")
+    assert len(table) == 4 and (table["windows"] == 3).all()
+    tone_wave = _control_signals(32_000, 160_000, 3)["3 kHz tone, -20 dBFS"]
+    sf.write(tmp_path / "tone.wav", tone_wave, 32_000, subtype="FLOAT")
+    res = analyze_file(model, tmp_path / "tone.wav", model_name="protopnet")
+    got = (window_outcomes(res)["n_species"] == 0).mean()
+    assert table.loc["3 kHz tone, -20 dBFS", "no_bird_rate"] == pytest.approx(got)
+    assert table.loc["3 kHz tone, -20 dBFS", "median_top_score"] == pytest.approx(np.median(res.scores.max(1)), abs=1e-5)
+    with pytest.raises(ParameterError, match="n_windows"):
+        no_bird_check({"protopnet": model}, n_windows=0)
+
+
+def test_read_segment_equals_the_window_of_the_whole_file(tmp_path):
+    from core.analyze import read_segment
+
+    path = _stereo_file(tmp_path / "x.flac", 20.0)
+    whole = load_audio(path, sample_rate=32_000).waveform
+    seg = read_segment(path, 32_000, 10.0, 5.0)
+    assert seg.shape == (160_000,)
+    assert np.abs(seg[2000:-2000] - whole[320_000 + 2000 : 480_000 - 2000]).max() < 1e-3
+    assert len(read_segment(path, 32_000, 18.0, 5.0)) == 64_000  # the last 2 s
+    with pytest.raises(AudioLoadError, match="past the end"):
+        read_segment(path, 32_000, 25.0, 5.0)
