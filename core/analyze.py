@@ -46,6 +46,7 @@ __all__ = [
     "level_dbfs",
     "no_bird_check",
     "no_bird_markdown",
+    "no_bird_note",
     "read_segment",
     "species_names",
     "to_birdnet_csv",
@@ -617,6 +618,32 @@ def no_bird_markdown(table: pd.DataFrame, labels: dict | None = None) -> str:
         cells = []
         for s in signals:
             r = g.loc[s]
-            cells.append(f"{r.no_bird_rate:.2f}" + (f" (else {r.most_named})" if r.no_bird_rate < 1 and r.most_named else ""))
+            named = r.most_named if isinstance(r.most_named, str) else ""
+            cells.append(f"{r.no_bird_rate:.2f}" + (f" (names {named})" if r.no_bird_rate < 1 and named else ""))
         lines.append(f"| {labels.get(model, model)} | {g.threshold.iloc[0]:.3f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+NO_BIRD_TABLE = Path(__file__).resolve().parent.parent / "assets" / "analyze" / "no_bird.csv"
+
+
+def no_bird_note(model_name: str, path: str | os.PathLike = NO_BIRD_TABLE) -> str | None:
+    """A warning for models that name a species on sounds without birds (from the stored :func:`no_bird_check`).
+
+    Returns
+    -------
+    str or None
+        None when the model said "no bird" on at least half of every control, or is not in the table.
+    """
+    p = Path(path)
+    if not p.is_file():
+        return None
+    t = pd.read_csv(p)
+    t = t[t["model"] == model_name]
+    weak = t[t["no_bird_rate"] < 0.5]
+    if weak.empty:
+        return None
+    parts = ", ".join(f"{r.signal}: {r.no_bird_rate:.0%} 'no bird'" + (f" (names {r.most_named})" if isinstance(r.most_named, str) and r.most_named else "")
+                      for r in weak.itertuples())
+    return (f"On sounds without birds this model still names a species: {parts}. It was trained only on windows that "
+            "hold birds; treat its detections in quiet or noisy stretches with suspicion.")

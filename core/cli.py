@@ -343,6 +343,7 @@ def cmd_attack(args) -> int:
     if args.out:
         Path(args.out).write_bytes(wav_bytes(adv, model.config.frontend.sample_rate))
         res["out"] = args.out
+        res["out_sample_rate"] = model.config.frontend.sample_rate
     if args.json:
         print(json.dumps(res, indent=2))
     else:
@@ -352,7 +353,8 @@ def cmd_attack(args) -> int:
             after = ", ".join(f"{t['species']} {t['score']:.2f}" for t in w["top_after"])
             print(f"  {w['start_s']:6.1f} s  before: {before}\n          after:  {after}")
         if args.out:
-            print(f"perturbed audio written to {args.out}")
+            print(f"perturbed audio written to {args.out} (mono, {model.config.frontend.sample_rate / 1000:g} kHz: the signal the model "
+                  "heard, after down-mixing and resampling)")
     return 0
 
 

@@ -205,6 +205,24 @@ def test_walk_every_page(server, browser, tmp_path, data_dir):
     assert page.locator(".js-plotly-plot").count() >= 2
     assert "CC BY-NC-SA 4.0" in page.inner_text("body")
     check(page, "8_transfer")
+
+    # Field recording: a file on this computer, analysed whole; the timeline drawn; one window opened on the Clip page
+    field = tmp_path / "field.wav"
+    sf.write(field, np.concatenate([tone(3000, 9.0, 44_100, amp=0.2), np.zeros(44_100 * 8, np.float32)]), 44_100)
+    visit(page, f"{server}/Field_recording")
+    page.get_by_text("File on this computer", exact=True).first.click()
+    settle(page)
+    enter(page, "Path of an audio file on this computer", str(field))
+    page.get_by_role("button", name="Analyse field.wav").click()
+    settle(page)
+    page.get_by_text("Detections", exact=True).wait_for(timeout=RUN_TIMEOUT_MS)
+    assert page.locator(".js-plotly-plot").count() >= 1
+    assert "Raven selection table" in page.inner_text("body")
+    check(page, "9_field_recording")
+    page.get_by_role("button", name="Explain or attack this window on the Clip page").first.click()
+    settle(page)
+    page.get_by_text("into the recording", exact=False).first.wait_for(timeout=RUN_TIMEOUT_MS)
+    check(page, "10_clip_from_field")
     page.close()
 
 

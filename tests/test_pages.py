@@ -418,3 +418,36 @@ def test_embeddings_page_with_birdnet(data_dir, tmp_path, monkeypatch):
     assert res["coords"].shape == (12, 2) and res["adv_coords"].shape == (12, 2)
     assert res["clips"].waveforms.shape[1] == 144_000
     assert res.get("anchors") is None
+
+
+def test_field_recording_page_analyses_a_whole_file_and_opens_a_window_on_the_clip_page(tmp_path):
+    rng = np.random.default_rng(0)
+    x = np.concatenate([tone(3000, 9.5, 44_100, amp=0.2), np.zeros(int(44_100 * 6.5), np.float32),
+                        rng.standard_normal(44_100 * 6).astype(np.float32) * 0.01])  # 22 s: tone, silence, noise
+    path = tmp_path / "field.wav"
+    sf.write(path, x, 44_100)
+    at = AppTest.from_file(str(ROOT / "pages" / "0_Field_recording.py"), default_timeout=TIMEOUT).run()
+    no_exception(at)
+    at.radio(key="field_source").set_value("File on this computer").run()
+    at.text_input(key="field_path").set_value(str(tmp_path / "missing.wav")).run()
+    assert any("No such file" in e.value for e in at.error)
+    at.text_input(key="field_path").set_value(str(path)).run()
+    at.multiselect(key="field_models").set_value(["protopnet"]).run()
+    at.button(key="field_run").click().run()
+    no_exception(at)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Windows"] == "4 × 5 s" and metrics["Length"] == "0.4 min"
+    assert metrics["Silent (below -90 dBFS)"] == "1 windows"  # 10-15 s is all zeros
+    assert at.slider(key="field_threshold_protopnet").value == pytest.approx(read_model_card("protopnet")["decision_threshold"]["value"], abs=0.01)
+    labels = [b.label for b in at.get("download_button")]
+    assert {"Raven selection table", "BirdNET-Analyzer CSV", "Every window (CSV)"} <= set(labels)
+    at.number_input(key="field_window_protopnet").set_value(2).run()
+    assert any("Window 2" in m.value and "silence" in m.value for m in at.markdown)
+    # the chosen window is offered on the Clip page, read at that model's rate
+    clip = AppTest.from_file(str(ROOT / "pages" / "1_Clip.py"), default_timeout=TIMEOUT)
+    clip.session_state["field_window"] = {"path": str(path), "name": "field.wav", "offset_s": 5.0}
+    clip.session_state["shared_source"] = "Field recording"
+    clip.run()
+    no_exception(clip)
+    assert clip.radio(key="clip_source").value == "Field recording"
+    assert any("field.wav" in c.value for c in clip.caption)

@@ -140,3 +140,11 @@ def test_seed_table_is_the_stored_arms():
     assert set(t["arm"]) == {"AT-O", "OT+FT"} and t.groupby("arm")["train_seed"].nunique().min() == 3
     assert set(t["split_scheme"]) == {"recordist"}
     assert block("at-seeds") == arm_markdown(t) + "\n"
+
+
+def test_no_bird_table_is_the_stored_check():
+    from core.analyze import no_bird_markdown
+
+    t = pd.read_csv(ROOT / "assets" / "analyze" / "no_bird.csv")
+    assert {"baseline", "protopnet", "birdnet_protopnet", "birdnet_linear", "birdnet"} == set(t["model"])
+    assert block("no-bird") == no_bird_markdown(t) + "\n"

@@ -171,7 +171,7 @@ class Clip:
     waveform: np.ndarray
     sample_rate: int
     name: str
-    source: str  # "dataset", "upload" or "microphone"
+    source: str  # "dataset", "upload", "microphone" or "field"
     labels: tuple[str, ...] = ()
     recording_id: str | None = None
     offset_s: float = 0.0
@@ -197,11 +197,14 @@ def clip_picker(prefix: str, sample_rate: int, window_s: float) -> Clip | None:
     5 s window is the clip.
     """
     ds = get_dataset()
-    sources = (["Dataset"] if ds else []) + ["Upload", "Record"]
+    field = st.session_state.get("field_window")
+    sources = (["Field recording"] if field else []) + (["Dataset"] if ds else []) + ["Upload", "Record"]
     saved = st.session_state.get("shared_source", sources[0])
     source = st.radio("Clip source", sources, index=sources.index(saved) if saved in sources else 0,
                       horizontal=True, key=f"{prefix}_source")
     st.session_state["shared_source"] = source
+    if source == "Field recording":
+        return _field_window(prefix, field, sample_rate, window_s)
     if source == "Dataset":
         species = ds.class_names
         sel_species = st.multiselect("Species", species, default=st.session_state.get("shared_species", []),
@@ -263,6 +266,26 @@ def clip_picker(prefix: str, sample_rate: int, window_s: float) -> Clip | None:
     for note in notes:
         st.warning(note)
     return _window_of(prefix, full, sample_rate, window_s, name="microphone", source="microphone")
+
+
+def _field_window(prefix: str, field: dict, sample_rate: int, window_s: float) -> Clip | None:
+    """The window of a long recording chosen on the Field recording page, read alone at this model's rate."""
+    from core.analyze import read_segment
+
+    offset = st.number_input("Window start (s)", min_value=0.0, value=float(field["offset_s"]), step=float(window_s),
+                             key=f"{prefix}_field_offset", help=f"From the Field recording page: {field['name']}")
+    try:
+        wave = read_segment(field["path"], sample_rate, float(offset), window_s)
+    except CoreError as exc:
+        st.error(str(exc))
+        return None
+    st.caption(f"{field['name']}, {offset / 60:.2f} min into the recording")
+    padded = np.zeros(int(round(window_s * sample_rate)), np.float32)
+    padded[: len(wave)] = wave[: len(padded)]
+    clip = Clip(waveform=padded, sample_rate=sample_rate, name=f"{safe_name(field['name'])}@{offset:.0f}s", source="field",
+                offset_s=float(offset))
+    st.session_state["clip"] = clip
+    return clip
 
 
 def _window_of(prefix, full, sample_rate, window_s, **kw) -> Clip:
