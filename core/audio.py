@@ -128,6 +128,14 @@ def resample(waveform: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     return out.astype(np.float32, copy=False)
 
 
+def _reason(exc: Exception) -> str:
+    """libsndfile's reason without the object it was given (``Error opening <_io.BytesIO object at 0x...>: ...``)."""
+    text = str(exc)
+    if text.startswith("Error opening") and ": " in text:
+        text = text.split(": ", 1)[1]
+    return text.strip() or type(exc).__name__
+
+
 def _decode(source: str | os.PathLike | bytes | BinaryIO, name: str, max_duration_s: float) -> tuple[np.ndarray, int]:
     """Decode to (samples (n, channels) float32, sample_rate)."""
     if isinstance(source, (bytes, bytearray)):
@@ -157,7 +165,7 @@ def _decode(source: str | os.PathLike | bytes | BinaryIO, name: str, max_duratio
         try:
             src = opener()
             if isinstance(src, io.BytesIO):
-                raise AudioLoadError(f"{name}: not a readable audio file ({sf_error})") from sf_error
+                raise AudioLoadError(f"{name}: not a readable audio file ({_reason(sf_error)})") from sf_error
             with warnings.catch_warnings():  # librosa warns about its audioread fallback; the error below is enough
                 warnings.simplefilter("ignore")
                 samples, sr = librosa.load(src, sr=None, mono=False, duration=max_duration_s + 1)
@@ -165,7 +173,7 @@ def _decode(source: str | os.PathLike | bytes | BinaryIO, name: str, max_duratio
         except AudioLoadError:
             raise
         except Exception as other:
-            raise AudioLoadError(f"{name}: not a readable audio file ({sf_error})") from other
+            raise AudioLoadError(f"{name}: not a readable audio file ({_reason(sf_error)})") from other
     if sr <= 0:
         raise AudioLoadError(f"{name}: invalid sample rate {sr}")
     if samples.shape[0] == 0:

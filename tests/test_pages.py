@@ -56,9 +56,18 @@ def test_clip_page_upload_real_file(data_dir):
 def test_clip_page_upload_bad_file():
     at = AppTest.from_file(str(ROOT / "pages" / "1_Clip.py"), default_timeout=TIMEOUT).run()
     at.radio(key="clip_source").set_value("Upload").run()
+    good = io.BytesIO()
+    sf.write(good, tone(2500, 5.0, 32_000, amp=0.2) + np.float32(0), 32_000, format="WAV")
+    at.file_uploader(key="clip_upload").set_value(("good.wav", good.getvalue(), "audio/wav")).run()
+    assert at.session_state["clip"].name == "good.wav"
     at.file_uploader(key="clip_upload").set_value(("notes.wav", b"not audio", "audio/wav")).run()
     no_exception(at)
     assert at.error and "not a readable audio file" in at.error[0].value
+    assert "object at 0x" not in at.error[0].value  # the reason, not a Python repr
+    # the earlier clip stays on the page (its analysis too), as the README promises
+    assert at.session_state["clip"].name == "good.wav"
+    assert any("Still showing the earlier clip: good.wav" in c.value for c in at.caption)
+    assert len(at.get("plotly_chart")) >= 2
 
 
 def test_attack_page_runs_attack():

@@ -246,12 +246,12 @@ def clip_picker(prefix: str, sample_rate: int, window_s: float) -> Clip | None:
         data = up.getvalue()
         if len(data) > MAX_UPLOAD_MB * 2**20:
             st.error(f"{up.name}: {len(data) / 2**20:.1f} MB is over the {MAX_UPLOAD_MB} MB upload limit.")
-            return None
+            return _keep_previous()
         try:
             full, notes = decode_upload(data, safe_name(up.name), sample_rate)
         except CoreError as exc:
             st.error(str(exc))
-            return None
+            return _keep_previous()
         for note in notes:
             st.warning(note)
         return _window_of(prefix, full, sample_rate, window_s, name=safe_name(up.name), source="upload")
@@ -266,6 +266,14 @@ def clip_picker(prefix: str, sample_rate: int, window_s: float) -> Clip | None:
     for note in notes:
         st.warning(note)
     return _window_of(prefix, full, sample_rate, window_s, name="microphone", source="microphone")
+
+
+def _keep_previous() -> Clip | None:
+    """After a refused upload: keep showing the clip the user had (its page state is not lost)."""
+    prev = st.session_state.get("clip")
+    if prev is not None:
+        st.caption(f"Still showing the earlier clip: {prev.name}")
+    return prev
 
 
 def _field_window(prefix: str, field: dict, sample_rate: int, window_s: float) -> Clip | None:
