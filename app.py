@@ -18,6 +18,9 @@ st.set_page_config(page_title="birdshield", page_icon="🐦", layout="wide")
 st.title("birdshield")
 st.markdown(
     "See **why** a bird-sound classifier decides what it decides, and **how easily it can be fooled**.\n\n"
+    "- **Field recording**: a whole recording of any length (an AudioMoth night), streamed window by window; a "
+    "timeline of which species each model hears when, with \"no bird detected\" where nothing reaches the model's "
+    "threshold; listen to any window, open it on the Clip page, download Raven and BirdNET-Analyzer tables.\n"
     "- **Clip**: pick a recording (or upload / record one), listen, see its log-mel spectrogram, the model's "
     "predictions and the AudioProtoPNet prototypes that fired (*this looks like that*), each with the training "
     "sound it was taken from.\n"

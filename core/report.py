@@ -211,6 +211,16 @@ def layer_study_markdown(study: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def finetune_markdown(study: pd.DataFrame) -> str:
+    """Frozen vs partly fine-tuned backbone (:func:`core.birdnet_heads.finetune_study`) as a Markdown table."""
+    lines = ["| head | backbone | trained parameters of the backbone | val cmAP (window) | val top-1 (recording) | "
+             "test cmAP (window) | test top-1 (recording) | train min |", "|---|---|---:|---|---|---|---|---:|"]
+    for r in study.itertuples():
+        lines.append(f"| {r.head} | {r.backbone} | {int(r.stage_parameters):,} | {_f(r.val_window_cmap)} | {_f(r.val_recording_top1)} | "
+                     f"{_f(r.test_window_cmap)} | {_f(r.test_recording_top1)} | {r.train_seconds / 60:.1f} |")
+    return "\n".join(lines)
+
+
 def audit_markdown(audit: pd.DataFrame) -> str:
     """Summary of a prototype audit (:func:`core.audit.audit_summary` rows) as a Markdown table."""
     n = len(audit)

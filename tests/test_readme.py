@@ -122,9 +122,14 @@ def head_cards():
 def test_head_tables_are_the_stored_results():
     from core.audit import load_audit
     from core.models.registry import read_model_card
-    from core.report import audit_markdown, layer_study_markdown, model_table_markdown
+    from core.report import audit_markdown, finetune_markdown, layer_study_markdown, model_table_markdown
 
     assert block("head-layers") == layer_study_markdown(pd.read_csv(ROOT / "assets" / "birdnet_heads" / "layers.csv")) + "\n"
+    tuned = pd.read_csv(ROOT / "assets" / "birdnet_heads" / "finetune.csv")
+    assert block("head-finetune") == finetune_markdown(tuned) + "\n"
+    layers = pd.read_csv(ROOT / "assets" / "birdnet_heads" / "layers.csv").set_index(["layer", "head"])
+    for r in tuned[tuned["backbone"] == "frozen"].itertuples():  # the frozen arm reproduces the layer study
+        assert abs(layers.loc[(r.layer, r.head), "val_window_cmap"] - r.val_window_cmap) < 1e-3
     cards, ref = head_cards()
     assert block("head-models") == model_table_markdown(cards, HEAD_LABELS, reference=ref) + "\n"
     assert block("head-audit") == audit_markdown(load_audit(read_model_card("birdnet_protopnet"))) + "\n"
