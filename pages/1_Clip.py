@@ -8,6 +8,7 @@ import streamlit as st
 import torch
 
 from core.audit import load_audit
+from core.calibration import card_thresholds
 from core.errors import CoreError
 from core.models.birdnet import top_species
 from core.models.registry import uses_birdnet
@@ -50,7 +51,11 @@ with left:
 with right:
     if clip.labels:
         st.markdown("**Labels:** " + ", ".join(display(x) for x in clip.labels))
-    st.plotly_chart(score_bars(names, scores, title="Predicted scores"), key="clip_scores")
+    threshold = card_thresholds([name]).get(name)
+    st.plotly_chart(score_bars(names, scores, title="Predicted scores", threshold=threshold), key="clip_scores")
+    if threshold is not None:
+        st.caption(f"A species counts as detected at a score of {threshold:.2f} or more (this model's threshold, chosen on "
+                   "held-out validation recordings; the dashed line).")
     if model.card.get("train_config", {}).get("loss") == "asl":
         st.caption("Trained with the asymmetric loss (as AudioProtoPNet): scores run high and are not calibrated "
                    "probabilities; compare them across species rather than against 0.5.")
@@ -136,7 +141,7 @@ for c in np.argsort(-scores)[:n_top]:
     cols = st.columns(min(3, k))
     for col, j in zip(cols, protos[np.argsort(-contrib)][: len(cols)]):
         with col:
-            fig = similarity_overlay(db, res.similarity_maps[0, j], fe,
+            fig = similarity_overlay(db, res.similarity_maps[0, j], fe, offset_s=clip.offset_s,
                                      title=f"prototype {j}: max sim {acts[j]:.2f}, weight {weights[c, j]:.2f}")
             st.plotly_chart(fig, key=f"clip_sim_{j}")
             if audit is not None and int(j) in set(audit["prototype"]):

@@ -39,6 +39,11 @@ def test_clip_page_dataset_clip(data_dir):
     assert any("Great Tit" in m.value for m in at.markdown)  # the chosen recording is labelled parmaj
     subheaders = [s.value for s in at.subheader]
     assert any("score" in s for s in subheaders)  # prototype explanations rendered for the top classes
+    import json
+
+    bars = [t for c in at.get("plotly_chart") for t in json.loads(c.proto.spec)["data"] if t.get("type") == "bar"]
+    assert bars and "Great Tit" in bars[0]["x"] and "parmaj" not in bars[0]["x"]  # English names on the axis, codes in the hover
+    assert any("held-out validation recordings" in c.value for c in at.caption)
     assert not at.error
 
 
@@ -460,3 +465,36 @@ def test_field_recording_page_analyses_a_whole_file_and_opens_a_window_on_the_cl
     no_exception(clip)
     assert clip.radio(key="clip_source").value == "Field recording"
     assert any("field.wav" in c.value for c in clip.caption)
+
+
+def test_prototype_overlay_lines_up_with_the_spectrogram_of_the_window():
+    from core.frontend import FrontendConfig
+    from ui.plots import logmel_db, similarity_overlay, spectrogram_figure
+
+    fe = FrontendConfig()
+    db = logmel_db(tone(2000, 5.0, fe.sample_rate, amp=0.1), fe)
+    spec = spectrogram_figure(db, fe, offset_s=10.0)
+    over = similarity_overlay(db, np.random.default_rng(0).random((4, 8)).astype(np.float32), fe, title="p", offset_s=10.0)
+    assert over.data[0].x[0] == spec.data[0].x[0] == 10.0 and over.data[0].x[-1] == spec.data[0].x[-1]
+    assert list(over.layout.yaxis.ticktext) == list(spec.layout.yaxis.ticktext)
+    assert list(over.layout.yaxis.tickvals) == list(spec.layout.yaxis.tickvals)
+
+
+@pytest.mark.parametrize("seconds,starts", [(5.5, None), (8.0, [0.0, 5.0]), (12.0, [0.0, 5.0])])
+def test_clip_page_offers_the_windows_the_cli_analyses(seconds, starts):
+    from core.audio import window_starts
+
+    buf = io.BytesIO()
+    sf.write(buf, tone(2500, seconds, 32_000, amp=0.2) + np.float32(0), 32_000, format="WAV")
+    at = AppTest.from_file(str(ROOT / "pages" / "1_Clip.py"), default_timeout=TIMEOUT)
+    at.session_state["model_name"] = "protopnet"
+    at.run()
+    at.radio(key="clip_source").set_value("Upload").run()
+    at.file_uploader(key="clip_upload").set_value(("t.wav", buf.getvalue(), "audio/wav")).run()
+    no_exception(at)
+    sliders = [s for s in at.select_slider if s.label == "Window start (s)"]
+    want = [s / 32_000 for s in window_starts(int(seconds * 32_000), 160_000)]
+    if starts is None:
+        assert not sliders and want == [0.0]  # a 0.5 s tail is not a window (as in `python -m core analyze`)
+    else:
+        assert [float(o) for o in sliders[0].options] == starts == want

@@ -297,11 +297,13 @@ def _field_window(prefix: str, field: dict, sample_rate: int, window_s: float) -
 
 
 def _window_of(prefix, full, sample_rate, window_s, **kw) -> Clip:
+    from core.audio import window_starts
+
     win = int(window_s * sample_rate)
-    n_windows = max(1, int(np.ceil(len(full) / win)))
+    # the windows the CLI and the batch analysis use: a partial last window only when it holds >= half a window
+    starts = [s / sample_rate for s in window_starts(len(full), win)]
     offset = 0.0
-    if n_windows > 1:
-        starts = [i * window_s for i in range(n_windows)]
+    if len(starts) > 1:
         saved = st.session_state.get("shared_offset", 0.0)
         offset = st.select_slider("Window start (s)", options=starts, value=saved if saved in starts else 0.0,
                                   key=f"{prefix}_offset_{kw.get('name')}")

@@ -33,30 +33,39 @@ def spectrogram_figure(db: np.ndarray, config: FrontendConfig, *, title: str = "
     fig = go.Figure(go.Heatmap(z=db, x=t, y=np.arange(len(f)), colorscale=colorscale, zmin=zmin, zmax=zmax, zmid=zmid,
                                colorbar=dict(title=colorbar_title), customdata=np.repeat(f[:, None], len(t), 1),
                                hovertemplate="t %{x:.2f} s<br>f %{customdata:.0f} Hz<br>%{z:.1f}<extra></extra>"))
-    ticks = np.linspace(0, len(f) - 1, 6).astype(int)
-    fig.update_yaxes(title="frequency (Hz, mel scale)", tickvals=ticks, ticktext=[f"{f[i]:.0f}" for i in ticks])
+    _frequency_ticks(fig, f)
     fig.update_xaxes(title="time (s)")
     fig.update_layout(title=title, height=height, margin=dict(l=10, r=10, t=40, b=10))
     return fig
 
 
-def similarity_overlay(db: np.ndarray, sim: np.ndarray, config: FrontendConfig, *, title: str, height: int = 260) -> go.Figure:
-    """Spectrogram (grey) with a prototype's similarity map (upsampled) as a translucent heat layer."""
+def similarity_overlay(db: np.ndarray, sim: np.ndarray, config: FrontendConfig, *, title: str, height: int = 260,
+                       offset_s: float = 0.0) -> go.Figure:
+    """Spectrogram (grey) with a prototype's similarity map (upsampled) as a translucent heat layer.
+
+    Time runs from ``offset_s`` (the window's start in its recording) and the frequency ticks are those of
+    :func:`spectrogram_figure`, so the two figures of one window line up.
+    """
     n_mels, n_frames = db.shape
     up = torch.nn.functional.interpolate(torch.as_tensor(sim)[None, None], size=(n_mels, n_frames), mode="bilinear",
                                          align_corners=False)[0, 0].numpy()
-    t, f = axes(config, n_frames)
+    t, f = axes(config, n_frames, offset_s)
     fig = go.Figure()
     fig.add_trace(go.Heatmap(z=db, x=t, y=np.arange(n_mels), colorscale="Greys", reversescale=True, showscale=False,
                              hoverinfo="skip"))
     fig.add_trace(go.Heatmap(z=up, x=t, y=np.arange(n_mels), colorscale="Hot", reversescale=True, zmin=0, zmax=1,
                              opacity=0.55, colorbar=dict(title="sim"),
                              hovertemplate="t %{x:.2f} s<br>similarity %{z:.2f}<extra></extra>"))
-    ticks = np.linspace(0, n_mels - 1, 5).astype(int)
-    fig.update_yaxes(title="Hz", tickvals=ticks, ticktext=[f"{f[i]:.0f}" for i in ticks])
+    _frequency_ticks(fig, f)
     fig.update_xaxes(title="time (s)")
     fig.update_layout(title=title, height=height, margin=dict(l=10, r=10, t=40, b=10))
     return fig
+
+
+def _frequency_ticks(fig: go.Figure, f: np.ndarray) -> None:
+    """The same 6 frequency ticks (Hz) on every mel-bin y axis."""
+    ticks = np.linspace(0, len(f) - 1, 6).astype(int)
+    fig.update_yaxes(title="frequency (Hz, mel scale)", tickvals=ticks, ticktext=[f"{f[i]:.0f}" for i in ticks])
 
 
 def add_box(fig: go.Figure, config: FrontendConfig, t0: float, t1: float, f_lo: float, f_hi: float) -> go.Figure:
@@ -68,12 +77,22 @@ def add_box(fig: go.Figure, config: FrontendConfig, t0: float, t1: float, f_lo: 
 
 
 def score_bars(names: list[str], scores: np.ndarray, *, title: str = "", compare: np.ndarray | None = None,
-               labels=("clean", "perturbed"), height: int = 300) -> go.Figure:
+               labels=("clean", "perturbed"), height: int = 300, threshold: float | None = None) -> go.Figure:
+    """Scores per species, best first; English names on the axis, the code in the hover; the decision threshold as a line."""
+    from core.analyze import species_names
+
     order = np.argsort(-scores)
-    fig = go.Figure(go.Bar(x=[names[i] for i in order], y=scores[order], name=labels[0]))
+    english = species_names(list(names))
+    x = [english[names[i]][1] for i in order]
+    codes = [[names[i]] for i in order]
+    fig = go.Figure(go.Bar(x=x, y=scores[order], name=labels[0], customdata=codes,
+                           hovertemplate="%{x} (%{customdata[0]})<br>score %{y:.3f}<extra></extra>"))
     if compare is not None:
-        fig.add_trace(go.Bar(x=[names[i] for i in order], y=compare[order], name=labels[1]))
-    fig.update_yaxes(range=[0, 1], title="score (sigmoid)")
+        fig.add_trace(go.Bar(x=x, y=compare[order], name=labels[1], customdata=codes,
+                             hovertemplate="%{x} (%{customdata[0]})<br>score %{y:.3f}<extra></extra>"))
+    if threshold is not None:
+        fig.add_hline(y=threshold, line=dict(color="red", dash="dash"), annotation_text=f"detection threshold {threshold:.2f}")
+    fig.update_yaxes(range=[0, 1], title="score (0 to 1)")
     fig.update_layout(title=title, barmode="group", height=height, margin=dict(l=10, r=10, t=40, b=10))
     return fig
 
