@@ -41,6 +41,7 @@ import torch
 from core.errors import ParameterError
 
 __all__ = [
+    "estimate_minutes",
     "ZOO", "model_recipe", "CompareSettings", "CompareResult", "run_compare", "CompareStore", "model_summary",
     "prototype_stability", "SHIPPED_DIR", "card_robustness",
 ]
@@ -390,6 +391,45 @@ def run_compare(
                                                         "n_attack_clips": len(sets[(sr, win)][1])} for (sr, win), g in groups.items()},
               "device": str(next(iter(models.values())).parameters().__next__().device)},
     )
+
+
+def _work_units(settings: CompareSettings, n_models: int) -> float:
+    """Attack steps a comparison runs, the unit its time scales with (clips x budgets x steps x models)."""
+    return n_models * settings.max_clips * (len(settings.epsilons) + len(settings.target_epsilons)) * settings.steps
+
+
+#: Seconds per attack step and clip on this project's 2-core CPU when no stored result says better (the
+#: PGD-only comparison of the eight small models: 1,008 s for 8 models x 48 clips x 7 budgets x 10 steps).
+SECONDS_PER_UNIT = 0.0375
+
+
+def estimate_minutes(settings: CompareSettings, n_models: int, results=()) -> tuple[float, str]:
+    """Expected compute time of a comparison, scaled from the stored result most like it.
+
+    Parameters
+    ----------
+    settings : CompareSettings
+    n_models : int
+    results : iterable of CompareResult
+        Stored results (e.g. ``CompareStore().results()``); the first with the same
+        ``strong`` flag, split and device sets the rate, else :data:`SECONDS_PER_UNIT`
+        (PGD-only; a worst case takes several times more, depending on how many
+        windows survive the first attacks).
+
+    Returns
+    -------
+    (float, str)
+        Minutes, and where the rate comes from.
+    """
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    for r in results:
+        if r.settings.strong == settings.strong and r.seconds > 0 and str(r.info.get("device", "cpu")).startswith(device):
+            rate = r.seconds / max(_work_units(r.settings, len(r.models)), 1)
+            return rate * _work_units(settings, n_models) / 60, f"scaled from a stored run of {r.seconds / 60:.0f} min on {device}"
+    return SECONDS_PER_UNIT * _work_units(settings, n_models) / 60 * (4 if settings.strong else 1), \
+        "rough: no stored run of this kind to scale from"
 
 
 # -- summaries ----------------------------------------------------------------------------------

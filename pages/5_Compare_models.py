@@ -7,7 +7,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.calibration import card_thresholds
-from core.compare import ZOO, CompareSettings, CompareStore, model_recipe, model_summary, prototype_stability, run_compare
+from core.compare import ZOO, CompareSettings, CompareStore, estimate_minutes, model_recipe, model_summary, prototype_stability, run_compare
 from core.errors import CoreError
 from core.models.registry import list_checkpoints
 from core.shift import summarize_shift
@@ -65,16 +65,18 @@ result = store.find(settings, fingerprints)
 
 ds = get_dataset()
 b1, b2 = st.columns([1, 3])
+note = b2.empty()  # replaced once a run finishes, so no stale "no stored result" box stays
 label = "Recompute" if result is not None else "Compute"
 go_compute = b1.button(label, type="primary" if result is None else "secondary", key="cmp_compute", disabled=ds is None)
 if ds is None:
-    b2.info(dataset_status_message())
+    note.info(dataset_status_message())
 elif result is None:
-    b2.info(f"No stored result for these settings and weights. Computing attacks {max_clips} clips per model "
-            f"({len(settings.epsilons) + len(settings.target_epsilons)} budgets, PGD-{steps}); on a 2-core CPU allow about "
-            f"{max(1, round(len(models) * max_clips * (len(settings.epsilons) + len(settings.target_epsilons)) * steps * 0.025 / 60))} min.")
+    minutes, basis = estimate_minutes(settings, len(models), store.results())
+    note.info(f"No stored result for these settings and weights. Computing attacks {max_clips} clips per model "
+              f"({len(settings.epsilons) + len(settings.target_epsilons)} budgets, PGD-{steps}"
+              f"{', then the worst case over four attacks' if strong else ''}); allow about {max(1, round(minutes))} min ({basis}).")
 else:
-    b2.caption(f"Stored result: {len(result.models)} models, {result.info.get('n_attack_clips', '?')} attacked clips, "
+    note.caption(f"Stored result: {len(result.models)} models, {result.info.get('n_attack_clips', '?')} attacked clips, "
                f"{result.info.get('n_shift_clips', '?')} clips for clean/shift metrics; computed in {result.seconds / 60:.1f} min "
                f"on {result.info.get('device', '?')}.")
 
@@ -90,6 +92,7 @@ if go_compute and ds is not None:
         result = run_compare(loaded, ds, settings, progress=progress)
         store.save(result)  # saved before anything else can fail
         bar.empty()
+        note.success(f"Computed and stored in {result.seconds / 60:.1f} min.")
     except CoreError as exc:
         bar.empty()
         st.error(f"Comparison not run: {exc}")

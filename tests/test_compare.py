@@ -247,3 +247,17 @@ def test_compare_models_with_other_windows_on_the_same_recordings(tiny_dataset):
     with pytest.raises(ParameterError, match="classes"):
         bad = build_model(ModelConfig(arch="baseline", class_names=("x", "y", "z"), frontend=low, backbone=TINY_BACKBONE, clip_seconds=0.5))
         run_compare({**_models(), "bad": bad}, Dataset(tiny_dataset), SETTINGS)
+
+
+def test_time_estimate_scales_from_a_stored_run_of_the_same_kind():
+    from types import SimpleNamespace
+
+    from core.compare import SECONDS_PER_UNIT, CompareSettings, estimate_minutes
+
+    pgd = CompareSettings()
+    stored = SimpleNamespace(settings=pgd, seconds=1200.0, models=list("abcdefgh"), info={"device": "cpu"})
+    minutes, basis = estimate_minutes(CompareSettings(max_clips=24), 4, [stored])
+    assert minutes == pytest.approx(1200 / 4 / 60) and "scaled from a stored run of 20 min" in basis  # half the models, half the clips
+    strong = CompareSettings(strong=True)
+    minutes, basis = estimate_minutes(strong, 8, [stored])  # a PGD-only run says nothing about a worst case
+    assert "rough" in basis and minutes == pytest.approx(SECONDS_PER_UNIT * 8 * 48 * 7 * 10 * 4 / 60)

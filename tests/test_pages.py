@@ -260,9 +260,12 @@ def test_compare_page_computes_small_comparison_and_finds_it_again(data_dir, emp
     at.multiselect(key="cmp_models").set_value(["baseline", "protopnet"]).run()
     assert at.button(key="cmp_compute").label == "Compute"  # nothing stored for these settings
     _small_compare_settings(at)
+    assert any("No stored result" in i.value and "allow about" in i.value for i in at.info)
     at.button(key="cmp_compute").click().run()
     no_exception(at)
     assert not at.error, [e.value for e in at.error]
+    assert not any("No stored result" in i.value for i in at.info)  # the stale box is replaced by the outcome
+    assert any("Computed and stored in" in m.value for m in at.success)
     summary = at.dataframe[0].value
     assert list(summary["model"]) == ["baseline", "protopnet"]
     assert summary["cmAP PGD eps 1e-03"].between(0, 1).all()
