@@ -60,7 +60,9 @@ def split_clips(split: str, species: str | None, max_clips: int, sample_rate: in
 # -- set-up ---------------------------------------------------------------------------------------
 
 with st.expander("Set up a sweep", expanded="sweep_result" not in st.session_state):
-    models = st.multiselect("Models", names, default=st.session_state.get("sweep_models_value", names[:2]), key="sweep_models",
+    # the two ordinarily trained small models: one black box, one interpretable (not the first two names alphabetically)
+    first = [m for m in ("baseline", "protopnet") if m in names] or names[:2]
+    models = st.multiselect("Models", names, default=st.session_state.get("sweep_models_value", first), key="sweep_models",
                             format_func=model_label)
     st.session_state["sweep_models_value"] = models
     c1, c2, c3, c4, c5 = st.columns(5)
@@ -260,18 +262,25 @@ if "inputs" in result:
     if st.button("Find minimal eps", key="sweep_min_run"):
         rows = []
         try:
-            with st.spinner("Bisecting…"):
-                for m in table["model"].unique():
-                    model = get_model(m)
-                    inp = result["inputs"][m]
-                    atk = attack_from_options(model, target_waveform=inp["target_waveform"], **result["spec"])
-                    dev = next(model.parameters()).device
-                    lab = None if inp["labels"] is None else torch.as_tensor(inp["labels"], device=dev)
-                    found = minimal_eps(atk, model, torch.as_tensor(inp["x"], device=dev), lab,
-                                        masks=torch.as_tensor(inp["mask"], device=dev))
-                    for i, cid in enumerate(inp["clips"]):
-                        rows.append({"model": m, "clip": cid, "minimal eps": found["eps"][i], "SNR (dB)": found["snr_db"][i],
-                                     "dB_x": found["db_x"][i], "found": bool(found["found"][i])})
+            todo = list(table["model"].unique())
+            bar = st.progress(0.0, text="Searching…")
+            for mi, m in enumerate(todo):
+                model = get_model(m)
+                inp = result["inputs"][m]
+                atk = attack_from_options(model, target_waveform=inp["target_waveform"], **result["spec"])
+                dev = next(model.parameters()).device
+                lab = None if inp["labels"] is None else torch.as_tensor(inp["labels"], device=dev)
+
+                def progress(done, total, mi=mi, m=m):
+                    bar.progress(min(1.0, (mi + done / max(total, 1)) / len(todo)),
+                                 text=f"{m}: attack {done} of {total} (decades, then bisection)")
+
+                found = minimal_eps(atk, model, torch.as_tensor(inp["x"], device=dev), lab,
+                                    masks=torch.as_tensor(inp["mask"], device=dev), progress=progress)
+                for i, cid in enumerate(inp["clips"]):
+                    rows.append({"model": m, "clip": cid, "minimal eps": found["eps"][i], "SNR (dB)": found["snr_db"][i],
+                                 "dB_x": found["db_x"][i], "found": bool(found["found"][i])})
+            bar.empty()
             st.session_state["sweep_min_eps"] = pd.DataFrame(rows)
         except CoreError as exc:
             st.error(f"Search not run: {exc}")
