@@ -11,7 +11,7 @@ from core.errors import CoreError
 from core.inference import analyze_waveform, attack_waveform
 from core.metrics import eps_for_snr, linf, snr_db
 from ui.common import analyze, audio_player, clip_picker, get_dataset, require_model
-from ui.plots import logmel_db, score_bars, spectrogram_figure
+from ui.plots import attack_difference_db, logmel_db, score_bars, spectrogram_figure
 
 st.set_page_config(page_title="Attack · birdshield", page_icon="🐦", layout="wide")
 st.title("Attack: how little noise does it take?")
@@ -96,14 +96,17 @@ st.download_button("Download perturbed WAV", wav, file_name=f"{clip.name.rsplit(
 
 db_c = logmel_db(clip.waveform, fe)
 db_a = logmel_db(adv, fe)
-s1, s2, s3 = st.columns(3)
+s1, s2 = st.columns(2)
 zmin, zmax = float(min(db_c.min(), db_a.min())), float(max(db_c.max(), db_a.max()))
-s1.plotly_chart(spectrogram_figure(db_c, fe, title="clean", zmin=zmin, zmax=zmax, height=260), key="attack_spec_clean")
-s2.plotly_chart(spectrogram_figure(db_a, fe, title="perturbed", zmin=zmin, zmax=zmax, height=260), key="attack_spec_adv")
-diff = db_a - db_c
+s1.plotly_chart(spectrogram_figure(db_c, fe, title="clean", zmin=zmin, zmax=zmax, height=340), key="attack_spec_clean")
+s2.plotly_chart(spectrogram_figure(db_a, fe, title="perturbed", zmin=zmin, zmax=zmax, height=340), key="attack_spec_adv")
+diff = attack_difference_db(db_c, db_a)
 lim = float(np.abs(diff).max()) or 1.0
-s3.plotly_chart(spectrogram_figure(diff, fe, title="difference (perturbed − clean)", colorscale="RdBu", zmid=0,
-                                   zmin=-lim, zmax=lim, height=260, colorbar_title="ΔdB"), key="attack_spec_diff")
+st.plotly_chart(spectrogram_figure(diff, fe, title="difference (perturbed − clean), where the clean clip is within 60 dB of its loudest cell",
+                                   colorscale="RdBu", zmid=0, zmin=-lim, zmax=lim, height=340, colorbar_title="ΔdB"),
+                key="attack_spec_diff")
+st.caption("Cells more than 60 dB below the clip's loudest are treated as equally quiet in both: there a tiny change of a "
+           "near-empty band reads as many dB and would hide where the perturbation really sits.")
 
 st.plotly_chart(score_bars(names, before.scores[0], compare=after.scores[0], title="Scores before and after"), key="attack_scores")
 table = pd.DataFrame({"species": [display(n) for n in names], "clean": before.scores[0], "perturbed": after.scores[0]})

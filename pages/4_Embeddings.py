@@ -216,10 +216,13 @@ wave = clips.waveforms[i][clips.masks[i] > 0]
 sr = cfg.frontend.sample_rate
 st.subheader(f"{clips.clip_ids[i]}: {display(primary[i])}, predicted {display(pred[i])}")
 cols = st.columns(2)
+db_clean = logmel_db(wave, cfg.frontend)
 with cols[0]:
     audio_player(wave, sr, label="clean")
-    st.plotly_chart(spectrogram_figure(logmel_db(wave, cfg.frontend), cfg.frontend, title="clean", height=240), key="emb_spec_clean")
-if adv_coords is not None:
+    clean_chart = st.empty()  # drawn once the adversarial clip is known: both share one colour range
+if adv_coords is None:
+    clean_chart.plotly_chart(spectrogram_figure(db_clean, cfg.frontend, title="clean", height=300), key="emb_spec_clean")
+else:
     s = res["settings"]
     if i not in res["adversarial"]:
         # the same attack, seed and clip as in the map: the same adversarial clip (the random start is seeded per clip)
@@ -228,6 +231,11 @@ if adv_coords is not None:
         adv = attack(model, x, torch.as_tensor(clips.labels[i : i + 1], device=x.device), mask=torch.as_tensor(clips.masks[i : i + 1], device=x.device))
         res["adversarial"][i] = adv[0].cpu().numpy()[clips.masks[i] > 0]
     adv = res["adversarial"][i]
+    db_adv = logmel_db(adv, cfg.frontend)
+    zmin, zmax = float(min(db_clean.min(), db_adv.min())), float(max(db_clean.max(), db_adv.max()))
+    clean_chart.plotly_chart(spectrogram_figure(db_clean, cfg.frontend, title="clean", height=300, zmin=zmin, zmax=zmax),
+                             key="emb_spec_clean")
     with cols[1]:
         audio_player(adv, sr, label=f"adversarial ({s[5]}, eps {s[6]:g}, SNR {float(snr_db(wave, adv)):.1f} dB): predicted {display(adv_pred[i])}")
-        st.plotly_chart(spectrogram_figure(logmel_db(adv, cfg.frontend), cfg.frontend, title="adversarial", height=240), key="emb_spec_adv")
+        st.plotly_chart(spectrogram_figure(db_adv, cfg.frontend, title="adversarial", height=300, zmin=zmin, zmax=zmax),
+                        key="emb_spec_adv")

@@ -208,6 +208,11 @@ def test_embeddings_page_map_attack_and_selection(data_dir, tmp_path, monkeypatc
     no_exception(at)
     assert any(res["clips"].clip_ids[5] in s.value for s in at.subheader)
     assert len(at.get("audio")) == 2
+    import json
+
+    traces = [json.loads(c.proto.spec)["data"][0] for c in at.get("plotly_chart")]
+    heat = [t for t in traces if t.get("type") == "heatmap"]
+    assert len(heat) == 2 and heat[0]["zmin"] == heat[1]["zmin"] and heat[0]["zmax"] == heat[1]["zmax"]  # one colour range
     # a second page load of the same map comes from the disk cache
     again = AppTest.from_file(str(ROOT / "pages" / "4_Embeddings.py"), default_timeout=300).run()
     again.number_input(key="emb_max_clips").set_value(16)
@@ -501,3 +506,16 @@ def test_clip_page_offers_the_windows_the_cli_analyses(seconds, starts):
         assert not sliders and want == [0.0]  # a 0.5 s tail is not a window (as in `python -m core analyze`)
     else:
         assert [float(o) for o in sliders[0].options] == starts == want
+
+
+def test_attack_difference_ignores_changes_in_near_empty_bands():
+    from ui.plots import attack_difference_db
+
+    clean = np.full((4, 5), -100.0)
+    clean[1] = -10.0  # one loud band, the rest near empty
+    adv = clean.copy()
+    adv[0] = -60.0  # +40 dB in an empty band, still 50 dB below the loudest cell
+    adv[3] = -75.0  # +25 dB but below the 60 dB range: invisible
+    adv[1, 2] = -7.0  # +3 dB in the song
+    diff = attack_difference_db(clean, adv)
+    assert diff[1, 2] == pytest.approx(3.0) and (diff[3] == 0).all() and diff[0, 0] == pytest.approx(10.0)

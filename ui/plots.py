@@ -68,6 +68,16 @@ def _frequency_ticks(fig: go.Figure, f: np.ndarray) -> None:
     fig.update_yaxes(title="frequency (Hz, mel scale)", tickvals=ticks, ticktext=[f"{f[i]:.0f}" for i in ticks])
 
 
+def attack_difference_db(db_clean: np.ndarray, db_adv: np.ndarray, *, dynamic_range_db: float = 60.0) -> np.ndarray:
+    """Log-mel difference (perturbed - clean) [dB] with both floored at ``dynamic_range_db`` below the clean maximum.
+
+    Near-empty bands (below 100 Hz, above the song) otherwise dominate: a change of 1e-5 in a band at -90 dB reads
+    as tens of dB while an audible change in the song reads as a fraction of one.
+    """
+    floor = float(db_clean.max()) - dynamic_range_db
+    return np.maximum(db_adv, floor) - np.maximum(db_clean, floor)
+
+
 def add_box(fig: go.Figure, config: FrontendConfig, t0: float, t1: float, f_lo: float, f_hi: float) -> go.Figure:
     """Draw a time-frequency box (seconds, Hz) on a spectrogram figure with mel-bin y axis."""
     f = librosa.mel_frequencies(n_mels=config.n_mels, fmin=config.f_min, fmax=config.f_max)
