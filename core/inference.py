@@ -94,6 +94,7 @@ def attack_waveform(
     targets: np.ndarray | None = None,
     batch_size: int = 8,
     objective: str = "output-untargeted",
+    target_class: int | None = None,
 ) -> np.ndarray:
     """PGD (L-inf, waveform domain) on every window of a clip; returns the perturbed clip.
 
@@ -117,7 +118,11 @@ def attack_waveform(
         BCE against the labels (set of species above 0.5), or the margin loss
         that pushes each window's top-1 species below the runner-up
         (:class:`~core.attacks.objectives.OutputMargin`; threshold-free, the
-        natural choice for BirdNET's many classes).
+        natural choice for BirdNET's many classes). ``"output-targeted-margin"``
+        makes every window say ``target_class``
+        (:class:`~core.attacks.objectives.OutputTargetedMargin`).
+    target_class : int, optional
+        Class index for ``"output-targeted-margin"``.
 
     Raises
     ------
@@ -138,9 +143,16 @@ def attack_waveform(
     if alpha is not None and not (eps > 0 and alpha > 0):
         raise ParameterError(f"alpha must be > 0 with eps > 0, got alpha={alpha}, eps={eps}")
     ratio = None if alpha is None or eps == 0 else alpha / eps
-    if objective not in ("output-untargeted", "output-margin"):
-        raise ParameterError(f"objective must be 'output-untargeted' or 'output-margin', got {objective!r}")
-    attack = PGD(eps=eps, alpha_ratio=ratio, steps=steps, random_start=random_start, seed=seed, objective=make_objective(objective))
+    if objective not in ("output-untargeted", "output-margin", "output-targeted-margin"):
+        raise ParameterError(f"objective must be 'output-untargeted', 'output-margin' or 'output-targeted-margin', got {objective!r}")
+    if objective == "output-targeted-margin":
+        if target_class is None:
+            raise ParameterError("output-targeted-margin needs a target_class")
+        obj = make_objective(objective, class_index=target_class)
+        obj.check_model(model)
+    else:
+        obj = make_objective(objective)
+    attack = PGD(eps=eps, alpha_ratio=ratio, steps=steps, random_start=random_start, seed=seed, objective=obj)
     device = _device(model)
     adv = np.empty_like(windows)
     for i in range(0, len(windows), batch_size):

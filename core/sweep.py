@@ -772,7 +772,7 @@ def attack_from_options(
         A key of :data:`core.attacks.OBJECTIVES`.
     steps, seed : int
     species : str, optional
-        Class code for ``output-targeted``.
+        Class code for ``output-targeted`` and ``output-targeted-margin``.
     mode : {"add", "remove"}
     target_waveform : array [shape=(n_samples,)], optional
         Target clip for ``embedding-targeted``.
@@ -796,10 +796,11 @@ def attack_from_options(
     names = list(model.config.class_names)
     if objective.startswith("prototype") and not hasattr(model, "prototype_vectors"):
         raise ParameterError(f"{objective} needs an AudioProtoPNet model, got {model.config.arch!r}")
-    if objective == "output-targeted":
+    if objective in ("output-targeted", "output-targeted-margin"):
         if species not in names:
-            raise ParameterError(f"output-targeted needs a target species, one of {names}; got {species!r}")
-        obj = make_objective(objective, class_index=names.index(species), mode=mode)
+            raise ParameterError(f"{objective} needs a target species, one of {names}; got {species!r}")
+        kw = {"mode": mode} if objective == "output-targeted" else {}
+        obj = make_objective(objective, class_index=names.index(species), **kw)
     elif objective == "embedding-targeted":
         if target_waveform is None:
             raise ParameterError("embedding-targeted needs a target clip")

@@ -46,18 +46,23 @@ if rms > 0 and eps > 0:
 elif rms == 0:
     st.warning("This clip is silent: any perturbation has SNR −∞ dB.")
 
-LOSSES = {"output-margin": "margin: push the top species below the runner-up (success = top-1 changes)",
-          "output-untargeted": "BCE: change the set of species scored above 0.5"}
+LOSSES = {"output-margin": "make it say something else (push its top species below the runner-up)",
+          "output-untargeted": "scramble the species list (raise the classification loss against what it hears)",
+          "output-targeted-margin": "make it say a species I choose"}
 loss_default = "output-margin" if cfg.arch == "birdnet" else "output-untargeted"
-objective = st.radio("What the attack maximises", list(LOSSES), index=list(LOSSES).index(loss_default), format_func=LOSSES.get,
+objective = st.radio("What the attack tries", list(LOSSES), index=list(LOSSES).index(loss_default), format_func=LOSSES.get,
                      horizontal=True, key=f"attack_objective_{cfg.arch == 'birdnet'}")
+target_class = None
+if objective == "output-targeted-margin":
+    target_class = names.index(st.selectbox("Species it should say", names, format_func=display, key="attack_target_species",
+                                            index=min(1, len(names) - 1)))
 run = st.button("Run attack", type="primary", key="attack_run")
-run_key = (name, clip.key, eps, steps, seed, objective)
+run_key = (name, clip.key, eps, steps, seed, objective, target_class)
 if run:
     with st.status("Running PGD…", expanded=False) as status:
         try:
             adv = attack_waveform(model, clip.waveform, eps=float(eps), steps=steps, random_start=steps > 1, seed=seed,
-                                  objective=objective)
+                                  objective=objective, target_class=target_class)
         except CoreError as exc:
             status.update(label="Attack failed", state="error")
             st.error(str(exc))

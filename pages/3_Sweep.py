@@ -34,7 +34,8 @@ st.caption("Every clip is attacked at every budget of the grid (the grid runs on
 OBJECTIVE_HELP = {
     "output-untargeted": "maximise the classification loss against the true labels (or the clean prediction)",
     "output-margin": "push the clip's top species below the runner-up (margin loss; success = top-1 changed, no threshold)",
-    "output-targeted": "make a chosen species appear, or a present one disappear",
+    "output-targeted": "make a chosen species appear, or a present one disappear (BCE to the clean set plus or minus it)",
+    "output-targeted-margin": "make the model say a chosen species: raise it above every other (margin; success = it is top-1)",
     "embedding-untargeted": "push the feature map away from the clean one (spatial-wise cosine dissimilarity, as AT-E)",
     "embedding-targeted": "pull the feature map towards that of a target clip",
     "prototype-suppress": "AudioProtoPNet only: switch off the clip's most activated prototypes",
@@ -78,11 +79,12 @@ with st.expander("Set up a sweep", expanded="sweep_result" not in st.session_sta
     loaded = {m: get_model(m) for m in models}
     first = next(iter(loaded.values()), None)
     class_names = list(first.config.class_names) if first else []
-    if objective == "output-targeted" and class_names:
+    if objective in ("output-targeted", "output-targeted-margin") and class_names:
         o1, o2 = st.columns(2)
         options["species"] = o1.selectbox("Target species", class_names, format_func=display, key="sweep_target_species")
-        options["mode"] = o2.radio("Make it", ["add", "remove"], horizontal=True, key="sweep_mode",
-                                   format_func={"add": "appear", "remove": "disappear"}.get)
+        if objective == "output-targeted":
+            options["mode"] = o2.radio("Make it", ["add", "remove"], horizontal=True, key="sweep_mode",
+                                       format_func={"add": "appear", "remove": "disappear"}.get)
     if objective == "embedding-targeted":
         if ds is None:
             st.warning("A target clip comes from the dataset; none is found.")

@@ -13,6 +13,7 @@ from core.attacks import (
     EmbeddingUntargeted,
     OutputMargin,
     OutputTargeted,
+    OutputTargetedMargin,
     OutputUntargeted,
     PrototypeActivate,
     PrototypeSuppress,
@@ -35,7 +36,8 @@ def _clips(n=2, seed=1, dtype=torch.float32):
 
 def _objectives(model):
     target = _clips(1, seed=7)[0] * 0.5
-    objs = [OutputUntargeted(), OutputMargin(), OutputTargeted(1, "add"), OutputTargeted(0, "remove"), EmbeddingUntargeted(), EmbeddingTargeted(target)]
+    objs = [OutputUntargeted(), OutputMargin(), OutputTargeted(1, "add"), OutputTargeted(0, "remove"), OutputTargetedMargin(2),
+            EmbeddingUntargeted(), EmbeddingTargeted(target)]
     if hasattr(model, "prototype_vectors"):
         objs += [PrototypeSuppress(k=2), PrototypeActivate(prototype_index=3)]
     return objs
@@ -304,3 +306,21 @@ def test_restarts_never_worse_and_validated(tiny_model):
         PGD(eps=0.01, restarts=0)
     with pytest.raises(ParameterError, match="random start"):
         BIM(eps=0.01, restarts=2)
+
+
+def test_targeted_margin_makes_the_model_say_the_chosen_species(tiny_model):
+    tiny_model.eval()
+    x = _clips(4) * 0.3
+    with torch.no_grad():
+        clean = tiny_model(x)
+    target = int(clean.mean(0).argmin())  # the species it is least inclined to say
+    obj = OutputTargetedMargin(target)
+    adv = PGD(eps=0.3, steps=40, objective=obj)(tiny_model, x)
+    with torch.no_grad():
+        out = tiny_model.forward_all(adv)
+    state = obj.prepare(tiny_model, x)
+    res = obj.evaluate(out, state)
+    assert (out.logits.argmax(-1) == target).float().mean() >= 0.75 and res["success"].float().mean() >= 0.75
+    assert not state["clean_success"].any()  # nothing said it before the attack
+    with pytest.raises(ParameterError, match="class_index"):
+        OutputTargetedMargin(99).check_model(tiny_model)

@@ -94,6 +94,27 @@ def test_attack_page_runs_attack():
     assert len(at.dataframe) >= 2  # score table and changed prototypes
 
 
+def test_attack_page_makes_the_model_say_a_chosen_species():
+    buf = io.BytesIO()
+    sf.write(buf, tone(2500, 5.0, 32_000, amp=0.2) + np.float32(0), 32_000, format="WAV")
+    at = AppTest.from_file(str(ROOT / "pages" / "2_Attack.py"), default_timeout=TIMEOUT)
+    at.session_state["model_name"] = "protopnet"
+    at.run()
+    at.radio(key="attack_source").set_value("Upload").run()
+    at.file_uploader(key="attack_upload").set_value(("tone.wav", buf.getvalue(), "audio/wav")).run()
+    at.radio(key="attack_objective_False").set_value("output-targeted-margin").run()
+    at.selectbox(key="attack_target_species").set_value("acrpal").run()
+    at.number_input(key="attack_eps").set_value(0.01).run()
+    at.number_input(key="attack_steps").set_value(10).run()
+    at.button(key="attack_run").click().run()
+    no_exception(at)
+    assert not at.error
+    table = at.dataframe[0].value.set_index("species")
+    row = table.loc[[s for s in table.index if "Marsh Warbler" in s][0]]
+    assert row["perturbed"] > row["clean"]  # the chosen species was pushed up
+    assert {m.label: m.value for m in at.metric}["Top-1"] == "Marsh Warbler (acrpal)"  # and it is what the model now says
+
+
 def test_pages_without_dataset(monkeypatch, tmp_path):
     """No dataset anywhere: the pages still run on uploads and say how to get the data."""
     import streamlit as st

@@ -11,6 +11,7 @@ from core.attacks.objectives import (
     Objective,
     OutputMargin,
     OutputTargeted,
+    OutputTargetedMargin,
     OutputUntargeted,
     PrototypeActivate,
     PrototypeSuppress,
@@ -40,7 +41,8 @@ def make_attack(name: str, **kwargs) -> Attack:
 
 
 __all__ = [
-    "ATTACKS", "NORMS", "OBJECTIVES", "APGD", "Attack", "BIM", "FGSM", "PGD", "Objective", "OutputMargin", "OutputUntargeted", "OutputTargeted",
+    "ATTACKS", "NORMS", "OBJECTIVES", "APGD", "Attack", "BIM", "FGSM", "PGD", "Objective", "OutputMargin", "OutputUntargeted",
+    "OutputTargeted", "OutputTargetedMargin",
     "EmbeddingUntargeted", "EmbeddingTargeted", "PrototypeSuppress", "PrototypeActivate", "make_attack", "make_objective",
     "multilabel_loss", "predicted_sets", "clean_prediction_targets",
 ]

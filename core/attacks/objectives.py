@@ -261,6 +261,52 @@ class OutputMargin(Objective):
         return out.logits.argmax(-1) != state["source_class"]
 
 
+class OutputTargetedMargin(Objective):
+    """Make the model *say* one species: raise its logit above every other (Carlini & Wagner 2017, eq. 6, targeted).
+
+    ``loss = z_t - max_{j != t} z_j``, maximised; no score threshold is involved, so it
+    works on uncalibrated scores and on BirdNET alike. Success: ``t`` is the top-1
+    species. Unlike :class:`OutputTargeted` it does not try to keep the other species:
+    it is the attack of "the model now says Marsh Warbler".
+
+    Parameters
+    ----------
+    class_index : int >= 0
+    """
+
+    name = "output-targeted-margin"
+    targeted = True
+    success_definition = "target species ranked first"
+
+    def __init__(self, class_index: int) -> None:
+        if isinstance(class_index, bool) or not isinstance(class_index, int) or class_index < 0:
+            raise ParameterError(f"class_index must be an integer >= 0, got {class_index!r}")
+        self.class_index = class_index
+
+    def describe(self):
+        return {"name": self.name, "class_index": self.class_index}
+
+    def check_model(self, model):
+        n = len(model.config.class_names)
+        if self.class_index >= n:
+            raise ParameterError(f"class_index must be < n_classes={n}, got {self.class_index}")
+
+    def _prepare(self, model, x, out, state):
+        return {"target_class": torch.full((x.shape[0],), self.class_index, dtype=torch.long, device=x.device)}
+
+    def _margin(self, logits: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return -OutputMargin._margin(logits, t)
+
+    def loss(self, model, x_adv, state):
+        return self._margin(model(x_adv), state["target_class"])
+
+    def _value(self, out, state):
+        return self._margin(out.logits, state["target_class"])
+
+    def _success(self, out, state):
+        return out.logits.argmax(-1) == state["target_class"]
+
+
 class OutputTargeted(Objective):
     """Make a species appear (``mode="add"``) or a present one disappear (``"remove"``).
 
@@ -498,7 +544,8 @@ class PrototypeActivate(_PrototypeObjective):
 
 OBJECTIVES = {
     cls.name: cls
-    for cls in (OutputUntargeted, OutputMargin, OutputTargeted, EmbeddingUntargeted, EmbeddingTargeted, PrototypeSuppress, PrototypeActivate)
+    for cls in (OutputUntargeted, OutputMargin, OutputTargeted, OutputTargetedMargin, EmbeddingUntargeted, EmbeddingTargeted,
+                PrototypeSuppress, PrototypeActivate)
 }
 
 
