@@ -27,6 +27,7 @@ from core.analyze import (
 from core.errors import CoreError
 from core.models.registry import list_checkpoints
 from ui.common import audio_player, default_model, get_dataset, get_model, model_label
+from ui.glossary import help_text
 
 st.set_page_config(page_title="Field recording · birdshield", page_icon="🐦", layout="wide")
 st.title("Field recording: the whole file, window by window")
@@ -123,7 +124,7 @@ for tab, m in zip(tabs, ready):
             st.warning(f"{m} has no validation threshold; set one below.")
         t = st.slider("Detection threshold (score)", 0.01, 0.99, float(res.threshold if res.threshold is not None else 0.5), 0.01,
                       key=f"field_threshold_{m}",
-                      help=f"Default: {res.threshold_source or 'none stored'}. Higher = fewer, surer detections.")
+                      help=help_text("detection threshold") + f" Default: {res.threshold_source or 'none stored'}.")
         outcomes = window_outcomes(res, threshold=t, names=sp)
         dets = detections(res, threshold=t, names=sp)
         n = len(outcomes)

@@ -22,6 +22,7 @@ from ui.common import (
     location_filter,
     require_model,
 )
+from ui.glossary import help_text
 from ui.plots import add_box, birdnet_input_figure, logmel_db, score_bars, similarity_overlay, spectrogram_figure
 
 st.set_page_config(page_title="Clip · birdshield", page_icon="🐦", layout="wide")
@@ -130,7 +131,7 @@ if audit is not None:
                        "drop_proto", "drop_random", "wins", "plausibility"]].copy()
         shown["class_name"] = [display(c) for c in shown["class_name"]]
         st.dataframe(shown.round(3), hide_index=True, width="stretch")
-n_top = st.slider("Classes to explain", 1, 5, 2, key="clip_n_classes")
+n_top = st.slider("Classes to explain", 1, 5, 2, key="clip_n_classes", help=help_text("prototype"))
 acts = res.prototype_activations[0]
 weights = model.class_connection().detach().cpu().numpy()
 sources = {p["prototype"]: p for p in model.card.get("prototypes", [])}

@@ -11,6 +11,7 @@ from core.errors import CoreError
 from core.inference import analyze_waveform, attack_waveform
 from core.metrics import eps_for_snr, linf, snr_db
 from ui.common import analyze, audio_player, clip_picker, get_dataset, require_model
+from ui.glossary import help_text
 from ui.plots import attack_difference_db, logmel_db, score_bars, spectrogram_figure
 
 st.set_page_config(page_title="Attack · birdshield", page_icon="🐦", layout="wide")
@@ -33,9 +34,11 @@ st.caption(f"Clip: {clip.name} from {clip.offset_s:.0f} s ({clip.source})")
 rms = float(np.sqrt(np.mean(clip.waveform.astype(np.float64) ** 2)))
 c1, c2, c3, c4 = st.columns(4)
 eps = c1.number_input("eps (L-inf, full-scale amplitude)", min_value=0.0, max_value=1.0,
-                      value=st.session_state.get("attack_eps_value", 0.001), step=0.0005, format="%.4f", key="attack_eps")
+                      value=st.session_state.get("attack_eps_value", 0.001), step=0.0005, format="%.4f", key="attack_eps",
+                      help=help_text("eps"))
 st.session_state["attack_eps_value"] = eps
-steps = int(c2.number_input("steps (1 = FGSM)", min_value=1, max_value=200, value=10, step=1, key="attack_steps"))
+steps = int(c2.number_input("steps (1 = FGSM)", min_value=1, max_value=200, value=10, step=1, key="attack_steps",
+                            help=help_text("PGD")))
 gain = c3.select_slider("perturbation playback gain", options=[1, 10, 30, 100, 300, 1000], value=100, key="attack_gain")
 seed = int(c4.number_input("seed", min_value=0, max_value=2**31 - 1, value=0, key="attack_seed"))
 if rms > 0 and eps > 0:

@@ -540,3 +540,17 @@ def test_attack_difference_ignores_changes_in_near_empty_bands():
     adv[1, 2] = -7.0  # +3 dB in the song
     diff = attack_difference_db(clean, adv)
     assert diff[1, 2] == pytest.approx(3.0) and (diff[3] == 0).all() and diff[0, 0] == pytest.approx(10.0)
+
+
+def test_glossary_page_lists_and_finds_terms():
+    from ui.glossary import GLOSSARY
+
+    at = AppTest.from_file(str(ROOT / "pages" / "9_Glossary.py"), default_timeout=TIMEOUT).run()
+    no_exception(at)
+    shown = [m.value for m in at.markdown]
+    assert len(shown) == len(GLOSSARY) and any(m.startswith("**eps**") for m in shown)
+    at.text_input(key="glossary_query").set_value("prototype").run()
+    assert all("prototype" in (m.value + " ".join(c.value for c in at.caption)).lower() for m in at.markdown)
+    assert 1 <= len(at.markdown) < len(GLOSSARY)
+    at.text_input(key="glossary_query").set_value("zzzz").run()
+    assert at.info and "No term matches" in at.info[0].value
