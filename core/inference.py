@@ -14,7 +14,7 @@ from core.errors import ParameterError
 from core.metrics import linf, snr_db
 from core.models.base import BirdClassifier, ModelOutput
 
-__all__ = ["ClipAnalysis", "analyze_waveform", "attack_waveform", "predict_file", "attack_file", "top_classes"]
+__all__ = ["ClipAnalysis", "analyze_waveform", "confident_window", "attack_waveform", "predict_file", "attack_file", "top_classes"]
 
 
 @dataclass
@@ -164,6 +164,29 @@ def attack_waveform(
         k = min(win, n - s)
         out[s : s + k] = adv[i, :k]
     return out
+
+
+def confident_window(model: BirdClassifier, waveform: np.ndarray, class_index: int) -> tuple[int, float] | None:
+    """The window of a clip where the model names ``class_index`` top-1 with the widest margin.
+
+    Parameters
+    ----------
+    model : BirdClassifier
+    waveform : np.ndarray [shape=(n_samples,)] at the model's rate
+    class_index : int
+
+    Returns
+    -------
+    (start, margin) or None
+        ``start`` in samples; ``margin`` = the class's logit minus the best other logit
+        (> 0). None when no window has the class top-1.
+    """
+    res = analyze_waveform(model, waveform)
+    logits = np.log(np.clip(res.scores, 1e-7, 1 - 1e-7)) - np.log(np.clip(1 - res.scores, 1e-7, 1))
+    others = np.delete(logits, class_index, axis=1).max(1)
+    margin = logits[:, class_index] - others
+    best = int(np.argmax(margin))
+    return (int(res.starts[best]), float(margin[best])) if margin[best] > 0 else None
 
 
 def top_classes(scores: np.ndarray, class_names, k: int = 3) -> list[dict]:

@@ -223,6 +223,17 @@ def test_walk_every_page(server, browser, tmp_path, data_dir):
     settle(page)
     page.get_by_text("into the recording", exact=False).first.wait_for(timeout=RUN_TIMEOUT_MS)
     check(page, "10_clip_from_field")
+
+    # Guided demonstration: five steps, one click each, as an audience would see them (default: the interpretable model)
+    visit(page, f"{server}/Guided_demo")
+    page.get_by_text("1. This is a Sedge Warbler").wait_for(timeout=RUN_TIMEOUT_MS)
+    for label in ("Next: what does the model look at?", "Next: add a whisper of noise", "Next: hear it",
+                  "Next: what does the model say now?"):
+        page.get_by_role("button", name=label).click()
+        settle(page)
+    page.get_by_text("5. The model now says", exact=False).wait_for(timeout=RUN_TIMEOUT_MS)
+    assert page.locator("audio").count() >= 4
+    check(page, "11_guided_demo")
     page.close()
 
 

@@ -554,3 +554,24 @@ def test_glossary_page_lists_and_finds_terms():
     assert 1 <= len(at.markdown) < len(GLOSSARY)
     at.text_input(key="glossary_query").set_value("zzzz").run()
     assert at.info and "No term matches" in at.info[0].value
+
+
+def test_guided_demo_walks_from_sedge_to_marsh_warbler(data_dir):
+    at = AppTest.from_file(str(ROOT / "pages" / "8_Guided_demo.py"), default_timeout=300)
+    at.session_state["demo_model"] = "protopnet"
+    at.run()
+    no_exception(at)
+    assert at.header[0].value == "1. This is a Sedge Warbler" and len(at.header) == 1
+    assert any("The model agrees: **Sedge Warbler" in m.value for m in at.markdown)
+    for to in (2, 3, 4, 5):
+        at.button(key=f"demo_next_{to}").click().run()
+        no_exception(at)
+        assert len(at.header) == to
+    snr = float({m.label: m.value for m in at.metric}["Measured SNR of the change"].split()[0])
+    assert snr >= 45 - 0.5  # the default: 45 dB below the song
+    last = at.header[-1].value
+    assert last.startswith("5. The model now says")
+    if "Marsh Warbler" in last:
+        assert at.success and "Marsh Warbler" in at.success[0].value
+    else:  # reported honestly, not dressed up
+        assert at.warning and "resisted" in at.warning[0].value
