@@ -28,6 +28,7 @@ from core.errors import CoreError
 from core.models.registry import list_checkpoints
 from ui.common import audio_player, default_model, get_dataset, get_model, model_label
 from ui.glossary import help_text
+from ui.plots import CHART_CONFIG
 
 st.set_page_config(page_title="Field recording · birdshield", page_icon="🐦", layout="wide")
 st.title("Field recording: the whole file, window by window")
@@ -162,7 +163,7 @@ for tab, m in zip(tabs, ready):
         fig.update_xaxes(title_text="time (min)", row=2, col=1)
         fig.update_layout(height=520, margin=dict(l=10, r=10, t=30, b=10), showlegend=False,
                           title=f"{display_name}: sound (top) and species scores per window (bottom); red squares: detected")
-        event = st.plotly_chart(fig, key=f"field_timeline_{m}", on_select="rerun", selection_mode="points")
+        event = st.plotly_chart(fig, config=CHART_CONFIG, key=f"field_timeline_{m}", on_select="rerun", selection_mode="points")
         st.caption("Top: the whole file's spectrogram, one column per window (mean level per band). Bottom: each "
                    "species' score in each window. Click a cell to listen to that window.")
 

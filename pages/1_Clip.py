@@ -23,7 +23,7 @@ from ui.common import (
     require_model,
 )
 from ui.glossary import help_text
-from ui.plots import add_box, birdnet_input_figure, logmel_db, score_bars, similarity_overlay, spectrogram_figure
+from ui.plots import CHART_CONFIG, add_box, birdnet_input_figure, logmel_db, score_bars, similarity_overlay, spectrogram_figure
 
 st.set_page_config(page_title="Clip · birdshield", page_icon="🐦", layout="wide")
 st.title("Clip: listen, predict, explain")
@@ -48,12 +48,12 @@ left, right = st.columns([3, 2])
 with left:
     audio_player(clip.waveform, clip.sample_rate, label=f"{clip.name}, {clip.offset_s:.0f}–{clip.offset_s + len(clip.waveform) / clip.sample_rate:.1f} s")
     db = logmel_db(res.windows[0], fe)
-    st.plotly_chart(spectrogram_figure(db, fe, title="Log-mel spectrogram", offset_s=clip.offset_s), key="clip_spec")
+    st.plotly_chart(spectrogram_figure(db, fe, title="Log-mel spectrogram", offset_s=clip.offset_s), config=CHART_CONFIG, key="clip_spec")
 with right:
     if clip.labels:
         st.markdown("**Labels:** " + ", ".join(display(x) for x in clip.labels))
     threshold = card_thresholds([name]).get(name)
-    st.plotly_chart(score_bars(names, scores, title="Predicted scores", threshold=threshold), key="clip_scores")
+    st.plotly_chart(score_bars(names, scores, title="Predicted scores", threshold=threshold), config=CHART_CONFIG, key="clip_scores")
     if threshold is not None:
         st.caption(f"A species counts as detected at a score of {threshold:.2f} or more (this model's threshold, chosen on "
                    "held-out validation recordings; the dashed line).")
@@ -73,7 +73,7 @@ if uses_birdnet(cfg):
     b1, b2 = st.columns(2)
     for col, ch, name_ in ((b1, 0, "low band (0-3 kHz)"), (b2, 1, "high band (0.5-15 kHz)")):
         col.plotly_chart(birdnet_input_figure(bn_spec[ch], model.frontend.band_hz[ch], model.frontend.frame_steps[ch],
-                                              fe.sample_rate, title=name_), key=f"clip_bn_spec_{ch}")
+                                              fe.sample_rate, title=name_), config=CHART_CONFIG, key=f"clip_bn_spec_{ch}")
 if cfg.arch == "birdnet":
     with st.expander("BirdNET over all its 6,522 species (optionally only those expected at a place and week)"):
         st.caption("The scores above are restricted to the dataset's species. BirdNET itself knows 6,522; its occurrence "
@@ -144,7 +144,7 @@ for c in np.argsort(-scores)[:n_top]:
         with col:
             fig = similarity_overlay(db, res.similarity_maps[0, j], fe, offset_s=clip.offset_s,
                                      title=f"prototype {j}: max sim {acts[j]:.2f}, weight {weights[c, j]:.2f}")
-            st.plotly_chart(fig, key=f"clip_sim_{j}")
+            st.plotly_chart(fig, config=CHART_CONFIG, key=f"clip_sim_{j}")
             if audit is not None and int(j) in set(audit["prototype"]):
                 r = audit.set_index("prototype").loc[int(j)]
                 st.caption(f"Audit (test split): similarity {r['act_own']:.2f} on its species vs {r['act_other']:.2f} on others; "
@@ -162,7 +162,7 @@ for c in np.argsort(-scores)[:n_top]:
                     pfig = spectrogram_figure(logmel_db(seg, fe), fe, offset_s=a, height=220,
                                               title=f"…looks like {src['recording_id']} at {src['t_start_s']:.2f} s")
                     add_box(pfig, fe, src["t_start_s"], src["t_end_s"], src["f_low_hz"], src["f_high_hz"])
-                    st.plotly_chart(pfig, key=f"clip_patch_{j}")
+                    st.plotly_chart(pfig, config=CHART_CONFIG, key=f"clip_patch_{j}")
                     band = f"{src['f_low_hz']:.0f}–{src['f_high_hz']:.0f} Hz"
                     if "low_channel_f_low_hz" in src:
                         band += f", or {src['low_channel_f_low_hz']:.0f}–{src['low_channel_f_high_hz']:.0f} Hz in BirdNET's low channel"

@@ -10,9 +10,10 @@ from core.audio import wav_bytes
 from core.errors import CoreError
 from core.inference import analyze_waveform, attack_waveform
 from core.metrics import eps_for_snr, linf, snr_db
-from ui.common import analyze, audio_player, clip_picker, get_dataset, require_model
+from ui.common import analyze, audio_player, clip_picker, get_dataset, model_fingerprint_cached, require_model, safe_name
+from ui.export import Audio, html_report
 from ui.glossary import help_text
-from ui.plots import attack_difference_db, logmel_db, score_bars, spectrogram_figure
+from ui.plots import CHART_CONFIG, attack_difference_db, logmel_db, score_bars, spectrogram_figure
 
 st.set_page_config(page_title="Attack · birdshield", page_icon="🐦", layout="wide")
 st.title("Attack: how little noise does it take?")
@@ -106,20 +107,39 @@ db_c = logmel_db(clip.waveform, fe)
 db_a = logmel_db(adv, fe)
 s1, s2 = st.columns(2)
 zmin, zmax = float(min(db_c.min(), db_a.min())), float(max(db_c.max(), db_a.max()))
-s1.plotly_chart(spectrogram_figure(db_c, fe, title="clean", zmin=zmin, zmax=zmax, height=340), key="attack_spec_clean")
-s2.plotly_chart(spectrogram_figure(db_a, fe, title="perturbed", zmin=zmin, zmax=zmax, height=340), key="attack_spec_adv")
+s1.plotly_chart(spectrogram_figure(db_c, fe, title="clean", zmin=zmin, zmax=zmax, height=340), config=CHART_CONFIG, key="attack_spec_clean")
+s2.plotly_chart(spectrogram_figure(db_a, fe, title="perturbed", zmin=zmin, zmax=zmax, height=340), config=CHART_CONFIG, key="attack_spec_adv")
 diff = attack_difference_db(db_c, db_a)
 lim = float(np.abs(diff).max()) or 1.0
 st.plotly_chart(spectrogram_figure(diff, fe, title="difference (perturbed − clean), where the clean clip is within 60 dB of its loudest cell",
                                    colorscale="RdBu", zmid=0, zmin=-lim, zmax=lim, height=340, colorbar_title="ΔdB"),
-                key="attack_spec_diff")
+                config=CHART_CONFIG, key="attack_spec_diff")
 st.caption("Cells more than 60 dB below the clip's loudest are treated as equally quiet in both: there a tiny change of a "
            "near-empty band reads as many dB and would hide where the perturbation really sits.")
 
-st.plotly_chart(score_bars(names, before.scores[0], compare=after.scores[0], title="Scores before and after"), key="attack_scores")
+bars = score_bars(names, before.scores[0], compare=after.scores[0], title="Scores before and after")
+st.plotly_chart(bars, config=CHART_CONFIG, key="attack_scores")
 table = pd.DataFrame({"species": [display(n) for n in names], "clean": before.scores[0], "perturbed": after.scores[0]})
 table["change"] = table["perturbed"] - table["clean"]
 st.dataframe(table.sort_values("clean", ascending=False).round(3), hide_index=True)
+
+settings = {"model": name, "architecture": cfg.arch, "weights fingerprint": model_fingerprint_cached(name),
+            "clip": clip.name, "window start (s)": f"{clip.offset_s:g}", "sample rate (Hz)": clip.sample_rate,
+            "attack": f"PGD-{steps}" if steps > 1 else "FGSM", "what it tries": LOSSES[objective],
+            "eps (L-inf, full scale)": f"{eps:g}", "seed": seed, "measured SNR (dB)": f"{snr:.1f}",
+            "top-1 before / after": f"{display(names[top_b])} / {display(names[top_a])}"}
+if target_class is not None:
+    settings["target species"] = display(names[target_class])
+report = lambda: html_report(f"Attack on {clip.name}", [  # noqa: E731  (built only when the button is clicked)
+    ("Settings", [settings]),
+    ("Listen", [Audio(clip.waveform, clip.sample_rate, "clean"), Audio(adv, clip.sample_rate, "perturbed (same level)"),
+                Audio(delta, clip.sample_rate, f"perturbation x {gain} (+{20 * np.log10(gain):.0f} dB)", gain=float(gain))]),
+    ("Spectrograms", [spectrogram_figure(db_c, fe, title="clean", zmin=zmin, zmax=zmax, height=340),
+                      spectrogram_figure(db_a, fe, title="perturbed", zmin=zmin, zmax=zmax, height=340)]),
+    ("Scores", [bars, table.sort_values("clean", ascending=False)]),
+], footer=getattr(cfg, "licence", "") or "")
+st.download_button("Download a report of this attack (one HTML file)", report, file_name=f"{safe_name(clip.name).rsplit('.', 1)[0]}_attack_report.html",
+                   mime="text/html", key="attack_report")
 
 if before.prototype_activations is not None:
     st.subheader("Prototype activations that changed most")

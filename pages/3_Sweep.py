@@ -24,7 +24,7 @@ from core.sweep import (
     sweep_table,
 )
 from ui.common import clip_picker, get_dataset, get_model, model_label
-from ui.plots import METRIC_LABELS, budget_label, robustness_curves, success_note
+from ui.plots import CHART_CONFIG, METRIC_LABELS, budget_label, robustness_curves, success_note
 
 st.set_page_config(page_title="Sweep · birdshield", page_icon="🐦", layout="wide")
 st.title("Sweep: watch robustness fall as the budget grows")
@@ -227,7 +227,7 @@ default = [m for m in ("cmap", "success_rate", "tars", "snr_db") if m in availab
 chosen = st.multiselect("Metrics", available, default=default, format_func=lambda m: METRIC_LABELS.get(m, m), key="sweep_metrics")
 cols = st.columns(2)
 for i, metric in enumerate(chosen):
-    cols[i % 2].plotly_chart(robustness_curves(summary, metric), key=f"sweep_curve_{metric}")
+    cols[i % 2].plotly_chart(robustness_curves(summary, metric), config=CHART_CONFIG, key=f"sweep_curve_{metric}")
 st.caption(success_note(summary, thresholds))
 if summary["cmap"].isna().all():
     st.caption("cmAP, ROC-AUC and top-1 need true labels and at least 2 clips (a single clip's average precision is 1 "

@@ -17,7 +17,7 @@ from core.metrics import snr_db
 from core.models.registry import has_prototypes
 from core.sweep import ClipSet, dataset_clips
 from ui.common import audio_player, dataset_status_message, get_dataset, require_model, selected_points
-from ui.plots import logmel_db, spectrogram_figure
+from ui.plots import CHART_CONFIG, logmel_db, spectrogram_figure
 
 st.set_page_config(page_title="Embeddings · birdshield", page_icon="🐦", layout="wide")
 st.title("Embeddings: where clips sit, and where an attack drags them")
@@ -176,7 +176,7 @@ if anchors is not None:
                              hovertemplate="%{text}<extra></extra>"))
 fig.update_layout(height=620, margin=dict(l=10, r=10, t=30, b=10), xaxis_title="UMAP 1", yaxis_title="UMAP 2",
                   dragmode="lasso", legend=dict(itemsizing="constant"))
-event = st.plotly_chart(fig, on_select="rerun", selection_mode=("points", "box", "lasso"), key="emb_plot")
+event = st.plotly_chart(fig, on_select="rerun", selection_mode=("points", "box", "lasso"), config=CHART_CONFIG, key="emb_plot")
 
 # -- metrics ----------------------------------------------------------------------------------------
 
@@ -221,7 +221,7 @@ with cols[0]:
     audio_player(wave, sr, label="clean")
     clean_chart = st.empty()  # drawn once the adversarial clip is known: both share one colour range
 if adv_coords is None:
-    clean_chart.plotly_chart(spectrogram_figure(db_clean, cfg.frontend, title="clean", height=300), key="emb_spec_clean")
+    clean_chart.plotly_chart(spectrogram_figure(db_clean, cfg.frontend, title="clean", height=300), config=CHART_CONFIG, key="emb_spec_clean")
 else:
     s = res["settings"]
     if i not in res["adversarial"]:
@@ -234,8 +234,8 @@ else:
     db_adv = logmel_db(adv, cfg.frontend)
     zmin, zmax = float(min(db_clean.min(), db_adv.min())), float(max(db_clean.max(), db_adv.max()))
     clean_chart.plotly_chart(spectrogram_figure(db_clean, cfg.frontend, title="clean", height=300, zmin=zmin, zmax=zmax),
-                             key="emb_spec_clean")
+                             config=CHART_CONFIG, key="emb_spec_clean")
     with cols[1]:
         audio_player(adv, sr, label=f"adversarial ({s[5]}, eps {s[6]:g}, SNR {float(snr_db(wave, adv)):.1f} dB): predicted {display(adv_pred[i])}")
         st.plotly_chart(spectrogram_figure(db_adv, cfg.frontend, title="adversarial", height=300, zmin=zmin, zmax=zmax),
-                        key="emb_spec_adv")
+                        config=CHART_CONFIG, key="emb_spec_adv")

@@ -14,7 +14,8 @@ from core.shift import summarize_shift
 from core.sweep import parse_float_list, summarize
 from core.worstcase import masking_check, worst_case_label
 from ui.common import card_or_none, dataset_status_message, get_dataset, get_model, model_fingerprint_cached
-from ui.plots import METRIC_LABELS, robustness_curves, success_note
+from ui.export import html_report
+from ui.plots import CHART_CONFIG, METRIC_LABELS, robustness_curves, success_note
 
 st.set_page_config(page_title="Compare models · birdshield", page_icon="🐦", layout="wide")
 st.title("Compare models: ordinary vs adversarial training")
@@ -131,6 +132,19 @@ st.dataframe(summary, hide_index=True, width="stretch",
 st.caption("cmAP clean/noise/gain/mixup: all windows of the split; PGD and targeted columns: the attacked windows. "
            "train min: on this 2-core CPU; for AT models, the adversarial fine-tuning on top of their OT model.")
 st.download_button("Summary as CSV", summary.to_csv(index=False).encode(), "compare_summary.csv", "text/csv", key="cmp_dl_summary")
+report_rob = result.robustness
+report_attack = "pgd"
+if "attack" in report_rob:
+    report_attack = "worst-case" if (report_rob["attack"] == "worst-case").any() else "pgd"
+    report_rob = report_rob[report_rob["attack"] == report_attack]
+report_settings = {**{k: str(v) for k, v in result.settings.to_dict().items()}, "computed in (min)": f"{result.seconds / 60:.1f}",
+                   "device": result.info.get("device", "?")}
+st.download_button("Report of this comparison (one HTML file)",
+                   lambda: html_report("Model comparison", [("Settings", [report_settings]), ("Weights", [dict(result.fingerprints)]),
+                                                    ("Summary", [summary]),
+                                                    ("Attack success per budget (" + report_attack + ")",
+                                                     [robustness_curves(summarize(report_rob), "success_rate")])]),
+                   file_name="compare_report.html", mime="text/html", key="cmp_report")
 
 tab_shift, tab_rob, tab_tgt, tab_proto = st.tabs(["Clean and shifted", "Robustness curves", "Targeted embedding attack", "Prototype stability"])
 
@@ -139,7 +153,7 @@ with tab_shift:
     fig = px.bar(sh, x="model", y="cmap", color="condition", barmode="group", hover_data=["setting", "cmap_change", "n"],
                  labels={"cmap": "cmAP", "condition": "condition"}, height=380)
     fig.update_layout(margin=dict(l=10, r=10, t=30, b=10))
-    st.plotly_chart(fig, width="stretch", key="cmp_shift_fig")
+    st.plotly_chart(fig, width="stretch", config=CHART_CONFIG, key="cmp_shift_fig")
     st.caption("Site noise: a window of another test recording in which BirdNET detects no vocalising animal (its site's "
                "ambient sound; see the README), added at the stated SNR; labels unchanged. "
                "Gain: a level change. Mixup: the clip mixed with a clip of another species (labels: the union). "
@@ -173,7 +187,7 @@ with tab_rob:
     if metric == "set_change_rate" and rob["set_change_rate"].isna().all():
         st.info("No set-change rate here: the worst-case rows keep no scores, and models without a validation threshold "
                 "(BirdNET) have none. Pick PGD or transfer.")
-    st.plotly_chart(robustness_curves(rob, metric, height=420), width="stretch", key="cmp_rob_fig")
+    st.plotly_chart(robustness_curves(rob, metric, height=420), width="stretch", config=CHART_CONFIG, key="cmp_rob_fig")
     st.caption(f"{attack_words.get(which, which)}; L-inf, output space, {rob['n_clips'].max()} windows per model."
                + ("".join(f" {n}: trained at {b}." for n, b in budgets.items() if b)) + " " + success_note(rob, thresholds))
     if not checks.empty:
@@ -186,7 +200,7 @@ with tab_tgt:
     tg = summarize(result.targeted)
     m2 = st.radio("Metric", ["tars", "drs", "prs", "success_rate", "cmap"], horizontal=True, key="cmp_tgt_metric",
                   format_func=lambda m: METRIC_LABELS.get(m, m))
-    st.plotly_chart(robustness_curves(tg, m2, height=380), width="stretch", key="cmp_tgt_fig")
+    st.plotly_chart(robustness_curves(tg, m2, height=380), width="stretch", config=CHART_CONFIG, key="cmp_tgt_fig")
     st.caption("Each clip is pulled towards the feature map of a clip of another species (PGD on the spatial-wise cosine "
                "similarity). DRS compares the representation (prototype activations for AudioProtoPNet, the pooled embedding "
                "otherwise) with the target's; TARS combines PRS and DRS (Heinrich et al. 2023); 1 means unchanged, 0 fully moved. "
@@ -203,7 +217,7 @@ with tab_proto:
         fig = px.bar(stab, x="eps", y="relative_change", color="model", barmode="group", facet_col="objective", log_x=False,
                      labels={"relative_change": "mean |activation change| / mean clean activation", "eps": "eps"}, height=360)
         fig.update_xaxes(type="category", matches=None)  # each attack shows only its own budgets
-        st.plotly_chart(fig, width="stretch", key="cmp_stab_fig")
+        st.plotly_chart(fig, width="stretch", config=CHART_CONFIG, key="cmp_stab_fig")
         p1, p2 = st.columns(2)
         objective = p1.selectbox("Attack", sorted(protos["objective"].unique()), key="cmp_proto_obj")
         eps_choices = sorted(protos.loc[protos["objective"] == objective, "eps"].unique())
@@ -217,7 +231,7 @@ with tab_proto:
                                  hovertemplate="%{x}<br>mean |change| %{y:.3f}<br>clean activation %{customdata[0]:.3f}<extra>" + name + "</extra>"))
         fig.update_layout(barmode="group", height=380, margin=dict(l=10, r=10, t=30, b=10),
                           yaxis_title="mean |activation change| (cosine similarity)", xaxis_title="prototype (class:j)")
-        st.plotly_chart(fig, width="stretch", key="cmp_proto_fig")
+        st.plotly_chart(fig, width="stretch", config=CHART_CONFIG, key="cmp_proto_fig")
         st.caption("Activation: the prototype's maximum cosine similarity over the clip's feature map, in [-1, 1]. "
                    "A stable prototype keeps its activation when the clip is attacked.")
         st.download_button("Per-prototype table (CSV)", protos.to_csv(index=False).encode(), "compare_prototypes.csv", "text/csv",

@@ -11,6 +11,7 @@ from core.errors import CoreError
 from core.models.registry import list_checkpoints
 from core.transfer import TransferSettings, dataset_segments, transfer_segment, transfer_summary, transfer_table
 from ui.common import audio_player, dataset_status_message, get_dataset, get_model, licence_notice
+from ui.plots import CHART_CONFIG
 
 st.set_page_config(page_title="Transfer · birdshield", page_icon="🐦", layout="wide")
 st.title("Transfer: does an attack made on one model fool another?")
@@ -78,7 +79,7 @@ if result:
                                    colorbar=dict(title="share")))
         fig.update_layout(title=title, xaxis_title="scored by (target)", yaxis_title="made on (source)", height=360, margin=dict(t=50, b=40))
         fig.update_yaxes(autorange="reversed")  # the white-box diagonal runs from top left to bottom right
-        holder.plotly_chart(fig, key=f"tr_heat_{col}")
+        holder.plotly_chart(fig, config=CHART_CONFIG, key=f"tr_heat_{col}")
     snr = summary.groupby("source")["median_snr_db"].first()
     st.caption(f"{int(summary['segments'].iloc[0])} recordings, eps {result['settings'].eps:g}; median SNR of the perturbation per "
                "source: " + ", ".join(f"{k} {v:.1f} dB" for k, v in snr.items()) + ". The diagonal is the white-box attack.")

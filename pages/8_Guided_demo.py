@@ -11,7 +11,7 @@ from core.metrics import eps_for_snr, snr_db
 from core.models.registry import has_prototypes, list_checkpoints
 from ui.common import audio_player, get_dataset, get_model, licence_notice, load_recording, model_label
 from ui.glossary import help_text
-from ui.plots import logmel_db, score_bars, similarity_overlay, spectrogram_figure
+from ui.plots import CHART_CONFIG, logmel_db, score_bars, similarity_overlay, spectrogram_figure
 
 st.set_page_config(page_title="Guided demo · birdshield", page_icon="🐦", layout="wide")
 st.title("Guided demonstration: how a whisper fools a bird classifier")
@@ -87,7 +87,7 @@ st.markdown(f"A recording from xeno-canto (**{pick['recording_id']}**, {offset_s
             f"score {scores.max():.2f}.")
 audio_player(clip, sr, label="listen: the song as recorded")
 st.plotly_chart(spectrogram_figure(logmel_db(clip, cfg.frontend), cfg.frontend, title="what the sound looks like (time x pitch)",
-                                   offset_s=offset_s, height=300), key="demo_spec")
+                                   offset_s=offset_s, height=300), config=CHART_CONFIG, key="demo_spec")
 next_button("Next: what does the model look at?", 2)
 
 if step >= 2:
@@ -103,7 +103,7 @@ if step >= 2:
                     f"below matched best (similarity {acts[j]:.2f} of 1): the bright area is where the model found it.")
         st.plotly_chart(similarity_overlay(logmel_db(clip, cfg.frontend), clean.similarity_maps[0, j], cfg.frontend,
                                            title=f"where Sedge Warbler pattern {j} matches", offset_s=offset_s, height=300),
-                        key="demo_overlay")
+                        config=CHART_CONFIG, key="demo_overlay")
         src = {p["prototype"]: p for p in model.card.get("prototypes", [])}.get(j)
         if src:
             st.caption(f"The pattern was taken from recording {src['recording_id']} at {src['t_start_s']:.1f} s, "
@@ -158,7 +158,7 @@ if step >= 5:
         st.warning(f"At {snr_target} dB the model resisted: it still says {display(now)}. Try a louder change "
                    "(a lower number above) — how much it takes is itself the measure of robustness.")
     st.plotly_chart(score_bars(classes, scores, compare=after, labels=("original", "with the change"),
-                               title="scores before and after"), key="demo_scores")
+                               title="scores before and after"), config=CHART_CONFIG, key="demo_scores")
     st.markdown("**What it means.** A classifier can be steered by sound changes far below what people notice. "
                 "Adversarially trained models and the worst-case robustness figures are on the Compare page; the "
                 "Sweep page shows how the effect grows with the size of the change.")

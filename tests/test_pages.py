@@ -44,6 +44,8 @@ def test_clip_page_dataset_clip(data_dir):
     bars = [t for c in at.get("plotly_chart") for t in json.loads(c.proto.spec)["data"] if t.get("type") == "bar"]
     assert bars and "Great Tit" in bars[0]["x"] and "parmaj" not in bars[0]["x"]  # English names on the axis, codes in the hover
     assert any("held-out validation recordings" in c.value for c in at.caption)
+    configs = [json.loads(c.proto.config) for c in at.get("plotly_chart")]
+    assert configs and all(c["toImageButtonOptions"]["format"] == "svg" for c in configs)  # every chart saves as SVG
     assert not at.error
 
 
@@ -575,3 +577,34 @@ def test_guided_demo_walks_from_sedge_to_marsh_warbler(data_dir):
         assert at.success and "Marsh Warbler" in at.success[0].value
     else:  # reported honestly, not dressed up
         assert at.warning and "resisted" in at.warning[0].value
+
+
+def test_html_report_is_self_contained_and_carries_settings_audio_and_figures():
+    import pandas as pd
+
+    from ui.export import Audio, html_report
+    from ui.plots import score_bars
+
+    x = tone(2500, 1.0, 32_000, amp=0.2)
+    doc = html_report("Attack on t.wav", [("Settings", [{"model": "protopnet", "eps": "0.001"}]),
+                                          ("Listen", [Audio(x, 32_000, "clean"), Audio(x * 0.5, 32_000, "perturbed")]),
+                                          ("Scores", [score_bars(["parmaj", "acrsch"], np.array([0.7, 0.2])),
+                                                      pd.DataFrame({"species": ["Great Tit"], "clean": [0.7]}), "a <b>note</b>"])])
+    assert doc.startswith("<!DOCTYPE html>") and doc.count("<audio controls src='data:audio/wav;base64,") == 2
+    assert "<td>eps</td><td>0.001</td>" in doc and "Great Tit" in doc and "a &lt;b&gt;note&lt;/b&gt;" in doc
+    assert doc.count("plotly.js v") == 1 and "<script src=" not in doc  # plotly.js embedded once, no script fetched when opened
+
+
+def test_attack_page_offers_a_report_download():
+    buf = io.BytesIO()
+    sf.write(buf, tone(2500, 5.0, 32_000, amp=0.2) + np.float32(0), 32_000, format="WAV")
+    at = AppTest.from_file(str(ROOT / "pages" / "2_Attack.py"), default_timeout=TIMEOUT)
+    at.session_state["model_name"] = "protopnet"
+    at.run()
+    at.radio(key="attack_source").set_value("Upload").run()
+    at.file_uploader(key="attack_upload").set_value(("tone.wav", buf.getvalue(), "audio/wav")).run()
+    at.number_input(key="attack_steps").set_value(2).run()
+    at.button(key="attack_run").click().run()
+    no_exception(at)
+    labels = [b.label for b in at.get("download_button")]
+    assert "Download a report of this attack (one HTML file)" in labels

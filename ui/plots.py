@@ -10,6 +10,9 @@ import torch
 
 from core.frontend import FrontendConfig, LogMel
 
+#: Plotly's camera button saves a vector SVG (for papers and slides); PNG stays one right-click away in the browser.
+CHART_CONFIG = {"toImageButtonOptions": {"format": "svg", "scale": 1}, "displaylogo": False}
+
 
 def logmel_db(waveform: np.ndarray, config: FrontendConfig) -> np.ndarray:
     """Log-mel [dB] ``(n_mels, n_frames)`` of a clip (pads clips shorter than n_fft)."""
