@@ -97,13 +97,10 @@ def test_attack_page_runs_attack():
 
 
 def test_attack_page_makes_the_model_say_a_chosen_species():
-    buf = io.BytesIO()
-    sf.write(buf, tone(2500, 5.0, 32_000, amp=0.2) + np.float32(0), 32_000, format="WAV")
     at = AppTest.from_file(str(ROOT / "pages" / "2_Attack.py"), default_timeout=TIMEOUT)
     at.session_state["model_name"] = "protopnet"
     at.run()
-    at.radio(key="attack_source").set_value("Upload").run()
-    at.file_uploader(key="attack_upload").set_value(("tone.wav", buf.getvalue(), "audio/wav")).run()
+    _upload_tone(at, "attack")
     at.radio(key="attack_objective_False").set_value("output-targeted-margin").run()
     at.selectbox(key="attack_target_species").set_value("acrpal").run()
     at.number_input(key="attack_eps").set_value(0.01).run()
@@ -596,13 +593,10 @@ def test_html_report_is_self_contained_and_carries_settings_audio_and_figures():
 
 
 def test_attack_page_offers_a_report_download():
-    buf = io.BytesIO()
-    sf.write(buf, tone(2500, 5.0, 32_000, amp=0.2) + np.float32(0), 32_000, format="WAV")
     at = AppTest.from_file(str(ROOT / "pages" / "2_Attack.py"), default_timeout=TIMEOUT)
     at.session_state["model_name"] = "protopnet"
     at.run()
-    at.radio(key="attack_source").set_value("Upload").run()
-    at.file_uploader(key="attack_upload").set_value(("tone.wav", buf.getvalue(), "audio/wav")).run()
+    _upload_tone(at, "attack")
     at.number_input(key="attack_steps").set_value(2).run()
     at.button(key="attack_run").click().run()
     no_exception(at)
