@@ -105,5 +105,5 @@ else:
     st.success(f"{ds.root}: {len(ds)} recordings ({on_disk} on disk), {len(ds.class_names)} species.")
     st.dataframe(pd.DataFrame([{"code": c, "species": ds.display_name(c),
                                 **{s: sum(c in r.labels for r in ds.split(s)) for s in ("train", "val", "test")}}
-                               for c in ds.class_names]), hide_index=True)
+                               for c in ds.class_names]), hide_index=True, width="stretch")
     st.caption("Recordings from xeno-canto.org under their recordists' Creative Commons licences (see manifest.csv).")

@@ -26,6 +26,7 @@ from core.analyze import (
 )
 from core.errors import CoreError
 from core.models.registry import list_checkpoints
+from ui.common import STAY_ON_PAGE as STAY
 from ui.common import audio_player, default_model, get_dataset, get_model, model_label
 from ui.glossary import help_text
 from ui.plots import CHART_CONFIG
@@ -95,6 +96,8 @@ st.session_state["field_file"] = {"path": path, "name": display_name, "kind": st
 
 results = st.session_state.setdefault("field_results", {})
 todo = [m for m in chosen if (path, m) not in results]
+if todo:
+    st.caption(STAY)
 if todo and st.button(f"Analyse {display_name} with {', '.join(todo)}", type="primary", key="field_run"):
     bar = st.progress(0.0, text="starting")
     for i, m in enumerate(todo):

@@ -61,7 +61,7 @@ with right:
         st.caption("Trained with the asymmetric loss (as AudioProtoPNet): scores run high and are not calibrated "
                    "probabilities; compare them across species rather than against 0.5.")
     top = np.argsort(-scores)[:3]
-    st.dataframe(pd.DataFrame({"species": [display(names[i]) for i in top], "score": scores[top].round(3)}), hide_index=True)
+    st.dataframe(pd.DataFrame({"species": [display(names[i]) for i in top], "score": scores[top].round(3)}), hide_index=True, width="stretch")
 
 if uses_birdnet(cfg):
     st.subheader("What BirdNET sees")
@@ -94,7 +94,7 @@ if cfg.arch == "birdnet":
                 st.error(str(exc))
         top = top_species(model, res.windows[0], k=10, allowed=allowed)
         st.dataframe(pd.DataFrame(top).rename(columns={"english_name": "species", "scientific_name": "scientific name"})
-                     [["species", "scientific name", "score"]].round(3), hide_index=True)
+                     [["species", "scientific name", "score"]].round(3), hide_index=True, width="stretch")
 
 if res.similarity_maps is None:
     st.info(f"{name} is a black-box model (no prototypes). Choose an AudioProtoPNet model to see explanations.")

@@ -121,7 +121,7 @@ bars = score_bars(names, before.scores[0], compare=after.scores[0], title="Score
 st.plotly_chart(bars, config=CHART_CONFIG, key="attack_scores")
 table = pd.DataFrame({"species": [display(n) for n in names], "clean": before.scores[0], "perturbed": after.scores[0]})
 table["change"] = table["perturbed"] - table["clean"]
-st.dataframe(table.sort_values("clean", ascending=False).round(3), hide_index=True)
+st.dataframe(table.sort_values("clean", ascending=False).round(3), hide_index=True, width="stretch")
 
 settings = {"model": name, "architecture": cfg.arch, "weights fingerprint": model_fingerprint_cached(name),
             "clip": clip.name, "window start (s)": f"{clip.offset_s:g}", "sample rate (Hz)": clip.sample_rate,
@@ -148,4 +148,4 @@ if before.prototype_activations is not None:
     order = np.argsort(-np.abs(pb - pa))[:10]
     st.dataframe(pd.DataFrame({"prototype": order, "class": [display(names[j // k]) for j in order],
                                "clean": pa[order], "perturbed": pb[order], "change": (pb - pa)[order]}).round(3),
-                 hide_index=True)
+                 hide_index=True, width="stretch")

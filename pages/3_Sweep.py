@@ -23,6 +23,7 @@ from core.sweep import (
     summarize,
     sweep_table,
 )
+from ui.common import STAY_ON_PAGE as STAY
 from ui.common import clip_picker, get_dataset, get_model, model_label
 from ui.plots import CHART_CONFIG, METRIC_LABELS, budget_label, robustness_curves, success_note
 
@@ -127,6 +128,7 @@ with st.expander("Set up a sweep", expanded="sweep_result" not in st.session_sta
         species = s2.selectbox("Species", ds.class_names, format_func=display, key="sweep_species") if clip_mode == "A species" else None
         max_clips = int(s3.number_input("at most N clips (5 s windows)", min_value=1, max_value=MAX_CLIPS, value=8, key="sweep_max_clips"))
     run = st.button("Run sweep", type="primary", key="sweep_run", disabled=not models)
+    st.caption(STAY + " A sweep from the command line (`python -m core sweep`) resumes where it stopped.")
 
     if run:
         try:

@@ -16,6 +16,7 @@ from core.errors import CoreError
 from core.metrics import snr_db
 from core.models.registry import has_prototypes
 from core.sweep import ClipSet, dataset_clips
+from ui.common import STAY_ON_PAGE as STAY
 from ui.common import audio_player, dataset_status_message, get_dataset, require_model, selected_points
 from ui.plots import CHART_CONFIG, logmel_db, spectrogram_figure
 
@@ -67,6 +68,7 @@ with st.form("emb_form"):
     steps = int(a4.number_input("steps", min_value=1, max_value=100, value=10, key="emb_steps"))
     show_protos = a5.checkbox("Show prototypes", value=has_prototypes(cfg), key="emb_protos", disabled=not has_prototypes(cfg))
     submitted = st.form_submit_button("Compute map", type="primary")
+    st.caption(STAY + " Finished maps are cached on disk.")
 
 settings = (name, split, tuple(species), max_clips, with_attack, attack_name, float(eps), steps)
 if submitted:

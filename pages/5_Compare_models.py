@@ -13,6 +13,7 @@ from core.models.registry import list_checkpoints
 from core.shift import summarize_shift
 from core.sweep import parse_float_list, summarize
 from core.worstcase import masking_check, worst_case_label
+from ui.common import STAY_ON_PAGE as STAY
 from ui.common import card_or_none, dataset_status_message, get_dataset, get_model, model_fingerprint_cached
 from ui.export import html_report
 from ui.plots import CHART_CONFIG, METRIC_LABELS, robustness_curves, success_note
@@ -69,6 +70,7 @@ b1, b2 = st.columns([1, 3])
 note = b2.empty()  # replaced once a run finishes, so no stale "no stored result" box stays
 label = "Recompute" if result is not None else "Compute"
 go_compute = b1.button(label, type="primary" if result is None else "secondary", key="cmp_compute", disabled=ds is None)
+b1.caption(STAY)
 if ds is None:
     note.info(dataset_status_message())
 elif result is None:

@@ -10,6 +10,7 @@ import streamlit as st
 from core.errors import CoreError
 from core.models.registry import list_checkpoints
 from core.transfer import TransferSettings, dataset_segments, transfer_segment, transfer_summary, transfer_table
+from ui.common import STAY_ON_PAGE as STAY
 from ui.common import audio_player, dataset_status_message, get_dataset, get_model, licence_notice
 from ui.plots import CHART_CONFIG
 
@@ -50,6 +51,7 @@ except CoreError as exc:
 for m in loaded.values():
     licence_notice(m)
 
+st.caption(STAY)
 if st.button("Run transfer table", type="primary", key="tr_run"):
     bar = st.progress(0.0, text="Attacking…")
     try:

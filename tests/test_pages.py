@@ -146,6 +146,7 @@ def test_sweep_page_single_clip_two_models():
     at = AppTest.from_file(str(ROOT / "pages" / "3_Sweep.py"), default_timeout=TIMEOUT).run()
     no_exception(at)
     assert at.multiselect(key="sweep_models").value == ["baseline", "protopnet"]  # the default pair: black box vs interpretable
+    assert any("Stay on this page while it runs" in c.value for c in at.caption)  # a run is not lost silently
     _upload_tone(at, "sweep")
     at.number_input(key="sweep_steps").set_value(2).run()
     at.text_input(key="sweep_grid_eps").set_value("0, 1e-3, 2e-2").run()

