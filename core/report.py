@@ -160,7 +160,8 @@ def model_table_markdown(cards: dict[str, dict], labels: dict[str, str], referen
 def compare_markdown(result, labels: dict[str, str]) -> str:
     """The README's comparison table: clean/shifted cmAP, attacked cmAP and success per eps, TARS, prototype change.
 
-    Attacked figures are the worst case over attacks when the comparison has it (``settings.strong``), else PGD.
+    cmAP under attack is PGD's (BCE against the labels); success is the worst case over attacks when the comparison
+    has it (``settings.strong``), else PGD's.
 
     Parameters
     ----------
@@ -170,16 +171,16 @@ def compare_markdown(result, labels: dict[str, str]) -> str:
     from core.compare import model_summary
 
     s = model_summary(result).set_index("model")
-    word = "worst" if any(c.startswith("cmAP worst eps ") for c in s.columns) else "PGD"
-    eps = [c.removeprefix(f"cmAP {word} eps ") for c in s.columns if c.startswith(f"cmAP {word} eps ")]
+    word = "worst" if any(c.startswith("success worst eps ") for c in s.columns) else "PGD"
+    eps = [c.removeprefix("cmAP PGD eps ") for c in s.columns if c.startswith("cmAP PGD eps ")]
     tgt = [c for c in s.columns if c.startswith("TARS targeted eps ")][-1:]
-    head = ("| model | recipe | clean | bird-free noise 10 dB | mixup | " + " | ".join(f"{word} cmAP {e}" for e in eps)
-            + " | " + " | ".join(f"success {e}" for e in eps) + " | TARS targeted "
+    head = ("| model | recipe | clean | bird-free noise 10 dB | mixup | " + " | ".join(f"PGD cmAP {e}" for e in eps)
+            + " | " + " | ".join(f"{'worst-case ' if word == 'worst' else ''}success {e}" for e in eps) + " | TARS targeted "
             + tgt[0].removeprefix("TARS targeted eps ") + " | prototype change 1e-04 |")
     lines = [head, "|---|---|" + "---:|" * (3 + 2 * len(eps) + 2)]
     for name, r in s.iterrows():
         cells = [r["recipe"], _f(r["cmAP clean"]), _f(r["cmAP noise"]), _f(r["cmAP mixup"])]
-        cells += [_f(r[f"cmAP {word} eps {e}"]) for e in eps]
+        cells += [_f(r[f"cmAP PGD eps {e}"]) for e in eps]
         cells += [f"{r[f'success {word} eps {e}']:.2f}" for e in eps]
         cells.append(_f(r[tgt[0]]))
         change = r.get("prototype change PGD eps 1e-04", np.nan)

@@ -49,7 +49,9 @@ with st.expander("Settings (a stored result is used when one matches these setti
     steps = int(c3.number_input("PGD steps", min_value=1, max_value=100, value=defaults.steps, key="cmp_steps"))
     seed = int(c4.number_input("seed", min_value=0, max_value=2**31 - 1, value=defaults.seed, key="cmp_seed"))
     strong = st.checkbox("Worst case over attacks (adds a transfer attack, APGD and PGD with restarts on the clips PGD did not break)",
-                         value=defaults.strong, key="cmp_strong")
+                         value=True, key="cmp_strong",
+                         help="On by default: the shipped comparison is the worst case, and PGD alone flatters adversarial training. "
+                              "Off: PGD only, several times faster.")
     e1, e2 = st.columns(2)
     eps_text = e1.text_input("eps grid, untargeted PGD (full-scale amplitude)", ", ".join(f"{e:g}" for e in defaults.epsilons), key="cmp_eps")
     teps_text = e2.text_input("eps grid, targeted embedding-space PGD", ", ".join(f"{e:g}" for e in defaults.target_epsilons), key="cmp_teps")

@@ -277,6 +277,7 @@ def _small_compare_settings(at):
     at.number_input(key="cmp_steps").set_value(1).run()
     at.text_input(key="cmp_eps").set_value("1e-3").run()
     at.text_input(key="cmp_teps").set_value("1e-3").run()
+    at.checkbox(key="cmp_strong").uncheck().run()  # PGD only: seconds, not minutes
 
 
 def test_compare_page_computes_small_comparison_and_finds_it_again(data_dir, empty_compare_store):

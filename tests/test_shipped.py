@@ -90,8 +90,10 @@ def test_control_arm_matches_its_at_models_but_the_adversary(name):
 @pytest.fixture(scope="module")
 def shipped_comparison():
     models = {n: load_checkpoint(n, device="cpu") for n in SHIPPED}
-    result = CompareStore(directory="/nonexistent-birdshield-cache").find(CompareSettings(), {n: model_fingerprint(m) for n, m in models.items()})
-    assert result is not None, "assets/compare holds no comparison for the current weights: run python -m core compare --out assets/compare"
+    result = CompareStore(directory="/nonexistent-birdshield-cache").find(CompareSettings(strong=True),
+                                                                           {n: model_fingerprint(m) for n, m in models.items()})
+    assert result is not None, ("assets/compare holds no comparison for the current weights: "
+                                "run python -m core compare --strong --out assets/compare --update-cards")
     return result, models
 
 
@@ -103,7 +105,9 @@ def test_shipped_comparison_has_every_table_and_the_paper_check(shipped_comparis
     assert set(result.prototypes["model"]) == {"protopnet", "protopnet_ato", "protopnet_ate", "protopnet_ft"}
     assert result.claims is not None and len(result.claims) == 7
     assert set(result.claims["direction"]) <= {"claimed", "opposite", "inconclusive"}
-    assert set(result.robustness["attack"]) == {"pgd"}  # the shipped comparison is PGD-only (the worst case is opt-in)
+    assert set(result.robustness["attack"]) == {"pgd", "transfer", "worst-case"}  # the shipped comparison is the worst case
+    claims = result.claims.set_index("key")
+    assert claims.loc["robust", "unit"] == "top-1 kept" and "worst case over PGD-10" in claims.loc["robust", "measure"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)

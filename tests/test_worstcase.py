@@ -85,6 +85,11 @@ def test_summary_and_card_use_the_worst_case(compared):
     result, _ = compared
     summary = model_summary(result).set_index("model")
     assert (summary["success worst eps 3e-02"] >= summary["success PGD eps 3e-02"]).all()
+    assert not any(c.startswith("cmAP worst") for c in summary.columns)  # the worst case is chosen by top-1, not by cmAP
     card = card_robustness(result, "masked")
-    assert card["attack"].startswith(worst_case_label(2, 3, 2)) and "top-1" in card["attack"]
+    assert card["attack"].startswith("success: " + worst_case_label(2, 3, 2)) and "top-1" in card["attack"]
+    assert "cmAP: under PGD-2" in card["attack"]
+    big = card["by_eps"][-1]
+    assert big["success_rate"] == pytest.approx(summary.loc["masked", f"success worst eps {big['eps']:.0e}"])
+    assert big["cmap"] == pytest.approx(summary.loc["masked", f"cmAP PGD eps {big['eps']:.0e}"])
     assert masking_check(pd.DataFrame(columns=["budget_kind", "attack"])).empty
