@@ -59,7 +59,7 @@ def test_robustness_tables_are_the_stored_sweeps():
     rob = ROOT / "assets" / "robustness"
     labels = {"baseline": "baseline", "protopnet": "AudioProtoPNet"}
     whole = read_table(rob / "sweep_test_pgd10.csv")
-    assert whole["clip"].nunique() == 258 and set(whole["success_definition"]) == {"top-1 species changed"}
+    assert whole["clip"].nunique() == 278 and set(whole["success_definition"]) == {"top-1 species changed"}
     assert block("robustness-sweep") == robustness_markdown(whole, ["baseline", "protopnet"], labels)
     assert block("robustness-minimal-eps") == minimal_eps_markdown(pd.read_csv(rob / "minimal_eps_40_min_eps.csv"), labels)
     tables = {"output-targeted: make Great Tit appear, eps 1e-3": read_table(rob / "targeted_parmaj_add.csv"),
