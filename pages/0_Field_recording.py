@@ -175,7 +175,9 @@ for tab, m in zip(tabs, ready):
             cd = p.get("customdata")
             if cd is not None:
                 picked = int(cd[0] if isinstance(cd, (list, tuple)) else cd)
-        idx = st.number_input("Window", 0, n - 1, value=picked if picked is not None else int(np.argmax(res.scores.max(1))),
+        audible = ~outcomes["outcome"].str.startswith("silence").to_numpy()
+        best = int(np.argmax(np.where(audible, res.scores.max(1), -1.0)))  # the surest window that is not silence
+        idx = st.number_input("Window", 0, n - 1, value=picked if picked is not None else best,
                               key=f"field_window_{m}", help="Window number (0 = the first); the timeline sets it when you click.")
         row = outcomes.iloc[int(idx)]
         st.markdown(f"**Window {int(idx)}**, {row.start_s / 60:.2f} min ({row.start_s:.1f}–{row.end_s:.1f} s): "

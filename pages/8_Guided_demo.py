@@ -99,7 +99,7 @@ if step >= 2:
         protos = np.arange(src_i * k, (src_i + 1) * k)
         j = int(protos[np.argmax(acts[protos] * weights[src_i, protos])])
         st.markdown("The model keeps ten sound patterns per species, each cut from a training recording "
-                    f"(its *prototypes*; {help_text('prototype').lower()}). For this window the Sedge Warbler pattern "
+                    f"(its *prototypes*: {help_text('prototype').rstrip('.').lower()}). For this window the Sedge Warbler pattern "
                     f"below matched best (similarity {acts[j]:.2f} of 1): the bright area is where the model found it.")
         st.plotly_chart(similarity_overlay(logmel_db(clip, cfg.frontend), clean.similarity_maps[0, j], cfg.frontend,
                                            title=f"where Sedge Warbler pattern {j} matches", offset_s=offset_s, height=300),
@@ -117,7 +117,7 @@ if step >= 3:
     eps = float(eps_for_snr(clip, float(snr_target)))
     st.header(f"3. Add noise {snr_target} dB below the song")
     st.markdown(f"An attacker changes every sample of the recording by at most **{eps:.6f}** of full scale "
-                f"(a change {snr_target} dB quieter than the song; {help_text('eps').lower()}). The change is not random: "
+                f"(a change {snr_target} dB quieter than the song; {help_text('eps').rstrip('.').lower()}). The change is not random: "
                 f"it is computed from the model itself to push it towards **Marsh Warbler** (20 steps of projected "
                 "gradient ascent on the Marsh Warbler margin).")
     key = (name, pick["recording_id"], pick["start"], snr_target)
