@@ -44,6 +44,7 @@ __all__ = [
     "detections",
     "iter_windows",
     "level_dbfs",
+    "model_band_hz",
     "no_bird_check",
     "no_bird_markdown",
     "no_bird_note",
@@ -150,6 +151,12 @@ def species_names(class_names, model=None) -> dict[str, tuple[str, str]]:
 
     rows = {r["species_code"]: r for r in dataset_species(SPECIES_CSV)}
     return {c: (rows[c]["scientific_name"], rows[c]["english_name"]) if c in rows else (c, c) for c in class_names}
+
+
+def model_band_hz(model) -> tuple[float, float]:
+    """The band a model hears [Hz], ``(f_min, f_max)`` of its front end (Nyquist when it sets none): a selection's band."""
+    fe = model.config.frontend
+    return float(getattr(fe, "f_min", 0.0) or 0.0), float(getattr(fe, "f_max", None) or fe.sample_rate / 2)
 
 
 def audio_files(path: str | os.PathLike, *, recursive: bool = False) -> list[Path]:

@@ -255,7 +255,7 @@ def cmd_predict(args) -> int:
 def cmd_analyze(args) -> int:
     from tqdm import tqdm
 
-    from core.analyze import analyze_file, audio_files, detections, species_names, to_birdnet_csv, to_raven_table, window_outcomes
+    from core.analyze import analyze_file, audio_files, detections, model_band_hz, species_names, to_birdnet_csv, to_raven_table, window_outcomes
     from core.fileio import atomic_write_text
     from core.models.registry import load_checkpoint
 
@@ -271,8 +271,7 @@ def cmd_analyze(args) -> int:
         raise ParameterError(f"--out must be a directory, got the file {out}")
     model = load_checkpoint(args.model)
     names = species_names(model.config.class_names, model)
-    fe = model.config.frontend
-    band = (float(getattr(fe, "f_min", 0.0) or 0.0), float(getattr(fe, "f_max", None) or fe.sample_rate / 2))
+    band = model_band_hz(model)
     failed = 0
     for f in files:
         bar = tqdm(total=0, unit="s", dynamic_ncols=True, disable=None, desc=f.name)

@@ -17,6 +17,7 @@ from core.analyze import (
     SILENCE_DBFS,
     analyze_file,
     detections,
+    model_band_hz,
     no_bird_note,
     read_segment,
     species_names,
@@ -206,8 +207,7 @@ for tab, m in zip(tabs, ready):
                 st.dataframe(dets.drop(columns=["file"]).rename(columns={"english_name": "species", "species_code": "code"}),
                              hide_index=True, width="stretch")
         stem = Path(display_name).stem
-        fe = model.config.frontend
-        band = (float(getattr(fe, "f_min", 0.0) or 0.0), float(getattr(fe, "f_max", None) or fe.sample_rate / 2))
+        band = model_band_hz(model)
         d1, d2, d3 = st.columns(3)
         d1.download_button("Raven selection table", to_raven_table(dets, low_hz=band[0], high_hz=band[1]),
                            file_name=f"{stem}.{m}.selection.table.txt", mime="text/plain", key=f"field_raven_{m}")

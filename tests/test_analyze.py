@@ -150,6 +150,8 @@ def test_cli_analyses_a_directory_and_keeps_going_past_a_bad_file(tmp_path):
     assert r.returncode == 1 and "b.wav" in r.stderr and "Traceback" not in r.stderr
     assert "a.wav: 11.0 s, 2 windows of 5 s" in r.stdout and "(--threshold)" in r.stdout
     t = pd.read_csv(tmp_path / "out" / "a.BirdNET.selection.table.txt", sep="\t")
+    fe = load_checkpoint("protopnet").config.frontend
+    assert (t["Low Freq (Hz)"] == fe.f_min).all() and (t["High Freq (Hz)"] == fe.f_max).all()  # the band the model hears
     w = pd.read_csv(tmp_path / "out" / "a.windows.csv")
     assert len(w) == 2 and tuple(t.columns) == RAVEN_COLUMNS
     assert len(t) == int(w["n_species"].sum())  # one selection per (window, species) at the threshold
