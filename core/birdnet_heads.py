@@ -660,6 +660,22 @@ def _study_row(row: dict, head: nn.Module, feats: dict, wins: dict, names) -> di
     return row
 
 
+def _fit_head(cfg: HeadConfig, inputs: dict, train_targets: np.ndarray, train_focal: np.ndarray, *,
+              stage: nn.Module | None = None, lr_stage: float = 1e-4):
+    """All of a head's training phases on cached maps: joint (with ``stage`` when given), then for prototype
+    heads the push and the last-layer epochs on the (tuned) features.
+
+    Returns ``(head, feats by split, history, pushed)``; ``pushed`` is :func:`push_head`'s list (empty for a linear head).
+    """
+    head, history = train_head(cfg, inputs["train"], train_targets, train_focal, stage=stage, lr_stage=lr_stage)
+    feats = {s: stage_features(stage, x) for s, x in inputs.items()} if stage is not None else dict(inputs)
+    pushed: list = []
+    if cfg.kind == "prototype":
+        pushed = push_head(head, feats["train"], train_focal)
+        history += train_last_layer(head, cfg, feats["train"], train_targets)
+    return head, feats, history, pushed
+
+
 def finetune_study(dataset: Dataset, *, layer: str = "BLOCK_3-5_ADD", from_layer: str = "BLOCK_3-4_ADD",
                    configs: dict[str, HeadConfig] | None = None, lr_stage: float = 1e-4, progress=None) -> list[dict]:
     """Frozen vs partly fine-tuned backbone: each head trained on ``layer`` with BirdNET frozen, and again with
@@ -695,15 +711,8 @@ def finetune_study(dataset: Dataset, *, layer: str = "BLOCK_3-5_ADD", from_layer
         for tuned in (False, True):
             t0 = time.time()
             stage = BirdNETStage(from_layer, layer, file) if tuned else None
-            if tuned:
-                head, _ = train_head(cfg, by_split["train"][from_layer], wins["train"].targets, focal_tr, stage=stage, lr_stage=lr_stage)
-                feats = {s: stage_features(stage, by_split[s][from_layer]) for s in wins}
-            else:
-                feats = {s: by_split[s][layer] for s in wins}
-                head, _ = train_head(cfg, feats["train"], wins["train"].targets, focal_tr)
-            if cfg.kind == "prototype":
-                push_head(head, feats["train"], focal_tr)
-                train_last_layer(head, cfg, feats["train"], wins["train"].targets)
+            head, feats, _, _ = _fit_head(cfg, {s: by_split[s][from_layer if tuned else layer] for s in wins},
+                                          wins["train"].targets, focal_tr, stage=stage, lr_stage=lr_stage)
             row = {"layer": layer, "head": name, "backbone": f"{from_layer} -> {layer} fine-tuned" if tuned else "frozen",
                    "lr_stage": lr_stage if tuned else 0.0,
                    "stage_parameters": int(sum(q.numel() for q in stage.parameters())) if tuned else 0,
@@ -712,8 +721,9 @@ def finetune_study(dataset: Dataset, *, layer: str = "BLOCK_3-5_ADD", from_layer
     return rows
 
 
-def train_birdnet_head(dataset: Dataset, layer: str, cfg: HeadConfig, *, progress=None):
-    """Train a head on BirdNET's frozen ``layer`` and return the complete model and its card.
+def train_birdnet_head(dataset: Dataset, layer: str, cfg: HeadConfig, *, tuned_from: str | None = None,
+                       lr_stage: float = 1e-4, progress=None):
+    """Train a head on BirdNET's ``layer`` and return the complete model and its card.
 
     Parameters
     ----------
@@ -722,6 +732,13 @@ def train_birdnet_head(dataset: Dataset, layer: str, cfg: HeadConfig, *, progres
     layer : str
         BirdNET layer (:data:`CANDIDATE_LAYERS`).
     cfg : HeadConfig
+    tuned_from : str, optional
+        Fine-tune BirdNET's layers from this layer's output up to ``layer`` jointly
+        with the head (:class:`BirdNETStage`, Adam ``lr_stage``), as
+        :func:`finetune_study` measures; the push and the last-layer epochs then
+        run on the tuned layers' features. Default: BirdNET frozen.
+    lr_stage : float
+        Learning rate of the tuned layers.
 
     Returns
     -------
@@ -741,17 +758,19 @@ def train_birdnet_head(dataset: Dataset, layer: str, cfg: HeadConfig, *, progres
     names = dataset.class_names
     wins = {s: _windows(dataset, s) for s in ("train", "val", "test")}
     file = TFLiteFile(birdnet_files()["model"])
-    feats = {s: extract_features(layer, w, file=file, progress=progress)[layer] for s, w in wins.items()}
     focal_tr = _focal(wins["train"], names)[wins["train"].recording_index]
-    head, history = train_head(cfg, feats["train"], wins["train"].targets, focal_tr)
+    read = tuned_from or layer
+    stage = BirdNETStage(tuned_from, layer, file) if tuned_from else None
+    head, feats, history, pushed = _fit_head(cfg, {s: extract_features(read, w, file=file, progress=progress)[read] for s, w in wins.items()},
+                                             wins["train"].targets, focal_tr, stage=stage, lr_stage=lr_stage)
     arch = "birdnet-protopnet" if cfg.kind == "prototype" else "birdnet-linear"
     config = BirdNETHeadConfig(arch=arch, class_names=tuple(names), layer=layer, channels=int(feats["train"].shape[1]),
-                               prototypes_per_class=cfg.prototypes_per_class)
+                               prototypes_per_class=cfg.prototypes_per_class, tuned_from=tuned_from)
     model = BirdNETHeadModel(config, file)
+    if tuned_from:
+        model.stage.load_state_dict(stage.state_dict())
     card: dict = {}
     if cfg.kind == "prototype":
-        pushed = push_head(head, feats["train"], focal_tr)
-        history += train_last_layer(head, cfg, feats["train"], wins["train"].targets)
         n_rows, n_cols = feats["train"].shape[2:]
         bands = model.row_bands_hz(n_rows)
         w = wins["train"]
@@ -779,7 +798,10 @@ def train_birdnet_head(dataset: Dataset, layer: str, cfg: HeadConfig, *, progres
     card["metrics"] = {s: metrics_from_scores(scores[s], wins[s], names) for s in ("val", "test")}
     card["decision_threshold"] = threshold_entry(scores["val"], wins["val"].targets, dataset.split_scheme)
     card["history"] = history
-    card["train_config"] = {**asdict(cfg), "backbone": f"BirdNET V2.4 up to {layer}, frozen"}
+    backbone = (f"BirdNET V2.4 up to {layer}; {tuned_from} -> {layer} fine-tuned with the head (Adam {lr_stage:g}), "
+                f"the rest frozen" if tuned_from else f"BirdNET V2.4 up to {layer}, frozen")
+    card["train_config"] = {**asdict(cfg), "backbone": backbone, "lr_stage": lr_stage if tuned_from else 0.0,
+                            "stage_parameters": int(sum(q.numel() for q in model.stage.parameters())) if tuned_from else 0}
     card["train_seconds"] = time.time() - t0
     card["licence"] = model.config.licence
     card["data"] = {

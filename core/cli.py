@@ -140,7 +140,10 @@ def cmd_train_head(args) -> int:
     cfg = HeadConfig(kind=args.head, prototypes_per_class=args.prototypes_per_class, epochs=args.epochs, lr=args.lr,
                      loss=args.loss, seed=args.seed)
     layer_tensor(TFLiteFile(birdnet_files()["model"]), args.layer)  # an unknown layer fails before any decoding
-    model, card = train_birdnet_head(open_dataset(args.data_dir), args.layer, cfg)
+    if args.tuned_from:
+        layer_tensor(TFLiteFile(birdnet_files()["model"]), args.tuned_from)
+    model, card = train_birdnet_head(open_dataset(args.data_dir), args.layer, cfg, tuned_from=args.tuned_from,
+                                     lr_stage=args.lr_stage)
     card["command"] = "python -m core " + " ".join(sys.argv[1:])
     out = Path(args.out_dir or CHECKPOINT_DIR) / f"{args.name}.safetensors"
     save_checkpoint(model, out, card)
@@ -716,7 +719,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_dir(cal)
     cal.set_defaults(func=cmd_calibrate)
 
-    th = sub.add_parser("train-head", help="train a prototype or linear head on BirdNET's frozen backbone (cached features)")
+    th = sub.add_parser("train-head", help="train a prototype or linear head on BirdNET's backbone, frozen or partly fine-tuned (cached features)")
     th.add_argument("--name", required=True)
     th.add_argument("--layer", default="ACT_POST")
     th.add_argument("--head", default="prototype", choices=["prototype", "linear"])
@@ -725,6 +728,10 @@ def build_parser() -> argparse.ArgumentParser:
     th.add_argument("--lr", type=float, default=5e-2, help="Adam lr of the prototypes (linear head: of its weights)")
     th.add_argument("--loss", default="asl", choices=["asl", "bce"])
     th.add_argument("--seed", type=int, default=0)
+    th.add_argument("--tuned-from", metavar="LAYER",
+                    help="fine-tune BirdNET's layers from LAYER's output up to --layer with the head (e.g. BLOCK_3-4_ADD); "
+                         "default: BirdNET frozen")
+    th.add_argument("--lr-stage", type=float, default=1e-4, help="Adam learning rate of the tuned layers (default 1e-4)")
     th.add_argument("--out-dir", help="default checkpoints/")
     _add_data_dir(th)
     th.set_defaults(func=cmd_train_head)

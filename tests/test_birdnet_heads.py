@@ -174,3 +174,40 @@ def test_head_model_checkpoint_holds_only_the_head_and_round_trips(arch, tmp_pat
         assert out.similarity_maps is None
     out.logits.sum().backward()  # white-box: gradients reach the waveform
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_tuned_head_checkpoint_holds_the_tuned_stage_and_reproduces_it(birdnet, tmp_path):
+    from safetensors import safe_open
+
+    from core.models.birdnet_proto import BirdNETHeadConfig, BirdNETHeadModel
+    from core.models.registry import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    cfg = BirdNETHeadConfig(arch="birdnet-protopnet", class_names=("aaa", "bbb", "ccc"), layer="BLOCK_3-5_ADD",
+                            channels=108, prototypes_per_class=2, tuned_from="BLOCK_3-4_ADD")
+    model = BirdNETHeadModel(cfg).eval()
+    x = (torch.randn(2, 144_000) * 0.05).requires_grad_(True)
+    with torch.no_grad():  # untouched, the stage continues BirdNET's own graph exactly
+        want = birdnet.intermediates(x, ("BLOCK_3-5_ADD",))["BLOCK_3-5_ADD"]
+        assert torch.allclose(model.forward_features(x), want.flip(2), atol=1e-4)
+        for q in model.stage.parameters():  # as fine-tuning would
+            q.add_(0.01 * torch.randn_like(q))
+        tuned = model.forward_features(x)
+    assert not torch.allclose(tuned, want.flip(2), atol=1e-3)
+    path = save_checkpoint(model, tmp_path / "tuned.safetensors", {"note": "test"})
+    with safe_open(str(path), framework="pt") as f:
+        keys = list(f.keys())
+    stage_keys = [k for k in keys if k.startswith("stage.")]
+    assert stage_keys and all(k.startswith(("head.", "stage.")) for k in keys)
+    n_stage = sum(model.stage.state_dict()[k[6:]].numel() for k in stage_keys)
+    assert 100_000 < n_stage < 400_000  # the last block only, never the whole of BirdNET
+    loaded = load_checkpoint(path, device="cpu")
+    assert loaded.config == cfg and loaded.config.tuned_from == "BLOCK_3-4_ADD"
+    out = loaded.forward_all(x)
+    with torch.no_grad():
+        assert torch.allclose(out.feature_map, tuned, atol=1e-5) and torch.allclose(out.logits, model(x), atol=1e-5)
+    out.logits.sum().backward()  # white-box through the tuned stage too
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    frozen = BirdNETHeadModel(BirdNETHeadConfig(**{**cfg.to_dict(), "tuned_from": None, "frontend": cfg.frontend}))
+    with pytest.raises(RuntimeError, match="outside the head"):  # a tuned checkpoint never loads into a frozen model
+        frozen.load_state_dict(loaded.state_dict())

