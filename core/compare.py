@@ -83,7 +83,10 @@ def model_recipe(name: str, card: dict | None = None) -> tuple[str, str]:
     if arch == "BirdNET V2.4":
         return arch, "pretrained (Cornell Lab)"
     if arch.endswith("on BirdNET"):
-        return arch, f"head on BirdNET's frozen {card['config'].get('layer', '?')}"
+        c = card["config"]
+        if c.get("tuned_from"):
+            return arch, f"head on BirdNET's {c.get('layer', '?')}, {c['tuned_from']} -> {c.get('layer', '?')} fine-tuned"
+        return arch, f"head on BirdNET's frozen {c.get('layer', '?')}"
     adv = card.get("train_config", {}).get("adv", "none" if "train_config" in card else None)
     recipe = {"none": "OT", "at-o": "AT-O", "at-e": "AT-E"}.get(adv, "unknown")
     if recipe == "OT" and card.get("init"):

@@ -27,9 +27,9 @@ from core.analyze import (
 )
 from core.errors import CoreError
 from core.models.registry import list_checkpoints
-from ui.common import STAY_ON_PAGE as STAY
 from ui.common import audio_player, default_model, get_dataset, get_model, model_label
 from ui.glossary import help_text
+from ui.jobs import BACKGROUND, job_panel, running_job, start_job
 from ui.plots import CHART_CONFIG
 
 st.set_page_config(page_title="Field recording · birdshield", page_icon="🐦", layout="wide")
@@ -98,21 +98,41 @@ st.session_state["field_file"] = {"path": path, "name": display_name, "kind": st
 results = st.session_state.setdefault("field_results", {})
 todo = [m for m in chosen if (path, m) not in results]
 if todo:
-    st.caption(STAY)
-if todo and st.button(f"Analyse {display_name} with {', '.join(todo)}", type="primary", key="field_run"):
-    bar = st.progress(0.0, text="starting")
-    for i, m in enumerate(todo):
-        try:
-            model = get_model(m)
+    st.caption(BACKGROUND)
+if todo and st.button(f"Analyse {display_name} with {', '.join(todo)}", type="primary", key="field_run",
+                      disabled=running_job("field") is not None):
+    try:
+        todo_models = {m: get_model(m) for m in todo}
+    except CoreError as exc:
+        st.error(str(exc))
+        todo_models = {}
 
-            def progress(done, total, i=i, m=m):
-                frac = (i + (done / total if total else 0.0)) / len(todo)
-                bar.progress(min(frac, 1.0), text=f"{m}: {done / 60:.1f} of {total / 60:.1f} min")
+    def work(job, todo_models=todo_models, path=path):
+        done, errors = {}, {}
+        for i, (m, model) in enumerate(todo_models.items()):
+            def progress(sec, total, i=i, m=m):
+                job.progress((i + (sec / total if total else 0.0)) / len(todo_models), f"{m}: {sec / 60:.1f} of {total / 60:.1f} min")
 
-            results[(path, m)] = analyze_file(model, path, model_name=m, progress=progress)
-        except CoreError as exc:
-            st.error(f"{m}: {exc}")
-    bar.empty()
+            try:
+                done[(path, m)] = analyze_file(model, path, model_name=m, progress=progress)
+            except CoreError as exc:
+                errors[m] = str(exc)
+        return done, errors
+
+    if todo_models:
+        start_job("field", "Analysis", "Field recording", work)
+
+
+def field_done(out) -> None:
+    done, errors = out
+    st.session_state.setdefault("field_results", {}).update(done)
+    for m, msg in errors.items():
+        st.error(f"{m}: {msg}")
+
+
+if job_panel("field", field_done):
+    st.stop()
+results = st.session_state["field_results"]
 ready = [m for m in chosen if (path, m) in results]
 if not ready:
     st.info("Press **Analyse** to score every window. An hour of audio takes about 2 min per small model on this "

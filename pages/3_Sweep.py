@@ -23,9 +23,63 @@ from core.sweep import (
     summarize,
     sweep_table,
 )
-from ui.common import STAY_ON_PAGE as STAY
 from ui.common import clip_picker, get_dataset, get_model, model_label
+from ui.jobs import BACKGROUND, job_panel, running_job, start_job
 from ui.plots import CHART_CONFIG, METRIC_LABELS, budget_label, robustness_curves, success_note
+
+
+def run_sweeps(job, run_models, inputs, attacks, spec, grid, budget_kind, class_names) -> dict:
+    """The sweep of every model (in a background job: no Streamlit calls here)."""
+    tables, audio = [], {}
+    for mi, (m, model) in enumerate(run_models.items()):
+        inp = inputs[m]
+        x, mask, labels, ids, sr = inp["x"], inp["mask"], inp["labels"], inp["clips"], inp["sample_rate"]
+        atk = attacks[m]
+        device = next(model.parameters()).device
+
+        def progress(done, total, mi=mi, m=m):
+            job.progress((mi + done / total) / len(run_models), f"{m}: {done}/{total} attacks")
+
+        res = run_sweep(atk, model, torch.as_tensor(x, device=device), None if labels is None else torch.as_tensor(labels, device=device),
+                        masks=torch.as_tensor(mask, device=device), keep_waveforms=len(ids) == 1, progress=progress,
+                        **({"epsilons": grid} if budget_kind == "eps" else {"snr_db": grid}))
+        tables.append(sweep_table(res, model=m, attack=atk, clip_ids=ids, class_names=class_names, labels=labels))
+        if len(ids) == 1:
+            n = int(mask[0].sum())
+            audio[m] = [
+                {"budget": budget_label(budget_kind, float(b)), "wav": wav_bytes(res.adversarial[i, 0, :n], sr),
+                 "success": bool(res.success[i, 0]), "snr_db": float(res.snr_db[i, 0]),
+                 "top1": class_names[int(res.scores[i, 0].argmax())]}
+                for i, b in enumerate(res.budgets)
+            ]
+            audio[m].insert(0, {"budget": "clean", "wav": wav_bytes(x[0, :n], sr), "success": False, "snr_db": float("inf"),
+                                "top1": class_names[int(res.clean_scores[0].argmax())]})
+    return {"table": pd.concat(tables, ignore_index=True), "audio": audio, "source": "run", "inputs": inputs, "spec": spec}
+
+
+def minimal_eps_job(job, todo, attacks, inputs) -> pd.DataFrame:
+    """Minimal flipping eps of every clip and model (in a background job: no Streamlit calls here)."""
+    rows = []
+    for mi, (m, model) in enumerate(todo.items()):
+        inp = inputs[m]
+        dev = next(model.parameters()).device
+        lab = None if inp["labels"] is None else torch.as_tensor(inp["labels"], device=dev)
+
+        def progress(done, total, mi=mi, m=m):
+            job.progress((mi + done / max(total, 1)) / len(todo), f"{m}: attack {done} of {total} (decades, then bisection)")
+
+        found = minimal_eps(attacks[m], model, torch.as_tensor(inp["x"], device=dev), lab,
+                            masks=torch.as_tensor(inp["mask"], device=dev), progress=progress)
+        for i, cid in enumerate(inp["clips"]):
+            rows.append({"model": m, "clip": cid, "minimal eps": found["eps"][i], "SNR (dB)": found["snr_db"][i],
+                         "dB_x": found["db_x"][i], "found": bool(found["found"][i])})
+    return pd.DataFrame(rows)
+
+
+def sweep_done(result: dict) -> None:
+    st.session_state["sweep_result"] = result
+    st.session_state.pop("sweep_min_eps", None)
+
 
 st.set_page_config(page_title="Sweep · birdshield", page_icon="🐦", layout="wide")
 st.title("Sweep: watch robustness fall as the budget grows")
@@ -127,8 +181,8 @@ with st.expander("Set up a sweep", expanded="sweep_result" not in st.session_sta
         split = s1.selectbox("Split", ["test", "val", "train"], key="sweep_split")
         species = s2.selectbox("Species", ds.class_names, format_func=display, key="sweep_species") if clip_mode == "A species" else None
         max_clips = int(s3.number_input("at most N clips (5 s windows)", min_value=1, max_value=MAX_CLIPS, value=8, key="sweep_max_clips"))
-    run = st.button("Run sweep", type="primary", key="sweep_run", disabled=not models)
-    st.caption(STAY + " A sweep from the command line (`python -m core sweep`) resumes where it stopped.")
+    run = st.button("Run sweep", type="primary", key="sweep_run", disabled=not models or running_job("sweep") is not None)
+    st.caption(BACKGROUND + " A sweep from the command line (`python -m core sweep`) resumes where it stopped.")
 
     if run:
         try:
@@ -163,43 +217,23 @@ with st.expander("Set up a sweep", expanded="sweep_result" not in st.session_sta
                     prepared[(sr, win)] = {"x": x, "mask": mask, "labels": labels, "clips": ids, "target_waveform": target, "sample_rate": sr}
                 return prepared[(sr, win)]
 
-            tables, audio = [], {}
-            bar = st.progress(0.0, text="Attacking…")
             runnable = [m for m in models if not (objective.startswith("prototype") and not has_prototypes(loaded[m].config))]
             if not runnable:
                 raise CoreError("no selected model supports this objective")
-            for mi, m in enumerate(runnable):
-                model = loaded[m]
-                inp = inputs_for(model)
-                x, mask, labels, ids, sr = inp["x"], inp["mask"], inp["labels"], inp["clips"], inp["sample_rate"]
-                atk = attack_from_options(model, attack=attack, norm=norm, objective=objective, steps=steps, seed=seed,
-                                          target_waveform=inp["target_waveform"], **options)
-                device = next(model.parameters()).device
-
-                def progress(done, total, mi=mi, m=m):
-                    bar.progress((mi + done / total) / len(runnable), text=f"{m}: {done}/{total} attacks")
-
-                res = run_sweep(atk, model, torch.as_tensor(x, device=device), None if labels is None else torch.as_tensor(labels, device=device),
-                                masks=torch.as_tensor(mask, device=device), keep_waveforms=len(ids) == 1, progress=progress,
-                                **({"epsilons": grid} if budget_kind == "eps" else {"snr_db": grid}))
-                tables.append(sweep_table(res, model=m, attack=atk, clip_ids=ids, class_names=class_names, labels=labels))
-                if len(ids) == 1:
-                    n = int(mask[0].sum())
-                    audio[m] = [
-                        {"budget": budget_label(budget_kind, float(b)), "wav": wav_bytes(res.adversarial[i, 0, :n], sr),
-                         "success": bool(res.success[i, 0]), "snr_db": float(res.snr_db[i, 0]),
-                         "top1": class_names[int(res.scores[i, 0].argmax())]}
-                        for i, b in enumerate(res.budgets)
-                    ]
-                    audio[m].insert(0, {"budget": "clean", "wav": wav_bytes(x[0, :n], sr), "success": False, "snr_db": float("inf"),
-                                        "top1": class_names[int(res.clean_scores[0].argmax())]})
-            bar.empty()
+            inputs = {m: inputs_for(loaded[m]) for m in runnable}  # in the script: the clip cache is Streamlit's
+            attacks = {m: attack_from_options(loaded[m], attack=attack, norm=norm, objective=objective, steps=steps, seed=seed,
+                                              target_waveform=inputs[m]["target_waveform"], **options) for m in runnable}
             spec = {"attack": attack, "norm": norm, "objective": objective, "steps": steps, "seed": seed, **options}
-            st.session_state["sweep_result"] = {"table": pd.concat(tables, ignore_index=True), "audio": audio, "source": "run",
-                                                "inputs": {m: inputs_for(loaded[m]) for m in runnable}, "spec": spec}
-            st.session_state.pop("sweep_min_eps", None)
+            run_models = {m: loaded[m] for m in runnable}
+
+            def work(job, run_models=run_models, inputs=inputs, attacks=attacks, spec=spec, grid=grid, budget_kind=budget_kind, class_names=tuple(class_names)):
+                return run_sweeps(job, run_models, inputs, attacks, spec, grid, budget_kind, class_names)
+
+            start_job("sweep", "Sweep", "Sweep", work)
         except CoreError as exc:
             st.error(f"Sweep not run: {exc}")
+
+job_panel("sweep", sweep_done)
 
 with st.expander("Load a saved sweep (CSV or Parquet from `python -m core sweep`)"):
     up = st.file_uploader("Sweep table", type=["csv", "parquet"], key="sweep_table_upload")
@@ -263,30 +297,15 @@ if "inputs" in result:
     st.subheader("Minimal flipping eps")
     st.caption("For each clip, the smallest eps at which the sweep's attack succeeds, found with one attack per decade "
                "from 1e-6 to 0.1, then 7 bisection steps on log(eps) (within 1.8 %).")
-    if st.button("Find minimal eps", key="sweep_min_run"):
-        rows = []
+    if st.button("Find minimal eps", key="sweep_min_run", disabled=running_job("sweep_min") is not None):
         try:
-            todo = list(table["model"].unique())
-            bar = st.progress(0.0, text="Searching…")
-            for mi, m in enumerate(todo):
-                model = get_model(m)
-                inp = result["inputs"][m]
-                atk = attack_from_options(model, target_waveform=inp["target_waveform"], **result["spec"])
-                dev = next(model.parameters()).device
-                lab = None if inp["labels"] is None else torch.as_tensor(inp["labels"], device=dev)
-
-                def progress(done, total, mi=mi, m=m):
-                    bar.progress(min(1.0, (mi + done / max(total, 1)) / len(todo)),
-                                 text=f"{m}: attack {done} of {total} (decades, then bisection)")
-
-                found = minimal_eps(atk, model, torch.as_tensor(inp["x"], device=dev), lab,
-                                    masks=torch.as_tensor(inp["mask"], device=dev), progress=progress)
-                for i, cid in enumerate(inp["clips"]):
-                    rows.append({"model": m, "clip": cid, "minimal eps": found["eps"][i], "SNR (dB)": found["snr_db"][i],
-                                 "dB_x": found["db_x"][i], "found": bool(found["found"][i])})
-            bar.empty()
-            st.session_state["sweep_min_eps"] = pd.DataFrame(rows)
+            todo = {m: get_model(m) for m in table["model"].unique()}
+            attacks = {m: attack_from_options(model, target_waveform=result["inputs"][m]["target_waveform"], **result["spec"])
+                       for m, model in todo.items()}
+            start_job("sweep_min", "Minimal eps search", "Sweep",
+                      lambda job, a=(todo, attacks, result["inputs"]): minimal_eps_job(job, *a))
         except CoreError as exc:
             st.error(f"Search not run: {exc}")
+    job_panel("sweep_min", lambda rows: st.session_state.__setitem__("sweep_min_eps", rows))
     if "sweep_min_eps" in st.session_state:
         st.dataframe(st.session_state["sweep_min_eps"], hide_index=True, width="stretch")

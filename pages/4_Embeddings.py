@@ -16,9 +16,52 @@ from core.errors import CoreError
 from core.metrics import snr_db
 from core.models.registry import has_prototypes
 from core.sweep import ClipSet, dataset_clips
-from ui.common import STAY_ON_PAGE as STAY
 from ui.common import audio_player, dataset_status_message, get_dataset, require_model, selected_points
+from ui.jobs import BACKGROUND, job_panel, start_job
 from ui.plots import CHART_CONFIG, logmel_db, spectrogram_figure
+
+
+def embedding_job(job, model, clips, attack, eps, show_protos, settings) -> dict:
+    """Embeddings, the UMAP map and its metrics, in a background job (no Streamlit calls)."""
+    cfg = model.config
+
+    def progress(stage, done, total):
+        job.progress(0.9 * done / total, f"{'Embedding clean clips' if stage == 'clean' else 'Attacking and embedding'}: {done}/{total}")
+
+    cache = EmbeddingCache()
+    emb = compute_embeddings(model, clips, attack=attack, eps=float(eps) if attack else None, cache=cache, progress=progress)
+    job.progress(0.9, "UMAP…")
+    extra = []
+    if emb.adv_embeddings is not None:
+        extra.append(emb.adv_embeddings)
+    anchors = None
+    if show_protos and has_prototypes(cfg):
+        anchors = prototype_anchors(model, clips.waveforms)  # each prototype at the clip it fires most on
+    key = EmbeddingCache.key("umap", emb.embeddings.tobytes().hex()[:64], len(emb.embeddings), [e.shape for e in extra],
+                             [float(np.asarray(e).sum()) for e in extra])
+    stored = cache.load(key)
+    if stored is None:
+        coords, extra_coords = umap_map(emb.embeddings, extra=extra)
+        cache.save(key, coords=coords, **{f"extra{i}": c for i, c in enumerate(extra_coords)})
+    else:
+        coords, extra_coords = stored["coords"], [stored[f"extra{i}"] for i in range(len(extra))]
+    adv_coords = extra_coords[0] if emb.adv_embeddings is not None else None
+    primary = np.array([s.split(";")[0] for s in clips.species])
+    recordings = recording_ids(clips.clip_ids)  # retrieval ignores pairs of windows from one recording
+    clean_metrics = embedding_metrics(emb.embeddings, primary, groups=recordings)
+    clusters = clean_metrics.pop("clusters", np.zeros(len(primary), int))
+    rows = [{"points": "clean", "space": "embedding", **clean_metrics},
+            {"points": "clean", "space": "UMAP 2-D", **embedding_metrics(coords, primary, metric="euclidean", groups=recordings)}]
+    if adv_coords is not None:
+        rows += [{"points": "adversarial", "space": "embedding", **embedding_metrics(emb.adv_embeddings, primary, groups=recordings)},
+                 {"points": "adversarial", "space": "UMAP 2-D",
+                  **embedding_metrics(adv_coords, primary, metric="euclidean", groups=recordings)}]
+    return {
+        "settings": settings, "clips": clips, "emb": emb, "coords": coords, "adv_coords": adv_coords,
+        "anchors": anchors, "clusters": clusters,
+        "metrics": pd.DataFrame([{k: v for k, v in r.items() if k != "clusters"} for r in rows]), "adversarial": {},
+    }
+
 
 st.set_page_config(page_title="Embeddings · birdshield", page_icon="🐦", layout="wide")
 st.title("Embeddings: where clips sit, and where an attack drags them")
@@ -68,7 +111,7 @@ with st.form("emb_form"):
     steps = int(a4.number_input("steps", min_value=1, max_value=100, value=10, key="emb_steps"))
     show_protos = a5.checkbox("Show prototypes", value=has_prototypes(cfg), key="emb_protos", disabled=not has_prototypes(cfg))
     submitted = st.form_submit_button("Compute map", type="primary")
-    st.caption(STAY + " Finished maps are cached on disk.")
+    st.caption(BACKGROUND + " Finished maps are cached on disk.")
 
 settings = (name, split, tuple(species), max_clips, with_attack, attack_name, float(eps), steps)
 if submitted:
@@ -81,47 +124,11 @@ if submitted:
             if eps <= 0:
                 raise CoreError("eps must be > 0 to add adversarial points")
             attack = make_attack(attack_name, eps=float(eps), steps=steps)
-        bar = st.progress(0.0, text="Embedding…")
-
-        def progress(stage, done, total):
-            bar.progress(done / total, text=f"{'Embedding clean clips' if stage == 'clean' else 'Attacking and embedding'}: {done}/{total}")
-
-        cache = EmbeddingCache()
-        emb = compute_embeddings(model, clips, attack=attack, eps=float(eps) if attack else None, cache=cache, progress=progress)
-        bar.progress(1.0, text="UMAP…")
-        extra = []
-        if emb.adv_embeddings is not None:
-            extra.append(emb.adv_embeddings)
-        anchors = None
-        if show_protos and has_prototypes(cfg):
-            anchors = prototype_anchors(model, clips.waveforms)  # each prototype at the clip it fires most on
-        key = EmbeddingCache.key("umap", emb.embeddings.tobytes().hex()[:64], len(emb.embeddings), [e.shape for e in extra],
-                                 [float(np.asarray(e).sum()) for e in extra])
-        stored = cache.load(key)
-        if stored is None:
-            coords, extra_coords = umap_map(emb.embeddings, extra=extra)
-            cache.save(key, coords=coords, **{f"extra{i}": c for i, c in enumerate(extra_coords)})
-        else:
-            coords, extra_coords = stored["coords"], [stored[f"extra{i}"] for i in range(len(extra))]
-        adv_coords = extra_coords[0] if emb.adv_embeddings is not None else None
-        primary = np.array([s.split(";")[0] for s in clips.species])
-        recordings = recording_ids(clips.clip_ids)  # retrieval ignores pairs of windows from one recording
-        clean_metrics = embedding_metrics(emb.embeddings, primary, groups=recordings)
-        clusters = clean_metrics.pop("clusters", np.zeros(len(primary), int))
-        rows = [{"points": "clean", "space": "embedding", **clean_metrics},
-                {"points": "clean", "space": "UMAP 2-D", **embedding_metrics(coords, primary, metric="euclidean", groups=recordings)}]
-        if adv_coords is not None:
-            rows += [{"points": "adversarial", "space": "embedding", **embedding_metrics(emb.adv_embeddings, primary, groups=recordings)},
-                     {"points": "adversarial", "space": "UMAP 2-D",
-                      **embedding_metrics(adv_coords, primary, metric="euclidean", groups=recordings)}]
-        bar.empty()
-        st.session_state["emb_result"] = {
-            "settings": settings, "clips": clips, "emb": emb, "coords": coords, "adv_coords": adv_coords,
-            "anchors": anchors, "clusters": clusters,
-            "metrics": pd.DataFrame([{k: v for k, v in r.items() if k != "clusters"} for r in rows]), "adversarial": {},
-        }
+        start_job("embeddings", "Map", "Embeddings",
+                  lambda job, a=(model, clips, attack, float(eps), show_protos, settings): embedding_job(job, *a))
     except CoreError as exc:
         st.error(f"Map not computed: {exc}")
+job_panel("embeddings", lambda r: st.session_state.__setitem__("emb_result", r))
 
 res = st.session_state.get("emb_result")
 if not res or res["settings"][0] != name:

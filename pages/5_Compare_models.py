@@ -13,9 +13,9 @@ from core.models.registry import list_checkpoints
 from core.shift import summarize_shift
 from core.sweep import parse_float_list, summarize
 from core.worstcase import masking_check, worst_case_label
-from ui.common import STAY_ON_PAGE as STAY
 from ui.common import card_or_none, dataset_status_message, get_dataset, get_model, model_fingerprint_cached
 from ui.export import html_report
+from ui.jobs import BACKGROUND, job_panel, running_job, start_job
 from ui.plots import CHART_CONFIG, METRIC_LABELS, robustness_curves, success_note
 
 st.set_page_config(page_title="Compare models · birdshield", page_icon="🐦", layout="wide")
@@ -71,8 +71,9 @@ ds = get_dataset()
 b1, b2 = st.columns([1, 3])
 note = b2.empty()  # replaced once a run finishes, so no stale "no stored result" box stays
 label = "Recompute" if result is not None else "Compute"
-go_compute = b1.button(label, type="primary" if result is None else "secondary", key="cmp_compute", disabled=ds is None)
-b1.caption(STAY)
+go_compute = b1.button(label, type="primary" if result is None else "secondary", key="cmp_compute",
+                       disabled=ds is None or running_job("compare") is not None)
+b1.caption(BACKGROUND)
 if ds is None:
     note.info(dataset_status_message())
 elif result is None:
@@ -85,23 +86,19 @@ else:
                f"{result.info.get('n_shift_clips', '?')} clips for clean/shift metrics; computed in {result.seconds / 60:.1f} min "
                f"on {result.info.get('device', '?')}.")
 
-if go_compute and ds is not None:
-    bar = st.progress(0.0, text="Preparing clips…")
+
+
+def compare_job(job, loaded, ds, settings, store) -> str:
+    """The comparison and its paper check, in a background job (no Streamlit calls); returns a note for the page."""
     weights = {"clips": (0.0, 0.05), "shift": (0.05, 0.1), "robustness": (0.15, 0.55), "targeted": (0.7, 0.3)}
 
     def progress(stage, done, total):
         start, span = weights.get(stage, (0.0, 1.0))
-        bar.progress(min(1.0, start + span * done / max(1, total)), text=f"{stage}: {done}/{total}")
+        job.progress(start + span * done / max(1, total), f"{stage}: {done}/{total}")
 
-    try:
-        result = run_compare(loaded, ds, settings, progress=progress)
-        store.save(result)  # saved before anything else can fail
-        bar.empty()
-        note.success(f"Computed and stored in {result.seconds / 60:.1f} min.")
-    except CoreError as exc:
-        bar.empty()
-        st.error(f"Comparison not run: {exc}")
-        st.stop()
+    result = run_compare(loaded, ds, settings, progress=progress)
+    store.save(result)  # saved before anything else can fail
+    msg = f"Computed and stored in {result.seconds / 60:.1f} min."
     if set(ZOO) <= set(result.models) and settings.split == "test":
         from core.papercheck import paper_check
 
@@ -109,7 +106,18 @@ if go_compute and ds is not None:
             result.claims = paper_check(result)
             store.save(result)
         except CoreError as exc:
-            st.warning(f"The comparison is saved, but its paper check failed: {exc}")
+            msg += f" The comparison is saved, but its paper check failed: {exc}"
+    return msg
+
+
+if go_compute and ds is not None:
+    start_job("compare", "Comparison", "Compare models",
+              lambda job, loaded=loaded, ds=ds, settings=settings, store=store: compare_job(job, loaded, ds, settings, store))
+if job_panel("compare", lambda msg: st.session_state.__setitem__("cmp_done_note", msg)):
+    st.stop()
+if st.session_state.get("cmp_done_note"):
+    note.success(st.session_state.pop("cmp_done_note"))
+    result = store.find(settings, fingerprints)
 
 if result is None:
     st.stop()

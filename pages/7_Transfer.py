@@ -10,8 +10,8 @@ import streamlit as st
 from core.errors import CoreError
 from core.models.registry import list_checkpoints
 from core.transfer import TransferSettings, dataset_segments, transfer_segment, transfer_summary, transfer_table
-from ui.common import STAY_ON_PAGE as STAY
 from ui.common import audio_player, dataset_status_message, get_dataset, get_model, licence_notice
+from ui.jobs import BACKGROUND, job_panel, running_job, start_job
 from ui.plots import CHART_CONFIG
 
 st.set_page_config(page_title="Transfer · birdshield", page_icon="🐦", layout="wide")
@@ -51,17 +51,14 @@ except CoreError as exc:
 for m in loaded.values():
     licence_notice(m)
 
-st.caption(STAY)
-if st.button("Run transfer table", type="primary", key="tr_run"):
-    bar = st.progress(0.0, text="Attacking…")
-    try:
-        table = transfer_table(loaded, ds, settings, progress=lambda d, t: bar.progress(d / t, text=f"Attacking… {d}/{t} segments"))
-    except CoreError as exc:
-        bar.empty()
-        st.error(f"Transfer not run: {exc}")
-        st.stop()
-    bar.empty()
-    st.session_state["tr_result"] = {"settings": settings, "models": list(models), "table": table}
+st.caption(BACKGROUND)
+if st.button("Run transfer table", type="primary", key="tr_run", disabled=running_job("transfer") is not None):
+    def work(job, loaded=loaded, settings=settings, models=tuple(models)):
+        table = transfer_table(loaded, ds, settings, progress=lambda d, t: job.progress(d / t, f"{d}/{t} segments"))
+        return {"settings": settings, "models": list(models), "table": table}
+
+    start_job("transfer", "Transfer table", "Transfer", work)
+job_panel("transfer", lambda r: st.session_state.__setitem__("tr_result", r))
 
 result = st.session_state.get("tr_result")
 if result:

@@ -129,6 +129,9 @@ def test_walk_every_page(server, browser, tmp_path, data_dir):
     page = open_page(browser, server)
     assert "birdshield" in page.inner_text("h1")
     check(page, "0_home")
+    nav = [t.strip() for t in page.locator("[data-testid=stSidebarNav] a").all_inner_texts()]
+    assert nav[0] == "Home" and "app" not in nav, nav  # the home page is named, not "app"
+    assert {"Field recording", "Clip", "Attack", "Compare models", "Guided demo", "Glossary"} <= set(nav), nav
 
     # Clip: a dataset clip is shown by default; audio plays; then upload a file
     visit(page, f"{server}/Clip")
@@ -237,24 +240,31 @@ def test_walk_every_page(server, browser, tmp_path, data_dir):
     page.close()
 
 
-def test_second_session_loads_while_first_is_busy(server, browser, data_dir):
+def test_second_session_loads_while_first_is_busy_and_a_run_survives_leaving_its_page(server, browser, data_dir):
     busy = open_page(browser, f"{server}/Sweep")
     busy.get_by_text("Split subset", exact=True).click()
     settle(busy)
     busy.get_by_role("button", name="Run sweep").click()  # 8 clips x 2 models x 6 budgets x PGD-10: tens of seconds
-    busy.wait_for_selector("[data-testid=stStatusWidget]", timeout=30_000)
+    busy.get_by_text("Sweep: ", exact=False).first.wait_for(timeout=30_000)  # its progress bar: the job runs
     start = time.perf_counter()
     other = browser.new_page(viewport={"width": 1400, "height": 1600})
     other.goto(server)
     other.wait_for_selector("h1", timeout=60_000)
     other.get_by_text("Held-out test metrics").wait_for(timeout=60_000)
     loaded_in = time.perf_counter() - start
-    still_busy = busy.locator("[data-testid=stStatusWidget]").count() > 0
+    still_busy = busy.get_by_role("button", name="Cancel").count() > 0
     check(other, "6_second_session")
     assert still_busy, "the first session finished before the second loaded: the check proves nothing"
     assert loaded_in < 60
+    # the first session leaves the page while its sweep runs (the sidebar, as a user does) and comes back to the result
+    busy.locator("[data-testid=stSidebarNav] a", has_text="Glossary").click()
+    busy.get_by_role("heading", name="Glossary", exact=False).first.wait_for(timeout=30_000)
+    assert "Running: Sweep on the Sweep page" in busy.inner_text("[data-testid=stSidebar]")
+    busy.locator("[data-testid=stSidebarNav] a", has_text="Sweep").click()
+    busy.get_by_text("Robustness curves").wait_for(timeout=RUN_TIMEOUT_MS)
+    check(busy, "6_run_survived_leaving")
+    busy.close()
     # the second session does not see the first one's results
     visit(other, f"{server}/Sweep")
     assert other.get_by_text("Set up a sweep and run it").count() == 1
-    busy.close()
     other.close()

@@ -18,6 +18,14 @@ def no_exception(at):
     assert not at.exception, [e.value for e in at.exception]
 
 
+def finish_job(at, key: str, timeout: float = 600):
+    """Wait for the page's background job (ui.jobs) and rerun the page so it collects the result."""
+    job = at.session_state[f"job:{key}"]
+    job.thread.join(timeout)
+    assert not job.running, f"job {key} still running after {timeout} s"
+    return at.run()
+
+
 def test_home():
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
     no_exception(at)
@@ -27,7 +35,17 @@ def test_home():
     table = at.dataframe[0].value
     assert "reference" in set(table["model"])  # kept whatever model is listed last
     heads = table.set_index("model").loc[["birdnet_protopnet", "birdnet_linear"], "training"]
-    assert heads.str.contains("BirdNET's frozen BLOCK_3-5_ADD").all()
+    assert heads["birdnet_linear"] == "head on BirdNET's frozen BLOCK_3-5_ADD"
+    assert heads["birdnet_protopnet"] == "head on BirdNET's BLOCK_3-5_ADD, BLOCK_3-4_ADD -> BLOCK_3-5_ADD fine-tuned"
+
+
+def test_sidebar_names_every_page_as_file_navigation_did():
+    import app
+
+    got = {p.name: app.page_title(p) for p in sorted((ROOT / "pages").glob("*.py"))}
+    assert got["1_Clip.py"] == ("Clip", "Clip") and got["0_Field_recording.py"] == ("Field recording", "Field_recording")
+    assert got["5_Compare_models.py"] == ("Compare models", "Compare_models")
+    assert len({url for _, url in got.values()}) == len(got)  # one address per page
 
 
 def test_clip_page_dataset_clip(data_dir):
@@ -146,11 +164,12 @@ def test_sweep_page_single_clip_two_models():
     at = AppTest.from_file(str(ROOT / "pages" / "3_Sweep.py"), default_timeout=TIMEOUT).run()
     no_exception(at)
     assert at.multiselect(key="sweep_models").value == ["baseline", "protopnet"]  # the default pair: black box vs interpretable
-    assert any("Stay on this page while it runs" in c.value for c in at.caption)  # a run is not lost silently
+    assert any("runs in the background" in c.value for c in at.caption)  # leaving the page does not lose a run
     _upload_tone(at, "sweep")
     at.number_input(key="sweep_steps").set_value(2).run()
     at.text_input(key="sweep_grid_eps").set_value("0, 1e-3, 2e-2").run()
     at.button(key="sweep_run").click().run()
+    finish_job(at, "sweep")
     no_exception(at)
     assert not at.error, [e.value for e in at.error]
     table = at.session_state["sweep_result"]["table"]
@@ -166,6 +185,7 @@ def test_sweep_page_single_clip_two_models():
     assert any("Predicted set changed" in c.value and "protopnet 0." in c.value for c in at.caption)
     # minimal flipping eps for the clip
     at.button(key="sweep_min_run").click().run()
+    finish_job(at, "sweep_min")
     no_exception(at)
     found = at.session_state["sweep_min_eps"]
     assert set(found["model"]) == {"baseline", "protopnet"}
@@ -185,6 +205,7 @@ def test_sweep_page_split_subset_and_bad_grid(data_dir, tmp_path):
     assert at.error and "comma-separated numbers" in at.error[0].value
     at.text_input(key="sweep_grid_snr_db").set_value("40, 20").run()
     at.button(key="sweep_run").click().run()
+    finish_job(at, "sweep")
     no_exception(at)
     assert not at.error
     table = at.session_state["sweep_result"]["table"]
@@ -212,6 +233,7 @@ def test_embeddings_page_map_attack_and_selection(data_dir, tmp_path, monkeypatc
     at.checkbox(key="emb_with_attack").check()
     at.number_input(key="emb_steps").set_value(2)
     at.button[0].click().run()
+    finish_job(at, "embeddings")
     no_exception(at)
     assert not at.error, [e.value for e in at.error]
     res = at.session_state["emb_result"]
@@ -240,6 +262,7 @@ def test_embeddings_page_map_attack_and_selection(data_dir, tmp_path, monkeypatc
     again.checkbox(key="emb_with_attack").check()
     again.number_input(key="emb_steps").set_value(2)
     again.button[0].click().run()
+    finish_job(again, "embeddings")
     no_exception(again)
     assert again.session_state["emb_result"]["emb"].from_cache
 
@@ -289,6 +312,7 @@ def test_compare_page_computes_small_comparison_and_finds_it_again(data_dir, emp
     _small_compare_settings(at)
     assert any("No stored result" in i.value and "allow about" in i.value for i in at.info)
     at.button(key="cmp_compute").click().run()
+    finish_job(at, "compare")
     no_exception(at)
     assert not at.error, [e.value for e in at.error]
     assert not any("No stored result" in i.value for i in at.info)  # the stale box is replaced by the outcome
@@ -415,6 +439,7 @@ def test_sweep_page_birdnet_beside_a_32k_model():
     at.number_input(key="sweep_steps").set_value(2).run()
     at.text_input(key="sweep_grid_eps").set_value("0, 1e-2").run()
     at.button(key="sweep_run").click().run()
+    finish_job(at, "sweep")
     no_exception(at)
     assert not at.error, [e.value for e in at.error]
     res = at.session_state["sweep_result"]
@@ -422,6 +447,7 @@ def test_sweep_page_birdnet_beside_a_32k_model():
     assert res["inputs"]["birdnet"]["x"].shape == (1, 144_000) and res["inputs"]["protopnet"]["x"].shape == (1, 160_000)
     assert [len(res["audio"][m]) for m in ("birdnet", "protopnet")] == [3, 3]
     at.button(key="sweep_min_run").click().run()
+    finish_job(at, "sweep_min")
     no_exception(at)
     assert set(at.session_state["sweep_min_eps"]["model"]) == {"birdnet", "protopnet"}
 
@@ -434,6 +460,7 @@ def test_transfer_page(data_dir):
     at.number_input(key="tr_steps").set_value(2).run()
     at.number_input(key="tr_seconds").set_value(6.0).run()
     at.button(key="tr_run").click().run()
+    finish_job(at, "transfer")
     no_exception(at)
     assert not at.error, [e.value for e in at.error]
     table = at.session_state["tr_result"]["table"]
@@ -456,6 +483,7 @@ def test_embeddings_page_with_birdnet(data_dir, tmp_path, monkeypatch):
     at.checkbox(key="emb_with_attack").check()
     at.number_input(key="emb_steps").set_value(2)
     at.button[0].click().run()
+    finish_job(at, "embeddings")
     no_exception(at)
     assert not at.error, [e.value for e in at.error]
     res = at.session_state["emb_result"]
@@ -478,6 +506,7 @@ def test_field_recording_page_analyses_a_whole_file_and_opens_a_window_on_the_cl
     at.text_input(key="field_path").set_value(str(path)).run()
     at.multiselect(key="field_models").set_value(["protopnet"]).run()
     at.button(key="field_run").click().run()
+    finish_job(at, "field")
     no_exception(at)
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Windows"] == "4 × 5 s" and metrics["Length"] == "0.4 min"

