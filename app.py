@@ -123,7 +123,7 @@ def home() -> None:
 
 if __name__ == "__main__":
     st.set_page_config(page_title="birdshield", page_icon="🐦", layout="wide")
-    pages = [st.Page(home, title="Home", icon="🏠", default=True)]
+    pages = [st.Page(home, title="Home", default=True)]
     for path in sorted((Path(__file__).resolve().parent / "pages").glob("*.py")):
         title, url = page_title(path)
         pages.append(st.Page(f"pages/{path.name}", title=title, url_path=url))

@@ -602,6 +602,74 @@ def push_head(head: PrototypeHead, train_feats: np.ndarray, train_focal: np.ndar
              "time_index": where[j][2], "similarity": float(best[j])} for j in range(head.n_prototypes)]
 
 
+#: Recording id of the synthetic no-bird windows (the version changes when their recipe does: it keys the feature cache).
+NO_BIRD_SYNTHETIC_ID = "no-bird-synthetic-v1"
+
+
+def no_bird_windows(dataset: Dataset, *, n_synthetic: int = 256, seed: int = 1) -> WindowSet:
+    """Training windows that hold no bird (targets all zero): the train split's bird-free site noise and synthetic sounds.
+
+    Site noise: the train-split windows of :func:`core.noisebank.birdfree_bank`
+    (BirdNET detects no animal in them), tiled to 3 s. Synthetic, in equal shares:
+    white noise and pink noise at an RMS level drawn uniformly from -80 to -20 dBFS,
+    and a pure tone (frequency log-uniform 100 Hz-12 kHz, level -40 to -6 dBFS
+    RMS) over pink noise at -80 to -50 dBFS. Only the train split's recordings are
+    used, so the no-bird check's site noise (val and test recordings) stays held
+    out; its synthetic controls (a 3 kHz tone at -20 dBFS, white noise at -30 dBFS,
+    pink noise at -50 dBFS) are of the kinds drawn here, so they are not held out.
+
+    Parameters
+    ----------
+    dataset : Dataset
+    n_synthetic : int >= 0
+        Synthetic windows.
+    seed : int
+
+    Returns
+    -------
+    WindowSet
+        3 s windows at 48 kHz, float32 full-scale amplitude, zero targets; ``recordings``
+        are the site-noise recordings plus one pseudo-recording :data:`NO_BIRD_SYNTHETIC_ID`.
+    """
+    from types import SimpleNamespace
+
+    from core.noisebank import birdfree_bank
+    from core.shift import pink_noise
+
+    if isinstance(n_synthetic, bool) or not isinstance(n_synthetic, int) or n_synthetic < 0:
+        raise ParameterError(f"n_synthetic must be an integer >= 0, got {n_synthetic!r}")
+    n = int(round(BIRDNET_WINDOW_S * BIRDNET_SAMPLE_RATE))
+    rng = np.random.default_rng(seed)
+    waves, rec_index, starts, recordings = [], [], [], []
+    bank = birdfree_bank(dataset, "train", BIRDNET_SAMPLE_RATE, n)
+    for (rec_id, w), start_s in zip(bank, bank.starts_s):
+        if rec_id not in [r.recording_id for r in recordings]:
+            recordings.append(dataset.by_id[rec_id])
+        waves.append(np.resize(w, n))
+        rec_index.append([r.recording_id for r in recordings].index(rec_id))
+        starts.append(int(round(start_s * BIRDNET_SAMPLE_RATE)))
+    synth = len(recordings)
+    recordings.append(SimpleNamespace(recording_id=f"{NO_BIRD_SYNTHETIC_ID}-seed{seed}", labels=(), secondary_labels=()))
+    t = np.arange(n) / BIRDNET_SAMPLE_RATE
+    for i in range(n_synthetic):
+        kind = i % 3
+        if kind == 0:
+            x = rng.standard_normal(n) * 10 ** (rng.uniform(-80, -20) / 20)
+        elif kind == 1:
+            x = pink_noise(n, rng) * 10 ** (rng.uniform(-80, -20) / 20)
+        else:
+            f = np.exp(rng.uniform(np.log(100), np.log(12_000)))
+            x = (np.sqrt(2) * 10 ** (rng.uniform(-40, -6) / 20) * np.sin(2 * np.pi * f * t + rng.uniform(0, 2 * np.pi))
+                 + pink_noise(n, rng) * 10 ** (rng.uniform(-80, -50) / 20))
+        waves.append(np.clip(x, -1, 1).astype(np.float32))
+        rec_index.append(synth)
+        starts.append(i * n)
+    n_classes = len(dataset.class_names)
+    return WindowSet(waveforms=np.stack(waves).astype(np.float32) if waves else np.zeros((0, n), np.float32),
+                     targets=np.zeros((len(waves), n_classes), np.float32), recording_index=np.asarray(rec_index, np.int64),
+                     starts=np.asarray(starts, np.int64), recordings=recordings)
+
+
 def _windows(dataset: Dataset, split: str) -> WindowSet:
     return build_windows(dataset, dataset.split(split), sample_rate=BIRDNET_SAMPLE_RATE, window_s=BIRDNET_WINDOW_S,
                          class_names=dataset.class_names)
@@ -722,7 +790,7 @@ def finetune_study(dataset: Dataset, *, layer: str = "BLOCK_3-5_ADD", from_layer
 
 
 def train_birdnet_head(dataset: Dataset, layer: str, cfg: HeadConfig, *, tuned_from: str | None = None,
-                       lr_stage: float = 1e-4, progress=None):
+                       lr_stage: float = 1e-4, no_bird: int = 0, progress=None):
     """Train a head on BirdNET's ``layer`` and return the complete model and its card.
 
     Parameters
@@ -739,6 +807,10 @@ def train_birdnet_head(dataset: Dataset, layer: str, cfg: HeadConfig, *, tuned_f
         run on the tuned layers' features. Default: BirdNET frozen.
     lr_stage : float
         Learning rate of the tuned layers.
+    no_bird : int >= 0
+        Synthetic no-bird windows added to the training set with all-zero targets,
+        with the train split's bird-free site noise (:func:`no_bird_windows`); 0:
+        windows with birds only.
 
     Returns
     -------
@@ -761,8 +833,14 @@ def train_birdnet_head(dataset: Dataset, layer: str, cfg: HeadConfig, *, tuned_f
     focal_tr = _focal(wins["train"], names)[wins["train"].recording_index]
     read = tuned_from or layer
     stage = BirdNETStage(tuned_from, layer, file) if tuned_from else None
-    head, feats, history, pushed = _fit_head(cfg, {s: extract_features(read, w, file=file, progress=progress)[read] for s, w in wins.items()},
-                                             wins["train"].targets, focal_tr, stage=stage, lr_stage=lr_stage)
+    inputs = {s: extract_features(read, w, file=file, progress=progress)[read] for s, w in wins.items()}
+    targets_tr = wins["train"].targets
+    negatives = no_bird_windows(dataset, n_synthetic=no_bird, seed=cfg.seed + 1) if no_bird else None
+    if negatives is not None:  # appended after the bird windows: the push (focal windows only) never lands on them
+        inputs["train"] = np.concatenate([inputs["train"], extract_features(read, negatives, file=file)[read]])
+        targets_tr = np.concatenate([targets_tr, negatives.targets])
+        focal_tr = np.concatenate([focal_tr, negatives.targets])
+    head, feats, history, pushed = _fit_head(cfg, inputs, targets_tr, focal_tr, stage=stage, lr_stage=lr_stage)
     arch = "birdnet-protopnet" if cfg.kind == "prototype" else "birdnet-linear"
     config = BirdNETHeadConfig(arch=arch, class_names=tuple(names), layer=layer, channels=int(feats["train"].shape[1]),
                                prototypes_per_class=cfg.prototypes_per_class, tuned_from=tuned_from)
@@ -812,6 +890,8 @@ def train_birdnet_head(dataset: Dataset, layer: str, cfg: HeadConfig, *, tuned_f
         "windows": f"{BIRDNET_WINDOW_S:g} s at 48 kHz, non-overlapping, last partial window kept if >= 50 %, zero-padded",
         "split": _split_description(dataset),
         "split_scheme": dataset.split_scheme,
+        "no_bird_negatives": ({"synthetic": no_bird, "site_noise": int(np.sum(negatives.recording_index < len(negatives.recordings) - 1)),
+                               "recipe": "core.birdnet_heads.no_bird_windows (train split only)"} if negatives is not None else None),
         "test_recordings_sha256": _ids_sha256(r.recording_id for r in dataset.split("test")),
     }
     card["device"] = str(get_device())

@@ -142,8 +142,10 @@ def cmd_train_head(args) -> int:
     layer_tensor(TFLiteFile(birdnet_files()["model"]), args.layer)  # an unknown layer fails before any decoding
     if args.tuned_from:
         layer_tensor(TFLiteFile(birdnet_files()["model"]), args.tuned_from)
+    if args.no_bird < 0:
+        raise ParameterError(f"--no-bird must be >= 0, got {args.no_bird}")
     model, card = train_birdnet_head(open_dataset(args.data_dir), args.layer, cfg, tuned_from=args.tuned_from,
-                                     lr_stage=args.lr_stage)
+                                     lr_stage=args.lr_stage, no_bird=args.no_bird)
     card["command"] = "python -m core " + " ".join(sys.argv[1:])
     out = Path(args.out_dir or CHECKPOINT_DIR) / f"{args.name}.safetensors"
     save_checkpoint(model, out, card)
@@ -331,6 +333,37 @@ def cmd_no_bird_check(args) -> int:
     atomic_write_text(out, table.to_csv(index=False, float_format="%.4g"))
     with pd.option_context("display.width", 200):
         print(table.pivot(index="model", columns="signal", values="no_bird_rate").loc[names].to_string(float_format=lambda v: f"{v:.2f}"))
+    print(f"written to {out}")
+    return 0
+
+
+def cmd_threats(args) -> int:
+    import pandas as pd
+
+    from core.data import open_dataset
+    from core.fileio import atomic_write_text
+    from core.models.registry import load_checkpoint
+    from core.sweep import parse_float_list
+    from core.threats import survival_study, survival_summary
+
+    out = Path(args.out)
+    if out.suffix != ".csv":
+        raise ParameterError(f"--out must end in .csv, got {out}")
+    snrs = parse_float_list(args.snr, "--snr")
+    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    models = {n: load_checkpoint(n) for n in names}
+    ds = open_dataset(args.data_dir)
+
+    def progress(done, total):
+        print(f"\r{done}/{total} attack batches", end="", file=sys.stderr, flush=True)
+
+    table = survival_study(models, ds, split=args.split, max_clips=args.max_clips, snr_db=snrs, steps=args.steps,
+                           eot_samples=args.eot_samples, seed=args.seed, progress=progress)
+    print(file=sys.stderr)
+    atomic_write_text(out, table.to_csv(index=False, float_format="%.5g"))
+    summary = survival_summary(table)
+    with pd.option_context("display.width", 220, "display.max_columns", 20):
+        print(summary.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     print(f"written to {out}")
     return 0
 
@@ -732,6 +765,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="fine-tune BirdNET's layers from LAYER's output up to --layer with the head (e.g. BLOCK_3-4_ADD); "
                          "default: BirdNET frozen")
     th.add_argument("--lr-stage", type=float, default=1e-4, help="Adam learning rate of the tuned layers (default 1e-4)")
+    th.add_argument("--no-bird", type=int, default=0, metavar="N",
+                    help="add N synthetic no-bird windows (noise, tones) and the train split's bird-free site noise as "
+                         "negatives (all-zero targets); default 0")
     th.add_argument("--out-dir", help="default checkpoints/")
     _add_data_dir(th)
     th.set_defaults(func=cmd_train_head)
@@ -784,6 +820,18 @@ def build_parser() -> argparse.ArgumentParser:
     nb.add_argument("--out", default="assets/analyze/no_bird.csv")
     _add_data_dir(nb)
     nb.set_defaults(func=cmd_no_bird_check)
+
+    tt = sub.add_parser("threats", help="do attacks survive MP3 at 128 kbps and playback at 1 m and 10 m? with and without EOT")
+    tt.add_argument("--models", default="birdnet,birdnet_protopnet")
+    tt.add_argument("--split", default="test", choices=["val", "test"])
+    tt.add_argument("--max-clips", type=int, default=24, help="windows per model, spread over the species")
+    tt.add_argument("--snr", default="40,30", help="budgets as SNR of the perturbation [dB], comma-separated")
+    tt.add_argument("--steps", type=int, default=20)
+    tt.add_argument("--eot-samples", type=int, default=4, help="random transformations per EOT step")
+    tt.add_argument("--seed", type=int, default=0)
+    tt.add_argument("--out", default="assets/threats/survival.csv")
+    _add_data_dir(tt)
+    tt.set_defaults(func=cmd_threats)
 
     a = sub.add_parser("attack", help="PGD attack (L-inf, waveform domain) on an audio file")
     a.add_argument("file")

@@ -95,6 +95,8 @@ def attack_waveform(
     batch_size: int = 8,
     objective: str = "output-untargeted",
     target_class: int | None = None,
+    eot=None,
+    eot_samples: int = 4,
 ) -> np.ndarray:
     """PGD (L-inf, waveform domain) on every window of a clip; returns the perturbed clip.
 
@@ -123,6 +125,11 @@ def attack_waveform(
         (:class:`~core.attacks.objectives.OutputTargetedMargin`).
     target_class : int, optional
         Class index for ``"output-targeted-margin"``.
+    eot : core.threats.Transform, optional
+        Expectation over transformation: each step's loss is averaged over
+        ``eot_samples`` random draws of this transformation (:class:`core.threats.EOT`),
+        so the perturbation is made to survive it.
+    eot_samples : int
 
     Raises
     ------
@@ -152,6 +159,10 @@ def attack_waveform(
         obj.check_model(model)
     else:
         obj = make_objective(objective)
+    if eot is not None:
+        from core.threats import EOT
+
+        obj = EOT(obj, eot, samples=eot_samples, seed=seed)
     attack = PGD(eps=eps, alpha_ratio=ratio, steps=steps, random_start=random_start, seed=seed, objective=obj)
     device = _device(model)
     adv = np.empty_like(windows)

@@ -45,11 +45,15 @@ WINDOW_S = 5.0
 
 
 class NoiseBank(list):
-    """List of ``(recording_id, waveform)`` noise windows with a ``description`` of where they come from."""
+    """List of ``(recording_id, waveform)`` noise windows with a ``description`` of where they come from.
 
-    def __init__(self, items=(), description: str = "") -> None:
+    ``starts_s`` holds each window's start in its recording [seconds] where known (:func:`birdfree_bank`).
+    """
+
+    def __init__(self, items=(), description: str = "", starts_s=()) -> None:
         super().__init__(items)
         self.description = description
+        self.starts_s = list(starts_s)
 
 
 def bank_path(dataset) -> Path:
@@ -181,4 +185,5 @@ def birdfree_bank(dataset, split: str, sample_rate: int, window_samples: int, *,
         seg = w[a : a + int(round(row["duration_s"] * sample_rate))][:window_samples]
         if len(seg) and np.any(seg):
             bank.append((row["recording_id"], seg.astype(np.float32)))
+            bank.starts_s.append(float(row["start_s"]))
     return bank

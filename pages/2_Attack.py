@@ -10,6 +10,7 @@ from core.audio import wav_bytes
 from core.errors import CoreError
 from core.inference import analyze_waveform, attack_waveform
 from core.metrics import eps_for_snr, linf, snr_db
+from core.threats import threat_choices, transform_waveform
 from ui.common import analyze, audio_player, clip_picker, get_dataset, model_fingerprint_cached, require_model, safe_name
 from ui.export import Audio, html_report
 from ui.glossary import help_text
@@ -60,13 +61,19 @@ target_class = None
 if objective == "output-targeted-margin":
     target_class = names.index(st.selectbox("Species it should say", names, format_func=display, key="attack_target_species",
                                             index=min(1, len(names) - 1)))
+THREATS = threat_choices()
+eot_name = st.selectbox("Make it survive (expectation over transformation)", ["none", *THREATS],
+                        format_func=lambda k: "nothing: a digital attack" if k == "none" else THREATS[k][0], key="attack_eot",
+                        help="Each step averages the gradient over 4 random versions of this transformation (other rooms, "
+                             "distances, noise), so the perturbation is made to still work after it. 4 times slower.")
+eot = None if eot_name == "none" else THREATS[eot_name][1]
 run = st.button("Run attack", type="primary", key="attack_run")
-run_key = (name, clip.key, eps, steps, seed, objective, target_class)
+run_key = (name, clip.key, eps, steps, seed, objective, target_class, eot_name)
 if run:
     with st.status("Running PGD…", expanded=False) as status:
         try:
             adv = attack_waveform(model, clip.waveform, eps=float(eps), steps=steps, random_start=steps > 1, seed=seed,
-                                  objective=objective, target_class=target_class)
+                                  objective=objective, target_class=target_class, eot=eot)
         except CoreError as exc:
             status.update(label="Attack failed", state="error")
             st.error(str(exc))
@@ -127,6 +134,7 @@ settings = {"model": name, "architecture": cfg.arch, "weights fingerprint": mode
             "clip": clip.name, "window start (s)": f"{clip.offset_s:g}", "sample rate (Hz)": clip.sample_rate,
             "attack": f"PGD-{steps}" if steps > 1 else "FGSM", "what it tries": LOSSES[objective],
             "eps (L-inf, full scale)": f"{eps:g}", "seed": seed, "measured SNR (dB)": f"{snr:.1f}",
+            "made to survive (EOT)": "nothing" if eot is None else THREATS[eot_name][0],
             "top-1 before / after": f"{display(names[top_b])} / {display(names[top_a])}"}
 if target_class is not None:
     settings["target species"] = display(names[target_class])
@@ -140,6 +148,40 @@ report = lambda: html_report(f"Attack on {clip.name}", [  # noqa: E731  (built o
 ], footer=getattr(cfg, "licence", "") or "")
 st.download_button("Download a report of this attack (one HTML file)", report, file_name=f"{safe_name(clip.name).rsplit('.', 1)[0]}_attack_report.html",
                    mime="text/html", key="attack_report")
+
+st.subheader("Could this happen in the field?")
+st.caption("Pass the clean and the perturbed clip through the same transformation (the same room, distance, noise and "
+           "codec) and ask the model again. The clean clip's answer after it is the control: if the transformation alone "
+           "changes what the model says, the attack cannot take the credit.")
+field_name = st.selectbox("Then the clip is …", list(THREATS), format_func=lambda k: THREATS[k][0], key="attack_field_threat")
+try:
+    t_clean = transform_waveform(clip.waveform, clip.sample_rate, THREATS[field_name][1])
+    t_adv = transform_waveform(adv, clip.sample_rate, THREATS[field_name][1])
+except CoreError as exc:
+    st.error(f"Transformation not applied: {exc}")
+else:
+    sc_clean, sc_adv = analyze_waveform(model, t_clean).scores[0], analyze_waveform(model, t_adv).scores[0]
+    tc, ta = int(sc_clean.argmax()), int(sc_adv.argmax())
+    f1, f2 = st.columns(2)
+    with f1:
+        audio_player(t_clean, clip.sample_rate, label=f"clean, {THREATS[field_name][0]}")
+        st.metric("Top-1 (control)", display(names[tc]), delta=None if tc == top_b else f"was {display(names[top_b])}",
+                  delta_color="off")
+    with f2:
+        audio_player(t_adv, clip.sample_rate, label=f"perturbed, {THREATS[field_name][0]}")
+        st.metric("Top-1 (attacked)", display(names[ta]), delta=None if ta == top_b else f"was {display(names[top_b])}",
+                  delta_color="inverse")
+    if tc != top_b:
+        st.warning(f"The transformation alone changes the clean clip's top-1 ({display(names[top_b])} → {display(names[tc])}): "
+                   "this window says nothing about the attack.")
+    elif top_a == top_b:
+        st.info("The attack did not change the top-1 even digitally.")
+    elif ta != top_b:
+        st.success(f"The attack survives: after the transformation the model still says {display(names[ta])}, not "
+                   f"{display(names[top_b])}.")
+    else:
+        st.info(f"The attack does not survive: after the transformation the model says {display(names[top_b])} again. "
+                "Try it with the same transformation under *Make it survive* above.")
 
 if before.prototype_activations is not None:
     st.subheader("Prototype activations that changed most")

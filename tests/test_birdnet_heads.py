@@ -211,3 +211,29 @@ def test_tuned_head_checkpoint_holds_the_tuned_stage_and_reproduces_it(birdnet, 
     frozen = BirdNETHeadModel(BirdNETHeadConfig(**{**cfg.to_dict(), "tuned_from": None, "frontend": cfg.frontend}))
     with pytest.raises(RuntimeError, match="outside the head"):  # a tuned checkpoint never loads into a frozen model
         frozen.load_state_dict(loaded.state_dict())
+
+
+def test_no_bird_windows_are_train_split_site_noise_and_synthetic_sounds(data_dir):
+    from core.birdnet_heads import NO_BIRD_SYNTHETIC_ID, no_bird_windows
+    from core.data import Dataset
+    from core.noisebank import bank_path, read_bank_table
+
+    ds = Dataset(data_dir)
+    w = no_bird_windows(ds, n_synthetic=30, seed=3)
+    kept = read_bank_table(bank_path(ds))
+    kept_train = set(kept[kept["kept"].astype(bool) & (kept["split"] == "train")]["recording_id"])
+    site = [r.recording_id for r in w.recordings[:-1]]
+    assert site and len(set(site)) == len(site) and set(site) <= kept_train  # never a val or test recording: the no-bird check's site noise stays held out
+    assert w.recordings[-1].recording_id.startswith(NO_BIRD_SYNTHETIC_ID)
+    n_site = int(np.sum(w.recording_index < len(w.recordings) - 1))
+    assert n_site == int(kept["kept"].astype(bool)[kept["split"] == "train"].sum()) and len(w.waveforms) == n_site + 30
+    assert w.waveforms.shape[1] == 144_000 and w.waveforms.dtype == np.float32 and not w.targets.any()
+    synth = w.waveforms[n_site:]
+    rms_db = 20 * np.log10(np.sqrt(np.mean(synth.astype(np.float64) ** 2, axis=1)))
+    assert rms_db.min() > -82 and rms_db.max() < -5 and rms_db.std() > 5  # levels spread over the drawn range
+    assert len(set(w.clip_ids(48_000))) == len(w.waveforms)  # unique ids: the feature cache keys them
+    again = no_bird_windows(ds, n_synthetic=30, seed=3)
+    assert np.array_equal(again.waveforms, w.waveforms)
+    assert not np.array_equal(no_bird_windows(ds, n_synthetic=30, seed=4).waveforms[n_site:], synth)
+    with pytest.raises(ParameterError, match="n_synthetic"):
+        no_bird_windows(ds, n_synthetic=-1)

@@ -114,7 +114,8 @@ def test_attack_page_runs_attack():
     assert len(at.dataframe) >= 2  # score table and changed prototypes
 
 
-def test_attack_page_makes_the_model_say_a_chosen_species():
+def _targeted_attack_on_a_tone():
+    """The Attack page with the small AudioProtoPNet told to say Marsh Warbler about an uploaded tone (eps 0.01, PGD-10)."""
     at = AppTest.from_file(str(ROOT / "pages" / "2_Attack.py"), default_timeout=TIMEOUT)
     at.session_state["model_name"] = "protopnet"
     at.run()
@@ -125,6 +126,11 @@ def test_attack_page_makes_the_model_say_a_chosen_species():
     at.number_input(key="attack_steps").set_value(10).run()
     at.button(key="attack_run").click().run()
     no_exception(at)
+    return at
+
+
+def test_attack_page_makes_the_model_say_a_chosen_species():
+    at = _targeted_attack_on_a_tone()
     assert not at.error
     table = at.dataframe[0].value.set_index("species")
     row = table.loc[[s for s in table.index if "Marsh Warbler" in s][0]]
@@ -633,3 +639,26 @@ def test_attack_page_offers_a_report_download():
     no_exception(at)
     labels = [b.label for b in at.get("download_button")]
     assert "Download a report of this attack (one HTML file)" in labels
+
+
+def test_attack_page_plays_the_attack_through_the_field_and_can_make_it_survive():
+    """A targeted attack on the small AudioProtoPNet, then an MP3 and a loudspeaker; with EOT over the loudspeaker."""
+    at = _targeted_attack_on_a_tone()
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Top-1"] == "Marsh Warbler (acrpal)"
+    assert at.selectbox(key="attack_field_threat").value == "mp3-128"
+    assert "Top-1 (control)" in metrics and "Top-1 (attacked)" in metrics
+    n_audio = len(at.get("audio"))
+    assert n_audio >= 5  # clean, perturbed, perturbation, and both after the transformation
+    verdicts = [m.value for m in [*at.success, *at.info, *at.warning]]
+    assert any("survives" in v or "does not survive" in v or "transformation alone" in v for v in verdicts)
+    at.selectbox(key="attack_field_threat").set_value("playback-10m").run()
+    no_exception(at)
+    assert {m.label for m in at.metric} >= {"Top-1 (control)", "Top-1 (attacked)"}
+    # made to survive the loudspeaker at 10 m (EOT): the attack still says Marsh Warbler after it
+    at.selectbox(key="attack_eot").set_value("playback-10m").run()
+    at.button(key="attack_run").click().run()
+    no_exception(at)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Top-1"] == "Marsh Warbler (acrpal)" and metrics["Top-1 (attacked)"] == "Marsh Warbler (acrpal)"
+    assert any("The attack survives" in m.value for m in at.success)

@@ -153,3 +153,17 @@ def test_no_bird_table_is_the_stored_check():
     t = pd.read_csv(ROOT / "assets" / "analyze" / "no_bird.csv")
     assert {"baseline", "protopnet", "birdnet_protopnet", "birdnet_linear", "birdnet"} == set(t["model"])
     assert block("no-bird") == no_bird_markdown(t) + "\n"
+
+
+def test_no_bird_negatives_row_is_the_shipped_head():
+    from core.models.registry import read_model_card
+
+    card = read_model_card("birdnet_protopnet")
+    assert card["data"]["no_bird_negatives"]["synthetic"] == 256 and card["config"]["tuned_from"] == "BLOCK_3-4_ADD"
+    m = card["metrics"]
+    nb = pd.read_csv(ROOT / "assets" / "analyze" / "no_bird.csv").set_index(["model", "signal"]).loc["birdnet_protopnet"]
+    row = (f"| with negatives (shipped) | {m['val']['window']['cmap']:.3f} | {m['val']['recording']['top1']:.3f} | "
+           f"{m['test']['window']['cmap']:.3f} | {m['test']['recording']['top1']:.3f} | "
+           f"{nb.loc['white noise, -30 dBFS', 'no_bird_rate']:.2f} / {nb.loc['pink noise, -50 dBFS', 'no_bird_rate']:.2f} | "
+           f"{nb.loc['bird-free site noise (BirdNET-vetted)', 'no_bird_rate']:.2f} |")
+    assert row in README

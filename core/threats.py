@@ -1,0 +1,562 @@
+"""Realistic threats: does an adversarial clip still fool a model after an MP3 codec, or played through a loudspeaker?
+
+An ecologist's first question after hearing an adversarial clip is "could this
+happen in the field?". Three transformations answer it, each built on a
+well-kept library:
+
+- **MP3** (:class:`MP3`): a real encode/decode round trip with LAME (``lameenc``,
+  constant bit rate, e.g. 128 kbps) and libsndfile's decoder (``soundfile``), the
+  codec's fixed delay measured once per (rate, bit rate) and removed. Most
+  xeno-canto audio is MP3.
+- **Playback** (:class:`Playback`): a loudspeaker and a recorder's microphone
+  (a 150 Hz-12 kHz band-pass, 4th-order Butterworth), the sound's path at a distance
+  through a simulated space (``pyroomacoustics``' image-source method: an open
+  field above reflective ground, or a furnished room), ambient noise at the
+  recorder (pink noise whose level relative to the clip at 1 m is
+  ``snr_at_1m_db``; it falls by 20 log10(d / 1 m) dB with distance d, as a point
+  source's level does), and the recorder's automatic gain (the output has the
+  input's RMS).
+- **Ambient noise** alone (:class:`AmbientNoise`).
+
+Each transformation maps a ``(batch, n_samples)`` waveform tensor to one of the
+same shape. Called without ``rng`` it is the fixed *evaluation* draw (the same
+room, distance and noise for the clean and the adversarial clip, so the clean
+clip's change is an exact control); with an ``rng`` it draws a random instance
+(distance within 0.8-1.25x, positions, ground absorption, noise level ±5 dB), the
+draws of expectation over transformation (EOT; Athalye et al. 2018, "Synthesizing
+robust adversarial examples", ICML; Qin et al. 2019, "Imperceptible, robust,
+and targeted adversarial examples for automatic speech recognition", ICML,
+Sec. 5). Playback is differentiable (convolution and addition in torch); the
+codec is not, so :class:`MP3` passes the gradient straight through (BPDA,
+Athalye et al. 2018, "Obfuscated gradients give a false sense of security":
+forward = the real codec, backward = identity).
+
+:class:`EOT` wraps any attack objective so that its loss is the mean over
+``samples`` random draws of a transformation; :func:`survival_study` measures
+how often attacks, with and without EOT, still fool a model after each real
+transformation, at matched SNR, with the transformation's own effect on the
+clean clip as the control.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from core.attacks.objectives import Objective
+from core.errors import ParameterError
+
+__all__ = [
+    "MP3_SAMPLE_RATES", "mp3_roundtrip", "Transform", "MP3", "Playback", "AmbientNoise", "Mixture", "EOT",
+    "threat_transforms", "threat_choices", "transform_waveform", "survival_study", "survival_summary",
+]
+
+log = logging.getLogger(__name__)
+
+#: Sample rates [Hz] LAME encodes (MPEG-1, -2 and -2.5 layer III).
+MP3_SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+SPEED_OF_SOUND = 343.0  # m/s
+#: Samples kept before an impulse response's peak (the band-pass filter's onset and pyroomacoustics' fractional delay).
+LEAD = 64
+
+
+# -- the codec -----------------------------------------------------------------------------------------
+
+
+def _encode_decode(x: np.ndarray, sample_rate: int, bitrate_kbps: int) -> np.ndarray:
+    import lameenc
+    import soundfile as sf
+
+    enc = lameenc.Encoder()
+    enc.set_bit_rate(int(bitrate_kbps))
+    enc.set_in_sample_rate(int(sample_rate))
+    enc.set_channels(1)
+    enc.set_quality(2)  # LAME's "high quality" (0 best, 9 fastest)
+    pcm = np.round(np.clip(x, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+    data = bytes(enc.encode(pcm)) + bytes(enc.flush())
+    out, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)
+    if rate != sample_rate:  # at low bit rates LAME resamples before encoding
+        import soxr
+
+        out = soxr.resample(out, rate, sample_rate).astype(np.float32)
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _mp3_delay(sample_rate: int, bitrate_kbps: int) -> int:
+    """The codec's delay [samples] (LAME's encoder delay plus the decoder's), by cross-correlation with a noise probe."""
+    probe = (np.random.default_rng(0).standard_normal(sample_rate) * 0.1).astype(np.float32)
+    out = _encode_decode(probe, sample_rate, bitrate_kbps)
+    n = len(probe) - 4096
+    lags = np.arange(0, 4096)
+    cc = [float(np.dot(out[k : k + n], probe[:n])) for k in lags if k + n <= len(out)]
+    return int(np.argmax(cc))
+
+
+def mp3_roundtrip(waveform: np.ndarray, sample_rate: int, bitrate_kbps: int = 128) -> np.ndarray:
+    """Encode to MP3 and decode back, aligned with the input.
+
+    Parameters
+    ----------
+    waveform : np.ndarray [shape=(n_samples,) or (batch, n_samples)], full-scale amplitude
+        Clipped to [-1, 1] and quantised to 16 bits before encoding (what a WAV file would hold).
+    sample_rate : int [Hz]
+        One of :data:`MP3_SAMPLE_RATES`.
+    bitrate_kbps : int [kbit/s]
+        Constant bit rate, 8-320 (LAME rounds to the nearest legal rate).
+
+    Returns
+    -------
+    np.ndarray, the input's shape, float32
+        The decoded audio with the codec's delay removed (:func:`_mp3_delay`).
+
+    Raises
+    ------
+    ParameterError
+        A rate LAME cannot encode, a bit rate outside 8-320 kbps, or a non-finite waveform.
+    """
+    if int(sample_rate) not in MP3_SAMPLE_RATES:
+        raise ParameterError(f"MP3 needs a sample rate of {MP3_SAMPLE_RATES} Hz, got {sample_rate}")
+    if not 8 <= int(bitrate_kbps) <= 320:
+        raise ParameterError(f"MP3 bit rate must be 8-320 kbps, got {bitrate_kbps}")
+    x = np.asarray(waveform, dtype=np.float32)
+    if not np.isfinite(x).all():
+        raise ParameterError("waveform contains NaN or inf")
+    rows = x[None] if x.ndim == 1 else x
+    delay = _mp3_delay(int(sample_rate), int(bitrate_kbps))
+    out = np.zeros_like(rows)
+    for i, row in enumerate(rows):
+        y = _encode_decode(row, int(sample_rate), int(bitrate_kbps))[delay : delay + rows.shape[1]]
+        out[i, : len(y)] = y
+    return out[0] if x.ndim == 1 else out
+
+
+# -- transformations -----------------------------------------------------------------------------------
+
+
+class Transform:
+    """A transformation of ``(batch, n_samples)`` waveforms; see the module docstring."""
+
+    name = "transform"
+    #: Whether gradients pass through it exactly (False: straight-through estimate).
+    differentiable = True
+
+    def describe(self) -> dict:
+        return {"name": self.name}
+
+    def __call__(self, x: torch.Tensor, sample_rate: int, rng: np.random.Generator | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class MP3(Transform):
+    """MP3 encode/decode at a constant bit rate (:func:`mp3_roundtrip`); gradients pass straight through.
+
+    Parameters
+    ----------
+    bitrate_kbps : int [kbit/s]
+    """
+
+    bitrate_kbps: int = 128
+    name = "mp3"
+    differentiable = False
+
+    def describe(self) -> dict:
+        return {"name": self.name, "bitrate_kbps": self.bitrate_kbps}
+
+    def __call__(self, x, sample_rate, rng=None):
+        coded = torch.as_tensor(mp3_roundtrip(x.detach().float().cpu().numpy(), sample_rate, self.bitrate_kbps), device=x.device, dtype=x.dtype)
+        return x + (coded - x).detach()  # forward: the codec; backward: identity (BPDA)
+
+
+def _fft_convolve(x: torch.Tensor, h: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    """Linear convolution of every row of ``x`` with ``h``; ``x.shape[-1]`` samples kept from ``offset``."""
+    n = x.shape[-1] + h.shape[-1] - 1
+    size = 1 << (n - 1).bit_length()
+    y = torch.fft.irfft(torch.fft.rfft(x, size) * torch.fft.rfft(h, size), size)
+    return y[..., offset : offset + x.shape[-1]]
+
+
+def _pink(n: int, rows: int, rng: np.random.Generator) -> np.ndarray:
+    from core.shift import pink_noise
+
+    return np.stack([pink_noise(n, rng) for _ in range(rows)])
+
+
+def _rms(x: torch.Tensor) -> torch.Tensor:
+    return x.pow(2).mean(-1, keepdim=True).sqrt()
+
+
+@dataclass(frozen=True)
+class AmbientNoise(Transform):
+    """Pink noise added at ``snr_db`` below each clip's RMS level.
+
+    Parameters
+    ----------
+    snr_db : float [dB]
+        Clip RMS over noise RMS (EOT draws: ±5 dB).
+    seed : int
+        Seed of the evaluation draw (the same noise for the clean and the adversarial clip).
+    """
+
+    snr_db: float = 20.0
+    seed: int = 0
+    name = "noise"
+
+    def describe(self) -> dict:
+        return {"name": self.name, "snr_db": self.snr_db}
+
+    def __call__(self, x, sample_rate, rng=None):
+        snr = self.snr_db + (rng.uniform(-5, 5) if rng is not None else 0.0)
+        gen = rng if rng is not None else np.random.default_rng(self.seed)
+        noise = torch.as_tensor(_pink(x.shape[-1], x.shape[0], gen), device=x.device, dtype=x.dtype)
+        return x + noise * _rms(x).detach() * 10 ** (-snr / 20)
+
+
+@dataclass(frozen=True)
+class Playback(Transform):
+    """A loudspeaker playing the clip at ``distance_m`` from a recorder, in the open or in a room.
+
+    Chain: loudspeaker and microphone band-pass (``band_hz``, a 4th-order
+    Butterworth by scipy, 24 dB per octave each side) -> the impulse response from source to microphone
+    (pyroomacoustics ``ShoeBox``, image-source method with air absorption; the
+    direct path is aligned to sample 0, so timing matches the input) -> pink ambient
+    noise at the recorder, ``snr_at_1m_db - 20 log10(distance_m)`` dB below the
+    clip -> automatic gain (output RMS = input RMS, so the model sees a normal level).
+
+    Parameters
+    ----------
+    distance_m : float [m], 0.25-30
+    environment : {"outdoor", "room"}
+        "outdoor": a 60 x 60 x 30 m box whose walls and ceiling absorb 99 % (free
+        field) above ground absorbing 30 % (grass-like), source and recorder 1.5 m
+        high; reflection order 3. "room": 7 x 6 x 3 m, every surface absorbing 30 %,
+        reflection order 10 (distance at most 5 m).
+    band_hz : (float, float) [Hz]
+        Loudspeaker/microphone pass band.
+    snr_at_1m_db : float [dB]
+        Clip over ambient noise with the loudspeaker at 1 m.
+    seed : int
+        Seed of the evaluation draw.
+
+    Raises
+    ------
+    ParameterError
+        Distance outside its range or an unknown environment.
+    """
+
+    distance_m: float = 1.0
+    environment: str = "outdoor"
+    band_hz: tuple[float, float] = (150.0, 12_000.0)
+    snr_at_1m_db: float = 40.0
+    seed: int = 0
+    name = "playback"
+
+    def __post_init__(self) -> None:
+        if self.environment not in ("outdoor", "room"):
+            raise ParameterError(f"environment must be 'outdoor' or 'room', got {self.environment!r}")
+        top = 30.0 if self.environment == "outdoor" else 5.0
+        if not 0.25 <= float(self.distance_m) <= top:
+            raise ParameterError(f"distance_m must be in [0.25, {top:g}] m for {self.environment}, got {self.distance_m}")
+
+    def describe(self) -> dict:
+        return {"name": self.name, "distance_m": self.distance_m, "environment": self.environment,
+                "band_hz": list(self.band_hz), "snr_at_1m_db": self.snr_at_1m_db}
+
+    #: EOT draws come from a pool of this many random instances (each room simulated once, then cached).
+    POOL = 64
+
+    def impulse_response(self, sample_rate: int, draw: int | None = None) -> np.ndarray:
+        """Band-pass filter convolved with the space's impulse response ``(n_taps,)`` float32, its peak (the direct
+        path) at sample :data:`LEAD`; :meth:`__call__` removes that lead.
+
+        ``draw`` None: the evaluation instance; an integer: one random instance of the EOT pool.
+        """
+        return _impulse_response(self, int(sample_rate), draw)
+
+    def distance(self, draw: int | None = None) -> float:
+        """The source-recorder distance [m] of a draw (the evaluation draw: ``distance_m``)."""
+        if draw is None:
+            return float(self.distance_m)
+        return float(self.distance_m) * float(np.exp(np.random.default_rng(draw).uniform(np.log(0.8), np.log(1.25))))
+
+    def __call__(self, x, sample_rate, rng=None):
+        draw = None if rng is None else int(rng.integers(self.POOL))
+        h = torch.as_tensor(self.impulse_response(sample_rate, draw), device=x.device, dtype=x.dtype)
+        y = _fft_convolve(x, h, offset=LEAD)
+        gen = np.random.default_rng(self.seed) if rng is None else rng
+        snr = self.snr_at_1m_db - 20 * np.log10(self.distance(draw)) + (gen.uniform(-5, 5) if rng is not None else 0.0)
+        noise = torch.as_tensor(_pink(x.shape[-1], x.shape[0], gen), device=x.device, dtype=x.dtype)
+        y = y + noise * _rms(y).detach() * 10 ** (-snr / 20)
+        return y * (_rms(x) / _rms(y).clamp_min(1e-12)).detach()
+
+
+@functools.lru_cache(maxsize=256)
+def _impulse_response(p: Playback, sample_rate: int, draw: int | None) -> np.ndarray:
+    import pyroomacoustics as pra
+    from scipy.signal import butter, sosfilt
+
+    rng = np.random.default_rng(p.seed if draw is None else draw + 1)
+    d = p.distance(draw)
+    nyq = sample_rate / 2
+    lo, hi = p.band_hz
+    impulse = np.zeros(int(0.1 * sample_rate))
+    impulse[0] = 1.0
+    band = sosfilt(butter(4, [lo, min(hi, 0.95 * nyq)], btype="bandpass", fs=sample_rate, output="sos"), impulse)
+    if p.environment == "outdoor":
+        dims = np.array([60.0, 60.0, 30.0])
+        ground = 0.3 if draw is None else rng.uniform(0.1, 0.5)
+        mats = {w: pra.Material(0.99) for w in ("east", "west", "north", "south", "ceiling")}
+        mats["floor"] = pra.Material(float(ground))
+        room = pra.ShoeBox(dims, fs=sample_rate, materials=mats, max_order=3, air_absorption=True)
+        h_src = 1.5 if draw is None else rng.uniform(1.0, 2.5)
+        src = np.array([30.0 - d / 2, 30.0, h_src])
+        mic = np.array([30.0 + d / 2, 30.0, 1.5 if draw is None else rng.uniform(0.5, 2.0)])
+    else:
+        dims = np.array([7.0, 6.0, 3.0])
+        room = pra.ShoeBox(dims, fs=sample_rate, materials=pra.Material(0.3), max_order=10, air_absorption=True)
+        angle = 0.0 if draw is None else rng.uniform(0, 2 * np.pi)
+        centre = np.array([3.5, 3.0])
+        offset = np.array([np.cos(angle), np.sin(angle)]) * min(d, 5.0) / 2
+        src = np.r_[centre - offset, 1.2]
+        mic = np.r_[centre + offset, 1.2 if draw is None else rng.uniform(0.8, 1.8)]
+    room.add_source(src)
+    room.add_microphone(mic)
+    room.compute_rir()
+    rir = np.asarray(room.rir[0][0], dtype=np.float64)
+    h = np.convolve(band, rir)
+    start = int(np.argmax(np.abs(h)))  # the direct path (after the band-pass filter's delay)
+    h = h[max(start - LEAD, 0):]  # the propagation delay goes, the onset before the peak stays
+    return np.pad(h, (LEAD - min(start, LEAD), 0)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Mixture(Transform):
+    """A uniformly random one of ``transforms`` per draw (EOT over several threats at once); evaluation uses the first."""
+
+    transforms: tuple = ()
+    name = "mixture"
+
+    @property
+    def differentiable(self) -> bool:  # type: ignore[override]
+        return all(t.differentiable for t in self.transforms)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "transforms": [t.describe() for t in self.transforms]}
+
+    def __call__(self, x, sample_rate, rng=None):
+        if not self.transforms:
+            raise ParameterError("a mixture needs at least one transformation")
+        t = self.transforms[0] if rng is None else self.transforms[int(rng.integers(len(self.transforms)))]
+        return t(x, sample_rate, rng)
+
+
+def threat_transforms() -> dict[str, Transform]:
+    """The transformations the README reports: MP3 at 128 kbps, playback in the open at 1 m and at 10 m."""
+    return {"mp3-128": MP3(128), "playback-1m": Playback(1.0), "playback-10m": Playback(10.0)}
+
+
+def threat_choices() -> dict[str, tuple[str, Transform]]:
+    """Every transformation the pages offer: name -> (plain-language label, transformation)."""
+    return {
+        "mp3-128": ("saved as MP3 at 128 kbps", MP3(128)),
+        "mp3-64": ("saved as MP3 at 64 kbps", MP3(64)),
+        "playback-1m": ("played by a loudspeaker 1 m from the recorder, outdoors", Playback(1.0)),
+        "playback-10m": ("played by a loudspeaker 10 m from the recorder, outdoors", Playback(10.0)),
+        "room-3m": ("played by a loudspeaker 3 m from the recorder, in a room", Playback(3.0, environment="room")),
+        "noise-20": ("ambient noise 20 dB below the clip", AmbientNoise(20.0)),
+    }
+
+
+def transform_waveform(waveform: np.ndarray, sample_rate: int, transform: Transform) -> np.ndarray:
+    """A transformation's evaluation draw applied to one clip.
+
+    Parameters
+    ----------
+    waveform : np.ndarray [shape=(n_samples,)], full-scale amplitude
+    sample_rate : int [Hz]
+    transform : Transform
+
+    Returns
+    -------
+    np.ndarray [shape=(n_samples,), dtype=float32], clipped to [-1, 1]
+    """
+    x = torch.as_tensor(np.asarray(waveform, dtype=np.float32)[None])
+    with torch.no_grad():
+        return transform(x, int(sample_rate)).clamp(-1.0, 1.0)[0].numpy()
+
+
+# -- EOT -----------------------------------------------------------------------------------------------
+
+
+class EOT(Objective):
+    """Expectation over transformation: the wrapped objective's loss averaged over random draws of a transformation.
+
+    ``loss(x) = 1/K sum_k L(T_k(x))`` with ``T_k`` drawn by ``transform(x, sr, rng)``
+    (Athalye et al. 2018, Eq. 1; Qin et al. 2019, Sec. 5). The clean state, the
+    evaluation and success are the wrapped objective's, on the untransformed clip.
+
+    Parameters
+    ----------
+    objective : Objective
+    transform : Transform
+    samples : int in [1, 64]
+        Draws per gradient step (K).
+    seed : int
+    """
+
+    def __init__(self, objective: Objective, transform: Transform, samples: int = 4, seed: int = 0) -> None:
+        if isinstance(samples, bool) or not isinstance(samples, int) or not 1 <= samples <= 64:
+            raise ParameterError(f"samples must be an integer in [1, 64], got {samples!r}")
+        if not isinstance(objective, Objective):
+            raise ParameterError(f"objective must be an Objective, got {type(objective).__name__}")
+        self.inner, self.transform, self.samples = objective, transform, samples
+        self.name = f"eot:{objective.name}"
+        self.space, self.targeted = objective.space, objective.targeted
+        self.success_definition = objective.success_definition
+        self.rng = np.random.default_rng(seed)
+
+    def describe(self) -> dict:
+        return {"name": "eot", "objective": self.inner.describe(), "transform": self.transform.describe(), "samples": self.samples}
+
+    def check_model(self, model) -> None:
+        self.inner.check_model(model)
+
+    def prepare(self, model, x, labels=None):
+        return self.inner.prepare(model, x, labels)
+
+    def attack_state(self, model, x, labels=None):
+        return self.inner.attack_state(model, x, labels)
+
+    def loss(self, model, x_adv, state):
+        sr = int(model.config.frontend.sample_rate)
+        total = 0.0
+        for _ in range(self.samples):
+            total = total + self.inner.loss(model, self.transform(x_adv, sr, self.rng).clamp(-1.0, 1.0), state)
+        return total / self.samples
+
+    def evaluate(self, out, state):
+        return self.inner.evaluate(out, state)
+
+
+# -- the study -----------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def _top1(model, x: torch.Tensor, batch_size: int = 8) -> np.ndarray:
+    return torch.cat([model(x[i : i + batch_size]).argmax(-1).cpu() for i in range(0, len(x), batch_size)]).numpy()
+
+
+def survival_study(models: dict, dataset, *, split: str = "test", max_clips: int = 24, snr_db=(40.0, 30.0), steps: int = 20,
+                   eot_samples: int = 4, transforms: dict | None = None, seed: int = 0, clips_per_batch: int = 4,
+                   progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+    """How often adversarial clips still fool each model after each real transformation, with and without EOT.
+
+    Per model, on its own windows of the split's recordings (evenly spread over the
+    species), two attacks at each SNR budget (PGD, L-inf, ``steps`` steps, the
+    margin objective: push the clean top-1 species below the runner-up): plain, and
+    EOT over a :class:`Mixture` of ``transforms`` (``eot_samples`` draws a step). Then
+    each transformation's evaluation draw is applied to the clean and to the
+    adversarial clip (the same draw: same room, noise and codec).
+
+    Parameters
+    ----------
+    models : dict of name -> BirdClassifier
+    dataset : core.data.Dataset
+    split : str
+    max_clips : int
+        Windows per model.
+    snr_db : sequence of float [dB]
+        Budgets as SNR of the perturbation below each clip (matched between the two attacks).
+    steps, eot_samples : int
+    transforms : dict of name -> Transform, optional
+        Default :func:`threat_transforms`.
+    seed : int
+    clips_per_batch : int
+    progress : callable, optional
+        ``progress(done, total)`` over (model, budget, attack, batch) units.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per (model, clip, snr_db, attack, transform): ``clean_top1``,
+        ``adv_top1`` (digital), ``snr_measured_db``, ``t_clean_top1``, ``t_adv_top1``,
+        ``fooled_digital`` (adv top-1 != clean top-1), ``control_changed`` (the
+        transformation alone changed the clean top-1), ``fooled_after`` (transformed
+        adversarial top-1 != clean top-1), ``seconds`` (the attack's time per clip).
+        ``transform`` "none" repeats the digital result.
+    """
+    from core.attacks import PGD
+    from core.attacks.objectives import OutputMargin
+    from core.metrics import snr_db as measure_snr
+    from core.sweep import dataset_clips
+
+    transforms = transforms or threat_transforms()
+    mixture = Mixture(tuple(transforms.values()))
+    rows = []
+    units = len(models) * len(snr_db) * 2 * -(-max_clips // clips_per_batch)
+    done = 0
+    for name, model in models.items():
+        c = model.config
+        sr = int(c.frontend.sample_rate)
+        clips = dataset_clips(dataset, split=split, class_names=c.class_names, sample_rate=sr, window_samples=c.window_samples,
+                              max_clips=max_clips)
+        device = next(model.parameters()).device
+        x_all = torch.as_tensor(clips.waveforms, device=device)
+        clean = _top1(model, x_all)
+        t_clean = {t: _top1(model, tr(x_all, sr).clamp(-1, 1)) for t, tr in transforms.items()}
+        for s in snr_db:
+            for kind in ("pgd", "eot-pgd"):
+                objective = OutputMargin() if kind == "pgd" else EOT(OutputMargin(), mixture, samples=eot_samples, seed=seed)
+                attack = PGD(snr_db=float(s), steps=steps, seed=seed, objective=objective)
+                for i in range(0, len(x_all), clips_per_batch):
+                    x = x_all[i : i + clips_per_batch]
+                    t0 = time.time()
+                    adv = attack(model, x)
+                    secs = (time.time() - t0) / len(x)
+                    measured = measure_snr(x, adv).cpu().numpy()
+                    adv_top = _top1(model, adv)
+                    after = {"none": adv_top} | {t: _top1(model, tr(adv, sr).clamp(-1, 1)) for t, tr in transforms.items()}
+                    for j in range(len(x)):
+                        k = i + j
+                        for t, top in after.items():
+                            tc = clean[k] if t == "none" else t_clean[t][k]
+                            rows.append({"model": name, "clip": clips.clip_ids[k], "species": clips.species[k], "snr_db": float(s),
+                                         "attack": kind, "transform": t, "clean_top1": c.class_names[clean[k]],
+                                         "adv_top1": c.class_names[adv_top[j]], "snr_measured_db": float(measured[j]),
+                                         "t_clean_top1": c.class_names[tc], "t_adv_top1": c.class_names[top[j]],
+                                         "fooled_digital": bool(adv_top[j] != clean[k]), "control_changed": bool(tc != clean[k]),
+                                         "fooled_after": bool(top[j] != clean[k]), "seconds": secs,
+                                         "steps": steps, "eot_samples": eot_samples if kind == "eot-pgd" else 0})
+                    done += 1
+                    if progress:
+                        progress(done, units)
+        log.info("%s done", name)
+    return pd.DataFrame(rows)
+
+
+def survival_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, snr_db, attack, transform): windows, digital success, control change and survival rates.
+
+    ``survives`` = share of windows whose transformed adversarial clip has another
+    top-1 than the clean clip, among the windows whose top-1 the transformation
+    alone left unchanged (``control_stable``); ``fooled_after`` = the same share over
+    all windows. ``control_changed`` is the transformation's own effect on clean clips.
+    """
+    t = table.copy()
+    t["stable_and_fooled"] = t["fooled_after"] & ~t["control_changed"]
+    g = t.groupby(["model", "snr_db", "attack", "transform"], sort=False)
+    out = g.agg(windows=("clip", "size"), snr_measured_db=("snr_measured_db", "median"), fooled_digital=("fooled_digital", "mean"),
+                control_changed=("control_changed", "mean"), fooled_after=("fooled_after", "mean"),
+                stable=("control_changed", lambda v: int((~v).sum())), stable_and_fooled=("stable_and_fooled", "sum"),
+                seconds=("seconds", "mean")).reset_index()
+    out["survives"] = out["stable_and_fooled"] / out["stable"].where(out["stable"] > 0)
+    return out.drop(columns=["stable_and_fooled"])
