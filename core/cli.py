@@ -368,6 +368,29 @@ def cmd_threats(args) -> int:
     return 0
 
 
+def cmd_masking_attack(args) -> int:
+    import pandas as pd
+
+    from core.data import open_dataset
+    from core.fileio import atomic_write_text
+    from core.models.registry import load_checkpoint
+    from core.threats import masking_study, masking_summary
+
+    out = Path(args.out)
+    if out.suffix != ".csv":
+        raise ParameterError(f"--out must end in .csv, got {out}")
+    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    models = {n: load_checkpoint(n) for n in names}
+    table = masking_study(models, open_dataset(args.data_dir), split=args.split, max_clips=args.max_clips, steps=args.steps,
+                          seed=args.seed, progress=lambda d, t: print(f"\r{d}/{t} attack batches", end="", file=sys.stderr, flush=True))
+    print(file=sys.stderr)
+    atomic_write_text(out, table.to_csv(index=False, float_format="%.5g"))
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(masking_summary(table).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"written to {out}")
+    return 0
+
+
 def cmd_attack(args) -> int:
     from core.audio import wav_bytes
     from core.inference import attack_file
@@ -832,6 +855,16 @@ def build_parser() -> argparse.ArgumentParser:
     tt.add_argument("--out", default="assets/threats/survival.csv")
     _add_data_dir(tt)
     tt.set_defaults(func=cmd_threats)
+
+    ma = sub.add_parser("masking-attack", help="attacks kept under the clean clip's psychoacoustic masking threshold vs L-inf PGD at the same SNR")
+    ma.add_argument("--models", default="birdnet,birdnet_protopnet")
+    ma.add_argument("--split", default="test", choices=["val", "test"])
+    ma.add_argument("--max-clips", type=int, default=24)
+    ma.add_argument("--steps", type=int, default=30)
+    ma.add_argument("--seed", type=int, default=0)
+    ma.add_argument("--out", default="assets/threats/masking.csv")
+    _add_data_dir(ma)
+    ma.set_defaults(func=cmd_masking_attack)
 
     a = sub.add_parser("attack", help="PGD attack (L-inf, waveform domain) on an audio file")
     a.add_argument("file")

@@ -97,6 +97,7 @@ def attack_waveform(
     target_class: int | None = None,
     eot=None,
     eot_samples: int = 4,
+    masking: bool = False,
 ) -> np.ndarray:
     """PGD (L-inf, waveform domain) on every window of a clip; returns the perturbed clip.
 
@@ -130,6 +131,9 @@ def attack_waveform(
         ``eot_samples`` random draws of this transformation (:class:`core.threats.EOT`),
         so the perturbation is made to survive it.
     eot_samples : int
+    masking : bool
+        Keep the perturbation under each window's psychoacoustic masking threshold
+        (:class:`core.psychoacoustic.MaskedPGD`); ``eps`` is then only the search's L-inf cap.
 
     Raises
     ------
@@ -163,7 +167,12 @@ def attack_waveform(
         from core.threats import EOT
 
         obj = EOT(obj, eot, samples=eot_samples, seed=seed)
-    attack = PGD(eps=eps, alpha_ratio=ratio, steps=steps, random_start=random_start, seed=seed, objective=obj)
+    if masking:
+        from core.psychoacoustic import MaskedPGD
+
+        attack = MaskedPGD(eps=eps, steps=steps, seed=seed, objective=obj)
+    else:
+        attack = PGD(eps=eps, alpha_ratio=ratio, steps=steps, random_start=random_start, seed=seed, objective=obj)
     device = _device(model)
     adv = np.empty_like(windows)
     for i in range(0, len(windows), batch_size):

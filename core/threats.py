@@ -57,6 +57,7 @@ from core.errors import ParameterError
 __all__ = [
     "MP3_SAMPLE_RATES", "mp3_roundtrip", "Transform", "MP3", "Playback", "AmbientNoise", "Mixture", "EOT",
     "threat_transforms", "threat_choices", "transform_waveform", "survival_study", "survival_summary",
+    "masking_study", "masking_summary",
 ]
 
 log = logging.getLogger(__name__)
@@ -455,6 +456,17 @@ def _top1(model, x: torch.Tensor, batch_size: int = 8) -> np.ndarray:
     return torch.cat([model(x[i : i + batch_size]).argmax(-1).cpu() for i in range(0, len(x), batch_size)]).numpy()
 
 
+def _model_clips(model, dataset, split: str, max_clips: int):
+    """The model's own windows of a split (evenly over the species), its sample rate [Hz] and device."""
+    from core.sweep import dataset_clips
+
+    c = model.config
+    sr = int(c.frontend.sample_rate)
+    clips = dataset_clips(dataset, split=split, class_names=c.class_names, sample_rate=sr, window_samples=c.window_samples,
+                          max_clips=max_clips)
+    return clips, sr, next(model.parameters()).device
+
+
 def survival_study(models: dict, dataset, *, split: str = "test", max_clips: int = 24, snr_db=(40.0, 30.0), steps: int = 20,
                    eot_samples: int = 4, transforms: dict | None = None, seed: int = 0, clips_per_batch: int = 4,
                    progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
@@ -497,7 +509,6 @@ def survival_study(models: dict, dataset, *, split: str = "test", max_clips: int
     from core.attacks import PGD
     from core.attacks.objectives import OutputMargin
     from core.metrics import snr_db as measure_snr
-    from core.sweep import dataset_clips
 
     transforms = transforms or threat_transforms()
     mixture = Mixture(tuple(transforms.values()))
@@ -506,10 +517,7 @@ def survival_study(models: dict, dataset, *, split: str = "test", max_clips: int
     done = 0
     for name, model in models.items():
         c = model.config
-        sr = int(c.frontend.sample_rate)
-        clips = dataset_clips(dataset, split=split, class_names=c.class_names, sample_rate=sr, window_samples=c.window_samples,
-                              max_clips=max_clips)
-        device = next(model.parameters()).device
+        clips, sr, device = _model_clips(model, dataset, split, max_clips)
         x_all = torch.as_tensor(clips.waveforms, device=device)
         clean = _top1(model, x_all)
         t_clean = {t: _top1(model, tr(x_all, sr).clamp(-1, 1)) for t, tr in transforms.items()}
@@ -560,3 +568,65 @@ def survival_summary(table: pd.DataFrame) -> pd.DataFrame:
                 seconds=("seconds", "mean")).reset_index()
     out["survives"] = out["stable_and_fooled"] / out["stable"].where(out["stable"] > 0)
     return out.drop(columns=["stable_and_fooled"])
+
+
+def masking_study(models: dict, dataset, *, split: str = "test", max_clips: int = 24, steps: int = 30, seed: int = 0,
+                  clips_per_batch: int = 4, progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+    """A perturbation under the masking threshold (:class:`core.psychoacoustic.MaskedPGD`) against L-inf PGD at the same SNR.
+
+    Per model and window (its own windows of the split, spread over the species): the
+    masked attack (margin objective, ``steps`` steps), its measured SNR and what of it
+    lies above the clean clip's masking threshold; then the control, plain L-inf PGD
+    (same objective and steps) with its budget set to that clip's measured SNR, and
+    the same measures. Where the masked attack leaves the top-1 unchanged its SNR is
+    still the control's budget.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per (model, clip, attack in {"masked", "linf-same-snr"}): ``clean_top1``,
+        ``adv_top1``, ``success`` (top-1 changed), ``snr_db``, ``share_above``,
+        ``share_above_3db``, ``p99_excess_db`` (:func:`core.psychoacoustic.masking_excess`).
+    """
+    from core.attacks import PGD
+    from core.attacks.objectives import OutputMargin
+    from core.metrics import snr_db as measure_snr
+    from core.psychoacoustic import MaskedPGD, masking_excess, masking_threshold
+
+    rows = []
+    units = len(models) * -(-max_clips // clips_per_batch)
+    done = 0
+    for name, model in models.items():
+        c = model.config
+        clips, sr, device = _model_clips(model, dataset, split, max_clips)
+        for i in range(0, len(clips.waveforms), clips_per_batch):
+            x = torch.as_tensor(clips.waveforms[i : i + clips_per_batch], device=device)
+            clean = _top1(model, x)
+            masked = MaskedPGD(steps=steps, seed=seed)
+            adv = masked(model, x)
+            snr = measure_snr(x, adv).cpu().numpy()
+            th = masking_threshold(x, sr)
+            out = {"masked": (adv, snr)}
+            ctrl = torch.cat([PGD(snr_db=float(min(max(s, -20.0), 120.0)), steps=steps, seed=seed, objective=OutputMargin())(model, x[j : j + 1])
+                              for j, s in enumerate(snr)])
+            out["linf-same-snr"] = (ctrl, measure_snr(x, ctrl).cpu().numpy())
+            for kind, (a, s) in out.items():
+                top = _top1(model, a)
+                ex = masking_excess((a - x).cpu(), th)
+                for j in range(len(x)):
+                    rows.append({"model": name, "clip": clips.clip_ids[i + j], "species": clips.species[i + j], "attack": kind,
+                                 "clean_top1": c.class_names[clean[j]], "adv_top1": c.class_names[top[j]],
+                                 "success": bool(top[j] != clean[j]), "snr_db": float(s[j]),
+                                 **{k: float(v[j]) for k, v in ex.items()}, "steps": steps})
+            done += 1
+            if progress:
+                progress(done, units)
+    return pd.DataFrame(rows)
+
+
+def masking_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, attack): windows, success rate, median SNR, median share of cells above the threshold, median p99 excess."""
+    g = table.groupby(["model", "attack"], sort=False)
+    return g.agg(windows=("clip", "size"), success=("success", "mean"), snr_db=("snr_db", "median"),
+                 share_above=("share_above", "median"), share_above_3db=("share_above_3db", "median"),
+                 p99_excess_db=("p99_excess_db", "median")).reset_index()

@@ -10,6 +10,7 @@ from core.audio import wav_bytes
 from core.errors import CoreError
 from core.inference import analyze_waveform, attack_waveform
 from core.metrics import eps_for_snr, linf, snr_db
+from core.psychoacoustic import masking_excess, masking_threshold
 from core.threats import threat_choices, transform_waveform
 from ui.common import analyze, audio_player, clip_picker, get_dataset, model_fingerprint_cached, require_model, safe_name
 from ui.export import Audio, html_report
@@ -67,13 +68,19 @@ eot_name = st.selectbox("Make it survive (expectation over transformation)", ["n
                         help="Each step averages the gradient over 4 random versions of this transformation (other rooms, "
                              "distances, noise), so the perturbation is made to still work after it. 4 times slower.")
 eot = None if eot_name == "none" else THREATS[eot_name][1]
+budget_kind = st.radio("Budget", ["eps", "masking"], horizontal=True, key="attack_budget_kind",
+                       format_func={"eps": "eps: at most ±eps per sample",
+                                    "masking": "under the masking threshold: hidden beneath the sound itself (eps caps the search)"}.get,
+                       help="The masking threshold (Qin et al. 2019; MPEG-1 psychoacoustic model 1) is how loud a sound "
+                            "can be, at each time and frequency, before the clip's own louder sounds stop hiding it. A "
+                            "perturbation kept below it is inaudible *by that model*; see the README for how loud that is.")
 run = st.button("Run attack", type="primary", key="attack_run")
-run_key = (name, clip.key, eps, steps, seed, objective, target_class, eot_name)
+run_key = (name, clip.key, eps, steps, seed, objective, target_class, eot_name, budget_kind)
 if run:
     with st.status("Running PGD…", expanded=False) as status:
         try:
             adv = attack_waveform(model, clip.waveform, eps=float(eps), steps=steps, random_start=steps > 1, seed=seed,
-                                  objective=objective, target_class=target_class, eot=eot)
+                                  objective=objective, target_class=target_class, eot=eot, masking=budget_kind == "masking")
         except CoreError as exc:
             status.update(label="Attack failed", state="error")
             st.error(str(exc))
@@ -96,6 +103,13 @@ snr = float(snr_db(clip.waveform, adv))
 m1, m2, m3 = st.columns(3)
 m1.metric("SNR of perturbation", f"{snr:.1f} dB")
 m2.metric("L-inf", f"{float(linf(clip.waveform, adv)):.5f}")
+if result["key"][-1] == "masking":
+    try:
+        excess = masking_excess(delta, masking_threshold(clip.waveform, clip.sample_rate))
+        st.caption(f"Above the clip's masking threshold: {100 * float(excess['share_above'][0]):.1f} % of time-frequency "
+                   f"cells ({100 * float(excess['share_above_3db'][0]):.2f} % by more than 3 dB).")
+    except CoreError as exc:
+        st.caption(f"Masking threshold not computed: {exc}")
 top_b, top_a = int(before.scores[0].argmax()), int(after.scores[0].argmax())
 m3.metric("Top-1", display(names[top_a]), delta=None if top_a == top_b else f"was {display(names[top_b])}", delta_color="inverse")
 
@@ -135,6 +149,7 @@ settings = {"model": name, "architecture": cfg.arch, "weights fingerprint": mode
             "attack": f"PGD-{steps}" if steps > 1 else "FGSM", "what it tries": LOSSES[objective],
             "eps (L-inf, full scale)": f"{eps:g}", "seed": seed, "measured SNR (dB)": f"{snr:.1f}",
             "made to survive (EOT)": "nothing" if eot is None else THREATS[eot_name][0],
+            "budget": "under the masking threshold (eps caps the search)" if budget_kind == "masking" else "eps",
             "top-1 before / after": f"{display(names[top_b])} / {display(names[top_a])}"}
 if target_class is not None:
     settings["target species"] = display(names[target_class])

@@ -114,12 +114,18 @@ def test_attack_page_runs_attack():
     assert len(at.dataframe) >= 2  # score table and changed prototypes
 
 
-def _targeted_attack_on_a_tone():
-    """The Attack page with the small AudioProtoPNet told to say Marsh Warbler about an uploaded tone (eps 0.01, PGD-10)."""
+def _attack_page_with_a_tone():
+    """The Attack page on the small AudioProtoPNet with an uploaded tone."""
     at = AppTest.from_file(str(ROOT / "pages" / "2_Attack.py"), default_timeout=TIMEOUT)
     at.session_state["model_name"] = "protopnet"
     at.run()
     _upload_tone(at, "attack")
+    return at
+
+
+def _targeted_attack_on_a_tone():
+    """The Attack page with the small AudioProtoPNet told to say Marsh Warbler about an uploaded tone (eps 0.01, PGD-10)."""
+    at = _attack_page_with_a_tone()
     at.radio(key="attack_objective_False").set_value("output-targeted-margin").run()
     at.selectbox(key="attack_target_species").set_value("acrpal").run()
     at.number_input(key="attack_eps").set_value(0.01).run()
@@ -662,3 +668,18 @@ def test_attack_page_plays_the_attack_through_the_field_and_can_make_it_survive(
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Top-1"] == "Marsh Warbler (acrpal)" and metrics["Top-1 (attacked)"] == "Marsh Warbler (acrpal)"
     assert any("The attack survives" in m.value for m in at.success)
+
+
+def test_attack_page_offers_the_masking_threshold_as_a_budget():
+    at = _attack_page_with_a_tone()
+    at.radio(key="attack_budget_kind").set_value("masking").run()
+    at.number_input(key="attack_eps").set_value(0.05).run()
+    at.number_input(key="attack_steps").set_value(5).run()
+    at.button(key="attack_run").click().run()
+    no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    line = [c.value for c in at.caption if "Above the clip's masking threshold" in c.value]
+    assert line, [c.value for c in at.caption]
+    above_3db = float(line[0].split("(")[1].split("%")[0])
+    assert above_3db < 1.0  # the budget holds: almost nothing pokes out by more than 3 dB
+    assert len(at.get("audio")) >= 3

@@ -1,0 +1,80 @@
+"""The psychoacoustic budget (core.psychoacoustic): masking threshold of Qin et al. 2019 and the masked attack."""
+
+import numpy as np
+import pytest
+import torch
+
+from core.errors import ParameterError
+from core.psychoacoustic import (
+    N_FFT,
+    MaskedPGD,
+    absolute_threshold_db,
+    bark,
+    masking_excess,
+    masking_threshold,
+    perturbation_psd_db,
+    project_under_threshold,
+)
+from tests.conftest import tone
+
+
+def test_bark_and_absolute_threshold_have_their_textbook_shape():
+    assert bark(np.array([100.0]))[0] == pytest.approx(1.0, abs=0.1) and bark(np.array([16_000.0]))[0] == pytest.approx(24.5, abs=0.5)
+    ath = absolute_threshold_db(np.array([50.0, 1000.0, 3300.0, 15_000.0]))
+    assert np.isneginf(ath[0])  # below 1 Bark: no absolute threshold
+    assert ath[2] < ath[1] < ath[3]  # hearing is most sensitive near 3-4 kHz, least at the top
+
+
+def test_a_loud_tone_masks_its_neighbourhood_more_above_than_below_and_silence_masks_nothing():
+    sr = 32_000
+    th = masking_threshold(tone(2000, 1.0, sr, amp=0.5), sr)
+    theta = th.theta_db[0][:, th.theta_db.shape[2] // 2]  # a middle frame
+    f = np.fft.rfftfreq(N_FFT, 1 / sr)
+    at = lambda hz: theta[np.argmin(np.abs(f - hz))]  # noqa: E731
+    assert at(2000) > 75  # right under a 96 dB tone: masked up to about 10 dB below it
+    assert at(2000) - at(1000) > 20 and at(2000) - at(4000) > 5  # falls off, faster below than above (2 Bark each side)
+    assert at(2000) - at(4000) < at(2000) - at(1000)
+    assert at(8000) < at(4000) - 15  # far above it still falls (about 6 dB per Bark for a 96 dB masker)
+    with pytest.raises(ParameterError, match="silent"):
+        masking_threshold(np.zeros(sr, np.float32), sr)
+    with pytest.raises(ParameterError, match="2048 samples"):
+        masking_threshold(np.ones(100, np.float32), sr)
+
+
+def test_projection_brings_noise_under_the_threshold_and_keeps_what_was_already_under():
+    sr = 32_000
+    rng = np.random.default_rng(0)
+    x = torch.as_tensor(np.stack([tone(1500, 1.0, sr, 0.4) + tone(5000, 1.0, sr, 0.1), tone(3000, 1.0, sr, 0.3)])).double()
+    th = masking_threshold(x, sr)
+    loud = torch.as_tensor(rng.standard_normal(x.shape) * 0.05)
+    before = masking_excess(loud, th)
+    assert (before["share_above"] > 0.3).all()
+    projected = project_under_threshold(loud, th, iterations=30)
+    after = masking_excess(projected, th)
+    assert (after["p99_excess_db"] < 1.0).all() and (after["share_above_3db"] < 0.01).all()
+    quiet = project_under_threshold(loud, th, iterations=30) * 0.1  # 20 dB under what was allowed
+    again = project_under_threshold(quiet, th, iterations=3)
+    assert torch.allclose(again, quiet, atol=1e-4 * float(quiet.abs().max()))  # under the threshold: left alone
+    psd = perturbation_psd_db(loud, th)
+    assert psd.shape == th.theta_db.shape
+
+
+def test_masked_attack_fools_a_model_under_the_threshold_where_linf_at_the_same_snr_does_not_stay(tiny_proto):
+    from core.attacks import PGD
+    from core.attacks.objectives import OutputMargin
+    from core.metrics import snr_db
+
+    sr = 16_000
+    x = torch.as_tensor(np.stack([tone(500, 1.0, sr, 0.3), tone(2000, 1.0, sr, 0.3)]))
+    atk = MaskedPGD(steps=20, eps=0.1)
+    adv = atk(tiny_proto, x)
+    ex = masking_excess(adv - x, atk.threshold)
+    assert (ex["p99_excess_db"] < 1.0).all()  # the budget holds
+    with torch.no_grad():
+        assert (tiny_proto(adv).argmax(-1) != tiny_proto(x).argmax(-1)).any()
+    snr = snr_db(x, adv)
+    ctrl = torch.cat([PGD(snr_db=float(s), steps=5, objective=OutputMargin())(tiny_proto, x[i : i + 1]) for i, s in enumerate(snr)])
+    assert (masking_excess(ctrl - x, atk.threshold)["share_above"] > ex["share_above"] + 0.2).all()  # same SNR, audible
+    assert atk.describe()["budget"] == "masking threshold"
+    with pytest.raises(ParameterError):
+        MaskedPGD(eps=0)
