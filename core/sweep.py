@@ -22,7 +22,7 @@ import json
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -72,6 +72,12 @@ class SweepResult:
     linf, l2 : np.ndarray [full-scale amplitude]
     adversarial : np.ndarray [shape=(n_eps, batch, n_samples), dtype=float32] or None
         Only with ``keep_waveforms=True``.
+    after : dict of str -> np.ndarray [shape=(n_eps, batch)], bool
+        Per transformation (``transforms`` of :func:`run_sweep`): the objective's success
+        on the transformed adversarial clip (does the attack survive it?).
+    clean_after : dict of str -> np.ndarray [shape=(batch,)], bool
+        The control: the objective's "success" on the transformed *clean* clip (the
+        transformation alone already does what the attack wants).
     """
 
     budget_kind: str
@@ -91,6 +97,8 @@ class SweepResult:
     linf: np.ndarray
     l2: np.ndarray
     adversarial: np.ndarray | None = None
+    after: dict = field(default_factory=dict)
+    clean_after: dict = field(default_factory=dict)
 
 
 def _grid(attack: Attack, epsilons, snr_db) -> tuple[str, np.ndarray]:
@@ -140,6 +148,7 @@ def run_sweep(
     max_rows: int = 8,
     keep_waveforms: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    transforms: Mapping | None = None,
 ) -> SweepResult:
     """Attack a batch at every budget of a grid in one call.
 
@@ -164,6 +173,9 @@ def run_sweep(
         Return the adversarial waveforms (n_eps x batch x n_samples floats).
     progress : callable, optional
         ``progress(done_rows, total_rows)``.
+    transforms : mapping of name -> core.threats.Transform, optional
+        Each adversarial (and clean) clip is also passed through each transformation's
+        evaluation draw and scored again (``SweepResult.after`` / ``clean_after``).
 
     Returns
     -------
@@ -210,6 +222,10 @@ def run_sweep(
             row["l2"] = metrics.l2(x[j], xa)
             if keep_waveforms:
                 row["adversarial"] = xa
+            sr = int(model.config.frontend.sample_rate)
+            for name, t in (transforms or {}).items():
+                with torch.no_grad():
+                    row[f"after:{name}"] = attack.objective.evaluate(model.forward_all(t(xa, sr).clamp(*attack.bounds)), st)["success"]
             for k, v in row.items():
                 parts.setdefault(k, []).append(v.detach().float().cpu())
             order.append(rows.cpu())
@@ -222,6 +238,11 @@ def run_sweep(
         v = torch.cat(parts[name])[inverse].numpy()
         return v.reshape(n_eps, batch, *v.shape[1:])
 
+    clean_after = {}
+    for name, t in (transforms or {}).items():
+        with torch.no_grad(), attack.eval_mode(model):
+            tx = t(x, int(model.config.frontend.sample_rate)).clamp(*attack.bounds)
+            clean_after[name] = attack.objective.evaluate(model.forward_all(tx), state)["success"].cpu().numpy().astype(bool)
     prs = metrics.prs(state["clean_prs_loss"].cpu().numpy()[None], grid_shaped("prs_loss"))
     drs = metrics.drs(state["clean_drs_loss"].cpu().numpy()[None], grid_shaped("drs_loss"))
     return SweepResult(
@@ -242,6 +263,8 @@ def run_sweep(
         linf=grid_shaped("linf"),
         l2=grid_shaped("l2"),
         adversarial=grid_shaped("adversarial") if keep_waveforms else None,
+        after={name: grid_shaped(f"after:{name}").astype(bool) for name in (transforms or {})},
+        clean_after=clean_after,
     )
 
 
@@ -365,8 +388,10 @@ def sweep_table(
 
     Columns: ``model, attack, norm, objective, steps, seed, success_definition, budget_kind, budget, clip,
     eps, success, objective_value, prs, drs, tars, snr_db, db_x, linf, l2``, one
-    ``score:<class>`` column per class and, with labels, one ``label:<class>`` column.
-    Clean rows have ``budget_kind == "clean"`` and carry the clean scores.
+    ``score:<class>`` column per class and, with labels, one ``label:<class>`` column;
+    with transformations, one ``after:<name>`` column each (success after it; on clean
+    rows, the control: the transformation alone). Clean rows have
+    ``budget_kind == "clean"`` and carry the clean scores.
 
     Raises
     ------
@@ -395,6 +420,9 @@ def sweep_table(
         "prs": result.prs.reshape(-1), "drs": result.drs.reshape(-1), "tars": result.tars.reshape(-1),
         "snr_db": result.snr_db.reshape(-1), "db_x": result.db_x.reshape(-1), "linf": result.linf.reshape(-1), "l2": result.l2.reshape(-1),
     })
+    for name, ok in result.after.items():  # does the attack survive the transformation? and the control
+        clean[f"after:{name}"] = result.clean_after[name]
+        adv[f"after:{name}"] = ok.reshape(-1)
     df = pd.concat([clean, adv], ignore_index=True)
     all_scores = np.concatenate(scores)
     cols = {f"score:{c}": all_scores[:, k] for k, c in enumerate(class_names)}
@@ -451,7 +479,8 @@ def summarize(df: pd.DataFrame, thresholds: Mapping[str, float] | None = None) -
     -------
     pandas.DataFrame
         Columns ``model, attack, norm, objective, budget_kind, budget, n_clips`` and
-        :data:`CURVE_METRICS`.
+        :data:`CURVE_METRICS`; with transformation columns, ``success_rate_after:<name>``
+        (on the clean row: the transformation's own rate, the control).
     """
     classes = _classes(df)
     has_labels = all(f"label:{c}" in df.columns for c in classes) and classes
@@ -469,6 +498,8 @@ def summarize(df: pd.DataFrame, thresholds: Mapping[str, float] | None = None) -
         else:
             row |= {"cmap": np.nan, "roc_auc": np.nan, "top1": np.nan}
         row["success_rate"] = float(g["success"].astype(float).mean())
+        for col in (c for c in g.columns if c.startswith("after:")):
+            row[f"success_rate_{col}"] = float(g[col].astype(float).mean()) if g[col].notna().any() else np.nan
         row["set_change_rate"] = float(changed[g.index].mean()) if changed[g.index].notna().all() else np.nan
         for m in ("prs", "drs", "tars"):
             row[m] = float(g[m].mean()) if g[m].notna().any() else np.nan

@@ -23,12 +23,13 @@ from core.sweep import (
     summarize,
     sweep_table,
 )
+from core.threats import threat_choices
 from ui.common import clip_picker, get_dataset, get_model, model_label
 from ui.jobs import BACKGROUND, job_panel, running_job, start_job
-from ui.plots import CHART_CONFIG, METRIC_LABELS, budget_label, robustness_curves, success_note
+from ui.plots import CHART_CONFIG, METRIC_LABELS, budget_label, robustness_curves, success_note, survival_curves
 
 
-def run_sweeps(job, run_models, inputs, attacks, spec, grid, budget_kind, class_names) -> dict:
+def run_sweeps(job, run_models, inputs, attacks, spec, grid, budget_kind, class_names, transforms=None) -> dict:
     """The sweep of every model (in a background job: no Streamlit calls here)."""
     tables, audio = [], {}
     for mi, (m, model) in enumerate(run_models.items()):
@@ -42,6 +43,7 @@ def run_sweeps(job, run_models, inputs, attacks, spec, grid, budget_kind, class_
 
         res = run_sweep(atk, model, torch.as_tensor(x, device=device), None if labels is None else torch.as_tensor(labels, device=device),
                         masks=torch.as_tensor(mask, device=device), keep_waveforms=len(ids) == 1, progress=progress,
+                        transforms=transforms,
                         **({"epsilons": grid} if budget_kind == "eps" else {"snr_db": grid}))
         tables.append(sweep_table(res, model=m, attack=atk, clip_ids=ids, class_names=class_names, labels=labels))
         if len(ids) == 1:
@@ -81,6 +83,7 @@ def sweep_done(result: dict) -> None:
     st.session_state.pop("sweep_min_eps", None)
 
 
+THREATS = threat_choices()
 st.set_page_config(page_title="Sweep · birdshield", page_icon="🐦", layout="wide")
 st.title("Sweep: watch robustness fall as the budget grows")
 st.caption("Every clip is attacked at every budget of the grid (the grid runs on the batch axis). Curves show held-out "
@@ -181,6 +184,10 @@ with st.expander("Set up a sweep", expanded="sweep_result" not in st.session_sta
         split = s1.selectbox("Split", ["test", "val", "train"], key="sweep_split")
         species = s2.selectbox("Species", ds.class_names, format_func=display, key="sweep_species") if clip_mode == "A species" else None
         max_clips = int(s3.number_input("at most N clips (5 s windows)", min_value=1, max_value=MAX_CLIPS, value=8, key="sweep_max_clips"))
+    through = st.multiselect("Also pass every clip through (does the attack survive it?)", list(THREATS),
+                             format_func=lambda t: THREATS[t][0], key="sweep_through",
+                             help="Each attacked clip, and each clean clip as the control, is also transformed (the same "
+                                  "room, distance, noise and codec for both) and scored again.")
     run = st.button("Run sweep", type="primary", key="sweep_run", disabled=not models or running_job("sweep") is not None)
     st.caption(BACKGROUND + " A sweep from the command line (`python -m core sweep`) resumes where it stopped.")
 
@@ -226,8 +233,11 @@ with st.expander("Set up a sweep", expanded="sweep_result" not in st.session_sta
             spec = {"attack": attack, "norm": norm, "objective": objective, "steps": steps, "seed": seed, **options}
             run_models = {m: loaded[m] for m in runnable}
 
-            def work(job, run_models=run_models, inputs=inputs, attacks=attacks, spec=spec, grid=grid, budget_kind=budget_kind, class_names=tuple(class_names)):
-                return run_sweeps(job, run_models, inputs, attacks, spec, grid, budget_kind, class_names)
+            transforms = {t: THREATS[t][1] for t in through}
+
+            def work(job, run_models=run_models, inputs=inputs, attacks=attacks, spec=spec, grid=grid, budget_kind=budget_kind,
+                     class_names=tuple(class_names), transforms=transforms):
+                return run_sweeps(job, run_models, inputs, attacks, spec, grid, budget_kind, class_names, transforms)
 
             start_job("sweep", "Sweep", "Sweep", work)
         except CoreError as exc:
@@ -265,6 +275,10 @@ cols = st.columns(2)
 for i, metric in enumerate(chosen):
     cols[i % 2].plotly_chart(robustness_curves(summary, metric), config=CHART_CONFIG, key=f"sweep_curve_{metric}")
 st.caption(success_note(summary, thresholds))
+if any(c.startswith("success_rate_after:") for c in summary.columns):
+    st.plotly_chart(survival_curves(summary, {t: v[0] for t, v in THREATS.items()}), config=CHART_CONFIG, key="sweep_survival")
+    st.caption("Dashed: success after the transformation. Its clean point is the control: how often the transformation "
+               "alone already changed the clean clip's answer (an attack cannot take credit for that).")
 if summary["cmap"].isna().all():
     st.caption("cmAP, ROC-AUC and top-1 need true labels and at least 2 clips (a single clip's average precision is 1 "
                "whatever its scores): attack several clips, or read success rate and PRS.")

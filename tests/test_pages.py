@@ -683,3 +683,27 @@ def test_attack_page_offers_the_masking_threshold_as_a_budget():
     above_3db = float(line[0].split("(")[1].split("%")[0])
     assert above_3db < 1.0  # the budget holds: almost nothing pokes out by more than 3 dB
     assert len(at.get("audio")) >= 3
+
+
+def test_sweep_page_draws_success_with_and_without_a_transformation():
+    at = AppTest.from_file(str(ROOT / "pages" / "3_Sweep.py"), default_timeout=TIMEOUT).run()
+    at.multiselect(key="sweep_models").set_value(["protopnet"]).run()
+    _upload_tone(at, "sweep")
+    at.number_input(key="sweep_steps").set_value(2).run()
+    at.text_input(key="sweep_grid_eps").set_value("0, 1e-3, 2e-2").run()
+    at.multiselect(key="sweep_through").set_value(["mp3-128", "noise-20"]).run()
+    at.button(key="sweep_run").click().run()
+    finish_job(at, "sweep")
+    no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    table = at.session_state["sweep_result"]["table"]
+    assert {"after:mp3-128", "after:noise-20"} <= set(table.columns)
+    import json
+
+    titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
+    survival = [t for t in titles if t.startswith("Attack success, digital and after")]
+    assert survival, titles
+    spec = [json.loads(c.proto.spec) for c in at.get("plotly_chart") if "digital and after" in json.loads(c.proto.spec)["layout"]["title"]["text"]][0]
+    names = [d["name"] for d in spec["data"]]
+    assert "protopnet · digital" in names and any("after saved as MP3 at 128 kbps" in n for n in names)
+    assert any("clean point is the control" in c.value for c in at.caption)

@@ -145,3 +145,25 @@ def test_survival_summary_counts_survival_among_windows_the_transformation_leave
     s = survival_summary(t).iloc[0]
     assert s["windows"] == 4 and s["stable"] == 3 and s["control_changed"] == 0.25
     assert s["survives"] == pytest.approx(1 / 3) and s["fooled_after"] == 0.5 and s["fooled_digital"] == 0.75
+
+
+def test_sweep_scores_every_attack_again_after_each_transformation(tiny_proto):
+    from core.attacks import PGD
+    from core.sweep import run_sweep, summarize, sweep_table
+
+    x = torch.as_tensor(np.stack([tone(500, 1.0, 16_000), tone(2000, 1.0, 16_000), tone(4000, 1.0, 16_000)]))
+    transforms = {"inaudible": AmbientNoise(200.0), "drowned": AmbientNoise(-30.0)}
+    atk = PGD(eps=0.0, steps=3)
+    res = run_sweep(atk, tiny_proto, x, epsilons=[0.0, 0.01, 0.1], transforms=transforms)
+    assert set(res.after) == set(transforms) and res.after["inaudible"].shape == (3, 3)
+    assert np.array_equal(res.after["inaudible"], res.success)  # a transformation that changes nothing: the same outcome
+    assert not res.clean_after["inaudible"].any()
+    with torch.no_grad():  # the control: noise 30 dB above the clip decides by itself
+        drowned = tiny_proto(transforms["drowned"](x, 16_000).clamp(-1, 1)).argmax(-1) != tiny_proto(x).argmax(-1)
+    assert np.array_equal(res.clean_after["drowned"], drowned.numpy())
+    table = sweep_table(res, model="tiny", attack=atk, clip_ids=["a", "b", "c"], class_names=["aaa", "bbb", "ccc"])
+    assert {"after:inaudible", "after:drowned"} <= set(table.columns)
+    clean_rows = table[table["budget_kind"] == "clean"]
+    assert list(clean_rows["after:drowned"]) == list(res.clean_after["drowned"])
+    s = summarize(table)
+    assert np.allclose(s["success_rate_after:inaudible"], s["success_rate"])

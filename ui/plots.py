@@ -151,6 +151,30 @@ def robustness_curves(summary, metric: str, *, height: int = 320) -> go.Figure:
     return fig
 
 
+def survival_curves(summary, labels: dict | None = None, *, height: int = 360) -> go.Figure:
+    """Attack success against the budget, digitally and after each transformation (``success_rate_after:<name>``).
+
+    One solid line per model for the digital attack and one dashed line per
+    (model, transformation); the clean point of a transformation's line is its
+    control (what the transformation alone does to the clean clips).
+    """
+    labels = labels or {}
+    fig = robustness_curves(summary, "success_rate", height=height)
+    for trace in fig.data:
+        trace.name = f"{trace.name} · digital"
+    cols = [c for c in summary.columns if c.startswith("success_rate_after:")]
+    for col in cols:
+        t = col.split(":", 1)[1]
+        for model, g in summary.groupby("model", sort=False):
+            g = g.assign(x=[budget_label(k, b) for k, b in zip(g["budget_kind"], g["budget"])])
+            name = f"{model} · after {labels.get(t, t)}"
+            fig.add_trace(go.Scatter(x=g["x"], y=g[col], mode="lines+markers", name=name, line=dict(dash="dash"),
+                                     hovertemplate=f"{name}<br>%{{x}}<br>success %{{y:.3f}}<extra></extra>"))
+    fig.update_layout(title="Attack success, digital and after each transformation (clean point = the control)")
+    fig.update_yaxes(title="attack success rate", range=[-0.02, 1.02])
+    return fig
+
+
 def success_note(summary, thresholds: dict | None = None) -> str:
     """"Attack success: ..." naming the definition of each objective in a :func:`core.sweep.summarize` table.
 
