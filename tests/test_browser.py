@@ -248,8 +248,8 @@ def test_second_session_loads_while_first_is_busy_and_a_run_survives_leaving_its
     busy = open_page(browser, f"{server}/Sweep")
     busy.get_by_text("Split subset", exact=True).click()
     settle(busy)
-    enter(busy, "steps", "30")
-    busy.get_by_role("button", name="Run sweep").click()  # 8 clips x 2 models x 6 budgets x PGD-30: minutes
+    enter(busy, "steps", "15")
+    busy.get_by_role("button", name="Run sweep").click()  # 8 clips x 2 models x 6 budgets x PGD-15: minutes
     busy.get_by_text("Sweep: ", exact=False).first.wait_for(timeout=30_000)  # its progress bar: the job runs
     start = time.perf_counter()
     other = browser.new_page(viewport={"width": 1400, "height": 1600})

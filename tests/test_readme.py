@@ -167,3 +167,14 @@ def test_no_bird_negatives_row_is_the_shipped_head():
            f"{nb.loc['white noise, -30 dBFS', 'no_bird_rate']:.2f} / {nb.loc['pink noise, -50 dBFS', 'no_bird_rate']:.2f} | "
            f"{nb.loc['bird-free site noise (BirdNET-vetted)', 'no_bird_rate']:.2f} |")
     assert row in README
+
+
+def test_threat_tables_are_the_stored_studies():
+    from core.threats import masking_markdown, masking_summary, survival_markdown, survival_summary
+
+    survival = pd.read_csv(ROOT / "assets" / "threats" / "survival.csv")
+    assert {"birdnet", "birdnet_protopnet"} == set(survival["model"]) and set(survival["attack"]) == {"pgd", "eot-pgd"}
+    assert {"none", "mp3-128", "playback-1m", "playback-10m"} == set(survival["transform"])
+    assert block("threats-survival") == survival_markdown(survival_summary(survival)) + "\n"
+    masking = pd.read_csv(ROOT / "assets" / "threats" / "masking.csv")
+    assert block("threats-masking") == masking_markdown(masking_summary(masking)) + "\n"
