@@ -43,7 +43,7 @@ from scipy.signal import argrelextrema
 
 from core.errors import ParameterError
 
-__all__ = ["N_FFT", "HOP_LENGTH", "bark", "absolute_threshold_db", "MaskingThreshold", "masking_threshold",
+__all__ = ["N_FFT", "HOP_LENGTH", "F_MAX_HZ", "bark", "absolute_threshold_db", "MaskingThreshold", "masking_threshold",
            "perturbation_psd_db", "project_under_threshold", "masking_excess", "MaskedPGD"]
 
 N_FFT = 2048
@@ -112,13 +112,25 @@ def _frame_threshold(P: np.ndarray, z: np.ndarray, ath: np.ndarray) -> np.ndarra
     return 10 * np.log10(total + 1e-30)
 
 
-def masking_threshold(waveform, sample_rate: int) -> MaskingThreshold:
+#: Above this frequency [Hz] the budget allows no perturbation (see :func:`masking_threshold`).
+F_MAX_HZ = 16_000.0
+
+
+def masking_threshold(waveform, sample_rate: int, *, f_max_hz: float = F_MAX_HZ) -> MaskingThreshold:
     """Global masking threshold of each clip (see the module docstring for the model and its sources).
+
+    Above ``f_max_hz`` the threshold is set to -300 dB (no perturbation allowed): the
+    absolute threshold of hearing climbs steeply there (past 100 dB at 20 kHz on this
+    scale), so the model would let an attack put unbounded energy where people hear
+    little and the models hardly listen (BirdNET's input stops at 15 kHz), which made
+    a first measurement's SNR (-6.6 dB at 48 kHz) meaningless. Qin et al. worked at
+    16 kHz, where the question never arises.
 
     Parameters
     ----------
     waveform : np.ndarray or torch.Tensor [shape=(n_samples,) or (batch, n_samples)], full-scale amplitude
     sample_rate : int [Hz]
+    f_max_hz : float [Hz]
 
     Returns
     -------
@@ -146,6 +158,7 @@ def masking_threshold(waveform, sample_rate: int) -> MaskingThreshold:
         P = p[b] + offsets[b]
         for t in range(P.shape[1]):
             theta[b, :, t] = _frame_threshold(P[:, t], z, ath)
+    theta[:, freqs > f_max_hz, :] = -300.0
     return MaskingThreshold(theta_db=theta, offset_db=offsets, sample_rate=int(sample_rate))
 
 
@@ -189,8 +202,9 @@ def project_under_threshold(delta: torch.Tensor, threshold: MaskingThreshold, *,
 def masking_excess(delta, threshold: MaskingThreshold) -> dict:
     """How far a perturbation pokes above the masking threshold, per clip.
 
-    Only bins above 1 Bark (about 100 Hz) count: below it the absolute threshold
-    is undefined and the global threshold is set by maskers alone.
+    Only bins from 1 Bark (about 100 Hz) to :data:`F_MAX_HZ` count: below 1 Bark the
+    absolute threshold is undefined, above ``F_MAX_HZ`` nothing is allowed (the
+    SNR shows what leaks there).
 
     Returns
     -------
@@ -203,7 +217,8 @@ def masking_excess(delta, threshold: MaskingThreshold) -> dict:
     d = torch.as_tensor(delta).detach().double()
     d = d[None] if d.ndim == 1 else d
     ex = (perturbation_psd_db(d, threshold) - torch.as_tensor(threshold.theta_db, dtype=d.dtype)).numpy()
-    heard = bark(np.fft.rfftfreq(N_FFT, 1.0 / threshold.sample_rate)) > 1.0
+    f = np.fft.rfftfreq(N_FFT, 1.0 / threshold.sample_rate)
+    heard = (bark(f) > 1.0) & (f <= F_MAX_HZ)
     ex = ex[:, heard, :].reshape(len(ex), -1)
     return {"share_above": (ex > 0).mean(1), "share_above_3db": (ex > 3).mean(1), "p99_excess_db": np.percentile(ex, 99, axis=1)}
 

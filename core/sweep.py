@@ -78,6 +78,10 @@ class SweepResult:
     clean_after : dict of str -> np.ndarray [shape=(batch,)], bool
         The control: the objective's "success" on the transformed *clean* clip (the
         transformation alone already does what the attack wants).
+    above_masking : np.ndarray or None
+        Share of time-frequency cells where the perturbation exceeds the clean clip's
+        psychoacoustic masking threshold (:func:`core.psychoacoustic.masking_excess`);
+        only with ``masking=True``.
     """
 
     budget_kind: str
@@ -99,6 +103,7 @@ class SweepResult:
     adversarial: np.ndarray | None = None
     after: dict = field(default_factory=dict)
     clean_after: dict = field(default_factory=dict)
+    above_masking: np.ndarray | None = None
 
 
 def _grid(attack: Attack, epsilons, snr_db) -> tuple[str, np.ndarray]:
@@ -149,6 +154,7 @@ def run_sweep(
     keep_waveforms: bool = False,
     progress: Callable[[int, int], None] | None = None,
     transforms: Mapping | None = None,
+    masking: bool = False,
 ) -> SweepResult:
     """Attack a batch at every budget of a grid in one call.
 
@@ -176,6 +182,9 @@ def run_sweep(
     transforms : mapping of name -> core.threats.Transform, optional
         Each adversarial (and clean) clip is also passed through each transformation's
         evaluation draw and scored again (``SweepResult.after`` / ``clean_after``).
+    masking : bool
+        Also measure how much of each perturbation lies above the clean clip's
+        masking threshold (``SweepResult.above_masking``; about 0.3 s per clip).
 
     Returns
     -------
@@ -191,6 +200,11 @@ def run_sweep(
         raise ParameterError(f"max_rows must be an integer >= 1, got {max_rows!r}")
     x, labels, mask = attack.check_inputs(waveforms, labels, masks)
     n_eps, batch = len(grid), x.shape[0]
+    threshold = None
+    if masking:
+        from core.psychoacoustic import masking_excess, masking_threshold
+
+        threshold = masking_threshold(x, int(model.config.frontend.sample_rate))
     with attack.eval_mode(model):
         state = attack.objective.prepare(model, x, labels)
         noise = attack.start_noise(x)
@@ -222,6 +236,9 @@ def run_sweep(
             row["l2"] = metrics.l2(x[j], xa)
             if keep_waveforms:
                 row["adversarial"] = xa
+            if threshold is not None:
+                sub = type(threshold)(threshold.theta_db[j.cpu().numpy()], threshold.offset_db[j.cpu().numpy()], threshold.sample_rate)
+                row["above_masking"] = torch.as_tensor(masking_excess((xa - x[j]).cpu(), sub)["share_above"])
             sr = int(model.config.frontend.sample_rate)
             for name, t in (transforms or {}).items():
                 with torch.no_grad():
@@ -265,6 +282,7 @@ def run_sweep(
         adversarial=grid_shaped("adversarial") if keep_waveforms else None,
         after={name: grid_shaped(f"after:{name}").astype(bool) for name in (transforms or {})},
         clean_after=clean_after,
+        above_masking=grid_shaped("above_masking") if threshold is not None else None,
     )
 
 
@@ -389,6 +407,7 @@ def sweep_table(
     Columns: ``model, attack, norm, objective, steps, seed, success_definition, budget_kind, budget, clip,
     eps, success, objective_value, prs, drs, tars, snr_db, db_x, linf, l2``, one
     ``score:<class>`` column per class and, with labels, one ``label:<class>`` column;
+    with ``masking``, ``above_masking`` (share of cells above the masking threshold, 0 on clean rows);
     with transformations, one ``after:<name>`` column each (success after it; on clean
     rows, the control: the transformation alone). Clean rows have
     ``budget_kind == "clean"`` and carry the clean scores.
@@ -420,6 +439,9 @@ def sweep_table(
         "prs": result.prs.reshape(-1), "drs": result.drs.reshape(-1), "tars": result.tars.reshape(-1),
         "snr_db": result.snr_db.reshape(-1), "db_x": result.db_x.reshape(-1), "linf": result.linf.reshape(-1), "l2": result.l2.reshape(-1),
     })
+    if result.above_masking is not None:  # audibility beside SNR and dB_x
+        clean["above_masking"] = 0.0
+        adv["above_masking"] = result.above_masking.reshape(-1)
     for name, ok in result.after.items():  # does the attack survive the transformation? and the control
         clean[f"after:{name}"] = result.clean_after[name]
         adv[f"after:{name}"] = ok.reshape(-1)
@@ -505,6 +527,8 @@ def summarize(df: pd.DataFrame, thresholds: Mapping[str, float] | None = None) -
             row[m] = float(g[m].mean()) if g[m].notna().any() else np.nan
         for m in ("snr_db", "db_x", "eps"):
             row[m] = float(g[m].median())
+        if "above_masking" in g:
+            row["above_masking"] = float(g["above_masking"].median()) if g["above_masking"].notna().any() else np.nan
         rows.append(row)
     return pd.DataFrame(rows)
 

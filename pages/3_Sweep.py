@@ -25,11 +25,12 @@ from core.sweep import (
 )
 from core.threats import threat_choices
 from ui.common import clip_picker, get_dataset, get_model, model_label
+from ui.glossary import help_text
 from ui.jobs import BACKGROUND, job_panel, running_job, start_job
 from ui.plots import CHART_CONFIG, METRIC_LABELS, budget_label, robustness_curves, success_note, survival_curves
 
 
-def run_sweeps(job, run_models, inputs, attacks, spec, grid, budget_kind, class_names, transforms=None) -> dict:
+def run_sweeps(job, run_models, inputs, attacks, spec, grid, budget_kind, class_names, transforms=None, masking=False) -> dict:
     """The sweep of every model (in a background job: no Streamlit calls here)."""
     tables, audio = [], {}
     for mi, (m, model) in enumerate(run_models.items()):
@@ -43,7 +44,7 @@ def run_sweeps(job, run_models, inputs, attacks, spec, grid, budget_kind, class_
 
         res = run_sweep(atk, model, torch.as_tensor(x, device=device), None if labels is None else torch.as_tensor(labels, device=device),
                         masks=torch.as_tensor(mask, device=device), keep_waveforms=len(ids) == 1, progress=progress,
-                        transforms=transforms,
+                        transforms=transforms, masking=masking,
                         **({"epsilons": grid} if budget_kind == "eps" else {"snr_db": grid}))
         tables.append(sweep_table(res, model=m, attack=atk, clip_ids=ids, class_names=class_names, labels=labels))
         if len(ids) == 1:
@@ -188,6 +189,8 @@ with st.expander("Set up a sweep", expanded="sweep_result" not in st.session_sta
                              format_func=lambda t: THREATS[t][0], key="sweep_through",
                              help="Each attacked clip, and each clean clip as the control, is also transformed (the same "
                                   "room, distance, noise and codec for both) and scored again.")
+    audibility = st.checkbox("Also measure audibility: the share of each perturbation above the clip's masking threshold",
+                             value=True, key="sweep_audibility", help=help_text("masking threshold"))
     run = st.button("Run sweep", type="primary", key="sweep_run", disabled=not models or running_job("sweep") is not None)
     st.caption(BACKGROUND + " A sweep from the command line (`python -m core sweep`) resumes where it stopped.")
 
@@ -236,8 +239,8 @@ with st.expander("Set up a sweep", expanded="sweep_result" not in st.session_sta
             transforms = {t: THREATS[t][1] for t in through}
 
             def work(job, run_models=run_models, inputs=inputs, attacks=attacks, spec=spec, grid=grid, budget_kind=budget_kind,
-                     class_names=tuple(class_names), transforms=transforms):
-                return run_sweeps(job, run_models, inputs, attacks, spec, grid, budget_kind, class_names, transforms)
+                     class_names=tuple(class_names), transforms=transforms, masking=audibility):
+                return run_sweeps(job, run_models, inputs, attacks, spec, grid, budget_kind, class_names, transforms, masking)
 
             start_job("sweep", "Sweep", "Sweep", work)
         except CoreError as exc:
@@ -268,7 +271,7 @@ except CoreError as exc:
     thresholds = {}
 summary = summarize(table, thresholds=thresholds)
 st.subheader(f"Robustness curves ({summary['n_clips'].max()} clip(s), source: {result['source']})")
-available = [m for m in CURVE_METRICS if summary[m].notna().any() and m != "eps"]
+available = [m for m in (*CURVE_METRICS, "above_masking") if m in summary and summary[m].notna().any() and m != "eps"]
 default = [m for m in ("cmap", "success_rate", "tars", "snr_db") if m in available] or available[:2]
 chosen = st.multiselect("Metrics", available, default=default, format_func=lambda m: METRIC_LABELS.get(m, m), key="sweep_metrics")
 cols = st.columns(2)

@@ -186,6 +186,8 @@ def test_sweep_page_single_clip_two_models():
     assert not at.error, [e.value for e in at.error]
     table = at.session_state["sweep_result"]["table"]
     assert set(table["model"]) == {"baseline", "protopnet"} and len(table) == 2 * 4
+    assert "share of cells above the masking threshold (median)" in at.multiselect(key="sweep_metrics").options  # beside SNR
+    assert table.groupby("budget")["above_masking"].median().is_monotonic_increasing
     assert len(at.get("plotly_chart")) >= 2  # curves
     # one audio player per budget and model (clean + 3 budgets)
     audio = at.session_state["sweep_result"]["audio"]

@@ -78,3 +78,31 @@ def test_masked_attack_fools_a_model_under_the_threshold_where_linf_at_the_same_
     assert atk.describe()["budget"] == "masking threshold"
     with pytest.raises(ParameterError):
         MaskedPGD(eps=0)
+
+
+def test_nothing_is_allowed_above_16_khz_where_the_threshold_of_hearing_would_allow_anything():
+    sr = 48_000
+    x = torch.as_tensor(tone(2000, 1.0, sr, 0.3)[None]).double()
+    th = masking_threshold(x, sr)
+    f = np.fft.rfftfreq(N_FFT, 1 / sr)
+    assert (th.theta_db[0][f > 16_000] <= -299).all()
+    ultrasonic = torch.as_tensor(tone(20_000, 1.0, sr, 0.3)[None]).double()  # as loud as the song, above 16 kHz
+    kept = project_under_threshold(ultrasonic, th, iterations=30)
+    assert float(kept.pow(2).mean().sqrt()) < 1e-2 * float(ultrasonic.pow(2).mean().sqrt())  # at least 40 dB down
+
+
+def test_sweeps_report_audibility_beside_snr(tiny_proto):
+    from core.attacks import PGD
+    from core.sweep import run_sweep, summarize, sweep_table
+
+    x = torch.as_tensor(np.stack([tone(500, 1.0, 16_000, 0.3), tone(2000, 1.0, 16_000, 0.3)]))
+    atk = PGD(eps=0.0, steps=2)
+    res = run_sweep(atk, tiny_proto, x, epsilons=[0.0, 1e-4, 3e-2], masking=True, max_rows=3)
+    above = res.above_masking
+    assert above.shape == (3, 2) and (above[0] == 0).all()  # eps 0: nothing added
+    assert (above[2] > above[1]).all() and (above[2] > 0.2).all()  # a louder L-inf sign pattern pokes out more
+    res_kept = run_sweep(atk, tiny_proto, x, epsilons=[3e-2], masking=True, keep_waveforms=True)
+    direct = masking_excess(torch.as_tensor(res_kept.adversarial[0]) - x, masking_threshold(x, 16_000))["share_above"]
+    assert np.allclose(res_kept.above_masking[0], direct)  # the same measure as masking_excess on the clip itself
+    s = summarize(sweep_table(res, model="tiny", attack=atk, clip_ids=["a", "b"], class_names=["aaa", "bbb", "ccc"]))
+    assert "above_masking" in s and s["above_masking"].iloc[-1] == pytest.approx(float(np.median(above[2])))

@@ -33,6 +33,20 @@ GLOSSARY: dict[str, tuple[str, str]] = {
         "10 log10(power of the clip / power of the change). 20 dB: the change is 100 times weaker in power; 40 dB: "
         "10,000 times; above about 40-50 dB a change is usually inaudible next to birdsong.",
     ),
+    "masking threshold": (
+        "How loud a change may be, at each moment and pitch, before the clip's own louder sounds stop hiding it.",
+        "A loud note hides quieter sounds close to it in pitch and time. The masking threshold (the psychoacoustic "
+        "model of MPEG audio coding, as Qin et al. 2019 use it for adversarial audio) says, for every moment and "
+        "frequency of a clip, how loud an added sound can be and still be hidden. A change kept under it is "
+        "inaudible *by that model*, even at an SNR near 7 dB; it was built for coding noise heard by ordinary "
+        "listeners, not for an expert listening for a faint call, and a spectrogram still shows the change.",
+    ),
+    "expectation over transformation": (
+        "Making an attack work after a transformation (MP3, a loudspeaker in a room) by averaging over random versions of it.",
+        "Each attack step averages its direction over several random versions of the transformation (other rooms, "
+        "distances, noise), so the result still fools the model after the real one. The Attack page's *Make it "
+        "survive* runs it; it is slower by the number of versions.",
+    ),
     "attack success": (
         "The share of windows where the attack changed the model's top species (or reached its goal).",
         "Untargeted: the top species after the attack differs from before. Targeted (\"make it say X\"): X is now "

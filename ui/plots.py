@@ -114,6 +114,7 @@ METRIC_LABELS = {
     "cmap": "cmAP", "roc_auc": "macro ROC-AUC", "top1": "top-1 accuracy", "success_rate": "attack success rate",
     "set_change_rate": "predicted set changed (val threshold)",
     "prs": "PRS", "drs": "DRS", "tars": "TARS", "snr_db": "SNR (dB, median)", "db_x": "dB_x (dB, median)", "eps": "eps (median)",
+    "above_masking": "share of cells above the masking threshold (median)",
 }
 
 
