@@ -178,3 +178,17 @@ def test_threat_tables_are_the_stored_studies():
     assert block("threats-survival") == survival_markdown(survival_summary(survival)) + "\n"
     masking = pd.read_csv(ROOT / "assets" / "threats" / "masking.csv")
     assert block("threats-masking") == masking_markdown(masking_summary(masking)) + "\n"
+
+
+def test_head_comparison_is_the_stored_one_for_the_shipped_heads():
+    from core.compare import CompareStore
+    from core.embeddings import model_fingerprint
+    from core.models.registry import load_checkpoint
+    from core.report import compare_markdown
+
+    results = list(CompareStore(directory=ROOT / "assets" / "birdnet_heads" / "compare", shipped=None).results())
+    assert len(results) == 1
+    r = results[0]
+    assert r.fingerprints == {n: model_fingerprint(load_checkpoint(n, device="cpu")) for n in r.models}  # not stale
+    assert not r.prototypes.empty and set(r.prototypes["model"]) == {"birdnet_protopnet"}
+    assert block("head-compare") == compare_markdown(r, HEAD_LABELS) + "\n"
