@@ -151,9 +151,23 @@ class Transform:
     differentiable = True
 
     def describe(self) -> dict:
+        """JSON-ready settings."""
         return {"name": self.name}
 
     def __call__(self, x: torch.Tensor, sample_rate: int, rng: np.random.Generator | None = None) -> torch.Tensor:
+        """Transform waveforms.
+
+        Parameters
+        ----------
+        x : torch.Tensor [shape=(batch, n_samples), dtype=float32 or float64], full-scale amplitude
+        sample_rate : int [Hz]
+        rng : numpy.random.Generator, optional
+            None: the fixed evaluation draw; a generator: a random draw (EOT).
+
+        Returns
+        -------
+        torch.Tensor, ``x``'s shape, dtype and device (not clipped: callers clip to [-1, 1])
+        """
         raise NotImplementedError
 
 
