@@ -493,6 +493,20 @@ def cmd_embed_metrics(args) -> int:
     return 0
 
 
+def _through(text: str | None) -> dict:
+    """``--through mp3-128,playback-1m`` -> the transformations (:func:`core.threats.threat_choices`)."""
+    if not text:
+        return {}
+    from core.threats import threat_choices
+
+    choices = threat_choices()
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [t for t in names if t not in choices]
+    if unknown:
+        raise ParameterError(f"--through: unknown transformation(s) {unknown}; choose from {', '.join(choices)}")
+    return {t: choices[t][1] for t in names}
+
+
 def cmd_sweep(args) -> int:
     import numpy as np
     from tqdm import tqdm
@@ -516,6 +530,7 @@ def cmd_sweep(args) -> int:
         groups.setdefault((m.config.frontend.sample_rate, m.config.window_samples), {})[name] = m
     out = Path(args.out)
     settings = {"split": args.split, "species": args.species, "max_clips": args.max_clips, "target_clip": args.target_clip}
+    transforms = _through(args.through)
     group_clips, makers = {}, {}
     table = None
     for (sr, win), group in groups.items():
@@ -539,10 +554,11 @@ def cmd_sweep(args) -> int:
             bar.refresh()
 
         table = sweep_windows(group, make, clips.waveforms, clips.clip_ids, clips.labels, masks=clips.masks, out=out, settings=settings,
-                              clips_per_batch=args.batch_clips, progress=progress, **grid)
+                              clips_per_batch=args.batch_clips, progress=progress, transforms=transforms, masking=args.masking, **grid)
         bar.close()
     summary = summarize(table)
     cols = ["model", "budget_kind", "budget", "n_clips", "cmap", "success_rate", "prs", "drs", "tars", "snr_db"]
+    cols += [c for c in summary.columns if c == "above_masking" or c.startswith("success_rate_after:")]
     print(summary[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(f"{len(table)} rows written to {out}")
     if args.minimal_eps:
@@ -897,6 +913,10 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--prototype", help="prototype-activate: index or CODE:j")
     sw.add_argument("--k", type=int, default=3, help="prototype-suppress: number of prototypes")
     sw.add_argument("--batch-clips", type=int, default=4, help="clips per batch (memory)")
+    sw.add_argument("--through", metavar="T1,T2",
+                    help="also score every clip after these transformations (mp3-128, mp3-64, playback-1m, playback-10m, "
+                         "room-3m, noise-20): does the attack survive them? the clean rows are the control")
+    sw.add_argument("--masking", action="store_true", help="also measure each perturbation's share above the clip's masking threshold")
     sw.add_argument("--minimal-eps", action="store_true", help="also find each clip's minimal flipping eps (bisection)")
     sw.add_argument("--iterations", type=int, default=7, help="bisection steps for --minimal-eps (after one attack per decade)")
     sw.add_argument("--out", default="results/sweep.csv", help="output table, .csv or .parquet; an existing one with the same settings is resumed")

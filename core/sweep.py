@@ -605,6 +605,8 @@ def sweep_windows(
     out: str | os.PathLike | None = None,
     settings: dict | None = None,
     progress: Callable[[int, int], None] | None = None,
+    transforms: Mapping | None = None,
+    masking: bool = False,
 ) -> pd.DataFrame:
     """Sweep several models over many clips, optionally resumable on disk.
 
@@ -631,6 +633,10 @@ def sweep_windows(
         Extra JSON-ready settings recorded in the sidecar (e.g. split).
     progress : callable, optional
         ``progress(done_clips, total_clips)`` summed over models.
+    transforms : mapping of name -> core.threats.Transform, optional
+        Score every clip again after each transformation (:func:`run_sweep`).
+    masking : bool
+        Measure each perturbation's share above the masking threshold (:func:`run_sweep`).
 
     Returns
     -------
@@ -651,6 +657,10 @@ def sweep_windows(
         "attack": first.describe(), "budget_kind": kind, "grid": [float(v) for v in grid], "models": sorted(models),
         **(settings or {}),
     }
+    if transforms:
+        meta["transforms"] = {name: t.describe() for name, t in transforms.items()}
+    if masking:
+        meta["masking"] = True
     table = pd.DataFrame()
     if out is not None:
         out = Path(out)
@@ -679,7 +689,7 @@ def sweep_windows(
             y = None if labels is None else torch.as_tensor(labels[idx], device=device)
             m = None if masks is None else torch.as_tensor(masks[idx], device=device)
             grids = {"epsilons": grid} if kind == "eps" else {"snr_db": grid}
-            res = run_sweep(attacks[name], model, x, y, masks=m, max_rows=max_rows, **grids)
+            res = run_sweep(attacks[name], model, x, y, masks=m, max_rows=max_rows, transforms=transforms, masking=masking, **grids)
             part = sweep_table(res, model=name, attack=attacks[name], clip_ids=[clip_ids[i] for i in idx], class_names=model.config.class_names,
                                labels=None if labels is None else labels[idx])
             table = pd.concat([table, part], ignore_index=True) if len(table) else part

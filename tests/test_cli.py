@@ -118,12 +118,33 @@ def test_sweep_command_writes_table_and_resumes(data_dir, tmp_path):
     (["--objective", "output-targeted", "--epsilons", "1e-3"], "target species"),
     (["--objective", "prototype-activate", "--models", "baseline", "--epsilons", "1e-3"], "AudioProtoPNet"),
     (["--epsilons", "1e-3", "--out", "x.txt"], ".csv or .parquet"),
+    (["--epsilons", "1e-3", "--through", "mp3-128,underwater"], "unknown transformation"),
 ])
 def test_sweep_bad_options(args, needle, data_dir, tmp_path):
     argv = ["sweep", "--max-clips", "1", "--steps", "1", "--out", str(tmp_path / "s.csv"), *args]
     r = run(*argv)
     assert r.returncode == 2, r.stdout
     assert needle in r.stderr and "Traceback" not in r.stderr
+
+
+def test_sweep_command_scores_after_transformations_and_measures_audibility(data_dir, tmp_path):
+    out = tmp_path / "sweep.csv"
+    args = ["sweep", "--models", "protopnet", "--epsilons", "0,1e-3", "--steps", "2", "--max-clips", "2",
+            "--through", "mp3-128,noise-20", "--masking", "--out", str(out)]
+    r = run(*args)
+    assert r.returncode == 0, r.stderr
+    import json
+
+    import pandas as pd
+
+    df = pd.read_csv(out)
+    assert {"after:mp3-128", "after:noise-20", "above_masking"} <= set(df.columns) and len(df) == 2 * 3
+    assert (df.loc[df["budget_kind"] == "clean", "above_masking"] == 0).all()
+    assert "success_rate_after:mp3-128" in r.stdout
+    meta = json.loads(out.with_suffix(".csv.json").read_text())
+    assert set(meta["transforms"]) == {"mp3-128", "noise-20"} and meta["masking"] is True
+    other = run(*args[:-5], "--out", str(out))  # the same sweep without them is another sweep: not mixed into this table
+    assert other.returncode == 2 and "other settings" in other.stderr
 
 
 def test_shift_command(data_dir, tmp_path):
