@@ -20,6 +20,19 @@ from core.errors import CoreError, ParameterError
 log = logging.getLogger("core")
 
 
+def _csv_out(path: str) -> Path:
+    """``--out`` of a command that writes one CSV table; ParameterError for any other extension."""
+    out = Path(path)
+    if out.suffix != ".csv":
+        raise ParameterError(f"--out must end in .csv, got {out}")
+    return out
+
+
+def _names(text: str) -> list[str]:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]`` (model lists)."""
+    return [m.strip() for m in text.split(",") if m.strip()]
+
+
 def _add_data_dir(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None, help="dataset directory with manifest.csv (default: $BIRDSHIELD_DATA_DIR, then ../shared/data/xc9)")
 
@@ -162,9 +175,7 @@ def cmd_audit(args) -> int:
     from core.fileio import atomic_write_text
     from core.models.registry import load_checkpoint, update_model_card
 
-    out = Path(args.out)
-    if out.suffix != ".csv":
-        raise ParameterError(f"--out must end in .csv, got {out}")
+    out = _csv_out(args.out)
     model = load_checkpoint(args.model)
     ds = open_dataset(args.data_dir)
     c = model.config
@@ -190,9 +201,7 @@ def cmd_head_study(args) -> int:
     from core.data import open_dataset
     from core.fileio import atomic_write_text
 
-    out = Path(args.out)
-    if out.suffix != ".csv":
-        raise ParameterError(f"--out must end in .csv, got {out}")
+    out = _csv_out(args.out)
     layers = [x.strip() for x in args.layers.split(",") if x.strip()]
     if args.finetune_from:
         from core.birdnet_heads import finetune_study
@@ -324,10 +333,8 @@ def cmd_no_bird_check(args) -> int:
     from core.fileio import atomic_write_text
     from core.models.registry import load_checkpoint
 
-    out = Path(args.out)
-    if out.suffix != ".csv":
-        raise ParameterError(f"--out must end in .csv, got {out}")
-    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    out = _csv_out(args.out)
+    names = _names(args.models)
     models = {n: load_checkpoint(n) for n in names}
     table = no_bird_check(models, dataset=open_dataset(args.data_dir), n_windows=args.windows)
     atomic_write_text(out, table.to_csv(index=False, float_format="%.4g"))
@@ -346,11 +353,9 @@ def cmd_threats(args) -> int:
     from core.sweep import parse_float_list
     from core.threats import survival_study, survival_summary
 
-    out = Path(args.out)
-    if out.suffix != ".csv":
-        raise ParameterError(f"--out must end in .csv, got {out}")
+    out = _csv_out(args.out)
     snrs = parse_float_list(args.snr, "--snr")
-    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    names = _names(args.models)
     models = {n: load_checkpoint(n) for n in names}
     ds = open_dataset(args.data_dir)
 
@@ -376,10 +381,8 @@ def cmd_masking_attack(args) -> int:
     from core.models.registry import load_checkpoint
     from core.threats import masking_study, masking_summary
 
-    out = Path(args.out)
-    if out.suffix != ".csv":
-        raise ParameterError(f"--out must end in .csv, got {out}")
-    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    out = _csv_out(args.out)
+    names = _names(args.models)
     models = {n: load_checkpoint(n) for n in names}
     table = masking_study(models, open_dataset(args.data_dir), split=args.split, max_clips=args.max_clips, steps=args.steps,
                           seed=args.seed, progress=lambda d, t: print(f"\r{d}/{t} attack batches", end="", file=sys.stderr, flush=True))

@@ -15,7 +15,7 @@ import pandas as pd
 from core.sweep import summarize
 
 __all__ = ["robustness_markdown", "minimal_eps_markdown", "targeted_markdown", "model_table_markdown", "compare_markdown",
-           "claims_markdown", "BANDS_HZ", "prototype_bands", "prototype_bands_markdown"]
+           "claims_markdown", "BANDS_HZ", "prototype_bands", "prototype_bands_markdown", "survival_markdown", "masking_markdown"]
 
 #: Frequency bands of the prototype table [Hz]: low calls (owls, ducks), the core of most songs, high notes, and
 #: the top of the front end (near the codec cut-off).
@@ -236,3 +236,31 @@ def audit_markdown(audit: pd.DataFrame) -> str:
         ("plausible / implausible / no source", " / ".join(str(int(counts.get(k, 0))) for k in ("plausible", "implausible", "no source"))),
     ]
     return "\n".join(["| measure | value |", "|---|---|", *[f"| {a} | {b} |" for a, b in rows]])
+
+
+def survival_markdown(summary: pd.DataFrame) -> str:
+    """The README's survival table from :func:`core.threats.survival_summary`: one row per (model, SNR, attack), one column per transformation.
+
+    Each transformation's cell: ``survives (fooled after / control)`` as shares, so a
+    reader sees the rate, the unconditional rate and what the transformation alone did.
+    """
+    transforms = [t for t in dict.fromkeys(summary["transform"]) if t != "none"]
+    head = ("| model | budget (SNR) | measured SNR (dB, median) | attack | digital success | "
+            + " | ".join(f"{t}: survives (fooled after; control)" for t in transforms) + " |")
+    lines = [head, "|---|---|---|---|---|" + "---|" * len(transforms)]
+    for (model, snr, attack), g in summary.groupby(["model", "snr_db", "attack"], sort=False):
+        g = g.set_index("transform")
+        cells = [f"{g.loc[t, 'survives']:.2f} ({g.loc[t, 'fooled_after']:.2f}; {g.loc[t, 'control_changed']:.2f})" for t in transforms]
+        lines.append(f"| {model} | {snr:g} dB | {g.loc['none', 'snr_measured_db']:.1f} | {attack} | {g.loc['none', 'fooled_digital']:.2f} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def masking_markdown(summary: pd.DataFrame) -> str:
+    """The README's masking table from :func:`core.threats.masking_summary`."""
+    lines = ["| model | attack | windows | success | SNR (dB, median) | cells above the masking threshold (median) | above by > 3 dB "
+             "| 99th percentile of excess (dB) |", "|---|---|---|---|---|---|---|---|"]
+    for r in summary.itertuples():
+        lines.append(f"| {r.model} | {r.attack} | {r.windows} | {r.success:.2f} | {r.snr_db:.1f} | {100 * r.share_above:.1f} % | "
+                     f"{100 * r.share_above_3db:.1f} % | {r.p99_excess_db:.1f} |")
+    return "\n".join(lines)

@@ -57,7 +57,7 @@ from core.errors import ParameterError
 __all__ = [
     "MP3_SAMPLE_RATES", "mp3_roundtrip", "Transform", "MP3", "Playback", "AmbientNoise", "Mixture", "EOT",
     "threat_transforms", "threat_choices", "transform_waveform", "survival_study", "survival_summary",
-    "masking_study", "masking_summary", "survival_markdown", "masking_markdown",
+    "masking_study", "masking_summary",
 ]
 
 log = logging.getLogger(__name__)
@@ -645,30 +645,3 @@ def masking_summary(table: pd.DataFrame) -> pd.DataFrame:
                  share_above=("share_above", "median"), share_above_3db=("share_above_3db", "median"),
                  p99_excess_db=("p99_excess_db", "median")).reset_index()
 
-
-def survival_markdown(summary: pd.DataFrame) -> str:
-    """The README's survival table from :func:`survival_summary`: one row per (model, SNR, attack), one column per transformation.
-
-    Each transformation's cell: ``survives (fooled after / control)`` as shares, so a
-    reader sees the rate, the unconditional rate and what the transformation alone did.
-    """
-    transforms = [t for t in dict.fromkeys(summary["transform"]) if t != "none"]
-    head = ("| model | budget (SNR) | measured SNR (dB, median) | attack | digital success | "
-            + " | ".join(f"{t}: survives (fooled after; control)" for t in transforms) + " |")
-    lines = [head, "|---|---|---|---|---|" + "---|" * len(transforms)]
-    for (model, snr, attack), g in summary.groupby(["model", "snr_db", "attack"], sort=False):
-        g = g.set_index("transform")
-        cells = [f"{g.loc[t, 'survives']:.2f} ({g.loc[t, 'fooled_after']:.2f}; {g.loc[t, 'control_changed']:.2f})" for t in transforms]
-        lines.append(f"| {model} | {snr:g} dB | {g.loc['none', 'snr_measured_db']:.1f} | {attack} | {g.loc['none', 'fooled_digital']:.2f} | "
-                     + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def masking_markdown(summary: pd.DataFrame) -> str:
-    """The README's table from :func:`masking_summary`."""
-    lines = ["| model | attack | windows | success | SNR (dB, median) | cells above the masking threshold (median) | above by > 3 dB "
-             "| 99th percentile of excess (dB) |", "|---|---|---|---|---|---|---|---|"]
-    for r in summary.itertuples():
-        lines.append(f"| {r.model} | {r.attack} | {r.windows} | {r.success:.2f} | {r.snr_db:.1f} | {100 * r.share_above:.1f} % | "
-                     f"{100 * r.share_above_3db:.1f} % | {r.p99_excess_db:.1f} |")
-    return "\n".join(lines)

@@ -170,7 +170,8 @@ def test_no_bird_negatives_row_is_the_shipped_head():
 
 
 def test_threat_tables_are_the_stored_studies():
-    from core.threats import masking_markdown, masking_summary, survival_markdown, survival_summary
+    from core.report import masking_markdown, survival_markdown
+    from core.threats import masking_summary, survival_summary
 
     survival = pd.read_csv(ROOT / "assets" / "threats" / "survival.csv")
     assert {"birdnet", "birdnet_protopnet"} == set(survival["model"]) and set(survival["attack"]) == {"pgd", "eot-pgd"}
