@@ -169,6 +169,59 @@ def cmd_train_head(args) -> int:
     return 0
 
 
+def cmd_fetch_model(args) -> int:
+    from core.models.published import PUBLISHED_MODELS, fetch_model
+
+    dest = Path(args.dest or Path("checkpoints") / "published" / args.name)
+    print(f"downloading {PUBLISHED_MODELS.get(args.name, {}).get('repo', args.name)} (weights and config.json only) into {dest} ...")
+    fetch_model(args.name, dest)
+    print(f"done; explain a clip with: python -m core explain-published --model {dest} --audio FILE")
+    return 0
+
+
+def cmd_explain_published(args) -> int:
+    from core.audio import load_audio
+    from core.models.published import explain_clip, load_published
+
+    if args.offset < 0:
+        raise ParameterError(f"--offset must be >= 0 seconds, got {args.offset}")
+    model = load_published(args.model)
+    fc = model.config.frontend
+    clip = load_audio(args.audio, sample_rate=fc.sample_rate, offset_s=args.offset, duration_s=fc.clip_seconds)
+    res = explain_clip(model, clip.waveform, top_k=args.top_k)
+    if args.json:
+        print(json.dumps([{**c, "prototypes": [{k: v for k, v in p.items() if k != "map"} for p in c["prototypes"]]} for c in res],
+                         indent=2))
+        return 0
+    print(f"{args.audio} from {args.offset:g} s ({fc.clip_seconds:g} s at {fc.sample_rate} Hz), model {args.model}")
+    for c in res:
+        print(f"  {c['class_name']}: score {c['score']:.3f}")
+        for p in c["prototypes"][: args.prototypes]:
+            print(f"    prototype {p['prototype']}: similarity {p['similarity']:.3f} x weight {p['weight']:.3f}, "
+                  f"at {p['t_s']:.2f} s, {p['f_hz']:.0f} Hz")
+    return 0
+
+
+def cmd_finetune_head(args) -> int:
+    from core.birdnet_heads import adversarial_finetune_head
+    from core.data import open_dataset
+    from core.models.birdnet_proto import BirdNETHeadModel
+    from core.models.registry import CHECKPOINT_DIR, load_checkpoint, save_checkpoint
+
+    init = load_checkpoint(args.init)
+    if not isinstance(init, BirdNETHeadModel):
+        raise ParameterError(f"--init {args.init}: not a head on BirdNET (train one with train-head --tuned-from)")
+    model, card = adversarial_finetune_head(open_dataset(args.data_dir), init, adv=args.adv, epochs=args.epochs,
+                                            eps=args.adv_eps, beta=args.adv_beta, seed=args.seed)
+    card["command"] = "python -m core " + " ".join(sys.argv[1:])
+    out = Path(args.out_dir or CHECKPOINT_DIR) / f"{args.name}.safetensors"
+    save_checkpoint(model, out, card)
+    m = card["metrics"]["test"]
+    print(f"saved {out}; test cmAP window {m['window']['cmap']:.3f}, recording top-1 {m['recording']['top1']:.3f} "
+          f"(val recording top-1 {card['metrics']['val']['recording']['top1']:.3f}); {card['train_seconds'] / 60:.1f} min")
+    return 0
+
+
 def cmd_audit(args) -> int:
     from core.audit import audit_summary, prototype_audit, song_bands
     from core.data import build_windows, open_dataset
@@ -814,6 +867,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_dir(th)
     th.set_defaults(func=cmd_train_head)
 
+    ft = sub.add_parser("finetune-head", help="fine-tune a BirdNET head model adversarially (AT-O, AT-E) or clean (the OT+FT control)")
+    ft.add_argument("--init", required=True, help="a head model with tuned BirdNET layers, e.g. birdnet_protopnet")
+    ft.add_argument("--name", required=True)
+    ft.add_argument("--adv", required=True, choices=["at-o", "at-e", "none"],
+                    help="output space (at-o), embedding space (at-e), or none: the same epochs on clean windows (control)")
+    ft.add_argument("--epochs", type=int, default=4)
+    ft.add_argument("--adv-eps", type=float, default=1e-4, help="L-inf budget of the FGSM-RS training perturbations, full-scale amplitude")
+    ft.add_argument("--adv-beta", type=float, default=1.0, help="weight of the TRADES-style adversarial term")
+    ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument("--out-dir", help="default checkpoints/")
+    _add_data_dir(ft)
+    ft.set_defaults(func=cmd_finetune_head)
+
     au = sub.add_parser("audit", help="audit a BirdNET prototype head: where prototypes fire, deletion vs random regions, plausibility")
     au.add_argument("--model", default="birdnet_protopnet")
     au.add_argument("--split", default="test", choices=["val", "test"])
@@ -1000,6 +1066,20 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--update-cards", action="store_true", help="write robustness at two eps into each model's card")
     _add_data_dir(c)
     c.set_defaults(func=cmd_compare)
+
+    fm = sub.add_parser("fetch-model", help="download a published BirdSet checkpoint (AudioProtoPNet-P-BirdSet-XCL, ConvNeXT-Base-BirdSet-XCL; network)")
+    fm.add_argument("name", help="audioprotopnet-{1,5,10,20}-birdset-xcl or convnext-base-birdset-xcl")
+    fm.add_argument("--dest", help="target folder (default checkpoints/published/NAME, not tracked by git)")
+    fm.set_defaults(func=cmd_fetch_model)
+
+    ep = sub.add_parser("explain-published", help="top classes of a clip and where their prototypes fire (published AudioProtoPNet)")
+    ep.add_argument("--model", required=True, help="folder with model.safetensors and config.json (see fetch-model)")
+    ep.add_argument("--audio", required=True)
+    ep.add_argument("--offset", type=float, default=0.0, help="start of the 5 s clip in the file, seconds")
+    ep.add_argument("--top-k", type=int, default=3)
+    ep.add_argument("--prototypes", type=int, default=3, help="prototypes printed per class")
+    ep.add_argument("--json", action="store_true")
+    ep.set_defaults(func=cmd_explain_published)
 
     d = sub.add_parser("download", help="download the xc9 recordings from xeno-canto (network)")
     d.add_argument("--dest", help="target directory (default: data/xc9 in the repository)")
