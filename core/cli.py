@@ -564,53 +564,41 @@ def _through(text: str | None) -> dict:
 
 
 def cmd_sweep(args) -> int:
-    import numpy as np
     from tqdm import tqdm
 
-    from core.data import open_dataset
-    from core.sweep import attack_from_options, dataset_clips, minimal_eps, summarize, sweep_windows, write_table
+    from core.distributed import SweepOptions, sweep_groups, sweep_sharded, sweep_single_process
+    from core.sweep import minimal_eps, summarize, write_table
 
     if (args.epsilons is None) == (args.snr is None):
         raise ParameterError("give exactly one of --epsilons (full-scale amplitude) and --snr (dB)")
-    grid = {"epsilons": _floats(args.epsilons, "--epsilons")} if args.epsilons is not None else {"snr_db": _floats(args.snr, "--snr")}
-    models, _, _ = _load_models(args.models, same_rate=False)
-    first = next(iter(models.values()))
-    if any(list(m.config.class_names) != list(first.config.class_names) for m in models.values()):
-        raise ParameterError("all --models must share the species list")
-    dataset = open_dataset(args.data_dir)
-    if args.target_clip and args.target_clip not in dataset.by_id:
-        raise ParameterError(f"--target-clip: no recording {args.target_clip!r} in the manifest")
-    # models with other windows (BirdNET: 3 s at 48 kHz) get the same recordings cut into their own windows
-    groups: dict[tuple[int, int], dict] = {}
-    for name, m in models.items():
-        groups.setdefault((m.config.frontend.sample_rate, m.config.window_samples), {})[name] = m
+    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not names:
+        raise ParameterError("--models needs at least one checkpoint name")
+    _through(args.through)  # unknown names fail before any work
+    opts = SweepOptions(models=tuple(names), epsilons=tuple(_floats(args.epsilons, "--epsilons")) if args.epsilons is not None else None,
+                        snr_db=tuple(_floats(args.snr, "--snr")) if args.snr is not None else None, attack=args.attack, norm=args.norm,
+                        objective=args.objective, steps=args.steps, seed=args.seed, target_species=args.target_species,
+                        mode=args.mode, target_clip=args.target_clip, prototype=args.prototype, k=args.k, split=args.split,
+                        species=args.species, max_clips=args.max_clips, data_dir=args.data_dir, batch_clips=args.batch_clips,
+                        through=tuple(t.strip() for t in (args.through or "").split(",") if t.strip()), masking=args.masking)
     out = Path(args.out)
-    settings = {"split": args.split, "species": args.species, "max_clips": args.max_clips, "target_clip": args.target_clip}
-    transforms = _through(args.through)
-    group_clips, makers = {}, {}
-    table = None
-    for (sr, win), group in groups.items():
-        clips = dataset_clips(dataset, split=args.split, class_names=first.config.class_names, sample_rate=sr, window_samples=win,
-                              species=args.species, max_clips=args.max_clips)
-        group_clips[(sr, win)] = clips
-        target = None
-        if args.target_clip:
-            target = dataset.load(dataset.by_id[args.target_clip], sr)[:win]
-            target = np.pad(target, (0, win - len(target)))
+    if args.shards:
+        bar = tqdm(total=1, unit="shard", dynamic_ncols=True, disable=None, desc="shards")
 
-        def make(model, target=target):
-            return attack_from_options(model, attack=args.attack, norm=args.norm, objective=args.objective, steps=args.steps, seed=args.seed,
-                                       species=args.target_species, mode=args.mode, target_waveform=target, prototype=args.prototype, k=args.k)
-
-        makers[(sr, win)] = make
-        bar = tqdm(total=len(group) * len(clips), unit="clip", dynamic_ncols=True, disable=None, desc=f"{sr} Hz, {win / sr:g} s")
-
-        def progress(done, total, bar=bar):
-            bar.n = done
+        def progress(done, total):
+            bar.total, bar.n = total, done
             bar.refresh()
 
-        table = sweep_windows(group, make, clips.waveforms, clips.clip_ids, clips.labels, masks=clips.masks, out=out, settings=settings,
-                              clips_per_batch=args.batch_clips, progress=progress, transforms=transforms, masking=args.masking, **grid)
+        table = sweep_sharded(opts, out, n_shards=args.shards, address=args.ray_address, num_cpus=args.workers, progress=progress)
+        bar.close()
+    else:
+        bar = tqdm(total=1, unit="clip", dynamic_ncols=True, disable=None)
+
+        def progress(done, total):
+            bar.total, bar.n = total, done
+            bar.refresh()
+
+        table = sweep_single_process(opts, out, progress=progress)
         bar.close()
     summary = summarize(table)
     cols = ["model", "budget_kind", "budget", "n_clips", "cmap", "success_rate", "prs", "drs", "tars", "snr_db"]
@@ -618,22 +606,21 @@ def cmd_sweep(args) -> int:
     print(summary[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(f"{len(table)} rows written to {out}")
     if args.minimal_eps:
+        import pandas as pd
         import torch
 
         rows = []
-        for (sr, win), group in groups.items():
-            clips = group_clips[(sr, win)]
-            for name, model in group.items():
+        for g in sweep_groups(opts):
+            clips = g["clips"]
+            for name, model in g["models"].items():
                 x = torch.as_tensor(clips.waveforms, device=next(model.parameters()).device)
                 for b in range(0, len(clips), args.batch_clips):
                     sl = slice(b, b + args.batch_clips)
-                    found = minimal_eps(makers[(sr, win)](model), model, x[sl], torch.as_tensor(clips.labels[sl]),
+                    found = minimal_eps(g["make"](model), model, x[sl], torch.as_tensor(clips.labels[sl]),
                                         masks=torch.as_tensor(clips.masks[sl]), iterations=args.iterations)
                     for i, cid in enumerate(clips.clip_ids[sl]):
                         rows.append({"model": name, "clip": cid, "species": clips.species[b + i], "min_eps": found["eps"][i],
                                      "snr_db": found["snr_db"][i], "db_x": found["db_x"][i], "found": bool(found["found"][i])})
-        import pandas as pd
-
         min_out = out.with_name(out.stem + "_min_eps" + out.suffix)
         min_table = pd.DataFrame(rows)
         write_table(min_table, min_out)
@@ -988,6 +975,10 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--masking", action="store_true", help="also measure each perturbation's share above the clip's masking threshold")
     sw.add_argument("--minimal-eps", action="store_true", help="also find each clip's minimal flipping eps (bisection)")
     sw.add_argument("--iterations", type=int, default=7, help="bisection steps for --minimal-eps (after one attack per decade)")
+    sw.add_argument("--shards", type=int, metavar="N",
+                    help="run as N independent, resumable shards per group on Ray (a local instance unless --ray-address)")
+    sw.add_argument("--ray-address", help="Ray cluster address for --shards (e.g. auto, ray://host:10001); default: local")
+    sw.add_argument("--workers", type=int, help="CPUs of the local Ray instance (default: all)")
     sw.add_argument("--out", default="results/sweep.csv", help="output table, .csv or .parquet; an existing one with the same settings is resumed")
     _add_data_dir(sw)
     sw.set_defaults(func=cmd_sweep)
