@@ -581,6 +581,14 @@ def cmd_sweep(args) -> int:
                         mode=args.mode, target_clip=args.target_clip, prototype=args.prototype, k=args.k, split=args.split,
                         species=args.species, max_clips=args.max_clips, data_dir=args.data_dir, batch_clips=args.batch_clips,
                         through=tuple(t.strip() for t in (args.through or "").split(",") if t.strip()), masking=args.masking)
+    if opts.batch_clips is None:  # 4 on a CPU; on CUDA enough clips to fill one pass (measured on the first model)
+        from core.device import clips_per_batch
+        from core.models.registry import load_checkpoint
+
+        first = load_checkpoint(names[0])
+        grid = opts.epsilons if opts.epsilons is not None else opts.snr_db
+        opts = replace(opts, batch_clips=clips_per_batch(first, first.config.window_samples, len(grid) + 1))
+    args.batch_clips = opts.batch_clips
     out = Path(args.out)
     if args.shards:
         bar = tqdm(total=1, unit="shard", dynamic_ncols=True, disable=None, desc="shards")
@@ -968,7 +976,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--target-clip", help="embedding-targeted: recording id whose first window is the target")
     sw.add_argument("--prototype", help="prototype-activate: index or CODE:j")
     sw.add_argument("--k", type=int, default=3, help="prototype-suppress: number of prototypes")
-    sw.add_argument("--batch-clips", type=int, default=4, help="clips per batch (memory)")
+    sw.add_argument("--batch-clips", type=int, help="clips attacked together (default 4 on a CPU, enough to fill a GPU on CUDA)")
     sw.add_argument("--through", metavar="T1,T2",
                     help="also score every clip after these transformations (mp3-128, mp3-64, playback-1m, playback-10m, "
                          "room-3m, noise-20): does the attack survive them? the clean rows are the control")

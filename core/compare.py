@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from core.device import rows_per_pass
 from core.errors import ParameterError
 
 __all__ = [
@@ -250,7 +251,7 @@ def _attack_tables(name, model, clips, attack_for, grid, *, clips_per_batch, pro
         y = torch.as_tensor(clips.labels[idx], device=device)
         m = torch.as_tensor(clips.masks[idx], device=device)
         attack = attack_for(idx)
-        res = run_sweep(attack, model, x, y, epsilons=grid, masks=m, max_rows=8, keep_waveforms=is_proto)
+        res = run_sweep(attack, model, x, y, epsilons=grid, masks=m, max_rows=rows_per_pass(model, x.shape[1]), keep_waveforms=is_proto)
         parts.append(sweep_table(res, model=name, attack=attack, clip_ids=[clips.clip_ids[i] for i in idx],
                                  class_names=model.config.class_names, labels=clips.labels[idx]))
         if is_proto:

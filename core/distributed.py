@@ -50,8 +50,9 @@ class SweepOptions:
         As :func:`core.sweep.attack_from_options`.
     split, species, max_clips, data_dir
         The clips (:func:`core.sweep.dataset_clips`).
-    batch_clips : int
-        Clips per batch; also the unit of sharding.
+    batch_clips : int or None
+        Clips per batch; also the unit of sharding. None only while the CLI has not
+        yet sized it to the device (:func:`core.device.clips_per_batch`).
     through : tuple of str
         Transformations every clip is also scored after (:func:`core.threats.threat_choices`).
     masking : bool
@@ -74,7 +75,7 @@ class SweepOptions:
     species: str | None = None
     max_clips: int | None = None
     data_dir: str | None = None
-    batch_clips: int = 4
+    batch_clips: int | None = 4
     through: tuple[str, ...] = field(default_factory=tuple)
     masking: bool = False
 
@@ -83,7 +84,8 @@ class SweepOptions:
             raise ParameterError("a sweep needs at least one model")
         if (self.epsilons is None) == (self.snr_db is None):
             raise ParameterError("give exactly one of epsilons (full-scale amplitude) and snr_db (dB)")
-        if isinstance(self.batch_clips, bool) or not isinstance(self.batch_clips, int) or self.batch_clips < 1:
+        if self.batch_clips is not None and (isinstance(self.batch_clips, bool) or not isinstance(self.batch_clips, int)
+                                             or self.batch_clips < 1):
             raise ParameterError(f"batch_clips must be an integer >= 1, got {self.batch_clips!r}")
 
     def settings(self) -> dict:

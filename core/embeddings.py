@@ -68,6 +68,8 @@ def embed(model, waveforms: np.ndarray, *, batch_size: int = 32, progress: Calla
     model : BirdClassifier
     waveforms : np.ndarray [shape=(n_clips, n_samples), dtype=float32], full-scale amplitude
     batch_size : int >= 1
+        Clips per pass on a CPU (on CUDA :func:`core.device.scoring_batch_size`, in bfloat16
+        autocast: :func:`core.device.scoring_autocast`).
     progress : callable, optional
         ``progress(done, total)``.
 
@@ -75,13 +77,17 @@ def embed(model, waveforms: np.ndarray, *, batch_size: int = 32, progress: Calla
     -------
     (embeddings, scores) : np.ndarray [shape=(n_clips, embed_dim)], np.ndarray [shape=(n_clips, n_classes)], float32
     """
+    from core.device import scoring_autocast, scoring_batch_size
+
     device = next(model.parameters()).device
+    batch_size = scoring_batch_size(device, batch_size)
     was_training = model.training
     model.eval()
     embs, scores = [], []
     try:
         for i in range(0, len(waveforms), batch_size):
-            out = model.forward_all(torch.as_tensor(np.asarray(waveforms[i : i + batch_size], np.float32), device=device))
+            with scoring_autocast(device):
+                out = model.forward_all(torch.as_tensor(np.asarray(waveforms[i : i + batch_size], np.float32), device=device))
             embs.append(out.embedding.float().cpu().numpy())
             scores.append(torch.sigmoid(out.logits).float().cpu().numpy())
             if progress:

@@ -63,10 +63,15 @@ def analyze_waveform(model: BirdClassifier, waveform: np.ndarray, *, batch_size:
     ClipAnalysis
     """
     windows, starts = frame_windows(waveform, model.config.window_samples)
+    from core.device import scoring_autocast, scoring_batch_size
+
     outs: list[ModelOutput] = []
     model.eval()
+    device = _device(model)
+    batch_size = scoring_batch_size(device, batch_size)
     for i in range(0, len(windows), batch_size):
-        outs.append(model.forward_all(torch.as_tensor(windows[i : i + batch_size], device=_device(model))))
+        with scoring_autocast(device):
+            outs.append(model.forward_all(torch.as_tensor(windows[i : i + batch_size], device=device)))
 
     def cat(name):
         parts = [getattr(o, name) for o in outs]

@@ -34,6 +34,7 @@ from core import metrics
 from core.attacks.base import Attack, eps_rows_for_snr
 from core.attacks.objectives import take_rows
 from core.calibration import set_changed
+from core.device import rows_per_pass
 from core.errors import ParameterError
 from core.fileio import atomic_path, atomic_write_text
 
@@ -601,7 +602,7 @@ def sweep_windows(
     snr_db: Sequence[float] | None = None,
     masks: np.ndarray | None = None,
     clips_per_batch: int = 4,
-    max_rows: int = 8,
+    max_rows: int | None = None,
     out: str | os.PathLike | None = None,
     settings: dict | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -627,6 +628,12 @@ def sweep_windows(
     epsilons, snr_db : sequence of float
         The grid (see :func:`run_sweep`).
     masks : np.ndarray [shape=(n_clips, n_samples)], optional
+    clips_per_batch : int >= 1
+        Clips attacked together (their random starts are drawn together).
+    max_rows : int >= 1, optional
+        Rows (clips x budgets) per forward/backward pass; default
+        :func:`core.device.rows_per_pass` (8 on a CPU, sized to the free memory on
+        CUDA). It bounds memory only: the results do not depend on it.
     out : path, optional
         ``.csv`` or ``.parquet``.
     settings : dict, optional
@@ -689,7 +696,8 @@ def sweep_windows(
             y = None if labels is None else torch.as_tensor(labels[idx], device=device)
             m = None if masks is None else torch.as_tensor(masks[idx], device=device)
             grids = {"epsilons": grid} if kind == "eps" else {"snr_db": grid}
-            res = run_sweep(attacks[name], model, x, y, masks=m, max_rows=max_rows, transforms=transforms, masking=masking, **grids)
+            rows = max_rows or rows_per_pass(model, x.shape[1])
+            res = run_sweep(attacks[name], model, x, y, masks=m, max_rows=rows, transforms=transforms, masking=masking, **grids)
             part = sweep_table(res, model=name, attack=attacks[name], clip_ids=[clip_ids[i] for i in idx], class_names=model.config.class_names,
                                labels=None if labels is None else labels[idx])
             table = pd.concat([table, part], ignore_index=True) if len(table) else part

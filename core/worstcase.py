@@ -179,6 +179,7 @@ def worst_case_tables(
     by_source: dict[str, list[str]] = {}
     for t, s in sources.items():
         by_source.setdefault(s, []).append(t)
+    from core.device import rows_per_pass
     from core.sweep import run_sweep
 
     batches = [np.arange(i, min(n, i + clips_per_batch)) for i in range(0, n, clips_per_batch)]
@@ -192,7 +193,8 @@ def worst_case_tables(
             x = torch.as_tensor(clips.waveforms[idx], device=device)
             res = run_sweep(PGD(eps=0.0, steps=steps, seed=seed, objective=OutputUntargeted()), src, x,
                             torch.as_tensor(clips.labels[idx], device=device), epsilons=grid,
-                            masks=torch.as_tensor(clips.masks[idx], device=device), max_rows=8, keep_waveforms=True)
+                            masks=torch.as_tensor(clips.masks[idx], device=device), max_rows=rows_per_pass(src, x.shape[1]),
+                            keep_waveforms=True)
             for t in targets:
                 tm = models[t]
                 with torch.no_grad():

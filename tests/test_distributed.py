@@ -34,7 +34,8 @@ def local_ray():
 
 
 def test_sharded_sweep_on_local_ray_equals_the_single_process_sweep(data_dir, tmp_path, local_ray):
-    # 3 rows per clip and model (clean, eps 0, eps 1e-4); two groups (32 kHz 5 s models and a 48 kHz 3 s BirdNET head), 5 clips in batches of 2 -> 3 batches over 2 shards
+    # 3 rows per clip and model (clean, eps 0, eps 1e-4); two groups (32 kHz 5 s models and a 48 kHz 3 s BirdNET
+    # head), 5 clips in batches of 2 -> 3 batches over 2 shards
     opts = SweepOptions(models=("baseline", "protopnet", "birdnet_linear"), epsilons=(0.0, 1e-4), attack="pgd", steps=2,
                         max_clips=5, batch_clips=2, data_dir=str(data_dir))
     import torch
