@@ -24,6 +24,12 @@ def page_title(path: Path) -> tuple[str, str]:
     return stem.replace("_", " "), stem
 
 
+def page_order(path: Path) -> tuple[int, str]:
+    """Pages in the order of their number prefix (``10_...`` after ``9_...``)."""
+    head = path.stem.split("_", 1)[0]
+    return (int(head) if head.isdigit() else 10**6, path.stem)
+
+
 def home() -> None:
     """The home page."""
 
@@ -53,7 +59,9 @@ def home() -> None:
         "the song, hear it, and the model now says Marsh Warbler.\n"
         "- **Glossary**: every term on these pages in plain words, and when to distrust the number it names.\n"
         "- **Paper check**: the headline claims of Heinrich et al. 2025 (arXiv 2507.13727), measured on our data with "
-        "bootstrap intervals and an honest verdict."
+        "bootstrap intervals and an honest verdict.\n"
+        "- **Published model**: the published AudioProtoPNet-P-BirdSet-XCL (9,736 species; fetched by the user, never "
+        "shipped) explains a clip: its top classes and where their prototypes fire."
         "\n\n**BirdNET V2.4** (the classifier ecologists use; 6,522 species, 3 s windows at 48 kHz) is available as the "
         "model `birdnet`, ported to PyTorch so that it can be explained and attacked white-box. Its model files are "
         "licensed CC BY-NC-SA 4.0 by the K. Lisa Yang Center for Conservation Bioacoustics, Cornell Lab of Ornithology "
@@ -124,7 +132,7 @@ def home() -> None:
 if __name__ == "__main__":
     st.set_page_config(page_title="birdshield", page_icon="🐦", layout="wide")
     pages = [st.Page(home, title="Home", default=True)]
-    for path in sorted((Path(__file__).resolve().parent / "pages").glob("*.py")):
+    for path in sorted((Path(__file__).resolve().parent / "pages").glob("*.py"), key=page_order):
         title, url = page_title(path)
         pages.append(st.Page(f"pages/{path.name}", title=title, url_path=url))
     page = st.navigation(pages)

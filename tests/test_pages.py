@@ -709,3 +709,23 @@ def test_sweep_page_draws_success_with_and_without_a_transformation():
     names = [d["name"] for d in spec["data"]]
     assert "protopnet · digital" in names and any("after saved as MP3 at 128 kbps" in n for n in names)
     assert any("clean point is the control" in c.value for c in at.caption)
+
+
+def test_published_model_page_explains_a_clip_from_a_stand_in(data_dir, tmp_path, monkeypatch):
+    from core.models import published as pub
+    from tests.test_published import SMALL, _small_protopnet
+
+    at = AppTest.from_file(str(ROOT / "pages" / "10_Published_model.py"), default_timeout=TIMEOUT).run()
+    no_exception(at)
+    assert any("fetch-model" in i.value for i in at.info)  # nothing fetched: how to get one, no traceback
+    folder = pub.save_published(_small_protopnet(), tmp_path / "apn-standin")
+    full_size = pub.convnext_base_config
+    monkeypatch.setattr(pub, "convnext_base_config", lambda **kw: full_size(**{**SMALL, **kw}))  # the stand-in is small
+    at.text_input(key="pub_path").set_value(str(tmp_path / "missing")).run()
+    no_exception(at)
+    assert any("Cannot load" in e.value and "no model.safetensors" in e.value for e in at.error)
+    at.text_input(key="pub_path").set_value(str(folder)).run()
+    no_exception(at)
+    subheaders = [s.value for s in at.subheader]
+    assert len(subheaders) == 3 and all("score" in s for s in subheaders)  # the top 3 classes of the stand-in
+    assert any("Fires most at" in c.value for c in at.caption)

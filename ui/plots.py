@@ -25,7 +25,7 @@ def logmel_db(waveform: np.ndarray, config: FrontendConfig) -> np.ndarray:
 
 def axes(config: FrontendConfig, n_frames: int, offset_s: float = 0.0):
     t = offset_s + np.arange(n_frames) * config.hop_length / config.sample_rate
-    f = librosa.mel_frequencies(n_mels=config.n_mels, fmin=config.f_min, fmax=config.f_max)
+    f = librosa.mel_frequencies(n_mels=config.n_mels, fmin=config.f_min, fmax=config.f_max, htk=getattr(config, "htk", False))
     return t, f
 
 

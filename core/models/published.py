@@ -128,6 +128,11 @@ class PublishedFrontendConfig:
     def window_samples(self) -> int:
         return int(round(self.clip_seconds * self.sample_rate))
 
+    @property
+    def htk(self) -> bool:
+        """The mel scale is HTK's (the display's frequency axis follows it)."""
+        return True
+
     def n_frames(self, n_samples: int) -> int:
         """Number of STFT frames for ``n_samples`` (centred frames)."""
         return 1 + n_samples // self.hop_length
