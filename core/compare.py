@@ -86,7 +86,13 @@ def model_recipe(name: str, card: dict | None = None) -> tuple[str, str]:
     if arch.endswith("on BirdNET"):
         c = card["config"]
         if c.get("tuned_from"):
-            return arch, f"head on BirdNET's {c.get('layer', '?')}, {c['tuned_from']} -> {c.get('layer', '?')} fine-tuned"
+            base = f"head on BirdNET's {c.get('layer', '?')}, {c['tuned_from']} -> {c.get('layer', '?')} fine-tuned"
+            tc = card.get("train_config", {})
+            if tc.get("adv") in ("at-o", "at-e"):  # core.birdnet_heads.adversarial_finetune_head
+                return arch, f"{base}, then {tc['adv'].upper()} ({tc.get('finetune_epochs')} epochs, eps {tc.get('adv_eps'):g})"
+            if tc.get("adv") == "none":
+                return arch, f"{base}, then OT+FT ({tc.get('finetune_epochs')} clean epochs)"
+            return arch, base
         return arch, f"head on BirdNET's frozen {c.get('layer', '?')}"
     adv = card.get("train_config", {}).get("adv", "none" if "train_config" in card else None)
     recipe = {"none": "OT", "at-o": "AT-O", "at-e": "AT-E"}.get(adv, "unknown")

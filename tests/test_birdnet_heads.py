@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -237,3 +239,28 @@ def test_no_bird_windows_are_train_split_site_noise_and_synthetic_sounds(data_di
     assert not np.array_equal(no_bird_windows(ds, n_synthetic=30, seed=4).waveforms[n_site:], synth)
     with pytest.raises(ParameterError, match="n_synthetic"):
         no_bird_windows(ds, n_synthetic=-1)
+
+
+def test_adversarial_finetuning_refuses_bad_settings_before_any_work():
+    from types import SimpleNamespace
+
+    from core.birdnet_heads import adversarial_finetune_head
+
+    tuned = SimpleNamespace(config=SimpleNamespace(tuned_from="BLOCK_3-4_ADD", layer="BLOCK_3-5_ADD"), card={})
+    frozen = SimpleNamespace(config=SimpleNamespace(tuned_from=None, layer="BLOCK_3-5_ADD"), card={})
+    for kw, needle in [({"adv": "at-x"}, "adv must be one of"), ({"epochs": 0}, "epochs >= 1"), ({"eps": 0.0}, "eps in (0, 1]"),
+                       ({"eps": 2.0}, "eps in (0, 1]"), ({"beta": -1.0}, "beta >= 0")]:
+        with pytest.raises(ParameterError, match=re.escape(needle)):
+            adversarial_finetune_head(None, tuned, **kw)
+    with pytest.raises(ParameterError, match="BirdNET frozen"):
+        adversarial_finetune_head(None, frozen)
+
+
+def test_recipe_of_a_finetuned_head_names_the_adversary_or_the_control():
+    from core.compare import model_recipe
+
+    base = {"config": {"arch": "birdnet-protopnet", "layer": "BLOCK_3-5_ADD", "tuned_from": "BLOCK_3-4_ADD"}}
+    assert model_recipe("h", {**base, "train_config": {"adv": "at-e", "finetune_epochs": 4, "adv_eps": 1e-4}})[1].endswith(
+        "then AT-E (4 epochs, eps 0.0001)")
+    assert model_recipe("h", {**base, "train_config": {"adv": "none", "finetune_epochs": 4}})[1].endswith("then OT+FT (4 clean epochs)")
+    assert model_recipe("h", {**base, "train_config": {"lr": 0.05}})[1] == "head on BirdNET's BLOCK_3-5_ADD, BLOCK_3-4_ADD -> BLOCK_3-5_ADD fine-tuned"
