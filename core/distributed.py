@@ -12,9 +12,11 @@ finished batch. Scheduling, retries and placement are Ray's (Moritz et al. 2018,
 "Ray: A distributed framework for emerging AI applications", OSDI); nothing here
 schedules.
 
-On a cluster every worker needs this repository's code (sent by Ray as the job's
-``working_dir``), the checkpoints and the dataset at the same paths (a shared
-file system), as the shards read their clips and models themselves.
+The driver decodes the clips once and hands each shard its own through Ray's
+object store (no worker decodes audio). On a cluster every worker needs this
+repository's code (sent by Ray as the job's ``working_dir``) and the checkpoints
+at the same paths (a shared file system); the dataset only where the driver runs
+(and for an embedding-targeted sweep's target clip).
 """
 
 from __future__ import annotations
@@ -105,14 +107,22 @@ def _transforms(names) -> dict:
     return {t: choices[t][1] for t in names}
 
 
-def sweep_groups(opts: SweepOptions, *, models: dict | None = None, progress=None) -> list[dict]:
+def sweep_groups(opts: SweepOptions, *, models: dict | None = None, clips: bool = True, progress=None) -> list[dict]:
     """The sweep's groups: models that share a sample rate and window, their clips and their attack factory.
+
+    Parameters
+    ----------
+    opts : SweepOptions
+    models : dict of name -> BirdClassifier, optional
+        Already loaded models (default: load ``opts.models``).
+    clips : bool
+        Decode the groups' clips (False: ``clips`` is None; a shard gets its clips from the driver).
 
     Returns
     -------
     list of dict
         ``key`` ("<rate>Hz-<samples>"), ``models`` (name -> model), ``clips``
-        (:class:`core.sweep.ClipSet`), ``make`` (model -> Attack), in model order.
+        (:class:`core.sweep.ClipSet` or None), ``make`` (model -> Attack), in model order.
 
     Raises
     ------
@@ -127,7 +137,7 @@ def sweep_groups(opts: SweepOptions, *, models: dict | None = None, progress=Non
     first = next(iter(models.values()))
     if any(list(m.config.class_names) != list(first.config.class_names) for m in models.values()):
         raise ParameterError("all models must share the species list")
-    dataset = open_dataset(opts.data_dir)
+    dataset = open_dataset(opts.data_dir) if (clips or opts.target_clip) else None  # a shard without a target needs no data
     if opts.target_clip and opts.target_clip not in dataset.by_id:
         raise ParameterError(f"target clip: no recording {opts.target_clip!r} in the manifest")
     by_key: dict[tuple[int, int], dict] = {}
@@ -135,8 +145,9 @@ def sweep_groups(opts: SweepOptions, *, models: dict | None = None, progress=Non
         by_key.setdefault((m.config.frontend.sample_rate, m.config.window_samples), {})[name] = m
     groups = []
     for (sr, win), group in by_key.items():
-        clips = dataset_clips(dataset, split=opts.split, class_names=first.config.class_names, sample_rate=sr, window_samples=win,
-                              species=opts.species, max_clips=opts.max_clips, progress=progress)
+        clip_set = (dataset_clips(dataset, split=opts.split, class_names=first.config.class_names, sample_rate=sr,
+                                  window_samples=win, species=opts.species, max_clips=opts.max_clips, progress=progress)
+                    if clips else None)
         target = None
         if opts.target_clip:
             target = dataset.load(dataset.by_id[opts.target_clip], sr)[:win]
@@ -147,7 +158,7 @@ def sweep_groups(opts: SweepOptions, *, models: dict | None = None, progress=Non
                                        seed=opts.seed, species=opts.target_species, mode=opts.mode, target_waveform=target,
                                        prototype=opts.prototype, k=opts.k)
 
-        groups.append({"key": f"{sr}Hz-{win}", "models": group, "clips": clips, "make": make})
+        groups.append({"key": f"{sr}Hz-{win}", "models": group, "clips": clip_set, "make": make})
     return groups
 
 
@@ -215,10 +226,11 @@ def _shard_path(out: Path, key: str, shard: int) -> Path:
     return out.with_name(out.name + ".shards") / f"{key}-shard{shard:04d}.parquet"
 
 
-def run_shard(options: dict, group_key: str, clip_index: list[int], out: str, threads: int = 1) -> dict:
+def run_shard(options: dict, group_key: str, clips: dict, out: str, threads: int = 1) -> dict:
     """One shard: the sweep's models of one group on the given clips, written (resumably) to ``out``.
 
-    Runs in a Ray worker (or anywhere): it loads its models and clips itself.
+    Runs in a Ray worker (or anywhere): it loads its models itself; its clips come
+    from the driver (through Ray's object store), so no worker decodes audio.
 
     Parameters
     ----------
@@ -226,8 +238,8 @@ def run_shard(options: dict, group_key: str, clip_index: list[int], out: str, th
         :class:`SweepOptions` as a dict.
     group_key : str
         Which group (:func:`sweep_groups`).
-    clip_index : list of int
-        Indices into that group's clips.
+    clips : dict
+        ``waveforms`` (n, n_samples) float32, ``clip_ids``, ``labels`` (n, n_classes), ``masks`` (n, n_samples).
     out : str
         The shard's table (``.parquet``).
     threads : int
@@ -247,13 +259,11 @@ def run_shard(options: dict, group_key: str, clip_index: list[int], out: str, th
     torch.set_num_threads(max(1, int(threads)))
     t0 = time.time()
     opts = SweepOptions(**{**options, "models": tuple(options["models"]), "through": tuple(options.get("through") or ())})
-    group = next(g for g in sweep_groups(opts) if g["key"] == group_key)
-    c = group["clips"]
-    idx = np.asarray(clip_index, dtype=int)
-    table = sweep_windows(group["models"], group["make"], c.waveforms[idx], [c.clip_ids[i] for i in idx], c.labels[idx],
-                          masks=c.masks[idx], out=out, settings=opts.settings(), clips_per_batch=opts.batch_clips,
+    group = next(g for g in sweep_groups(opts, clips=False) if g["key"] == group_key)
+    table = sweep_windows(group["models"], group["make"], clips["waveforms"], list(clips["clip_ids"]), clips["labels"],
+                          masks=clips["masks"], out=out, settings=opts.settings(), clips_per_batch=opts.batch_clips,
                           transforms=_transforms(opts.through), masking=opts.masking, **_grid(opts))
-    return {"out": out, "rows": int(len(table)), "clips": len(idx), "seconds": time.time() - t0}
+    return {"out": out, "rows": int(len(table)), "clips": len(clips["clip_ids"]), "seconds": time.time() - t0}
 
 
 def sweep_sharded(opts: SweepOptions, out: str | os.PathLike, *, n_shards: int, address: str | None = None,
@@ -313,7 +323,10 @@ def sweep_sharded(opts: SweepOptions, out: str | os.PathLike, *, n_shards: int, 
                     path = _shard_path(out, g["key"], s)
                     path.parent.mkdir(parents=True, exist_ok=True)
                     shard_files.append(path)
-                    jobs.append(remote.remote(options, g["key"], idx, str(path)))
+                    c = g["clips"]
+                    part = ray.put({"waveforms": c.waveforms[idx], "clip_ids": [c.clip_ids[i] for i in idx],
+                                    "labels": c.labels[idx], "masks": c.masks[idx]})
+                    jobs.append(remote.remote(options, g["key"], part, str(path)))
         done, pending = 0, list(jobs)
         while pending:
             finished, pending = ray.wait(pending, num_returns=1)
