@@ -736,7 +736,11 @@ def cmd_compare(args) -> int:
             bar.n = done
             bar.refresh()
 
-        result = run_compare(models, dataset, settings, progress=progress)
+        from core.device import clips_per_batch
+
+        first = next(iter(models.values()))  # 4 clips per batch on a CPU; on CUDA enough to fill a pass
+        per_batch = clips_per_batch(first, first.config.window_samples, len(settings.epsilons))
+        result = run_compare(models, dataset, settings, progress=progress, clips_per_batch=per_batch)
         bar.close()
         result.info["command"] = args.command_line
         where = store.save(result)

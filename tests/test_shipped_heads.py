@@ -13,6 +13,8 @@ from core.train import _ids_sha256, evaluate
 from tests.conftest import ROOT
 
 HEADS = ["birdnet_protopnet", "birdnet_linear"]
+#: The AT-O / AT-E variants of the shipped prototype head and their matched control (clean fine-tuning, same epochs).
+AT_HEADS = ["birdnet_protopnet_ato", "birdnet_protopnet_ate", "birdnet_protopnet_ft"]
 STUDY = pd.read_csv(ROOT / "assets" / "birdnet_heads" / "layers.csv")
 
 
@@ -22,7 +24,7 @@ def test_shipped_layer_is_the_one_the_rule_picks_from_the_study():
         assert read_model_card(name)["config"]["layer"] == layer
 
 
-@pytest.mark.parametrize("name", HEADS)
+@pytest.mark.parametrize("name", HEADS + AT_HEADS)
 def test_shipped_head_reproduces_its_card(name, data_dir):
     assert name in list_checkpoints()
     model = load_checkpoint(name, device="cpu")
@@ -70,3 +72,17 @@ def test_audit_in_the_card_is_the_shipped_audit_table():
     assert a["plausibility"] == table["plausibility"].value_counts().to_dict()
     # the audit's peak band is the band of a real feature row of the model
     assert table["high_lo_hz"].lt(table["high_hi_hz"]).all()
+
+
+@pytest.mark.parametrize("name", AT_HEADS)
+def test_finetuned_heads_start_from_the_shipped_head_with_the_documented_recipe(name):
+    card = read_model_card(name)
+    tc = card["train_config"]
+    assert tc["init"] == "birdnet_protopnet" and tc["finetune_epochs"] == 4
+    assert tc["adv"] == {"birdnet_protopnet_ato": "at-o", "birdnet_protopnet_ate": "at-e", "birdnet_protopnet_ft": "none"}[name]
+    assert (tc["adv_eps"] == 1e-4) if tc["adv"] != "none" else tc["adv_eps"] is None
+    assert card["command"] == f"python -m core finetune-head --init birdnet_protopnet --adv {tc['adv']} --name {name}"
+    assert "CC BY-NC-SA 4.0" in card["licence"]
+    base = read_model_card("birdnet_protopnet")
+    assert card["data"]["test_recordings_sha256"] == base["data"]["test_recordings_sha256"]
+    assert card["data"]["no_bird_negatives"] == base["data"]["no_bird_negatives"]  # the same training windows
