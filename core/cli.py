@@ -590,7 +590,7 @@ def cmd_sweep(args) -> int:
         opts = replace(opts, batch_clips=clips_per_batch(first, first.config.window_samples, len(grid) + 1))
     args.batch_clips = opts.batch_clips
     out = Path(args.out)
-    if args.shards:
+    if args.shards is not None:
         bar = tqdm(total=1, unit="shard", dynamic_ncols=True, disable=None, desc="shards")
 
         def progress(done, total):

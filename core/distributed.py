@@ -303,6 +303,8 @@ def sweep_sharded(opts: SweepOptions, out: str | os.PathLike, *, n_shards: int, 
     out = Path(out)
     if out.suffix not in (".csv", ".parquet"):
         raise ParameterError(f"sweep table must end in .csv or .parquet, got {out.name!r}")
+    if isinstance(n_shards, bool) or not isinstance(n_shards, int) or n_shards < 1:
+        raise ParameterError(f"--shards must be an integer >= 1, got {n_shards!r}")
     groups = sweep_groups(opts)  # validates the options and fixes each group's clips before any worker starts
     started = False
     if not ray.is_initialized():

@@ -119,6 +119,7 @@ def test_sweep_command_writes_table_and_resumes(data_dir, tmp_path):
     (["--objective", "prototype-activate", "--models", "baseline", "--epsilons", "1e-3"], "AudioProtoPNet"),
     (["--epsilons", "1e-3", "--out", "x.txt"], ".csv or .parquet"),
     (["--epsilons", "1e-3", "--through", "mp3-128,underwater"], "unknown transformation"),
+    (["--epsilons", "1e-3", "--shards", "0"], "--shards must be an integer >= 1"),
 ])
 def test_sweep_bad_options(args, needle, data_dir, tmp_path):
     argv = ["sweep", "--max-clips", "1", "--steps", "1", "--out", str(tmp_path / "s.csv"), *args]
