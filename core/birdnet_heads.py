@@ -996,7 +996,7 @@ def adversarial_finetune_head(dataset: Dataset, init, *, adv: str = "at-o", epoc
     waves = data["windows"]["train"].waveforms
     if data["negatives"] is not None:
         waves = np.concatenate([waves, data["negatives"].waveforms])
-    # 34 of the 1,445 decoded training windows overshoot full scale (resampling, lossy decoding): the attacks work
+    # 34 of the 1,176 decoded training windows with birds overshoot full scale (resampling, lossy decoding): the attacks work
     # inside [-1, 1], so they start from the clipped window (the clean loss keeps the unclipped one's cached maps)
     waves = np.clip(waves, -1.0, 1.0)
     from core.models.birdnet_proto import BirdNETHeadModel

@@ -103,6 +103,9 @@ def test_comparison_table_is_the_shipped_comparison():
 
 
 HEAD_LABELS = {"birdnet_protopnet": "AudioProtoPNet on BirdNET (`birdnet_protopnet`)",
+               "birdnet_protopnet_ft": "same + 4 clean epochs, the control (`birdnet_protopnet_ft`)",
+               "birdnet_protopnet_ato": "same + 4 AT-O epochs (`birdnet_protopnet_ato`)",
+               "birdnet_protopnet_ate": "same + 4 AT-E epochs (`birdnet_protopnet_ate`)",
                "birdnet_linear": "linear head on BirdNET (`birdnet_linear`)",
                "birdnet": "BirdNET V2.4, its own classifier (9 species)",
                "protopnet": "AudioProtoPNet, small (own weights)", "baseline": "ConvNeXt baseline, small (own weights)"}
@@ -193,3 +196,18 @@ def test_head_comparison_is_the_stored_one_for_the_shipped_heads():
     assert r.fingerprints == {n: model_fingerprint(load_checkpoint(n, device="cpu")) for n in r.models}  # not stale
     assert not r.prototypes.empty and set(r.prototypes["model"]) == {"birdnet_protopnet"}
     assert block("head-compare") == compare_markdown(r, HEAD_LABELS) + "\n"
+
+
+def test_head_adversarial_training_table_is_the_stored_worst_case_comparison():
+    from core.compare import CompareStore
+    from core.embeddings import model_fingerprint
+    from core.models.registry import load_checkpoint
+    from core.report import compare_markdown
+
+    results = list(CompareStore(directory=ROOT / "assets" / "birdnet_heads" / "compare_at", shipped=None).results())
+    assert len(results) == 1
+    r = results[0]
+    assert sorted(r.models) == sorted(["birdnet_protopnet", "birdnet_protopnet_ft", "birdnet_protopnet_ato", "birdnet_protopnet_ate"])
+    assert r.settings.strong and r.settings.split == "test"  # the worst case over attacks, on held-out recordings
+    assert r.fingerprints == {n: model_fingerprint(load_checkpoint(n, device="cpu")) for n in r.models}  # not stale
+    assert block("head-at") == compare_markdown(r, HEAD_LABELS) + "\n"
