@@ -60,10 +60,11 @@ def test_prototype_head_card_says_where_each_prototype_sits_and_carries_the_lice
     assert np.isfinite(card["decision_threshold"]["value"])
 
 
-def test_audit_in_the_card_is_the_shipped_audit_table():
+@pytest.mark.parametrize("name", ["birdnet_protopnet"] + AT_HEADS)
+def test_audit_in_the_card_is_the_shipped_audit_table(name):
     from core.audit import load_audit
 
-    card = read_model_card("birdnet_protopnet")
+    card = read_model_card(name)
     table = load_audit(card)
     a = card["audit"]
     assert len(table) == len(card["prototypes"]) and a["split"] == "test"
