@@ -974,6 +974,7 @@ def adversarial_finetune_head(dataset: Dataset, init, *, adv: str = "at-o", epoc
     """
     from core.attacks import PGD, EmbeddingUntargeted, OutputUntargeted
     from core.attacks.objectives import spatial_cosine_dissimilarity
+    from core.models.birdnet_proto import BirdNETHeadModel
     from core.train import binary_kl
 
     if adv not in HEAD_ADV_CHOICES:
@@ -986,8 +987,7 @@ def adversarial_finetune_head(dataset: Dataset, init, *, adv: str = "at-o", epoc
                              "this one has BirdNET frozen")
     t0 = time.time()
     tc = dict(init.card.get("train_config", {}))
-    cfg = HeadConfig(**{k: tc[k] for k in HeadConfig.__dataclass_fields__ if k in tc})
-    cfg = HeadConfig(**{**asdict(cfg), "seed": seed})
+    cfg = HeadConfig(**{**{k: tc[k] for k in HeadConfig.__dataclass_fields__ if k in tc}, "seed": seed})
     no_bird = int(((init.card.get("data") or {}).get("no_bird_negatives") or {}).get("synthetic", 0))
     lr_stage = float(tc.get("lr_stage", 1e-4))
     device = get_device()
@@ -999,8 +999,6 @@ def adversarial_finetune_head(dataset: Dataset, init, *, adv: str = "at-o", epoc
     # 34 of the 1,176 decoded training windows with birds overshoot full scale (resampling, lossy decoding): the attacks work
     # inside [-1, 1], so they start from the clipped window (the clean loss keeps the unclipped one's cached maps)
     waves = np.clip(waves, -1.0, 1.0)
-    from core.models.birdnet_proto import BirdNETHeadModel
-
     model = BirdNETHeadModel(c, file).to(device)
     model.load_state_dict(init.state_dict())
     model.eval()

@@ -582,12 +582,16 @@ def cmd_sweep(args) -> int:
                         species=args.species, max_clips=args.max_clips, data_dir=args.data_dir, batch_clips=args.batch_clips,
                         through=tuple(t.strip() for t in (args.through or "").split(",") if t.strip()), masking=args.masking)
     if opts.batch_clips is None:  # 4 on a CPU; on CUDA enough clips to fill one pass (measured on the first model)
-        from core.device import clips_per_batch
-        from core.models.registry import load_checkpoint
+        from core.device import clips_per_batch, get_device
 
-        first = load_checkpoint(names[0])
-        grid = opts.epsilons if opts.epsilons is not None else opts.snr_db
-        opts = replace(opts, batch_clips=clips_per_batch(first, first.config.window_samples, len(grid) + 1))
+        per_batch = 4
+        if get_device().type == "cuda":  # only then is a model needed to size the batch
+            from core.models.registry import load_checkpoint
+
+            first = load_checkpoint(names[0])
+            grid = opts.epsilons if opts.epsilons is not None else opts.snr_db
+            per_batch = clips_per_batch(first, first.config.window_samples, len(grid) + 1)
+        opts = replace(opts, batch_clips=per_batch)
     args.batch_clips = opts.batch_clips
     out = Path(args.out)
     if args.shards is not None:
