@@ -11,9 +11,9 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core.compare import model_recipe
-from core.data import candidate_data_dirs
+from core.io.data import candidate_data_dirs
 from core.models.registry import list_checkpoints
+from core.studies.compare import model_recipe
 from ui.common import card_or_none, dataset_status_message, get_dataset, require_model
 from ui.jobs import jobs_sidebar
 

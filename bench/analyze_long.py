@@ -31,7 +31,7 @@ CHILD = ("import resource, sys\nfrom core.cli import main\ntry:\n    code = main
 def write_recording(path: Path, minutes: float, sample_rate: int = 48_000, seed: int = 0) -> None:
     """Write the synthetic recording in 60 s blocks (the benchmark itself stays small in memory)."""
     sys.path.insert(0, str(ROOT))
-    from core.shift import pink_noise
+    from core.io.audio import pink_noise
 
     rng = np.random.default_rng(seed)
     with sf.SoundFile(path, "w", samplerate=sample_rate, channels=1, subtype="PCM_16") as f:

@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from core.attacks import PGD, multilabel_loss, predicted_sets  # noqa: E402
+from core.attacks.sweep import run_sweep  # noqa: E402
 from core.models.registry import load_checkpoint  # noqa: E402
-from core.sweep import run_sweep  # noqa: E402
 
 EPSILONS = [1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3]
 
@@ -52,7 +52,7 @@ def reference_pgd(model, x, y, *, eps, alpha, steps, generator):
 def clip() -> torch.Tensor:
     """A real 5 s test window if the dataset is found, else band-limited noise."""
     try:
-        from core.data import open_dataset
+        from core.io.data import open_dataset
 
         ds = open_dataset()
         rec = ds.split("test")[0]

@@ -21,10 +21,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from core.data import open_dataset  # noqa: E402
-from core.embeddings import EmbeddingCache, compute_embeddings, embed, umap_map  # noqa: E402
+from core.io.clips import dataset_clips  # noqa: E402
+from core.io.data import open_dataset  # noqa: E402
 from core.models.registry import load_checkpoint  # noqa: E402
-from core.sweep import dataset_clips  # noqa: E402
+from core.studies.embeddings import EmbeddingCache, compute_embeddings, embed, umap_map  # noqa: E402
 
 
 def main() -> None:

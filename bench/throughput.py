@@ -1,6 +1,6 @@
 """Benchmark: attack throughput (clips x steps per second) and the share of the forward+backward bound reached.
 
-For each model, on the device :func:`core.device.get_device` picks (CPU here, CUDA where there is one):
+For each model, on the device :func:`core.io.device.get_device` picks (CPU here, CUDA where there is one):
 
 1. the work of one attack step per clip: the floating-point operations of one
    forward pass and one backward pass to the input, counted by
@@ -11,7 +11,7 @@ For each model, on the device :func:`core.device.get_device` picks (CPU here, CU
    (``--matmul-size``; the best this device does on the work that dominates
    the counted operations), and the clips x steps per second it would allow;
 3. PGD throughput at several batch sizes (rows per pass, up to the one
-   :func:`core.device.rows_per_pass` chooses), as clips x steps / s, and its
+   :func:`core.io.device.rows_per_pass` chooses), as clips x steps / s, and its
    share of the bound;
 4. whether mixed precision is safe for attack gradients: the share of input
    gradient samples whose sign under bfloat16 autocast equals float32's, and
@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from core.attacks import PGD, predicted_sets  # noqa: E402
-from core.device import get_device, rows_per_pass  # noqa: E402
+from core.io.device import get_device, rows_per_pass  # noqa: E402
 from core.models.registry import load_checkpoint  # noqa: E402
 
 
@@ -87,8 +87,8 @@ def clips(model, n: int, device: torch.device) -> torch.Tensor:
     """``n`` real test windows of the model's rate and length when the dataset is found, else band-limited noise."""
     win, sr = model.config.window_samples, model.config.frontend.sample_rate
     try:
-        from core.data import open_dataset
-        from core.sweep import dataset_clips
+        from core.io.clips import dataset_clips
+        from core.io.data import open_dataset
 
         c = dataset_clips(open_dataset(), split="test", class_names=model.config.class_names, sample_rate=sr,
                           window_samples=win, max_clips=n)

@@ -17,7 +17,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from core.inference import analyze_waveform  # noqa: E402
+from core.field.inference import analyze_waveform  # noqa: E402
 from core.models.registry import load_checkpoint  # noqa: E402
 
 

@@ -41,9 +41,9 @@ def cmd_train(args) -> int:
     import torch
     from tqdm import tqdm
 
-    from core.data import open_dataset
+    from core.io.data import open_dataset
     from core.models.registry import CHECKPOINT_DIR, NAMED_CONFIGS, ModelConfig, build_model, load_checkpoint, save_checkpoint
-    from core.train import TrainConfig, train_model
+    from core.training.train import TrainConfig, train_model
 
     if args.config not in NAMED_CONFIGS:
         raise ParameterError(f"--config must be one of {sorted(NAMED_CONFIGS)}, got {args.config!r}")
@@ -112,9 +112,9 @@ def cmd_train(args) -> int:
 
 
 def cmd_reference(args) -> int:
-    from core.data import open_dataset
+    from core.io.data import open_dataset
     from core.models.registry import CHECKPOINT_DIR
-    from core.reference import reference_logreg
+    from core.studies.reference import reference_logreg
 
     result = reference_logreg(open_dataset(args.data_dir))
     out = Path(args.out or CHECKPOINT_DIR / "reference_logreg.json")
@@ -125,10 +125,10 @@ def cmd_reference(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
-    from core.calibration import builtin_threshold_path, calibrate_model
-    from core.data import open_dataset
-    from core.fileio import atomic_write_text
+    from core.io.data import open_dataset
+    from core.io.fileio import atomic_write_text
     from core.models.registry import BUILTIN_MODELS, load_checkpoint, update_model_card
+    from core.training.calibration import builtin_threshold_path, calibrate_model
 
     ds = open_dataset(args.data_dir)
     for name in args.model:
@@ -144,11 +144,12 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_train_head(args) -> int:
-    from core.birdnet_heads import HeadConfig, layer_tensor, train_birdnet_head
-    from core.data import open_dataset
+    from core.io.data import open_dataset
     from core.models.birdnet import birdnet_files
+    from core.models.birdnet_heads import HeadConfig, layer_tensor
     from core.models.registry import CHECKPOINT_DIR, save_checkpoint
     from core.models.tflite_graph import TFLiteFile
+    from core.training.heads import train_birdnet_head
 
     cfg = HeadConfig(kind=args.head, prototypes_per_class=args.prototypes_per_class, epochs=args.epochs, lr=args.lr,
                      loss=args.loss, seed=args.seed)
@@ -180,7 +181,7 @@ def cmd_fetch_model(args) -> int:
 
 
 def cmd_explain_published(args) -> int:
-    from core.audio import load_audio
+    from core.io.audio import load_audio
     from core.models.published import explain_clip, load_published
 
     if args.offset < 0:
@@ -203,10 +204,10 @@ def cmd_explain_published(args) -> int:
 
 
 def cmd_finetune_head(args) -> int:
-    from core.birdnet_heads import adversarial_finetune_head
-    from core.data import open_dataset
+    from core.io.data import open_dataset
     from core.models.birdnet_proto import BirdNETHeadModel
     from core.models.registry import CHECKPOINT_DIR, load_checkpoint, save_checkpoint
+    from core.training.head_finetune import adversarial_finetune_head
 
     init = load_checkpoint(args.init)
     if not isinstance(init, BirdNETHeadModel):
@@ -223,10 +224,10 @@ def cmd_finetune_head(args) -> int:
 
 
 def cmd_audit(args) -> int:
-    from core.audit import audit_summary, prototype_audit, song_bands
-    from core.data import build_windows, open_dataset
-    from core.fileio import atomic_write_text
+    from core.io.data import build_windows, open_dataset
+    from core.io.fileio import atomic_write_text
     from core.models.registry import load_checkpoint, update_model_card
+    from core.studies.audit import audit_summary, prototype_audit, song_bands
 
     out = _csv_out(args.out)
     model = load_checkpoint(args.model)
@@ -250,14 +251,14 @@ def cmd_audit(args) -> int:
 def cmd_head_study(args) -> int:
     import pandas as pd
 
-    from core.birdnet_heads import layer_study
-    from core.data import open_dataset
-    from core.fileio import atomic_write_text
+    from core.io.data import open_dataset
+    from core.io.fileio import atomic_write_text
+    from core.studies.heads import layer_study
 
     out = _csv_out(args.out)
     layers = [x.strip() for x in args.layers.split(",") if x.strip()]
     if args.finetune_from:
-        from core.birdnet_heads import finetune_study
+        from core.studies.heads import finetune_study
 
         if len(layers) != 1:
             raise ParameterError(f"--finetune-from needs exactly one --layers (the head's layer), got {len(layers)}")
@@ -277,10 +278,10 @@ def cmd_head_study(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from core.data import build_windows, open_dataset
-    from core.fileio import atomic_write_text
+    from core.io.data import build_windows, open_dataset
+    from core.io.fileio import atomic_write_text
     from core.models.registry import load_checkpoint
-    from core.train import evaluate
+    from core.training.train import evaluate
 
     if args.out and Path(args.out).suffix != ".json":
         raise ParameterError(f"--out must end in .json, got {args.out}")
@@ -302,7 +303,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from core.inference import predict_file
+    from core.field.inference import predict_file
     from core.models.registry import load_checkpoint
 
     model = load_checkpoint(args.model)
@@ -322,8 +323,8 @@ def cmd_predict(args) -> int:
 def cmd_analyze(args) -> int:
     from tqdm import tqdm
 
-    from core.analyze import analyze_file, audio_files, detections, model_band_hz, species_names, to_birdnet_csv, to_raven_table, window_outcomes
-    from core.fileio import atomic_write_text
+    from core.field.analyze import analyze_file, audio_files, detections, model_band_hz, species_names, to_birdnet_csv, to_raven_table, window_outcomes
+    from core.io.fileio import atomic_write_text
     from core.models.registry import load_checkpoint
 
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
@@ -381,9 +382,9 @@ def cmd_analyze(args) -> int:
 def cmd_no_bird_check(args) -> int:
     import pandas as pd
 
-    from core.analyze import no_bird_check
-    from core.data import open_dataset
-    from core.fileio import atomic_write_text
+    from core.field.analyze import no_bird_check
+    from core.io.data import open_dataset
+    from core.io.fileio import atomic_write_text
     from core.models.registry import load_checkpoint
 
     out = _csv_out(args.out)
@@ -400,11 +401,11 @@ def cmd_no_bird_check(args) -> int:
 def cmd_threats(args) -> int:
     import pandas as pd
 
-    from core.data import open_dataset
-    from core.fileio import atomic_write_text
+    from core.attacks.sweep import parse_float_list
+    from core.attacks.threats import survival_study, survival_summary
+    from core.io.data import open_dataset
+    from core.io.fileio import atomic_write_text
     from core.models.registry import load_checkpoint
-    from core.sweep import parse_float_list
-    from core.threats import survival_study, survival_summary
 
     out = _csv_out(args.out)
     snrs = parse_float_list(args.snr, "--snr")
@@ -429,10 +430,10 @@ def cmd_threats(args) -> int:
 def cmd_masking_attack(args) -> int:
     import pandas as pd
 
-    from core.data import open_dataset
-    from core.fileio import atomic_write_text
+    from core.attacks.threats import masking_study, masking_summary
+    from core.io.data import open_dataset
+    from core.io.fileio import atomic_write_text
     from core.models.registry import load_checkpoint
-    from core.threats import masking_study, masking_summary
 
     out = _csv_out(args.out)
     names = _names(args.models)
@@ -448,8 +449,8 @@ def cmd_masking_attack(args) -> int:
 
 
 def cmd_attack(args) -> int:
-    from core.audio import wav_bytes
-    from core.inference import attack_file
+    from core.field.inference import attack_file
+    from core.io.audio import wav_bytes
     from core.models.registry import load_checkpoint
 
     model = load_checkpoint(args.model)
@@ -500,9 +501,9 @@ def _load_models(text: str, *, same_rate: bool = True) -> tuple[dict, int, int]:
 
 
 def cmd_transfer(args) -> int:
-    from core.data import open_dataset
-    from core.sweep import write_table
-    from core.transfer import TransferSettings, transfer_summary, transfer_table
+    from core.io.data import open_dataset
+    from core.studies.sweep import write_table
+    from core.studies.transfer import TransferSettings, transfer_summary, transfer_table
 
     settings = TransferSettings(split=args.split, max_segments=args.max_segments, segment_seconds=args.segment_seconds,
                                 eps=args.eps, steps=args.steps, objective=args.objective, seed=args.seed)
@@ -530,9 +531,9 @@ def cmd_transfer(args) -> int:
 
 
 def cmd_embed_metrics(args) -> int:
-    from core.data import open_dataset
-    from core.embeddings import EmbeddingCache, embedding_markdown, embedding_table
-    from core.sweep import write_table
+    from core.io.data import open_dataset
+    from core.studies.embeddings import EmbeddingCache, embedding_markdown, embedding_table
+    from core.studies.sweep import write_table
 
     if args.out and Path(args.out).suffix not in (".csv", ".parquet"):
         raise ParameterError(f"--out must end in .csv or .parquet, got {args.out}")
@@ -550,10 +551,10 @@ def cmd_embed_metrics(args) -> int:
 
 
 def _through(text: str | None) -> dict:
-    """``--through mp3-128,playback-1m`` -> the transformations (:func:`core.threats.threat_choices`)."""
+    """``--through mp3-128,playback-1m`` -> the transformations (:func:`core.attacks.threats.threat_choices`)."""
     if not text:
         return {}
-    from core.threats import threat_choices
+    from core.attacks.threats import threat_choices
 
     choices = threat_choices()
     names = [t.strip() for t in text.split(",") if t.strip()]
@@ -566,8 +567,9 @@ def _through(text: str | None) -> dict:
 def cmd_sweep(args) -> int:
     from tqdm import tqdm
 
-    from core.distributed import SweepOptions, sweep_groups, sweep_sharded, sweep_single_process
-    from core.sweep import minimal_eps, summarize, write_table
+    from core.attacks.sweep import minimal_eps
+    from core.studies.distributed import SweepOptions, sweep_groups, sweep_sharded, sweep_single_process
+    from core.studies.sweep import summarize, write_table
 
     if (args.epsilons is None) == (args.snr is None):
         raise ParameterError("give exactly one of --epsilons (full-scale amplitude) and --snr (dB)")
@@ -582,7 +584,7 @@ def cmd_sweep(args) -> int:
                         species=args.species, max_clips=args.max_clips, data_dir=args.data_dir, batch_clips=args.batch_clips,
                         through=tuple(t.strip() for t in (args.through or "").split(",") if t.strip()), masking=args.masking)
     if opts.batch_clips is None:  # 4 on a CPU; on CUDA enough clips to fill one pass (measured on the first model)
-        from core.device import clips_per_batch, get_device
+        from core.io.device import clips_per_batch, get_device
 
         per_batch = 4
         if get_device().type == "cuda":  # only then is a model needed to size the batch
@@ -642,9 +644,10 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_shift(args) -> int:
-    from core.data import open_dataset
-    from core.shift import shift_evaluation, split_noise_bank
-    from core.sweep import dataset_clips, write_table
+    from core.io.clips import dataset_clips
+    from core.io.data import open_dataset
+    from core.studies.shift import shift_evaluation, split_noise_bank
+    from core.studies.sweep import write_table
 
     models, sr, win = _load_models(args.models)
     first = next(iter(models.values()))
@@ -663,9 +666,9 @@ def cmd_shift(args) -> int:
 def cmd_arms(args) -> int:
     from tqdm import tqdm
 
-    from core.data import open_dataset
-    from core.fileio import atomic_write_text
-    from core.seeds import arm_markdown, arm_table, parse_arms
+    from core.io.data import open_dataset
+    from core.io.fileio import atomic_write_text
+    from core.training.seeds import arm_markdown, arm_table, parse_arms
 
     arms = parse_arms(args.arm)
     if args.out and Path(args.out).suffix != ".csv":
@@ -685,9 +688,9 @@ def cmd_arms(args) -> int:
 def cmd_noise_bank(args) -> int:
     from tqdm import tqdm
 
-    from core.data import open_dataset
-    from core.fileio import atomic_write_text
-    from core.noisebank import bank_path, vet_noise_windows
+    from core.io.data import open_dataset
+    from core.io.fileio import atomic_write_text
+    from core.training.noisebank import bank_path, vet_noise_windows
 
     dataset = open_dataset(args.data_dir)
     out = Path(args.out) if args.out else bank_path(dataset)
@@ -713,10 +716,10 @@ def cmd_noise_bank(args) -> int:
 def cmd_compare(args) -> int:
     import pandas as pd
 
-    from core.compare import ZOO, CompareSettings, CompareStore, model_summary, run_compare
-    from core.data import open_dataset
-    from core.papercheck import paper_check
-    from core.sweep import parse_float_list as _float_list
+    from core.attacks.sweep import parse_float_list as _float_list
+    from core.io.data import open_dataset
+    from core.studies.compare import ZOO, CompareSettings, CompareStore, model_summary, run_compare
+    from core.studies.papercheck import paper_check
 
     settings = CompareSettings(
         split=args.split, max_clips=args.max_clips, shift_max_clips=args.shift_max_clips,
@@ -726,7 +729,7 @@ def cmd_compare(args) -> int:
     models, _, _ = _load_models(args.models or ",".join(ZOO), same_rate=False)  # run_compare groups models by window
     dataset = open_dataset(args.data_dir)
     store = CompareStore(args.out) if args.out else CompareStore()
-    from core.embeddings import model_fingerprint
+    from core.studies.embeddings import model_fingerprint
 
     result = None if args.recompute else store.find(settings, {n: model_fingerprint(m) for n, m in models.items()})
     if result is None:
@@ -740,7 +743,7 @@ def cmd_compare(args) -> int:
             bar.n = done
             bar.refresh()
 
-        from core.device import clips_per_batch
+        from core.io.device import clips_per_batch
 
         first = next(iter(models.values()))  # 4 clips per batch on a CPU; on CUDA enough to fill a pass
         per_batch = clips_per_batch(first, first.config.window_samples, len(settings.epsilons))
@@ -759,7 +762,7 @@ def cmd_compare(args) -> int:
             print(f"paper check recomputed from the stored tables; saved to {store.save(result)}")
     with pd.option_context("display.width", 200, "display.max_columns", 50):
         print(model_summary(result).set_index("model").T.to_string(float_format=lambda v: f"{v:.3f}"))
-        from core.worstcase import masking_check
+        from core.attacks.worstcase import masking_check
 
         checks = masking_check(result.robustness)
         for r in checks[checks["warning"] != ""].itertuples() if not checks.empty else []:
@@ -768,8 +771,8 @@ def cmd_compare(args) -> int:
             cols = ["key", "ours", "ci_low", "ci_high", "p_holm", "direction", "detail"]
             print(result.claims[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     if args.update_cards:
-        from core.compare import card_robustness
         from core.models.registry import BUILTIN_MODELS, update_model_card
+        from core.studies.compare import card_robustness
 
         ours = [n for n in result.models if n not in BUILTIN_MODELS]  # BirdNET's card is built in code, never written
         for name in ours:
@@ -781,7 +784,7 @@ def cmd_compare(args) -> int:
 def cmd_download(args) -> int:
     from tqdm import tqdm
 
-    from core.data import REPO_ROOT, download_dataset
+    from core.io.data import REPO_ROOT, download_dataset
 
     dest = Path(args.dest or REPO_ROOT / "data" / "xc9")
     bar = tqdm(total=0, unit="rec", disable=None)
@@ -799,7 +802,7 @@ def cmd_download(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from core.data import candidate_data_dirs, open_dataset
+    from core.io.data import candidate_data_dirs, open_dataset
 
     ds = open_dataset(args.data_dir)
     print(f"{ds.root}: {len(ds)} recordings ({len(ds.available())} on disk), {len(ds.class_names)} classes")

@@ -17,6 +17,7 @@ import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from core.errors import ParameterError
+from core.io.data import WindowSet
 
 __all__ = [
     "cmap", "macro_roc_auc", "top1_accuracy", "classification_metrics", "snr_db", "linf", "l2", "db_x", "eps_for_snr",
@@ -254,3 +255,49 @@ def attack_success_rate(success) -> float:
     """Fraction of clips where the attack succeeded (predicted label set changed, or target reached)."""
     s = np.asarray(success, dtype=bool)
     return float(s.mean()) if s.size else float("nan")
+
+
+def set_changed(clean_scores: np.ndarray, adv_scores: np.ndarray, threshold: float) -> np.ndarray:
+    """Whether the predicted species set (scores >= ``threshold``) differs between clean and attacked clips.
+
+    A clip with no class above the cut-off predicts its top-1 class (as
+    :func:`core.attacks.base.predicted_sets`), so the set is never empty.
+
+    Parameters
+    ----------
+    clean_scores, adv_scores : np.ndarray [shape=(batch, n_classes)]
+    threshold : float in (0, 1)
+
+    Returns
+    -------
+    np.ndarray [shape=(batch,)], bool
+    """
+    if not 0 < threshold < 1:
+        raise ParameterError(f"threshold must be in (0, 1), got {threshold}")
+
+    def sets(s):
+        s = np.asarray(s, dtype=np.float64)
+        pred = s >= threshold
+        pred[np.arange(len(s)), s.argmax(1)] |= ~pred.any(1)
+        return pred
+
+    return (sets(clean_scores) != sets(adv_scores)).any(1)
+
+
+def metrics_from_scores(scores: np.ndarray, windows: WindowSet, class_names) -> dict:
+    """Window-level and recording-level (max over windows) metrics."""
+    focal_rec = focal_targets(windows, class_names)
+    per_window = classification_metrics(scores, windows.targets, focal_rec[windows.recording_index])
+    rec_scores = np.zeros((len(windows.recordings), scores.shape[1]), np.float32)
+    np.maximum.at(rec_scores, windows.recording_index, scores)
+    per_rec = classification_metrics(rec_scores, windows.recording_targets(), focal_rec)
+    return {"window": per_window, "recording": per_rec}
+
+
+def focal_targets(windows: WindowSet, class_names) -> np.ndarray:
+    focal = np.zeros((len(windows.recordings), len(class_names)), np.float32)
+    for i, r in enumerate(windows.recordings):
+        for lab in r.labels:
+            if lab in class_names:
+                focal[i, list(class_names).index(lab)] = 1
+    return focal

@@ -12,7 +12,8 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from core.analyze import (
+from core.errors import CoreError
+from core.field.analyze import (
     NO_BIRD,
     SILENCE_DBFS,
     analyze_file,
@@ -25,7 +26,6 @@ from core.analyze import (
     to_raven_table,
     window_outcomes,
 )
-from core.errors import CoreError
 from core.models.registry import list_checkpoints
 from ui.common import audio_player, default_model, get_dataset, get_model, model_label
 from ui.glossary import help_text

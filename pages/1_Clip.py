@@ -7,11 +7,11 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from core.audit import load_audit
-from core.calibration import card_thresholds
 from core.errors import CoreError
 from core.models.birdnet import top_species
 from core.models.registry import uses_birdnet
+from core.studies.audit import load_audit
+from core.training.calibration import card_thresholds
 from ui.common import (
     analyze,
     audio_player,
@@ -108,7 +108,7 @@ if uses_birdnet(cfg):
                "below are drawn on the 0.5-15 kHz scale, and each patch names both bands.")
 if model.card.get("prototypes"):
     with st.expander("Where this model's prototypes sit (frequency band of each prototype's training patch)"):
-        from core.report import prototype_bands
+        from core.models.protopnet import prototype_bands
 
         bands = prototype_bands(model.card["prototypes"], names)
         bands.index = [display(c) for c in bands.index]

@@ -6,12 +6,12 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.audio import wav_bytes
+from core.attacks.psychoacoustic import masking_excess, masking_threshold
+from core.attacks.threats import threat_choices, transform_waveform
 from core.errors import CoreError
-from core.inference import analyze_waveform, attack_waveform
+from core.field.inference import analyze_waveform, attack_waveform
+from core.io.audio import wav_bytes
 from core.metrics import eps_for_snr, linf, snr_db
-from core.psychoacoustic import masking_excess, masking_threshold
-from core.threats import threat_choices, transform_waveform
 from ui.common import analyze, audio_player, clip_picker, get_dataset, model_fingerprint_cached, require_model, safe_name
 from ui.export import Audio, html_report
 from ui.glossary import help_text

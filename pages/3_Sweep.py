@@ -8,22 +8,14 @@ import streamlit as st
 import torch
 
 from core.attacks import OBJECTIVES
-from core.audio import resample, wav_bytes
-from core.calibration import card_thresholds
+from core.attacks.sweep import attack_from_options, minimal_eps, parse_float_list, run_sweep
+from core.attacks.threats import threat_choices
 from core.errors import CoreError
+from core.io.audio import resample, wav_bytes
+from core.io.clips import dataset_clips
 from core.models.registry import has_prototypes, list_checkpoints
-from core.sweep import (
-    CURVE_METRICS,
-    attack_from_options,
-    dataset_clips,
-    minimal_eps,
-    parse_float_list,
-    read_table,
-    run_sweep,
-    summarize,
-    sweep_table,
-)
-from core.threats import threat_choices
+from core.studies.sweep import CURVE_METRICS, read_table, summarize, sweep_table
+from core.training.calibration import card_thresholds
 from ui.common import clip_picker, get_dataset, get_model, model_label
 from ui.glossary import help_text
 from ui.jobs import BACKGROUND, job_panel, running_job, start_job

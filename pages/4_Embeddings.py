@@ -11,11 +11,11 @@ import streamlit as st
 import torch
 
 from core.attacks import make_attack
-from core.embeddings import EmbeddingCache, compute_embeddings, embedding_metrics, prototype_anchors, recording_ids, umap_map
 from core.errors import CoreError
+from core.io.clips import ClipSet, dataset_clips
 from core.metrics import snr_db
 from core.models.registry import has_prototypes
-from core.sweep import ClipSet, dataset_clips
+from core.studies.embeddings import EmbeddingCache, compute_embeddings, embedding_metrics, prototype_anchors, recording_ids, umap_map
 from ui.common import audio_player, dataset_status_message, get_dataset, require_model, selected_points
 from ui.jobs import BACKGROUND, job_panel, start_job
 from ui.plots import CHART_CONFIG, logmel_db, spectrogram_figure

@@ -6,13 +6,14 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.calibration import card_thresholds
-from core.compare import ZOO, CompareSettings, CompareStore, estimate_minutes, model_recipe, model_summary, prototype_stability, run_compare
+from core.attacks.sweep import parse_float_list
+from core.attacks.worstcase import masking_check, worst_case_label
 from core.errors import CoreError
 from core.models.registry import list_checkpoints
-from core.shift import summarize_shift
-from core.sweep import parse_float_list, summarize
-from core.worstcase import masking_check, worst_case_label
+from core.studies.compare import ZOO, CompareSettings, CompareStore, estimate_minutes, model_recipe, model_summary, prototype_stability, run_compare
+from core.studies.shift import summarize_shift
+from core.studies.sweep import summarize
+from core.training.calibration import card_thresholds
 from ui.common import card_or_none, dataset_status_message, get_dataset, get_model, model_fingerprint_cached
 from ui.export import html_report
 from ui.jobs import BACKGROUND, job_panel, running_job, start_job
@@ -100,7 +101,7 @@ def compare_job(job, loaded, ds, settings, store) -> str:
     store.save(result)  # saved before anything else can fail
     msg = f"Computed and stored in {result.seconds / 60:.1f} min."
     if set(ZOO) <= set(result.models) and settings.split == "test":
-        from core.papercheck import paper_check
+        from core.studies.papercheck import paper_check
 
         try:
             result.claims = paper_check(result)

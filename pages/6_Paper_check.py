@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.compare import ZOO, CompareSettings, CompareStore
 from core.errors import CoreError
 from core.models.registry import list_checkpoints
-from core.papercheck import COLUMNS, PAPER_URL, multiplicity_note, paper_check
+from core.studies.compare import ZOO, CompareSettings, CompareStore
+from core.studies.papercheck import COLUMNS, PAPER_URL, multiplicity_note, paper_check
 from ui.common import model_fingerprint_cached
 
 st.set_page_config(page_title="Paper check · birdshield", page_icon="🐦", layout="wide")

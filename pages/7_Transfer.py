@@ -9,7 +9,7 @@ import streamlit as st
 
 from core.errors import CoreError
 from core.models.registry import list_checkpoints
-from core.transfer import TransferSettings, dataset_segments, transfer_segment, transfer_summary, transfer_table
+from core.studies.transfer import TransferSettings, dataset_segments, transfer_segment, transfer_summary, transfer_table
 from ui.common import audio_player, dataset_status_message, get_dataset, get_model, licence_notice
 from ui.jobs import BACKGROUND, job_panel, running_job, start_job
 from ui.plots import CHART_CONFIG

@@ -6,7 +6,7 @@ import numpy as np
 import streamlit as st
 
 from core.errors import CoreError
-from core.inference import analyze_waveform, attack_waveform, confident_window
+from core.field.inference import analyze_waveform, attack_waveform, confident_window
 from core.metrics import eps_for_snr, snr_db
 from core.models.registry import has_prototypes, list_checkpoints
 from ui.common import audio_player, get_dataset, get_model, licence_notice, load_recording, model_label

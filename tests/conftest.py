@@ -13,9 +13,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from core.data import find_data_dir  # noqa: E402
-from core.frontend import FrontendConfig  # noqa: E402
+from core.io.data import find_data_dir  # noqa: E402
 from core.models.convnext import BackboneConfig  # noqa: E402
+from core.models.frontend import FrontendConfig  # noqa: E402
 from core.models.registry import ModelConfig, build_model  # noqa: E402
 
 TINY_FRONTEND = FrontendConfig(sample_rate=16_000, n_fft=512, hop_length=256, n_mels=32, f_min=50.0, f_max=8_000.0)

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from core.analyze import (
+from core.errors import AudioLoadError, ParameterError
+from core.field.analyze import (
     NO_BIRD,
     RAVEN_COLUMNS,
     FileAnalysis,
@@ -22,8 +23,7 @@ from core.analyze import (
     to_raven_table,
     window_outcomes,
 )
-from core.audio import frame_windows, load_audio
-from core.errors import AudioLoadError, ParameterError
+from core.io.audio import frame_windows, load_audio
 from core.models.registry import list_checkpoints, load_checkpoint, read_model_card
 from tests.conftest import ROOT, tone
 
@@ -120,7 +120,7 @@ needs_models = pytest.mark.skipif("protopnet" not in list_checkpoints(), reason=
 
 @needs_models
 def test_analyze_file_scores_every_window_like_the_clip_path(tmp_path):
-    from core.inference import analyze_waveform
+    from core.field.inference import analyze_waveform
 
     path = _stereo_file(tmp_path / "x.wav", 18.0)
     model = load_checkpoint("protopnet")
@@ -178,7 +178,7 @@ def test_silent_windows_are_never_detections():
 
 @needs_models
 def test_no_bird_check_agrees_with_the_file_path(tmp_path):
-    from core.analyze import _control_signals, no_bird_check
+    from core.field.analyze import _control_signals, no_bird_check
 
     model = load_checkpoint("protopnet")
     table = no_bird_check({"protopnet": model}, n_windows=3).set_index("signal")
@@ -194,7 +194,7 @@ def test_no_bird_check_agrees_with_the_file_path(tmp_path):
 
 
 def test_read_segment_equals_the_window_of_the_whole_file(tmp_path):
-    from core.analyze import read_segment
+    from core.field.analyze import read_segment
 
     path = _stereo_file(tmp_path / "x.flac", 20.0)
     whole = load_audio(path, sample_rate=32_000).waveform

@@ -20,9 +20,9 @@ from core.attacks import (
     make_attack,
     make_objective,
 )
+from core.attacks.sweep import minimal_eps, run_sweep
 from core.errors import ParameterError
 from core.metrics import eps_for_snr, snr_db
-from core.sweep import minimal_eps, run_sweep
 
 EPS = {"linf": 0.01, "l2": 1.0}
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from core.audio import frame_windows, load_audio, wav_bytes, window_starts
 from core.errors import AudioLoadError, ParameterError
+from core.io.audio import frame_windows, load_audio, wav_bytes, window_starts
 from tests.conftest import tone
 
 

@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 import torch
 
-from core.audit import _spec_region, audit_summary, prototype_audit, song_bands
-from core.data import WindowSet
 from core.errors import ParameterError
+from core.io.data import WindowSet
 from core.models.birdnet_proto import BirdNETHeadConfig, BirdNETHeadModel
+from core.studies.audit import _spec_region, audit_summary, prototype_audit, song_bands
 
 
 @pytest.fixture(scope="module")

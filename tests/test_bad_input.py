@@ -15,9 +15,9 @@ import soundfile as sf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.audio import MAX_DURATION_S, load_audio
 from core.errors import AudioLoadError, CoreError, ParameterError
-from core.frontend import FrontendConfig, LogMel
+from core.io.audio import MAX_DURATION_S, load_audio
+from core.models.frontend import FrontendConfig, LogMel
 from core.models.registry import list_checkpoints
 from tests.conftest import ROOT, tone
 
@@ -77,7 +77,7 @@ def test_invalid_audio_raises_specific_error(row):
 @shipped
 @pytest.mark.parametrize("row", list(VALID))
 def test_odd_but_valid_audio_loads_and_predicts(row):
-    from core.inference import analyze_waveform, attack_waveform
+    from core.field.inference import analyze_waveform, attack_waveform
     from core.models.registry import load_checkpoint
 
     data, note = VALID[row]

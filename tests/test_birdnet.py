@@ -36,8 +36,8 @@ def model():
 @pytest.fixture(scope="module")
 def real_windows(data_dir):
     """Six 3 s windows at 48 kHz from three species of the test split (two each, from the middle of the file)."""
-    from core.audio import load_audio
-    from core.data import Dataset
+    from core.io.audio import load_audio
+    from core.io.data import Dataset
 
     ds = Dataset(data_dir)
     recs = ds.split("test")

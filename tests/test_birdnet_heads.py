@@ -8,21 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from core.birdnet_heads import (
-    BirdNETStage,
-    BirdNETTrunk,
-    HeadConfig,
-    PrototypeHead,
-    extract_features,
-    head_scores,
-    push_head,
-    stage_features,
-    train_head,
-    train_last_layer,
-)
-from core.data import WindowSet
 from core.errors import ParameterError
+from core.io.data import WindowSet
 from core.models.birdnet import load_birdnet
+from core.models.birdnet_heads import BirdNETStage, BirdNETTrunk, HeadConfig, PrototypeHead, head_scores, stage_features
+from core.training.heads import extract_features, push_head, train_head, train_last_layer
 
 
 def _synthetic(n=120, c=16, f=4, t=6, k=3, seed=0):
@@ -216,9 +206,9 @@ def test_tuned_head_checkpoint_holds_the_tuned_stage_and_reproduces_it(birdnet, 
 
 
 def test_no_bird_windows_are_train_split_site_noise_and_synthetic_sounds(data_dir):
-    from core.birdnet_heads import NO_BIRD_SYNTHETIC_ID, no_bird_windows
-    from core.data import Dataset
-    from core.noisebank import bank_path, read_bank_table
+    from core.io.data import Dataset
+    from core.training.heads import NO_BIRD_SYNTHETIC_ID, no_bird_windows
+    from core.training.noisebank import bank_path, read_bank_table
 
     ds = Dataset(data_dir)
     w = no_bird_windows(ds, n_synthetic=30, seed=3)
@@ -244,7 +234,7 @@ def test_no_bird_windows_are_train_split_site_noise_and_synthetic_sounds(data_di
 def test_adversarial_finetuning_refuses_bad_settings_before_any_work():
     from types import SimpleNamespace
 
-    from core.birdnet_heads import adversarial_finetune_head
+    from core.training.head_finetune import adversarial_finetune_head
 
     tuned = SimpleNamespace(config=SimpleNamespace(tuned_from="BLOCK_3-4_ADD", layer="BLOCK_3-5_ADD"), card={})
     frozen = SimpleNamespace(config=SimpleNamespace(tuned_from=None, layer="BLOCK_3-5_ADD"), card={})
@@ -257,7 +247,7 @@ def test_adversarial_finetuning_refuses_bad_settings_before_any_work():
 
 
 def test_recipe_of_a_finetuned_head_names_the_adversary_or_the_control():
-    from core.compare import model_recipe
+    from core.studies.compare import model_recipe
 
     base = {"config": {"arch": "birdnet-protopnet", "layer": "BLOCK_3-5_ADD", "tuned_from": "BLOCK_3-4_ADD"}}
     assert model_recipe("h", {**base, "train_config": {"adv": "at-e", "finetune_epochs": 4, "adv_eps": 1e-4}})[1].endswith(

@@ -4,12 +4,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.calibration import calibrate_model, card_thresholds, choose_threshold, model_threshold, set_changed
-from core.compare import ZOO
-from core.data import Dataset
 from core.errors import CheckpointError, ParameterError
+from core.io.data import Dataset
+from core.metrics import set_changed
 from core.models.registry import load_checkpoint, read_model_card
-from core.sweep import summarize
+from core.studies.compare import ZOO
+from core.studies.sweep import summarize
+from core.training.calibration import calibrate_model, card_thresholds, choose_threshold, model_threshold
 
 
 def test_threshold_separates_uncalibrated_scores_that_0_5_misses():
@@ -80,7 +81,7 @@ def test_shipped_cards_carry_a_validation_threshold(name):
 def test_birdnet_threshold_is_stored_beside_its_metrics(tmp_path, monkeypatch):
     import json
 
-    from core import calibration
+    import core.training.calibration as calibration
 
     stored = json.loads(calibration.builtin_threshold_path("birdnet").read_text())
     assert stored["split"] == "val" and stored["split_scheme"] == "recordist" and stored["micro_f1"] >= stored["micro_f1_at_0.5"]

@@ -8,13 +8,14 @@ import pytest
 import torch
 
 from core.attacks import PGD, OutputUntargeted
-from core.compare import CompareResult, CompareSettings, CompareStore, model_summary, prototype_stability, run_compare
-from core.data import Dataset
+from core.attacks.sweep import run_sweep
 from core.errors import ParameterError
+from core.io.clips import dataset_clips
+from core.io.data import Dataset
 from core.metrics import cmap
 from core.models.registry import build_model
-from core.papercheck import fast_cmap, paper_check, verdict
-from core.sweep import dataset_clips, run_sweep
+from core.studies.compare import CompareResult, CompareSettings, CompareStore, model_summary, prototype_stability, run_compare
+from core.studies.papercheck import fast_cmap, paper_check, verdict
 from tests.conftest import CLASSES, make_tiny_dataset, tiny_config
 
 SETTINGS = CompareSettings(max_clips=6, epsilons=(1e-9, 1e-2), target_epsilons=(1e-2,), steps=2)
@@ -202,8 +203,8 @@ def test_paper_check_is_deterministic_and_skips_missing_models():
 
 
 def test_model_recipe_from_zoo_card_or_unknown(tmp_path):
-    from core.compare import model_recipe
     from core.models.registry import save_checkpoint
+    from core.studies.compare import model_recipe
 
     assert model_recipe("protopnet_ate") == ("AudioProtoPNet", "AT-E")
     path = save_checkpoint(_models()["tiny_base"], tmp_path / "m.safetensors", {"train_config": {"adv": "at-o"}})
@@ -225,7 +226,7 @@ def test_summary_keeps_eps_that_round_alike_apart(compared):
 
 def test_compare_models_with_other_windows_on_the_same_recordings(tiny_dataset):
     """A model with another rate and window (as BirdNET beside the 32 kHz models) gets its own windows of the same recordings."""
-    from core.frontend import FrontendConfig
+    from core.models.frontend import FrontendConfig
     from core.models.registry import ModelConfig
     from tests.conftest import TINY_BACKBONE
 
@@ -252,7 +253,7 @@ def test_compare_models_with_other_windows_on_the_same_recordings(tiny_dataset):
 def test_time_estimate_scales_from_a_stored_run_of_the_same_kind():
     from types import SimpleNamespace
 
-    from core.compare import SECONDS_PER_UNIT, CompareSettings, estimate_minutes
+    from core.studies.compare import SECONDS_PER_UNIT, CompareSettings, estimate_minutes
 
     pgd = CompareSettings()
     stored = SimpleNamespace(settings=pgd, seconds=1200.0, models=list("abcdefgh"), info={"device": "cpu"})

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from core.data import DATA_ENV_VAR, Dataset, build_windows, download_dataset, find_data_dir, open_dataset
 from core.errors import DatasetError
+from core.io.data import DATA_ENV_VAR, Dataset, build_windows, download_dataset, find_data_dir, open_dataset
 
 
 def test_manifest_and_splits(tiny_dataset):

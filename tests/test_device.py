@@ -7,7 +7,7 @@ import contextlib
 import pytest
 import torch
 
-from core.device import CPU_ROWS, clips_per_batch, fit_rows, rows_per_pass, scoring_autocast, scoring_batch_size
+from core.io.device import CPU_ROWS, clips_per_batch, fit_rows, rows_per_pass, scoring_autocast, scoring_batch_size
 
 
 def test_fit_rows_takes_the_largest_power_of_two_that_fits():

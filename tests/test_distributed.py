@@ -7,9 +7,9 @@ import os
 import pandas as pd
 import pytest
 
-from core.distributed import REPO_ROOT, SweepOptions, shard_batches, sweep_sharded, sweep_single_process
 from core.errors import ParameterError
 from core.models.registry import list_checkpoints
+from core.studies.distributed import REPO_ROOT, SweepOptions, shard_batches, sweep_sharded, sweep_single_process
 
 pytestmark = pytest.mark.skipif("protopnet" not in list_checkpoints(), reason="shipped checkpoints missing")
 

@@ -7,9 +7,9 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, silhouette_score
 
 from core.attacks import PGD
-from core.embeddings import EmbeddingCache, compute_embeddings, embedding_metrics, model_fingerprint, retrieval_roc_auc, umap_map
 from core.errors import ParameterError
-from core.sweep import ClipSet
+from core.io.clips import ClipSet
+from core.studies.embeddings import EmbeddingCache, compute_embeddings, embedding_metrics, model_fingerprint, retrieval_roc_auc, umap_map
 
 
 def _blobs(n_per=20, k=3, d=8, spread=0.05, seed=0):
@@ -109,7 +109,7 @@ def test_umap_transform_places_a_clip_next_to_itself():
 
 def test_retrieval_leaves_out_pairs_from_one_recording():
     """Windows of one recording are near-duplicates; counted as positives they flatter retrieval."""
-    from core.embeddings import recording_ids, retrieval_roc_auc
+    from core.studies.embeddings import recording_ids, retrieval_roc_auc
 
     rng = np.random.default_rng(0)
     recs = [f"XC{i}" for i in range(12)]
@@ -131,7 +131,7 @@ def test_retrieval_leaves_out_pairs_from_one_recording():
 
 
 def test_prototype_anchor_is_the_clip_each_prototype_fires_most_on(tiny_proto):
-    from core.embeddings import prototype_anchors
+    from core.studies.embeddings import prototype_anchors
 
     gen = torch.Generator().manual_seed(3)
     w = ((torch.rand(5, 16_000, generator=gen) * 2 - 1) * 0.3).numpy()

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from core.errors import ParameterError
-from core.frontend import FrontendConfig, LogMel
+from core.models.frontend import FrontendConfig, LogMel
 
 
 @pytest.mark.parametrize("cfg", [FrontendConfig(floor_db=None), FrontendConfig(f_max=16_000.0, floor_db=None),

@@ -10,8 +10,9 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from core import metrics
 from core.attacks import PGD, OutputTargeted
+from core.attacks.sweep import run_sweep
 from core.errors import ParameterError
-from core.sweep import read_table, run_sweep, summarize, sweep_table, sweep_windows, write_table
+from core.studies.sweep import read_table, summarize, sweep_table, sweep_windows, write_table
 
 
 def test_cmap_and_roc_auc_match_sklearn():
@@ -146,8 +147,8 @@ def test_sweep_windows_resumes(tmp_path, tiny_proto, tiny_model):
 def test_dataset_clips_subset_labels_and_bounds(tiny_dataset):
     import soundfile as sf
 
-    from core.data import Dataset
-    from core.sweep import dataset_clips
+    from core.io.clips import dataset_clips
+    from core.io.data import Dataset
 
     # a float WAV that overshoots full scale (as resampling can): clips must still be attackable
     loud = next((tiny_dataset / "audio" / "bbb").glob("bbbtrain0.wav"))

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from core.data import Dataset, build_windows
 from core.errors import ParameterError
+from core.io.data import Dataset, build_windows
 from core.models.protopnet import orthogonality_loss
-from core.train import push_prototypes
+from core.training.train import push_prototypes
 from tests.conftest import CLASSES
 
 

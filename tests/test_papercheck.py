@@ -1,4 +1,4 @@
-"""The paper check (core.papercheck): multiplicity, comparability, control arm, worst-case rows, traceable numbers.
+"""The paper check (core.studies.papercheck): multiplicity, comparability, control arm, worst-case rows, traceable numbers.
 
 Every comparison here is a tiny synthetic CompareResult: scores are noise plus ``skill`` times the labels, so a
 model with more skill ranks the clips better; nothing is trained and no dataset is read.
@@ -10,10 +10,22 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import core.compare
-from core.compare import CompareResult, CompareSettings
+import core.studies.compare
 from core.errors import ParameterError
-from core.papercheck import CLAIMS, COLUMNS, PAPER_SOURCES, PAPER_URL, Claim, bootstrap_p, direction_of, holm, multiplicity_note, paper_check, verdict_text
+from core.studies.compare import CompareResult, CompareSettings
+from core.studies.papercheck import (
+    CLAIMS,
+    COLUMNS,
+    PAPER_SOURCES,
+    PAPER_URL,
+    Claim,
+    bootstrap_p,
+    direction_of,
+    holm,
+    multiplicity_note,
+    paper_check,
+    verdict_text,
+)
 
 RECIPES = {"baseline": ("ConvNeXt baseline", "OT"), "baseline_ato": ("ConvNeXt baseline", "AT-O"), "baseline_ate": ("ConvNeXt baseline", "AT-E"),
            "protopnet": ("AudioProtoPNet", "OT"), "protopnet_ato": ("AudioProtoPNet", "AT-O"), "protopnet_ate": ("AudioProtoPNet", "AT-E"),
@@ -23,9 +35,9 @@ SIX = ["baseline", "baseline_ato", "baseline_ate", "protopnet", "protopnet_ato",
 
 @pytest.fixture(autouse=True)
 def zoo(monkeypatch):
-    """The zoo with the OT+FT controls, whether or not core.compare ships them yet."""
+    """The zoo with the OT+FT controls, whether or not core.studies.compare ships them yet."""
     for name, recipe in RECIPES.items():
-        monkeypatch.setitem(core.compare.ZOO, name, recipe)
+        monkeypatch.setitem(core.studies.compare.ZOO, name, recipe)
 
 
 def _skills(**by_recipe) -> dict:

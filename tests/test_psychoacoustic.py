@@ -1,11 +1,10 @@
-"""The psychoacoustic budget (core.psychoacoustic): masking threshold of Qin et al. 2019 and the masked attack."""
+"""The psychoacoustic budget (core.attacks.psychoacoustic): masking threshold of Qin et al. 2019 and the masked attack."""
 
 import numpy as np
 import pytest
 import torch
 
-from core.errors import ParameterError
-from core.psychoacoustic import (
+from core.attacks.psychoacoustic import (
     N_FFT,
     MaskedPGD,
     absolute_threshold_db,
@@ -15,6 +14,7 @@ from core.psychoacoustic import (
     perturbation_psd_db,
     project_under_threshold,
 )
+from core.errors import ParameterError
 from tests.conftest import tone
 
 
@@ -93,7 +93,8 @@ def test_nothing_is_allowed_above_16_khz_where_the_threshold_of_hearing_would_al
 
 def test_sweeps_report_audibility_beside_snr(tiny_proto):
     from core.attacks import PGD
-    from core.sweep import run_sweep, summarize, sweep_table
+    from core.attacks.sweep import run_sweep
+    from core.studies.sweep import summarize, sweep_table
 
     x = torch.as_tensor(np.stack([tone(500, 1.0, 16_000, 0.3), tone(2000, 1.0, 16_000, 0.3)]))
     atk = PGD(eps=0.0, steps=2)

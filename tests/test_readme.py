@@ -5,7 +5,7 @@ import re
 
 import pandas as pd
 
-from core.sweep import read_table, summarize, summary_markdown
+from core.studies.sweep import read_table, summarize, summary_markdown
 from tests.conftest import ROOT
 
 README = (ROOT / "README.md").read_text()
@@ -33,7 +33,7 @@ def test_birdnet_clean_metrics_in_readme_are_the_stored_ones():
 
 
 def test_transfer_table_is_the_stored_tables():
-    from core.transfer import transfer_markdown, transfer_summary
+    from core.studies.transfer import transfer_markdown, transfer_summary
 
     parts = []
     for eps in ("1e-4", "1e-3"):
@@ -45,7 +45,7 @@ def test_transfer_table_is_the_stored_tables():
 
 
 def test_embedding_table_is_the_stored_one():
-    from core.embeddings import embedding_markdown
+    from core.studies.embeddings import embedding_markdown
 
     t = pd.read_csv(ROOT / "assets" / "embeddings" / "metrics_test_eps1e-4.csv")
     assert set(t["model"]) == {"baseline", "protopnet", "birdnet"} and set(t["points"]) == {"clean", "attacked"}
@@ -54,7 +54,7 @@ def test_embedding_table_is_the_stored_one():
 
 
 def test_robustness_tables_are_the_stored_sweeps():
-    from core.report import minimal_eps_markdown, robustness_markdown, targeted_markdown
+    from core.studies.report import minimal_eps_markdown, robustness_markdown, targeted_markdown
 
     rob = ROOT / "assets" / "robustness"
     labels = {"baseline": "baseline", "protopnet": "AudioProtoPNet"}
@@ -76,7 +76,7 @@ ZOO_LABELS = {"baseline": "Baseline", "baseline_ato": "Baseline, AT-O (`baseline
 
 def test_model_table_is_the_model_cards():
     from core.models.registry import read_model_card
-    from core.report import model_table_markdown
+    from core.studies.report import model_table_markdown
 
     cards = {n: read_model_card(n) for n in ZOO_LABELS}
     assert block("models") == model_table_markdown(cards, ZOO_LABELS) + "\n"
@@ -84,20 +84,20 @@ def test_model_table_is_the_model_cards():
 
 def test_prototype_band_table_is_the_card():
     from core.models.registry import read_model_card
-    from core.report import prototype_bands_markdown
+    from core.studies.report import prototype_bands_markdown
 
     card = read_model_card("protopnet")
     assert block("prototype-bands") == prototype_bands_markdown(card["prototypes"], card["config"]["class_names"]) + "\n"
 
 
 def test_comparison_table_is_the_shipped_comparison():
-    from core.compare import SHIPPED_DIR, CompareStore
-    from core.report import compare_markdown
+    from core.studies.compare import SHIPPED_DIR, CompareStore
+    from core.studies.report import compare_markdown
 
     results = list(CompareStore(directory=SHIPPED_DIR, shipped=None).results())
     assert len(results) == 1, "assets/compare must hold exactly the shipped comparison"
     assert block("compare") == compare_markdown(results[0], ZOO_LABELS) + "\n"
-    from core.report import claims_markdown
+    from core.studies.report import claims_markdown
 
     assert block("paper-check") == claims_markdown(results[0].claims) + "\n"
 
@@ -123,9 +123,9 @@ def head_cards():
 
 
 def test_head_tables_are_the_stored_results():
-    from core.audit import load_audit
     from core.models.registry import read_model_card
-    from core.report import audit_markdown, finetune_markdown, layer_study_markdown, model_table_markdown
+    from core.studies.audit import load_audit
+    from core.studies.report import audit_markdown, finetune_markdown, layer_study_markdown, model_table_markdown
 
     assert block("head-layers") == layer_study_markdown(pd.read_csv(ROOT / "assets" / "birdnet_heads" / "layers.csv")) + "\n"
     tuned = pd.read_csv(ROOT / "assets" / "birdnet_heads" / "finetune.csv")
@@ -142,7 +142,7 @@ def test_head_tables_are_the_stored_results():
 
 
 def test_seed_table_is_the_stored_arms():
-    from core.seeds import arm_markdown
+    from core.training.seeds import arm_markdown
 
     t = pd.read_csv(ROOT / "assets" / "robustness" / "at_seeds.csv")
     assert set(t["arm"]) == {"AT-O", "OT+FT"} and t.groupby("arm")["train_seed"].nunique().min() == 3
@@ -151,7 +151,7 @@ def test_seed_table_is_the_stored_arms():
 
 
 def test_no_bird_table_is_the_stored_check():
-    from core.analyze import no_bird_markdown
+    from core.field.analyze import no_bird_markdown
 
     t = pd.read_csv(ROOT / "assets" / "analyze" / "no_bird.csv")
     assert {"baseline", "protopnet", "birdnet_protopnet", "birdnet_linear", "birdnet"} == set(t["model"])
@@ -173,8 +173,8 @@ def test_no_bird_negatives_row_is_the_shipped_head():
 
 
 def test_threat_tables_are_the_stored_studies():
-    from core.report import masking_markdown, survival_markdown
-    from core.threats import masking_summary, survival_summary
+    from core.attacks.threats import masking_summary, survival_summary
+    from core.studies.report import masking_markdown, survival_markdown
 
     survival = pd.read_csv(ROOT / "assets" / "threats" / "survival.csv")
     assert {"birdnet", "birdnet_protopnet"} == set(survival["model"]) and set(survival["attack"]) == {"pgd", "eot-pgd"}
@@ -185,10 +185,10 @@ def test_threat_tables_are_the_stored_studies():
 
 
 def test_head_comparison_is_the_stored_one_for_the_shipped_heads():
-    from core.compare import CompareStore
-    from core.embeddings import model_fingerprint
     from core.models.registry import load_checkpoint
-    from core.report import compare_markdown
+    from core.studies.compare import CompareStore
+    from core.studies.embeddings import model_fingerprint
+    from core.studies.report import compare_markdown
 
     results = list(CompareStore(directory=ROOT / "assets" / "birdnet_heads" / "compare", shipped=None).results())
     assert len(results) == 1
@@ -199,10 +199,10 @@ def test_head_comparison_is_the_stored_one_for_the_shipped_heads():
 
 
 def test_head_adversarial_training_table_is_the_stored_worst_case_comparison():
-    from core.compare import CompareStore
-    from core.embeddings import model_fingerprint
     from core.models.registry import load_checkpoint
-    from core.report import compare_markdown
+    from core.studies.compare import CompareStore
+    from core.studies.embeddings import model_fingerprint
+    from core.studies.report import compare_markdown
 
     results = list(CompareStore(directory=ROOT / "assets" / "birdnet_heads" / "compare_at", shipped=None).results())
     assert len(results) == 1

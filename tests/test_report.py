@@ -1,6 +1,7 @@
 """Tables of the README and model cards built from stored results."""
 
-from core.report import prototype_bands, prototype_bands_markdown
+from core.models.protopnet import prototype_bands
+from core.studies.report import prototype_bands_markdown
 
 
 def test_prototype_bands_counts_each_prototype_once_by_its_band_centre():

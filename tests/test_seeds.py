@@ -5,10 +5,10 @@ import pandas as pd
 import pytest
 import torch
 
-from core.data import Dataset
 from core.errors import ParameterError
+from core.io.data import Dataset
 from core.models.registry import build_model, save_checkpoint
-from core.seeds import arm_markdown, arm_summary, arm_table, parse_arms
+from core.training.seeds import arm_markdown, arm_summary, arm_table, parse_arms
 from tests.conftest import make_tiny_dataset, tiny_config
 
 

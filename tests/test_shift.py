@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from core.errors import ParameterError
-from core.shift import add_noise, apply_gain, mix, noise_bank, pink_noise, shift_clips
-from core.sweep import ClipSet
+from core.io.audio import pink_noise
+from core.io.clips import ClipSet
+from core.studies.shift import add_noise, apply_gain, mix, noise_bank, shift_clips
 from tests.conftest import tone
 
 
@@ -65,7 +66,7 @@ def test_gain_mix_and_shift_clips():
 
 
 def test_shift_evaluation_rows(tiny_proto, tiny_model):
-    from core.shift import shift_evaluation
+    from core.studies.shift import shift_evaluation
 
     rng = np.random.default_rng(0)
     waves = np.stack([tone(f, 1.0, 16_000, amp=0.3) + rng.standard_normal(16_000).astype(np.float32) * 0.01

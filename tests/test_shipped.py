@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from core.compare import ZOO, CompareSettings, CompareStore, card_robustness
-from core.data import Dataset, build_windows
-from core.embeddings import model_fingerprint
+from core.io.data import Dataset, build_windows
 from core.models.registry import list_checkpoints, load_checkpoint, read_model_card
-from core.train import _ids_sha256, evaluate
+from core.studies.compare import ZOO, CompareSettings, CompareStore, card_robustness
+from core.studies.embeddings import model_fingerprint
+from core.training.train import _ids_sha256, evaluate
 
 SHIPPED = list(ZOO)
 ADVERSARIAL = [n for n in ZOO if ZOO[n][1] in ("AT-O", "AT-E")]
@@ -119,7 +119,8 @@ def test_model_card_robustness_comes_from_the_shipped_comparison(shipped_compari
 @pytest.mark.parametrize("name", ["baseline_ato", "protopnet_ate"])
 def test_shipped_comparison_reproduces_on_a_few_clips(shipped_comparison, name, data_dir):
     from core.attacks import PGD, OutputUntargeted
-    from core.sweep import dataset_clips, run_sweep
+    from core.attacks.sweep import run_sweep
+    from core.io.clips import dataset_clips
 
     result, models = shipped_comparison
     model = models[name]

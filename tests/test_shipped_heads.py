@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.birdnet_heads import choose_layer
-from core.data import Dataset, build_windows
+from core.io.data import Dataset, build_windows
 from core.models.registry import CHECKPOINT_DIR, list_checkpoints, load_checkpoint, read_model_card
-from core.train import _ids_sha256, evaluate
+from core.studies.heads import choose_layer
+from core.training.train import _ids_sha256, evaluate
 from tests.conftest import ROOT
 
 HEADS = ["birdnet_protopnet", "birdnet_linear"]
@@ -62,7 +62,7 @@ def test_prototype_head_card_says_where_each_prototype_sits_and_carries_the_lice
 
 @pytest.mark.parametrize("name", ["birdnet_protopnet"] + AT_HEADS)
 def test_audit_in_the_card_is_the_shipped_audit_table(name):
-    from core.audit import load_audit
+    from core.studies.audit import load_audit
 
     card = read_model_card(name)
     table = load_audit(card)

@@ -1,12 +1,12 @@
-"""Realistic threats (core.threats): the real MP3 codec, simulated playback, EOT and the survival study."""
+"""Realistic threats (core.attacks.threats): the real MP3 codec, simulated playback, EOT and the survival study."""
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from core.attacks.threats import EOT, MP3, AmbientNoise, Mixture, Playback, Transform, mp3_roundtrip, survival_study, survival_summary
 from core.errors import ParameterError
-from core.threats import EOT, MP3, AmbientNoise, Mixture, Playback, Transform, mp3_roundtrip, survival_study, survival_summary
 from tests.conftest import tone
 
 
@@ -121,7 +121,7 @@ def test_eot_loss_is_the_mean_over_draws_and_keeps_the_objective(tiny_proto):
 
 
 def test_survival_study_on_a_tiny_model(tiny_proto, tiny_dataset):
-    from core.data import Dataset
+    from core.io.data import Dataset
 
     ds = Dataset(tiny_dataset)
     transforms = {"mp3-64": MP3(64), "noise-10": AmbientNoise(10.0)}
@@ -149,7 +149,8 @@ def test_survival_summary_counts_survival_among_windows_the_transformation_leave
 
 def test_sweep_scores_every_attack_again_after_each_transformation(tiny_proto):
     from core.attacks import PGD
-    from core.sweep import run_sweep, summarize, sweep_table
+    from core.attacks.sweep import run_sweep
+    from core.studies.sweep import summarize, sweep_table
 
     x = torch.as_tensor(np.stack([tone(500, 1.0, 16_000), tone(2000, 1.0, 16_000), tone(4000, 1.0, 16_000)]))
     transforms = {"inaudible": AmbientNoise(200.0), "drowned": AmbientNoise(-30.0)}

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from core.data import Dataset
+from core.io.data import Dataset
 from core.models.registry import build_model, load_checkpoint, save_checkpoint
-from core.train import TrainConfig, train_model
+from core.training.train import TrainConfig, train_model
 from tests.conftest import tiny_config
 
 
@@ -41,7 +41,7 @@ def test_train_model_end_to_end(arch, tiny_dataset, tmp_path):
 @pytest.mark.parametrize("arch", ["baseline", "protopnet"])
 def test_adversarial_training_steps(adv, arch, monkeypatch):
     """AT-O / AT-E: batches are really perturbed within eps, the adversarial term is non-zero, the loss falls."""
-    import core.train as train
+    import core.training.train as train
 
     torch.manual_seed(0)
     model = build_model(tiny_config(arch)).train()
@@ -80,7 +80,7 @@ def test_adversarial_training_steps(adv, arch, monkeypatch):
 
 
 def test_frozen_backbone_stays_frozen_under_adversarial_training():
-    import core.train as train
+    import core.training.train as train
 
     model = build_model(tiny_config("protopnet")).train()
     model.backbone.eval()
@@ -92,7 +92,7 @@ def test_frozen_backbone_stays_frozen_under_adversarial_training():
 
 
 def test_awp_moves_each_weight_by_gamma_uphill_and_restores_exactly():
-    import core.train as train
+    import core.training.train as train
 
     torch.manual_seed(0)
     model = build_model(tiny_config("baseline")).train()
@@ -129,7 +129,7 @@ def test_training_with_awp_runs_and_lowers_the_loss(tiny_dataset):
 
 
 def test_fgsm_rs_starts_inside_the_ball_and_plain_fgsm_sits_on_its_corners():
-    from core.train import _adversarial_batch
+    from core.training.train import _adversarial_batch
 
     torch.manual_seed(0)
     model = build_model(tiny_config("baseline")).eval()

@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from core.audio import resample
-from core.data import Dataset
 from core.errors import ParameterError
-from core.frontend import FrontendConfig
-from core.inference import analyze_waveform
+from core.field.inference import analyze_waveform
+from core.io.audio import resample
+from core.io.data import Dataset
+from core.models.frontend import FrontendConfig
 from core.models.registry import ModelConfig, build_model
-from core.transfer import TransferSettings, dataset_segments, transfer_segment, transfer_summary, transfer_table
+from core.studies.transfer import TransferSettings, dataset_segments, transfer_segment, transfer_summary, transfer_table
 from tests.conftest import CLASSES, TINY_BACKBONE, tiny_config
 
 LOW_RATE = FrontendConfig(sample_rate=8_000, n_fft=256, hop_length=128, n_mels=16, f_min=50.0, f_max=4_000.0)

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 import torch
 
-from core.compare import CompareSettings, card_robustness, model_summary, run_compare
-from core.data import Dataset
+from core.attacks.worstcase import ATTACK_ORDER, masking_check, transfer_sources, worst_case_label
+from core.io.data import Dataset
 from core.models.registry import build_model
-from core.worstcase import ATTACK_ORDER, masking_check, transfer_sources, worst_case_label
+from core.studies.compare import CompareSettings, card_robustness, model_summary, run_compare
 from tests.conftest import CLASSES, make_tiny_dataset, tiny_config
 
 SETTINGS = CompareSettings(strong=True, max_clips=6, epsilons=(1e-4, 3e-2), target_epsilons=(1e-2,), steps=2, strong_steps=3, restarts=2)

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import numpy as np
 import streamlit as st
 
-from core.audio import MAX_DURATION_S, load_audio, wav_bytes
-from core.data import DATA_ENV_VAR, Dataset, find_data_dir
 from core.errors import CoreError
-from core.inference import ClipAnalysis, analyze_waveform
+from core.field.inference import ClipAnalysis, analyze_waveform
+from core.io.audio import MAX_DURATION_S, load_audio, wav_bytes
+from core.io.data import DATA_ENV_VAR, Dataset, find_data_dir
 from core.models.registry import list_checkpoints, load_checkpoint, read_model_card
 
 MAX_UPLOAD_MB = 50
@@ -46,7 +46,7 @@ def location_filter():
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def _fingerprint(name: str, mtime_ns: int) -> str:
-    from core.embeddings import model_fingerprint
+    from core.studies.embeddings import model_fingerprint
 
     return model_fingerprint(get_model(name))
 
@@ -282,7 +282,7 @@ def _keep_previous() -> Clip | None:
 
 def _field_window(prefix: str, field: dict, sample_rate: int, window_s: float) -> Clip | None:
     """The window of a long recording chosen on the Field recording page, read alone at this model's rate."""
-    from core.analyze import read_segment
+    from core.field.analyze import read_segment
 
     offset = st.number_input("Window start (s)", min_value=0.0, value=float(field["offset_s"]), step=float(window_s),
                              key=f"{prefix}_field_offset", help=f"From the Field recording page: {field['name']}")
@@ -301,7 +301,7 @@ def _field_window(prefix: str, field: dict, sample_rate: int, window_s: float) -
 
 
 def _window_of(prefix, full, sample_rate, window_s, **kw) -> Clip:
-    from core.audio import window_starts
+    from core.io.audio import window_starts
 
     win = int(window_s * sample_rate)
     # the windows the CLI and the batch analysis use: a partial last window only when it holds >= half a window

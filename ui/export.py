@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from core.audio import wav_bytes
+from core.io.audio import wav_bytes
 
 
 @dataclass

@@ -8,7 +8,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 import torch
 
-from core.frontend import FrontendConfig, LogMel
+from core.models.frontend import FrontendConfig, LogMel
 
 #: Plotly's camera button saves a vector SVG (for papers and slides); PNG stays one right-click away in the browser.
 CHART_CONFIG = {"toImageButtonOptions": {"format": "svg", "scale": 1}, "displaylogo": False}
@@ -92,7 +92,7 @@ def add_box(fig: go.Figure, config: FrontendConfig, t0: float, t1: float, f_lo: 
 def score_bars(names: list[str], scores: np.ndarray, *, title: str = "", compare: np.ndarray | None = None,
                labels=("clean", "perturbed"), height: int = 300, threshold: float | None = None) -> go.Figure:
     """Scores per species, best first; English names on the axis, the code in the hover; the decision threshold as a line."""
-    from core.analyze import species_names
+    from core.field.analyze import species_names
 
     order = np.argsort(-scores)
     english = species_names(list(names))
@@ -177,7 +177,7 @@ def survival_curves(summary, labels: dict | None = None, *, height: int = 360) -
 
 
 def success_note(summary, thresholds: dict | None = None) -> str:
-    """"Attack success: ..." naming the definition of each objective in a :func:`core.sweep.summarize` table.
+    """"Attack success: ..." naming the definition of each objective in a :func:`core.studies.sweep.summarize` table.
 
     With ``thresholds`` (model -> validation threshold), also says what the
     set-change rate counts and at which cut-off per model.

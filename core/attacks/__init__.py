@@ -1,9 +1,10 @@
 """Waveform-domain adversarial attacks: FGSM, BIM, PGD, APGD (L-inf and L2) on any objective."""
 
 from core.attacks.apgd import APGD
-from core.attacks.base import NORMS, Attack, clean_prediction_targets, multilabel_loss, predicted_sets
+from core.attacks.base import NORMS, Attack, clean_prediction_targets
 from core.attacks.bim import BIM
 from core.attacks.fgsm import FGSM
+from core.attacks.losses import multilabel_loss, predicted_sets
 from core.attacks.objectives import (
     OBJECTIVES,
     EmbeddingTargeted,

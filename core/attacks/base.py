@@ -14,7 +14,7 @@ and each attack file configures it.
 The budget is either ``eps`` (amplitude) or ``snr_db``: a target signal-to-noise
 ratio that is turned into a per-clip eps by :func:`core.metrics.eps_for_snr`.
 Internally every row of a batch carries its own eps, which is what lets
-:func:`core.sweep.run_sweep` put a whole eps grid on the batch axis.
+:func:`core.studies.sweep.run_sweep` put a whole eps grid on the batch axis.
 """
 
 from __future__ import annotations
@@ -24,41 +24,13 @@ import math
 import zlib
 
 import torch
-from torch.nn import functional as F
 
+from core.attacks.losses import predicted_sets
 from core.errors import ParameterError
 
-__all__ = ["Attack", "NORMS", "multilabel_loss", "clean_prediction_targets", "predicted_sets"]
+__all__ = ["Attack", "NORMS", "clean_prediction_targets", "predicted_sets"]
 
 NORMS = ("linf", "l2")
-
-
-def multilabel_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per-clip multi-label loss: binary cross-entropy summed over classes, shape ``(batch,)``."""
-    return F.binary_cross_entropy_with_logits(logits, targets, reduction="none").sum(-1)
-
-
-@torch.no_grad()
-def predicted_sets(logits: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
-    """Multi-hot predicted label sets: classes with sigmoid >= threshold.
-
-    A clip with no class above the threshold gets its top-1 class, so a
-    prediction is never empty.
-
-    Parameters
-    ----------
-    logits : torch.Tensor [shape=(batch, n_classes)]
-    threshold : float in (0, 1)
-
-    Returns
-    -------
-    torch.Tensor [shape=(batch, n_classes), dtype=float32]
-    """
-    y = (torch.sigmoid(logits) >= threshold).float()
-    empty = y.sum(-1) == 0
-    if empty.any():
-        y[empty, logits[empty].argmax(-1)] = 1.0
-    return y
 
 
 #: Targets of an untargeted output-space attack when no labels are given.
@@ -221,7 +193,7 @@ class Attack:
             eps = self.budget(x, mask)
             return self.perturb(model, x, eps, state, mask, self.start_noise(x))
 
-    # -- building blocks (used by core.sweep) ---------------------------------------------------
+    # -- building blocks (used by core.studies.sweep) ---------------------------------------------------
 
     def check_inputs(self, waveform, labels=None, mask=None):
         """Validate and return ``(waveform, labels, mask)`` detached, on the waveform's device."""

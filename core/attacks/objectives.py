@@ -6,7 +6,7 @@ An objective is used in three steps:
 1. :meth:`Objective.prepare` runs the clean batch once (no gradient) and returns
    a *state*: a dict of tensors with the batch on axis 0 (clean prediction,
    reference labels, targets, clean feature maps...). Because every entry is
-   per row, :func:`core.sweep.run_sweep` can repeat the state along an eps grid.
+   per row, :func:`core.studies.sweep.run_sweep` can repeat the state along an eps grid.
 2. :meth:`Objective.loss` is the differentiable per-clip quantity the attack
    ascends, shape ``(batch,)``.
 3. :meth:`Objective.evaluate` scores an adversarial model output: the objective
@@ -37,7 +37,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from core.attacks.base import multilabel_loss, predicted_sets
+from core.attacks.losses import multilabel_loss, predicted_sets
 from core.errors import ParameterError
 
 __all__ = [

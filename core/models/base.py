@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from core.errors import ParameterError
-from core.frontend import LogMel
+from core.models.frontend import LogMel
 
 __all__ = ["ModelOutput", "BirdClassifier"]
 
@@ -40,7 +40,7 @@ class ModelOutput(NamedTuple):
 class BirdClassifier(nn.Module):
     """Base class: raw waveform in, multi-label logits out.
 
-    Subclasses define ``self.frontend`` (:class:`~core.frontend.LogMel`),
+    Subclasses define ``self.frontend`` (:class:`~core.models.frontend.LogMel`),
     ``self.backbone`` and implement :meth:`forward_head` and :meth:`forward_all`.
 
     Shapes

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from core.frontend import LogMel
 from core.models.base import BirdClassifier, ModelOutput
 from core.models.convnext import ConvNeXt
+from core.models.frontend import LogMel
 
 __all__ = ["BaselineClassifier"]
 

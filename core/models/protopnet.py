@@ -14,22 +14,25 @@ learning model for bird sound classification", Ecological Informatics 87:103081
   non-negative weights (ReLU of the stored weights), plus a bias.
 - Loss: asymmetric loss (Ridnik et al. 2021) + orthogonality loss on the
   prototypes of each class (:func:`orthogonality_loss`).
-- Push (projection): :func:`core.train.push_prototypes` replaces each prototype
+- Push (projection): :func:`core.training.train.push_prototypes` replaces each prototype
   with its most similar training feature vector of its own class and records
   where it came from (:class:`PrototypeSource`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from core.frontend import LogMel
 from core.models.base import BirdClassifier, ModelOutput
 from core.models.convnext import ConvNeXt
+from core.models.frontend import LogMel
 
 __all__ = ["AudioProtoPNet", "PrototypeSource", "class_connection_matrix", "class_logits", "cosine_similarity_maps", "orthogonality_loss"]
 
@@ -218,3 +221,33 @@ def orthogonality_loss(prototype_vectors: torch.Tensor, prototypes_per_class: in
     p = F.normalize(prototype_vectors.flatten(1), dim=1).view(-1, k, prototype_vectors.shape[1])
     gram = p @ p.transpose(1, 2) - torch.eye(k, device=p.device)
     return torch.linalg.norm(gram) / gram.numel()
+
+
+#: Frequency bands of the prototype table [Hz]: low calls (owls, ducks), the core of most songs, high notes, and
+#: the top of the front end (near the codec cut-off).
+BANDS_HZ = ((0.0, 1000.0), (1000.0, 2000.0), (2000.0, 4000.0), (4000.0, 8000.0), (8000.0, 16000.0))
+
+
+def prototype_bands(prototypes: Sequence[dict], class_names: Sequence[str]) -> pd.DataFrame:
+    """Where prototypes sit: count per class and frequency band of the band centre of each prototype's push patch.
+
+    Parameters
+    ----------
+    prototypes : sequence of dict
+        The model card's ``prototypes`` (push provenance: ``class_name``, ``f_low_hz``, ``f_high_hz``).
+    class_names : sequence of str
+
+    Returns
+    -------
+    pandas.DataFrame
+        Index: class; one column per band (``"0-1 kHz"``, ...) with prototype counts, and ``total``.
+    """
+    labels = [f"{lo / 1000:g}-{hi / 1000:g} kHz" for lo, hi in BANDS_HZ]
+    table = pd.DataFrame(0, index=list(class_names), columns=labels)
+    for p in prototypes:
+        centre = np.sqrt(max(p["f_low_hz"], 1.0) * p["f_high_hz"])  # geometric centre: bands are log-spaced
+        for (lo, hi), lab in zip(BANDS_HZ, labels):
+            if lo <= centre < hi:
+                table.loc[p["class_name"], lab] += 1
+    table["total"] = table.sum(axis=1)
+    return table

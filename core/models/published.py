@@ -443,7 +443,7 @@ def load_published(path: str | os.PathLike, *, device: torch.device | str | None
     path : path-like
         The folder (as :func:`fetch_model` writes it).
     device : torch.device or str, optional
-        Default :func:`core.device.get_device`.
+        Default :func:`core.io.device.get_device`.
     backbone_config : transformers.ConvNextConfig, optional
         Tests only (a smaller stand-in); default the published ConvNeXt-Base.
 
@@ -460,7 +460,7 @@ def load_published(path: str | os.PathLike, *, device: torch.device | str | None
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from core.device import get_device
+    from core.io.device import get_device
 
     folder = Path(path)
     weights, cfg_path = folder / "model.safetensors", folder / "config.json"

@@ -19,10 +19,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from core.errors import CheckpointError, ParameterError
-from core.fileio import atomic_path, atomic_write_text
-from core.frontend import FrontendConfig
+from core.io.fileio import atomic_path, atomic_write_text
 from core.models.base import BirdClassifier
 from core.models.convnext import CONVNEXT_BASE, CONVNEXT_SMALL_CPU, BackboneConfig
+from core.models.frontend import FrontendConfig
 
 __all__ = [
     "ARCHS",
@@ -225,7 +225,7 @@ def load_checkpoint(name_or_path: str | os.PathLike, *, device: torch.device | s
     ----------
     name_or_path : str or path
     device : torch.device, optional
-        Default :func:`core.device.get_device`.
+        Default :func:`core.io.device.get_device`.
 
     Returns
     -------
@@ -240,7 +240,7 @@ def load_checkpoint(name_or_path: str | os.PathLike, *, device: torch.device | s
         from another code version or architecture, or weights whose names or
         shapes do not match the config.
     """
-    from core.device import get_device
+    from core.io.device import get_device
 
     if str(name_or_path) in BUILTIN_MODELS:
         from core.models.birdnet import load_birdnet

@@ -4,7 +4,7 @@ Each 5 s window is summarised by the time average of its log-mel spectrogram
 (``n_mels`` values, dB, from the same front end as the models), standardised,
 and classified by one-vs-rest logistic regression (scikit-learn). The inverse
 regularisation ``C`` is picked on the validation split by window cmAP. Metrics
-are computed exactly as for the models (:func:`core.train.metrics_from_scores`).
+are computed exactly as for the models (:func:`core.training.train.metrics_from_scores`).
 """
 
 from __future__ import annotations
@@ -16,10 +16,9 @@ from sklearn.multiclass import OneVsRestClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from core.data import Dataset, WindowSet, build_windows
-from core.frontend import FrontendConfig, LogMel
-from core.metrics import cmap
-from core.train import metrics_from_scores
+from core.io.data import Dataset, WindowSet, build_windows
+from core.metrics import cmap, metrics_from_scores
+from core.models.frontend import FrontendConfig, LogMel
 
 __all__ = ["mean_logmel_features", "reference_logreg"]
 

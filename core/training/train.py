@@ -28,14 +28,15 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from core.calibration import threshold_entry
-from core.data import Dataset, WindowSet, build_windows, windows_from_waveforms
-from core.device import get_device
 from core.errors import ParameterError
-from core.losses import asymmetric_loss
-from core.metrics import classification_metrics
+from core.io.data import Dataset, WindowSet, build_windows, windows_from_waveforms
+from core.io.device import get_device
+from core.metrics import focal_targets, metrics_from_scores
 from core.models.base import BirdClassifier
 from core.models.protopnet import AudioProtoPNet, PrototypeSource, orthogonality_loss
+from core.models.scoring import predict_scores
+from core.training.calibration import threshold_entry
+from core.training.losses import asymmetric_loss
 
 __all__ = [
     "TrainConfig",
@@ -157,50 +158,6 @@ class TrainConfig:
             raise ParameterError(f"epochs >= 0, batch_size >= 1 and lr > 0 required, got {self}")
 
 
-@torch.no_grad()
-def predict_scores(model: BirdClassifier, waveforms: np.ndarray, *, batch_size: int = 32) -> np.ndarray:
-    """Sigmoid scores ``(n_windows, n_classes)`` float32 for windows ``(n_windows, n_samples)``.
-
-    On CUDA in larger batches and bfloat16 autocast (:func:`core.device.scoring_autocast`).
-    """
-    from core.device import scoring_autocast, scoring_batch_size
-
-    device = next(model.parameters()).device
-    batch_size = scoring_batch_size(device, batch_size)
-    was_training = model.training
-    model.eval()
-    out = []
-    try:
-        for i in range(0, len(waveforms), batch_size):
-            x = torch.as_tensor(waveforms[i : i + batch_size], device=device)
-            with torch.no_grad(), scoring_autocast(device):
-                logits = model(x)
-            out.append(torch.sigmoid(logits.float()).cpu().numpy())
-    finally:
-        model.train(was_training)
-    n_classes = len(model.config.class_names)
-    return np.concatenate(out) if out else np.zeros((0, n_classes), np.float32)
-
-
-def _focal(windows: WindowSet, class_names) -> np.ndarray:
-    focal = np.zeros((len(windows.recordings), len(class_names)), np.float32)
-    for i, r in enumerate(windows.recordings):
-        for lab in r.labels:
-            if lab in class_names:
-                focal[i, list(class_names).index(lab)] = 1
-    return focal
-
-
-def metrics_from_scores(scores: np.ndarray, windows: WindowSet, class_names) -> dict:
-    """Window-level and recording-level (max over windows) metrics."""
-    focal_rec = _focal(windows, class_names)
-    per_window = classification_metrics(scores, windows.targets, focal_rec[windows.recording_index])
-    rec_scores = np.zeros((len(windows.recordings), scores.shape[1]), np.float32)
-    np.maximum.at(rec_scores, windows.recording_index, scores)
-    per_rec = classification_metrics(rec_scores, windows.recording_targets(), focal_rec)
-    return {"window": per_window, "recording": per_rec}
-
-
 def evaluate(model: BirdClassifier, windows: WindowSet, *, batch_size: int = 32) -> dict:
     """Metrics of a model on fixed windows: ``{"window": {...}, "recording": {...}}``.
 
@@ -252,7 +209,7 @@ def push_prototypes(model: AudioProtoPNet, windows: WindowSet, *, batch_size: in
     best_vec = model.prototype_vectors.detach().clone()
     where = [None] * n_p
     # focal labels only: a prototype of class c comes from a recording whose focal species is c
-    targets = torch.as_tensor(_focal(windows, model.config.class_names)[windows.recording_index])
+    targets = torch.as_tensor(focal_targets(windows, model.config.class_names)[windows.recording_index])
     for i in range(0, len(windows.waveforms), batch_size):
         x = torch.as_tensor(windows.waveforms[i : i + batch_size], device=device)
         feats = model.forward_features(x)
@@ -606,7 +563,7 @@ def _ids_sha256(ids) -> str:
 
 def _split_description(dataset: Dataset) -> str:
     if dataset.split_scheme == "recordist":
-        return "train/val/test sharing no recordist (core.data.recordist_split), split by recording"
+        return "train/val/test sharing no recordist (core.io.data.recordist_split), split by recording"
     return "train/val/test split by recording from manifest.csv (recordists may be shared)"
 
 
@@ -686,7 +643,7 @@ def train_model(
         log.info("push: val cmAP %.3f -> %.3f", before["window"]["cmap"], after["window"]["cmap"])
         _last_layer_phase(model, train_w, val, replace(cfg, lr_last_layer=cfg.lr_last_layer * 2), history)
         card["prototypes"] = [s.to_dict() for s in sources]
-        from core.report import prototype_bands
+        from core.models.protopnet import prototype_bands
 
         bands = prototype_bands(card["prototypes"], config.class_names)
         card["prototype_bands"] = {c: {k: int(v) for k, v in row.items()} for c, row in bands.iterrows()}

@@ -5,7 +5,7 @@ cut into shards of whole batches of clips: shard ``s`` of a group of models that
 share a sample rate and window holds batches ``s, s + n, ...`` of that group's
 clips, so every batch is exactly the batch the single-process run attacks (same
 clips, same random start), and the merged table equals the single-process one.
-Each shard is an ordinary resumable sweep (:func:`core.sweep.sweep_windows`)
+Each shard is an ordinary resumable sweep (:func:`core.studies.sweep.sweep_windows`)
 writing its own table under ``<out>.shards/``; a shard that finished is skipped
 when the sweep is run again, one that was interrupted resumes after its last
 finished batch. Scheduling, retries and placement are Ray's (Moritz et al. 2018,
@@ -31,11 +31,11 @@ import numpy as np
 import pandas as pd
 
 from core.errors import CoreError, ParameterError
-from core.fileio import atomic_write_text
+from core.io.fileio import atomic_write_text
 
 __all__ = ["SweepOptions", "sweep_groups", "run_shard", "shard_batches", "sweep_single_process", "sweep_sharded", "canonical_order"]
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
@@ -49,14 +49,14 @@ class SweepOptions:
     epsilons, snr_db : tuple of float or None
         Exactly one grid: eps [full-scale amplitude] or target SNR [dB].
     attack, norm, objective, steps, seed, target_species, mode, target_clip, prototype, k
-        As :func:`core.sweep.attack_from_options`.
+        As :func:`core.studies.sweep.attack_from_options`.
     split, species, max_clips, data_dir
-        The clips (:func:`core.sweep.dataset_clips`).
+        The clips (:func:`core.studies.sweep.dataset_clips`).
     batch_clips : int or None
         Clips per batch; also the unit of sharding. None only while the CLI has not
-        yet sized it to the device (:func:`core.device.clips_per_batch`).
+        yet sized it to the device (:func:`core.io.device.clips_per_batch`).
     through : tuple of str
-        Transformations every clip is also scored after (:func:`core.threats.threat_choices`).
+        Transformations every clip is also scored after (:func:`core.attacks.threats.threat_choices`).
     masking : bool
     """
 
@@ -98,7 +98,7 @@ class SweepOptions:
 def _transforms(names) -> dict:
     if not names:
         return {}
-    from core.threats import threat_choices
+    from core.attacks.threats import threat_choices
 
     choices = threat_choices()
     unknown = [t for t in names if t not in choices]
@@ -122,16 +122,17 @@ def sweep_groups(opts: SweepOptions, *, models: dict | None = None, clips: bool 
     -------
     list of dict
         ``key`` ("<rate>Hz-<samples>"), ``models`` (name -> model), ``clips``
-        (:class:`core.sweep.ClipSet` or None), ``make`` (model -> Attack), in model order.
+        (:class:`core.studies.sweep.ClipSet` or None), ``make`` (model -> Attack), in model order.
 
     Raises
     ------
     ParameterError
         Models with different species lists, an unknown target clip, bad options.
     """
-    from core.data import open_dataset
+    from core.attacks.sweep import attack_from_options
+    from core.io.clips import dataset_clips
+    from core.io.data import open_dataset
     from core.models.registry import load_checkpoint
-    from core.sweep import attack_from_options, dataset_clips
 
     models = models if models is not None else {n: load_checkpoint(n) for n in opts.models}
     first = next(iter(models.values()))
@@ -185,9 +186,9 @@ def sweep_single_process(opts: SweepOptions, out: str | os.PathLike | None = Non
     Returns
     -------
     pandas.DataFrame
-        As :func:`core.sweep.sweep_windows`.
+        As :func:`core.studies.sweep.sweep_windows`.
     """
-    from core.sweep import sweep_windows
+    from core.studies.sweep import sweep_windows
 
     tables, clip_order = [], []
     transforms = _transforms(opts.through)
@@ -254,7 +255,7 @@ def run_shard(options: dict, group_key: str, clips: dict, out: str, threads: int
 
     import torch
 
-    from core.sweep import sweep_windows
+    from core.studies.sweep import sweep_windows
 
     torch.set_num_threads(max(1, int(threads)))
     t0 = time.time()
@@ -298,7 +299,7 @@ def sweep_sharded(opts: SweepOptions, out: str | os.PathLike, *, n_shards: int, 
     """
     import ray
 
-    from core.sweep import write_table
+    from core.studies.sweep import write_table
 
     out = Path(out)
     if out.suffix not in (".csv", ".parquet"):
@@ -344,7 +345,7 @@ def sweep_sharded(opts: SweepOptions, out: str | os.PathLike, *, n_shards: int, 
     finally:
         if started:
             ray.shutdown()
-    from core.sweep import read_table
+    from core.studies.sweep import read_table
 
     table = pd.concat([read_table(p) for p in shard_files], ignore_index=True)
     clip_order = [cid for g in groups for cid in g["clips"].clip_ids]

@@ -31,7 +31,7 @@ from core.errors import ParameterError
 
 __all__ = ["SONG_BANDS_CSV", "song_bands", "prototype_audit", "audit_summary", "load_audit"]
 
-SONG_BANDS_CSV = Path(__file__).resolve().parent.parent / "assets" / "xc9" / "song_bands.csv"
+SONG_BANDS_CSV = Path(__file__).resolve().parents[2] / "assets" / "xc9" / "song_bands.csv"
 
 
 def song_bands(path: str | Path = SONG_BANDS_CSV) -> pd.DataFrame:
@@ -68,7 +68,7 @@ def prototype_audit(model, windows, *, max_windows_per_class: int = 12, n_random
     ----------
     model : BirdNETHeadModel
         A prototype head on BirdNET's backbone (``arch == "birdnet-protopnet"``).
-    windows : core.data.WindowSet
+    windows : core.io.data.WindowSet
         Held-out 3 s windows at 48 kHz (the test split) with their targets.
     max_windows_per_class : int
         Own-class windows per prototype for the location and deletion checks
@@ -187,5 +187,5 @@ def load_audit(card: dict) -> pd.DataFrame | None:
         return None
     path = Path(a["table"])
     if not path.is_absolute():
-        path = Path(__file__).resolve().parent.parent / path
+        path = Path(__file__).resolve().parents[2] / path
     return pd.read_csv(path) if path.is_file() else None

@@ -1,7 +1,7 @@
 """A bank of site-noise windows without bird vocalisations, vetted by an independent detector.
 
 The distribution-shift test adds another recording's ambient noise to a clip
-(:func:`core.shift.add_noise`). Taking "the quietest window of another recording"
+(:func:`core.studies.shift.add_noise`). Taking "the quietest window of another recording"
 is not enough: on xc9 such windows still hold birds (the shipped baseline named
 that recording's own focal species top-1 in 63 % of the noisy windows, chance
 11 %), so the shifted clip is an unlabelled mix of two species, not a noisier
@@ -36,7 +36,7 @@ __all__ = ["NOISE_DIR", "NON_SPECIES", "bank_path", "vet_noise_windows", "read_b
 
 log = logging.getLogger(__name__)
 
-NOISE_DIR = Path(__file__).resolve().parent.parent / "assets" / "noise"
+NOISE_DIR = Path(__file__).resolve().parents[2] / "assets" / "noise"
 #: BirdNET classes that are not animal species (sounds of people, machines and weather).
 NON_SPECIES = frozenset({"Dog", "Engine", "Environmental", "Fireworks", "Gun", "Human non-vocal", "Human vocal", "Human whistle",
                          "Noise", "Power tools", "Siren"})
@@ -77,7 +77,7 @@ def vet_noise_windows(dataset, *, candidates: int = 4, threshold: float = 0.1, d
 
     Parameters
     ----------
-    dataset : core.data.Dataset
+    dataset : core.io.data.Dataset
     candidates : int >= 1
         Quietest windows tried per recording.
     threshold : float in (0, 1)
@@ -155,11 +155,11 @@ def birdfree_bank(dataset, split: str, sample_rate: int, window_samples: int, *,
     """The kept (bird-free) windows of the recordings of a split, at ``sample_rate`` [Hz].
 
     Windows longer than ``window_samples`` are cut (BirdNET's 3 s: the first 3 s),
-    shorter ones are returned as they are (:func:`core.shift.add_noise` tiles them).
+    shorter ones are returned as they are (:func:`core.studies.shift.add_noise` tiles them).
 
     Parameters
     ----------
-    dataset : core.data.Dataset
+    dataset : core.io.data.Dataset
     split : str
     sample_rate : int [Hz]
     window_samples : int [samples]

@@ -12,39 +12,11 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from core.sweep import summarize
+from core.models.protopnet import prototype_bands
+from core.studies.sweep import summarize
 
 __all__ = ["robustness_markdown", "minimal_eps_markdown", "targeted_markdown", "model_table_markdown", "compare_markdown",
-           "claims_markdown", "BANDS_HZ", "prototype_bands", "prototype_bands_markdown", "survival_markdown", "masking_markdown"]
-
-#: Frequency bands of the prototype table [Hz]: low calls (owls, ducks), the core of most songs, high notes, and
-#: the top of the front end (near the codec cut-off).
-BANDS_HZ = ((0.0, 1000.0), (1000.0, 2000.0), (2000.0, 4000.0), (4000.0, 8000.0), (8000.0, 16000.0))
-
-
-def prototype_bands(prototypes: Sequence[dict], class_names: Sequence[str]) -> pd.DataFrame:
-    """Where prototypes sit: count per class and frequency band of the band centre of each prototype's push patch.
-
-    Parameters
-    ----------
-    prototypes : sequence of dict
-        The model card's ``prototypes`` (push provenance: ``class_name``, ``f_low_hz``, ``f_high_hz``).
-    class_names : sequence of str
-
-    Returns
-    -------
-    pandas.DataFrame
-        Index: class; one column per band (``"0-1 kHz"``, ...) with prototype counts, and ``total``.
-    """
-    labels = [f"{lo / 1000:g}-{hi / 1000:g} kHz" for lo, hi in BANDS_HZ]
-    table = pd.DataFrame(0, index=list(class_names), columns=labels)
-    for p in prototypes:
-        centre = np.sqrt(max(p["f_low_hz"], 1.0) * p["f_high_hz"])  # geometric centre: bands are log-spaced
-        for (lo, hi), lab in zip(BANDS_HZ, labels):
-            if lo <= centre < hi:
-                table.loc[p["class_name"], lab] += 1
-    table["total"] = table.sum(axis=1)
-    return table
+           "claims_markdown", "prototype_bands", "prototype_bands_markdown", "survival_markdown", "masking_markdown"]
 
 
 def prototype_bands_markdown(prototypes: Sequence[dict], class_names: Sequence[str], display: dict[str, str] | None = None) -> str:
@@ -67,7 +39,7 @@ def robustness_markdown(table: pd.DataFrame, models: Sequence[str], labels: dict
     Parameters
     ----------
     table : pandas.DataFrame
-        A tidy sweep table (:func:`core.sweep.sweep_table` rows) of one objective.
+        A tidy sweep table (:func:`core.studies.sweep.sweep_table` rows) of one objective.
     models : sequence of str
         Column order.
     labels : dict, optional
@@ -165,10 +137,10 @@ def compare_markdown(result, labels: dict[str, str]) -> str:
 
     Parameters
     ----------
-    result : core.compare.CompareResult
+    result : core.studies.compare.CompareResult
     labels : dict name -> row label
     """
-    from core.compare import model_summary
+    from core.studies.compare import model_summary
 
     s = model_summary(result).set_index("model")
     word = "worst" if any(c.startswith("success worst eps ") for c in s.columns) else "PGD"
@@ -190,7 +162,7 @@ def compare_markdown(result, labels: dict[str, str]) -> str:
 
 
 def claims_markdown(claims: pd.DataFrame) -> str:
-    """The README's paper-check table from a comparison's claims (:func:`core.papercheck.paper_check`)."""
+    """The README's paper-check table from a comparison's claims (:func:`core.studies.papercheck.paper_check`)."""
     lines = ["| claim | kind | paper | ours [95 % CI] | p (Holm) | direction | verdict |", "|---|---|---|---|---|---|---|"]
     for _, r in claims.iterrows():
         unit = r["unit"]
@@ -203,7 +175,7 @@ def claims_markdown(claims: pd.DataFrame) -> str:
 
 
 def layer_study_markdown(study: pd.DataFrame) -> str:
-    """The layer study (:func:`core.birdnet_heads.layer_study`) as a Markdown table: map, cell size, val and test metrics."""
+    """The layer study (:func:`core.training.heads.layer_study`) as a Markdown table: map, cell size, val and test metrics."""
     lines = ["| BirdNET layer | head | map (freq x time) | cell (s) | val cmAP (window) | val top-1 (recording) | "
              "test cmAP (window) | test top-1 (recording) |", "|---|---|---|---|---|---|---|---|"]
     for r in study.itertuples():
@@ -213,7 +185,7 @@ def layer_study_markdown(study: pd.DataFrame) -> str:
 
 
 def finetune_markdown(study: pd.DataFrame) -> str:
-    """Frozen vs partly fine-tuned backbone (:func:`core.birdnet_heads.finetune_study`) as a Markdown table."""
+    """Frozen vs partly fine-tuned backbone (:func:`core.training.heads.finetune_study`) as a Markdown table."""
     lines = ["| head | backbone | trained parameters of the backbone | val cmAP (window) | val top-1 (recording) | "
              "test cmAP (window) | test top-1 (recording) | train min |", "|---|---|---:|---|---|---|---|---:|"]
     for r in study.itertuples():
@@ -223,7 +195,7 @@ def finetune_markdown(study: pd.DataFrame) -> str:
 
 
 def audit_markdown(audit: pd.DataFrame) -> str:
-    """Summary of a prototype audit (:func:`core.audit.audit_summary` rows) as a Markdown table."""
+    """Summary of a prototype audit (:func:`core.studies.audit.audit_summary` rows) as a Markdown table."""
     n = len(audit)
     counts = audit["plausibility"].value_counts()
     rows = [
@@ -239,7 +211,7 @@ def audit_markdown(audit: pd.DataFrame) -> str:
 
 
 def survival_markdown(summary: pd.DataFrame) -> str:
-    """The README's survival table from :func:`core.threats.survival_summary`: one row per (model, SNR, attack), one column per transformation.
+    """The README's survival table from :func:`core.attacks.threats.survival_summary`: one row per (model, SNR, attack), one column per transformation.
 
     Each transformation's cell: ``survives (fooled after / control)`` as shares, so a
     reader sees the rate, the unconditional rate and what the transformation alone did.
@@ -257,7 +229,7 @@ def survival_markdown(summary: pd.DataFrame) -> str:
 
 
 def masking_markdown(summary: pd.DataFrame) -> str:
-    """The README's masking table from :func:`core.threats.masking_summary`."""
+    """The README's masking table from :func:`core.attacks.threats.masking_summary`."""
     lines = ["| model | attack | windows | success | SNR (dB, median) | cells above the masking threshold (median) | above by > 3 dB "
              "| 99th percentile of excess (dB) |", "|---|---|---|---|---|---|---|---|"]
     for r in summary.itertuples():

@@ -2,7 +2,7 @@
 
 - :func:`embed` gives the pre-logits embedding (global average of the feature map,
   :meth:`~core.models.base.BirdClassifier.embed`) of a batch of clips.
-- :func:`compute_embeddings` embeds a :class:`~core.sweep.ClipSet` clean and,
+- :func:`compute_embeddings` embeds a :class:`~core.studies.sweep.ClipSet` clean and,
   optionally, after an attack, and caches the arrays on disk keyed by the model's
   weights (:func:`model_fingerprint`), the clips and the attack settings.
 - :func:`umap_map` fits UMAP (umap-learn; McInnes et al. 2018) on the clean
@@ -34,7 +34,7 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, roc_auc_score, silhouette_score, v_measure_score
 
 from core.errors import ParameterError
-from core.fileio import atomic_path
+from core.io.fileio import atomic_path
 
 __all__ = [
     "CACHE_ENV_VAR", "default_cache_dir", "model_fingerprint", "embed", "EmbeddingCache", "EmbeddingSet",
@@ -47,7 +47,7 @@ CACHE_ENV_VAR = "BIRDSHIELD_CACHE_DIR"
 def default_cache_dir() -> Path:
     """``$BIRDSHIELD_CACHE_DIR`` or ``.cache/embeddings`` in the repository."""
     env = os.environ.get(CACHE_ENV_VAR)
-    return Path(env) if env else Path(__file__).resolve().parent.parent / ".cache" / "embeddings"
+    return Path(env) if env else Path(__file__).resolve().parents[2] / ".cache" / "embeddings"
 
 
 def model_fingerprint(model) -> str:
@@ -68,8 +68,8 @@ def embed(model, waveforms: np.ndarray, *, batch_size: int = 32, progress: Calla
     model : BirdClassifier
     waveforms : np.ndarray [shape=(n_clips, n_samples), dtype=float32], full-scale amplitude
     batch_size : int >= 1
-        Clips per pass on a CPU (on CUDA :func:`core.device.scoring_batch_size`, in bfloat16
-        autocast: :func:`core.device.scoring_autocast`).
+        Clips per pass on a CPU (on CUDA :func:`core.io.device.scoring_batch_size`, in bfloat16
+        autocast: :func:`core.io.device.scoring_autocast`).
     progress : callable, optional
         ``progress(done, total)``.
 
@@ -77,7 +77,7 @@ def embed(model, waveforms: np.ndarray, *, batch_size: int = 32, progress: Calla
     -------
     (embeddings, scores) : np.ndarray [shape=(n_clips, embed_dim)], np.ndarray [shape=(n_clips, n_classes)], float32
     """
-    from core.device import scoring_autocast, scoring_batch_size
+    from core.io.device import scoring_autocast, scoring_batch_size
 
     device = next(model.parameters()).device
     batch_size = scoring_batch_size(device, batch_size)
@@ -175,7 +175,7 @@ def compute_embeddings(
     ----------
     model : BirdClassifier
     clips : ClipSet
-        :class:`core.sweep.ClipSet` (waveforms, clip ids, labels, masks).
+        :class:`core.studies.sweep.ClipSet` (waveforms, clip ids, labels, masks).
     attack : Attack, optional
         Applied at ``eps`` (full-scale amplitude) to every clip, padding masked.
     eps : float, optional
@@ -194,8 +194,8 @@ def compute_embeddings(
     ParameterError
         An attack without eps, or invalid attack inputs.
     """
+    from core.attacks.sweep import run_sweep
     from core.metrics import snr_db as snr
-    from core.sweep import run_sweep
 
     if attack is not None and eps is None:
         raise ParameterError("an attack needs eps")
@@ -451,7 +451,7 @@ def embedding_table(
     Parameters
     ----------
     models : dict of name -> BirdClassifier
-    dataset : core.data.Dataset
+    dataset : core.io.data.Dataset
     split : {"train", "val", "test"}
     eps : float > 0 [full-scale amplitude]
     steps : int >= 1
@@ -473,7 +473,7 @@ def embedding_table(
         eps <= 0, steps < 1, or a split without recordings.
     """
     from core.attacks import PGD
-    from core.sweep import dataset_clips
+    from core.io.clips import dataset_clips
 
     if not eps > 0:
         raise ParameterError(f"eps must be > 0, got {eps}")

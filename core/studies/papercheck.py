@@ -6,7 +6,7 @@ Under Distribution Shifts in Bioacoustics*, arXiv 2507.13727 (2025), https://arx
 One row per distinct claim of the paper (``kind == "paper claim"``), plus rows flagged
 ``kind == "our additional check"``: measurements of ours that the paper has no counterpart for
 (site noise as a stand-in for a new site; robustness at ten times the training eps). Each row is one
-statistic of a :class:`~core.compare.CompareResult`, an *effect* whose sign says whether the claim holds
+statistic of a :class:`~core.studies.compare.CompareResult`, an *effect* whose sign says whether the claim holds
 (positive: in the claimed direction).
 
 Uncertainty. A paired bootstrap over recordings: the test recordings are resampled with replacement (all
@@ -392,7 +392,7 @@ def _attack_rows(tab: pd.DataFrame, settings) -> tuple[pd.DataFrame, str]:
         return tab, f"PGD-{steps}"
     values = set(tab["attack"].dropna().unique())
     if "worst-case" in values:
-        from core.worstcase import worst_case_label
+        from core.attacks.worstcase import worst_case_label
 
         worst = tab[tab["attack"] == "worst-case"].copy()
         # the worst case picks, per window, the first attack that changes the top-1 species; its scores are not a
@@ -409,7 +409,7 @@ def _attack_rows(tab: pd.DataFrame, settings) -> tuple[pd.DataFrame, str]:
 
 def _claims(result) -> list[tuple[Claim, "_Scores", Callable, Callable, str]]:
     """(claim, scores, effect(rows) -> float, detail(rows) -> str, control) for the statistics available in ``result``."""
-    from core.compare import ZOO, model_recipe
+    from core.studies.compare import ZOO, model_recipe
 
     s = result.settings
     names: dict = {}
@@ -542,7 +542,7 @@ def paper_check(result, *, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
 
     Parameters
     ----------
-    result : core.compare.CompareResult
+    result : core.studies.compare.CompareResult
     n_boot : int >= 100
         Bootstrap resamples of the test recordings.
     seed : int
@@ -569,7 +569,7 @@ def paper_check(result, *, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """
     if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 100:
         raise ParameterError(f"n_boot must be an integer >= 100, got {n_boot!r}")
-    from core.compare import ZOO
+    from core.studies.compare import ZOO
 
     zoo = [n for n in result.models if n in ZOO]
     if not zoo:  # the claims are about the zoo's recipes; other models have none to test

@@ -7,14 +7,14 @@ evaluate on recordings from other sites):
 - :func:`add_noise`: additive background noise at a chosen SNR. The noise comes
   from real recordings: :func:`split_noise_bank` takes windows that an
   independent detector (BirdNET) finds free of vocalising animals
-  (:mod:`core.noisebank`), which carry their site's ambient noise (wind, water,
+  (:mod:`core.training.noisebank`), which carry their site's ambient noise (wind, water,
   recorder hiss). The quietest window of each recording (:func:`noise_bank`) is
   only a fallback for datasets without a vetted bank (it may hold birds), and
   coloured (pink) noise one when no bank is given at all.
 - :func:`apply_gain`: a level change in dB (clipped to full scale).
 - :func:`mix`: mixup of two clips; the labels of a mix are the union.
 
-:func:`shift_clips` applies one of them to a :class:`~core.sweep.ClipSet` so that
+:func:`shift_clips` applies one of them to a :class:`~core.studies.sweep.ClipSet` so that
 clean and shifted metrics can be compared clip for clip.
 """
 
@@ -28,6 +28,7 @@ from typing import Sequence
 import numpy as np
 
 from core.errors import ParameterError
+from core.io.audio import pink_noise, rms
 
 __all__ = [
     "pink_noise", "noise_bank", "split_noise_bank", "add_noise", "apply_gain", "mix", "partner_indices", "shift_clips",
@@ -36,27 +37,6 @@ __all__ = [
 
 SHIFTS = ("noise", "gain", "mixup")
 log = logging.getLogger(__name__)
-
-
-def _rms(x: np.ndarray) -> float:
-    x = np.asarray(x, dtype=np.float64)
-    return math.sqrt(float(np.mean(x * x))) if x.size else 0.0
-
-
-def pink_noise(n_samples: int, rng: np.random.Generator) -> np.ndarray:
-    """Pink (1/f power) noise of unit RMS, by shaping white noise in the frequency domain.
-
-    Returns
-    -------
-    np.ndarray [shape=(n_samples,), dtype=float32]
-    """
-    if n_samples <= 0:
-        return np.zeros(0, np.float32)
-    spec = np.fft.rfft(rng.standard_normal(n_samples))
-    f = np.arange(len(spec), dtype=np.float64)
-    f[0] = 1.0
-    x = np.fft.irfft(spec / np.sqrt(f), n=n_samples)
-    return (x / max(_rms(x), 1e-12)).astype(np.float32)
 
 
 def noise_bank(waveforms: Sequence[np.ndarray], window_samples: int, *, recording_ids: Sequence[str] | None = None) -> list[tuple[str, np.ndarray]]:
@@ -96,12 +76,12 @@ def noise_bank(waveforms: Sequence[np.ndarray], window_samples: int, *, recordin
 def split_noise_bank(dataset, split: str, sample_rate: int, window_samples: int) -> list[tuple[str, np.ndarray]]:
     """Site noise for a dataset split at ``sample_rate`` [Hz]: the bird-free bank when the dataset has one.
 
-    :func:`core.noisebank.birdfree_bank` (windows that BirdNET finds empty) when a
+    :func:`core.training.noisebank.birdfree_bank` (windows that BirdNET finds empty) when a
     vetted table exists for the dataset; otherwise, with a logged warning, the
     quietest window of every recording (:func:`noise_bank`), which may hold birds.
-    The returned :class:`~core.noisebank.NoiseBank` says which in ``description``.
+    The returned :class:`~core.training.noisebank.NoiseBank` says which in ``description``.
     """
-    from core.noisebank import NoiseBank, birdfree_bank
+    from core.training.noisebank import NoiseBank, birdfree_bank
 
     bank = birdfree_bank(dataset, split, sample_rate, window_samples)
     if len(bank):
@@ -140,10 +120,10 @@ def add_noise(clean: np.ndarray, noise: np.ndarray | None, snr_db: float, *, rng
         raise ParameterError(f"snr_db must be finite, got {snr_db}")
     clean = np.asarray(clean, np.float32)
     n = len(clean)
-    if noise is None or _rms(noise) == 0:
+    if noise is None or rms(noise) == 0:
         noise = pink_noise(n, rng or np.random.default_rng(0))
     noise = np.resize(np.asarray(noise, np.float32), n)
-    scale = _rms(clean) / max(_rms(noise), 1e-12) * 10 ** (-snr_db / 20)
+    scale = rms(clean) / max(rms(noise), 1e-12) * 10 ** (-snr_db / 20)
     return np.clip(clean + scale * noise, -1.0, 1.0).astype(np.float32)
 
 
@@ -191,7 +171,7 @@ def partner_indices(species: Sequence[str], rng: np.random.Generator) -> np.ndar
 
 def shift_clips(clips, kind: str, *, snr_db: float = 10.0, gain_db: float = -20.0, lam: float = 0.6,
                 bank: list[tuple[str, np.ndarray]] | None = None, seed: int = 0):
-    """A shifted copy of a :class:`~core.sweep.ClipSet` (same clip ids; mixup unions the labels).
+    """A shifted copy of a :class:`~core.studies.sweep.ClipSet` (same clip ids; mixup unions the labels).
 
     Parameters
     ----------
@@ -280,7 +260,7 @@ def shift_scores(models: dict, clips, *, bank=None, snr_db: float = 10.0, gain_d
     """
     import pandas as pd
 
-    from core.train import predict_scores
+    from core.models.scoring import predict_scores
 
     if clips.labels is None:
         raise ParameterError("a shift evaluation needs labelled clips")

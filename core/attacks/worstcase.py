@@ -6,7 +6,7 @@ gradients (Athalye et al. 2018) all make a model look more robust than it is.
 AutoAttack (Croce & Hein 2020) therefore reports, per input, the worst case over a
 set of diverse attacks, running each further attack only on the inputs that
 survived the previous ones. :func:`worst_case_tables` does the same for the
-untargeted output-space sweep of :func:`core.compare.run_compare`:
+untargeted output-space sweep of :func:`core.studies.compare.run_compare`:
 
 1. ``pgd``: the PGD-k table of the comparison (multi-label BCE against the labels);
 2. ``transfer``: PGD-k made on another model (the *source*, see
@@ -114,11 +114,11 @@ def worst_case_tables(
     ----------
     models : dict name -> BirdClassifier
         Same sample rate and window length as ``clips``.
-    clips : core.sweep.ClipSet
+    clips : core.studies.sweep.ClipSet
         With labels.
     pgd_table : pandas.DataFrame
         The untargeted PGD-``steps`` sweep table of these models on ``clips``
-        (:func:`core.sweep.sweep_table` rows, ``attack == "pgd"``).
+        (:func:`core.studies.sweep.sweep_table` rows, ``attack == "pgd"``).
     epsilons : sequence of float [full-scale amplitude]
         The L-inf grid of ``pgd_table``.
     steps : int
@@ -136,7 +136,7 @@ def worst_case_tables(
     Returns
     -------
     pandas.DataFrame
-        Rows in the layout of :func:`core.sweep.sweep_table` (clean rows included,
+        Rows in the layout of :func:`core.studies.sweep.sweep_table` (clean rows included,
         so curves start at eps 0) with ``attack`` ``transfer`` (only for models with a
         source, see :func:`transfer_sources`) and ``worst-case``, plus ``worst_by``
         (the attack that made each worst-case row) and ``source`` (transfer source).
@@ -179,8 +179,8 @@ def worst_case_tables(
     by_source: dict[str, list[str]] = {}
     for t, s in sources.items():
         by_source.setdefault(s, []).append(t)
-    from core.device import rows_per_pass
-    from core.sweep import run_sweep
+    from core.attacks.sweep import run_sweep
+    from core.io.device import rows_per_pass
 
     batches = [np.arange(i, min(n, i + clips_per_batch)) for i in range(0, n, clips_per_batch)]
     total, done = len(batches) * len(by_source), 0

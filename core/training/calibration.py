@@ -8,7 +8,7 @@ pair of the validation split (never the test split), stored in its model card as
 ``decision_threshold``. The default success of every attack stays threshold-free
 (top-1 changed, :mod:`core.attacks.objectives`); "predicted set changed at the
 validation threshold" is the secondary definition the Sweep page and
-:func:`core.sweep.summarize` add when a card carries a threshold.
+:func:`core.studies.sweep.summarize` add when a card carries a threshold.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from sklearn.metrics import precision_recall_curve
 
 from core.errors import ParameterError
 
-__all__ = ["choose_threshold", "set_changed", "model_threshold", "calibrate_model", "threshold_entry", "card_thresholds", "builtin_threshold_path"]
+__all__ = ["choose_threshold", "model_threshold", "calibrate_model", "threshold_entry", "card_thresholds", "builtin_threshold_path"]
 
 
 def choose_threshold(scores: np.ndarray, targets: np.ndarray) -> dict:
@@ -68,33 +68,6 @@ def choose_threshold(scores: np.ndarray, targets: np.ndarray) -> dict:
             "mean_predicted": float((scores >= value).sum(1).mean()), "n_windows": int(len(scores))}
 
 
-def set_changed(clean_scores: np.ndarray, adv_scores: np.ndarray, threshold: float) -> np.ndarray:
-    """Whether the predicted species set (scores >= ``threshold``) differs between clean and attacked clips.
-
-    A clip with no class above the cut-off predicts its top-1 class (as
-    :func:`core.attacks.base.predicted_sets`), so the set is never empty.
-
-    Parameters
-    ----------
-    clean_scores, adv_scores : np.ndarray [shape=(batch, n_classes)]
-    threshold : float in (0, 1)
-
-    Returns
-    -------
-    np.ndarray [shape=(batch,)], bool
-    """
-    if not 0 < threshold < 1:
-        raise ParameterError(f"threshold must be in (0, 1), got {threshold}")
-
-    def sets(s):
-        s = np.asarray(s, dtype=np.float64)
-        pred = s >= threshold
-        pred[np.arange(len(s)), s.argmax(1)] |= ~pred.any(1)
-        return pred
-
-    return (sets(clean_scores) != sets(adv_scores)).any(1)
-
-
 def model_threshold(card: Mapping) -> float | None:
     """The validation threshold stored in a model card, or None when it has none."""
     t = (card or {}).get("decision_threshold")
@@ -103,7 +76,7 @@ def model_threshold(card: Mapping) -> float | None:
 
 def builtin_threshold_path(name: str) -> Path:
     """Where the validation threshold of a built-in model (BirdNET) is stored: ``assets/<name>/decision_threshold.json``."""
-    return Path(__file__).resolve().parent.parent / "assets" / str(name) / "decision_threshold.json"
+    return Path(__file__).resolve().parents[2] / "assets" / str(name) / "decision_threshold.json"
 
 
 def card_thresholds(names) -> dict[str, float]:
@@ -144,7 +117,7 @@ def calibrate_model(model, dataset, *, batch_size: int = 32) -> dict:
     Parameters
     ----------
     model : BirdClassifier
-    dataset : core.data.Dataset
+    dataset : core.io.data.Dataset
         Its split scheme decides which recordings are "val".
 
     Returns
@@ -153,8 +126,8 @@ def calibrate_model(model, dataset, *, batch_size: int = 32) -> dict:
         :func:`choose_threshold`'s fields plus ``split``, ``split_scheme`` and
         ``criterion``: the ``decision_threshold`` entry of a model card.
     """
-    from core.data import build_windows
-    from core.train import predict_scores
+    from core.io.data import build_windows
+    from core.models.scoring import predict_scores
 
     cfg = model.config
     val = build_windows(dataset, dataset.split("val"), sample_rate=cfg.frontend.sample_rate, window_s=cfg.clip_seconds,

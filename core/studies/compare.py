@@ -7,11 +7,11 @@ models (OT+FT: the same fine-tuning without the adversary). :func:`run_compare` 
 any set of models on the same clips of a split:
 
 - ``shift``: per-clip scores on the clean windows and under the natural shifts of
-  :mod:`core.shift` (site noise, gain, mixup);
+  :mod:`core.studies.shift` (site noise, gain, mixup);
 - ``robustness``: a PGD sweep of the output-space untargeted objective over an eps
-  grid (the tidy table of :func:`core.sweep.sweep_table`, ``attack == "pgd"``) and,
+  grid (the tidy table of :func:`core.studies.sweep.sweep_table`, ``attack == "pgd"``) and,
   with ``settings.strong``, the ``transfer`` and ``worst-case`` rows of
-  :func:`core.worstcase.worst_case_tables`;
+  :func:`core.attacks.worstcase.worst_case_tables`;
 - ``targeted``: a PGD sweep of the targeted embedding-space objective, each clip
   pulled towards a clip of another species (DRS and TARS, Heinrich et al. 2023);
 - ``prototypes``: for AudioProtoPNet models, how far each prototype's activation
@@ -38,8 +38,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from core.device import rows_per_pass
 from core.errors import ParameterError
+from core.io.device import rows_per_pass
 
 __all__ = [
     "estimate_minutes",
@@ -60,7 +60,7 @@ ZOO = {
     "protopnet_ft": ("AudioProtoPNet", "OT+FT"),
 }
 
-SHIPPED_DIR = Path(__file__).resolve().parent.parent / "assets" / "compare"
+SHIPPED_DIR = Path(__file__).resolve().parents[2] / "assets" / "compare"
 
 
 def model_recipe(name: str, card: dict | None = None) -> tuple[str, str]:
@@ -88,7 +88,7 @@ def model_recipe(name: str, card: dict | None = None) -> tuple[str, str]:
         if c.get("tuned_from"):
             base = f"head on BirdNET's {c.get('layer', '?')}, {c['tuned_from']} -> {c.get('layer', '?')} fine-tuned"
             tc = card.get("train_config", {})
-            if tc.get("adv") in ("at-o", "at-e"):  # core.birdnet_heads.adversarial_finetune_head
+            if tc.get("adv") in ("at-o", "at-e"):  # core.training.heads.adversarial_finetune_head
                 return arch, f"{base}, then {tc['adv'].upper()} ({tc.get('finetune_epochs')} epochs, eps {tc.get('adv_eps'):g})"
             if tc.get("adv") == "none":
                 return arch, f"{base}, then OT+FT ({tc.get('finetune_epochs')} clean epochs)"
@@ -119,7 +119,7 @@ class CompareSettings:
     steps : int >= 1
         PGD steps (step size 2.5 eps / steps, random start).
     strong : bool
-        Also run the worst case over attacks (:mod:`core.worstcase`: transfer, APGD,
+        Also run the worst case over attacks (:mod:`core.attacks.worstcase`: transfer, APGD,
         PGD with restarts) for the untargeted sweep. Off by default: for the eight
         zoo models it costs more than 40 min on a 2-core CPU (the PGD part about 12).
     strong_steps, restarts : int
@@ -127,7 +127,7 @@ class CompareSettings:
     seed : int
         Attack random starts, noise draws, mixup partners and attack targets.
     snr_db, gain_db, lam : float
-        Shift settings (:func:`core.shift.shift_clips`): site-noise SNR [dB], gain [dB], mixup weight.
+        Shift settings (:func:`core.studies.shift.shift_clips`): site-noise SNR [dB], gain [dB], mixup weight.
     """
 
     split: str = "test"
@@ -182,7 +182,7 @@ class CompareResult:
     ----------
     settings : CompareSettings
     fingerprints : dict of name -> str
-        Weight fingerprint of every model (:func:`core.embeddings.model_fingerprint`).
+        Weight fingerprint of every model (:func:`core.studies.embeddings.model_fingerprint`).
     shift, robustness, targeted, prototypes : pandas.DataFrame
     seconds : float
         Compute time [s].
@@ -244,7 +244,8 @@ def _activations(model, waveforms: torch.Tensor) -> torch.Tensor:
 
 def _attack_tables(name, model, clips, attack_for, grid, *, clips_per_batch, progress, stage, cancel, counter) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """One model, one objective: the sweep table and, for AudioProtoPNet, per-prototype activation changes."""
-    from core.sweep import run_sweep, sweep_table
+    from core.attacks.sweep import run_sweep
+    from core.studies.sweep import sweep_table
 
     device = next(model.parameters()).device
     is_proto = getattr(model, "prototype_vectors", None) is not None
@@ -300,7 +301,7 @@ def run_compare(
         Same classes. Models that share a sample rate and window length are
         measured on the very same clips; others (BirdNET: 3 s at 48 kHz) on the same
         recordings of the split cut into their own windows.
-    dataset : core.data.Dataset
+    dataset : core.io.data.Dataset
     settings : CompareSettings, optional
     clips_per_batch : int >= 1
         Clips attacked together (memory vs. speed).
@@ -323,9 +324,9 @@ def run_compare(
         Cancelled.
     """
     from core.attacks import PGD, EmbeddingTargeted, OutputUntargeted
-    from core.embeddings import model_fingerprint
-    from core.shift import partner_indices, shift_scores, split_noise_bank
-    from core.sweep import dataset_clips
+    from core.io.clips import dataset_clips
+    from core.studies.embeddings import model_fingerprint
+    from core.studies.shift import partner_indices, shift_scores, split_noise_bank
 
     settings = settings or CompareSettings()
     if not models:
@@ -379,7 +380,7 @@ def run_compare(
             protos += [p] if p is not None else []
         rob += group_rob
         if settings.strong:
-            from core.worstcase import worst_case_tables
+            from core.attacks.worstcase import worst_case_tables
 
             rob.append(worst_case_tables(group, attack_set, pd.concat(group_rob, ignore_index=True), settings.epsilons,
                                          steps=settings.steps, strong_steps=settings.strong_steps, restarts=settings.restarts,
@@ -480,8 +481,8 @@ def model_summary(result: CompareResult) -> pd.DataFrame:
         whose scores can leave cmAP higher than PGD's BCE attack does), then ``TARS targeted eps <e>``, ``success targeted eps <e>`` and
         ``prototype change PGD eps <e>`` (relative activation change; NaN without prototypes).
     """
-    from core.shift import summarize_shift
-    from core.sweep import summarize
+    from core.studies.shift import summarize_shift
+    from core.studies.sweep import summarize
 
     shift = summarize_shift(result.shift)
     rob = summarize(result.robustness)
@@ -519,8 +520,8 @@ def model_summary(result: CompareResult) -> pd.DataFrame:
 def card_robustness(result: CompareResult, name: str) -> dict:
     """Model-card field: clean cmAP and, at the smallest and largest eps >= 1e-4, cmAP under PGD and attack
     success and median SNR under the worst case over attacks when the comparison has it, else under PGD."""
-    from core.sweep import summarize
-    from core.worstcase import worst_case_label
+    from core.attacks.worstcase import worst_case_label
+    from core.studies.sweep import summarize
 
     table = result.robustness[result.robustness["model"] == name]
     s = result.settings
@@ -553,7 +554,7 @@ STORE_SCHEMA = 3
 
 
 def _key(settings: CompareSettings, fingerprints: dict) -> str:
-    from core.embeddings import EmbeddingCache
+    from core.studies.embeddings import EmbeddingCache
 
     return EmbeddingCache.key(f"compare-v{STORE_SCHEMA}", settings.to_dict(), sorted(fingerprints.items()))
 
@@ -573,7 +574,7 @@ class CompareStore:
 
     def __init__(self, directory: str | os.PathLike | None = None, shipped: str | os.PathLike | None = "default") -> None:
         if directory is None:
-            from core.embeddings import default_cache_dir
+            from core.studies.embeddings import default_cache_dir
 
             directory = default_cache_dir().parent / "compare"
         self.directory = Path(directory)

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from core.attacks import PGD, clean_prediction_targets, make_objective
-from core.audio import frame_windows, load_audio
 from core.errors import ParameterError
+from core.io.audio import frame_windows, load_audio
 from core.metrics import linf, snr_db
 from core.models.base import BirdClassifier, ModelOutput
 
@@ -63,7 +63,7 @@ def analyze_waveform(model: BirdClassifier, waveform: np.ndarray, *, batch_size:
     ClipAnalysis
     """
     windows, starts = frame_windows(waveform, model.config.window_samples)
-    from core.device import scoring_autocast, scoring_batch_size
+    from core.io.device import scoring_autocast, scoring_batch_size
 
     outs: list[ModelOutput] = []
     model.eval()
@@ -131,14 +131,14 @@ def attack_waveform(
         (:class:`~core.attacks.objectives.OutputTargetedMargin`).
     target_class : int, optional
         Class index for ``"output-targeted-margin"``.
-    eot : core.threats.Transform, optional
+    eot : core.attacks.threats.Transform, optional
         Expectation over transformation: each step's loss is averaged over
-        ``eot_samples`` random draws of this transformation (:class:`core.threats.EOT`),
+        ``eot_samples`` random draws of this transformation (:class:`core.attacks.threats.EOT`),
         so the perturbation is made to survive it.
     eot_samples : int
     masking : bool
         Keep the perturbation under each window's psychoacoustic masking threshold
-        (:class:`core.psychoacoustic.MaskedPGD`); ``eps`` is then only the search's L-inf cap.
+        (:class:`core.attacks.psychoacoustic.MaskedPGD`); ``eps`` is then only the search's L-inf cap.
 
     Raises
     ------
@@ -169,11 +169,11 @@ def attack_waveform(
     else:
         obj = make_objective(objective)
     if eot is not None:
-        from core.threats import EOT
+        from core.attacks.threats import EOT
 
         obj = EOT(obj, eot, samples=eot_samples, seed=seed)
     if masking:
-        from core.psychoacoustic import MaskedPGD
+        from core.attacks.psychoacoustic import MaskedPGD
 
         attack = MaskedPGD(eps=eps, steps=steps, seed=seed, objective=obj)
     else:

@@ -201,7 +201,7 @@ def _fft_convolve(x: torch.Tensor, h: torch.Tensor, offset: int = 0) -> torch.Te
 
 
 def _pink(n: int, rows: int, rng: np.random.Generator) -> np.ndarray:
-    from core.shift import pink_noise
+    from core.io.audio import pink_noise
 
     return np.stack([pink_noise(n, rng) for _ in range(rows)])
 
@@ -472,7 +472,7 @@ def _top1(model, x: torch.Tensor, batch_size: int = 8) -> np.ndarray:
 
 def _model_clips(model, dataset, split: str, max_clips: int):
     """The model's own windows of a split (evenly over the species), its sample rate [Hz] and device."""
-    from core.sweep import dataset_clips
+    from core.io.clips import dataset_clips
 
     c = model.config
     sr = int(c.frontend.sample_rate)
@@ -496,7 +496,7 @@ def survival_study(models: dict, dataset, *, split: str = "test", max_clips: int
     Parameters
     ----------
     models : dict of name -> BirdClassifier
-    dataset : core.data.Dataset
+    dataset : core.io.data.Dataset
     split : str
     max_clips : int
         Windows per model.
@@ -586,7 +586,7 @@ def survival_summary(table: pd.DataFrame) -> pd.DataFrame:
 
 def masking_study(models: dict, dataset, *, split: str = "test", max_clips: int = 24, steps: int = 30, seed: int = 0,
                   clips_per_batch: int = 4, progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
-    """A perturbation under the masking threshold (:class:`core.psychoacoustic.MaskedPGD`) against L-inf PGD at the same SNR.
+    """A perturbation under the masking threshold (:class:`core.attacks.psychoacoustic.MaskedPGD`) against L-inf PGD at the same SNR.
 
     Per model and window (its own windows of the split, spread over the species): the
     masked attack (margin objective, ``steps`` steps), its measured SNR and what of it
@@ -600,12 +600,12 @@ def masking_study(models: dict, dataset, *, split: str = "test", max_clips: int 
     pandas.DataFrame
         One row per (model, clip, attack in {"masked", "linf-same-snr"}): ``clean_top1``,
         ``adv_top1``, ``success`` (top-1 changed), ``snr_db``, ``share_above``,
-        ``share_above_3db``, ``p99_excess_db`` (:func:`core.psychoacoustic.masking_excess`).
+        ``share_above_3db``, ``p99_excess_db`` (:func:`core.attacks.psychoacoustic.masking_excess`).
     """
     from core.attacks import PGD
     from core.attacks.objectives import OutputMargin
+    from core.attacks.psychoacoustic import MaskedPGD, masking_excess, masking_threshold
     from core.metrics import snr_db as measure_snr
-    from core.psychoacoustic import MaskedPGD, masking_excess, masking_threshold
 
     rows = []
     units = len(models) * -(-max_clips // clips_per_batch)

@@ -50,7 +50,7 @@ def arm_table(arms: dict[str, list[str]], dataset, *, eps: float = 1e-4, max_cli
     ----------
     arms : dict arm -> list of checkpoint names or paths
         Models of one arm differ only in their training seed.
-    dataset : core.data.Dataset
+    dataset : core.io.data.Dataset
     eps : float [full-scale amplitude]
         L-inf budget of the attacks.
     max_clips : int
@@ -75,8 +75,8 @@ def arm_table(arms: dict[str, list[str]], dataset, *, eps: float = 1e-4, max_cli
         A checkpoint cannot be loaded.
     """
     from core.attacks import APGD, PGD, OutputMargin, OutputUntargeted
+    from core.io.clips import dataset_clips
     from core.models.registry import load_checkpoint
-    from core.sweep import dataset_clips
 
     if not arms:
         raise ParameterError("no arms")

@@ -323,3 +323,24 @@ def wav_bytes(waveform: np.ndarray, sample_rate: int, *, gain: float = 1.0) -> b
     buf = io.BytesIO()
     sf.write(buf, x, sample_rate, format="WAV", subtype="PCM_16")
     return buf.getvalue()
+
+
+def pink_noise(n_samples: int, rng: np.random.Generator) -> np.ndarray:
+    """Pink (1/f power) noise of unit RMS, by shaping white noise in the frequency domain.
+
+    Returns
+    -------
+    np.ndarray [shape=(n_samples,), dtype=float32]
+    """
+    if n_samples <= 0:
+        return np.zeros(0, np.float32)
+    spec = np.fft.rfft(rng.standard_normal(n_samples))
+    f = np.arange(len(spec), dtype=np.float64)
+    f[0] = 1.0
+    x = np.fft.irfft(spec / np.sqrt(f), n=n_samples)
+    return (x / max(rms(x), 1e-12)).astype(np.float32)
+
+
+def rms(x: np.ndarray) -> float:
+    x = np.asarray(x, dtype=np.float64)
+    return math.sqrt(float(np.mean(x * x))) if x.size else 0.0

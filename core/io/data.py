@@ -32,9 +32,9 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from core.audio import frame_windows, load_audio
 from core.errors import AudioLoadError, DatasetError
-from core.fileio import atomic_path
+from core.io.audio import frame_windows, load_audio
+from core.io.fileio import atomic_path
 
 __all__ = [
     "DATA_ENV_VAR",
@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 DATA_ENV_VAR = "BIRDSHIELD_DATA_DIR"
 #: Name of the default dataset (9 European species from xeno-canto).
 DEFAULT_DATASET = "xc9"
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 #: Manifest shipped with the code so that ``python -m core download`` works anywhere.
 SHIPPED_MANIFEST_DIR = REPO_ROOT / "assets" / DEFAULT_DATASET
 REQUIRED_COLUMNS = ("path", "labels", "split")

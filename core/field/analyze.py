@@ -7,7 +7,7 @@ windows and scored batch by batch. Only the scores, ``(n_windows, n_classes)``
 float32, are kept: an hour of 5 s windows is 720 x 9 numbers.
 
 A window's outcome is the set of species whose score reaches the model's
-*decision threshold*, chosen on the validation split (:mod:`core.calibration`);
+*decision threshold*, chosen on the validation split (:mod:`core.training.calibration`);
 a window with none is "no bird detected", so silence, a tone or white noise do
 not get a species without warning. A partial last window (zero-padded, kept when
 it holds at least half a window, as everywhere in the project) is flagged.
@@ -33,8 +33,8 @@ import soundfile as sf
 import soxr
 import torch
 
-from core.audio import load_audio
 from core.errors import AudioLoadError, ParameterError
+from core.io.audio import load_audio
 
 __all__ = [
     "AUDIO_SUFFIXES",
@@ -107,7 +107,7 @@ def read_segment(path: str | os.PathLike, sample_rate: int, offset_s: float, dur
     ParameterError
         Negative offset or non-positive duration.
     """
-    from core.audio import resample, to_mono
+    from core.io.audio import resample, to_mono
 
     if offset_s < 0 or duration_s <= 0:
         raise ParameterError(f"offset_s must be >= 0 and duration_s > 0, got {offset_s}, {duration_s}")
@@ -133,7 +133,7 @@ def level_dbfs(waveform: np.ndarray) -> float:
     """RMS level of a waveform [dB re full scale, a full-scale square wave = 0 dB]; -inf when all zero."""
     rms = float(np.sqrt(np.mean(np.square(np.asarray(waveform, np.float64))))) if len(waveform) else 0.0
     return 20.0 * math.log10(rms) if rms > 0 else -math.inf
-SPECIES_CSV = Path(__file__).resolve().parent.parent / "assets" / "xc9" / "species.csv"
+SPECIES_CSV = Path(__file__).resolve().parents[2] / "assets" / "xc9" / "species.csv"
 
 
 def species_names(class_names, model=None) -> dict[str, tuple[str, str]]:
@@ -230,7 +230,7 @@ def iter_windows(path: str | os.PathLike, sample_rate: int, window_samples: int,
     ----------
     path : path-like
         WAV, FLAC, OGG, MP3 (streamed by libsndfile); other formats are decoded
-        whole by :func:`core.audio.load_audio` (and its 10-minute limit).
+        whole by :func:`core.io.audio.load_audio` (and its 10-minute limit).
     sample_rate : int > 0 [Hz]
     window_samples : int > 0 [samples]
     block_s : float > 0 [seconds]
@@ -382,7 +382,7 @@ def analyze_file(model, path: str | os.PathLike, *, model_name: str = "", thresh
     """
     import time
 
-    from core.calibration import card_thresholds
+    from core.training.calibration import card_thresholds
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ParameterError(f"batch_size must be an integer >= 1, got {batch_size!r}")
@@ -543,7 +543,7 @@ def to_raven_table(dets: pd.DataFrame, *, low_hz: float = 0.0, high_hz: float = 
 
 def _control_signals(sample_rate: int, window_samples: int, n_windows: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Sounds without birds, ``n_windows`` windows each: the controls of :func:`no_bird_check`."""
-    from core.shift import pink_noise
+    from core.io.audio import pink_noise
 
     rng = np.random.default_rng(seed)
     n = window_samples * n_windows
@@ -563,7 +563,7 @@ def no_bird_check(models: dict, *, dataset=None, splits=("val", "test"), n_windo
 
     Controls: digital silence, a 3 kHz tone at -20 dBFS, white noise at -30 dBFS,
     pink noise at -50 dBFS (``n_windows`` windows each), and, with a dataset, the
-    bird-free site-noise windows of its ``splits`` (:func:`core.noisebank.birdfree_bank`:
+    bird-free site-noise windows of its ``splits`` (:func:`core.training.noisebank.birdfree_bank`:
     windows in which BirdNET detects no animal; tiled to a full window). Scores are
     judged at each model's validation threshold, as :func:`window_outcomes` does but
     *without* the silence guard, so that the table shows what the model itself does.
@@ -571,7 +571,7 @@ def no_bird_check(models: dict, *, dataset=None, splits=("val", "test"), n_windo
     Parameters
     ----------
     models : dict of name -> BirdClassifier
-    dataset : core.data.Dataset, optional
+    dataset : core.io.data.Dataset, optional
     splits : tuple of str
     n_windows : int >= 1
     seed : int
@@ -584,8 +584,8 @@ def no_bird_check(models: dict, *, dataset=None, splits=("val", "test"), n_windo
         ``most_named`` (English name of the most frequent top-1 species among the
         windows that named one).
     """
-    from core.calibration import card_thresholds
-    from core.noisebank import birdfree_bank
+    from core.training.calibration import card_thresholds
+    from core.training.noisebank import birdfree_bank
 
     if isinstance(n_windows, bool) or not isinstance(n_windows, int) or n_windows < 1:
         raise ParameterError(f"n_windows must be an integer >= 1, got {n_windows!r}")
@@ -631,7 +631,7 @@ def no_bird_markdown(table: pd.DataFrame, labels: dict | None = None) -> str:
     return "\n".join(lines)
 
 
-NO_BIRD_TABLE = Path(__file__).resolve().parent.parent / "assets" / "analyze" / "no_bird.csv"
+NO_BIRD_TABLE = Path(__file__).resolve().parents[2] / "assets" / "analyze" / "no_bird.csv"
 
 
 def no_bird_note(model_name: str, path: str | os.PathLike = NO_BIRD_TABLE) -> str | None:

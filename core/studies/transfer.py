@@ -25,8 +25,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-from core.audio import resample
 from core.errors import ParameterError
+from core.io.audio import resample
 
 __all__ = ["TransferSettings", "transfer_table", "transfer_segment", "transfer_summary", "transfer_markdown", "dataset_segments"]
 
@@ -101,7 +101,7 @@ def _segment(dataset, rec, sample_rate: int, seconds: float) -> np.ndarray:
 
 
 def _top1(model, waveform: np.ndarray) -> tuple[int, np.ndarray]:
-    from core.inference import analyze_waveform
+    from core.field.inference import analyze_waveform
 
     scores = analyze_waveform(model, waveform).recording_scores
     return int(scores.argmax()), scores
@@ -115,7 +115,7 @@ def transfer_segment(models: dict, source: str, dataset, segment: dict, settings
     models : dict of name -> BirdClassifier (same classes)
     source : str
         Key of ``models`` to attack.
-    dataset : core.data.Dataset
+    dataset : core.io.data.Dataset
     segment : dict
         An entry of :func:`dataset_segments`.
     settings : TransferSettings
@@ -128,7 +128,7 @@ def transfer_segment(models: dict, source: str, dataset, segment: dict, settings
         ``clean``, ``attack``, ``noise``: waveforms at the source rate, ``(n_samples,)`` float32;
         ``sample_rate`` [Hz]; ``rows``: one dict per target model (columns of :func:`transfer_table`).
     """
-    from core.inference import attack_waveform
+    from core.field.inference import attack_waveform
     from core.metrics import snr_db
 
     src = models[source]
@@ -171,7 +171,7 @@ def transfer_table(
     ----------
     models : dict of name -> BirdClassifier
         Same class names (in the same order); sample rates and windows may differ.
-    dataset : core.data.Dataset
+    dataset : core.io.data.Dataset
     settings : TransferSettings, optional
     progress : callable, optional
         ``progress(done, total)`` over (source model, segment) pairs.
