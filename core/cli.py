@@ -171,7 +171,8 @@ def cmd_train_head(args) -> int:
 
 
 def cmd_fetch_model(args) -> int:
-    from core.models.published import PUBLISHED_MODELS, fetch_model
+    from core.models.published import PUBLISHED_MODELS
+    from core.models.published_io import fetch_model
 
     dest = Path(args.dest or Path("checkpoints") / "published" / args.name)
     print(f"downloading {PUBLISHED_MODELS.get(args.name, {}).get('repo', args.name)} (weights and config.json only) into {dest} ...")
@@ -182,7 +183,7 @@ def cmd_fetch_model(args) -> int:
 
 def cmd_explain_published(args) -> int:
     from core.io.audio import load_audio
-    from core.models.published import explain_clip, load_published
+    from core.models.published_io import explain_clip, load_published
 
     if args.offset < 0:
         raise ParameterError(f"--offset must be >= 0 seconds, got {args.offset}")
@@ -323,7 +324,8 @@ def cmd_predict(args) -> int:
 def cmd_analyze(args) -> int:
     from tqdm import tqdm
 
-    from core.field.analyze import analyze_file, audio_files, detections, model_band_hz, species_names, to_birdnet_csv, to_raven_table, window_outcomes
+    from core.field.analyze import analyze_file, audio_files, model_band_hz, species_names
+    from core.field.tables import detections, to_birdnet_csv, to_raven_table, window_outcomes
     from core.io.fileio import atomic_write_text
     from core.models.registry import load_checkpoint
 
@@ -382,7 +384,7 @@ def cmd_analyze(args) -> int:
 def cmd_no_bird_check(args) -> int:
     import pandas as pd
 
-    from core.field.analyze import no_bird_check
+    from core.field.nobird import no_bird_check
     from core.io.data import open_dataset
     from core.io.fileio import atomic_write_text
     from core.models.registry import load_checkpoint
@@ -402,7 +404,7 @@ def cmd_threats(args) -> int:
     import pandas as pd
 
     from core.attacks.sweep import parse_float_list
-    from core.attacks.threats import survival_study, survival_summary
+    from core.attacks.threat_studies import survival_study, survival_summary
     from core.io.data import open_dataset
     from core.io.fileio import atomic_write_text
     from core.models.registry import load_checkpoint
@@ -430,7 +432,7 @@ def cmd_threats(args) -> int:
 def cmd_masking_attack(args) -> int:
     import pandas as pd
 
-    from core.attacks.threats import masking_study, masking_summary
+    from core.attacks.threat_studies import masking_study, masking_summary
     from core.io.data import open_dataset
     from core.io.fileio import atomic_write_text
     from core.models.registry import load_checkpoint
@@ -718,7 +720,8 @@ def cmd_compare(args) -> int:
 
     from core.attacks.sweep import parse_float_list as _float_list
     from core.io.data import open_dataset
-    from core.studies.compare import ZOO, CompareSettings, CompareStore, model_summary, run_compare
+    from core.studies.compare import ZOO, CompareSettings, model_summary, run_compare
+    from core.studies.compare_store import CompareStore
     from core.studies.papercheck import paper_check
 
     settings = CompareSettings(

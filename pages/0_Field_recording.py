@@ -13,19 +13,9 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from core.errors import CoreError
-from core.field.analyze import (
-    NO_BIRD,
-    SILENCE_DBFS,
-    analyze_file,
-    detections,
-    model_band_hz,
-    no_bird_note,
-    read_segment,
-    species_names,
-    to_birdnet_csv,
-    to_raven_table,
-    window_outcomes,
-)
+from core.field.analyze import NO_BIRD, SILENCE_DBFS, analyze_file, model_band_hz, read_segment, species_names
+from core.field.nobird import no_bird_note
+from core.field.tables import detections, to_birdnet_csv, to_raven_table, window_outcomes
 from core.models.registry import list_checkpoints
 from ui.common import audio_player, default_model, get_dataset, get_model, model_label
 from ui.glossary import help_text

@@ -8,7 +8,8 @@ import streamlit as st
 import torch
 
 from core.errors import CoreError
-from core.models.published import PUBLISHED_MODELS, PublishedAudioProtoPNet, explain_clip, load_published
+from core.models.published import PUBLISHED_MODELS, PublishedAudioProtoPNet
+from core.models.published_io import explain_clip, load_published
 from ui.common import audio_player, clip_picker
 from ui.glossary import help_text
 from ui.plots import CHART_CONFIG, similarity_overlay, spectrogram_figure

@@ -10,7 +10,8 @@ from core.attacks.sweep import parse_float_list
 from core.attacks.worstcase import masking_check, worst_case_label
 from core.errors import CoreError
 from core.models.registry import list_checkpoints
-from core.studies.compare import ZOO, CompareSettings, CompareStore, estimate_minutes, model_recipe, model_summary, prototype_stability, run_compare
+from core.studies.compare import ZOO, CompareSettings, estimate_minutes, model_recipe, model_summary, prototype_stability, run_compare
+from core.studies.compare_store import CompareStore
 from core.studies.shift import summarize_shift
 from core.studies.sweep import summarize
 from core.training.calibration import card_thresholds

@@ -6,8 +6,10 @@ import streamlit as st
 
 from core.errors import CoreError
 from core.models.registry import list_checkpoints
-from core.studies.compare import ZOO, CompareSettings, CompareStore
-from core.studies.papercheck import COLUMNS, PAPER_URL, multiplicity_note, paper_check
+from core.studies.compare import ZOO, CompareSettings
+from core.studies.compare_store import CompareStore
+from core.studies.paper_stats import multiplicity_note
+from core.studies.papercheck import COLUMNS, PAPER_URL, paper_check
 from ui.common import model_fingerprint_cached
 
 st.set_page_config(page_title="Paper check · birdshield", page_icon="🐦", layout="wide")

@@ -11,18 +11,8 @@ import pytest
 import soundfile as sf
 
 from core.errors import AudioLoadError, ParameterError
-from core.field.analyze import (
-    NO_BIRD,
-    RAVEN_COLUMNS,
-    FileAnalysis,
-    analyze_file,
-    audio_files,
-    detections,
-    iter_windows,
-    to_birdnet_csv,
-    to_raven_table,
-    window_outcomes,
-)
+from core.field.analyze import NO_BIRD, FileAnalysis, analyze_file, audio_files, iter_windows
+from core.field.tables import RAVEN_COLUMNS, detections, to_birdnet_csv, to_raven_table, window_outcomes
 from core.io.audio import frame_windows, load_audio
 from core.models.registry import list_checkpoints, load_checkpoint, read_model_card
 from tests.conftest import ROOT, tone
@@ -178,7 +168,7 @@ def test_silent_windows_are_never_detections():
 
 @needs_models
 def test_no_bird_check_agrees_with_the_file_path(tmp_path):
-    from core.field.analyze import _control_signals, no_bird_check
+    from core.field.nobird import _control_signals, no_bird_check
 
     model = load_checkpoint("protopnet")
     table = no_bird_check({"protopnet": model}, n_windows=3).set_index("signal")

@@ -14,8 +14,10 @@ from core.io.clips import dataset_clips
 from core.io.data import Dataset
 from core.metrics import cmap
 from core.models.registry import build_model
-from core.studies.compare import CompareResult, CompareSettings, CompareStore, model_summary, prototype_stability, run_compare
-from core.studies.papercheck import fast_cmap, paper_check, verdict
+from core.studies.compare import CompareResult, CompareSettings, model_summary, prototype_stability, run_compare
+from core.studies.compare_store import CompareStore
+from core.studies.paper_stats import fast_cmap, verdict
+from core.studies.papercheck import paper_check
 from tests.conftest import CLASSES, make_tiny_dataset, tiny_config
 
 SETTINGS = CompareSettings(max_clips=6, epsilons=(1e-9, 1e-2), target_epsilons=(1e-2,), steps=2)

@@ -13,19 +13,8 @@ import pytest
 import core.studies.compare
 from core.errors import ParameterError
 from core.studies.compare import CompareResult, CompareSettings
-from core.studies.papercheck import (
-    CLAIMS,
-    COLUMNS,
-    PAPER_SOURCES,
-    PAPER_URL,
-    Claim,
-    bootstrap_p,
-    direction_of,
-    holm,
-    multiplicity_note,
-    paper_check,
-    verdict_text,
-)
+from core.studies.paper_stats import bootstrap_p, direction_of, holm, multiplicity_note, verdict_text
+from core.studies.papercheck import CLAIMS, COLUMNS, PAPER_SOURCES, PAPER_URL, Claim, paper_check
 
 RECIPES = {"baseline": ("ConvNeXt baseline", "OT"), "baseline_ato": ("ConvNeXt baseline", "AT-O"), "baseline_ate": ("ConvNeXt baseline", "AT-E"),
            "protopnet": ("AudioProtoPNet", "OT"), "protopnet_ato": ("AudioProtoPNet", "AT-O"), "protopnet_ate": ("AudioProtoPNet", "AT-E"),

@@ -20,11 +20,9 @@ from core.models.published import (
     PublishedConvNeXt,
     PublishedLogMel,
     convnext_base_config,
-    explain_clip,
-    load_published,
     published_cosine_similarity,
-    save_published,
 )
+from core.models.published_io import explain_clip, load_published, save_published
 
 SMALL = dict(depths=[1, 1, 1, 1], hidden_sizes=[8, 16, 32, 64])
 SR = 32_000

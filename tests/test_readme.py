@@ -91,7 +91,8 @@ def test_prototype_band_table_is_the_card():
 
 
 def test_comparison_table_is_the_shipped_comparison():
-    from core.studies.compare import SHIPPED_DIR, CompareStore
+    from core.studies.compare import SHIPPED_DIR
+    from core.studies.compare_store import CompareStore
     from core.studies.report import compare_markdown
 
     results = list(CompareStore(directory=SHIPPED_DIR, shipped=None).results())
@@ -151,7 +152,7 @@ def test_seed_table_is_the_stored_arms():
 
 
 def test_no_bird_table_is_the_stored_check():
-    from core.field.analyze import no_bird_markdown
+    from core.field.nobird import no_bird_markdown
 
     t = pd.read_csv(ROOT / "assets" / "analyze" / "no_bird.csv")
     assert {"baseline", "protopnet", "birdnet_protopnet", "birdnet_linear", "birdnet"} == set(t["model"])
@@ -173,7 +174,7 @@ def test_no_bird_negatives_row_is_the_shipped_head():
 
 
 def test_threat_tables_are_the_stored_studies():
-    from core.attacks.threats import masking_summary, survival_summary
+    from core.attacks.threat_studies import masking_summary, survival_summary
     from core.studies.report import masking_markdown, survival_markdown
 
     survival = pd.read_csv(ROOT / "assets" / "threats" / "survival.csv")
@@ -186,7 +187,7 @@ def test_threat_tables_are_the_stored_studies():
 
 def test_head_comparison_is_the_stored_one_for_the_shipped_heads():
     from core.models.registry import load_checkpoint
-    from core.studies.compare import CompareStore
+    from core.studies.compare_store import CompareStore
     from core.studies.embeddings import model_fingerprint
     from core.studies.report import compare_markdown
 
@@ -200,7 +201,7 @@ def test_head_comparison_is_the_stored_one_for_the_shipped_heads():
 
 def test_head_adversarial_training_table_is_the_stored_worst_case_comparison():
     from core.models.registry import load_checkpoint
-    from core.studies.compare import CompareStore
+    from core.studies.compare_store import CompareStore
     from core.studies.embeddings import model_fingerprint
     from core.studies.report import compare_markdown
 

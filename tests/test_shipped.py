@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from core.io.data import Dataset, build_windows
+from core.io.data import Dataset, build_windows, ids_sha256
 from core.models.registry import list_checkpoints, load_checkpoint, read_model_card
-from core.studies.compare import ZOO, CompareSettings, CompareStore, card_robustness
+from core.studies.compare import ZOO, CompareSettings, card_robustness
+from core.studies.compare_store import CompareStore
 from core.studies.embeddings import model_fingerprint
-from core.training.train import _ids_sha256, evaluate
+from core.training.train import evaluate
 
 SHIPPED = list(ZOO)
 ADVERSARIAL = [n for n in ZOO if ZOO[n][1] in ("AT-O", "AT-E")]
@@ -26,7 +27,7 @@ def test_shipped_checkpoint_reproduces_card(name, data_dir):
     assert list(c.class_names) == ds.class_names
     # trained and measured on the recordist-disjoint split of today's code (the hash pins its test recordings)
     assert card["data"]["split_scheme"] == ds.split_scheme == "recordist"
-    assert card["data"]["test_recordings_sha256"] == _ids_sha256(r.recording_id for r in ds.split("test"))
+    assert card["data"]["test_recordings_sha256"] == ids_sha256(r.recording_id for r in ds.split("test"))
     w = build_windows(ds, ds.split("test"), sample_rate=c.frontend.sample_rate, window_s=c.clip_seconds, class_names=c.class_names)
     got = evaluate(model, w)
     want = card["metrics"]["test"]

@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.io.data import Dataset, build_windows
+from core.io.data import Dataset, build_windows, ids_sha256
 from core.models.registry import CHECKPOINT_DIR, list_checkpoints, load_checkpoint, read_model_card
 from core.studies.heads import choose_layer
-from core.training.train import _ids_sha256, evaluate
+from core.training.train import evaluate
 from tests.conftest import ROOT
 
 HEADS = ["birdnet_protopnet", "birdnet_linear"]
@@ -31,7 +31,7 @@ def test_shipped_head_reproduces_its_card(name, data_dir):
     card = read_model_card(name)
     ds = Dataset(data_dir)
     assert card["data"]["split_scheme"] == ds.split_scheme == "recordist"
-    assert card["data"]["test_recordings_sha256"] == _ids_sha256(r.recording_id for r in ds.split("test"))
+    assert card["data"]["test_recordings_sha256"] == ids_sha256(r.recording_id for r in ds.split("test"))
     c = model.config
     w = build_windows(ds, ds.split("test"), sample_rate=c.frontend.sample_rate, window_s=c.clip_seconds, class_names=c.class_names)
     got = evaluate(model, w)  # the whole model from the waveform, not the cached features it was trained on

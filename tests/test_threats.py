@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 import torch
 
-from core.attacks.threats import EOT, MP3, AmbientNoise, Mixture, Playback, Transform, mp3_roundtrip, survival_study, survival_summary
+from core.attacks.threat_studies import survival_study, survival_summary
+from core.attacks.threats import EOT, MP3, AmbientNoise, Mixture, Playback, Transform, mp3_roundtrip
 from core.errors import ParameterError
 from tests.conftest import tone
 

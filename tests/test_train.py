@@ -53,7 +53,7 @@ def test_adversarial_training_steps(adv, arch, monkeypatch):
     x = 0.3 * torch.sin(2 * torch.pi * freqs[:, None] * t[None])
     y = torch.eye(3)[[0, 1, 2, 0, 1, 2]]
     seen = {}
-    real = train._adversarial_batch
+    real = train.adversarial_batch
 
     def spy(model, xb, yb, cfg):
         out = real(model, xb, yb, cfg)
@@ -61,7 +61,7 @@ def test_adversarial_training_steps(adv, arch, monkeypatch):
         seen["training"] = model.training
         return out
 
-    monkeypatch.setattr(train, "_adversarial_batch", spy)
+    monkeypatch.setattr(train, "adversarial_batch", spy)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses, terms = [], []
     for _ in range(15):
@@ -129,7 +129,7 @@ def test_training_with_awp_runs_and_lowers_the_loss(tiny_dataset):
 
 
 def test_fgsm_rs_starts_inside_the_ball_and_plain_fgsm_sits_on_its_corners():
-    from core.training.train import _adversarial_batch
+    from core.training.adversarial import adversarial_batch
 
     torch.manual_seed(0)
     model = build_model(tiny_config("baseline")).eval()
@@ -137,13 +137,13 @@ def test_fgsm_rs_starts_inside_the_ball_and_plain_fgsm_sits_on_its_corners():
     y = torch.zeros(3, 3)
     y[:, 0] = 1
     eps = 1e-3
-    plain = _adversarial_batch(model, x, y, TrainConfig(adv="at-o", adv_eps=eps, adv_random_start=False)) - x
-    rs = _adversarial_batch(model, x, y, TrainConfig(adv="at-o", adv_eps=eps)) - x
+    plain = adversarial_batch(model, x, y, TrainConfig(adv="at-o", adv_eps=eps, adv_random_start=False)) - x
+    rs = adversarial_batch(model, x, y, TrainConfig(adv="at-o", adv_eps=eps)) - x
     assert torch.allclose(plain.abs(), torch.full_like(plain, eps), atol=1e-7)  # FGSM: every sample at +-eps
     assert rs.abs().max() <= eps + 1e-7
     inside = (rs.abs() < eps * (1 - 1e-3)).float().mean()
     # FGSM-RS: a uniform start u in [-eps, eps] plus a 1.25 eps signed step stays inside the ball when u lies in the
     # opposite 0.75 eps of the interval: 3/8 of the samples
     assert 0.3 < inside < 0.45, inside
-    again = _adversarial_batch(model, x, y, TrainConfig(adv="at-o", adv_eps=eps)) - x
+    again = adversarial_batch(model, x, y, TrainConfig(adv="at-o", adv_eps=eps)) - x
     assert not torch.equal(rs, again)  # a fresh random start per batch

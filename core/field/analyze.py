@@ -19,8 +19,6 @@ the columns BirdNET-Analyzer writes), both readable by the tools ecologists use.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
 from dataclasses import dataclass, field
@@ -28,7 +26,6 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
-import pandas as pd
 import soundfile as sf
 import soxr
 import torch
@@ -41,18 +38,11 @@ __all__ = [
     "FileAnalysis",
     "analyze_file",
     "audio_files",
-    "detections",
     "iter_windows",
     "level_dbfs",
     "model_band_hz",
-    "no_bird_check",
-    "no_bird_markdown",
-    "no_bird_note",
     "read_segment",
     "species_names",
-    "to_birdnet_csv",
-    "to_raven_table",
-    "window_outcomes",
 ]
 
 #: File suffixes taken from a directory by :func:`audio_files`.
@@ -432,225 +422,3 @@ def analyze_file(model, path: str | os.PathLike, *, model_name: str = "", thresh
         info={**info, "seconds": time.time() - t0})
 
 
-def _check_threshold(analysis: FileAnalysis, threshold: float | None) -> float:
-    t = analysis.threshold if threshold is None else threshold
-    if t is None:
-        raise ParameterError(f"model {analysis.model or '?'} has no validation threshold; give one (e.g. --threshold 0.5)")
-    if not (0.0 < float(t) < 1.0):
-        raise ParameterError(f"threshold must lie in (0, 1), got {t}")
-    return float(t)
-
-
-def window_outcomes(analysis: FileAnalysis, threshold: float | None = None, names: dict | None = None) -> pd.DataFrame:
-    """One row per window: what the model says, including "no bird detected".
-
-    Parameters
-    ----------
-    analysis : FileAnalysis
-    threshold : float, optional
-        Default the analysis's (validation) threshold.
-    names : dict, optional
-        :func:`species_names`.
-
-    Returns
-    -------
-    pandas.DataFrame
-        ``start_s``, ``end_s``, ``outcome`` (English names of the species at or above
-        the threshold, ``"no bird detected"``, or :data:`SILENT` for a window below
-        :data:`SILENCE_DBFS`, whatever its scores), ``n_species``, ``top_species``,
-        ``top_score``, ``level_dbfs``, ``padded``.
-
-    Raises
-    ------
-    ParameterError
-        No threshold given and none stored.
-    """
-    t = _check_threshold(analysis, threshold)
-    names = names or species_names(analysis.class_names)
-    silent = _silent(analysis)
-    rows = []
-    for i, s in enumerate(analysis.scores):
-        above = [] if silent[i] else [j for j in np.argsort(-s) if s[j] >= t]
-        top = int(np.argmax(s))
-        outcome = SILENT if silent[i] else ", ".join(names[analysis.class_names[j]][1] for j in above) if above else NO_BIRD
-        rows.append({"start_s": analysis.starts_s[i], "end_s": analysis.starts_s[i] + analysis.valid_s[i], "outcome": outcome,
-                     "n_species": len(above), "top_species": names[analysis.class_names[top]][1],
-                     "top_score": float(s[top]), "level_dbfs": float(analysis.level_dbfs[i]) if analysis.level_dbfs is not None else np.nan,
-                     "padded": bool(analysis.padded[i])})
-    return pd.DataFrame(rows)
-
-
-def _silent(analysis: FileAnalysis) -> np.ndarray:
-    if analysis.level_dbfs is None:
-        return np.zeros(len(analysis.scores), bool)
-    return np.asarray(analysis.level_dbfs) < SILENCE_DBFS
-
-
-def detections(analysis: FileAnalysis, threshold: float | None = None, names: dict | None = None) -> pd.DataFrame:
-    """Every (window, species) whose score reaches the threshold, by time then score (silent windows excluded).
-
-    Returns
-    -------
-    pandas.DataFrame
-        ``start_s``, ``end_s`` (the window's real audio), ``species_code``,
-        ``scientific_name``, ``english_name``, ``confidence`` (the score), ``padded``, ``file``.
-    """
-    t = _check_threshold(analysis, threshold)
-    names = names or species_names(analysis.class_names)
-    w, j = np.nonzero((analysis.scores >= t) & ~_silent(analysis)[:, None])
-    rows = [{"start_s": float(analysis.starts_s[a]), "end_s": float(analysis.starts_s[a] + analysis.valid_s[a]),
-             "species_code": analysis.class_names[b], "scientific_name": names[analysis.class_names[b]][0],
-             "english_name": names[analysis.class_names[b]][1], "confidence": float(analysis.scores[a, b]),
-             "padded": bool(analysis.padded[a]), "file": analysis.path} for a, b in zip(w, j)]
-    cols = ["start_s", "end_s", "species_code", "scientific_name", "english_name", "confidence", "padded", "file"]
-    df = pd.DataFrame(rows, columns=cols)
-    return df.sort_values(["start_s", "confidence"], ascending=[True, False], kind="stable").reset_index(drop=True)
-
-
-def to_birdnet_csv(dets: pd.DataFrame) -> str:
-    """Detections in BirdNET-Analyzer's CSV format (``Start (s),End (s),Scientific name,Common name,Confidence,File``)."""
-    out = io.StringIO()
-    w = csv.writer(out, lineterminator="\n")
-    w.writerow(["Start (s)", "End (s)", "Scientific name", "Common name", "Confidence", "File"])
-    for r in dets.itertuples(index=False):
-        w.writerow([f"{r.start_s:.1f}", f"{r.end_s:.1f}", r.scientific_name, r.english_name, f"{r.confidence:.4f}", r.file])
-    return out.getvalue()
-
-
-RAVEN_COLUMNS = ("Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)", "High Freq (Hz)",
-                 "Common Name", "Species Code", "Confidence", "Begin Path", "File Offset (s)")
-
-
-def to_raven_table(dets: pd.DataFrame, *, low_hz: float = 0.0, high_hz: float = 15_000.0) -> str:
-    """Detections as a Raven selection table (tab-separated; BirdNET-Analyzer's columns).
-
-    Parameters
-    ----------
-    dets : pandas.DataFrame
-        :func:`detections`.
-    low_hz, high_hz : float [Hz]
-        The selection's band: the band the model sees (the models classify whole
-        windows; they do not localise a call in frequency).
-    """
-    if not (0 <= low_hz < high_hz) or not math.isfinite(high_hz):
-        raise ParameterError(f"need 0 <= low_hz < high_hz, got {low_hz}, {high_hz}")
-    lines = ["\t".join(RAVEN_COLUMNS)]
-    for i, r in enumerate(dets.itertuples(index=False), start=1):
-        lines.append("\t".join([str(i), "Spectrogram 1", "1", f"{r.start_s:.4f}", f"{r.end_s:.4f}", f"{low_hz:.1f}", f"{high_hz:.1f}",
-                                r.english_name, r.species_code, f"{r.confidence:.4f}", str(r.file), f"{r.start_s:.4f}"]))
-    return "\n".join(lines) + "\n"
-
-
-def _control_signals(sample_rate: int, window_samples: int, n_windows: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Sounds without birds, ``n_windows`` windows each: the controls of :func:`no_bird_check`."""
-    from core.io.audio import pink_noise
-
-    rng = np.random.default_rng(seed)
-    n = window_samples * n_windows
-    t = np.arange(n) / sample_rate
-    white = rng.standard_normal(n)
-    return {
-        "digital silence": np.zeros(n, np.float32),
-        "3 kHz tone, -20 dBFS": (0.1 * np.sqrt(2) * np.sin(2 * np.pi * 3000 * t)).astype(np.float32),
-        "white noise, -30 dBFS": (white / np.sqrt(np.mean(white ** 2)) * 10 ** (-30 / 20)).astype(np.float32),
-        "pink noise, -50 dBFS": pink_noise(n, rng) * np.float32(10 ** (-50 / 20)),
-    }
-
-
-@torch.no_grad()
-def no_bird_check(models: dict, *, dataset=None, splits=("val", "test"), n_windows: int = 8, seed: int = 0) -> pd.DataFrame:
-    """How often each model says "no bird" on sounds that hold none.
-
-    Controls: digital silence, a 3 kHz tone at -20 dBFS, white noise at -30 dBFS,
-    pink noise at -50 dBFS (``n_windows`` windows each), and, with a dataset, the
-    bird-free site-noise windows of its ``splits`` (:func:`core.training.noisebank.birdfree_bank`:
-    windows in which BirdNET detects no animal; tiled to a full window). Scores are
-    judged at each model's validation threshold, as :func:`window_outcomes` does but
-    *without* the silence guard, so that the table shows what the model itself does.
-
-    Parameters
-    ----------
-    models : dict of name -> BirdClassifier
-    dataset : core.io.data.Dataset, optional
-    splits : tuple of str
-    n_windows : int >= 1
-    seed : int
-
-    Returns
-    -------
-    pandas.DataFrame
-        ``model``, ``signal``, ``windows``, ``threshold``, ``no_bird_rate`` (share of
-        windows with no species at or above the threshold), ``median_top_score``,
-        ``most_named`` (English name of the most frequent top-1 species among the
-        windows that named one).
-    """
-    from core.training.calibration import card_thresholds
-    from core.training.noisebank import birdfree_bank
-
-    if isinstance(n_windows, bool) or not isinstance(n_windows, int) or n_windows < 1:
-        raise ParameterError(f"n_windows must be an integer >= 1, got {n_windows!r}")
-    thresholds = card_thresholds(list(models))
-    rows = []
-    for name, model in models.items():
-        if name not in thresholds:
-            raise ParameterError(f"model {name} has no validation threshold (python -m core calibrate --model {name})")
-        sr, window = int(model.config.frontend.sample_rate), int(model.config.window_samples)
-        signals = {k: v.reshape(n_windows, window) for k, v in _control_signals(sr, window, n_windows, seed).items()}
-        if dataset is not None:
-            bank = [w for s in splits for _, w in birdfree_bank(dataset, s, sr, window)]
-            if bank:
-                signals["bird-free site noise (BirdNET-vetted)"] = np.stack([np.resize(w, window) for w in bank]).astype(np.float32)
-        names = species_names(model.config.class_names, model)
-        device = next(model.parameters()).device
-        model.eval()
-        for signal, x in signals.items():
-            scores = torch.cat([torch.sigmoid(model(torch.as_tensor(x[i : i + 16], device=device))).float().cpu()
-                                for i in range(0, len(x), 16)]).numpy()
-            named = scores.max(1) >= thresholds[name]
-            tops = pd.Series([names[model.config.class_names[j]][1] for j in scores.argmax(1)[named]])
-            rows.append({"model": name, "signal": signal, "windows": len(x), "threshold": thresholds[name],
-                         "no_bird_rate": float(1 - named.mean()), "median_top_score": float(np.median(scores.max(1))),
-                         "most_named": tops.mode().iloc[0] if len(tops) else ""})
-    return pd.DataFrame(rows)
-
-
-def no_bird_markdown(table: pd.DataFrame, labels: dict | None = None) -> str:
-    """The README's table of :func:`no_bird_check`: one row per model, one column per control (no-bird rate)."""
-    labels = labels or {}
-    signals = list(dict.fromkeys(table["signal"]))
-    head = "| model | threshold | " + " | ".join(f"{s} ({int(table[table.signal == s].windows.iloc[0])} windows)" for s in signals) + " |"
-    lines = [head, "|---|---:|" + "---:|" * len(signals)]
-    for model, g in table.groupby("model", sort=False):
-        g = g.set_index("signal")
-        cells = []
-        for s in signals:
-            r = g.loc[s]
-            named = r.most_named if isinstance(r.most_named, str) else ""
-            cells.append(f"{r.no_bird_rate:.2f}" + (f" (names {named})" if r.no_bird_rate < 1 and named else ""))
-        lines.append(f"| {labels.get(model, model)} | {g.threshold.iloc[0]:.3f} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-NO_BIRD_TABLE = Path(__file__).resolve().parents[2] / "assets" / "analyze" / "no_bird.csv"
-
-
-def no_bird_note(model_name: str, path: str | os.PathLike = NO_BIRD_TABLE) -> str | None:
-    """A warning for models that name a species on sounds without birds (from the stored :func:`no_bird_check`).
-
-    Returns
-    -------
-    str or None
-        None when the model said "no bird" on at least half of every control, or is not in the table.
-    """
-    p = Path(path)
-    if not p.is_file():
-        return None
-    t = pd.read_csv(p)
-    t = t[t["model"] == model_name]
-    weak = t[t["no_bird_rate"] < 0.5]
-    if weak.empty:
-        return None
-    parts = ", ".join(f"{r.signal}: {r.no_bird_rate:.0%} 'no bird'" + (f" (names {r.most_named})" if isinstance(r.most_named, str) and r.most_named else "")
-                      for r in weak.itertuples())
-    return (f"On sounds without birds this model still names a species: {parts}. It was trained only on windows that "
-            "hold birds; treat its detections in quiet or noisy stretches with suspicion.")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import logging
 import os
 import shutil
@@ -565,3 +566,13 @@ def windows_from_waveforms(
         recordings=recordings,
         valid_samples=np.asarray(valid, dtype=np.int64),
     )
+
+
+def ids_sha256(ids) -> str:
+    return hashlib.sha256(",".join(sorted(ids)).encode()).hexdigest()[:16]
+
+
+def split_description(dataset: Dataset) -> str:
+    if dataset.split_scheme == "recordist":
+        return "train/val/test sharing no recordist (core.io.data.recordist_split), split by recording"
+    return "train/val/test split by recording from manifest.csv (recordists may be shared)"

@@ -78,7 +78,7 @@ def adversarial_finetune_head(dataset: Dataset, init, *, adv: str = "at-o", epoc
     from core.attacks import PGD, EmbeddingUntargeted, OutputUntargeted
     from core.attacks.objectives import spatial_cosine_dissimilarity
     from core.models.birdnet_proto import BirdNETHeadModel
-    from core.training.train import binary_kl
+    from core.training.adversarial import binary_kl
 
     if adv not in HEAD_ADV_CHOICES:
         raise ParameterError(f"adv must be one of {', '.join(HEAD_ADV_CHOICES)}, got {adv!r}")

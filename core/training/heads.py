@@ -472,10 +472,10 @@ def _assemble_head_model(dataset: Dataset, data: dict, cfg: HeadConfig, layer: s
                          head: nn.Module, stage: nn.Module | None, feats: dict, history: list, pushed: list,
                          train_config: dict, *, file: TFLiteFile, no_bird: int, t0: float):
     """The complete :class:`BirdNETHeadModel` from a trained head (and stage), and its card (metrics, provenance, data)."""
+    from core.io.data import ids_sha256, split_description
     from core.models.birdnet_proto import BirdNETHeadConfig, BirdNETHeadModel
     from core.models.protopnet import prototype_bands
     from core.training.calibration import threshold_entry
-    from core.training.train import _ids_sha256, _split_description
 
     names = dataset.class_names
     wins, negatives = data["windows"], data["negatives"]
@@ -524,11 +524,11 @@ def _assemble_head_model(dataset: Dataset, data: dict, cfg: HeadConfig, layer: s
         "n_windows": {s: int(len(wins[s].waveforms)) for s in ("train", "val", "test")},
         "targets": "focal labels + secondary labels among the classes (multi-hot); top-1 counts a focal label",
         "windows": f"{BIRDNET_WINDOW_S:g} s at 48 kHz, non-overlapping, last partial window kept if >= 50 %, zero-padded",
-        "split": _split_description(dataset),
+        "split": split_description(dataset),
         "split_scheme": dataset.split_scheme,
         "no_bird_negatives": ({"synthetic": no_bird, "site_noise": int(np.sum(negatives.recording_index < len(negatives.recordings) - 1)),
                                "recipe": "core.training.heads.no_bird_windows (train split only)"} if negatives is not None else None),
-        "test_recordings_sha256": _ids_sha256(r.recording_id for r in dataset.split("test")),
+        "test_recordings_sha256": ids_sha256(r.recording_id for r in dataset.split("test")),
     }
     card["device"] = str(get_device())
     return model, card

@@ -16,7 +16,6 @@ everything, then the push (projection) step and a last-layer-only phase.
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 import math
 import time
@@ -29,12 +28,13 @@ import torch
 from torch.nn import functional as F
 
 from core.errors import ParameterError
-from core.io.data import Dataset, WindowSet, build_windows, windows_from_waveforms
+from core.io.data import Dataset, WindowSet, build_windows, ids_sha256, split_description, windows_from_waveforms
 from core.io.device import get_device
 from core.metrics import focal_targets, metrics_from_scores
 from core.models.base import BirdClassifier
 from core.models.protopnet import AudioProtoPNet, PrototypeSource, orthogonality_loss
 from core.models.scoring import predict_scores
+from core.training.adversarial import adversarial_batch, awp_perturb, awp_restore, binary_kl
 from core.training.calibration import threshold_entry
 from core.training.losses import asymmetric_loss
 
@@ -320,33 +320,6 @@ def _masked_spec(model, x, mask):
     return torch.where(mask, spec.amin(dim=(2, 3), keepdim=True), spec)
 
 
-def _adversarial_batch(model, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
-    """Training perturbations (FGSM, FGSM-RS or PGD-k, L-inf) for ``cfg.adv``; the model's modes are restored."""
-    from core.attacks import FGSM, PGD, EmbeddingUntargeted, OutputUntargeted
-
-    objective = OutputUntargeted() if cfg.adv == "at-o" else EmbeddingUntargeted()
-    budget = {"snr_db": cfg.adv_snr_db} if cfg.adv_snr_db is not None else {"eps": cfg.adv_eps}
-    if cfg.adv_steps == 1 and not cfg.adv_random_start:
-        attack = FGSM(objective=objective, **budget)
-    else:
-        ratio = cfg.adv_alpha_ratio if cfg.adv_alpha_ratio is not None else (1.25 if cfg.adv_steps == 1 else None)
-        # a fresh start per batch: the seed follows torch's global generator, which the training seed fixes
-        seed = int(torch.randint(0, 2**31 - 1, ()).item())
-        attack = PGD(steps=cfg.adv_steps, objective=objective, random_start=cfg.adv_random_start, alpha_ratio=ratio,
-                     seed=seed, **budget)
-    return attack(model, x, y)  # the attack restores every submodule's mode (a frozen backbone stays frozen)
-
-
-def binary_kl(clean_logits: torch.Tensor, adv_logits: torch.Tensor) -> torch.Tensor:
-    """Mean over clips of the summed per-class binary KL divergence KL(p_clean || p_adv).
-
-    The multi-label form of TRADES' regulariser (Zhang et al. 2019, Eq. 5).
-    """
-    p = torch.sigmoid(clean_logits)
-    kl = p * (F.logsigmoid(clean_logits) - F.logsigmoid(adv_logits)) + (1 - p) * (F.logsigmoid(-clean_logits) - F.logsigmoid(-adv_logits))
-    return kl.sum(-1).mean()
-
-
 @dataclass
 class _Batch:
     x: torch.Tensor
@@ -375,7 +348,7 @@ def _batch_loss(model, batch: _Batch, cfg: TrainConfig):
     if cfg.adv == "none":
         return loss, None
     if batch.x_adv is None:  # after the clean pass, as BatchNorm statistics were then (reproduces the shipped models)
-        batch.x_adv = _adversarial_batch(model, batch.x, batch.y, cfg)
+        batch.x_adv = adversarial_batch(model, batch.x, batch.y, cfg)
     feats_adv = _features(model, _masked_spec(model, batch.x_adv, batch.mask))
     if cfg.adv == "at-o":
         term = binary_kl(logits, model.forward_head(feats_adv))
@@ -401,50 +374,6 @@ def training_step(model, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, gen
         ``adv_term`` is the TRADES-style term before weighting (None without ``cfg.adv``).
     """
     return _batch_loss(model, _prepare_batch(model, x, y, cfg, gen), cfg)
-
-
-def awp_perturb(model, loss: torch.Tensor, gamma: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Adversarial weight perturbation: move every weight tensor uphill on ``loss``, in place.
-
-    Each weight tensor ``w`` (parameters with 2 or more dimensions; biases and norm
-    scales are left alone) moves by ``v = gamma * ||w|| * g / ||g||``, ``g`` the
-    gradient of ``loss``: one normalised ascent step, layer-wise relative to the
-    weight's size (Wu et al. 2020, "Adversarial Weight Perturbation Helps Robust
-    Generalization", Eq. 8; gamma 0.005 as in TRADES-AWP). Undo it with
-    :func:`awp_restore` after the backward pass and before the optimiser step, so the
-    update uses the gradient taken at the perturbed weights (the training loop also
-    restores the BatchNorm statistics moved by the pass that gives the direction, and
-    logs the loss at the perturbed weights).
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-    loss : torch.Tensor, scalar with graph
-    gamma : float >= 0
-        Relative size of the perturbation.
-
-    Returns
-    -------
-    list of (parameter, perturbation)
-    """
-    params = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    grads = torch.autograd.grad(loss, params, allow_unused=True)
-    diffs = []
-    with torch.no_grad():
-        for p, g in zip(params, grads):
-            if g is None or not torch.isfinite(g).all() or g.norm() == 0:
-                continue
-            v = gamma * p.norm() * g / g.norm()
-            p.add_(v)
-            diffs.append((p, v))
-    return diffs
-
-
-def awp_restore(diffs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-    """Undo :func:`awp_perturb`."""
-    with torch.no_grad():
-        for p, v in diffs:
-            p.sub_(v)
 
 
 def _features(model: BirdClassifier, spec: torch.Tensor) -> torch.Tensor:
@@ -557,16 +486,6 @@ def _last_layer_phase(model: AudioProtoPNet, train_w: WindowSet, val: WindowSet,
     log.info("last layer: best val cmAP %.3f", best)
 
 
-def _ids_sha256(ids) -> str:
-    return hashlib.sha256(",".join(sorted(ids)).encode()).hexdigest()[:16]
-
-
-def _split_description(dataset: Dataset) -> str:
-    if dataset.split_scheme == "recordist":
-        return "train/val/test sharing no recordist (core.io.data.recordist_split), split by recording"
-    return "train/val/test split by recording from manifest.csv (recordists may be shared)"
-
-
 def train_model(
     model: BirdClassifier,
     dataset: Dataset,
@@ -663,9 +582,9 @@ def train_model(
         "n_windows": {"val": len(val.waveforms), "test": len(test.waveforms)},
         "targets": "focal labels + secondary labels among the classes (multi-hot); top-1 counts a focal label",
         "windows": f"{config.clip_seconds:g} s, non-overlapping, last partial window kept if >= 50 %, zero-padded",
-        "split": _split_description(dataset),
+        "split": split_description(dataset),
         "split_scheme": dataset.split_scheme,
-        "test_recordings_sha256": _ids_sha256(r.recording_id for r in recs("test")),
+        "test_recordings_sha256": ids_sha256(r.recording_id for r in recs("test")),
     }
     card["device"] = str(device)
     return card
