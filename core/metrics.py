@@ -17,7 +17,6 @@ import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from core.errors import ParameterError
-from core.io.data import WindowSet
 
 __all__ = [
     "cmap", "macro_roc_auc", "top1_accuracy", "classification_metrics", "snr_db", "linf", "l2", "db_x", "eps_for_snr",
@@ -284,7 +283,7 @@ def set_changed(clean_scores: np.ndarray, adv_scores: np.ndarray, threshold: flo
     return (sets(clean_scores) != sets(adv_scores)).any(1)
 
 
-def metrics_from_scores(scores: np.ndarray, windows: WindowSet, class_names) -> dict:
+def metrics_from_scores(scores: np.ndarray, windows, class_names) -> dict:
     """Window-level and recording-level (max over windows) metrics."""
     focal_rec = focal_targets(windows, class_names)
     per_window = classification_metrics(scores, windows.targets, focal_rec[windows.recording_index])
@@ -294,7 +293,7 @@ def metrics_from_scores(scores: np.ndarray, windows: WindowSet, class_names) -> 
     return {"window": per_window, "recording": per_rec}
 
 
-def focal_targets(windows: WindowSet, class_names) -> np.ndarray:
+def focal_targets(windows, class_names) -> np.ndarray:
     focal = np.zeros((len(windows.recordings), len(class_names)), np.float32)
     for i, r in enumerate(windows.recordings):
         for lab in r.labels:

@@ -1,4 +1,8 @@
-"""Waveform-domain adversarial attacks: FGSM, BIM, PGD, APGD (L-inf and L2) on any objective."""
+"""Waveform-domain adversarial attacks: FGSM, BIM, PGD, APGD (L-inf and L2) on any objective, the eps-sweep engine,
+the worst case over attacks, the psychoacoustic (masking-threshold) budget and realistic threats (MP3, playback, EOT).
+
+May import :mod:`core.io` and :mod:`core.models`; never training, a study, the field wing, the API or the CLI.
+"""
 
 from core.attacks.apgd import APGD
 from core.attacks.base import NORMS, Attack, clean_prediction_targets
