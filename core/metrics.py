@@ -284,7 +284,22 @@ def set_changed(clean_scores: np.ndarray, adv_scores: np.ndarray, threshold: flo
 
 
 def metrics_from_scores(scores: np.ndarray, windows, class_names) -> dict:
-    """Window-level and recording-level (max over windows) metrics."""
+    """Window-level and recording-level (max over windows) metrics of a model's scores.
+
+    Parameters
+    ----------
+    scores : np.ndarray [shape=(n_windows, n_classes), dtype=float32]
+        Sigmoid scores in [0, 1], one row per window of ``windows``.
+    windows : core.io.data.WindowSet
+        The windows scored (targets, recording index, recordings with their focal labels).
+    class_names : sequence of str [length=n_classes]
+
+    Returns
+    -------
+    dict
+        ``{"window": ..., "recording": ...}``, each :func:`classification_metrics` (cmAP, ROC-AUC, top-1); a
+        recording's score per class is the max over its windows, its top-1 is judged against its focal species.
+    """
     focal_rec = focal_targets(windows, class_names)
     per_window = classification_metrics(scores, windows.targets, focal_rec[windows.recording_index])
     rec_scores = np.zeros((len(windows.recordings), scores.shape[1]), np.float32)
@@ -294,6 +309,13 @@ def metrics_from_scores(scores: np.ndarray, windows, class_names) -> dict:
 
 
 def focal_targets(windows, class_names) -> np.ndarray:
+    """Focal-species targets per recording: ``(n_recordings, n_classes)`` float32, 1 where the class is a focal label.
+
+    Parameters
+    ----------
+    windows : core.io.data.WindowSet
+    class_names : sequence of str
+    """
     focal = np.zeros((len(windows.recordings), len(class_names)), np.float32)
     for i, r in enumerate(windows.recordings):
         for lab in r.labels:
