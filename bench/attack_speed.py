@@ -16,9 +16,7 @@ Medians of ``--repeats`` warm runs. Run: ``python bench/attack_speed.py``.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +24,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from timing import median_time  # noqa: E402
 
 from core.attacks import PGD, multilabel_loss, predicted_sets  # noqa: E402
 from core.attacks.sweep import run_sweep  # noqa: E402
@@ -65,15 +65,6 @@ def clip() -> torch.Tensor:
     return torch.as_tensor((rng.standard_normal(160_000) * 0.05).astype(np.float32))[None]
 
 
-def timed(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -88,20 +79,20 @@ def main() -> None:
     with torch.no_grad():
         y = predicted_sets(model(x))  # both implementations get the same labels
     pgd = PGD(eps=1e-4, steps=10)
-    t_pgd = timed(lambda: pgd(model, x, y), args.repeats)
+    t_pgd = median_time(lambda: pgd(model, x, y), args.repeats)
     print(f"1. PGD-10 on one 5 s clip: {t_pgd:.3f} s (target <= 0.5 s)")
 
     def loop():
         for e in EPSILONS:
             PGD(eps=e, steps=10)(model, x, y)
 
-    t_loop = timed(loop, args.repeats)
-    t_batched = timed(lambda: run_sweep(pgd, model, x, y, epsilons=EPSILONS, max_rows=8), args.repeats)
+    t_loop = median_time(loop, args.repeats)
+    t_batched = median_time(lambda: run_sweep(pgd, model, x, y, epsilons=EPSILONS, max_rows=8), args.repeats)
     print(f"2. 8-eps sweep of one clip: loop of 8 attacks {t_loop:.2f} s, batched run_sweep {t_batched:.2f} s, "
           f"ratio {t_loop / t_batched:.2f}x (target >= 4x)")
 
     gen = torch.Generator()
-    t_ref = timed(lambda: reference_pgd(model, x, y, eps=1e-4, alpha=2.5e-5, steps=10, generator=gen.manual_seed(0)), args.repeats)
+    t_ref = median_time(lambda: reference_pgd(model, x, y, eps=1e-4, alpha=2.5e-5, steps=10, generator=gen.manual_seed(0)), args.repeats)
     print(f"3. PGD-10 reference loop (torchattacks style) {t_ref:.3f} s vs ours {t_pgd:.3f} s: ratio {t_ref / t_pgd:.2f}x (target >= 1)")
 
     print("4. one forward + backward, per batch size:")
@@ -112,7 +103,7 @@ def main() -> None:
             xa = xb.clone().requires_grad_(True)
             torch.autograd.grad(model(xa).sum(), xa)
 
-        t = timed(fb, args.repeats)
+        t = median_time(fb, args.repeats)
         print(f"   batch {b:2d}: {t * 1000:6.0f} ms, {t / b * 1000:5.1f} ms per clip")
 
 

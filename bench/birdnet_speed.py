@@ -14,9 +14,7 @@ Run: ``python bench/birdnet_speed.py`` (needs requirements-dev.txt for the inter
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,20 +23,13 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from timing import median_time  # noqa: E402
+
 from core.attacks import PGD, OutputMargin  # noqa: E402
 from core.models.birdnet import birdnet_files, load_birdnet  # noqa: E402
 
 WINDOW = 144_000
 
-
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def main() -> None:

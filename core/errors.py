@@ -13,6 +13,8 @@ __all__ = [
     "ParameterError",
     "DatasetError",
     "CheckpointError",
+    "check_int",
+    "check_split",
 ]
 
 
@@ -34,3 +36,29 @@ class DatasetError(CoreError):
 
 class CheckpointError(CoreError):
     """A checkpoint is missing, unreadable, not safetensors, or does not match the code."""
+
+
+def check_int(name: str, value, minimum: int) -> int:
+    """Return ``value`` if it is an integer (not a bool) >= ``minimum``.
+
+    Raises
+    ------
+    ParameterError
+        ``"<name> must be an integer >= <minimum>, got <value>"`` otherwise.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ParameterError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def check_split(split: str) -> str:
+    """Return ``split`` if it is one of a dataset's splits ("train", "val", "test").
+
+    Raises
+    ------
+    ParameterError
+        ``"split must be train, val or test, got <split>"`` otherwise.
+    """
+    if split not in ("train", "val", "test"):
+        raise ParameterError(f"split must be train, val or test, got {split!r}")
+    return split

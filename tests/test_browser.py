@@ -114,6 +114,16 @@ def enter(page, label: str, value: str):
     settle(page)
 
 
+
+def run_and_wait_for_plot(page, button: str, text: str, *, exact: bool = False, plot: int = 0) -> None:
+    """Click ``button``, wait for ``text`` (the background job's result) and then for the page's ``plot``-th chart."""
+    page.get_by_role("button", name=button).click()
+    settle(page)
+    page.get_by_text(text, exact=exact).first.wait_for(timeout=RUN_TIMEOUT_MS)
+    settle(page)
+    page.locator(".js-plotly-plot").nth(plot).wait_for(timeout=RUN_TIMEOUT_MS)
+
+
 def open_page(browser, url):
     page = browser.new_page(viewport={"width": 1400, "height": 2400})
     page.goto(url)
@@ -175,11 +185,7 @@ def test_walk_every_page(server, browser, tmp_path, data_dir):
     # Embeddings: a small map
     visit(page, f"{server}/Embeddings")
     enter(page, "at most N clips", "12")
-    page.get_by_role("button", name="Compute map").click()
-    settle(page)
-    page.get_by_text("Cluster and retrieval quality").wait_for(timeout=RUN_TIMEOUT_MS)
-    settle(page)
-    page.locator(".js-plotly-plot").first.wait_for(timeout=RUN_TIMEOUT_MS)
+    run_and_wait_for_plot(page, "Compute map", "Cluster and retrieval quality", plot=0)
     check(page, "5_embeddings")
 
     # Compare models: the shipped comparison of the six models is shown without computing; switch tabs
@@ -204,11 +210,7 @@ def test_walk_every_page(server, browser, tmp_path, data_dir):
     enter(page, "recordings", "1")
     enter(page, "PGD steps", "1")
     enter(page, "segment length (s)", "6")
-    page.get_by_role("button", name="Run transfer table").click()
-    settle(page)
-    page.get_by_text("attack: top-1 changed").first.wait_for(timeout=RUN_TIMEOUT_MS)
-    settle(page)
-    page.locator(".js-plotly-plot").nth(1).wait_for(timeout=RUN_TIMEOUT_MS)
+    run_and_wait_for_plot(page, "Run transfer table", "attack: top-1 changed", plot=1)
     assert "CC BY-NC-SA 4.0" in page.inner_text("body")
     check(page, "8_transfer")
 
@@ -219,11 +221,7 @@ def test_walk_every_page(server, browser, tmp_path, data_dir):
     page.get_by_text("File on this computer", exact=True).first.click()
     settle(page)
     enter(page, "Path of an audio file on this computer", str(field))
-    page.get_by_role("button", name="Analyse field.wav").click()
-    settle(page)
-    page.get_by_text("Detections", exact=True).wait_for(timeout=RUN_TIMEOUT_MS)
-    settle(page)
-    page.locator(".js-plotly-plot").first.wait_for(timeout=RUN_TIMEOUT_MS)
+    run_and_wait_for_plot(page, "Analyse field.wav", "Detections", exact=True, plot=0)
     assert "Raven selection table" in page.inner_text("body")
     check(page, "9_field_recording")
     page.get_by_role("button", name="Explain or attack this window on the Clip page").first.click()

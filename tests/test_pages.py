@@ -172,18 +172,24 @@ def _upload_tone(at, prefix):
     at.file_uploader(key=f"{prefix}_upload").set_value(("tone.wav", buf.getvalue(), "audio/wav")).run()
 
 
+
+def sweep_uploaded_tone(at, grid: str) -> None:
+    """Upload a tone on the Sweep page and sweep it with 2 PGD steps over the eps ``grid``; no exception, no error."""
+    _upload_tone(at, "sweep")
+    at.number_input(key="sweep_steps").set_value(2).run()
+    at.text_input(key="sweep_grid_eps").set_value(grid).run()
+    at.button(key="sweep_run").click().run()
+    finish_job(at, "sweep")
+    no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+
+
 def test_sweep_page_single_clip_two_models():
     at = AppTest.from_file(str(ROOT / "pages" / "3_Sweep.py"), default_timeout=TIMEOUT).run()
     no_exception(at)
     assert at.multiselect(key="sweep_models").value == ["baseline", "protopnet"]  # the default pair: black box vs interpretable
     assert any("runs in the background" in c.value for c in at.caption)  # leaving the page does not lose a run
-    _upload_tone(at, "sweep")
-    at.number_input(key="sweep_steps").set_value(2).run()
-    at.text_input(key="sweep_grid_eps").set_value("0, 1e-3, 2e-2").run()
-    at.button(key="sweep_run").click().run()
-    finish_job(at, "sweep")
-    no_exception(at)
-    assert not at.error, [e.value for e in at.error]
+    sweep_uploaded_tone(at, "0, 1e-3, 2e-2")
     table = at.session_state["sweep_result"]["table"]
     assert set(table["model"]) == {"baseline", "protopnet"} and len(table) == 2 * 4
     assert "share of cells above the masking threshold (median)" in at.multiselect(key="sweep_metrics").options  # beside SNR
@@ -239,18 +245,27 @@ def test_sweep_page_split_subset_and_bad_grid(data_dir, tmp_path):
     assert at.session_state["sweep_result"]["source"] == "saved.csv"
 
 
-def test_embeddings_page_map_attack_and_selection(data_dir, tmp_path, monkeypatch):
+
+def run_embedding_map(monkeypatch, tmp_path, *, max_clips: int, model_name: str | None = None):
+    """Run the Embeddings page's map with a 2-step attack on ``max_clips`` clips; returns the app and its result."""
     monkeypatch.setenv("BIRDSHIELD_CACHE_DIR", str(tmp_path / "cache"))
-    at = AppTest.from_file(str(ROOT / "pages" / "4_Embeddings.py"), default_timeout=300).run()
+    at = AppTest.from_file(str(ROOT / "pages" / "4_Embeddings.py"), default_timeout=300)
+    if model_name:
+        at.session_state["model_name"] = model_name
+    at.run()
     no_exception(at)
-    at.number_input(key="emb_max_clips").set_value(16)
+    at.number_input(key="emb_max_clips").set_value(max_clips)
     at.checkbox(key="emb_with_attack").check()
     at.number_input(key="emb_steps").set_value(2)
     at.button[0].click().run()
     finish_job(at, "embeddings")
     no_exception(at)
     assert not at.error, [e.value for e in at.error]
-    res = at.session_state["emb_result"]
+    return at, at.session_state["emb_result"]
+
+
+def test_embeddings_page_map_attack_and_selection(data_dir, tmp_path, monkeypatch):
+    at, res = run_embedding_map(monkeypatch, tmp_path, max_clips=16)
     assert res["coords"].shape == (16, 2) and res["adv_coords"].shape == (16, 2)
     at_clip, sim = res["anchors"]  # each prototype of the default model marked at the clip of the map it fires most on
     n_protos = read_model_card(at.session_state["model_name"])["config"]
@@ -393,15 +408,22 @@ def test_paper_check_page_shows_every_claim_with_a_verdict(empty_user_cache):
     assert len(at.dataframe[0].value) == 7
 
 
-def test_clip_page_with_the_prototype_head_on_birdnet(data_dir):
-    """AudioProtoPNet on BirdNET's backbone: prototypes drawn, each with its audit, the licence in the sidebar."""
+
+def clip_page_on_great_tit(model_name: str):
+    """The Clip page with ``model_name`` on a Great Tit clip, run without exception or error."""
     at = AppTest.from_file(str(ROOT / "pages" / "1_Clip.py"), default_timeout=TIMEOUT)
-    at.session_state["model_name"] = "birdnet_protopnet"
+    at.session_state["model_name"] = model_name
     at.run()
     no_exception(at)
     at.multiselect(key="clip_species").set_value(["parmaj"]).run()
     no_exception(at)
     assert not at.error
+    return at
+
+
+def test_clip_page_with_the_prototype_head_on_birdnet(data_dir):
+    """AudioProtoPNet on BirdNET's backbone: prototypes drawn, each with its audit, the licence in the sidebar."""
+    at = clip_page_on_great_tit("birdnet_protopnet")
     assert any("CC BY-NC-SA 4.0" in c.value and "BLOCK_3-5_ADD" in c.value for c in at.sidebar.caption)
     assert any(s.value == "What BirdNET sees" for s in at.subheader)
     assert any("score" in s.value for s in at.subheader)  # prototype explanations for the top classes
@@ -412,13 +434,7 @@ def test_clip_page_with_the_prototype_head_on_birdnet(data_dir):
 
 def test_clip_and_attack_pages_with_birdnet(data_dir):
     """BirdNET (3 s at 48 kHz) on the Clip and Attack pages, with its licence shown."""
-    at = AppTest.from_file(str(ROOT / "pages" / "1_Clip.py"), default_timeout=TIMEOUT)
-    at.session_state["model_name"] = "birdnet"
-    at.run()
-    no_exception(at)
-    at.multiselect(key="clip_species").set_value(["parmaj"]).run()
-    no_exception(at)
-    assert not at.error
+    at = clip_page_on_great_tit("birdnet")
     assert any("CC BY-NC-SA 4.0" in c.value for c in at.sidebar.caption)
     assert any("black-box" in i.value for i in at.info)  # no prototypes: said, not crashed
     assert any(s.value == "What BirdNET sees" for s in at.subheader)  # its own two-channel input, drawn
@@ -449,13 +465,7 @@ def test_sweep_page_birdnet_beside_a_32k_model():
     """BirdNET (3 s at 48 kHz) and AudioProtoPNet (5 s at 32 kHz) in one sweep of the same uploaded clip, each on its own window."""
     at = AppTest.from_file(str(ROOT / "pages" / "3_Sweep.py"), default_timeout=TIMEOUT).run()
     at.multiselect(key="sweep_models").set_value(["birdnet", "protopnet"]).run()
-    _upload_tone(at, "sweep")
-    at.number_input(key="sweep_steps").set_value(2).run()
-    at.text_input(key="sweep_grid_eps").set_value("0, 1e-2").run()
-    at.button(key="sweep_run").click().run()
-    finish_job(at, "sweep")
-    no_exception(at)
-    assert not at.error, [e.value for e in at.error]
+    sweep_uploaded_tone(at, "0, 1e-2")
     res = at.session_state["sweep_result"]
     assert set(res["table"]["model"]) == {"birdnet", "protopnet"} and len(res["table"]) == 2 * 3  # clean row + 2 budgets each
     assert res["inputs"]["birdnet"]["x"].shape == (1, 144_000) and res["inputs"]["protopnet"]["x"].shape == (1, 160_000)
@@ -488,19 +498,7 @@ def test_transfer_page(data_dir):
 
 def test_embeddings_page_with_birdnet(data_dir, tmp_path, monkeypatch):
     """BirdNET's 1,024-d embedding on the map, clean and attacked (its own 3 s / 48 kHz windows)."""
-    monkeypatch.setenv("BIRDSHIELD_CACHE_DIR", str(tmp_path / "cache"))
-    at = AppTest.from_file(str(ROOT / "pages" / "4_Embeddings.py"), default_timeout=300)
-    at.session_state["model_name"] = "birdnet"
-    at.run()
-    no_exception(at)
-    at.number_input(key="emb_max_clips").set_value(12)
-    at.checkbox(key="emb_with_attack").check()
-    at.number_input(key="emb_steps").set_value(2)
-    at.button[0].click().run()
-    finish_job(at, "embeddings")
-    no_exception(at)
-    assert not at.error, [e.value for e in at.error]
-    res = at.session_state["emb_result"]
+    at, res = run_embedding_map(monkeypatch, tmp_path, max_clips=12, model_name="birdnet")
     assert res["coords"].shape == (12, 2) and res["adv_coords"].shape == (12, 2)
     assert res["clips"].waveforms.shape[1] == 144_000
     assert res.get("anchors") is None

@@ -30,7 +30,7 @@ import soundfile as sf
 import soxr
 import torch
 
-from core.errors import AudioLoadError, ParameterError
+from core.errors import AudioLoadError, ParameterError, check_int
 from core.io.audio import load_audio
 
 __all__ = [
@@ -374,8 +374,7 @@ def analyze_file(model, path: str | os.PathLike, *, model_name: str = "", thresh
 
     from core.training.calibration import card_thresholds
 
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ParameterError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    check_int("batch_size", batch_size, 1)
     if threshold is None and model_name:
         found = card_thresholds([model_name])
         if model_name in found:

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from core.errors import ParameterError
+from core.errors import ParameterError, check_int
 from core.field.analyze import species_names
 
 
@@ -59,8 +59,7 @@ def no_bird_check(models: dict, *, dataset=None, splits=("val", "test"), n_windo
     from core.training.calibration import card_thresholds
     from core.training.noisebank import birdfree_bank
 
-    if isinstance(n_windows, bool) or not isinstance(n_windows, int) or n_windows < 1:
-        raise ParameterError(f"n_windows must be an integer >= 1, got {n_windows!r}")
+    check_int("n_windows", n_windows, 1)
     thresholds = card_thresholds(list(models))
     rows = []
     for name, model in models.items():

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from core.errors import ParameterError
+from core.errors import ParameterError, check_int, check_split
 from core.io.device import rows_per_pass
 
 __all__ = [
@@ -141,10 +141,8 @@ class CompareSettings:
     lam: float = 0.6
 
     def __post_init__(self) -> None:
-        if self.split not in ("train", "val", "test"):
-            raise ParameterError(f"split must be train, val or test, got {self.split!r}")
-        if isinstance(self.max_clips, bool) or not isinstance(self.max_clips, int) or self.max_clips < 2:
-            raise ParameterError(f"max_clips must be an integer >= 2, got {self.max_clips!r}")
+        check_split(self.split)
+        check_int("max_clips", self.max_clips, 2)
         if self.shift_max_clips is not None and (not isinstance(self.shift_max_clips, int) or self.shift_max_clips < 2):
             raise ParameterError(f"shift_max_clips must be None or an integer >= 2, got {self.shift_max_clips!r}")
         for name in ("epsilons", "target_epsilons"):
@@ -334,8 +332,7 @@ def run_compare(
         if list(c.class_names) != list(first.class_names):
             raise ParameterError(f"model {name!r} differs from the others in its classes")
         groups.setdefault((c.frontend.sample_rate, c.window_samples), {})[name] = m
-    if isinstance(clips_per_batch, bool) or not isinstance(clips_per_batch, int) or clips_per_batch < 1:
-        raise ParameterError(f"clips_per_batch must be an integer >= 1, got {clips_per_batch!r}")
+    check_int("clips_per_batch", clips_per_batch, 1)
     t0 = time.time()
     # Models that share a sample rate and window see the very same clips; a model with other windows (BirdNET:
     # 3 s at 48 kHz) gets the same recordings of the split cut into its own windows, and its own noise bank.

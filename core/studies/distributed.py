@@ -30,7 +30,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from core.errors import CoreError, ParameterError
+from core.errors import CoreError, ParameterError, check_int
 from core.io.fileio import atomic_write_text
 
 __all__ = ["SweepOptions", "sweep_groups", "run_shard", "shard_batches", "sweep_single_process", "sweep_sharded", "canonical_order"]
@@ -304,8 +304,7 @@ def sweep_sharded(opts: SweepOptions, out: str | os.PathLike, *, n_shards: int, 
     out = Path(out)
     if out.suffix not in (".csv", ".parquet"):
         raise ParameterError(f"sweep table must end in .csv or .parquet, got {out.name!r}")
-    if isinstance(n_shards, bool) or not isinstance(n_shards, int) or n_shards < 1:
-        raise ParameterError(f"--shards must be an integer >= 1, got {n_shards!r}")
+    check_int("--shards", n_shards, 1)
     groups = sweep_groups(opts)  # validates the options and fixes each group's clips before any worker starts
     started = False
     if not ray.is_initialized():

@@ -56,7 +56,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from core.errors import CoreError, ParameterError
+from core.errors import CoreError, ParameterError, check_int
 from core.studies.paper_stats import bootstrap_p, direction_of, fast_cmap, holm, multiplicity_note, recording_of, size_note, verdict_text
 
 __all__ = [
@@ -364,8 +364,7 @@ def paper_check(result, *, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     ParameterError
         ``n_boot < 100``; a robustness table whose ``attack`` column has neither PGD nor worst-case rows.
     """
-    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 100:
-        raise ParameterError(f"n_boot must be an integer >= 100, got {n_boot!r}")
+    check_int("n_boot", n_boot, 100)
     from core.studies.compare import ZOO
 
     zoo = [n for n in result.models if n in ZOO]

@@ -174,24 +174,27 @@ def claims_markdown(claims: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def _metric_rows(study: pd.DataFrame, lead) -> list[str]:
+    """Rows ``| <lead columns> | val cmAP | val top-1 | test cmAP | test top-1 |`` of a head study."""
+    return [f"| {lead(r)} | {_f(r.val_window_cmap)} | {_f(r.val_recording_top1)} | {_f(r.test_window_cmap)} | {_f(r.test_recording_top1)} |"
+            for r in study.itertuples()]
+
+
+_SPLIT_METRICS = "val cmAP (window) | val top-1 (recording) | test cmAP (window) | test top-1 (recording)"
+
+
 def layer_study_markdown(study: pd.DataFrame) -> str:
-    """The layer study (:func:`core.training.heads.layer_study`) as a Markdown table: map, cell size, val and test metrics."""
-    lines = ["| BirdNET layer | head | map (freq x time) | cell (s) | val cmAP (window) | val top-1 (recording) | "
-             "test cmAP (window) | test top-1 (recording) |", "|---|---|---|---|---|---|---|---|"]
-    for r in study.itertuples():
-        lines.append(f"| {r.layer} | {r.head} | {r.map} | {r.cell_s:.3f} | {_f(r.val_window_cmap)} | {_f(r.val_recording_top1)} | "
-                     f"{_f(r.test_window_cmap)} | {_f(r.test_recording_top1)} |")
-    return "\n".join(lines)
+    """The layer study (:func:`core.studies.heads.layer_study`) as a Markdown table: map, cell size, val and test metrics."""
+    rows = _metric_rows(study, lambda r: f"{r.layer} | {r.head} | {r.map} | {r.cell_s:.3f}")
+    return "\n".join([f"| BirdNET layer | head | map (freq x time) | cell (s) | {_SPLIT_METRICS} |", "|---|---|---|---|---|---|---|---|", *rows])
 
 
 def finetune_markdown(study: pd.DataFrame) -> str:
-    """Frozen vs partly fine-tuned backbone (:func:`core.training.heads.finetune_study`) as a Markdown table."""
-    lines = ["| head | backbone | trained parameters of the backbone | val cmAP (window) | val top-1 (recording) | "
-             "test cmAP (window) | test top-1 (recording) | train min |", "|---|---|---:|---|---|---|---|---:|"]
-    for r in study.itertuples():
-        lines.append(f"| {r.head} | {r.backbone} | {int(r.stage_parameters):,} | {_f(r.val_window_cmap)} | {_f(r.val_recording_top1)} | "
-                     f"{_f(r.test_window_cmap)} | {_f(r.test_recording_top1)} | {r.train_seconds / 60:.1f} |")
-    return "\n".join(lines)
+    """Frozen vs partly fine-tuned backbone (:func:`core.studies.heads.finetune_study`) as a Markdown table."""
+    rows = [row + f" {r.train_seconds / 60:.1f} |" for row, r in
+            zip(_metric_rows(study, lambda r: f"{r.head} | {r.backbone} | {int(r.stage_parameters):,}"), study.itertuples())]
+    return "\n".join([f"| head | backbone | trained parameters of the backbone | {_SPLIT_METRICS} | train min |",
+                      "|---|---|---:|---|---|---|---|---:|", *rows])
 
 
 def audit_markdown(audit: pd.DataFrame) -> str:

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-from core.errors import ParameterError
+from core.errors import ParameterError, check_int, check_split
 from core.io.audio import resample
 
 __all__ = ["TransferSettings", "transfer_table", "transfer_segment", "transfer_summary", "transfer_markdown", "dataset_segments"]
@@ -60,16 +60,13 @@ class TransferSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.split not in ("train", "val", "test"):
-            raise ParameterError(f"split must be train, val or test, got {self.split!r}")
-        if isinstance(self.max_segments, bool) or not isinstance(self.max_segments, int) or self.max_segments < 1:
-            raise ParameterError(f"max_segments must be an integer >= 1, got {self.max_segments!r}")
+        check_split(self.split)
+        check_int("max_segments", self.max_segments, 1)
         if not 0 < self.segment_seconds <= 120:
             raise ParameterError(f"segment_seconds must be in (0, 120], got {self.segment_seconds}")
         if not 0 < self.eps <= 1:
             raise ParameterError(f"eps must be in (0, 1], got {self.eps}")
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise ParameterError(f"steps must be an integer >= 1, got {self.steps!r}")
+        check_int("steps", self.steps, 1)
         if self.objective not in ("output-margin", "output-untargeted"):
             raise ParameterError(f"objective must be 'output-margin' or 'output-untargeted', got {self.objective!r}")
 

@@ -30,7 +30,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from core.errors import ParameterError
+from core.errors import ParameterError, check_int
 
 __all__ = ["NOISE_DIR", "NON_SPECIES", "bank_path", "vet_noise_windows", "read_bank_table", "birdfree_bank", "NoiseBank"]
 
@@ -106,8 +106,7 @@ def vet_noise_windows(dataset, *, candidates: int = 4, threshold: float = 0.1, d
 
     from core.models.birdnet import BIRDNET_SAMPLE_RATE, birdnet_labels, load_birdnet
 
-    if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
-        raise ParameterError(f"candidates must be an integer >= 1, got {candidates!r}")
+    check_int("candidates", candidates, 1)
     if not 0 < threshold < 1:
         raise ParameterError(f"threshold must be in (0, 1), got {threshold}")
     model = detector or load_birdnet("all")
