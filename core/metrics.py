@@ -123,15 +123,9 @@ def l2(clean, perturbed) -> torch.Tensor:
 def db_x(clean, perturbed) -> torch.Tensor:
     """Relative loudness of the perturbation's peak [dB] (Carlini & Wagner 2018, audio).
 
-    ``dB_x(delta) = 20 log10(max|delta|) - 20 log10(max|x|)``; -inf for an unchanged clip.
-
-    Parameters
-    ----------
-    clean, perturbed : array or tensor [shape=(batch, n_samples) or (n_samples,)]
-
-    Returns
-    -------
-    torch.Tensor [shape=(batch,) or ()]
+    ``dB_x(delta) = 20 log10(max|delta|) - 20 log10(max|x|)`` for ``clean`` x and ``perturbed`` x + delta, arrays or
+    tensors of shape (batch, n_samples) or (n_samples,); returns a float tensor of shape (batch,) or (), -inf for an
+    unchanged clip.
     """
     x, xp = _as_tensor(clean).double(), _as_tensor(perturbed).double()
     if x.shape != xp.shape:

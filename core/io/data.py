@@ -147,11 +147,12 @@ def _split_labels(text: str | None) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class Recording:
-    """One row of a manifest.
+    """One row of a manifest: a recording, its labels, its recordist and its split.
 
     Attributes
     ----------
     recording_id : str
+        The xeno-canto id, e.g. ``"XC123456"``.
     path : Path
         Absolute path of the audio file.
     labels : tuple of str
@@ -396,7 +397,7 @@ def download_dataset(
     Returns
     -------
     Path
-        ``dest``.
+        The dataset directory ``dest``, with the audio files, ``manifest.csv`` and ``species.csv``.
 
     Raises
     ------
