@@ -136,9 +136,10 @@ class CompareSettings:
     strong_steps: int = 20
     restarts: int = 2
     seed: int = 0
-    snr_db: float = 10.0
-    gain_db: float = -20.0
-    lam: float = 0.6
+    # shift settings of core.studies.shift.shift_clips
+    snr_db: float = 10.0  # site-noise SNR [dB]
+    gain_db: float = -20.0  # [dB]
+    lam: float = 0.6  # mixup weight of the clip itself
 
     def __post_init__(self) -> None:
         check_split(self.split)
