@@ -189,7 +189,8 @@ class Attack:
         """
         x, labels, mask = self.check_inputs(waveform, labels, mask)
         with self.eval_mode(model):
-            state = self.objective.attack_state(model, x, labels)
+            # restarts compare their results with objective.evaluate, which needs the full clean state
+            state = self.objective.attack_state(model, x, labels) if self.restarts == 1 else self.objective.prepare(model, x, labels)
             eps = self.budget(x, mask)
             return self.perturb(model, x, eps, state, mask, self.start_noise(x))
 
