@@ -1,0 +1,195 @@
+"""Argument helpers of the subcommands: every option that more than one subcommand takes is written here once.
+
+The ``add_*`` functions add one option (or one fixed group of options) to a subcommand's parser; the other
+functions read an option's value and raise :class:`core.errors.ParameterError` with a message that names the
+option and the value.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
+
+from core.errors import ParameterError
+
+SPLITS = ["train", "val", "test"]
+HELD_OUT = ["val", "test"]  # the splits a study may report on
+
+
+class Subcommand(NamedTuple):
+    """One subcommand: its one-line ``help``, the function that adds its ``options`` to its parser, its ``handler``.
+
+    With ``dataset`` (default) it also takes ``--data-dir``, its last option.
+    """
+
+    help: str
+    options: Callable[[argparse.ArgumentParser], None] | None
+    handler: Callable[[argparse.Namespace], int]
+    dataset: bool = True
+
+
+class _ShippedModels:
+    """The model names ``--model`` accepts, listed only when a help text is printed (the listing imports torch).
+
+    With ``arch``, only the checkpoints whose model card names that architecture (e.g. ``birdnet-protopnet``).
+    """
+
+    def __init__(self, arch: str | None = None):
+        self.arch = arch
+
+    def __str__(self) -> str:
+        from core.models.registry import BUILTIN_MODELS, list_checkpoints, read_model_card
+
+        found = list_checkpoints()
+        if self.arch is not None:
+            found = [n for n in found if n not in BUILTIN_MODELS and read_model_card(n).get("config", {}).get("arch") == self.arch]
+        return ", ".join(found) or "none"
+
+
+def add_data_dir(p: argparse.ArgumentParser) -> None:
+    """``--data-dir``: the dataset directory."""
+    p.add_argument("--data-dir", default=None, help="dataset directory with manifest.csv (default: $BIRDSHIELD_DATA_DIR, then ../shared/data/xc9)")
+
+
+def add_model(p: argparse.ArgumentParser, default: str | None = None, *, what: str = "checkpoint name or .safetensors path",
+              arch: str | None = None, **kwargs) -> None:
+    """``--model``: one checkpoint (``nargs="+"``: several); its help names the valid models and the default.
+
+    Parameters
+    ----------
+    p : argparse.ArgumentParser
+    default : str, optional
+        The model used without ``--model``; None with ``required=True``.
+    what : str
+        What the subcommand needs, the first words of the help.
+    arch : str, optional
+        List only the shipped checkpoints of this architecture (e.g. ``"birdnet-protopnet"``).
+    **kwargs
+        Passed to ``add_argument`` (``nargs``, ``required``).
+    """
+    tail = "" if default is None else " (default: %(default)s)"
+    action = p.add_argument("--model", default=default, help=f"{what}; shipped: %(models)s{tail}", **kwargs)
+    action.models = _ShippedModels(arch)  # %(models)s: read when the help is formatted
+
+
+def add_models(p: argparse.ArgumentParser, default: str | None, help: str | None = None) -> None:
+    """``--models``: comma-separated checkpoint names (read with :func:`core.cli.common.load_models`)."""
+    p.add_argument("--models", default=default, help=help)
+
+
+def add_split(p: argparse.ArgumentParser, choices: list[str] = SPLITS) -> None:
+    """``--split``, default ``test``."""
+    p.add_argument("--split", default="test", choices=choices)
+
+
+def add_seed(p: argparse.ArgumentParser) -> None:
+    """``--seed``, default 0."""
+    p.add_argument("--seed", type=int, default=0)
+
+
+def add_json(p: argparse.ArgumentParser) -> None:
+    """``--json``: print JSON instead of text."""
+    p.add_argument("--json", action="store_true")
+
+
+def add_int(p: argparse.ArgumentParser, flag: str, default: int | None = None, help: str | None = None, **kwargs) -> None:
+    """An integer option (``--steps``, ``--max-clips``, ``--epochs``, ...)."""
+    p.add_argument(flag, type=int, default=default, help=help, **kwargs)
+
+
+def add_float(p: argparse.ArgumentParser, flag: str, default: float | None = None, help: str | None = None, **kwargs) -> None:
+    """A float option (``--eps`` [full-scale amplitude], ``--lr``, ``--snr`` [dB], ...)."""
+    p.add_argument(flag, type=float, default=default, help=help, **kwargs)
+
+
+def add_steps(p: argparse.ArgumentParser, default: int = 10, help: str | None = None) -> None:
+    """``--steps``: attack iterations."""
+    add_int(p, "--steps", default, help)
+
+
+def add_max_clips(p: argparse.ArgumentParser, default: int | None = None, help: str | None = None) -> None:
+    """``--max-clips``: at most N windows, spread over the split."""
+    add_int(p, "--max-clips", default, help)
+
+
+def add_eps(p: argparse.ArgumentParser, default: float | None = None, help: str | None = None, **kwargs) -> None:
+    """``--eps``: an L-inf budget in full-scale amplitude."""
+    add_float(p, "--eps", default, help, **kwargs)
+
+
+def add_out(p: argparse.ArgumentParser, default: str | None = None, help: str | None = None) -> None:
+    """``--out``: the file (or directory) a subcommand writes."""
+    p.add_argument("--out", default=default, help=help)
+
+
+def add_out_dir(p: argparse.ArgumentParser, help: str = "default checkpoints/") -> None:
+    """``--out-dir``: where a new checkpoint is written."""
+    p.add_argument("--out-dir", help=help)
+
+
+def add_lr_stage(p: argparse.ArgumentParser, which: str) -> None:
+    """``--lr-stage``: Adam learning rate of BirdNET's ``which`` layers."""
+    add_float(p, "--lr-stage", 1e-4, f"Adam learning rate of the {which} layers (default 1e-4)")
+
+
+def add_eps_grid(p: argparse.ArgumentParser, flag: str = "--epsilons", default: str | None = None,
+                 help: str = "comma-separated eps grid in full-scale amplitude, e.g. 0,1e-5,1e-4,1e-3") -> None:
+    """A comma-separated grid of budgets (``--epsilons``, ``--target-epsilons``, ``--snr``)."""
+    p.add_argument(flag, default=default, help=help)
+
+
+def names(text: str) -> list[str]:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]`` (model lists, layer lists, formats)."""
+    return [m.strip() for m in text.split(",") if m.strip()]
+
+
+def floats(text: str, option: str) -> list[float]:
+    """Comma-separated numbers of ``option``.
+
+    Raises
+    ------
+    ParameterError
+        A value that is not a number.
+    """
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ParameterError(f"{option} must be comma-separated numbers, e.g. 0,1e-4,1e-3; got {text!r}") from None
+
+
+def out_path(path: str | None, suffixes: tuple[str, ...] = (".csv",)) -> Path | None:
+    """``--out`` of a command that writes one table or JSON file; None stays None.
+
+    Raises
+    ------
+    ParameterError
+        ``path`` ends in none of ``suffixes``.
+    """
+    if not path:
+        return None
+    out = Path(path)
+    if out.suffix not in suffixes:
+        raise ParameterError(f"--out must end in {' or '.join(suffixes)}, got {out}")
+    return out
+
+
+def through(text: str | None) -> dict:
+    """``--through mp3-128,playback-1m`` -> the transformations (:func:`core.attacks.threats.threat_choices`).
+
+    Raises
+    ------
+    ParameterError
+        An unknown transformation name.
+    """
+    if not text:
+        return {}
+    from core.attacks.threats import threat_choices
+
+    choices = threat_choices()
+    chosen = names(text)
+    unknown = [t for t in chosen if t not in choices]
+    if unknown:
+        raise ParameterError(f"--through: unknown transformation(s) {unknown}; choose from {', '.join(choices)}")
+    return {t: choices[t][1] for t in chosen}

@@ -1,0 +1,311 @@
+"""Subcommands that train or measure models: train, reference, calibrate, train-head, finetune-head, head-study, evaluate."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from core.cli.args import (
+    SPLITS,
+    Subcommand,
+    add_float,
+    add_int,
+    add_json,
+    add_lr_stage,
+    add_model,
+    add_out,
+    add_out_dir,
+    add_seed,
+    add_split,
+    names,
+    out_path,
+)
+from core.cli.common import save_trained, saved_line
+from core.errors import ParameterError
+
+log = logging.getLogger("core")
+
+# TrainConfig fields that a `train` option overrides when given
+TRAIN_OVERRIDES = ("epochs", "warm_epochs", "last_layer_epochs", "batch_size", "lr", "loss", "adv", "adv_eps", "adv_snr_db", "adv_steps",
+                   "adv_random_start", "adv_alpha_ratio", "adv_beta", "awp_gamma", "awp_warmup")
+
+
+def train_args(p) -> None:
+    p.add_argument("--config", required=True, help="named config: baseline-small, protopnet-small, baseline-paper, protopnet-paper")
+    p.add_argument("--name", help="checkpoint name (default: the config name)")
+    p.add_argument("--init-backbone", help="checkpoint whose backbone initialises this model (AudioProtoPNet)")
+    p.add_argument("--init", help="checkpoint of the same config whose weights initialise the whole model (fine-tuning, e.g. adversarial)")
+    for flag in ("--epochs", "--warm-epochs", "--last-layer-epochs", "--batch-size"):
+        add_int(p, flag)
+    add_float(p, "--lr")
+    p.add_argument("--loss", choices=["asl", "bce"], help="default: asl for protopnet, bce for baseline")
+    p.add_argument("--adv", choices=["none", "at-o", "at-e"], help="adversarial training: output space (at-o) or embedding space (at-e)")
+    add_float(p, "--adv-eps", help="L-inf budget of the training perturbations, full-scale amplitude (default 1e-4)")
+    add_float(p, "--adv-snr", dest="adv_snr_db", help="budget as a target SNR in dB per clip instead of --adv-eps")
+    add_int(p, "--adv-steps", help="1 = FGSM-RS (default; FGSM with --adv-no-random-start); more = PGD steps")
+    p.add_argument("--adv-no-random-start", dest="adv_random_start", action="store_false", default=None,
+                   help="start from the clean waveform (plain FGSM; known to overfit catastrophically, Wong et al. 2020)")
+    add_float(p, "--adv-alpha-ratio", help="step size / eps (default 1.25 for FGSM-RS, 2.5/steps for PGD)")
+    add_float(p, "--adv-beta", help="weight of the TRADES-style adversarial term (default 1)")
+    add_float(p, "--awp-gamma", help="adversarial weight perturbation, relative size (e.g. 0.005; default 0 = off)")
+    add_int(p, "--awp-warmup", help="epochs of each phase before AWP starts (default 1)")
+    add_seed(p)
+    add_int(p, "--max-recordings", help="use only N recordings per class and split (smoke test)")
+    add_out_dir(p, "directory for the checkpoint (default: checkpoints/)")
+
+
+def _init_weights(model, config, args) -> None:
+    """``--init-backbone`` / ``--init``: weights of an earlier checkpoint into ``model``."""
+    from core.models.registry import load_checkpoint
+
+    if args.init_backbone:
+        donor = load_checkpoint(args.init_backbone, device="cpu")
+        if donor.config.backbone != config.backbone or donor.config.frontend != config.frontend:
+            raise ParameterError(f"--init-backbone {args.init_backbone}: its backbone/front end differ from {args.config}")
+        model.copy_backbone_from(donor)
+        log.info("backbone initialised from %s", args.init_backbone)
+    if args.init:
+        donor = load_checkpoint(args.init, device="cpu")
+        if donor.config != config:
+            raise ParameterError(f"--init {args.init}: its config differs from {args.config} (classes, front end or architecture)")
+        model.load_state_dict(donor.state_dict())
+        log.info("all weights initialised from %s (fine-tuning)", args.init)
+
+
+def cmd_train(args) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from core.io.data import open_dataset
+    from core.models.registry import CHECKPOINT_DIR, NAMED_CONFIGS, ModelConfig, build_model, save_checkpoint
+    from core.training.train import TrainConfig, train_model
+
+    if args.config not in NAMED_CONFIGS:
+        raise ParameterError(f"--config must be one of {sorted(NAMED_CONFIGS)}, got {args.config!r}")
+    dataset = open_dataset(args.data_dir)
+    out_dir = Path(args.out_dir or CHECKPOINT_DIR)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = args.name or args.config
+    handler = logging.FileHandler(out_dir / f"{name}.log", mode="w")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.getLogger().addHandler(handler)
+    logging.getLogger().setLevel(logging.INFO)
+    torch.manual_seed(args.seed)
+    config = ModelConfig(class_names=tuple(dataset.class_names), **NAMED_CONFIGS[args.config])
+    # AudioProtoPNet uses the asymmetric loss of the paper; the baseline trains far faster with BCE here
+    cfg = TrainConfig(seed=args.seed, loss="asl" if config.arch == "protopnet" else "bce")
+    cfg = replace(cfg, **{k: getattr(args, k) for k in TRAIN_OVERRIDES if getattr(args, k) is not None})
+    model = build_model(config)
+    _init_weights(model, config, args)
+    bar = tqdm(total=0, unit="step", dynamic_ncols=True, disable=None)
+
+    def progress(phase, epoch, epochs, step, steps, loss):
+        if bar.total != steps:
+            bar.reset(total=steps)
+        bar.set_description(f"{phase} {epoch + 1}/{epochs}")
+        bar.set_postfix(loss=f"{loss:.4f}")
+        bar.n = step
+        bar.refresh()
+
+    log.info("training %s (%s) on %s: %s", name, args.config, dataset.root, cfg)
+    card = train_model(model, dataset, cfg, progress=progress, max_train_recordings=args.max_recordings)
+    bar.close()
+    card = {"name": name, "config_name": args.config, "command": args.command_line, "init_backbone": args.init_backbone,
+            "init": args.init, "created": time.strftime("%Y-%m-%d"), **card}
+    ref_path = out_dir / "reference_logreg.json"
+    if ref_path.is_file():
+        card["reference"] = json.loads(ref_path.read_text())
+    path = save_checkpoint(model, out_dir / f"{name}.safetensors", card)
+    t = card["metrics"]["test"]
+    print(f"saved {path}; test cmAP window {t['window']['cmap']:.3f} recording {t['recording']['cmap']:.3f}; "
+          f"{card['train_seconds'] / 60:.1f} min")
+    return 0
+
+
+def reference_args(p) -> None:
+    add_out(p)
+
+
+def cmd_reference(args) -> int:
+    from core.io.data import open_dataset
+    from core.models.registry import CHECKPOINT_DIR
+    from core.studies.reference import reference_logreg
+
+    result = reference_logreg(open_dataset(args.data_dir))
+    out = Path(args.out or CHECKPOINT_DIR / "reference_logreg.json")
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    t = result["metrics"]["test"]
+    print(f"reference test cmAP window {t['window']['cmap']:.3f} recording {t['recording']['cmap']:.3f} -> {out}")
+    return 0
+
+
+def calibrate_args(p) -> None:
+    add_model(p, what="checkpoint names or paths (not BirdNET: its card is built in)", nargs="+", required=True)
+
+
+def cmd_calibrate(args) -> int:
+    from core.io.data import open_dataset
+    from core.io.fileio import atomic_write_text
+    from core.models.registry import BUILTIN_MODELS, load_checkpoint, update_model_card
+    from core.training.calibration import builtin_threshold_path, calibrate_model
+
+    ds = open_dataset(args.data_dir)
+    for name in args.model:
+        entry = calibrate_model(load_checkpoint(name), ds)
+        if name in BUILTIN_MODELS:  # no card of ours: stored beside its measured metrics
+            atomic_write_text(builtin_threshold_path(name), json.dumps(entry, indent=2) + "\n")
+        else:
+            update_model_card(name, decision_threshold=entry)
+        print(f"{name}: threshold {entry['value']:.3f} on {entry['n_windows']} validation windows "
+              f"(micro-F1 {entry['micro_f1']:.3f}, at 0.5 {entry['micro_f1_at_0.5']:.3f}; "
+              f"{entry['mean_predicted']:.2f} species predicted per window)")
+    return 0
+
+
+def train_head_args(p) -> None:
+    p.add_argument("--name", required=True)
+    p.add_argument("--layer", default="ACT_POST")
+    p.add_argument("--head", default="prototype", choices=["prototype", "linear"])
+    add_int(p, "--prototypes-per-class", 10)
+    add_int(p, "--epochs", 60)
+    add_float(p, "--lr", 5e-2, "Adam lr of the prototypes (linear head: of its weights)")
+    p.add_argument("--loss", default="asl", choices=["asl", "bce"])
+    add_seed(p)
+    p.add_argument("--tuned-from", metavar="LAYER",
+                   help="fine-tune BirdNET's layers from LAYER's output up to --layer with the head (e.g. BLOCK_3-4_ADD); "
+                        "default: BirdNET frozen")
+    add_lr_stage(p, "tuned")
+    add_int(p, "--no-bird", 0, metavar="N",
+            help="add N synthetic no-bird windows (noise, tones) and the train split's bird-free site noise as "
+                 "negatives (all-zero targets); default 0")
+    add_out_dir(p)
+
+
+def cmd_train_head(args) -> int:
+    from core.io.data import open_dataset
+    from core.models.birdnet import birdnet_files
+    from core.models.birdnet_heads import HeadConfig, layer_tensor
+    from core.models.tflite_graph import TFLiteFile
+    from core.training.heads import train_birdnet_head
+
+    cfg = HeadConfig(kind=args.head, prototypes_per_class=args.prototypes_per_class, epochs=args.epochs, lr=args.lr,
+                     loss=args.loss, seed=args.seed)
+    graph = TFLiteFile(birdnet_files()["model"])
+    for layer in [args.layer] + ([args.tuned_from] if args.tuned_from else []):  # an unknown layer fails before any decoding
+        layer_tensor(graph, layer)
+    if args.no_bird < 0:
+        raise ParameterError(f"--no-bird must be >= 0, got {args.no_bird}")
+    model, card = train_birdnet_head(open_dataset(args.data_dir), args.layer, cfg, tuned_from=args.tuned_from,
+                                     lr_stage=args.lr_stage, no_bird=args.no_bird)
+    print(saved_line(save_trained(args, model, card), card, recording_cmap=True))
+    return 0
+
+
+def finetune_head_args(p) -> None:
+    p.add_argument("--init", required=True, help="a head model with tuned BirdNET layers, e.g. birdnet_protopnet")
+    p.add_argument("--name", required=True)
+    p.add_argument("--adv", required=True, choices=["at-o", "at-e", "none"],
+                   help="output space (at-o), embedding space (at-e), or none: the same epochs on clean windows (control)")
+    add_int(p, "--epochs", 4)
+    add_float(p, "--adv-eps", 1e-4, "L-inf budget of the FGSM-RS training perturbations, full-scale amplitude")
+    add_float(p, "--adv-beta", 1.0, "weight of the TRADES-style adversarial term")
+    add_seed(p)
+    add_out_dir(p)
+
+
+def cmd_finetune_head(args) -> int:
+    from core.io.data import open_dataset
+    from core.models.birdnet_proto import BirdNETHeadModel
+    from core.models.registry import load_checkpoint
+    from core.training.head_finetune import adversarial_finetune_head
+
+    init = load_checkpoint(args.init)
+    if not isinstance(init, BirdNETHeadModel):
+        raise ParameterError(f"--init {args.init}: not a head on BirdNET (train one with train-head --tuned-from)")
+    model, card = adversarial_finetune_head(open_dataset(args.data_dir), init, adv=args.adv, epochs=args.epochs,
+                                            eps=args.adv_eps, beta=args.adv_beta, seed=args.seed)
+    print(saved_line(save_trained(args, model, card), card))
+    return 0
+
+
+def head_study_args(p) -> None:
+    p.add_argument("--layers", default="BLOCK_2-4_ADD,BLOCK_3-5_ADD,ACT_POST,POST_ACT_1")
+    add_out(p, "assets/birdnet_heads/layers.csv")
+    p.add_argument("--finetune-from", metavar="LAYER",
+                   help="instead of the layer study: frozen vs fine-tuned from LAYER up to the one --layers (e.g. BLOCK_3-4_ADD)")
+    add_lr_stage(p, "fine-tuned")
+
+
+def cmd_head_study(args) -> int:
+    import pandas as pd
+
+    from core.io.data import open_dataset
+    from core.io.fileio import atomic_write_text
+    from core.studies.heads import finetune_study, layer_study
+
+    out = out_path(args.out)
+    layers = names(args.layers)
+    if args.finetune_from:
+        if len(layers) != 1:
+            raise ParameterError(f"--finetune-from needs exactly one --layers (the head's layer), got {len(layers)}")
+        if args.lr_stage <= 0:
+            raise ParameterError(f"--lr-stage must be > 0, got {args.lr_stage}")
+        rows = pd.DataFrame(finetune_study(open_dataset(args.data_dir), layer=layers[0], from_layer=args.finetune_from,
+                                           lr_stage=args.lr_stage))
+        cols = ["layer", "head", "backbone"]
+    else:
+        rows = pd.DataFrame(layer_study(open_dataset(args.data_dir), layers))
+        cols = ["layer", "head", "map", "cell_s"]
+    atomic_write_text(out, rows.to_csv(index=False, float_format="%.4g"))
+    cols += ["val_window_cmap", "val_recording_top1", "test_window_cmap", "test_recording_top1"]
+    print(rows[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"written to {out}")
+    return 0
+
+
+def evaluate_args(p) -> None:
+    add_model(p, "protopnet")
+    add_split(p, SPLITS)
+    add_json(p)
+    add_out(p, help="also store the metrics under the split's key in this JSON file (e.g. assets/birdnet/metrics.json)")
+
+
+def cmd_evaluate(args) -> int:
+    from core.io.data import build_windows, open_dataset
+    from core.io.fileio import atomic_write_text
+    from core.models.registry import load_checkpoint
+    from core.training.train import evaluate
+
+    out = out_path(args.out, (".json",))
+    model = load_checkpoint(args.model)
+    ds = open_dataset(args.data_dir)
+    c = model.config
+    w = build_windows(ds, ds.split(args.split), sample_rate=c.frontend.sample_rate, window_s=c.clip_seconds, class_names=c.class_names)
+    m = evaluate(model, w)
+    if out is not None:
+        stored = json.loads(out.read_text()) if out.is_file() else {}
+        stored[args.split] = m
+        stored["command"] = f"python -m core evaluate --model {args.model} --split {args.split} --out {args.out}"
+        atomic_write_text(out, json.dumps(stored, indent=2) + "\n")
+    print(json.dumps(m, indent=2) if args.json else
+          f"{args.model} on {args.split}: cmAP window {m['window']['cmap']:.3f} recording {m['recording']['cmap']:.3f}, "
+          f"ROC-AUC {m['window']['roc_auc']:.3f}, top-1 {m['window']['top1']:.3f}")
+    return 0
+
+
+# the subcommands of this module, by name
+COMMANDS = {
+    "train": Subcommand("train a model and write checkpoints/NAME.safetensors + NAME.json", train_args, cmd_train),
+    "reference": Subcommand("fit the logistic-regression reference and write its metrics", reference_args, cmd_reference),
+    "calibrate": Subcommand("choose each model's decision threshold on the validation split (stored in its card)", calibrate_args, cmd_calibrate),
+    "train-head": Subcommand("train a prototype or linear head on BirdNET's backbone, frozen or partly fine-tuned (cached features)",
+                             train_head_args, cmd_train_head),
+    "finetune-head": Subcommand("fine-tune a BirdNET head model adversarially (AT-O, AT-E) or clean (the OT+FT control)",
+                                finetune_head_args, cmd_finetune_head),
+    "head-study": Subcommand("prototype and linear heads on each candidate BirdNET layer (cached features): val and test metrics",
+                             head_study_args, cmd_head_study),
+    "evaluate": Subcommand("metrics of a checkpoint on a split", evaluate_args, cmd_evaluate),
+}
