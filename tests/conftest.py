@@ -93,7 +93,7 @@ def pytest_runtest_makereport(item, call):
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    """Results tests (shipped checkpoints, README figures) need the dataset; when they skip, say so loudly."""
+    """Results tests (shipped checkpoints, the figures in docs/) need the dataset; when they skip, say so loudly."""
     if _RESULT_SKIPS:
         bar = "!" * 100
         terminalreporter.write_line(bar, red=True, bold=True)

@@ -1,4 +1,4 @@
-"""Tables of the README and model cards built from stored results."""
+"""Tables of docs/ and the model cards built from stored results."""
 
 from core.models.protopnet import prototype_bands
 from core.studies.report import prototype_bands_markdown

@@ -46,7 +46,7 @@ def test_shipped_checkpoint_beats_reference_on_cmap(name):
 
 
 #: Measured on the recordist-disjoint split: these AudioProtoPNets rank windows worse than the reference across
-#: species (window ROC-AUC 0.795 / 0.770 / 0.779 against 0.807). A known, reported shortfall (README), expected to be
+#: species (window ROC-AUC 0.795 / 0.770 / 0.779 against 0.807). A known, reported shortfall (docs/results.md), expected to be
 #: fixed by the pretrained backbone of issue 13; strict, so the marker must go when they pass.
 ROC_AUC_BELOW_REFERENCE = ("protopnet", "protopnet_ato", "protopnet_ate")
 
