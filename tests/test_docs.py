@@ -367,3 +367,28 @@ def test_readme_python_example_uses_the_public_api():
     missing = sorted(n for n in used if not hasattr(core, n))
     assert not missing, f"the README's Python example uses names core does not export: {missing}"
     assert core.DEFAULT_MODEL == "birdnet_protopnet"
+
+
+def test_every_module_and_path_the_documents_name_exists():
+    """After a move (core/ in wings, issue 23) no document may point at the old place of a module, file or name."""
+    import importlib
+
+    text = "\n".join([README, *DOCS.values()])
+    # paths inside the repository, not templates such as audit_<arm>.csv
+    paths = set(re.findall(r"(?<![\w./-])((?:assets|bench|tests|core|pages|ui|\.ci|\.streamlit)/[\w./-]*[\w/])(?![\w./<-])", text))
+    assert len(paths) >= 40
+    missing = sorted(p for p in paths if not (ROOT / p).exists())
+    assert not missing, f"README/docs name paths that do not exist: {missing}"
+    names = set(re.findall(r"\bcore\.[A-Za-z_][\w.]*[A-Za-z_]", text))
+    assert len(names) >= 15
+    for name in sorted(names):
+        parts = name.split(".")
+        for i in range(len(parts), 0, -1):  # the longest importable module, then attributes
+            try:
+                obj = importlib.import_module(".".join(parts[:i]))
+            except ModuleNotFoundError:
+                continue
+            for attr in parts[i:]:
+                assert hasattr(obj, attr), f"README/docs name {name}, but {attr} is not in {obj!r}"
+                obj = getattr(obj, attr)
+            break
