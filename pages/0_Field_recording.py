@@ -126,7 +126,7 @@ results = st.session_state["field_results"]
 ready = [m for m in chosen if (path, m) in results]
 if not ready:
     st.info("Press **Analyse** to score every window. An hour of audio takes about 2 min per small model on this "
-            "2-core CPU (see the README's *Field recordings*).")
+            "2-core CPU (see docs/results.md, *Field recordings and sounds without birds*).")
     st.stop()
 
 tabs = st.tabs([f"{m}" for m in ready])

@@ -73,7 +73,7 @@ budget_kind = st.radio("Budget", ["eps", "masking"], horizontal=True, key="attac
                                     "masking": "under the masking threshold: hidden beneath the sound itself (eps caps the search)"}.get,
                        help="The masking threshold (Qin et al. 2019; MPEG-1 psychoacoustic model 1) is how loud a sound "
                             "can be, at each time and frequency, before the clip's own louder sounds stop hiding it. A "
-                            "perturbation kept below it is inaudible *by that model*; see the README for how loud that is.")
+                            "perturbation kept below it is inaudible *by that model*; see docs/methods.md, *A psychoacoustic budget*, for how loud that is.")
 run = st.button("Run attack", type="primary", key="attack_run")
 run_key = (name, clip.key, eps, steps, seed, objective, target_class, eot_name, budget_kind)
 if run:

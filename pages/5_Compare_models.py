@@ -33,7 +33,7 @@ available = list_checkpoints()
 zoo = [n for n in ZOO if n in available]
 missing = [n for n in ZOO if n not in available]
 if missing:
-    st.warning(f"Checkpoints missing from checkpoints/: {', '.join(missing)}. See the README for the commands that train them.")
+    st.warning(f"Checkpoints missing from checkpoints/: {', '.join(missing)}. docs/models.md, *Reproducing the checkpoints*, gives the commands that train them.")
 default = zoo or available[:2]
 remembered = [m for m in st.session_state.get("cmp_models_saved", default) if m in available]  # a checkpoint may have gone
 models = st.multiselect("Models", available, default=remembered, key="cmp_models",
@@ -169,7 +169,7 @@ with tab_shift:
     fig.update_layout(margin=dict(l=10, r=10, t=30, b=10))
     st.plotly_chart(fig, width="stretch", config=CHART_CONFIG, key="cmp_shift_fig")
     st.caption("Site noise: a window of another test recording in which BirdNET detects no vocalising animal (its site's "
-               "ambient sound; see the README), added at the stated SNR; labels unchanged. "
+               "ambient sound; see docs/methods.md), added at the stated SNR; labels unchanged. "
                "Gain: a level change. Mixup: the clip mixed with a clip of another species (labels: the union). "
                f"{sh['n'].max()} windows per condition.")
     st.dataframe(sh, hide_index=True, width="stretch")

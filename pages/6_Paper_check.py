@@ -23,7 +23,7 @@ st.caption("Heinrich, Rauch, Sick & Scholz (2025), *Adversarial Training Improve
 missing = [n for n in ZOO if n not in list_checkpoints()]
 if missing:
     st.error(f"The paper check needs all {len(ZOO)} models; missing from checkpoints/: {', '.join(missing)}. "
-             "The README gives the command that trains each.")
+             "docs/models.md gives the command that trains each.")
     st.stop()
 
 fingerprints = {n: model_fingerprint_cached(n) for n in ZOO}

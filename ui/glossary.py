@@ -105,7 +105,7 @@ GLOSSARY: dict[str, tuple[str, str]] = {
     ),
     "no bird detected": (
         "No species reaches the model's detection threshold in this window.",
-        "Models trained only on windows with birds may still name a species for silence or noise: the README's "
+        "Models trained only on windows with birds may still name a species for silence or noise: docs/results.md's "
         "table of \"sounds without birds\" says how often each model does, and the Field recording page warns.",
     ),
     "dBFS": (

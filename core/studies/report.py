@@ -1,8 +1,8 @@
-"""Markdown tables of stored results, as the README shows them.
+"""Markdown tables of stored results, as docs/ shows them.
 
 Each function turns a stored table (written by a documented ``python -m core ...`` command into
-``assets/``) into the exact Markdown of a README block; ``tests/test_readme.py`` regenerates every
-block and compares, so no figure in the README is typed by hand.
+``assets/``) into the exact Markdown of a block in docs/; ``tests/test_docs.py`` regenerates every
+block and compares, so no figure in docs/ is typed by hand.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def targeted_markdown(tables: dict[str, pd.DataFrame], labels: dict[str, str] | 
 
 
 def model_table_markdown(cards: dict[str, dict], labels: dict[str, str], reference: dict | None = None) -> str:
-    """The README's model table from model cards: test metrics per window and recording, val cmAP, training time.
+    """The docs' model table from model cards: test metrics per window and recording, val cmAP, training time.
 
     Parameters
     ----------
@@ -130,7 +130,7 @@ def model_table_markdown(cards: dict[str, dict], labels: dict[str, str], referen
 
 
 def compare_markdown(result, labels: dict[str, str]) -> str:
-    """The README's comparison table: clean/shifted cmAP, attacked cmAP and success per eps, TARS, prototype change.
+    """The docs' comparison table: clean/shifted cmAP, attacked cmAP and success per eps, TARS, prototype change.
 
     cmAP under attack is PGD's (BCE against the labels); success is the worst case over attacks when the comparison
     has it (``settings.strong``), else PGD's.
@@ -162,7 +162,7 @@ def compare_markdown(result, labels: dict[str, str]) -> str:
 
 
 def claims_markdown(claims: pd.DataFrame) -> str:
-    """The README's paper-check table from a comparison's claims (:func:`core.studies.papercheck.paper_check`)."""
+    """The docs' paper-check table from a comparison's claims (:func:`core.studies.papercheck.paper_check`)."""
     lines = ["| claim | kind | paper | ours [95 % CI] | p (Holm) | direction | verdict |", "|---|---|---|---|---|---|---|"]
     for _, r in claims.iterrows():
         unit = r["unit"]
@@ -214,7 +214,7 @@ def audit_markdown(audit: pd.DataFrame) -> str:
 
 
 def survival_markdown(summary: pd.DataFrame) -> str:
-    """The README's survival table from :func:`core.attacks.threats.survival_summary`: one row per (model, SNR, attack), one column per transformation.
+    """The docs' survival table from :func:`core.attacks.threats.survival_summary`: one row per (model, SNR, attack), one column per transformation.
 
     Each transformation's cell: ``survives (fooled after / control)`` as shares, so a
     reader sees the rate, the unconditional rate and what the transformation alone did.
@@ -232,7 +232,7 @@ def survival_markdown(summary: pd.DataFrame) -> str:
 
 
 def masking_markdown(summary: pd.DataFrame) -> str:
-    """The README's masking table from :func:`core.attacks.threats.masking_summary`."""
+    """The docs' masking table from :func:`core.attacks.threats.masking_summary`."""
     lines = ["| model | attack | windows | success | SNR (dB, median) | cells above the masking threshold (median) | above by > 3 dB "
              "| 99th percentile of excess (dB) |", "|---|---|---|---|---|---|---|---|"]
     for r in summary.itertuples():
