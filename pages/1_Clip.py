@@ -103,7 +103,9 @@ if res.similarity_maps is None:
 st.header("This looks like that: prototypes")
 k = cfg.prototypes_per_class
 if uses_birdnet(cfg):
-    st.caption(f"These prototypes live on BirdNET's frozen backbone (layer {cfg.layer}). BirdNET stacks two spectrograms "
+    where = (f"BirdNET's backbone, frozen up to {cfg.tuned_from} and fine-tuned from there to {cfg.layer}"
+             if getattr(cfg, "tuned_from", None) else f"BirdNET's frozen backbone (layer {cfg.layer})")
+    st.caption(f"These prototypes live on {where}. BirdNET stacks two spectrograms "
                "as channels (0-3 kHz and 0.5-15 kHz), so each row of its feature map sees two bands at once: the maps "
                "below are drawn on the 0.5-15 kHz scale, and each patch names both bands.")
 if model.card.get("prototypes"):

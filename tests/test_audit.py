@@ -10,7 +10,7 @@ import torch
 from core.errors import ParameterError
 from core.io.data import WindowSet
 from core.models.birdnet_proto import BirdNETHeadConfig, BirdNETHeadModel
-from core.studies.audit import _spec_region, audit_summary, prototype_audit, song_bands
+from core.studies.audit import audit_maps, audit_summary, deletion_scores, prototype_audit, song_bands
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def test_audit_finds_the_cell_a_prototype_was_copied_from(head_model):
     with torch.no_grad():
         feats = head_model.forward_features(torch.as_tensor(waves))
         # prototype 0 (class aaa) := the feature vector at cell (1, 6) of window 0
-        head_model.head.prototype_vectors[0, :, 0, 0] = feats[0, :, 1, 6]
+        head_model.prototype_vectors[0, :, 0, 0] = feats[0, :, 1, 6]  # a fresh head's standardisation is the identity
     windows = WindowSet(waveforms=waves, targets=targets, recording_index=np.arange(4), starts=np.zeros(4, int),
                         recordings=[type("R", (), {"recording_id": f"XC{i}"})() for i in range(4)])
     audit = prototype_audit(head_model, windows, max_windows_per_class=1, n_random=3)
@@ -43,12 +43,77 @@ def test_audit_finds_the_cell_a_prototype_was_copied_from(head_model):
     assert np.isfinite(first["drop_proto"]) and np.isfinite(first["drop_random"]) and 0 <= first["wins"] <= 1
 
 
-def test_spec_region_maps_model_rows_to_birdnets_flipped_rows(head_model):
+def test_spectrogram_region_maps_model_rows_to_birdnets_flipped_rows(head_model):
     # model row 0 (lowest band) is the bottom of BirdNET's spectrogram (its last rows)
-    rows, frames = _spec_region(head_model, (0, 0), (3, 8), (96, 511))
+    rows, frames = head_model.spectrogram_region((0, 0), (3, 8), (96, 511))
     assert (rows.start, rows.stop) == (64, 96) and (frames.start, frames.stop) == (0, 63)
-    rows, frames = _spec_region(head_model, (2, 7), (3, 8), (96, 511))
+    rows, frames = head_model.spectrogram_region((2, 7), (3, 8), (96, 511))
     assert (rows.start, rows.stop) == (0, 32) and frames.stop == 511
+
+
+@pytest.fixture(scope="module")
+def tuned_model():
+    """A prototype head on a fine-tuned stage whose weights differ from BirdNET's (as the shipped heads' do)."""
+    torch.manual_seed(1)
+    cfg = BirdNETHeadConfig(arch="birdnet-protopnet", class_names=("aaa", "bbb"), layer="BLOCK_3-5_ADD", channels=108,
+                            prototypes_per_class=2, tuned_from="BLOCK_3-4_ADD")
+    model = BirdNETHeadModel(cfg).eval()
+    with torch.no_grad():
+        for q in model.tuned_parameters():
+            q.add_(0.05 * torch.randn_like(q))
+    return model
+
+
+def _noise_windows(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(144_000) / 48_000
+    return np.stack([0.2 * np.sin(2 * np.pi * (800 + 900 * i) * t) + 0.02 * rng.standard_normal(len(t))
+                     for i in range(n)]).astype(np.float32)
+
+
+def test_audit_goes_through_the_tuned_stage(tuned_model):
+    # before issue 23 the audit read BirdNET's graph directly and skipped the tuned stage: its maps and scores were
+    # those of another model
+    waves = _noise_windows(3)
+    spec, sims, logits = audit_maps(tuned_model, waves, batch_size=2)
+    with torch.no_grad():
+        out = tuned_model.forward_all(torch.as_tensor(waves))
+        untuned = tuned_model.similarity_maps(tuned_model.trunk_features(torch.as_tensor(waves)).flip(2))
+    assert spec.shape == (3, 2, 96, 511)
+    assert torch.allclose(sims, out.similarity_maps, atol=1e-5) and torch.allclose(logits, out.logits, atol=1e-5)
+    assert not torch.allclose(sims, untuned, atol=1e-2)  # the stage matters: the old path differs
+
+
+def test_deletion_scores_are_the_models_scores_of_the_masked_input(tuned_model):
+    waves = torch.as_tensor(_noise_windows(2, seed=3))
+    with torch.no_grad():
+        spec = tuned_model.frontend(waves)
+        clean = torch.sigmoid(tuned_model(waves))[:, 1]
+    everything = (slice(0, 96), slice(0, 511))
+    regions = [(0, slice(0, 0), slice(0, 0)), (1, slice(0, 0), slice(0, 0)), (1, *tuned_model.spectrogram_region((0, 3), (6, 16), (96, 511))),
+               (0, *everything)]
+    got = deletion_scores(tuned_model, spec, regions, 1, batch_size=3)
+    assert got.shape == (4,)
+    assert torch.allclose(got[:2], clean, atol=1e-5)  # an empty region changes nothing
+    assert abs(float(got[2]) - float(clean[1])) > 1e-6  # a real region does
+    with torch.no_grad():
+        silent = torch.sigmoid(tuned_model.forward_head(tuned_model.features_from_spectrogram(torch.zeros_like(spec[:1]))))[0, 1]
+    assert float(got[3]) == pytest.approx(float(silent), abs=1e-5)
+
+
+def test_audit_similarities_are_the_models_activations(tuned_model):
+    waves = _noise_windows(4, seed=5)
+    targets = np.array([[1, 0], [1, 0], [0, 1], [0, 1]], np.float32)
+    windows = WindowSet(waveforms=waves, targets=targets, recording_index=np.arange(4), starts=np.zeros(4, int),
+                        recordings=[type("R", (), {"recording_id": f"XC{i}"})() for i in range(4)])
+    audit = prototype_audit(tuned_model, windows, max_windows_per_class=2, n_random=2)
+    with torch.no_grad():
+        acts = tuned_model.forward_all(torch.as_tensor(waves)).prototype_activations.numpy()
+    for j in range(4):
+        own, other = (slice(0, 2), slice(2, 4)) if j < 2 else (slice(2, 4), slice(0, 2))
+        assert audit.loc[j, "act_own"] == pytest.approx(acts[own, j].mean(), abs=1e-5)
+        assert audit.loc[j, "act_other"] == pytest.approx(acts[other, j].mean(), abs=1e-5)
+    assert (audit["n_windows"] == 2).all() and audit["wins"].between(0, 1).all()
 
 
 def test_audit_rejects_models_without_prototypes_on_birdnet(tiny_proto):

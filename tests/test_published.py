@@ -22,7 +22,7 @@ from core.models.published import (
     convnext_base_config,
     published_cosine_similarity,
 )
-from core.models.published_io import explain_clip, load_published, save_published
+from core.models.published_io import explain_clip, fetch_model, load_published, save_published
 
 SMALL = dict(depths=[1, 1, 1, 1], hidden_sizes=[8, 16, 32, 64])
 SR = 32_000
@@ -182,7 +182,7 @@ def test_fetch_model_downloads_weights_and_config_only(tmp_path, monkeypatch):
 
     calls = []
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda **kw: calls.append(kw) or str(tmp_path / kw["filename"]))
-    pub.fetch_model("audioprotopnet-20-birdset-xcl", tmp_path / "x")
+    fetch_model("audioprotopnet-20-birdset-xcl", tmp_path / "x")
     assert [c["filename"] for c in calls] == ["model.safetensors", "config.json"]
     assert {c["repo_id"] for c in calls} == {"DBD-research-group/AudioProtoPNet-20-BirdSet-XCL"}
 
@@ -191,9 +191,9 @@ def test_fetch_model_downloads_weights_and_config_only(tmp_path, monkeypatch):
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
     with pytest.raises(CheckpointError, match="could not download model.safetensors.*network unreachable"):
-        pub.fetch_model("convnext-base-birdset-xcl", tmp_path / "y")
+        fetch_model("convnext-base-birdset-xcl", tmp_path / "y")
     with pytest.raises(ParameterError, match="unknown published model"):
-        pub.fetch_model("audioprotopnet-3-birdset-xcl", tmp_path / "z")
+        fetch_model("audioprotopnet-3-birdset-xcl", tmp_path / "z")
 
 
 def test_cli_explains_a_clip_and_refuses_bad_input(tmp_path, monkeypatch, capsys):

@@ -35,14 +35,33 @@ class BaselineClassifier(BirdClassifier):
         nn.init.trunc_normal_(self.classifier.weight, std=0.02)
         nn.init.constant_(self.classifier.bias, -2.0)
 
+    def features_from_spectrogram(self, spectrogram: torch.Tensor) -> torch.Tensor:
+        """ConvNeXt: log-mel ``(batch, 1, n_mels, n_frames)`` -> ``(batch, channels, freq, time)``."""
+        return self.backbone(spectrogram)
+
+    def backbone_modules(self) -> list[nn.Module]:
+        """The ConvNeXt backbone."""
+        return [self.backbone]
+
     def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """``(batch, C, F, T)`` -> logits ``(batch, n_classes)`` or embedding ``(batch, C)``."""
+        """Global average pooling, LayerNorm (the embedding), dropout and the linear layer.
+
+        Parameters
+        ----------
+        features : torch.Tensor [shape=(batch, channels, freq, time)]
+        pre_logits : bool
+            Return the embedding ``(batch, channels)`` instead of the logits.
+
+        Returns
+        -------
+        torch.Tensor [shape=(batch, n_classes)], or [shape=(batch, channels)] with ``pre_logits``
+        """
         emb = self.head_norm(features.mean(dim=(2, 3)))
         if pre_logits:
             return emb
         return self.classifier(self.head_drop(emb))
 
-    def forward_all(self, waveform: torch.Tensor) -> ModelOutput:
-        feats = self.forward_features(waveform)
-        emb = self.forward_head(feats, pre_logits=True)
-        return ModelOutput(logits=self.classifier(self.head_drop(emb)), embedding=emb, feature_map=feats)
+    def outputs_from_features(self, features: torch.Tensor) -> ModelOutput:
+        """Logits and embedding, the pooling computed once."""
+        emb = self.forward_head(features, pre_logits=True)
+        return ModelOutput(logits=self.classifier(self.head_drop(emb)), embedding=emb, feature_map=features)

@@ -332,11 +332,14 @@ class BirdNET(BirdClassifier):
     def check_waveform(self, waveform: torch.Tensor) -> None:
         check_birdnet_waveform(self.frontend, waveform)
 
-    def forward_features(self, waveform: torch.Tensor) -> torch.Tensor:
-        """``ACT_POST`` feature map ``(batch, 192, 3, time)``."""
-        self.check_waveform(waveform)
-        (feats,), _ = self.backbone(self.frontend(waveform))
+    def features_from_spectrogram(self, spectrogram: torch.Tensor) -> torch.Tensor:
+        """BirdNET up to ``ACT_POST``: ``(batch, 2, 96, 511)`` -> ``(batch, 192, 3, 8)`` (BirdNET's row order, row 0 highest)."""
+        (feats,), _ = self.backbone(spectrogram)
         return feats
+
+    def backbone_modules(self) -> list[nn.Module]:
+        """BirdNET's graph from the spectrogram to ``ACT_POST``."""
+        return [self.backbone]
 
     def intermediates(self, waveform: torch.Tensor, layers: tuple[str, ...]) -> dict[str, torch.Tensor]:
         """Outputs of named backbone layers (e.g. ``BLOCK_3-4_ADD``), NCHW."""
@@ -348,13 +351,24 @@ class BirdNET(BirdClassifier):
         return kept
 
     def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Feature map -> 1,024-d embedding (``pre_logits``) or the chosen classes' logits."""
+        """``ACT_POST`` map -> the 1,024-d ``GLOBAL_AVG_POOL`` embedding (``pre_logits``) or the chosen classes' logits.
+
+        Parameters
+        ----------
+        features : torch.Tensor [shape=(batch, 192, 3, time)]
+        pre_logits : bool
+
+        Returns
+        -------
+        torch.Tensor [shape=(batch, len(class_names))], or [shape=(batch, 1024)] with ``pre_logits``
+        """
         (emb,), _ = self.head(features)
         if pre_logits:
             return emb
         return self.logits_from_embedding(emb)
 
     def logits_from_embedding(self, embedding: torch.Tensor) -> torch.Tensor:
+        """``CLASS_DENSE_LAYER`` on the 1,024-d embedding, restricted to ``class_indices``: ``(batch, len(class_names))``."""
         (logits,), _ = self.classifier(embedding)
         return logits.index_select(1, self.class_index)
 
@@ -364,10 +378,10 @@ class BirdNET(BirdClassifier):
         (logits,), _ = self.classifier(emb)
         return logits
 
-    def forward_all(self, waveform: torch.Tensor) -> ModelOutput:
-        feats = self.forward_features(waveform)
-        (emb,), _ = self.head(feats)
-        return ModelOutput(logits=self.logits_from_embedding(emb), embedding=emb, feature_map=feats)
+    def outputs_from_features(self, features: torch.Tensor) -> ModelOutput:
+        """Logits and the 1,024-d embedding, the embedding computed once."""
+        (emb,), _ = self.head(features)
+        return ModelOutput(logits=self.logits_from_embedding(emb), embedding=emb, feature_map=features)
 
 
 def birdnet_config(species: str | list[str] | None = "dataset", *, species_csv: str | Path = SPECIES_CSV) -> BirdNETConfig:

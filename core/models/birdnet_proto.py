@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
+from torch import nn
 
 from core.errors import CheckpointError, ParameterError
 from core.models.base import BirdClassifier, ModelOutput
@@ -176,35 +177,133 @@ class BirdNETHeadModel(BirdClassifier):
     # -- the BirdClassifier interface ---------------------------------------------------------------
 
     def check_waveform(self, waveform: torch.Tensor) -> None:
+        """Raise :class:`ParameterError` unless ``waveform`` is a float ``(batch, n_samples)`` tensor long enough for BirdNET."""
         check_birdnet_waveform(self.frontend, waveform)
 
-    def forward_features(self, waveform: torch.Tensor) -> torch.Tensor:
-        """Feature map ``(batch, channels, freq, time)`` of ``config.layer``, row 0 the lowest band."""
+    def trunk_features(self, waveform: torch.Tensor) -> torch.Tensor:
+        """BirdNET's frozen part: the map the tuned stage (or, without one, the head) reads, in BirdNET's row order.
+
+        These are the maps :func:`core.training.heads.extract_features` caches for training.
+
+        Parameters
+        ----------
+        waveform : torch.Tensor [shape=(batch, 144000), dtype=float32], 48 kHz
+
+        Returns
+        -------
+        torch.Tensor [shape=(batch, channels, freq, time)]
+            Output of ``config.tuned_from`` (or ``config.layer``), row 0 the *highest* band.
+        """
         self.check_waveform(waveform)
         (feats,), _ = self.backbone(self.frontend(waveform))
-        if self.stage is not None:
-            feats = self.stage(feats)
-        return feats.flip(2)
+        return feats
+
+    def tuned_features(self, trunk_features: torch.Tensor) -> torch.Tensor:
+        """The tuned stage on :meth:`trunk_features` (identity without one), BirdNET's row order.
+
+        Parameters
+        ----------
+        trunk_features : torch.Tensor [shape=(batch, c_in, f_in, t_in)]
+
+        Returns
+        -------
+        torch.Tensor [shape=(batch, channels, freq, time)], ``config.layer``'s map, row 0 the highest band
+        """
+        return trunk_features if self.stage is None else self.stage(trunk_features)
+
+    def features_from_spectrogram(self, spectrogram: torch.Tensor) -> torch.Tensor:
+        """BirdNET up to ``config.layer`` (the tuned stage included), flipped: row 0 the lowest band.
+
+        Parameters
+        ----------
+        spectrogram : torch.Tensor [shape=(batch, 2, 96, 511)]
+            ``frontend(waveform)`` (BirdNET's input layer), possibly modified.
+
+        Returns
+        -------
+        torch.Tensor [shape=(batch, channels, freq, time)]
+        """
+        (feats,), _ = self.backbone(spectrogram)
+        return self.tuned_features(feats).flip(2)
+
+    def backbone_modules(self) -> list[nn.Module]:
+        """BirdNET's frozen graph and, when fine-tuned, the tuned stage."""
+        return [self.backbone] + ([self.stage] if self.stage is not None else [])
+
+    def tuned_parameters(self) -> list[nn.Parameter]:
+        """The tuned stage's parameters (``config.tuned_from`` -> ``config.layer``); empty when BirdNET is frozen."""
+        return [] if self.stage is None else list(self.stage.parameters())
+
+    def trainable_parts(self) -> tuple[nn.Module | None, nn.Module]:
+        """The tuned stage (None without one) and the head, shared, not copied: training on cached trunk maps updates the model.
+
+        For :mod:`core.training` only (the stage and head work in BirdNET's row order on cached
+        :meth:`trunk_features`); studies use :meth:`forward_features`, :meth:`features_from_spectrogram`,
+        :meth:`similarity_maps` and :meth:`forward_head`.
+        """
+        return self.stage, self.head
+
+    @classmethod
+    def from_parts(cls, config: BirdNETHeadConfig, head: nn.Module, stage: nn.Module | None = None, file=None) -> "BirdNETHeadModel":
+        """A complete model holding copies of a trained head's (and tuned stage's) weights.
+
+        Parameters
+        ----------
+        config : BirdNETHeadConfig
+        head : PrototypeHead or LinearHead
+        stage : BirdNETStage, optional
+            Required when ``config.tuned_from`` is set.
+        file : TFLiteFile, optional
+
+        Raises
+        ------
+        ParameterError
+            ``stage`` is missing for a tuned config, or given for a frozen one.
+        """
+        if (stage is None) != (config.tuned_from is None):
+            raise ParameterError(f"stage must be given exactly when config.tuned_from is set (tuned_from={config.tuned_from!r})")
+        model = cls(config, file)
+        if stage is not None:
+            model.stage.load_state_dict(stage.state_dict())
+        model.head.load_state_dict(head.state_dict())
+        return model
 
     def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Logits of the head, or the embedding (mean of the feature map) with ``pre_logits``.
+
+        Parameters
+        ----------
+        features : torch.Tensor [shape=(batch, channels, freq, time)]
+            :meth:`forward_features` (row 0 the lowest band).
+        pre_logits : bool
+
+        Returns
+        -------
+        torch.Tensor [shape=(batch, n_classes)], or [shape=(batch, channels)] with ``pre_logits``
+        """
         if pre_logits:
             return features.mean(dim=(2, 3))
         return self.head(features)
 
-    def forward_all(self, waveform: torch.Tensor) -> ModelOutput:
-        feats = self.forward_features(waveform)
+    def outputs_from_features(self, features: torch.Tensor) -> ModelOutput:
+        """Logits, embedding and, for a prototype head, similarity maps and activations (each map computed once)."""
+        embedding = self.forward_head(features, pre_logits=True)
         if self.config.arch == "birdnet-linear":
-            return ModelOutput(logits=self.head(feats), embedding=feats.mean(dim=(2, 3)), feature_map=feats)
-        sims = self.head.similarity_maps(feats)
+            return ModelOutput(logits=self.forward_head(features), embedding=embedding, feature_map=features)
+        sims = self.similarity_maps(features)
         acts = sims.amax(dim=(2, 3))
-        return ModelOutput(logits=class_logits(acts, self.head.last_layer, self.head.last_layer_bias),
-                           embedding=feats.mean(dim=(2, 3)), feature_map=feats, similarity_maps=sims,
+        return ModelOutput(logits=self.classify(acts), embedding=embedding, feature_map=features, similarity_maps=sims,
                            prototype_activations=acts)
+
+    def _spectrogram_row(self, freq_index: int, n_rows: int) -> int:
+        """The map is flipped (row 0 lowest), BirdNET's spectrogram is not (row 0 highest)."""
+        return n_rows - 1 - freq_index
 
     # -- what the pages and prototype attacks read from an AudioProtoPNet ------------------------
 
     @property
     def prototype_vectors(self) -> torch.nn.Parameter:
+        """``(n_prototypes, channels, 1, 1)``, compared with standardised features (prototype heads only)."""
         return self.head.prototype_vectors
 
     @property
@@ -213,10 +312,42 @@ class BirdNETHeadModel(BirdClassifier):
 
     @property
     def prototype_class_identity(self) -> torch.Tensor:
+        """Class index of each prototype ``(n_prototypes,)``."""
         return self.head.prototype_class_identity
 
+    @property
+    def last_layer(self) -> torch.nn.Parameter:
+        """Stored class connection ``(n_classes, prototypes_per_class)``; the effective weights are its ReLU."""
+        return self.head.last_layer
+
+    @property
+    def last_layer_bias(self) -> torch.nn.Parameter:
+        """``(n_classes,)``."""
+        return self.head.last_layer_bias
+
     def similarity_maps(self, features: torch.Tensor) -> torch.Tensor:
+        """Similarity of every prototype at every cell, on the head's standardised features.
+
+        Parameters
+        ----------
+        features : torch.Tensor [shape=(batch, channels, freq, time)]
+
+        Returns
+        -------
+        torch.Tensor [shape=(batch, n_prototypes, freq, time)], values in [0, 1]
+
+        Raises
+        ------
+        ParameterError
+            A linear head (no prototypes).
+        """
+        if self.config.arch != "birdnet-protopnet":
+            raise ParameterError(f"a {self.config.arch} head has no prototypes")
         return self.head.similarity_maps(features)
+
+    def classify(self, activations: torch.Tensor) -> torch.Tensor:
+        """Class connection: prototype activations ``(batch, n_prototypes)`` -> logits ``(batch, n_classes)``."""
+        return class_logits(activations, self.head.last_layer, self.head.last_layer_bias)
 
     def class_connection(self) -> torch.Tensor:
         """Effective class connection ``(n_classes, n_prototypes)`` (zero off-class)."""

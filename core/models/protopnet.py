@@ -111,39 +111,60 @@ class AudioProtoPNet(BirdClassifier):
         self.last_layer_bias = nn.Parameter(torch.full((n_classes,), -2.0))
 
     def add_on(self, features: torch.Tensor) -> torch.Tensor:
-        """Add-on layer: bilinear 2x upsampling (no parameters)."""
+        """Add-on layer: bilinear 2x upsampling (no parameters), ``(batch, C, F, T)`` -> ``(batch, C, 2F, 2T)``."""
         if self.config.add_on == "upsample":
             return F.interpolate(features, scale_factor=2, mode="bilinear", align_corners=False)
         return features
 
-    def forward_features(self, waveform: torch.Tensor) -> torch.Tensor:
-        """Feature map after the add-on layer ``(batch, channels, freq, time)``."""
-        return self.add_on(super().forward_features(waveform))
+    def features_from_spectrogram(self, spectrogram: torch.Tensor) -> torch.Tensor:
+        """ConvNeXt and the add-on layer: log-mel ``(batch, 1, n_mels, n_frames)`` -> ``(batch, channels, freq, time)``."""
+        return self.add_on(self.backbone(spectrogram))
+
+    def backbone_modules(self) -> list[nn.Module]:
+        """The ConvNeXt backbone (the add-on layer has no parameters)."""
+        return [self.backbone]
 
     def similarity_maps(self, features: torch.Tensor) -> torch.Tensor:
-        """ReLU of the cosine similarity, ``(batch, n_prototypes, freq, time)``, values in [0, 1]."""
+        """Similarity of every prototype at every cell.
+
+        Parameters
+        ----------
+        features : torch.Tensor [shape=(batch, channels, freq, time)]
+            ``forward_features(waveform)``.
+
+        Returns
+        -------
+        torch.Tensor [shape=(batch, n_prototypes, freq, time)]
+            ReLU of the cosine similarity, values in [0, 1] (:func:`cosine_similarity_maps`).
+        """
         return cosine_similarity_maps(features, self.prototype_vectors)
 
     def classify(self, activations: torch.Tensor) -> torch.Tensor:
-        """Last layer: ``(batch, n_prototypes)`` -> logits ``(batch, n_classes)``."""
+        """Last layer: prototype activations ``(batch, n_prototypes)`` -> logits ``(batch, n_classes)`` (:func:`class_logits`)."""
         return class_logits(activations, self.last_layer, self.last_layer_bias)
 
     def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Logits ``classify(max of similarity_maps(features))``, or the embedding (mean of the feature map) with ``pre_logits``.
+
+        Parameters
+        ----------
+        features : torch.Tensor [shape=(batch, channels, freq, time)]
+        pre_logits : bool
+
+        Returns
+        -------
+        torch.Tensor [shape=(batch, n_classes)], or [shape=(batch, channels)] with ``pre_logits``
+        """
         if pre_logits:
             return features.mean(dim=(2, 3))
         return self.classify(self.similarity_maps(features).amax(dim=(2, 3)))
 
-    def forward_all(self, waveform: torch.Tensor) -> ModelOutput:
-        feats = self.forward_features(waveform)
-        sims = self.similarity_maps(feats)
+    def outputs_from_features(self, features: torch.Tensor) -> ModelOutput:
+        """Logits, embedding, similarity maps and prototype activations, each map computed once."""
+        sims = self.similarity_maps(features)
         acts = sims.amax(dim=(2, 3))
-        return ModelOutput(
-            logits=self.classify(acts),
-            embedding=feats.mean(dim=(2, 3)),
-            feature_map=feats,
-            similarity_maps=sims,
-            prototype_activations=acts,
-        )
+        return ModelOutput(logits=self.classify(acts), embedding=self.forward_head(features, pre_logits=True),
+                           feature_map=features, similarity_maps=sims, prototype_activations=acts)
 
     def class_connection(self) -> torch.Tensor:
         """Effective last-layer weight matrix ``(n_classes, n_prototypes)`` (zero off-class)."""

@@ -322,11 +322,23 @@ class PublishedAudioProtoPNet(BirdClassifier):
     def check_waveform(self, waveform: torch.Tensor) -> None:
         _check_clip(self, waveform)
 
-    def forward_features(self, waveform: torch.Tensor) -> torch.Tensor:
-        """ConvNeXt's last hidden state (before its final layer norm), upsampled 2x bilinearly: ``(batch, 1024, 2h, 2w)``."""
-        self.check_waveform(waveform)
-        hidden = self.model.backbone(self.frontend(waveform)).last_hidden_state
+    def features_from_spectrogram(self, spectrogram: torch.Tensor) -> torch.Tensor:
+        """ConvNeXt's last hidden state (before its final layer norm), upsampled 2x bilinearly.
+
+        Parameters
+        ----------
+        spectrogram : torch.Tensor [shape=(batch, 1, n_mels, n_frames)]
+
+        Returns
+        -------
+        torch.Tensor [shape=(batch, 1024, 2h, 2w)]
+        """
+        hidden = self.model.backbone(spectrogram).last_hidden_state
         return F.interpolate(hidden, scale_factor=2, mode="bilinear", align_corners=False)
+
+    def backbone_modules(self) -> list[nn.Module]:
+        """The ``transformers`` ConvNeXt."""
+        return [self.model.backbone]
 
     def similarity_maps(self, features: torch.Tensor, prototype_index: torch.Tensor | None = None) -> torch.Tensor:
         """Similarity maps of the prototypes ``prototype_index`` (default: all; mind the memory): ``(batch, k, freq, time)``."""
@@ -352,17 +364,31 @@ class PublishedAudioProtoPNet(BirdClassifier):
         per_class = activations.view(activations.shape[0], len(self.config.class_names), self.config.prototypes_per_class)
         return torch.einsum("bcp,cp->bc", per_class, torch.relu(self.head.last_layer.weight)) + self.head.last_layer.bias
 
+    def classify(self, activations: torch.Tensor) -> torch.Tensor:
+        """Prototype activations ``(batch, n_prototypes)`` -> logits ``(batch, n_classes)`` (:meth:`class_logits`)."""
+        return self.class_logits(activations)
+
     def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Logits from every prototype's max similarity (in chunks), or the embedding (mean of the map) with ``pre_logits``.
+
+        Parameters
+        ----------
+        features : torch.Tensor [shape=(batch, 1024, freq, time)]
+        pre_logits : bool
+
+        Returns
+        -------
+        torch.Tensor [shape=(batch, n_classes)], or [shape=(batch, 1024)] with ``pre_logits``
+        """
         if pre_logits:
             return features.mean(dim=(2, 3))
         return self.class_logits(self.prototype_activations(features))
 
-    def forward_all(self, waveform: torch.Tensor) -> ModelOutput:
+    def outputs_from_features(self, features: torch.Tensor) -> ModelOutput:
         """Logits, embedding, feature map and prototype activations; ``similarity_maps`` is None (see the class notes)."""
-        feats = self.forward_features(waveform)
-        acts = self.prototype_activations(feats)
-        return ModelOutput(logits=self.class_logits(acts), embedding=feats.mean(dim=(2, 3)), feature_map=feats,
-                           prototype_activations=acts)
+        acts = self.prototype_activations(features)
+        return ModelOutput(logits=self.class_logits(acts), embedding=self.forward_head(features, pre_logits=True),
+                           feature_map=features, prototype_activations=acts)
 
     def class_similarity_maps(self, features: torch.Tensor, class_index: int) -> torch.Tensor:
         """The similarity maps of one class's prototypes, ``(batch, prototypes_per_class, freq, time)``."""
@@ -399,17 +425,30 @@ class PublishedConvNeXt(BirdClassifier):
     def check_waveform(self, waveform: torch.Tensor) -> None:
         _check_clip(self, waveform)
 
-    def forward_features(self, waveform: torch.Tensor) -> torch.Tensor:
-        self.check_waveform(waveform)
-        return self.convnext(self.frontend(waveform)).last_hidden_state
+    def features_from_spectrogram(self, spectrogram: torch.Tensor) -> torch.Tensor:
+        """ConvNeXt's last hidden state: ``(batch, 1, n_mels, n_frames)`` -> ``(batch, 1024, h, w)``."""
+        return self.convnext(spectrogram).last_hidden_state
+
+    def backbone_modules(self) -> list[nn.Module]:
+        """The ``transformers`` ConvNeXt (its parameters include the final layer norm, which :meth:`forward_head` applies)."""
+        return [self.convnext]
 
     def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Global average pooling, ConvNeXt's final layer norm (the embedding) and the linear classifier.
+
+        Parameters
+        ----------
+        features : torch.Tensor [shape=(batch, 1024, h, w)]
+        pre_logits : bool
+
+        Returns
+        -------
+        torch.Tensor [shape=(batch, n_classes)], or [shape=(batch, 1024)] with ``pre_logits``
+        """
         pooled = self.convnext.layernorm(features.mean(dim=(2, 3)))
         return pooled if pre_logits else self.classifier(pooled)
 
-    def forward_all(self, waveform: torch.Tensor) -> ModelOutput:
-        feats = self.forward_features(waveform)
-        pooled = self.forward_head(feats, pre_logits=True)
-        return ModelOutput(logits=self.classifier(pooled), embedding=pooled, feature_map=feats)
-
-
+    def outputs_from_features(self, features: torch.Tensor) -> ModelOutput:
+        """Logits and embedding, the pooling computed once."""
+        pooled = self.forward_head(features, pre_logits=True)
+        return ModelOutput(logits=self.classifier(pooled), embedding=pooled, feature_map=features)

@@ -105,10 +105,10 @@ def adversarial_finetune_head(dataset: Dataset, init, *, adv: str = "at-o", epoc
     model = BirdNETHeadModel(c, file).to(device)
     model.load_state_dict(init.state_dict())
     model.eval()
-    for q in model.stage.parameters():
+    stage, head = model.trainable_parts()  # shared with the model: the attacks below see the weights being trained
+    for q in model.tuned_parameters():
         q.requires_grad_(True)
-    head, stage = model.head, model.stage
-    groups = [{"params": [q for q in stage.parameters() if q.requires_grad], "lr": lr_stage}]
+    groups = [{"params": [q for q in model.tuned_parameters() if q.requires_grad], "lr": lr_stage}]
     if cfg.kind == "prototype":
         groups += [{"params": [head.prototype_vectors], "lr": cfg.lr},
                    {"params": [head.last_layer, head.last_layer_bias], "lr": cfg.lr_last_layer}]
@@ -128,7 +128,7 @@ def adversarial_finetune_head(dataset: Dataset, init, *, adv: str = "at-o", epoc
             y = y_all[idx].to(device)
             head.train()
             stage.train()
-            feats = stage(torch.as_tensor(inputs[idx], device=device).float())
+            feats = model.tuned_features(torch.as_tensor(inputs[idx], device=device).float())
             loss, logits = _head_batch_loss(head, feats, y, cfg)
             term = torch.zeros((), device=device)
             if adv != "none":
@@ -137,8 +137,8 @@ def adversarial_finetune_head(dataset: Dataset, init, *, adv: str = "at-o", epoc
                              seed=int(gen.integers(2**31 - 1)))
                 x_adv = attack(model, x, y)  # restores the modes it found
                 with torch.no_grad():
-                    (trunk_adv,), _ = model.backbone(model.frontend(x_adv))
-                feats_adv = stage(trunk_adv)
+                    trunk_adv = model.trunk_features(x_adv)
+                feats_adv = model.tuned_features(trunk_adv)
                 if adv == "at-o":
                     term = binary_kl(logits, _head_batch_loss(head, feats_adv, y, cfg)[1])
                 else:

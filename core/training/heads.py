@@ -482,9 +482,7 @@ def _assemble_head_model(dataset: Dataset, data: dict, cfg: HeadConfig, layer: s
     arch = "birdnet-protopnet" if cfg.kind == "prototype" else "birdnet-linear"
     config = BirdNETHeadConfig(arch=arch, class_names=tuple(names), layer=layer, channels=int(feats["train"].shape[1]),
                                prototypes_per_class=cfg.prototypes_per_class, tuned_from=tuned_from)
-    model = BirdNETHeadModel(config, file)
-    if tuned_from:
-        model.stage.load_state_dict(stage.state_dict())
+    model = BirdNETHeadModel.from_parts(config, head, stage if tuned_from else None, file)
     card: dict = {}
     if cfg.kind == "prototype":
         n_rows, n_cols = feats["train"].shape[2:]
@@ -508,14 +506,13 @@ def _assemble_head_model(dataset: Dataset, data: dict, cfg: HeadConfig, layer: s
             })
         table = prototype_bands(card["prototypes"], names)
         card["prototype_bands"] = {c: {k: int(v) for k, v in row.items()} for c, row in table.iterrows()}
-    model.head.load_state_dict(head.state_dict())
     model = model.to(get_device()).eval()
-    scores = {s: head_scores(model.head, feats[s]) for s in ("val", "test")}
+    scores = {s: head_scores(head, feats[s]) for s in ("val", "test")}  # the model's head: from_parts copied its weights
     card["metrics"] = {s: metrics_from_scores(scores[s], wins[s], names) for s in ("val", "test")}
     card["decision_threshold"] = threshold_entry(scores["val"], wins["val"].targets, dataset.split_scheme)
     card["history"] = history
     card["train_config"] = {**train_config,
-                            "stage_parameters": int(sum(q.numel() for q in model.stage.parameters())) if tuned_from else 0}
+                            "stage_parameters": int(sum(q.numel() for q in model.tuned_parameters()))}
     card["train_seconds"] = time.time() - t0
     card["licence"] = model.config.licence
     card["data"] = {

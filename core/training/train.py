@@ -342,14 +342,14 @@ def _prepare_batch(model, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, ge
 def _batch_loss(model, batch: _Batch, cfg: TrainConfig):
     from core.attacks.objectives import spatial_cosine_dissimilarity
 
-    feats = _features(model, _masked_spec(model, batch.x, batch.mask))
+    feats = model.features_from_spectrogram(_masked_spec(model, batch.x, batch.mask))
     logits = model.forward_head(feats)
     loss = _loss(model, logits, batch.y, cfg)
     if cfg.adv == "none":
         return loss, None
     if batch.x_adv is None:  # after the clean pass, as BatchNorm statistics were then (reproduces the shipped models)
         batch.x_adv = adversarial_batch(model, batch.x, batch.y, cfg)
-    feats_adv = _features(model, _masked_spec(model, batch.x_adv, batch.mask))
+    feats_adv = model.features_from_spectrogram(_masked_spec(model, batch.x_adv, batch.mask))
     if cfg.adv == "at-o":
         term = binary_kl(logits, model.forward_head(feats_adv))
     else:
@@ -374,11 +374,6 @@ def training_step(model, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, gen
         ``adv_term`` is the TRADES-style term before weighting (None without ``cfg.adv``).
     """
     return _batch_loss(model, _prepare_batch(model, x, y, cfg, gen), cfg)
-
-
-def _features(model: BirdClassifier, spec: torch.Tensor) -> torch.Tensor:
-    feats = model.backbone(spec)
-    return model.add_on(feats) if isinstance(model, AudioProtoPNet) else feats
 
 
 def _loss(model: BirdClassifier, logits: torch.Tensor, y: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
@@ -412,7 +407,7 @@ def _run_phase(model, sampler, cfg, param_groups, epochs, name, val, gen, progre
     for epoch in range(epochs):
         model.train()
         if frozen_backbone:
-            model.backbone.eval()
+            model.eval_backbone()
         t0, total, total_adv = time.time(), 0.0, 0.0
         use_awp = cfg.awp_gamma > 0 and epoch >= cfg.awp_warmup
         for step, (x, y) in enumerate(sampler.epoch(cfg.batch_size)):
@@ -540,7 +535,7 @@ def train_model(
     history: list[dict] = []
     card: dict = {}
     if isinstance(model, AudioProtoPNet):
-        backbone = [p for p in model.backbone.parameters()]
+        backbone = list(model.backbone_parameters())
         for p in backbone:
             p.requires_grad_(False)
         _run_phase(model, sampler, cfg, [
