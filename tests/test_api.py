@@ -1,0 +1,261 @@
+"""The public Python API (core.api, re-exported from core): every attack option on a tiny model, and a real recording end to end."""
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import core
+from core import api
+from core.attacks import OBJECTIVES
+from core.attacks.worstcase import ATTACK_ORDER
+from core.errors import AudioLoadError, ParameterError
+from tests.conftest import CLASSES, build_model, tiny_config, tone
+
+SR, WIN = 16_000, 16_000  # the tiny models: 16 kHz, 1 s windows
+EPS = {"linf": 0.01, "l2": 0.5}
+
+
+def _tiny(arch="protopnet"):
+    torch.manual_seed(0)
+    return build_model(tiny_config(arch)).eval()
+
+
+TINY = _tiny()
+
+
+def _recording(seconds=2.6, seed=0):
+    """A 1-D clip: two full windows and a 0.6-window tail that becomes a zero-padded third window."""
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.rand(int(seconds * SR), generator=gen) * 2 - 1) * 0.5
+
+
+#: The options each objective needs on the tiny AudioProtoPNet (3 classes, 2 prototypes each).
+OPTIONS = {"output-targeted": {"class_index": 1, "mode": "add"}, "output-targeted-margin": {"class_index": "ccc"},
+           "embedding-targeted": {"target_waveform": _recording(1.0, seed=5) * 0.3}, "prototype-suppress": {"k": 2},
+           "prototype-activate": {"prototype_index": 3}}
+
+
+def test_every_objective_is_covered():
+    assert set(OBJECTIVES) >= set(OPTIONS) and len(OBJECTIVES) == 8
+
+
+def _check_attack(method, objective, norm, restarts, with_labels, batch, scale):
+    """One public attack call and the properties every result must have."""
+    x = _recording(2.6).reshape(-1)[: 2 * WIN].reshape(2, WIN) if batch else _recording(2.6)
+    eps = EPS[norm] * scale
+    labels = (torch.tensor([[1.0, 0, 0], [0, 1.0, 1.0]]) if batch else ["aaa"]) if with_labels else None
+    call = dict(method=method, eps=eps, norm=norm, steps=2, objective=objective, restarts=restarts, labels=labels,
+                **OPTIONS.get(objective, {}))
+    if restarts > 1 and method in ("fgsm", "bim"):  # deterministic attacks have nothing to restart
+        with pytest.raises(ParameterError, match="restarts"):
+            core.attack(TINY, x, **call)
+        return
+    res = core.attack(TINY, x, **call)
+    adv = res.adversarial
+    assert adv.shape == x.shape and adv.dtype == x.dtype
+    assert adv.min() >= -1.0 and adv.max() <= 1.0
+    rows, starts = (range(2), [0, 0]) if batch else ([0, 0, 0], [0, WIN, 2 * WIN])
+    assert res.success.shape == (len(starts),) and res.success.dtype == torch.bool
+    assert np.allclose(res.starts_s, np.asarray(starts) / SR) and np.allclose(res.eps.numpy(), eps)
+    delta = (adv - x).reshape(-1, x.shape[-1])
+    for r, s in zip(rows, starts):
+        d = delta[r, s : s + WIN]
+        size = d.abs().max() if norm == "linf" else d.norm()
+        assert size <= eps * (1 + 1e-5) + 1e-6, (r, s, float(size), eps)
+    assert delta.abs().sum() > 0  # the attack did move the clip
+    assert torch.isfinite(res.snr_db).all() and res.snr_db.shape == ((2,) if batch else ())
+    assert res.clean_scores.shape == res.adversarial_scores.shape == (len(starts), len(CLASSES))
+
+
+@settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(method=st.sampled_from(["fgsm", "bim", "pgd", "apgd"]), objective=st.sampled_from(sorted(OBJECTIVES)),
+       norm=st.sampled_from(["linf", "l2"]), restarts=st.sampled_from([1, 2]), with_labels=st.booleans(),
+       batch=st.booleans(), scale=st.floats(0.1, 1.0))
+def test_attack_property(method, objective, norm, restarts, with_labels, batch, scale):
+    """A sample of the option space (fast tier); :func:`test_attack_every_combination` runs all of it."""
+    _check_attack(method, objective, norm, restarts, with_labels, batch, scale)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("objective", sorted(OBJECTIVES))
+@pytest.mark.parametrize("method", ["fgsm", "bim", "pgd", "apgd"])
+def test_attack_every_combination(method, objective):
+    for i, (norm, restarts, with_labels) in enumerate((n, r, lab) for n in ("linf", "l2") for r in (1, 2) for lab in (False, True)):
+        _check_attack(method, objective, norm, restarts, with_labels, batch=bool(i % 2), scale=1.0)
+
+
+def test_attack_keeps_padding_and_tail_untouched():
+    x = _recording(1.6)  # windows at 0 and 1 s; the 0.6 s tail is a zero-padded window
+    res = core.attack(TINY, x, eps=0.05, steps=2)
+    assert res.adversarial.shape == x.shape and (res.adversarial - x).abs().amax() <= 0.05 + 1e-6
+    short = _recording(1.2)  # the 0.2 s tail is shorter than half a window: no window holds it, so it is never changed
+    res = core.attack(TINY, short, eps=0.05, steps=2)
+    assert torch.equal(res.adversarial[WIN:], short[WIN:]) and not torch.equal(res.adversarial[:WIN], short[:WIN])
+
+
+def test_attack_restarts_with_labels_never_worse():
+    """The issue's bug through the public call: restarts with true labels used to raise KeyError 'clean_top1'."""
+    x = _recording(2.0)
+    one = core.attack(TINY, x, eps=0.003, steps=2, labels=["bbb"])
+    two = core.attack(TINY, x, eps=0.003, steps=2, restarts=3, labels=["bbb"])
+    assert (two.success.int() >= one.success.int()).all()
+
+
+def test_attack_options_and_errors():
+    x = _recording(1.0)
+    with pytest.raises(ParameterError, match="attack must be one of"):
+        core.attack(TINY, x, method="cw", eps=0.01)
+    with pytest.raises(ParameterError, match="objective must be one of"):
+        core.attack(TINY, x, eps=0.01, objective="nope")
+    with pytest.raises(ParameterError, match="exactly one budget"):
+        core.attack(TINY, x)
+    with pytest.raises(ParameterError, match="class_index"):
+        core.attack(TINY, x, eps=0.01, objective="output-targeted-margin", class_index="zzz")
+    with pytest.raises(ParameterError, match="objective 'output-untargeted'"):
+        core.attack(TINY, x, eps=0.01, class_index=1)  # output-untargeted takes no class
+    with pytest.raises(ParameterError, match="labels must be class names"):
+        core.attack(TINY, x, eps=0.01, labels=["zzz"])
+    with pytest.raises(ParameterError, match="inside bounds"):
+        core.attack(TINY, x * 3, eps=0.01)
+    with pytest.raises(ParameterError, match="at most one window"):
+        core.attack(TINY, _recording(2.0).reshape(1, -1), eps=0.01)
+    with pytest.raises(ParameterError, match="prototype objectives need an AudioProtoPNet"):
+        core.attack(_tiny("baseline"), x, eps=0.01, objective="prototype-suppress")
+    snr = core.attack(TINY, x, snr_db=30.0, steps=2)  # an SNR budget: the perturbation is at least 30 dB below the clip
+    assert float(snr.snr_db) >= 30.0 - 1e-3
+    from core.attacks.threats import AmbientNoise
+
+    eot = core.attack(TINY, x, eps=0.01, steps=2, eot=AmbientNoise(snr_db=20.0), eot_samples=2)
+    assert eot.settings["objective"]["name"] == "eot" and (eot.adversarial - x).abs().amax() <= 0.01 + 1e-6
+    masked = core.attack(TINY, x, eps=0.05, steps=2, masking=True)
+    # the budget is the masking threshold (eps only caps the search): 99 % of the cells stay under it
+    from core.attacks.psychoacoustic import masking_excess, masking_threshold
+
+    assert masked.settings["attack"] == "masked-pgd" and not torch.equal(masked.adversarial, x)
+    assert masking_excess(masked.adversarial - x, masking_threshold(x.numpy(), SR))["p99_excess_db"][0] < 1.0
+    with pytest.raises(ParameterError, match="masking needs"):
+        core.attack(TINY, x, eps=0.05, norm="l2", masking=True)
+
+
+def test_worst_case_per_window():
+    x = _recording(3.0) * 0.3
+    zero = core.worst_case(TINY, x, eps=0.0, strong_steps=2)
+    assert torch.equal(zero.adversarial, x) and not zero.success.any()
+    res = core.worst_case(TINY, x, eps=0.05, steps=2, strong_steps=3, labels=["aaa"], source=_tiny("baseline"))
+    assert res.success.shape == (3,) and res.success.dtype == torch.bool and len(res.attack) == 3
+    assert set(res.attack) <= set(ATTACK_ORDER) and (res.adversarial - x).abs().amax() <= 0.05 + 1e-6
+    # a window succeeds exactly when its top-1 changed; a broken window names the attack that broke it
+    changed = res.adversarial_scores.argmax(-1) != res.clean_scores.argmax(-1)
+    assert np.array_equal(res.success.numpy(), changed)
+    assert all(s for a, s in zip(res.attack, res.success) if a != "pgd-restarts")  # only a success ends the chain early
+    with pytest.raises(ParameterError, match="eps"):
+        core.worst_case(TINY, x, eps=2.0)
+
+
+def test_explain_maps_and_axes():
+    x = _recording(2.0)
+    ex = core.explain(TINY, x)
+    fe = TINY.config.frontend
+    n_protos = len(CLASSES) * TINY.config.prototypes_per_class
+    assert ex.scores.shape == (2, 3) and np.allclose(ex.starts_s, [0.0, 1.0])
+    assert ex.spectrogram_db.shape[:2] == (2, fe.n_mels) and ex.frequency_hz.shape == (fe.n_mels,)
+    assert fe.f_min < ex.frequency_hz[0] < ex.frequency_hz[-1] < fe.f_max and np.all(np.diff(ex.frequency_hz) > 0)
+    assert ex.time_s[0] == 0.0 and np.isclose(ex.time_s[1], fe.hop_length / fe.sample_rate)
+    assert ex.similarity_maps.shape[:2] == (2, n_protos)
+    assert ex.map_frequency_hz.shape == (ex.similarity_maps.shape[2],) and ex.map_time_s.shape == (ex.similarity_maps.shape[3],)
+    assert ex.frequency_hz[0] <= ex.map_frequency_hz[0] < ex.map_frequency_hz[-1] <= ex.frequency_hz[-1]
+    with torch.no_grad():
+        out = TINY.forward_all(x.reshape(2, WIN))
+    assert np.allclose(ex.similarity_maps, out.similarity_maps.numpy(), atol=1e-5)  # the model's own maps
+    assert np.allclose(ex.prototype_activations, ex.similarity_maps.max(axis=(2, 3)), atol=1e-6)
+    assert np.allclose(ex.scores, torch.sigmoid(out.logits).numpy(), atol=1e-5)
+    up = ex.similarity_on_spectrogram(1, 3)
+    assert up.shape == ex.spectrogram_db.shape[1:] and np.isclose(up.max(), ex.similarity_maps[1, 3].max(), atol=0.05)
+    ranked = ex.prototypes(0, 2)
+    assert list(ranked["prototype"]) == sorted(ranked["prototype"], key=lambda j: -ex.prototype_activations[0, j] * ex.class_connection[2, j])
+    assert set(ranked["prototype"]) == {4, 5}
+    batch = core.explain(TINY, x.reshape(2, WIN))  # a batch of windows explains as the recording's windows
+    assert np.allclose(batch.similarity_maps, ex.similarity_maps, atol=1e-6)
+    plain = core.explain(_tiny("baseline"), x)
+    assert plain.similarity_maps is None and plain.scores.shape == (2, 3)
+    with pytest.raises(ParameterError, match="no prototypes"):
+        plain.similarity_on_spectrogram(0, 0)
+
+
+def test_predict_format_threshold_and_silence():
+    x = torch.as_tensor(tone(2000.0, 2.0, SR))
+    with pytest.raises(ParameterError, match="min_conf"):
+        core.predict(TINY, x)  # a model built in the test has no stored threshold
+    with pytest.raises(ParameterError, match="min_conf"):
+        core.predict(TINY, x, min_conf=1.5)
+    dets = core.predict(TINY, x, min_conf=0.01)
+    scores = core.explain(TINY, x).scores
+    assert len(dets) == int((scores >= 0.01).sum())
+    for d in dets:
+        assert set(d) == {"start_time", "end_time", "scientific_name", "common_name", "label", "confidence"}
+        assert d["label"] == f"{d['scientific_name']}_{d['common_name']}" and d["end_time"] - d["start_time"] == 1.0
+        w, c = int(d["start_time"]), CLASSES.index(d["scientific_name"])
+        assert np.isclose(d["confidence"], scores[w, c], atol=1e-6)
+    assert [d["start_time"] for d in dets] == sorted(d["start_time"] for d in dets)
+    assert core.predict(TINY, torch.zeros(2 * SR), min_conf=0.01) == []  # silence never detects a bird
+    with pytest.raises(ParameterError, match=r"\(n_samples,\)"):
+        core.predict(TINY, x.reshape(2, -1), min_conf=0.5)
+
+
+def test_load_model_and_audio(tmp_path):
+    assert core.DEFAULT_MODEL == "birdnet_protopnet" and core.load_model is api.load_model
+    from core.models.birdnet import birdnet_available
+
+    assert core.DEFAULT_MODEL in api.model_names() and ("birdnet-all" in api.model_names()) == birdnet_available()
+    with pytest.raises(ParameterError, match="protopnet"):
+        core.load_model("no_such_model")
+    path = tmp_path / "stereo.wav"
+    sf.write(path, np.stack([tone(1000.0, 1.5, 44_100, amp=0.99)] * 2, axis=1), 44_100)
+    w = core.load_audio(path, 16_000)
+    assert isinstance(w, torch.Tensor) and w.dtype == torch.float32 and w.shape == (24_000,)
+    assert w.abs().max() <= 1.0
+    with pytest.raises(AudioLoadError):
+        core.load_audio(tmp_path / "missing.wav", 16_000)
+    with pytest.raises(ParameterError, match="sample_rate"):
+        core.load_audio(path, 0)
+
+
+@pytest.mark.slow
+def test_real_recording_end_to_end(data_dir):
+    """load_audio -> predict -> attack -> explain -> analyze on a recording of the dataset, with the shipped protopnet."""
+    from core.models.birdnet import dataset_species
+
+    path = sorted((data_dir / "audio" / "parmaj").glob("*.flac"))[0]
+    model = core.load_model("protopnet", device="cpu")
+    sr = model.config.frontend.sample_rate
+    x = core.load_audio(path, sr)
+    dets = core.predict(model, x)
+    ex = core.explain(model, x)
+    threshold = model.card["decision_threshold"]["value"]
+    assert len(dets) == int((ex.scores >= threshold).sum())  # the recording is not silent
+    species = {r["scientific_name"]: r["english_name"] for r in dataset_species()}
+    names = {d["scientific_name"]: d["common_name"] for d in dets}
+    assert all(species[n] == c for n, c in names.items())
+    table = core.analyze(path, model=model)
+    assert table.attrs["threshold"] == threshold and list(table.columns)[:3] == ["start_s", "end_s", "species_code"]
+    assert set(table["scientific_name"]) == set(names)  # streamed decoding gives the same detections
+    res = core.attack(model, x, eps=1e-3, steps=2)
+    assert res.adversarial.shape == x.shape and (res.adversarial - x).abs().amax() <= 1e-3 + 1e-6
+    assert torch.isfinite(res.snr_db) and res.success.shape == (len(ex.scores),)
+    assert ex.similarity_maps.shape[1] == model.n_prototypes and ex.frequency_hz[-1] < model.config.frontend.f_max
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["birdnet", "birdnet-all", core.DEFAULT_MODEL])
+def test_birdnet_models_predict(data_dir, name):
+    path = sorted((data_dir / "audio" / "parmaj").glob("*.flac"))[0]
+    model = core.load_model(name, device="cpu")
+    x = core.load_audio(path, model.config.frontend.sample_rate)
+    dets = core.predict(model, x)
+    threshold, _ = api.decision_threshold(model)
+    assert all(d["confidence"] >= threshold for d in dets)
+    if name == "birdnet-all":
+        assert threshold == api.BIRDNETLIB_MIN_CONF and all("_" not in d["scientific_name"] for d in dets)
