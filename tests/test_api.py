@@ -232,10 +232,13 @@ def test_real_recording_end_to_end(data_dir):
     model = core.load_model("protopnet", device="cpu")
     sr = model.config.frontend.sample_rate
     x = core.load_audio(path, sr)
+    codes = {r["scientific_name"]: r["species_code"] for r in dataset_species()}
     dets = core.predict(model, x)
     ex = core.explain(model, x)
     threshold = model.card["decision_threshold"]["value"]
-    assert len(dets) == int((ex.scores >= threshold).sum())  # the recording is not silent
+    assert len(dets) == int((ex.scores >= threshold).sum()) >= 1  # every score at or above the card's threshold, and some are
+    assert all(np.isclose(d["confidence"], ex.scores[int(d["start_time"] // 5), model.config.class_names.index(c)])
+               for d, c in zip(dets, [codes[d["scientific_name"]] for d in dets]))
     species = {r["scientific_name"]: r["english_name"] for r in dataset_species()}
     names = {d["scientific_name"]: d["common_name"] for d in dets}
     assert all(species[n] == c for n, c in names.items())
@@ -255,7 +258,12 @@ def test_birdnet_models_predict(data_dir, name):
     model = core.load_model(name, device="cpu")
     x = core.load_audio(path, model.config.frontend.sample_rate)
     dets = core.predict(model, x)
-    threshold, _ = api.decision_threshold(model)
-    assert all(d["confidence"] >= threshold for d in dets)
-    if name == "birdnet-all":
+    threshold, source = api.decision_threshold(model)
+    table = core.analyze(path, model=model)
+    assert table.attrs["model"] == name and table.attrs["threshold"] == threshold
+    assert [(d["start_time"], d["scientific_name"]) for d in dets] == list(zip(table["start_s"], table["scientific_name"]))
+    assert all(d["confidence"] >= threshold for d in dets) and len(dets) >= 1
+    if name == "birdnet-all":  # no validation threshold over 6,522 classes: birdnetlib's default
         assert threshold == api.BIRDNETLIB_MIN_CONF and all("_" not in d["scientific_name"] for d in dets)
+    else:
+        assert source.startswith("validation threshold") and "Parus major" in {d["scientific_name"] for d in dets}
