@@ -1,5 +1,6 @@
 """The CLI on the shipped checkpoints: predictions, attack, and one-line errors for bad input."""
 
+import argparse
 import json
 import subprocess
 import sys
@@ -229,3 +230,30 @@ def test_embed_metrics_bad_options(tmp_path):
     assert r.returncode == 2 and ".csv or .parquet" in r.stderr and "Traceback" not in r.stderr
     r = run("embed-metrics", "--models", "baseline", "--eps", "0")
     assert r.returncode == 2 and "eps must be > 0" in r.stderr
+
+
+def _subparsers():
+    from core.cli import build_parser
+
+    return next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+def test_parser_lists_every_subcommand_once_and_data_dir_where_it_reads_the_dataset():
+    from core.cli import SUBCOMMANDS
+
+    subs = _subparsers()
+    assert list(subs) == list(SUBCOMMANDS) and len(set(SUBCOMMANDS)) == 25
+    no_data = {n for n, p in subs.items() if "--data-dir" not in p._option_string_actions}
+    assert no_data == {"predict", "analyze", "attack", "fetch-model", "explain-published", "download"}
+    assert all(p._actions[-1].dest == "data_dir" for n, p in subs.items() if n not in no_data)  # always the last option
+
+
+@pytest.mark.parametrize("cmd,default", [("predict", "protopnet"), ("analyze", "protopnet"), ("attack", "protopnet"),
+                                         ("evaluate", "protopnet"), ("audit", "birdnet_protopnet"), ("calibrate", None)])
+def test_model_help_names_the_shipped_models_and_the_default(cmd, default):
+    text = " ".join(_subparsers()[cmd].format_help().split())
+    shipped = list_checkpoints()
+    if cmd == "audit":  # only the prototype heads on BirdNET
+        shipped = [n for n in shipped if n.startswith("birdnet_protopnet")]
+        assert "birdnet_protopnet" in shipped and "baseline" not in shipped
+    assert f"shipped: {', '.join(shipped)}" + (f" (default: {default})" if default else " --data-dir") in text
