@@ -257,3 +257,20 @@ def test_model_help_names_the_shipped_models_and_the_default(cmd, default):
         shipped = [n for n in shipped if n.startswith("birdnet_protopnet")]
         assert "birdnet_protopnet" in shipped and "baseline" not in shipped
     assert f"shipped: {', '.join(shipped)}" + (f" (default: {default})" if default else " --data-dir") in text
+
+
+def test_predict_reports_detections_through_the_api(wav, tmp_path):
+    """predict's detections are core.predict's: every (window, species) at or above --min-conf, none on silence."""
+    r = run("predict", str(wav), "--model", "protopnet", "--min-conf", "0.3", "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["settings"] == {"min_conf": 0.3, "min_conf_source": "min_conf"} and res["model"] == "protopnet"
+    expected = sorted((w["start_s"], c) for w in res["windows"] for c, s in w["scores"].items() if s >= 0.3)
+    got = sorted((d["start_time"], d["label"]) for d in res["detections"])
+    assert len(got) == len(expected) > 0
+    assert {"start_time", "end_time", "scientific_name", "common_name", "label", "confidence"} <= set(res["detections"][0])
+    silent = tmp_path / "silence.wav"
+    sf.write(silent, np.zeros(5 * 32_000, np.float32), 32_000)
+    r = run("predict", str(silent), "--model", "protopnet")
+    assert r.returncode == 0, r.stderr
+    assert "no bird detected" in r.stdout and "validation threshold" in r.stdout

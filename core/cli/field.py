@@ -22,7 +22,21 @@ def _top(scores: list[dict]) -> str:
 def predict_args(p) -> None:
     p.add_argument("file")
     add_model(p, DEFAULT_MODEL)
+    add_float(p, "--min-conf", help="score from which a species counts as detected, in (0, 1) "
+                                    "(default: the model's validation threshold, as the Field page)")
     add_json(p)
+
+
+def _detections(model, path: str, min_conf: float | None) -> tuple[list[dict] | None, dict]:
+    """:func:`core.api.predict` on the file: (detections or None without a threshold, the settings used)."""
+    from core.api import decision_threshold, load_audio, predict
+
+    try:
+        threshold, source = decision_threshold(model, min_conf)
+    except ParameterError as e:  # a checkpoint without a stored threshold: scores only, and say why
+        return None, {"min_conf": None, "min_conf_source": str(e)}
+    waveform = load_audio(path, int(model.config.frontend.sample_rate))
+    return predict(model, waveform, min_conf=threshold), {"min_conf": threshold, "min_conf_source": source}
 
 
 def cmd_predict(args) -> int:
@@ -31,13 +45,22 @@ def cmd_predict(args) -> int:
 
     model = load_checkpoint(args.model)
     res = predict_file(model, args.file)
+    dets, settings = _detections(model, args.file, args.min_conf)
     if args.json:
-        print(json.dumps(res, indent=2))
-    else:
-        print(f"{res['file']}: {res['duration_s']:.1f} s, {len(res['windows'])} window(s), model {args.model}")
-        for w in res["windows"]:
-            print(f"  {w['start_s']:6.1f} s  {_top(w['top'])}")
-        print(f"  recording (max over windows): {_top(res['top'])}")
+        print(json.dumps({**res, "model": args.model, "settings": settings, "detections": dets}, indent=2))
+        return 0
+    print(f"{res['file']}: {res['duration_s']:.1f} s, {len(res['windows'])} window(s), model {args.model}")
+    for w in res["windows"]:
+        print(f"  {w['start_s']:6.1f} s  {_top(w['top'])}")
+    print(f"  recording (max over windows): {_top(res['top'])}")
+    if dets is None:
+        print(f"  detections: none computed ({settings['min_conf_source']})")
+        return 0
+    print(f"  detections at min_conf {settings['min_conf']:.2f} ({settings['min_conf_source']}):")
+    for d in dets:
+        print(f"  {d['start_time']:6.1f}-{d['end_time']:.1f} s  {d['common_name']} ({d['scientific_name']}) {d['confidence']:.2f}")
+    if not dets:
+        print("  no bird detected")
     return 0
 
 
