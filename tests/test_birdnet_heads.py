@@ -159,7 +159,7 @@ def test_head_model_checkpoint_holds_only_the_head_and_round_trips(arch, tmp_pat
         assert out.similarity_maps.shape == (2, 6, 6, 16) and out.prototype_activations.shape == (2, 6)
         # the model's maps are BirdNET's rows flipped (row 0 = lowest band), so they overlay the display spectrogram
         with torch.no_grad():
-            raw = model.backbone(model.frontend(x))[0][0]
+            raw = model.trunk_features(x)  # frozen BirdNET, its own row order
         assert torch.allclose(out.feature_map, raw.flip(2))
         assert loaded.class_connection().shape == (3, 6)
     else:
@@ -182,7 +182,7 @@ def test_tuned_head_checkpoint_holds_the_tuned_stage_and_reproduces_it(birdnet, 
     with torch.no_grad():  # untouched, the stage continues BirdNET's own graph exactly
         want = birdnet.intermediates(x, ("BLOCK_3-5_ADD",))["BLOCK_3-5_ADD"]
         assert torch.allclose(model.forward_features(x), want.flip(2), atol=1e-4)
-        for q in model.stage.parameters():  # as fine-tuning would
+        for q in model.tuned_parameters():  # as fine-tuning would
             q.add_(0.01 * torch.randn_like(q))
         tuned = model.forward_features(x)
     assert not torch.allclose(tuned, want.flip(2), atol=1e-3)
@@ -203,6 +203,15 @@ def test_tuned_head_checkpoint_holds_the_tuned_stage_and_reproduces_it(birdnet, 
     frozen = BirdNETHeadModel(BirdNETHeadConfig(**{**cfg.to_dict(), "tuned_from": None, "frontend": cfg.frontend}))
     with pytest.raises(RuntimeError, match="outside the head"):  # a tuned checkpoint never loads into a frozen model
         frozen.load_state_dict(loaded.state_dict())
+    # training reaches the stage and head through methods: shared parts, and a model assembled from trained parts
+    stage, head = loaded.trainable_parts()
+    assert [id(q) for q in stage.parameters()] == [id(q) for q in loaded.tuned_parameters()] and loaded.tuned_parameters()
+    with torch.no_grad():
+        assert torch.allclose(loaded.tuned_features(loaded.trunk_features(x)).flip(2), out.feature_map, atol=1e-5)
+        rebuilt = BirdNETHeadModel.from_parts(cfg, head, stage).eval()
+        assert torch.allclose(rebuilt(x), out.logits, atol=1e-5)
+    with pytest.raises(ParameterError, match="tuned_from"):
+        BirdNETHeadModel.from_parts(cfg, head)
 
 
 def test_no_bird_windows_are_train_split_site_noise_and_synthetic_sounds(data_dir):
