@@ -256,7 +256,8 @@ def test_model_help_names_the_shipped_models_and_the_default(cmd, default):
     if cmd == "audit":  # only the prototype heads on BirdNET
         shipped = [n for n in shipped if n.startswith("birdnet_protopnet")]
         assert "birdnet_protopnet" in shipped and "baseline" not in shipped
-    assert f"shipped: {', '.join(shipped)}" + (f" (default: {default})" if default else " --data-dir") in text
+    assert f"shipped: {', '.join(shipped)}" + (f" (default: {default})" if default else ";") in text
+    assert ("birdnet-all: BirdNET V2.4 over all its 6,522 species" in text) == (cmd != "audit")
 
 
 def test_predict_reports_detections_through_the_api(wav, tmp_path):
@@ -274,3 +275,9 @@ def test_predict_reports_detections_through_the_api(wav, tmp_path):
     r = run("predict", str(silent), "--model", "protopnet")
     assert r.returncode == 0, r.stderr
     assert "no bird detected" in r.stdout and "validation threshold" in r.stdout
+
+
+@pytest.mark.parametrize("cmd,default", [("sweep", "baseline,protopnet"), ("compare", None)])
+def test_models_help_names_the_shipped_models(cmd, default):
+    text = " ".join(_subparsers()[cmd].format_help().split())
+    assert f"shipped: {', '.join(list_checkpoints())}" + (f" (default: {default})" if default else "") in text

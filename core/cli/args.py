@@ -70,13 +70,18 @@ def add_model(p: argparse.ArgumentParser, default: str | None = None, *, what: s
         Passed to ``add_argument`` (``nargs``, ``required``).
     """
     tail = "" if default is None else " (default: %(default)s)"
-    action = p.add_argument("--model", default=default, help=f"{what}; shipped: %(models)s{tail}", **kwargs)
+    birdnet_all = "" if arch else "; birdnet-all: BirdNET V2.4 over all its 6,522 species, not only the dataset's 9"
+    action = p.add_argument("--model", default=default, help=f"{what}; shipped: %(models)s{tail}{birdnet_all}", **kwargs)
     action.models = _ShippedModels(arch)  # %(models)s: read when the help is formatted
 
 
 def add_models(p: argparse.ArgumentParser, default: str | None, help: str | None = None) -> None:
-    """``--models``: comma-separated checkpoint names (read with :func:`core.cli.common.load_models`)."""
-    p.add_argument("--models", default=default, help=help)
+    """``--models``: comma-separated checkpoint names (read with :func:`core.cli.common.load_models`); its help names
+    the valid models and the default."""
+    what = help or "comma-separated checkpoint names"
+    tail = "" if default is None else " (default: %(default)s)"
+    action = p.add_argument("--models", default=default, help=f"{what}; shipped: %(models)s{tail}")
+    action.models = _ShippedModels()
 
 
 def add_split(p: argparse.ArgumentParser, choices: list[str] = SPLITS) -> None:
