@@ -317,9 +317,9 @@ def empty_user_cache(monkeypatch, tmp_path):
 @pytest.fixture
 def empty_compare_store(empty_user_cache, monkeypatch, tmp_path):
     """A user cache with no comparison in it, and no shipped results."""
-    import core.studies.compare
+    import core.studies.compare_store
 
-    monkeypatch.setattr(core.studies.compare, "SHIPPED_DIR", tmp_path / "no_shipped")
+    monkeypatch.setattr(core.studies.compare_store, "SHIPPED_DIR", tmp_path / "no_shipped")
     return empty_user_cache
 
 
@@ -711,12 +711,13 @@ def test_sweep_page_draws_success_with_and_without_a_transformation():
 
 def test_published_model_page_explains_a_clip_from_a_stand_in(data_dir, tmp_path, monkeypatch):
     from core.models import published as pub
+    from core.models.published_io import save_published
     from tests.test_published import SMALL, _small_protopnet
 
     at = AppTest.from_file(str(ROOT / "pages" / "10_Published_model.py"), default_timeout=TIMEOUT).run()
     no_exception(at)
     assert any("fetch-model" in i.value for i in at.info)  # nothing fetched: how to get one, no traceback
-    folder = pub.save_published(_small_protopnet(), tmp_path / "apn-standin")
+    folder = save_published(_small_protopnet(), tmp_path / "apn-standin")
     full_size = pub.convnext_base_config
     monkeypatch.setattr(pub, "convnext_base_config", lambda **kw: full_size(**{**SMALL, **kw}))  # the stand-in is small
     at.text_input(key="pub_path").set_value(str(tmp_path / "missing")).run()
