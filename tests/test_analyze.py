@@ -108,6 +108,7 @@ def test_selection_tables_parse_back(tmp_path):
 needs_models = pytest.mark.skipif("protopnet" not in list_checkpoints(), reason="shipped checkpoints missing")
 
 
+@pytest.mark.slow
 @needs_models
 def test_analyze_file_scores_every_window_like_the_clip_path(tmp_path):
     from core.field.inference import analyze_waveform
@@ -130,6 +131,7 @@ def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "core", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 @needs_models
 def test_cli_analyses_a_directory_and_keeps_going_past_a_bad_file(tmp_path):
     src = tmp_path / "in"
@@ -150,6 +152,7 @@ def test_cli_analyses_a_directory_and_keeps_going_past_a_bad_file(tmp_path):
     assert r.returncode == 2 and "--format" in r.stderr
 
 
+@pytest.mark.slow
 @needs_models
 def test_json_output_piped_into_head_ends_quietly(tmp_path):
     path = _stereo_file(tmp_path / "x.wav", 6.0)
@@ -166,6 +169,7 @@ def test_silent_windows_are_never_detections():
     assert list(detections(a)["start_s"]) == [5.0]
 
 
+@pytest.mark.slow
 @needs_models
 def test_no_bird_check_agrees_with_the_file_path(tmp_path):
     from core.field.nobird import _control_signals, no_bird_check

@@ -70,6 +70,7 @@ def _check_attack(method, objective, norm, restarts, with_labels, batch, scale):
     assert res.clean_scores.shape == res.adversarial_scores.shape == (len(starts), len(CLASSES))
 
 
+@pytest.mark.slow
 @settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(method=st.sampled_from(["fgsm", "bim", "pgd", "apgd"]), objective=st.sampled_from(sorted(OBJECTIVES)),
        norm=st.sampled_from(["linf", "l2"]), restarts=st.sampled_from([1, 2]), with_labels=st.booleans(),
@@ -87,6 +88,7 @@ def test_attack_every_combination(method, objective):
         _check_attack(method, objective, norm, restarts, with_labels, batch=bool(i % 2), scale=1.0)
 
 
+@pytest.mark.slow
 def test_attack_keeps_padding_and_tail_untouched():
     x = _recording(1.6)  # windows at 0 and 1 s; the 0.6 s tail is a zero-padded window
     res = core.attack(TINY, x, eps=0.05, steps=2)
@@ -96,6 +98,7 @@ def test_attack_keeps_padding_and_tail_untouched():
     assert torch.equal(res.adversarial[WIN:], short[WIN:]) and not torch.equal(res.adversarial[:WIN], short[:WIN])
 
 
+@pytest.mark.slow
 def test_attack_restarts_with_labels_never_worse():
     """The issue's bug through the public call: restarts with true labels used to raise KeyError 'clean_top1'."""
     x = _recording(2.0)

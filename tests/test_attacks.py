@@ -43,6 +43,7 @@ def _objectives(model):
     return objs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 @pytest.mark.parametrize("name", sorted(ATTACKS))
 def test_attack_contract(tiny_model, name, norm):
@@ -104,6 +105,7 @@ def test_snr_budget_reaches_at_least_target(tiny_proto):
     assert eps_for_snr(w, 20.0) == pytest.approx(0.5 * 0.1)
 
 
+@pytest.mark.slow
 def test_seeded_attacks_are_reproducible(tiny_proto):
     x = _clips()
     # small steps, so that the random start still shows (default steps saturate at +-eps)
@@ -118,6 +120,7 @@ def test_seeded_attacks_are_reproducible(tiny_proto):
         assert not torch.equal(both[0], both[1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_sweep_equals_looped_attacks(tiny_model, norm):
     """Batched eps grid == one attack per eps with the same seed (float64: no ties in sign())."""
@@ -152,6 +155,7 @@ def test_sweep_snr_grid_and_targeted_scores(tiny_proto):
     assert np.isnan(untargeted.drs).all() and np.isnan(untargeted.tars).all()
 
 
+@pytest.mark.slow
 def test_minimal_eps_brackets_the_flip(tiny_proto):
     x = _clips(2) * 0.3
     attack = BIM(eps=0.1, steps=5)
@@ -271,6 +275,7 @@ def test_apgd_checkpoints_follow_the_paper():
     assert apgd_checkpoints(1) == [1]
 
 
+@pytest.mark.slow
 def test_apgd_beats_a_too_large_fixed_step(tiny_model):
     # PGD with a step of 2 eps bounces between corners of the ball; APGD starts there and halves its step,
     # so with the same number of gradient steps it reaches a higher objective on every clip
@@ -288,6 +293,7 @@ def test_apgd_beats_a_too_large_fixed_step(tiny_model):
     assert (v_apgd >= v_pgd - 1e-6).all() and (v_apgd > v_pgd).any(), (v_apgd, v_pgd)
 
 
+@pytest.mark.slow
 def test_restarts_never_worse_and_validated(tiny_model):
     x = _clips(3, seed=9)
     objective = OutputUntargeted()
@@ -308,6 +314,7 @@ def test_restarts_never_worse_and_validated(tiny_model):
         BIM(eps=0.01, restarts=2)
 
 
+@pytest.mark.slow
 def test_targeted_margin_makes_the_model_say_the_chosen_species(tiny_model):
     tiny_model.eval()
     x = _clips(4) * 0.3
@@ -326,6 +333,7 @@ def test_targeted_margin_makes_the_model_say_the_chosen_species(tiny_model):
         OutputTargetedMargin(99).check_model(tiny_model)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["pgd", "apgd"])
 def test_restarts_with_true_labels(tiny_proto, name):
     """Regression (issue 23): restarts with labels raised KeyError 'clean_top1' (the labelled state had no clean pass)."""

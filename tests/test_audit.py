@@ -21,6 +21,7 @@ def head_model():
     return BirdNETHeadModel(cfg).eval()
 
 
+@pytest.mark.slow
 def test_audit_finds_the_cell_a_prototype_was_copied_from(head_model):
     rng = np.random.default_rng(0)
     t = np.arange(144_000) / 48_000
@@ -71,6 +72,7 @@ def _noise_windows(n: int, seed: int = 0) -> np.ndarray:
                      for i in range(n)]).astype(np.float32)
 
 
+@pytest.mark.slow
 def test_audit_goes_through_the_tuned_stage(tuned_model):
     # before issue 23 the audit read BirdNET's graph directly and skipped the tuned stage: its maps and scores were
     # those of another model
@@ -84,6 +86,7 @@ def test_audit_goes_through_the_tuned_stage(tuned_model):
     assert not torch.allclose(sims, untuned, atol=1e-2)  # the stage matters: the old path differs
 
 
+@pytest.mark.slow
 def test_deletion_scores_are_the_models_scores_of_the_masked_input(tuned_model):
     waves = torch.as_tensor(_noise_windows(2, seed=3))
     with torch.no_grad():
@@ -101,6 +104,7 @@ def test_deletion_scores_are_the_models_scores_of_the_masked_input(tuned_model):
     assert float(got[3]) == pytest.approx(float(silent), abs=1e-5)
 
 
+@pytest.mark.slow
 def test_audit_similarities_are_the_models_activations(tuned_model):
     waves = _noise_windows(4, seed=5)
     targets = np.array([[1, 0], [1, 0], [0, 1], [0, 1]], np.float32)

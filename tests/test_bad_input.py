@@ -74,6 +74,7 @@ def test_invalid_audio_raises_specific_error(row):
     assert needle in str(info.value) and str(info.value).startswith("x.wav:")
 
 
+@pytest.mark.slow
 @shipped
 @pytest.mark.parametrize("row", list(VALID))
 def test_odd_but_valid_audio_loads_and_predicts(row):
@@ -121,6 +122,7 @@ def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "core", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 @shipped
 @pytest.mark.parametrize("row", ["corrupt audio", "image renamed .wav", "empty 0-byte file", "header-only WAV"])
 def test_cli_invalid_audio_one_line_error(row, tmp_path):
@@ -131,6 +133,7 @@ def test_cli_invalid_audio_one_line_error(row, tmp_path):
     assert INVALID[row][1] in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 @shipped
 @pytest.mark.parametrize("args,needle", [
     (["--eps", "1.5"], "eps must be a number in [0, 1]"),
@@ -144,6 +147,7 @@ def test_cli_out_of_range_parameters(args, needle, tmp_path):
     assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 @shipped
 def test_cli_odd_name_and_silent_file(tmp_path):
     path = tmp_path / "odd name ü (1) #?.wav"
@@ -181,6 +185,7 @@ def _attacked_session(clip_name: str):
     return at
 
 
+@pytest.mark.slow
 @shipped
 def test_ui_bad_uploads_keep_the_session():
     at = _attacked_session("good.wav")
@@ -198,6 +203,7 @@ def test_ui_bad_uploads_keep_the_session():
         assert any(VALID[name][1] in w.value for w in at.warning), (name, [w.value for w in at.warning])
 
 
+@pytest.mark.slow
 @shipped
 def test_ui_upload_over_the_size_limit_and_odd_name():
     from streamlit.testing.v1 import AppTest
@@ -278,6 +284,7 @@ def test_frontend_property(n, scale, batch, seed):
     assert torch.isfinite(out).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,needle", [
     (["head-study", "--layers", "BLOCK_3-5_ADD,ACT_POST", "--finetune-from", "BLOCK_3-4_ADD"], "needs exactly one --layers"),
     (["head-study", "--layers", "BLOCK_3-5_ADD", "--finetune-from", "BLOCK_3-4_ADD", "--lr-stage", "0"], "--lr-stage must be > 0"),

@@ -86,6 +86,7 @@ def test_logits_match_tflite_on_real_windows(model, real_windows):
     assert (np.argsort(-got, 1)[:, :5] == np.argsort(-ref, 1)[:, :5]).all()
 
 
+@pytest.mark.slow
 def test_every_operator_matches_tflite(model, real_windows):
     """Each op's output, fed by the interpreter's own input to the backbone, against the interpreter's tensor.
 
@@ -129,6 +130,7 @@ def test_every_operator_matches_tflite(model, real_windows):
             "CONCATENATION"} <= kinds
 
 
+@pytest.mark.slow
 def test_batch_equals_single(model, real_windows):
     with torch.no_grad():
         batch = model.forward_all(torch.from_numpy(real_windows[:3]))
@@ -145,6 +147,7 @@ def _input_grad(model, x):
     return g
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["silence", "padding", "noise", "dc"])
 def test_gradient_reaches_waveform_and_is_finite(kind):
     model = load_birdnet("dataset", device="cpu")
@@ -163,6 +166,7 @@ def test_gradient_reaches_waveform_and_is_finite(kind):
         assert g[:, 24_000:].abs().sum() > 0  # the padded part is attackable too
 
 
+@pytest.mark.slow
 def test_spectrogram_shapes_and_channels(model):
     x = torch.zeros(1, WINDOW)
     x[0] = torch.sin(2 * torch.pi * 1000 * torch.arange(WINDOW) / BIRDNET_SAMPLE_RATE)
@@ -178,6 +182,7 @@ def test_spectrogram_shapes_and_channels(model):
     assert 96 // 3 < row < 96
 
 
+@pytest.mark.slow
 def test_species_restriction_selects_columns(model, real_windows):
     small = load_birdnet("dataset", device="cpu")
     x = torch.from_numpy(real_windows[:2])
@@ -194,6 +199,7 @@ def test_species_restriction_selects_columns(model, real_windows):
         birdnet_config(["Dodo"])
 
 
+@pytest.mark.slow
 def test_intermediate_layers_by_name(model):
     x = 0.01 * torch.randn(1, WINDOW, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -251,6 +257,7 @@ def test_registry_lists_and_loads_birdnet():
     assert card["metrics"]["test"] == stored["test"]  # the home page's table shows the measured figures
 
 
+@pytest.mark.slow
 def test_every_objective_attacks_birdnet(real_windows):
     """Output (BCE, margin, targeted) and embedding objectives on BirdNET; embedding ones use the 1,024-d embedding."""
     from core.attacks import PGD, EmbeddingTargeted, EmbeddingUntargeted, OutputMargin, OutputTargeted, OutputUntargeted
@@ -273,6 +280,7 @@ def test_every_objective_attacks_birdnet(real_windows):
             assert torch.allclose(value, expected, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_top_species_over_all_classes_with_location(model, real_windows):
     from core.models.birdnet import top_species
 

@@ -27,6 +27,7 @@ def _synthetic(n=120, c=16, f=4, t=6, k=3, seed=0):
     return feats.astype(np.float16), y, cells
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["prototype", "linear"])
 def test_heads_learn_a_pattern_hidden_in_one_cell(kind):
     feats, y, _ = _synthetic()
@@ -39,6 +40,7 @@ def test_heads_learn_a_pattern_hidden_in_one_cell(kind):
     assert acc > (0.75 if kind == "prototype" else 0.9)  # chance is 1/3
 
 
+@pytest.mark.slow
 def test_push_puts_each_prototype_on_a_real_cell_of_its_own_class():
     feats, y, _ = _synthetic()
     cfg = HeadConfig(prototypes_per_class=2, epochs=5, batch_size=16, loss="bce")
@@ -83,6 +85,7 @@ def birdnet():
     return load_birdnet(device="cpu")
 
 
+@pytest.mark.slow
 def test_trunk_equals_birdnet_intermediates_and_caches(birdnet, tmp_path, monkeypatch):
     monkeypatch.setenv("BIRDSHIELD_CACHE_DIR", str(tmp_path))
     torch.manual_seed(0)
@@ -104,6 +107,7 @@ def test_trunk_equals_birdnet_intermediates_and_caches(birdnet, tmp_path, monkey
         BirdNETTrunk("BLOCK_9-9_ADD")
 
 
+@pytest.mark.slow
 def test_stage_continues_the_trunk_and_fine_tunes_with_the_head(birdnet):
     torch.manual_seed(0)
     x = torch.randn(6, 144_000) * 0.05
@@ -132,6 +136,7 @@ def test_trunk_rows_map_to_both_input_channels_bands():
     assert high_top[1] > 10_000 and low_top[1] <= 3_100  # the two channels span 0.5-15 kHz and 0-3 kHz
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["birdnet-protopnet", "birdnet-linear"])
 def test_head_model_checkpoint_holds_only_the_head_and_round_trips(arch, tmp_path):
     from safetensors import safe_open
@@ -168,6 +173,7 @@ def test_head_model_checkpoint_holds_only_the_head_and_round_trips(arch, tmp_pat
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
 
 
+@pytest.mark.slow
 def test_tuned_head_checkpoint_holds_the_tuned_stage_and_reproduces_it(birdnet, tmp_path):
     from safetensors import safe_open
 
@@ -214,6 +220,7 @@ def test_tuned_head_checkpoint_holds_the_tuned_stage_and_reproduces_it(birdnet, 
         BirdNETHeadModel.from_parts(cfg, head)
 
 
+@pytest.mark.slow
 def test_no_bird_windows_are_train_split_site_noise_and_synthetic_sounds(data_dir):
     from core.io.data import Dataset
     from core.training.heads import NO_BIRD_SYNTHETIC_ID, no_bird_windows

@@ -132,6 +132,7 @@ def open_page(browser, url):
     return page
 
 
+@pytest.mark.slow
 def test_walk_every_page(server, browser, tmp_path, data_dir):
     upload = tmp_path / "tone.wav"
     sf.write(upload, tone(2500, 6.0, 44_100, amp=0.2) + np.float32(0), 44_100)
@@ -242,6 +243,7 @@ def test_walk_every_page(server, browser, tmp_path, data_dir):
     page.close()
 
 
+@pytest.mark.slow
 def test_second_session_loads_while_first_is_busy_and_a_run_survives_leaving_its_page(server, browser, data_dir):
     busy = open_page(browser, f"{server}/Sweep")
     busy.get_by_text("Split subset", exact=True).click()

@@ -95,6 +95,7 @@ def test_birdnet_threshold_is_stored_beside_its_metrics(tmp_path, monkeypatch):
     assert card_thresholds(["birdnet"]) == {}
 
 
+@pytest.mark.slow
 def test_shipped_threshold_reproduces_on_the_validation_split(data_dir):
     name = "protopnet"
     got = calibrate_model(load_checkpoint(name, device="cpu"), Dataset(data_dir))

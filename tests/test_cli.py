@@ -28,6 +28,7 @@ def wav(tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_predict_json(wav):
     r = run("predict", str(wav), "--model", "protopnet", "--json")
     assert r.returncode == 0, r.stderr
@@ -38,6 +39,7 @@ def test_predict_json(wav):
     assert res["top"][0]["score"] >= res["top"][1]["score"]
 
 
+@pytest.mark.slow
 def test_attack_writes_audio(wav, tmp_path):
     out = tmp_path / "adv.wav"
     r = run("attack", str(wav), "--model", "baseline", "--eps", "0.002", "--steps", "3", "--out", str(out), "--json")
@@ -49,6 +51,7 @@ def test_attack_writes_audio(wav, tmp_path):
     assert sr == 32_000 and len(adv) == 8 * 32_000
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,needle", [
     (["predict", "missing.wav"], "no such file"),
     (["attack", "{wav}", "--eps", "-0.1"], "eps must be a number in [0, 1]"),
@@ -65,6 +68,7 @@ def test_bad_input_one_line_error(args, needle, wav, tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_train_command_writes_checkpoint_card_and_log(tiny_dataset, tmp_path):
     """`python -m core train` end to end on a tiny generated dataset (fewer clips than one batch)."""
     out = tmp_path / "ck"
@@ -93,6 +97,7 @@ def test_train_command_writes_checkpoint_card_and_log(tiny_dataset, tmp_path):
     assert r.returncode == 2 and "config differs" in r.stderr
 
 
+@pytest.mark.slow
 def test_sweep_command_writes_table_and_resumes(data_dir, tmp_path):
     out = tmp_path / "sweep.parquet"
     args = ["sweep", "--models", "baseline,protopnet", "--attack", "bim", "--epsilons", "0,1e-3", "--steps", "2",
@@ -112,6 +117,7 @@ def test_sweep_command_writes_table_and_resumes(data_dir, tmp_path):
     assert other.returncode == 2 and "other settings" in other.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,needle", [
     (["--epsilons", "0,abc"], "comma-separated numbers"),
     (["--epsilons", "0,-1"], "[0, 1]"),
@@ -129,6 +135,7 @@ def test_sweep_bad_options(args, needle, data_dir, tmp_path):
     assert needle in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_sweep_command_scores_after_transformations_and_measures_audibility(data_dir, tmp_path):
     out = tmp_path / "sweep.csv"
     args = ["sweep", "--models", "protopnet", "--epsilons", "0,1e-3", "--steps", "2", "--max-clips", "2",
@@ -149,6 +156,7 @@ def test_sweep_command_scores_after_transformations_and_measures_audibility(data
     assert other.returncode == 2 and "other settings" in other.stderr
 
 
+@pytest.mark.slow
 def test_shift_command(data_dir, tmp_path):
     out = tmp_path / "shift.csv"
     r = run("shift", "--models", "baseline", "--max-clips", "9", "--snr", "0", "--out", str(out))
@@ -161,6 +169,7 @@ def test_shift_command(data_dir, tmp_path):
     assert noisy < clean  # site noise at 0 dB SNR hurts
 
 
+@pytest.mark.slow
 def test_compare_command_computes_stores_and_updates_cards(tiny_dataset, tmp_path):
     import torch
 
@@ -185,6 +194,7 @@ def test_compare_command_computes_stores_and_updates_cards(tiny_dataset, tmp_pat
     assert bad.returncode == 2 and "must be comma-separated numbers" in bad.stderr and "Traceback" not in bad.stderr
 
 
+@pytest.mark.slow
 def test_predict_with_birdnet_uses_its_rate_and_window(wav):
     r = run("predict", str(wav), "--model", "birdnet", "--json")
     assert r.returncode == 0, r.stderr
@@ -193,6 +203,7 @@ def test_predict_with_birdnet_uses_its_rate_and_window(wav):
     assert len(res["windows"][0]["scores"]) == 9
 
 
+@pytest.mark.slow
 def test_evaluate_out_stores_each_split(tmp_path, data_dir):
     out = tmp_path / "metrics.json"
     r = run("evaluate", "--model", "birdnet", "--split", "val", "--out", str(out), "--data-dir", str(data_dir))
@@ -204,6 +215,7 @@ def test_evaluate_out_stores_each_split(tmp_path, data_dir):
     assert bad.returncode != 0 and "must end in .json" in bad.stderr and "Traceback" not in bad.stderr
 
 
+@pytest.mark.slow
 def test_sweep_birdnet_beside_a_32k_model(data_dir, tmp_path):
     """Models with other windows in one sweep: each on its own windows of the same recordings, one table."""
     import pandas as pd
@@ -219,12 +231,14 @@ def test_sweep_birdnet_beside_a_32k_model(data_dir, tmp_path):
     assert recs["birdnet"] == recs["baseline"]  # the same recordings
 
 
+@pytest.mark.slow
 def test_sweep_bad_extension_writes_nothing(data_dir, tmp_path):
     r = run("sweep", "--models", "baseline", "--epsilons", "1e-3", "--max-clips", "1", "--steps", "1", "--out", str(tmp_path / "x.txt"))
     assert r.returncode == 2 and ".csv or .parquet" in r.stderr
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_embed_metrics_bad_options(tmp_path):
     r = run("embed-metrics", "--models", "baseline", "--out", str(tmp_path / "m.txt"))
     assert r.returncode == 2 and ".csv or .parquet" in r.stderr and "Traceback" not in r.stderr
@@ -260,6 +274,7 @@ def test_model_help_names_the_shipped_models_and_the_default(cmd, default):
     assert ("birdnet-all: BirdNET V2.4 over all its 6,522 species" in text) == (cmd != "audit")
 
 
+@pytest.mark.slow
 def test_predict_reports_detections_through_the_api(wav, tmp_path):
     """predict's detections are core.predict's: every (window, species) at or above --min-conf, none on silence."""
     r = run("predict", str(wav), "--model", "protopnet", "--min-conf", "0.3", "--json")

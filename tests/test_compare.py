@@ -41,6 +41,7 @@ def compared(tmp_path_factory):
     return result, models, ds, stages
 
 
+@pytest.mark.slow
 def test_compare_tables_cover_every_model_clip_and_condition(compared):
     result, models, ds, stages = compared
     n_shift = result.info["n_shift_clips"]
@@ -57,6 +58,7 @@ def test_compare_tables_cover_every_model_clip_and_condition(compared):
     assert stages[-1][1] == stages[-1][2]  # the last stage finished
 
 
+@pytest.mark.slow
 def test_compare_rows_equal_an_independent_sweep(compared):
     # the clips are attacked in batches of 4; a clip attacked alone gets the same result (seeded per clip)
     result, models, ds, _ = compared
@@ -179,6 +181,7 @@ def _zoo_result(better: str, n_rec: int = 30, seed: int = 0) -> CompareResult:
                          robustness=rob, targeted=tgt, prototypes=pd.DataFrame())
 
 
+@pytest.mark.slow
 def test_paper_check_reproduces_a_real_effect_and_rejects_the_opposite():
     good = paper_check(_zoo_result("AT-O"), n_boot=200).set_index("key")
     assert set(good.index) == {"clean", "shift", "robust", "robust_big", "ato_vs_ate", "ato_vs_ate_robust", "tars"}
@@ -226,6 +229,7 @@ def test_summary_keeps_eps_that_round_alike_apart(compared):
     assert cols == ["cmAP PGD eps 0.015", "cmAP PGD eps 0.02"]
 
 
+@pytest.mark.slow
 def test_compare_models_with_other_windows_on_the_same_recordings(tiny_dataset):
     """A model with another rate and window (as BirdNET beside the 32 kHz models) gets its own windows of the same recordings."""
     from core.models.frontend import FrontendConfig

@@ -33,6 +33,7 @@ def local_ray():
     ray.shutdown()
 
 
+@pytest.mark.slow
 def test_sharded_sweep_on_local_ray_equals_the_single_process_sweep(data_dir, tmp_path, local_ray):
     # 3 rows per clip and model (clean, eps 0, eps 1e-4); two groups (32 kHz 5 s models and a 48 kHz 3 s BirdNET
     # head), 5 clips in batches of 2 -> 3 batches over 2 shards

@@ -98,6 +98,7 @@ def test_prototype_band_table_is_the_card():
     assert block("prototype-bands") == prototype_bands_markdown(card["prototypes"], card["config"]["class_names"]) + "\n"
 
 
+@pytest.mark.slow
 def test_comparison_table_is_the_shipped_comparison():
     from core.studies.compare import SHIPPED_DIR
     from core.studies.compare_store import CompareStore
@@ -207,6 +208,7 @@ def test_head_comparison_is_the_stored_one_for_the_shipped_heads():
     assert block("head-compare") == compare_markdown(r, HEAD_LABELS) + "\n"
 
 
+@pytest.mark.slow
 def test_head_adversarial_training_table_is_the_stored_worst_case_comparison():
     from core.models.registry import load_checkpoint
     from core.studies.compare_store import CompareStore

@@ -91,6 +91,7 @@ def test_cache_hits_and_invalidates_on_new_weights(tmp_path, tiny_proto):
         compute_embeddings(tiny_proto, clips, attack=attack)
 
 
+@pytest.mark.slow
 def test_umap_transform_places_a_clip_next_to_itself():
     x, y = _blobs(n_per=30, spread=0.3)
     coords, (again,) = umap_map(x, extra=[x[::10]])

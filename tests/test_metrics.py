@@ -118,6 +118,7 @@ def test_tables_round_trip_and_reject_bad_files(tmp_path, tiny_proto):
         write_table(df, tmp_path / "t.xlsx")
 
 
+@pytest.mark.slow
 def test_sweep_windows_resumes(tmp_path, tiny_proto, tiny_model):
     gen = torch.Generator().manual_seed(0)
     x = ((torch.rand(5, 16_000, generator=gen) * 2 - 1) * 0.3).numpy()
@@ -169,6 +170,7 @@ def test_dataset_clips_subset_labels_and_bounds(tiny_dataset):
         dataset_clips(ds, split="test", class_names=["aaa", "bbb", "ccc"], sample_rate=16_000, window_samples=16_000, species="zzz")
 
 
+@pytest.mark.slow
 def test_cancelled_sweep_leaves_a_complete_table_and_resumes(tmp_path, tiny_proto):
     gen = torch.Generator().manual_seed(1)
     x = ((torch.rand(6, 16_000, generator=gen) * 2 - 1) * 0.3).numpy()

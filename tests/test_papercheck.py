@@ -187,6 +187,7 @@ def test_the_opposite_effect_is_reported_as_the_opposite_direction():
     assert t.loc["clean", "size"] == "smaller than the paper's +10.5 %, which lies above our interval"
 
 
+@pytest.mark.slow
 def test_at_models_are_compared_with_the_matched_ot_ft_control_when_there_is_one():
     # fine-tuning without the adversary helps more than AT-O; plain OT is worst
     skills = _skills(OT=0.0, OT_FT=1.0, AT_O=0.5, AT_E=0.0)

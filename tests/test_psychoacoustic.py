@@ -41,6 +41,7 @@ def test_a_loud_tone_masks_its_neighbourhood_more_above_than_below_and_silence_m
         masking_threshold(np.ones(100, np.float32), sr)
 
 
+@pytest.mark.slow
 def test_projection_brings_noise_under_the_threshold_and_keeps_what_was_already_under():
     sr = 32_000
     rng = np.random.default_rng(0)
@@ -59,6 +60,7 @@ def test_projection_brings_noise_under_the_threshold_and_keeps_what_was_already_
     assert psd.shape == th.theta_db.shape
 
 
+@pytest.mark.slow
 def test_masked_attack_fools_a_model_under_the_threshold_where_linf_at_the_same_snr_does_not_stay(tiny_proto):
     from core.attacks import PGD
     from core.attacks.objectives import OutputMargin
@@ -80,6 +82,7 @@ def test_masked_attack_fools_a_model_under_the_threshold_where_linf_at_the_same_
         MaskedPGD(eps=0)
 
 
+@pytest.mark.slow
 def test_nothing_is_allowed_above_16_khz_where_the_threshold_of_hearing_would_allow_anything():
     sr = 48_000
     x = torch.as_tensor(tone(2000, 1.0, sr, 0.3)[None]).double()
@@ -91,6 +94,7 @@ def test_nothing_is_allowed_above_16_khz_where_the_threshold_of_hearing_would_al
     assert float(kept.pow(2).mean().sqrt()) < 1e-2 * float(ultrasonic.pow(2).mean().sqrt())  # at least 40 dB down
 
 
+@pytest.mark.slow
 def test_sweeps_report_audibility_beside_snr(tiny_proto):
     from core.attacks import PGD
     from core.attacks.sweep import run_sweep

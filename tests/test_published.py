@@ -40,6 +40,7 @@ def _small_protopnet(n_classes: int = 12, k: int = 3, seed: int = 0) -> Publishe
     return PublishedAudioProtoPNet(cfg, convnext_base_config(**SMALL)).eval()
 
 
+@pytest.mark.slow
 def test_full_size_stand_in_loads_in_the_published_layout_and_explains_a_clip(tmp_path):
     """AudioProtoPNet-1-BirdSet-XCL's exact parameter names and shapes: ConvNeXt-Base, 9,736 prototypes and classes."""
     torch.manual_seed(0)
@@ -123,6 +124,7 @@ def test_similarity_follows_the_published_formula():
     assert sims.min() >= 0 and sims.max() < 1
 
 
+@pytest.mark.slow
 def test_chunked_activations_equal_the_full_maps_with_gradients(monkeypatch):
     model = _small_protopnet(n_classes=10, k=3)
     x = torch.from_numpy(_clip(5))[None].requires_grad_(True)

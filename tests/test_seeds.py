@@ -30,6 +30,7 @@ def test_summary_gives_mean_and_sample_sd_per_arm():
     assert md[2].startswith("| A | 3 | 0.600 ± 0.100 |") and md[3] == "| B | 1 | 0.400 | 0.000 | 1.000 | 1.000 |"
 
 
+@pytest.mark.slow
 def test_arm_table_attacks_every_model_and_reads_its_card(tmp_path):
     ds = Dataset(make_tiny_dataset(tmp_path / "ds"))
     paths = []

@@ -65,6 +65,7 @@ def test_gain_mix_and_shift_clips():
         shift_clips(clips, "reverb")
 
 
+@pytest.mark.slow
 def test_shift_evaluation_rows(tiny_proto, tiny_model):
     from core.studies.shift import shift_evaluation
 

@@ -17,6 +17,7 @@ ADVERSARIAL = [n for n in ZOO if ZOO[n][1] in ("AT-O", "AT-E")]
 CONTROLS = [n for n in ZOO if ZOO[n][1] == "OT+FT"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_checkpoint_reproduces_card(name, data_dir):
     assert name in list_checkpoints()
@@ -111,12 +112,14 @@ def test_shipped_comparison_has_every_table_and_the_paper_check(shipped_comparis
     assert claims.loc["robust", "unit"] == "top-1 kept" and "worst case over PGD-10" in claims.loc["robust", "measure"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SHIPPED)
 def test_model_card_robustness_comes_from_the_shipped_comparison(shipped_comparison, name):
     result, _ = shipped_comparison
     assert read_model_card(name)["robustness"] == card_robustness(result, name)  # JSON floats round-trip exactly
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["baseline_ato", "protopnet_ate"])
 def test_shipped_comparison_reproduces_on_a_few_clips(shipped_comparison, name, data_dir):
     from core.attacks import PGD, OutputUntargeted

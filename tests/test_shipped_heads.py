@@ -24,6 +24,7 @@ def test_shipped_layer_is_the_one_the_rule_picks_from_the_study():
         assert read_model_card(name)["config"]["layer"] == layer
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", HEADS + AT_HEADS)
 def test_shipped_head_reproduces_its_card(name, data_dir):
     assert name in list_checkpoints()

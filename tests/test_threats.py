@@ -121,6 +121,7 @@ def test_eot_loss_is_the_mean_over_draws_and_keeps_the_objective(tiny_proto):
     assert m.differentiable is False and len(m.describe()["transforms"]) == 2
 
 
+@pytest.mark.slow
 def test_survival_study_on_a_tiny_model(tiny_proto, tiny_dataset):
     from core.io.data import Dataset
 
@@ -148,6 +149,7 @@ def test_survival_summary_counts_survival_among_windows_the_transformation_leave
     assert s["survives"] == pytest.approx(1 / 3) and s["fooled_after"] == 0.5 and s["fooled_digital"] == 0.75
 
 
+@pytest.mark.slow
 def test_sweep_scores_every_attack_again_after_each_transformation(tiny_proto):
     from core.attacks import PGD
     from core.attacks.sweep import run_sweep

@@ -10,6 +10,7 @@ from core.training.train import TrainConfig, train_model
 from tests.conftest import tiny_config
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["baseline", "protopnet"])
 def test_train_model_end_to_end(arch, tiny_dataset, tmp_path):
     torch.manual_seed(0)

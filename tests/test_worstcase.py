@@ -44,6 +44,7 @@ def test_transfer_sources_prefer_ordinary_models():
     assert transfer_sources(["birdnet"]) == {}
 
 
+@pytest.mark.slow
 def test_worst_case_is_a_superset_of_every_attack(compared):
     result, models = compared
     rob = result.robustness
