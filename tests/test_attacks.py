@@ -9,17 +9,10 @@ from core.attacks import (
     BIM,
     FGSM,
     PGD,
-    EmbeddingTargeted,
-    EmbeddingUntargeted,
-    OutputMargin,
-    OutputTargeted,
-    OutputTargetedMargin,
-    OutputUntargeted,
-    PrototypeActivate,
-    PrototypeSuppress,
     make_attack,
     make_objective,
 )
+from core.attacks import objectives as ob
 from core.attacks.sweep import minimal_eps, run_sweep
 from core.errors import ParameterError
 from core.metrics import eps_for_snr, snr_db
@@ -36,10 +29,10 @@ def _clips(n=2, seed=1, dtype=torch.float32):
 
 def _objectives(model):
     target = _clips(1, seed=7)[0] * 0.5
-    objs = [OutputUntargeted(), OutputMargin(), OutputTargeted(1, "add"), OutputTargeted(0, "remove"), OutputTargetedMargin(2),
-            EmbeddingUntargeted(), EmbeddingTargeted(target)]
+    objs = [ob.OutputUntargeted(), ob.OutputMargin(), ob.OutputTargeted(1, "add"), ob.OutputTargeted(0, "remove"), ob.OutputTargetedMargin(2),
+            ob.EmbeddingUntargeted(), ob.EmbeddingTargeted(target)]
     if hasattr(model, "prototype_vectors"):
-        objs += [PrototypeSuppress(k=2), PrototypeActivate(prototype_index=3)]
+        objs += [ob.PrototypeSuppress(k=2), ob.PrototypeActivate(prototype_index=3)]
     return objs
 
 
@@ -79,7 +72,7 @@ def test_prototype_objective_needs_protopnet():
 
     baseline = build_model(tiny_config("baseline")).eval()
     with pytest.raises(ParameterError, match="AudioProtoPNet"):
-        PGD(eps=0.01, objective=PrototypeSuppress())(baseline, _clips())
+        PGD(eps=0.01, objective=ob.PrototypeSuppress())(baseline, _clips())
 
 
 def test_mask_keeps_padding(tiny_model):
@@ -127,7 +120,7 @@ def test_sweep_equals_looped_attacks(tiny_model, norm):
     model = tiny_model.double()
     x = _clips(3, dtype=torch.float64) * 0.5
     grid = [0.0, EPS[norm] / 4, EPS[norm]]
-    for objective in (OutputUntargeted(), EmbeddingUntargeted()):
+    for objective in (ob.OutputUntargeted(), ob.EmbeddingUntargeted()):
         attack = PGD(eps=grid[-1], norm=norm, steps=3, seed=5, objective=objective)
         res = run_sweep(attack, model, x, epsilons=grid, max_rows=4, keep_waveforms=True)
         assert res.success.shape == (3, 3) and res.scores.shape == (3, 3, 3)
@@ -143,7 +136,7 @@ def test_sweep_equals_looped_attacks(tiny_model, norm):
 
 def test_sweep_snr_grid_and_targeted_scores(tiny_proto):
     x = _clips() * 0.3
-    attack = PGD(eps=0.1, steps=5, objective=OutputTargeted(2, "add"))
+    attack = PGD(eps=0.1, steps=5, objective=ob.OutputTargeted(2, "add"))
     res = run_sweep(attack, tiny_proto, x, snr_db=[60.0, 20.0, 0.0])
     assert np.all(res.snr_db >= np.array([60.0, 20.0, 0.0])[:, None] - 1e-3)
     assert np.all(np.diff(res.eps, axis=0) > 0)  # lower SNR, bigger eps, per clip
@@ -209,9 +202,9 @@ def test_parameter_errors(tiny_model):
     with pytest.raises(ParameterError, match="NaN"):
         PGD(eps=0.1)(tiny_model, torch.full((1, 16_000), float("nan")))
     with pytest.raises(ParameterError, match="class_index"):
-        PGD(eps=0.1, objective=OutputTargeted(7))(tiny_model, _clips())
+        PGD(eps=0.1, objective=ob.OutputTargeted(7))(tiny_model, _clips())
     with pytest.raises(ParameterError, match="samples"):
-        PGD(eps=0.1, objective=EmbeddingTargeted(torch.zeros(100)))(tiny_model, _clips())
+        PGD(eps=0.1, objective=ob.EmbeddingTargeted(torch.zeros(100)))(tiny_model, _clips())
     with pytest.raises(ParameterError, match="grid is empty"):
         run_sweep(PGD(eps=0.1), tiny_model, _clips(), epsilons=[])
     with pytest.raises(ParameterError, match=r"\[0, 1\]"):
@@ -222,7 +215,7 @@ def test_output_margin_is_threshold_free_top1():
     """Margin = best other logit minus the source class's; success exactly when top-1 moves."""
     from core.models.base import ModelOutput
 
-    obj = OutputMargin()
+    obj = ob.OutputMargin()
     logits = torch.tensor([[2.0, 1.0, -1.0], [0.1, 0.3, 0.2]])
     out = ModelOutput(logits=logits, embedding=torch.zeros(2, 4), feature_map=torch.zeros(2, 1, 1, 1))
     state = {"source_class": torch.tensor([0, 1])}
@@ -257,11 +250,11 @@ def test_success_is_top1_not_a_score_threshold():
         return ModelOutput(logits=torch.tensor(logits), embedding=torch.zeros(1, 2), feature_map=torch.zeros(1, 1, 1, 1))
 
     state = {"clean_top1": torch.tensor([0]), "clean_pred": torch.tensor([[1.0, 0.0, 0.0]])}
-    obj = OutputUntargeted()
+    obj = ob.OutputUntargeted()
     assert obj.success_definition == "top-1 species changed"
     assert not obj._success(out([[3.0, 2.0, 1.0]]), state)  # two more species above 0.5, same top-1
     assert obj._success(out([[-3.0, -2.0, -4.0]]), state)  # nothing above 0.5 but the top-1 moved
-    add, remove = OutputTargeted(1, "add"), OutputTargeted(0, "remove")
+    add, remove = ob.OutputTargeted(1, "add"), ob.OutputTargeted(0, "remove")
     assert add._success(out([[-1.0, -0.5, -2.0]]), state)  # ranked first at a score of 0.38
     assert not add._success(out([[2.0, 1.5, -2.0]]), state)  # above 0.5 but not first
     assert remove._success(out([[0.9, 1.0, 0.0]]), state) and not remove._success(out([[0.1, 0.0, -1.0]]), state)
@@ -282,7 +275,7 @@ def test_apgd_beats_a_too_large_fixed_step(tiny_model):
     from core.attacks import APGD
 
     x = _clips(4, seed=5)
-    objective = OutputMargin()
+    objective = ob.OutputMargin()
     tiny_model.eval()
     state = objective.prepare(tiny_model, x)
     pgd = PGD(eps=0.02, steps=30, alpha_ratio=2.0, objective=objective)(tiny_model, x)
@@ -296,7 +289,7 @@ def test_apgd_beats_a_too_large_fixed_step(tiny_model):
 @pytest.mark.slow
 def test_restarts_never_worse_and_validated(tiny_model):
     x = _clips(3, seed=9)
-    objective = OutputUntargeted()
+    objective = ob.OutputUntargeted()
     tiny_model.eval()
     state = objective.prepare(tiny_model, x)
     one = PGD(eps=0.003, steps=2, objective=objective)(tiny_model, x)
@@ -321,7 +314,7 @@ def test_targeted_margin_makes_the_model_say_the_chosen_species(tiny_model):
     with torch.no_grad():
         clean = tiny_model(x)
     target = int(clean.mean(0).argmin())  # the species it is least inclined to say
-    obj = OutputTargetedMargin(target)
+    obj = ob.OutputTargetedMargin(target)
     adv = PGD(eps=0.3, steps=40, objective=obj)(tiny_model, x)
     with torch.no_grad():
         out = tiny_model.forward_all(adv)
@@ -330,7 +323,7 @@ def test_targeted_margin_makes_the_model_say_the_chosen_species(tiny_model):
     assert (out.logits.argmax(-1) == target).float().mean() >= 0.75 and res["success"].float().mean() >= 0.75
     assert not state["clean_success"].any()  # nothing said it before the attack
     with pytest.raises(ParameterError, match="class_index"):
-        OutputTargetedMargin(99).check_model(tiny_model)
+        ob.OutputTargetedMargin(99).check_model(tiny_model)
 
 
 @pytest.mark.slow

@@ -30,7 +30,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +40,7 @@ from torch import nn
 
 from core.errors import CheckpointError, ParameterError
 from core.models.base import BirdClassifier, ModelOutput
-from core.models.frontend import FrontendConfig
+from core.models.frontend import FrontendConfig, WindowedConfig
 from core.models.tflite_graph import TFLiteFile, TFLiteGraph
 
 __all__ = [
@@ -240,7 +240,7 @@ def check_birdnet_waveform(frontend: BirdNETSpectrogram, waveform: torch.Tensor)
 
 
 @dataclass(frozen=True)
-class BirdNETConfig:
+class BirdNETConfig(WindowedConfig):
     """What a BirdNET model instance outputs.
 
     Attributes
@@ -274,13 +274,6 @@ class BirdNETConfig:
             object.__setattr__(self, k, tuple(getattr(self, k)))
         if not self.class_names or len(self.class_names) != len(self.class_indices):
             raise ParameterError("class_names and class_indices must be non-empty and of equal length")
-
-    @property
-    def window_samples(self) -> int:
-        return int(round(self.clip_seconds * self.frontend.sample_rate))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class BirdNET(BirdClassifier):

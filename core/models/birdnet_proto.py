@@ -22,7 +22,7 @@ similarity_maps : (batch, n_prototypes, freq, time), same orientation
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 
 import torch
 from torch import nn
@@ -30,7 +30,7 @@ from torch import nn
 from core.errors import CheckpointError, ParameterError
 from core.models.base import BirdClassifier, ModelOutput
 from core.models.birdnet import BIRDNET_DISPLAY_FRONTEND, BIRDNET_LICENCE, BIRDNET_WINDOW_S, check_birdnet_waveform
-from core.models.frontend import FrontendConfig
+from core.models.frontend import FrontendConfig, WindowedConfig
 from core.models.protopnet import class_connection_matrix, class_logits
 
 __all__ = ["BIRDNET_HEAD_ARCHS", "BirdNETHeadConfig", "BirdNETHeadModel"]
@@ -40,7 +40,7 @@ _HEAD_CONFIG_VERSION = 1
 
 
 @dataclass(frozen=True)
-class BirdNETHeadConfig:
+class BirdNETHeadConfig(WindowedConfig):
     """Everything needed to rebuild a head on BirdNET's backbone.
 
     Attributes
@@ -89,12 +89,6 @@ class BirdNETHeadConfig:
         if self.arch == "birdnet-linear":
             object.__setattr__(self, "prototypes_per_class", 0)
 
-    @property
-    def window_samples(self) -> int:
-        return int(round(self.clip_seconds * self.frontend.sample_rate))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "BirdNETHeadConfig":

@@ -8,7 +8,7 @@ attacks are possible and their results are audible.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import librosa
 import torch
@@ -16,7 +16,8 @@ from torch import nn
 
 from core.errors import ParameterError
 
-__all__ = ["FrontendConfig", "LogMel"]
+__all__ = [
+    "WindowedConfig","FrontendConfig", "LogMel"]
 
 
 @dataclass(frozen=True)
@@ -142,3 +143,16 @@ class LogMel(nn.Module):
         else:
             x = (db - self.config.mean_db) / self.config.std_db
         return x.unsqueeze(1)
+
+
+class WindowedConfig:
+    """Mixin of the model configs with ``clip_seconds`` [s] and a ``frontend``: window length and a dict round trip."""
+
+    @property
+    def window_samples(self) -> int:
+        """Samples of one analysis window: ``clip_seconds`` times the front end's ``sample_rate`` [Hz], rounded."""
+        return int(round(self.clip_seconds * self.frontend.sample_rate))
+
+    def to_dict(self) -> dict:
+        """The config as plain Python types (:func:`dataclasses.asdict`), as a checkpoint's JSON stores it."""
+        return asdict(self)

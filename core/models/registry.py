@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -22,7 +22,7 @@ from core.errors import CheckpointError, ParameterError
 from core.io.fileio import atomic_path, atomic_write_text
 from core.models.base import BirdClassifier
 from core.models.convnext import CONVNEXT_BASE, CONVNEXT_SMALL_CPU, BackboneConfig
-from core.models.frontend import FrontendConfig
+from core.models.frontend import FrontendConfig, WindowedConfig
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -52,7 +52,7 @@ CHECKPOINT_DIR = Path(__file__).resolve().parent.parent.parent / "checkpoints"
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(WindowedConfig):
     """Everything needed to rebuild a model.
 
     Attributes
@@ -97,12 +97,6 @@ class ModelConfig:
         if self.clip_seconds <= 0:
             raise ParameterError(f"clip_seconds must be > 0, got {self.clip_seconds}")
 
-    @property
-    def window_samples(self) -> int:
-        return int(round(self.clip_seconds * self.frontend.sample_rate))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
@@ -129,7 +123,6 @@ def _check_keys(d: dict, cls, where: str) -> None:
     unknown = set(d) - known
     if unknown:
         raise CheckpointError(f"checkpoint {where} config has keys this code does not know: {sorted(unknown)}")
-
 
 
 #: Named configurations for ``python -m core train --config NAME``. Class names
