@@ -268,6 +268,15 @@ def test_apgd_checkpoints_follow_the_paper():
     assert apgd_checkpoints(1) == [1]
 
 
+
+def _evaluations(model, objective, x, *adversarials) -> list[dict]:
+    """``objective.evaluate`` of each adversarial batch of ``x``, against the state of the clean batch (eval mode)."""
+    model.eval()
+    state = objective.prepare(model, x)
+    with torch.no_grad():
+        return [objective.evaluate(model.forward_all(a), state) for a in adversarials]
+
+
 @pytest.mark.slow
 def test_apgd_beats_a_too_large_fixed_step(tiny_model):
     # PGD with a step of 2 eps bounces between corners of the ball; APGD starts there and halves its step,
@@ -276,13 +285,9 @@ def test_apgd_beats_a_too_large_fixed_step(tiny_model):
 
     x = _clips(4, seed=5)
     objective = ob.OutputMargin()
-    tiny_model.eval()
-    state = objective.prepare(tiny_model, x)
     pgd = PGD(eps=0.02, steps=30, alpha_ratio=2.0, objective=objective)(tiny_model, x)
     apgd = APGD(eps=0.02, steps=30, objective=objective)(tiny_model, x)
-    with torch.no_grad():
-        v_pgd = objective.evaluate(tiny_model.forward_all(pgd), state)["objective"]
-        v_apgd = objective.evaluate(tiny_model.forward_all(apgd), state)["objective"]
+    v_pgd, v_apgd = (e["objective"] for e in _evaluations(tiny_model, objective, x, pgd, apgd))
     assert (v_apgd >= v_pgd - 1e-6).all() and (v_apgd > v_pgd).any(), (v_apgd, v_pgd)
 
 
@@ -290,13 +295,9 @@ def test_apgd_beats_a_too_large_fixed_step(tiny_model):
 def test_restarts_never_worse_and_validated(tiny_model):
     x = _clips(3, seed=9)
     objective = ob.OutputUntargeted()
-    tiny_model.eval()
-    state = objective.prepare(tiny_model, x)
     one = PGD(eps=0.003, steps=2, objective=objective)(tiny_model, x)
     many = PGD(eps=0.003, steps=2, restarts=4, objective=objective)(tiny_model, x)
-    with torch.no_grad():
-        e1 = objective.evaluate(tiny_model.forward_all(one), state)
-        e4 = objective.evaluate(tiny_model.forward_all(many), state)
+    e1, e4 = _evaluations(tiny_model, objective, x, one, many)
     # per clip: success is kept, and without success the objective never drops below the first restart's
     assert (e4["success"] >= e1["success"]).all()
     assert ((e4["objective"] >= e1["objective"] - 1e-6) | e4["success"]).all()

@@ -263,18 +263,9 @@ class BirdNETHeadModel(BirdClassifier):
         return model
 
     def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Logits of the head, or the embedding (mean of the feature map) with ``pre_logits``.
-
-        Parameters
-        ----------
-        features : torch.Tensor [shape=(batch, channels, freq, time)]
-            :meth:`forward_features` (row 0 the lowest band).
-        pre_logits : bool
-
-        Returns
-        -------
-        torch.Tensor [shape=(batch, n_classes)], or [shape=(batch, channels)] with ``pre_logits``
-        """
+        """Logits ``(batch, n_classes)`` of the head on ``features`` ``(batch, channels, freq, time)`` from
+        :meth:`forward_features` (row 0 the lowest band); with ``pre_logits``, the embedding ``(batch, channels)``:
+        the feature map averaged over frequency and time."""
         if pre_logits:
             return features.mean(dim=(2, 3))
         return self.head(features)

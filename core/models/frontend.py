@@ -59,14 +59,14 @@ class FrontendConfig:
         Fixed statistics (xc9 training split: mean -45.1 dB, std 19.5 dB).
     """
 
-    sample_rate: int = 32_000
-    n_fft: int = 1024
-    hop_length: int = 320
+    sample_rate: int = 32_000  # [Hz]
+    n_fft: int = 1024  # [samples]
+    hop_length: int = 320  # [samples]
     n_mels: int = 128
-    f_min: float = 50.0
-    f_max: float = 14_000.0
-    amin: float = 1e-10
-    floor_db: float | None = -70.0
+    f_min: float = 50.0  # [Hz]
+    f_max: float = 14_000.0  # [Hz]
+    amin: float = 1e-10  # power floor before the log
+    floor_db: float | None = -70.0  # [dB re mel power 1.0], additive floor
     mean_db: float = -45.0
     std_db: float = 20.0
     normalization: str = "band_median"

@@ -117,26 +117,30 @@ class TrainConfig:
         Epochs of each phase before AWP starts.
     """
 
+    # optimisation
     epochs: int = 30
     batch_size: int = 32
     lr: float = 2e-3
     weight_decay: float = 0.05
     warmup_epochs: float = 1.0
+    # data and augmentation
     crops_per_5s: float = 1.0
-    gain_db: float = 10.0
+    gain_db: float = 10.0  # [dB], random gain range
     mixup_p: float = 0.5
-    freq_mask: int = 16
-    time_mask: int = 50
+    freq_mask: int = 16  # [mel bands]
+    time_mask: int = 50  # [frames]
     seed: int = 0
+    # AudioProtoPNet phases and loss
     warm_epochs: int = 3
     last_layer_epochs: int = 30
     lr_prototypes: float = 0.05
     lr_last_layer: float = 5e-4
     orth_weight: float = 1.0
     loss: str = "asl"
+    # adversarial training (AT-O, AT-E) and adversarial weight perturbation
     adv: str = "none"
-    adv_eps: float = 1e-4
-    adv_snr_db: float | None = None
+    adv_eps: float = 1e-4  # [full-scale amplitude]
+    adv_snr_db: float | None = None  # [dB]
     adv_steps: int = 1
     adv_random_start: bool = True
     adv_alpha_ratio: float | None = None
