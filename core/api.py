@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from core.errors import ParameterError
+from core.models.frontend import mel_band_centres
 from core.models.registry import DEFAULT_MODEL
 
 __all__ = ["DEFAULT_MODEL", "BIRDNETLIB_MIN_CONF", "AttackResult", "WorstCaseResult", "Explanation", "load_model", "load_audio",
@@ -563,7 +564,6 @@ def explain(model, waveform) -> Explanation:
         Not a float waveform, non-finite samples, or a 2-D row longer than one window. The maps are
         ``model.forward_all(window).similarity_maps`` (AudioProtoPNet, Heinrich et al. 2025).
     """
-    import librosa
 
     from core.attacks.windows import cut_windows
     from core.field.inference import analyze_waveform
@@ -580,7 +580,7 @@ def explain(model, waveform) -> Explanation:
     windows = np.concatenate([r.windows for r in res])
     with torch.no_grad():
         spec = LogMel(fe).db(torch.as_tensor(windows)).numpy()
-    freq = librosa.mel_frequencies(n_mels=fe.n_mels + 2, fmin=fe.f_min, fmax=fe.f_max)[1:-1]
+    freq = mel_band_centres(fe.n_mels, fe.f_min, fe.f_max)
     times = np.arange(spec.shape[-1]) * fe.hop_length / fe.sample_rate
     maps = cat("similarity_maps")
     extra = {}

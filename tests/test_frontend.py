@@ -77,3 +77,20 @@ def test_bad_config():
         FrontendConfig(f_max=20_000.0)
     with pytest.raises(ParameterError):
         LogMel(FrontendConfig())(torch.zeros(16_000))
+
+
+def test_mel_band_centres_are_where_each_filter_peaks():
+    """The centre of band i is the peak of librosa's triangle i (within one FFT bin), and lies inside (f_min, f_max)."""
+    import librosa
+    import numpy as np
+
+    from core.models.frontend import mel_band_centres
+
+    cfg = FrontendConfig()
+    centres = mel_band_centres(cfg.n_mels, cfg.f_min, cfg.f_max)
+    fb = librosa.filters.mel(sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels, fmin=cfg.f_min, fmax=cfg.f_max)
+    peaks = librosa.fft_frequencies(sr=cfg.sample_rate, n_fft=cfg.n_fft)[fb.argmax(1)]
+    bin_hz = cfg.sample_rate / cfg.n_fft
+    assert centres.shape == (cfg.n_mels,) and np.all(np.diff(centres) > 0)
+    assert np.abs(peaks - centres).max() <= bin_hz
+    assert cfg.f_min < centres[0] and centres[-1] < cfg.f_max

@@ -8,7 +8,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 import torch
 
-from core.models.frontend import FrontendConfig, LogMel
+from core.models.frontend import FrontendConfig, LogMel, mel_band_centres
 
 #: Plotly's camera button saves a vector SVG (for papers and slides); PNG stays one right-click away in the browser.
 CHART_CONFIG = {"toImageButtonOptions": {"format": "svg", "scale": 1}, "displaylogo": False}
@@ -25,8 +25,7 @@ def logmel_db(waveform: np.ndarray, config: FrontendConfig) -> np.ndarray:
 
 def axes(config: FrontendConfig, n_frames: int, offset_s: float = 0.0):
     t = offset_s + np.arange(n_frames) * config.hop_length / config.sample_rate
-    f = librosa.mel_frequencies(n_mels=config.n_mels, fmin=config.f_min, fmax=config.f_max, htk=getattr(config, "htk", False))
-    return t, f
+    return t, mel_band_centres(config.n_mels, config.f_min, config.f_max, htk=getattr(config, "htk", False))
 
 
 def spectrogram_figure(db: np.ndarray, config: FrontendConfig, *, title: str = "", offset_s: float = 0.0,

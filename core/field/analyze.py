@@ -32,6 +32,7 @@ import torch
 
 from core.errors import AudioLoadError, ParameterError, check_int
 from core.io.audio import load_audio
+from core.models.frontend import mel_band_centres
 
 __all__ = [
     "AUDIO_SUFFIXES",
@@ -60,9 +61,8 @@ OVERVIEW_MELS = 48
 
 
 def _overview_hz(sample_rate: int) -> np.ndarray:
-    import librosa
 
-    return librosa.mel_frequencies(n_mels=OVERVIEW_MELS + 2, fmin=50.0, fmax=min(15_000.0, sample_rate / 2))[1:-1]
+    return mel_band_centres(OVERVIEW_MELS, 50.0, min(15_000.0, sample_rate / 2))
 
 
 def _band_power_db(waveform: np.ndarray, sample_rate: int) -> np.ndarray:

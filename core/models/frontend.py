@@ -11,12 +11,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import librosa
+import numpy as np
 import torch
 from torch import nn
 
 from core.errors import ParameterError
 
 __all__ = [
+    "mel_band_centres",
     "WindowedConfig","FrontendConfig", "LogMel"]
 
 
@@ -156,3 +158,13 @@ class WindowedConfig:
     def to_dict(self) -> dict:
         """The config as plain Python types (:func:`dataclasses.asdict`), as a checkpoint's JSON stores it."""
         return asdict(self)
+
+
+def mel_band_centres(n_mels: int, f_min: float, f_max: float, *, htk: bool = False) -> np.ndarray:
+    """Centre frequency [Hz] of each band of a mel filterbank, ``(n_mels,)`` float64, lowest band first.
+
+    Band ``i`` of ``librosa.filters.mel`` is a triangle over the mel points ``i`` to ``i + 2`` of ``n_mels + 2``
+    points evenly spaced in mel between ``f_min`` and ``f_max`` [Hz]; its centre is point ``i + 1`` (Slaney's mel
+    scale, or HTK's with ``htk``). ``librosa.mel_frequencies(n_mels)`` alone would put the last centre at ``f_max``.
+    """
+    return librosa.mel_frequencies(n_mels=n_mels + 2, fmin=f_min, fmax=f_max, htk=htk)[1:-1]

@@ -6,13 +6,13 @@ import json
 import os
 from pathlib import Path
 
-import librosa
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from core.errors import CheckpointError, ParameterError
 from core.models.base import BirdClassifier
+from core.models.frontend import mel_band_centres
 from core.models.published import (
     AUDIOPROTOPNET_FRONTEND,
     CONVNEXT_FRONTEND,
@@ -204,7 +204,7 @@ def explain_clip(model: PublishedAudioProtoPNet, waveform: np.ndarray | torch.Te
     n = model.config.window_samples
     x = F.pad(x[:n], (0, max(0, n - x.numel())))[None].to(next(model.parameters()).device)
     fc = model.config.frontend
-    mel_hz = librosa.mel_frequencies(fc.n_mels + 2, fmin=fc.f_min, fmax=fc.f_max, htk=True)[1:-1]
+    mel_hz = mel_band_centres(fc.n_mels, fc.f_min, fc.f_max, htk=True)
     with torch.no_grad():
         feats = model.forward_features(x)
         acts = model.prototype_activations(feats)
