@@ -121,8 +121,11 @@ def test_attack_options_and_errors():
         core.attack(TINY, x, eps=0.01, class_index=1)  # output-untargeted takes no class
     with pytest.raises(ParameterError, match="labels must be class names"):
         core.attack(TINY, x, eps=0.01, labels=["zzz"])
-    with pytest.raises(ParameterError, match="inside bounds"):
-        core.attack(TINY, x * 3, eps=0.01)
+    for call in (core.attack, core.predict, core.explain):  # every public call refuses samples beyond full scale
+        with pytest.raises(ParameterError, match=r"must lie in \[-1, 1\]"):
+            call(TINY, x * 3, **({"eps": 0.01} if call is core.attack else {"min_conf": 0.5} if call is core.predict else {}))
+    with pytest.raises(ParameterError, match="must be a float array or tensor, got str"):
+        core.explain(TINY, "clip.wav")
     with pytest.raises(ParameterError, match="at most one window"):
         core.attack(TINY, _recording(2.0).reshape(1, -1), eps=0.01)
     with pytest.raises(ParameterError, match="prototype objectives need an AudioProtoPNet"):
@@ -270,3 +273,33 @@ def test_birdnet_models_predict(data_dir, name):
         assert threshold == api.BIRDNETLIB_MIN_CONF and all("_" not in d["scientific_name"] for d in dets)
     else:
         assert source.startswith("validation threshold") and "Parus major" in {d["scientific_name"] for d in dets}
+
+
+def test_explain_works_on_the_published_models_own_htk_front_end():
+    """A published BirdSet model (tiny stand-in) is explained on its own HTK log-mel, with HTK band centres."""
+    import librosa
+
+    from core.models.published import CONVNEXT_FRONTEND, PublishedConfig, PublishedConvNeXt, convnext_base_config
+
+    torch.manual_seed(0)
+    model = PublishedConvNeXt(PublishedConfig("published-convnext", ("a", "b"), 0, CONVNEXT_FRONTEND),
+                              convnext_base_config(depths=[1, 1, 1, 1], hidden_sizes=[8, 16, 32, 64])).eval()
+    x = torch.randn(32_000 * 5, generator=torch.Generator().manual_seed(1)) * 0.1
+    exp = core.explain(model, x)
+    fe = CONVNEXT_FRONTEND
+    with torch.no_grad():
+        assert np.allclose(exp.spectrogram_db[0], model.frontend.db(x[None])[0].numpy(), atol=1e-5)
+        assert np.allclose(exp.scores[0], torch.sigmoid(model(x[None]))[0].numpy(), atol=1e-5)
+    htk = librosa.mel_frequencies(n_mels=fe.n_mels + 2, fmin=fe.f_min, fmax=fe.f_max, htk=True)[1:-1]
+    assert np.allclose(exp.frequency_hz, htk) and exp.similarity_maps is None
+    with pytest.raises(ParameterError, match="no prototypes"):
+        exp.prototypes(0, 0)
+
+
+def test_explanation_refuses_indices_out_of_range():
+    exp = core.explain(TINY, torch.as_tensor(_recording(2.0)))
+    assert exp.prototypes(0, 0)["contribution"].is_monotonic_decreasing
+    with pytest.raises(ParameterError, match="class_index in"):
+        exp.prototypes(0, 99)
+    with pytest.raises(ParameterError, match="window must be in"):
+        exp.prototypes(5, 0)

@@ -47,16 +47,21 @@ def cut_windows(waveform, window_samples: int, *, name: str = "waveform", batch:
     ------
     ParameterError
         Not a non-empty float ``(n_samples,)`` (or, with ``batch``, ``(batch, n_samples)``) array, non-finite
-        samples, or a 2-D row longer than ``window_samples``.
+        samples or samples outside [-1, 1], or a 2-D row longer than ``window_samples``.
     """
     from core.io.audio import window_starts
 
-    x = torch.as_tensor(waveform)
+    try:
+        x = torch.as_tensor(waveform)
+    except (TypeError, ValueError, RuntimeError):
+        raise ParameterError(f"{name} must be a float array or tensor, got {type(waveform).__name__}") from None
     if not x.is_floating_point() or x.ndim not in ((1, 2) if batch else (1,)) or x.numel() == 0:
         want = "(n_samples,) or (batch, n_samples)" if batch else "(n_samples,)"
         raise ParameterError(f"{name} must be a non-empty float array {want}, got {x.dtype} of shape {tuple(x.shape)}")
     if not torch.isfinite(x).all():
         raise ParameterError(f"{name} contains NaN or inf")
+    if x.abs().max() > 1.0:
+        raise ParameterError(f"{name} samples must lie in [-1, 1] (full-scale amplitude), got a peak of {float(x.abs().max()):.3g}")
     win = int(window_samples)
     if x.ndim == 2 and x.shape[1] > win:
         raise ParameterError(f"{name} rows must hold at most one window of {win} samples, got {x.shape[1]}; "

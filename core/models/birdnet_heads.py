@@ -210,8 +210,11 @@ def _standardizer(head: nn.Module, channels: int) -> None:
     head.register_buffer("feature_std", torch.ones(channels))
 
 
-def _standardize(head: nn.Module, features: torch.Tensor) -> torch.Tensor:
-    """Per-channel standardisation with statistics of the training cells (fixed, part of the head)."""
+def standardize_features(head: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """Per-channel standardisation of feature maps ``(batch, channels, freq, time)`` with the head's fixed statistics.
+
+    The mean and standard deviation of the training cells (:func:`fit_standardizer`) are buffers of the head.
+    """
     return (features - head.feature_mean.view(1, -1, 1, 1)) / head.feature_std.view(1, -1, 1, 1)
 
 
@@ -259,7 +262,7 @@ class PrototypeHead(nn.Module):
 
     def similarity_maps(self, features: torch.Tensor) -> torch.Tensor:
         """``(batch, n_prototypes, freq, time)`` in [0, 1], on standardised features."""
-        return cosine_similarity_maps(_standardize(self, features), self.prototype_vectors)
+        return cosine_similarity_maps(standardize_features(self, features), self.prototype_vectors)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return class_logits(self.similarity_maps(features).amax(dim=(2, 3)), self.last_layer, self.last_layer_bias)
@@ -279,7 +282,7 @@ class LinearHead(nn.Module):
         self.linear = nn.Linear(2 * channels, n_classes)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        features = _standardize(self, features)
+        features = standardize_features(self, features)
         pooled = torch.cat([features.mean(dim=(2, 3)), features.amax(dim=(2, 3))], dim=1)
         return self.linear(pooled)
 

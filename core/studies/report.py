@@ -204,7 +204,12 @@ def audit_markdown(audit: pd.DataFrame) -> str:
     rows = [
         ("prototypes audited", f"{n}"),
         ("own-species windows per prototype (median)", f"{audit['n_windows'].median():.0f}"),
-        ("score drop when its region is silenced / when a random region is (median over prototypes)", _f(audit["drop_ratio"].median(), 2)),
+        ("score drop when its region is silenced / when a random region is (median over prototypes; unstable where the "
+         "random drop is near 0)", _f(audit["drop_ratio"].median(), 2)),
+        ("prototypes whose random-region drop is <= 0 (their ratio is meaningless)", f"{int((audit['drop_random'] <= 0).sum())}"),
+        ("median class-score drop when its region / a random region is silenced", f"{audit['drop_proto'].median():.4f} / "
+                                                                                   f"{audit['drop_random'].median():.4f}"),
+        ("prototypes whose region's silencing raises the class score", f"{int((audit['drop_proto'] < 0).sum())}"),
         ("prototypes whose region removes more than random in most windows", f"{(audit['wins'] > 0.5).mean():.0%}"),
         ("max similarity on its own species / on the others (median)", f"{_f(audit['act_own'].median(), 2)} / {_f(audit['act_other'].median(), 2)}"),
         ("prototypes more similar to their own species than to the others", f"{(audit['act_own'] > audit['act_other']).mean():.0%}"),

@@ -23,7 +23,7 @@ from core.io.device import get_device
 from core.models.birdnet import birdnet_files
 from core.models.birdnet_heads import HeadConfig, stage_features
 from core.models.tflite_graph import TFLiteFile
-from core.training.heads import _assemble_head_model, _head_batch_loss, _head_training_data, push_head, train_last_layer
+from core.training.heads import assemble_head_model, head_batch_loss, head_training_data, push_head, train_last_layer
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def adversarial_finetune_head(dataset: Dataset, init, *, adv: str = "at-o", epoc
     lr_stage = float(tc.get("lr_stage", 1e-4))
     device = get_device()
     file = TFLiteFile(birdnet_files()["model"])
-    data = _head_training_data(dataset, c.tuned_from, no_bird=no_bird, seed=tc.get("seed", 0) + 1, file=file, progress=progress)
+    data = head_training_data(dataset, c.tuned_from, no_bird=no_bird, seed=tc.get("seed", 0) + 1, file=file, progress=progress)
     waves = data["windows"]["train"].waveforms
     if data["negatives"] is not None:
         waves = np.concatenate([waves, data["negatives"].waveforms])
@@ -129,7 +129,7 @@ def adversarial_finetune_head(dataset: Dataset, init, *, adv: str = "at-o", epoc
             head.train()
             stage.train()
             feats = model.tuned_features(torch.as_tensor(inputs[idx], device=device).float())
-            loss, logits = _head_batch_loss(head, feats, y, cfg)
+            loss, logits = head_batch_loss(head, feats, y, cfg)
             term = torch.zeros((), device=device)
             if adv != "none":
                 x = torch.as_tensor(waves[idx], device=device)
@@ -140,7 +140,7 @@ def adversarial_finetune_head(dataset: Dataset, init, *, adv: str = "at-o", epoc
                     trunk_adv = model.trunk_features(x_adv)
                 feats_adv = model.tuned_features(trunk_adv)
                 if adv == "at-o":
-                    term = binary_kl(logits, _head_batch_loss(head, feats_adv, y, cfg)[1])
+                    term = binary_kl(logits, head_batch_loss(head, feats_adv, y, cfg)[1])
                 else:
                     term = spatial_cosine_dissimilarity(feats, feats_adv).mean()
             opt.zero_grad()
@@ -165,5 +165,5 @@ def adversarial_finetune_head(dataset: Dataset, init, *, adv: str = "at-o", epoc
                     "finetune_epochs": epochs, "adv": adv, "adv_eps": eps if adv != "none" else None,
                     "adv_beta": beta if adv != "none" else None,
                     "adv_attack": "FGSM-RS (PGD, 1 step, random start, alpha 1.25 eps), L-inf" if adv != "none" else None}
-    return _assemble_head_model(dataset, data, cfg, c.layer, c.tuned_from, head, stage, feats, history, pushed,
+    return assemble_head_model(dataset, data, cfg, c.layer, c.tuned_from, head, stage, feats, history, pushed,
                                 train_config, file=file, no_bird=no_bird, t0=t0)

@@ -52,11 +52,11 @@ from core.models.birdnet_heads import (
     HeadConfig,
     LinearHead,
     PrototypeHead,
-    _standardize,
     fit_standardizer,
     head_scores,
     layer_tensor,
     stage_features,
+    standardize_features,
 )
 from core.models.protopnet import class_logits, orthogonality_loss
 from core.models.tflite_graph import TFLiteFile, TFLiteGraph
@@ -171,7 +171,7 @@ def _cluster_separation(acts: torch.Tensor, y: torch.Tensor, cfg: HeadConfig) ->
     return cfg.cluster_weight * cluster + cfg.separation_weight * separation
 
 
-def _head_batch_loss(head: nn.Module, feats: torch.Tensor, y: torch.Tensor, cfg: HeadConfig):
+def head_batch_loss(head: nn.Module, feats: torch.Tensor, y: torch.Tensor, cfg: HeadConfig):
     """One batch's training loss of a head on feature maps, and its logits.
 
     Prototype heads: classification loss + ``orth_weight`` x orthogonality + cluster and separation costs;
@@ -247,7 +247,7 @@ def train_head(cfg: HeadConfig, train_feats: np.ndarray, train_targets: np.ndarr
             x = torch.as_tensor(inputs[idx], device=device).float()
             if stage is not None:
                 x = stage(x)
-            loss, _ = _head_batch_loss(head, x, y_all[idx].to(device), cfg)
+            loss, _ = head_batch_loss(head, x, y_all[idx].to(device), cfg)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -330,7 +330,7 @@ def push_head(head: PrototypeHead, train_feats: np.ndarray, train_focal: np.ndar
             s, cell = int(bs[j]), int(pos[bs[j], j])
             fi, ti = divmod(cell, tw)
             best[j] = float(bval[j])
-            vec[j] = _standardize(head, f[s : s + 1])[0, :, fi, ti].reshape(-1, 1, 1)
+            vec[j] = standardize_features(head, f[s : s + 1])[0, :, fi, ti].reshape(-1, 1, 1)
             where[j] = (i + s, fi, ti)
     missing = [j for j in range(head.n_prototypes) if where[j] is None]
     if missing:
@@ -443,17 +443,17 @@ def train_birdnet_head(dataset: Dataset, layer: str, cfg: HeadConfig, *, tuned_f
 
     t0 = time.time()
     file = TFLiteFile(birdnet_files()["model"])
-    data = _head_training_data(dataset, tuned_from or layer, no_bird=no_bird, seed=cfg.seed + 1, file=file, progress=progress)
+    data = head_training_data(dataset, tuned_from or layer, no_bird=no_bird, seed=cfg.seed + 1, file=file, progress=progress)
     stage = BirdNETStage(tuned_from, layer, file) if tuned_from else None
     head, feats, history, pushed = fit_head(cfg, data["inputs"], data["targets"], data["focal"], stage=stage, lr_stage=lr_stage)
     backbone = (f"BirdNET V2.4 up to {layer}; {tuned_from} -> {layer} fine-tuned with the head (Adam {lr_stage:g}), "
                 f"the rest frozen" if tuned_from else f"BirdNET V2.4 up to {layer}, frozen")
     train_config = {**asdict(cfg), "backbone": backbone, "lr_stage": lr_stage if tuned_from else 0.0}
-    return _assemble_head_model(dataset, data, cfg, layer, tuned_from, head, stage, feats, history, pushed, train_config,
+    return assemble_head_model(dataset, data, cfg, layer, tuned_from, head, stage, feats, history, pushed, train_config,
                                 file=file, no_bird=no_bird, t0=t0)
 
 
-def _head_training_data(dataset: Dataset, read: str, *, no_bird: int, seed: int, file: TFLiteFile, progress=None) -> dict:
+def head_training_data(dataset: Dataset, read: str, *, no_bird: int, seed: int, file: TFLiteFile, progress=None) -> dict:
     """Windows of each split, their cached ``read`` maps, and the training targets (with the no-bird negatives appended)."""
     names = dataset.class_names
     wins = {s: split_windows(dataset, s) for s in ("train", "val", "test")}
@@ -468,7 +468,7 @@ def _head_training_data(dataset: Dataset, read: str, *, no_bird: int, seed: int,
     return {"windows": wins, "inputs": inputs, "targets": targets_tr, "focal": focal_tr, "negatives": negatives}
 
 
-def _assemble_head_model(dataset: Dataset, data: dict, cfg: HeadConfig, layer: str, tuned_from: str | None,
+def assemble_head_model(dataset: Dataset, data: dict, cfg: HeadConfig, layer: str, tuned_from: str | None,
                          head: nn.Module, stage: nn.Module | None, feats: dict, history: list, pushed: list,
                          train_config: dict, *, file: TFLiteFile, no_bird: int, t0: float):
     """The complete :class:`BirdNETHeadModel` from a trained head (and stage), and its card (metrics, provenance, data)."""
