@@ -92,7 +92,7 @@ def _write_tables(res, out: Path, stem: str, formats: list[str], names: dict, ba
     return (f"{res.duration_s:.1f} s, {len(wins)} windows of {res.window_s:g} s in {res.info['seconds']:.1f} s; "
             f"threshold {res.threshold:.3f} ({res.threshold_source}); no bird in {int((wins['n_species'] == 0).sum())} windows; "
             f"detections by species: {say}"
-            + (f"; the last {res.unanalysed_s:.1f} s (under half a window) are not analysed" if res.unanalysed_s > 0 else ""))
+            + (f"; the last {res.unanalysed_s:.1f} s (under half a window) are not analysed" if res.unanalysed_s >= 0.05 else ""))
 
 
 def cmd_analyze(args) -> int:
@@ -199,7 +199,7 @@ def cmd_no_bird_check(args) -> int:
 
 # the subcommands of this module, by name
 COMMANDS = {
-    "predict": Subcommand("species scores for an audio file, per 5 s window", predict_args, cmd_predict, dataset=False),
+    "predict": Subcommand("species scores and detections for an audio file, per window of the model's clip length (5 s, BirdNET 3 s)", predict_args, cmd_predict, dataset=False),
     "analyze": Subcommand("whole recordings of any length (streamed): detections per window, selection tables", analyze_args, cmd_analyze, dataset=False),
     "no-bird-check": Subcommand("how often each model says 'no bird' on silence, a tone, noise and bird-free site noise",
                                 no_bird_check_args, cmd_no_bird_check),
