@@ -215,3 +215,29 @@ def test_cli_explains_a_clip_and_refuses_bad_input(tmp_path, monkeypatch, capsys
     assert "no model.safetensors" in capsys.readouterr().err
     assert main(["fetch-model", "birdnet-9000"]) == 2
     assert "unknown published model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("field,value", [("relu_on_cos", False), ("input_vector_length", 32), ("epsilon_val", 1e-3),
+                                         ("n_eps_channels", 1), ("non_negative_last_layer", False),
+                                         ("incorrect_class_connection", -0.5), ("topk_k", 3), ("add_on_layers_type", "bottleneck")])
+def test_config_fields_the_loader_does_not_compute_are_refused(tmp_path, field, value):
+    """Every config.json field that changes what the published model computes is honoured or refused by name."""
+    folder = save_published(_small_protopnet(), tmp_path / "m")
+    cfg = json.loads((folder / "config.json").read_text())
+    json.dump({**cfg, field: value}, (folder / "config.json").open("w"))
+    with pytest.raises(CheckpointError, match=f"config.json has {field}={value!r}, which this loader does not implement"):
+        load_published(folder, device="cpu", backbone_config=convnext_base_config(**SMALL))
+
+
+def test_config_fields_with_the_published_values_load(tmp_path):
+    model = _small_protopnet()
+    folder = save_published(model, tmp_path / "m")
+    cfg = json.loads((folder / "config.json").read_text())
+    published = {"relu_on_cos": True, "input_vector_length": 64.0, "epsilon_val": 0.0001, "n_eps_channels": 2,
+                 "non_negative_last_layer": True, "incorrect_class_connection": None, "topk_k": 1, "add_on_layers_type": "upsample",
+                 "margin": 0.5}  # margin: training only, not checked
+    json.dump({**cfg, **published}, (folder / "config.json").open("w"))
+    loaded = load_published(folder, device="cpu", backbone_config=convnext_base_config(**SMALL))
+    x = torch.as_tensor(_clip(3))[None]
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), model(x), atol=1e-5)

@@ -32,6 +32,40 @@ def _class_names(config_json: dict, n_classes: int) -> tuple[str, ...]:
     return tuple(str(n) for n in names)
 
 
+#: The published AudioProtoPNet's ``config.json`` fields that change what the model computes, with the values this
+#: loader implements (AudioProtoPNet ``hf_repo`` code: ReLU on the cosine, input vectors of length 64, two 1e-4
+#: channels, a non-negative class connection to a class's own prototypes only, max pooling, 2x upsampling). A field
+#: absent from ``config.json`` means the published default. Training-only fields (``margin``,
+#: ``correct_class_connection``, ``bias_last_layer``: the bias is read from the weights) are not checked.
+IMPLEMENTED_CONFIG = {
+    "relu_on_cos": (True,),
+    "input_vector_length": (64,),
+    "n_eps_channels": (2,),
+    "epsilon_val": (1e-4,),
+    "non_negative_last_layer": (True,),
+    "incorrect_class_connection": (None, 0, 0.0),
+    "topk_k": (1,),
+    "add_on_layers_type": ("upsample",),
+}
+
+
+def check_published_config(config_json: dict, folder) -> None:
+    """Refuse a published AudioProtoPNet whose ``config.json`` asks for something this loader does not compute.
+
+    Raises
+    ------
+    CheckpointError
+        Naming the first such field, its value, and the values implemented (:data:`IMPLEMENTED_CONFIG`).
+    """
+    def same(value, implemented) -> bool:  # JSON true is not the number 1, and 64.0 is 64
+        return value is implemented if isinstance(value, bool) or isinstance(implemented, bool) else value == implemented
+
+    for field, allowed in IMPLEMENTED_CONFIG.items():
+        if field in config_json and not any(same(config_json[field], a) for a in allowed):
+            raise CheckpointError(f"{folder}: config.json has {field}={config_json[field]!r}, which this loader does not "
+                                  f"implement (it computes {field}={allowed[0]!r}); refusing rather than computing another model")
+
+
 def load_published(path: str | os.PathLike, *, device: torch.device | str | None = None, backbone_config=None) -> BirdClassifier:
     """Load a published BirdSet checkpoint folder (``model.safetensors`` + ``config.json``) without running any of its code.
 
@@ -58,7 +92,8 @@ def load_published(path: str | os.PathLike, *, device: torch.device | str | None
     Raises
     ------
     CheckpointError
-        Missing files, an unknown layout, or keys/shapes that do not match.
+        Missing files, an unknown layout, keys/shapes that do not match, or a ``config.json`` field whose value the
+        model here does not compute (:func:`check_published_config`).
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -80,6 +115,7 @@ def load_published(path: str | os.PathLike, *, device: torch.device | str | None
             raise CheckpointError(f"{folder}: head.last_layer.weight must be (n_classes, P) with n_classes x P prototypes, got "
                                   f"{None if weight is None else tuple(weight.shape)} for {tuple(protos.shape)} prototypes")
         n_classes, k = weight.shape
+        check_published_config(config_json, folder)
         config = PublishedConfig("published-audioprotopnet", _class_names(config_json, n_classes), int(k), AUDIOPROTOPNET_FRONTEND,
                                  source=str(config_json.get("_name_or_path", "local")))
         model = PublishedAudioProtoPNet(config, backbone_config)
