@@ -27,11 +27,13 @@ from core.errors import ParameterError
 from core.field.explanation import Explanation, explain
 from core.models.registry import DEFAULT_MODEL
 
-__all__ = ["DEFAULT_MODEL", "BIRDNETLIB_MIN_CONF", "AttackResult", "WorstCaseResult", "Explanation", "load_model", "load_audio",
+__all__ = ["DEFAULT_MODEL", "BIRDNETLIB_MIN_CONF", "MIN_DURATION_S", "AttackResult", "WorstCaseResult", "Explanation", "load_model", "load_audio",
            "predict", "attack", "worst_case", "explain", "analyze", "model_names", "decision_threshold"]
 
 #: birdnetlib's and BirdNET-Analyzer's default ``min_conf``, used for BirdNET when no validation threshold is stored.
 BIRDNETLIB_MIN_CONF = 0.1
+#: Shortest recording :func:`predict` answers for [s]: a shorter one would be mostly zero padding of one window.
+MIN_DURATION_S = 0.5
 
 
 def model_names() -> list[str]:
@@ -181,8 +183,8 @@ def predict(model, waveform, *, min_conf: float | None = None) -> list[dict]:
     Raises
     ------
     ParameterError
-        Not a 1-D float waveform, non-finite samples, bad ``min_conf``, or no threshold (:func:`decision_threshold`).
-        Windows as BirdNET-Analyzer's (Kahl et al. 2021): non-overlapping, of the model's ``clip_seconds``.
+        Not a 1-D float waveform, non-finite samples, shorter than :data:`MIN_DURATION_S`, bad ``min_conf``, or no
+        threshold (:func:`decision_threshold`). Windows as BirdNET-Analyzer's (Kahl et al. 2021): non-overlapping, of the model's ``clip_seconds``.
     """
     from core.attacks.windows import cut_windows
     from core.field.analyze import FileAnalysis, level_dbfs, species_names
@@ -191,9 +193,12 @@ def predict(model, waveform, *, min_conf: float | None = None) -> list[dict]:
     from core.models.published import PublishedConfig
 
     w = cut_windows(waveform, model.config.window_samples, batch=False)
+    sr = int(model.config.frontend.sample_rate)
+    if w.x.shape[-1] < MIN_DURATION_S * sr:
+        raise ParameterError(f"waveform is {w.x.shape[-1] / sr:.2f} s long; predict needs at least {MIN_DURATION_S} s "
+                             f"(a shorter clip would be scored as a {model.config.window_samples / sr:g} s window of mostly silence)")
     threshold, source = decision_threshold(model, min_conf)
     res = analyze_waveform(model, w.x.detach().cpu().float().numpy())
-    sr = int(model.config.frontend.sample_rate)
     analysis = FileAnalysis(path="", model=_name(model), class_names=tuple(model.config.class_names), sample_rate=sr,
                             window_s=model.config.window_samples / sr, starts_s=w.start / sr, valid_s=w.valid / sr,
                             scores=res.scores, threshold=threshold, threshold_source=source,

@@ -209,6 +209,9 @@ def test_predict_format_threshold_and_silence():
     assert core.predict(TINY, torch.zeros(2 * SR), min_conf=0.01) == []  # silence never detects a bird
     with pytest.raises(ParameterError, match=r"\(n_samples,\)"):
         core.predict(TINY, x.reshape(2, -1), min_conf=0.5)
+    with pytest.raises(ParameterError, match=r"0.40 s long; predict needs at least 0.5 s"):
+        core.predict(TINY, x[: int(0.4 * SR)], min_conf=0.5)  # refused, never padded silently into a window
+    assert isinstance(core.predict(TINY, x[: SR // 2], min_conf=0.5), list)  # 0.5 s is enough
 
 
 def test_load_model_and_audio(tmp_path):

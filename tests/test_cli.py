@@ -296,3 +296,14 @@ def test_predict_reports_detections_through_the_api(wav, tmp_path):
 def test_models_help_names_the_shipped_models(cmd, default):
     text = " ".join(_subparsers()[cmd].format_help().split())
     assert f"shipped: {', '.join(list_checkpoints())}" + (f" (default: {default})" if default else "") in text
+
+
+def test_predict_refuses_a_clip_shorter_than_half_a_second(tmp_path, capsys):
+    """A 1-sample file is refused in one line, never padded silently into a window and answered."""
+    from core.cli import main
+
+    short = tmp_path / "one.wav"
+    sf.write(short, np.zeros(1, np.float32), 32_000)
+    assert main(["predict", str(short), "--model", "protopnet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: waveform is 0.00 s long; predict needs at least 0.5 s") and len(err.splitlines()) == 1
