@@ -199,7 +199,8 @@ def cmd_no_bird_check(args) -> int:
 
 # the subcommands of this module, by name
 COMMANDS = {
-    "predict": Subcommand("species scores and detections for an audio file, per window of the model's clip length (5 s, BirdNET 3 s)", predict_args, cmd_predict, dataset=False),
+    "predict": Subcommand("species scores and detections for an audio file, per window of the model's clip length (5 s, BirdNET 3 s)",
+                          predict_args, cmd_predict, dataset=False),
     "analyze": Subcommand("whole recordings of any length (streamed): detections per window, selection tables", analyze_args, cmd_analyze, dataset=False),
     "no-bird-check": Subcommand("how often each model says 'no bird' on silence, a tone, noise and bird-free site noise",
                                 no_bird_check_args, cmd_no_bird_check),
