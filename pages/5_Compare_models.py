@@ -33,7 +33,8 @@ available = list_checkpoints()
 zoo = [n for n in ZOO if n in available]
 missing = [n for n in ZOO if n not in available]
 if missing:
-    st.warning(f"Checkpoints missing from checkpoints/: {', '.join(missing)}. docs/models.md, *Reproducing the checkpoints*, gives the commands that train them.")
+    st.warning(f"Checkpoints missing from checkpoints/: {', '.join(missing)}. "
+               "docs/models.md, *Reproducing the checkpoints*, gives the commands that train them.")
 default = zoo or available[:2]
 remembered = [m for m in st.session_state.get("cmp_models_saved", default) if m in available]  # a checkpoint may have gone
 models = st.multiselect("Models", available, default=remembered, key="cmp_models",
