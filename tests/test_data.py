@@ -1,8 +1,20 @@
+import inspect
+
 import numpy as np
 import pytest
 
 from core.errors import DatasetError
-from core.io.data import DATA_ENV_VAR, Dataset, build_windows, download_dataset, find_data_dir, open_dataset
+from core.io.data import (
+    DATA_ENV_VAR,
+    DEFAULT_SPLIT_SCHEME,
+    SPLIT_SCHEMES,
+    Dataset,
+    build_windows,
+    download_dataset,
+    find_data_dir,
+    open_dataset,
+    split_description,
+)
 
 
 def test_manifest_and_splits(tiny_dataset):
@@ -68,3 +80,21 @@ def test_download_with_fake_network(tiny_dataset, tmp_path):
     with pytest.raises(DatasetError):
         download_dataset(dest, manifest_dir=src, opener=fake_open)
     assert len(requested) == 1  # only the missing one is fetched again
+
+
+def test_split_schemes_and_their_one_default():
+    """Dataset and open_dataset take their default scheme from DEFAULT_SPLIT_SCHEME (the one line to switch)."""
+    assert set(SPLIT_SCHEMES) == {"recordist", "person", "manifest"} and DEFAULT_SPLIT_SCHEME in SPLIT_SCHEMES
+    assert inspect.signature(Dataset).parameters["split_scheme"].default == DEFAULT_SPLIT_SCHEME
+    assert inspect.signature(open_dataset).parameters["split_scheme"].default == DEFAULT_SPLIT_SCHEME
+    with pytest.raises(DatasetError, match="'recordist', 'person', 'manifest'"):
+        Dataset(".", "people")
+
+
+@pytest.mark.parametrize("scheme", ["recordist", "person"])
+def test_grouped_schemes_without_recordists_keep_the_manifest_split(tiny_dataset, scheme, caplog):
+    ds = Dataset(tiny_dataset, scheme)
+    assert ds.split_scheme == "manifest" and "no recordist column" in caplog.text
+    assert [r.split for r in ds.recordings] == [r.meta["manifest_split"] for r in ds.recordings]
+    assert "recordists may be shared" in split_description(ds)
+    assert not list(tiny_dataset.glob("recordist_split*"))

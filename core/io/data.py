@@ -6,12 +6,16 @@ A dataset directory holds ``manifest.csv`` with at least the columns ``path``
 ``recording_id``, ``duration_s``, ``recordist`` and a ``species.csv`` (``species_code``,
 ``scientific_name``, ``english_name``) that fixes the class list and its order.
 
-Split schemes: ``recordist`` (the default) re-draws train/val/test so that no
-recordist appears in two splits (:func:`recordist_split`); a test split that
-shares recordists with training rewards models that learn a person's recorder,
-microphone and site instead of the species. ``manifest`` keeps the manifest's
-``split`` column (for xc9: split by recording only; 21 of its 47 test recordings
-share a recordist with training).
+Split schemes (:mod:`core.io.split`; the default is ``DEFAULT_SPLIT_SCHEME``):
+``recordist`` re-draws train/val/test so that no recordist string appears in two
+splits (:func:`recordist_split`); a test split that shares recordists with
+training rewards models that learn a person's recorder, microphone and site
+instead of the species. ``person`` goes further: names are repaired and
+normalised, co-recordists split, and recordings sharing any person grouped, so
+that no person is in two splits (:func:`person_split`; for xc9 the committed
+``assets/xc9/recordist_split.csv``, for other datasets a cached file beside the
+manifest). ``manifest`` keeps the manifest's ``split`` column (for xc9: split by
+recording only; 21 of its 47 test recordings share a recordist with training).
 
 Labels are weak (the species is somewhere in the recording), so every 5 s
 window inherits its recording's labels; windows never cross splits because the
@@ -36,6 +40,15 @@ import numpy as np
 from core.errors import AudioLoadError, DatasetError
 from core.io.audio import frame_windows, load_audio
 from core.io.fileio import atomic_path
+from core.io.split import (  # noqa: F401 (RECORDIST_SPLIT_* re-exported)
+    DEFAULT_SPLIT_SCHEME,
+    RECORDIST_SPLIT_FOLDS,
+    RECORDIST_SPLIT_SEED,
+    SPLIT_SCHEMES,
+    load_person_split,
+    person_split,
+    recordist_split,
+)
 
 __all__ = [
     "DATA_ENV_VAR",
@@ -43,7 +56,9 @@ __all__ = [
     "Recording",
     "Dataset",
     "SPLIT_SCHEMES",
+    "DEFAULT_SPLIT_SCHEME",
     "recordist_split",
+    "person_split",
     "candidate_data_dirs",
     "find_data_dir",
     "open_dataset",
@@ -64,79 +79,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_MANIFEST_DIR = REPO_ROOT / "assets" / DEFAULT_DATASET
 REQUIRED_COLUMNS = ("path", "labels", "split")
 SPLITS = ("train", "val", "test")
-#: How train/val/test are assigned (see the module docstring).
-SPLIT_SCHEMES = ("recordist", "manifest")
-#: Seed and fold count of the recordist-disjoint split (fold 0 = test, fold 1 = val).
-RECORDIST_SPLIT_SEED = 0
-RECORDIST_SPLIT_FOLDS = 5
-
-
-def recordist_split(
-    recording_ids: Sequence[str],
-    primary_labels: Sequence[str],
-    recordists: Sequence[str | None],
-    *,
-    n_folds: int = RECORDIST_SPLIT_FOLDS,
-    seed: int = RECORDIST_SPLIT_SEED,
-    n_tries: int = 20,
-) -> dict[str, str]:
-    """Train/val/test assignment in which no recordist appears in two splits.
-
-    ``sklearn.model_selection.StratifiedGroupKFold`` (groups = recordist, strata =
-    primary label, shuffled): fold 0 is the test split, fold 1 the validation
-    split, the rest train (about 60/20/20). Whole recordists cannot always be
-    balanced per species, so the shuffles ``seed .. seed + n_tries - 1`` are
-    drawn and the one whose per-species val and test shares deviate least from
-    ``1 / n_folds`` is kept (a rule on label counts only, chosen before any
-    model was evaluated on it). Recordings without a
-    recordist are grouped by primary label (conservative: if they are one
-    unnamed person's, they stay together; on xc9 these are 6 Stone-curlews,
-    2 Blackcaps and 1 Little Owl).
-
-    Parameters
-    ----------
-    recording_ids, primary_labels, recordists : sequences of equal length n
-    n_folds : int
-    seed, n_tries : int
-        First shuffle seed and number of shuffles tried.
-
-    Returns
-    -------
-    dict recording_id -> split name
-
-    Raises
-    ------
-    DatasetError
-        Lengths differ, or fewer than ``n_folds`` distinct recordists.
-    """
-    from sklearn.model_selection import StratifiedGroupKFold
-
-    n = len(recording_ids)
-    if not (len(primary_labels) == len(recordists) == n):
-        raise DatasetError("recording_ids, primary_labels and recordists must have the same length")
-    groups = [r.strip() if isinstance(r, str) and r.strip() else f"unknown:{lab}"
-              for lab, r in zip(primary_labels, recordists)]
-    if len(set(groups)) < n_folds:
-        raise DatasetError(f"a recordist-disjoint split needs at least {n_folds} recordists, got {len(set(groups))}")
-    labels = np.asarray(primary_labels)
-    classes = np.unique(labels)
-
-    def assign(fold_seed: int) -> np.ndarray:
-        folds = list(StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=fold_seed).split(
-            np.zeros(n), labels, np.asarray(groups)))
-        split = np.full(n, "train", dtype=object)
-        split[folds[0][1]] = "test"
-        split[folds[1][1]] = "val"
-        return split
-
-    def deviation(split: np.ndarray) -> float:
-        # summed |share - 1/n_folds| of val and test over classes: how far from stratified
-        return sum(abs(np.mean(split[labels == c] == name) - 1 / n_folds) for c in classes for name in ("val", "test"))
-
-    candidates = [seed] if n_tries <= 1 else [seed + k for k in range(n_tries)]
-    best = min((assign(s) for s in candidates), key=deviation)
-    out = dict(zip(recording_ids, (str(v) for v in best)))
-    return out
 
 
 def _split_labels(text: str | None) -> tuple[str, ...]:
@@ -187,12 +129,14 @@ class Dataset:
     ----------
     root : path
         Directory with ``manifest.csv``.
-    split_scheme : {"recordist", "manifest"}
-        ``recordist`` (default) re-draws the splits so that they share no
-        recordist (:func:`recordist_split`); a manifest without a ``recordist``
-        column falls back to ``manifest`` with a logged warning, and
-        ``self.split_scheme`` says which one is in force. The manifest's own
-        split stays in ``Recording.meta["manifest_split"]``.
+    split_scheme : {"recordist", "person", "manifest"}
+        Default :data:`DEFAULT_SPLIT_SCHEME`. ``recordist`` re-draws the splits so
+        that they share no recordist string (:func:`recordist_split`); ``person``
+        so that they share no person (:func:`core.io.split.load_person_split`,
+        which sets ``self.split_file`` and ``Recording.meta["person_group"]``).
+        A manifest without a ``recordist`` column falls back to ``manifest`` with
+        a logged warning, and ``self.split_scheme`` says which one is in force.
+        The manifest's own split stays in ``Recording.meta["manifest_split"]``.
 
     Raises
     ------
@@ -201,7 +145,7 @@ class Dataset:
         label sets, or labels not in ``species.csv``.
     """
 
-    def __init__(self, root: str | os.PathLike, split_scheme: str = "recordist") -> None:
+    def __init__(self, root: str | os.PathLike, split_scheme: str = DEFAULT_SPLIT_SCHEME) -> None:
         if split_scheme not in SPLIT_SCHEMES:
             raise DatasetError(f"split_scheme must be one of {SPLIT_SCHEMES}, got {split_scheme!r}")
         self.root = Path(root).resolve()
@@ -253,13 +197,20 @@ class Dataset:
             if unknown:
                 raise DatasetError(f"recording {r.recording_id}: labels {sorted(unknown)} are not in species.csv")
         # secondary labels outside the class list are ignored (documented)
-        if split_scheme == "recordist" and "recordist" not in rows[0]:
+        if split_scheme != "manifest" and "recordist" not in rows[0]:
             log.warning("%s has no recordist column: using the manifest's split (recordists may be shared)", manifest)
             split_scheme = "manifest"
+        #: The committed or cached person split file in use (``person`` scheme only; None if computed in memory).
+        self.split_file: Path | None = None
+        ids, primary, people = ([r.recording_id for r in recordings], [r.labels[0] for r in recordings],
+                                [r.meta.get("recordist") for r in recordings])
         if split_scheme == "recordist":
-            assign = recordist_split([r.recording_id for r in recordings], [r.labels[0] for r in recordings],
-                                     [r.meta.get("recordist") for r in recordings])
+            assign = recordist_split(ids, primary, people)
             recordings = [dataclasses.replace(r, split=assign[r.recording_id]) for r in recordings]
+        elif split_scheme == "person":
+            rows, self.split_file = load_person_split(self.root, ids, primary, people)
+            recordings = [dataclasses.replace(r, split=row["split"], meta={**r.meta, "person_group": row["person_group"]})
+                          for r, row in zip(recordings, rows)]
         self.split_scheme = split_scheme
         self.recordings = recordings
         self.by_id: dict[str, Recording] = {r.recording_id: r for r in recordings}
@@ -347,7 +298,7 @@ def find_data_dir(explicit: str | os.PathLike | None = None) -> Path | None:
     return None
 
 
-def open_dataset(explicit: str | os.PathLike | None = None, split_scheme: str = "recordist") -> Dataset:
+def open_dataset(explicit: str | os.PathLike | None = None, split_scheme: str = DEFAULT_SPLIT_SCHEME) -> Dataset:
     """Open the dataset found by :func:`find_data_dir` (``split_scheme``: see :class:`Dataset`).
 
     Raises
@@ -570,10 +521,16 @@ def windows_from_waveforms(
 
 
 def ids_sha256(ids) -> str:
+    """First 16 hex digits of the SHA-256 of the sorted ids joined by commas (fingerprint of a split)."""
     return hashlib.sha256(",".join(sorted(ids)).encode()).hexdigest()[:16]
 
 
 def split_description(dataset: Dataset) -> str:
+    """One line saying how ``dataset``'s train/val/test were drawn (for model cards and tables)."""
+    if dataset.split_scheme == "person":
+        source = dataset.split_file.name if dataset.split_file else "computed in memory"
+        return ("train/val/test sharing no person (recordist names repaired and normalised, co-recordists split, "
+                f"recordings sharing anyone grouped; core.io.split.person_split, {source}), split by recording")
     if dataset.split_scheme == "recordist":
-        return "train/val/test sharing no recordist (core.io.data.recordist_split), split by recording"
+        return "train/val/test sharing no recordist string (core.io.split.recordist_split), split by recording"
     return "train/val/test split by recording from manifest.csv (recordists may be shared)"
