@@ -165,6 +165,39 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def open_set_args(p) -> None:
+    add_model(p, what="BirdNET head checkpoints (birdnet_protopnet, its AT/FT variants, birdnet_linear)", nargs="+", required=True)
+    add_float(p, "--quantile", 0.05, "share of labelled validation windows whose score the bird gate may halve")
+    add_float(p, "--max-false-rate", 0.01, "largest share of validation bird-free windows the decision threshold may pass")
+
+
+def cmd_open_set(args) -> int:
+    from core.io.data import open_dataset
+    from core.models.registry import load_checkpoint, resolve_checkpoint, save_checkpoint
+    from core.training.open_set import open_set_model
+
+    ds = open_dataset(args.data_dir)
+    for name in args.model:
+        model = load_checkpoint(name)
+        card = dict(model.card)
+        gated, fields = open_set_model(model, ds, quantile=args.quantile, max_false_rate=args.max_false_rate,
+                                       progress=lambda m, name=name: log.info("%s: %s", name, m))
+        before = card.get("open_set", {}).get("metrics_before_gate") or card.get("metrics")
+        fields["open_set"]["metrics_before_gate"] = before
+        fields["open_set"]["threshold_before_gate"] = (card.get("open_set", {}).get("threshold_before_gate")
+                                                       or card.get("decision_threshold"))
+        card.update(fields)
+        card.pop("config", None)
+        card.pop("weights_sha256", None)
+        save_checkpoint(gated, resolve_checkpoint(name), card)
+        t, m = fields["decision_threshold"], fields["metrics"]
+        print(f"{name}: bird gate tau {fields['open_set']['tau']:.2f}, threshold {t['value']:.3f} "
+              f"(micro-F1 threshold {t['f1_threshold']:.3f}; {t['false_rate']:.1%} of {t['n_bird_free']} validation "
+              f"bird-free windows pass); test recording top-1 {m['test']['recording']['top1']:.3f} "
+              f"(before {before['test']['recording']['top1']:.3f})")
+    return 0
+
+
 def train_head_args(p) -> None:
     p.add_argument("--name", required=True)
     p.add_argument("--layer", default="ACT_POST")
@@ -301,6 +334,8 @@ COMMANDS = {
     "train": Subcommand("train a model and write checkpoints/NAME.safetensors + NAME.json", train_args, cmd_train),
     "reference": Subcommand("fit the logistic-regression reference and write its metrics", reference_args, cmd_reference),
     "calibrate": Subcommand("choose each model's decision threshold on the validation split (stored in its card)", calibrate_args, cmd_calibrate),
+    "open-set": Subcommand("give BirdNET heads the bird gate and a threshold that bird-free validation audio passes <= 1 %",
+                           open_set_args, cmd_open_set),
     "train-head": Subcommand("train a prototype or linear head on BirdNET's backbone, frozen or partly fine-tuned (cached features)",
                              train_head_args, cmd_train_head),
     "finetune-head": Subcommand("fine-tune a BirdNET head model adversarially (AT-O, AT-E) or clean (the OT+FT control)",

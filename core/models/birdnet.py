@@ -51,6 +51,7 @@ __all__ = [
     "BirdNETConfig",
     "BirdNETSpectrogram",
     "LocationFilter",
+    "NON_SPECIES",
     "birdnet_files",
     "birdnet_labels",
     "load_birdnet",
@@ -67,6 +68,9 @@ BIRDNET_LICENCE = (
 _MODEL_FILE = "BirdNET_GLOBAL_6K_V2.4_Model_FP32.tflite"
 _MDATA_FILE = "BirdNET_GLOBAL_6K_V2.4_MData_Model_V2_FP16.tflite"
 _LABELS_FILE = "BirdNET_GLOBAL_6K_V2.4_Labels.txt"
+#: BirdNET classes that are not animal species (sounds of people, machines and weather).
+NON_SPECIES = frozenset({"Dog", "Engine", "Environmental", "Fireworks", "Gun", "Human non-vocal", "Human vocal", "Human whistle",
+                         "Noise", "Power tools", "Siren"})
 SPECIES_CSV = Path(__file__).resolve().parent.parent.parent / "assets" / "xc9" / "species.csv"
 #: Measured metrics of BirdNET on the dataset, written by
 #: ``python -m core evaluate --model birdnet --split test --out assets/birdnet/metrics.json``.

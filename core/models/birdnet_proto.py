@@ -33,7 +33,7 @@ from core.models.birdnet import BIRDNET_DISPLAY_FRONTEND, BIRDNET_LICENCE, BIRDN
 from core.models.frontend import FrontendConfig, WindowedConfig
 from core.models.protopnet import class_connection_matrix, class_logits
 
-__all__ = ["BIRDNET_HEAD_ARCHS", "BirdNETHeadConfig", "BirdNETHeadModel"]
+__all__ = ["BIRDNET_HEAD_ARCHS", "BirdNETHeadConfig", "BirdNETHeadModel", "gated_logits"]
 
 BIRDNET_HEAD_ARCHS = ("birdnet-protopnet", "birdnet-linear")
 _HEAD_CONFIG_VERSION = 1
@@ -58,6 +58,14 @@ class BirdNETHeadConfig(WindowedConfig):
         None: BirdNET frozen up to ``layer``. A layer name: BirdNET's layers from
         ``tuned_from``'s output to ``layer`` were fine-tuned with the head
         (:class:`core.training.heads.BirdNETStage`); their weights are in the checkpoint.
+    bird_gate : float or None
+        None: the head's logits are the model's. A number tau [BirdNET logit]: the
+        open-set gate of :func:`gated_logits` multiplies every class probability by
+        ``sigmoid(gate_slope * (e - tau))``, where ``e`` is BirdNET's own bird
+        evidence (:meth:`BirdNETHeadModel.bird_evidence`): a window in which BirdNET
+        hears no animal of its 6,522 classes gets low scores for every class.
+    gate_slope : float > 0
+        Slope of the gate's sigmoid per BirdNET logit unit.
     clip_seconds : float [seconds]
         3 s (BirdNET's window).
     frontend : FrontendConfig
@@ -73,6 +81,8 @@ class BirdNETHeadConfig(WindowedConfig):
     channels: int
     prototypes_per_class: int = 5
     tuned_from: str | None = None
+    bird_gate: float | None = None
+    gate_slope: float = 1.0
     clip_seconds: float = BIRDNET_WINDOW_S
     frontend: FrontendConfig = field(default_factory=lambda: BIRDNET_DISPLAY_FRONTEND)
     licence: str = BIRDNET_LICENCE
@@ -88,6 +98,10 @@ class BirdNETHeadConfig(WindowedConfig):
             raise ParameterError("a prototype head needs prototypes_per_class >= 1")
         if self.arch == "birdnet-linear":
             object.__setattr__(self, "prototypes_per_class", 0)
+        if not (isinstance(self.gate_slope, (int, float)) and self.gate_slope > 0):
+            raise ParameterError(f"gate_slope must be a number > 0, got {self.gate_slope!r}")
+        if self.bird_gate is not None:
+            object.__setattr__(self, "bird_gate", float(self.bird_gate))
 
 
     @classmethod
@@ -105,6 +119,33 @@ class BirdNETHeadConfig(WindowedConfig):
             return cls(**d)
         except (TypeError, ParameterError) as exc:
             raise CheckpointError(f"head config does not match the code: {exc}") from exc
+
+
+def gated_logits(logits: torch.Tensor, evidence: torch.Tensor, tau: float, slope: float = 1.0) -> torch.Tensor:
+    """Logits of ``sigmoid(logits) * sigmoid(slope * (evidence - tau))``: class scores gated by bird evidence.
+
+    A detection then needs both the head ("this looks like species c") and BirdNET
+    ("some animal of my 6,522 classes is calling"). The product is a soft AND, so the
+    gated model stays differentiable for attacks and explanations; computed in log
+    space (``log p = logsigmoid(l) + logsigmoid(g)``, logit ``= log p - log(1 - p)``).
+
+    Parameters
+    ----------
+    logits : torch.Tensor [shape=(batch, n_classes)]
+    evidence : torch.Tensor [shape=(batch,)], BirdNET logit units
+    tau : float [BirdNET logit]
+        Evidence at which the gate halves the scores.
+    slope : float > 0
+
+    Returns
+    -------
+    torch.Tensor [shape=(batch, n_classes)]
+        Each entry <= the input logit (the gate only lowers scores).
+    """
+    log_gate = nn.functional.logsigmoid(slope * (evidence - tau)).unsqueeze(1)
+    log_p = nn.functional.logsigmoid(logits) + log_gate
+    log_q = torch.log(-torch.expm1(log_p).clamp(max=-1e-12))  # log(1 - p), p < 1
+    return log_p - log_q
 
 
 class BirdNETHeadModel(BirdClassifier):
@@ -131,9 +172,12 @@ class BirdNETHeadModel(BirdClassifier):
 
     def __init__(self, config: BirdNETHeadConfig, file=None) -> None:
         super().__init__()
+        from core.models.birdnet import birdnet_files
         from core.models.birdnet_heads import BirdNETStage, BirdNETTrunk, LinearHead, PrototypeHead
+        from core.models.tflite_graph import TFLiteFile
 
         self.config = config
+        file = file or TFLiteFile(birdnet_files()["model"])
         trunk = BirdNETTrunk(config.tuned_from or config.layer, file)
         self.frontend = trunk.frontend
         self.backbone = trunk.graph
@@ -144,8 +188,50 @@ class BirdNETHeadModel(BirdClassifier):
             self.head = PrototypeHead(config.channels, n_classes, config.prototypes_per_class)
         else:
             self.head = LinearHead(config.channels, n_classes)
+        self.gate = None
+        if config.bird_gate is not None:  # BirdNET's own layers after ``layer`` up to its 6,522 logits, frozen
+            from core.models.birdnet import NON_SPECIES, birdnet_labels
+            from core.models.birdnet_heads import layer_tensor
+            from core.models.tflite_graph import TFLiteGraph
+
+            self.gate = TFLiteGraph(file, [layer_tensor(file, config.layer)], [file.tensors[file.outputs[0]].name],
+                                    trainable=False)
+            animal = torch.tensor([sci not in NON_SPECIES for sci, _ in birdnet_labels()], dtype=torch.bool)
+            self.register_buffer("animal_classes", animal, persistent=False)
         self.card: dict = {}
         self.checkpoint_path = None
+
+    # -- the open-set gate ---------------------------------------------------------------------------
+
+    def bird_evidence(self, features: torch.Tensor) -> torch.Tensor:
+        """BirdNET's evidence that an animal calls: the largest of its logits over its animal classes.
+
+        Computed by BirdNET's own (frozen) layers after ``config.layer`` on the model's
+        features, so it is part of the model's one forward path; with a tuned stage the
+        evidence is read from the tuned map (the stage is BirdNET's block fine-tuned).
+
+        Parameters
+        ----------
+        features : torch.Tensor [shape=(batch, channels, freq, time)], :meth:`forward_features` (row 0 lowest)
+
+        Returns
+        -------
+        torch.Tensor [shape=(batch,)], BirdNET logit units (sigmoid gives BirdNET's confidence)
+
+        Raises
+        ------
+        ParameterError
+            The model has no gate (``config.bird_gate`` is None).
+        """
+        if self.gate is None:
+            raise ParameterError("this model has no bird gate (config.bird_gate is None)")
+        (logits,), _ = self.gate(features.flip(2))
+        return logits.masked_fill(~self.animal_classes, float("-inf")).amax(dim=1)
+
+    def _gated(self, logits: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        if self.gate is None:
+            return logits
+        return gated_logits(logits, self.bird_evidence(features), self.config.bird_gate, self.config.gate_slope)
 
     # -- the frozen backbone stays out of checkpoints ---------------------------------------------
 
@@ -268,7 +354,7 @@ class BirdNETHeadModel(BirdClassifier):
         the feature map averaged over frequency and time."""
         if pre_logits:
             return features.mean(dim=(2, 3))
-        return self.head(features)
+        return self._gated(self.head(features), features)
 
     def outputs_from_features(self, features: torch.Tensor) -> ModelOutput:
         """Logits, embedding and, for a prototype head, similarity maps and activations (each map computed once)."""
@@ -277,7 +363,7 @@ class BirdNETHeadModel(BirdClassifier):
             return ModelOutput(logits=self.forward_head(features), embedding=embedding, feature_map=features)
         sims = self.similarity_maps(features)
         acts = sims.amax(dim=(2, 3))
-        return ModelOutput(logits=self.classify(acts), embedding=embedding, feature_map=features, similarity_maps=sims,
+        return ModelOutput(logits=self._gated(self.classify(acts), features), embedding=embedding, feature_map=features, similarity_maps=sims,
                            prototype_activations=acts)
 
     def _spectrogram_row(self, freq_index: int, n_rows: int) -> int:

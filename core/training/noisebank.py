@@ -31,15 +31,13 @@ import numpy as np
 import pandas as pd
 
 from core.errors import ParameterError, check_int
+from core.models.birdnet import NON_SPECIES
 
 __all__ = ["NOISE_DIR", "NON_SPECIES", "bank_path", "vet_noise_windows", "read_bank_table", "birdfree_bank", "NoiseBank"]
 
 log = logging.getLogger(__name__)
 
 NOISE_DIR = Path(__file__).resolve().parents[2] / "assets" / "noise"
-#: BirdNET classes that are not animal species (sounds of people, machines and weather).
-NON_SPECIES = frozenset({"Dog", "Engine", "Environmental", "Fireworks", "Gun", "Human non-vocal", "Human vocal", "Human whistle",
-                         "Noise", "Power tools", "Siren"})
 #: Length of the vetted windows [seconds]: the small models' window; BirdNET (3 s) uses the first 3 s.
 WINDOW_S = 5.0
 
