@@ -309,6 +309,17 @@ class TFLiteGraph(nn.Module):
             if op.kind == "RESHAPE" and any(d < 0 for d in tensors[op.outputs[0]].signature[1:]):
                 raise CheckpointError(f"{self.file_name}: RESHAPE {op.index} has a dynamic non-batch target shape")
         self._shapes = {op.outputs[0]: tensors[op.outputs[0]].shape for op in self.ops}
+        # After op k runs, the activations no later op reads (and that are no output) are dropped, so a
+        # gradient-free pass holds only live tensors (BirdNET at 16 windows: about 1.3 GB -> see bench/vs_birdnetlib.py).
+        last: dict[int, int] = {}
+        for k, op in enumerate(self.ops):
+            for i in op.inputs:
+                if i >= 0:
+                    last[i] = k
+        self._free_after: list[tuple[int, ...]] = [() for _ in self.ops]
+        for t, k in last.items():
+            if t not in self.output_ids:
+                self._free_after[k] += (t,)
 
     @staticmethod
     def _convert_const(op: _Op, j: int, data: np.ndarray) -> torch.Tensor:
@@ -364,7 +375,7 @@ class TFLiteGraph(nn.Module):
             nchw[i] = x.ndim == 4
         kept: dict[str, torch.Tensor] = {}
         keep_set = set(keep)
-        for op in self.ops:
+        for op, free in zip(self.ops, self._free_after):
             y, is4 = self._run(op, env, nchw)
             o = op.outputs[0]
             env[o] = y
@@ -372,6 +383,8 @@ class TFLiteGraph(nn.Module):
             name = self.layer_of.get(o)
             if name in keep_set:
                 kept[name] = y
+            for t in free:  # kept tensors live on in ``kept``; autograd holds what its backward needs
+                env.pop(t, None)
         return [env[i] for i in self.output_ids], kept
 
     def _run(self, op: _Op, env: dict, nchw: dict) -> tuple[torch.Tensor, bool]:
