@@ -12,6 +12,7 @@ from core.models.birdnet import top_species
 from core.models.registry import uses_birdnet
 from core.studies.audit import load_audit
 from core.training.calibration import card_thresholds
+from ui.attribution import attribution_panel
 from ui.common import (
     analyze,
     audio_player,
@@ -95,6 +96,9 @@ if cfg.arch == "birdnet":
         top = top_species(model, res.windows[0], k=10, allowed=allowed)
         st.dataframe(pd.DataFrame(top).rename(columns={"english_name": "species", "scientific_name": "scientific name"})
                      [["species", "scientific name", "score"]].round(3), hide_index=True, width="stretch")
+
+# where in the input the evidence lies (occlusion, gradient x input); computed only when the user asks
+attribution_panel(name, model, res.windows[0], scores=scores, offset_s=clip.offset_s, display=display)
 
 if res.similarity_maps is None:
     st.info(f"{name} is a black-box model (no prototypes). Choose an AudioProtoPNet model to see explanations.")

@@ -1,8 +1,11 @@
-"""Explanations of a recording, window by window: the Clip page's spectrogram, scores and prototype maps.
+"""Explanations of a recording, window by window: the Clip page's spectrogram, scores, prototype maps and input attribution.
 
 :func:`explain` is the public :func:`core.explain`. Its maps are ``model.forward_all(window).similarity_maps``
 (AudioProtoPNet, Heinrich et al. 2025, after Chen et al. 2019, "This looks like that"), placed on the spectrogram's
-frequency [Hz] and time [s] axes the way the Clip page draws them.
+frequency [Hz] and time [s] axes the way the Clip page draws them. That placement stretches the feature map over the
+spectrogram: for BirdNET's heads a feature row draws most of its evidence from outside its nominal band (the input
+gradient of a row's activation lies 24-47 % inside it on birdnet_protopnet), so where the evidence lies in the input
+is measured separately, on request, by occlusion or gradient x input (:mod:`core.field.attribution`), in Hz and s.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import pandas as pd
 import torch
 
 from core.errors import ParameterError
+from core.field.attribution import AttributionMap, grad_x_input, occlusion
 from core.models.frontend import FrontendConfig, LogMel, mel_band_centres
 
 __all__ = ["Explanation", "explain"]
@@ -41,6 +45,9 @@ class Explanation:
     prototype_activations : np.ndarray or None [shape=(n_windows, n_prototypes)], max of each map
     class_connection : np.ndarray or None [shape=(n_classes, n_prototypes)], prototype weights per class
     prototype_class : np.ndarray or None [shape=(n_prototypes,)], the class each prototype belongs to
+    attribution : tuple of AttributionMap or None
+        One per window when :func:`explain` was asked for it: where in the input (Hz x s) the evidence for the
+        window's class logits lies (:mod:`core.field.attribution`).
     """
 
     class_names: tuple
@@ -55,6 +62,7 @@ class Explanation:
     prototype_activations: np.ndarray | None = None
     class_connection: np.ndarray | None = None
     prototype_class: np.ndarray | None = None
+    attribution: tuple[AttributionMap, ...] | None = None
 
     def similarity_on_spectrogram(self, window: int, prototype: int) -> np.ndarray:
         """One similarity map stretched bilinearly onto the spectrogram's grid, ``(n_mels, n_frames)``, as the Clip page overlays it.
@@ -97,14 +105,44 @@ def _cell_centres(axis: np.ndarray, n_cells: int) -> np.ndarray:
     return np.interp(pos, np.arange(len(axis)), axis)
 
 
-def explain(model, waveform) -> Explanation:
-    """What the model sees and, for AudioProtoPNet models, which prototypes it matched where.
+def _class_indices(names: list[str], classes) -> list[int]:
+    if isinstance(classes, (str, int, np.integer)):
+        classes = [classes]
+    out = []
+    for c in classes:
+        if isinstance(c, str):
+            if c not in names:
+                raise ParameterError(f"unknown class {c!r}; the model's classes are {names[:12]}{' ...' if len(names) > 12 else ''}")
+            out.append(names.index(c))
+        elif isinstance(c, (int, np.integer)) and not isinstance(c, bool) and 0 <= c < len(names):
+            out.append(int(c))
+        else:
+            raise ParameterError(f"classes must be class names or indices in [0, {len(names)}), got {c!r}")
+    if not out:
+        raise ParameterError("classes must name at least one class")
+    return out
+
+
+def explain(model, waveform, *, attribution: str | None = None, classes=None, bands_per_octave: int = 3,
+            cell_s: float = 0.25) -> Explanation:
+    """What the model sees, which prototypes it matched where and, on request, where in the input its evidence lies.
 
     Parameters
     ----------
     model : BirdClassifier
     waveform : torch.Tensor or np.ndarray [shape=(n_samples,) or (batch, n_samples)]
         At the model's rate (see the module docstring for windows).
+    attribution : {None, "occlusion", "grad_x_input"}
+        Also attribute the class logits of every window to Hz x s cells of the model's input spectrogram
+        (:func:`core.field.attribution.occlusion`: one forward pass per cell, about 48 cells per 3 s window in
+        octaves x 0.5 s, 250 in third-octaves x 0.25 s; :func:`core.field.attribution.grad_x_input`: one forward and
+        one backward pass per class). Default None: not computed.
+    classes : str, int or sequence of them, optional
+        Classes to attribute (names or indices); default each window's top-scoring class.
+    bands_per_octave : int
+        Frequency cells of the attribution (3: third-octaves).
+    cell_s : float [s]
+        Time cells of the attribution.
 
     Returns
     -------
@@ -113,9 +151,13 @@ def explain(model, waveform) -> Explanation:
     Raises
     ------
     ParameterError
-        Not a float waveform, non-finite samples, or a 2-D row longer than one window. The maps are
-        ``model.forward_all(window).similarity_maps`` (AudioProtoPNet, Heinrich et al. 2025).
+        Not a float waveform, non-finite samples, a 2-D row longer than one window, an unknown attribution method or
+        class. The maps are ``model.forward_all(window).similarity_maps`` (AudioProtoPNet, Heinrich et al. 2025).
     """
+    methods = {"occlusion": occlusion, "grad_x_input": grad_x_input}
+    if attribution is not None and attribution not in methods:
+        raise ParameterError(f"attribution must be None, 'occlusion' or 'grad_x_input', got {attribution!r}")
+    chosen = None if classes is None else _class_indices(list(model.class_names), classes)
 
     from core.attacks.windows import cut_windows
     from core.field.inference import analyze_waveform
@@ -144,5 +186,10 @@ def explain(model, waveform) -> Explanation:
         extra = dict(similarity_maps=maps, map_frequency_hz=_cell_centres(freq, maps.shape[2]), map_time_s=_cell_centres(times, maps.shape[3]),
                      prototype_activations=cat("prototype_activations"), class_connection=weights,
                      prototype_class=np.arange(maps.shape[1]) // per_class)
-    return Explanation(class_names=tuple(model.config.class_names), starts_s=w.start / fe.sample_rate, scores=cat("scores"),
+    scores = cat("scores")
+    if attribution is not None:
+        extra["attribution"] = tuple(
+            methods[attribution](model, windows[i], indices=chosen if chosen is not None else [int(np.argmax(scores[i]))],
+                                 bands_per_octave=bands_per_octave, cell_s=cell_s) for i in range(len(windows)))
+    return Explanation(class_names=tuple(model.config.class_names), starts_s=w.start / fe.sample_rate, scores=scores,
                        spectrogram_db=spec, frequency_hz=freq, time_s=times, **extra)
