@@ -8,6 +8,9 @@ imports it. Layout: :mod:`core.cli.args` (options shared by subcommands, each wr
 
 Every error a user can cause ends in a one-line message on stderr and exit code 2;
 nothing prints a traceback for bad input.
+
+Before a subcommand runs, :func:`core.io.device.apply_thread_policy` sets torch's threads from the machine's CPUs
+and how busy other programs keep them (``BIRDSHIELD_THREADS=N`` fixes N). ``--help`` does no such work.
 """
 
 from __future__ import annotations
@@ -62,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.command_line = "python -m core " + " ".join(argv if argv is not None else sys.argv[1:])
     try:
+        from core.io.device import apply_thread_policy
+
+        policy = apply_thread_policy()
+        logging.getLogger(__name__).info("torch threads: %d (%s)", policy.intra_op, policy.reason)
         return args.func(args)
     except CoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
