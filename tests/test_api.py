@@ -201,7 +201,8 @@ def test_predict_format_threshold_and_silence():
     scores = core.explain(TINY, x).scores
     assert len(dets) == int((scores >= 0.01).sum())
     for d in dets:
-        assert set(d) == {"start_time", "end_time", "scientific_name", "common_name", "label", "confidence"}
+        assert set(d) == {"start_time", "end_time", "scientific_name", "common_name", "label", "confidence", "ebird_code"}
+        assert d["ebird_code"] is None  # the tiny model's classes are no species BirdNET knows
         assert d["label"] == f"{d['scientific_name']}_{d['common_name']}" and d["end_time"] - d["start_time"] == 1.0
         w, c = int(d["start_time"]), CLASSES.index(d["scientific_name"])
         assert np.isclose(d["confidence"], scores[w, c], atol=1e-6)
@@ -212,6 +213,29 @@ def test_predict_format_threshold_and_silence():
     with pytest.raises(ParameterError, match=r"0.40 s long; predict needs at least 0.5 s"):
         core.predict(TINY, x[: int(0.4 * SR)], min_conf=0.5)  # refused, never padded silently into a window
     assert isinstance(core.predict(TINY, x[: SR // 2], min_conf=0.5), list)  # 0.5 s is enough
+
+
+def test_predict_sensitivity_and_bad_settings():
+    """sensitivity shifts every logit by 10 (s - 1) before the sigmoid; bad settings fail before any scoring."""
+    x = torch.as_tensor(tone(2000.0, 2.0, SR)) + _recording(2.0, seed=3) * 0.1
+    with torch.no_grad():
+        logits = TINY(x.reshape(2, WIN))
+    by_s = {}
+    for s in (0.5, 1.0, 1.5):
+        dets = core.predict(TINY, x, min_conf=0.5, sensitivity=s)
+        want = torch.sigmoid((logits + 10 * (s - 1)).clamp(-20, 20))
+        assert len(dets) == int((want >= 0.5).sum())
+        assert all(np.isclose(d["confidence"], want[int(d["start_time"]), CLASSES.index(d["scientific_name"])], atol=1e-6) for d in dets)
+        by_s[s] = {(d["start_time"], d["scientific_name"]) for d in dets}
+    assert by_s[0.5] <= by_s[1.0] <= by_s[1.5] and len(by_s[0.5]) < len(by_s[1.5])
+    for kw, needle in [({"sensitivity": 1.6}, "sensitivity must lie in"), ({"sensitivity": 0.4}, "sensitivity"),
+                       ({"locale": "xx"}, "locale must be one of en, "), ({"lat": 91.0, "lon": 0.0}, "lat must lie in"),
+                       ({"lat": 50.0, "lon": 8.0, "week": 0}, "week must be"), ({"lon": 8.0}, "both lat and lon"),
+                       ({"min_conf": 0.0}, "min_conf")]:
+        with pytest.raises(ParameterError, match=needle):
+            core.predict(TINY, x, **{"min_conf": 0.5, **kw})
+        with pytest.raises(ParameterError, match=needle):
+            core.analyze("never-read.wav", model=TINY, **{"min_conf": 0.5, **kw})  # checked before the file is opened
 
 
 def test_load_model_and_audio(tmp_path):
@@ -235,6 +259,7 @@ def test_load_model_and_audio(tmp_path):
 @pytest.mark.slow
 def test_real_recording_end_to_end(data_dir):
     """load_audio -> predict -> attack -> explain -> analyze on a recording of the dataset, with the shipped protopnet."""
+    from core.io.names import common_name, ebird_code
     from core.models.birdnet import dataset_species
 
     path = sorted((data_dir / "audio" / "parmaj").glob("*.flac"))[0]
@@ -248,9 +273,9 @@ def test_real_recording_end_to_end(data_dir):
     assert len(dets) == int((ex.scores >= threshold).sum()) >= 1  # every score at or above the card's threshold, and some are
     assert all(np.isclose(d["confidence"], ex.scores[int(d["start_time"] // 5), model.config.class_names.index(c)])
                for d, c in zip(dets, [codes[d["scientific_name"]] for d in dets]))
-    species = {r["scientific_name"]: r["english_name"] for r in dataset_species()}
     names = {d["scientific_name"]: d["common_name"] for d in dets}
-    assert all(species[n] == c for n, c in names.items())
+    assert all(common_name(n, "en") == c for n, c in names.items())  # BirdNET-Analyzer's English names, as --locale en
+    assert all(d["ebird_code"] == ebird_code(d["scientific_name"]) for d in dets)
     table = core.analyze(path, model=model)
     assert table.attrs["threshold"] == threshold and list(table.columns)[:3] == ["start_s", "end_s", "species_code"]
     assert set(table["scientific_name"]) == set(names)  # streamed decoding gives the same detections

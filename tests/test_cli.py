@@ -280,7 +280,8 @@ def test_predict_reports_detections_through_the_api(wav, tmp_path):
     r = run("predict", str(wav), "--model", "protopnet", "--min-conf", "0.3", "--json")
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
-    assert res["settings"] == {"min_conf": 0.3, "min_conf_source": "min_conf"} and res["model"] == "protopnet"
+    assert res["settings"] == {"min_conf": 0.3, "min_conf_source": "min_conf", "sensitivity": 1.0, "locale": "en", "species_filter": None}
+    assert res["model"] == "protopnet"
     expected = sorted((w["start_s"], c) for w in res["windows"] for c, s in w["scores"].items() if s >= 0.3)
     got = sorted((d["start_time"], d["label"]) for d in res["detections"])
     assert len(got) == len(expected) > 0

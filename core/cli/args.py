@@ -84,6 +84,36 @@ def add_models(p: argparse.ArgumentParser, default: str | None, help: str | None
     action.models = _ShippedModels()
 
 
+def add_detection_options(p: argparse.ArgumentParser, *, threshold_alias: bool = False) -> None:
+    """BirdNET-Analyzer's detection options: ``--min-conf``, ``--sensitivity``, ``--locale``, ``--lat``, ``--lon``,
+    ``--week``, ``--sf-thresh`` (BirdNET-Analyzer's underscore spellings ``--min_conf``, ``--sf_thresh`` work too).
+
+    Parameters
+    ----------
+    p : argparse.ArgumentParser
+    threshold_alias : bool
+        Also accept ``--threshold`` for ``--min-conf`` (``analyze``'s older name).
+
+    The values are checked (one-line errors) by the subcommand before any model loads, with the functions that
+    :func:`core.api.predict` and :func:`core.api.analyze` use (:mod:`core.field.detect`, :mod:`core.io.names`).
+    """
+    alias = ["--threshold"] if threshold_alias else []
+    p.add_argument("--min-conf", "--min_conf", *alias, dest="min_conf", type=float, default=None,
+                   help="score from which a species counts as detected, in (0, 1) (default: the model's validation threshold, "
+                        "as the Field page; for birdnet-all, birdnetlib's 0.1)" + ("; --threshold is the same option" if alias else ""))
+    p.add_argument("--sensitivity", type=float, default=1.0,
+                   help="BirdNET-Analyzer's sigmoid sensitivity in [0.5, 1.5] (default 1.0): every logit is shifted by "
+                        "10 x (sensitivity - 1) before the sigmoid, so higher values detect more; applies to every model")
+    p.add_argument("--locale", default="en", help="language of the common names, e.g. de, fr, es, en_uk, pt_BR (default en; "
+                                                  "BirdNET V2.4's 38 label languages)")
+    p.add_argument("--lat", type=float, default=None, help="latitude of the recording [-90, 90]; with --lon, species that BirdNET's "
+                                                           "location model does not expect there are not reported (BirdNET-Analyzer's filter)")
+    p.add_argument("--lon", type=float, default=None, help="longitude of the recording [-180, 180]")
+    p.add_argument("--week", type=int, default=-1, help="week of the year for the location filter, 1-48 (4 a month); -1 all year (default)")
+    p.add_argument("--sf-thresh", "--sf_thresh", dest="sf_thresh", type=float, default=0.03,
+                   help="occurrence probability from which the location filter keeps a species (default 0.03, BirdNET-Analyzer's)")
+
+
 def add_split(p: argparse.ArgumentParser, choices: list[str] = SPLITS) -> None:
     """``--split``, default ``test``."""
     p.add_argument("--split", default="test", choices=choices)

@@ -6,7 +6,21 @@ import json
 import sys
 from pathlib import Path
 
-from core.cli.args import Subcommand, add_eps, add_float, add_int, add_json, add_model, add_models, add_out, add_seed, add_steps, names, out_path
+from core.cli.args import (
+    Subcommand,
+    add_detection_options,
+    add_eps,
+    add_float,
+    add_int,
+    add_json,
+    add_model,
+    add_models,
+    add_out,
+    add_seed,
+    add_steps,
+    names,
+    out_path,
+)
 from core.cli.common import load_models
 from core.errors import CoreError, ParameterError
 from core.models.registry import DEFAULT_MODEL
@@ -22,45 +36,87 @@ def _top(scores: list[dict]) -> str:
 def predict_args(p) -> None:
     p.add_argument("file")
     add_model(p, DEFAULT_MODEL)
-    add_float(p, "--min-conf", help="score from which a species counts as detected, in (0, 1) "
-                                    "(default: the model's validation threshold, as the Field page)")
+    add_detection_options(p)
     add_json(p)
 
 
-def _detections(model, path: str, min_conf: float | None) -> tuple[list[dict] | None, dict]:
-    """:func:`core.api.predict` on the file: (detections or None without a threshold, the settings used)."""
-    from core.api import decision_threshold, load_audio, predict
+def _settings(args) -> dict:
+    """The detection options of ``args`` as keywords of :func:`core.api.predict` / :func:`core.api.analyze`."""
+    return {"min_conf": args.min_conf, "sensitivity": args.sensitivity, "locale": args.locale, "lat": args.lat, "lon": args.lon,
+            "week": args.week, "sf_thresh": args.sf_thresh}
 
-    try:
-        threshold, source = decision_threshold(model, min_conf)
-    except ParameterError as e:  # a checkpoint without a stored threshold: scores only, and say why
-        return None, {"min_conf": None, "min_conf_source": str(e)}
-    waveform = load_audio(path, int(model.config.frontend.sample_rate))
-    return predict(model, waveform, min_conf=threshold), {"min_conf": threshold, "min_conf_source": source}
+
+def _check_settings(args):
+    """Refuse bad detection options in one line before any model loads; returns (species filter or None, locale)."""
+    import math
+
+    from core.field.detect import check_sensitivity, species_filter
+    from core.io.names import check_locale
+
+    if args.min_conf is not None and not (math.isfinite(args.min_conf) and 0 < args.min_conf < 1):
+        raise ParameterError(f"--min-conf must lie in (0, 1), got {args.min_conf}")
+    check_sensitivity(args.sensitivity)
+    return species_filter(args.lat, args.lon, args.week, args.sf_thresh), check_locale(args.locale)
+
+
+def _settings_text(res, settings: dict) -> str:
+    """``"min_conf 0.67 (validation threshold ...), sensitivity 1.0, locale de, location filter ..."``."""
+    where = res.species_filter
+    place = (f"location filter {where['lat']:g}, {where['lon']:g}, week {where['week']} (sf_thresh {where['sf_thresh']:g}): "
+             f"{len(where['excluded'])} of {len(res.class_names)} species not expected there") if where else "no location filter"
+    return f"min_conf {res.threshold:.2f} ({res.threshold_source}), sensitivity {res.sensitivity:.2f}, locale {settings['locale']}, {place}"
+
+
+def _json_settings(res, settings: dict) -> dict:
+    """The settings a detection list was made with; the location filter's left-out classes listed up to 100, else counted."""
+    where = res.species_filter
+    if where and len(where["excluded"]) > 100:
+        where = {**{k: v for k, v in where.items() if k != "excluded"}, "n_excluded": len(where["excluded"])}
+    return {"min_conf": res.threshold, "min_conf_source": res.threshold_source, "sensitivity": res.sensitivity,
+            "locale": settings["locale"], "species_filter": where}
 
 
 def cmd_predict(args) -> int:
-    from core.field.inference import predict_file
+    import numpy as np
+
+    from core.api import decision_threshold, load_audio, predict_windows
+    from core.field.inference import top_classes
     from core.models.registry import load_checkpoint
 
+    _, locale = _check_settings(args)
+    settings = {**_settings(args), "locale": locale}
     model = load_checkpoint(args.model)
-    res = predict_file(model, args.file)
-    dets, settings = _detections(model, args.file, args.min_conf)
+    try:
+        decision_threshold(model, args.min_conf)
+        missing = ""
+    except ParameterError as e:  # a checkpoint without a stored threshold: its scores, no detections, and why
+        missing = str(e)
+        settings["min_conf"] = 0.5  # the scores do not depend on it; its detections are dropped below
+    waveform = load_audio(args.file, int(model.config.frontend.sample_rate))
+    res, dets = predict_windows(model, waveform, path=args.file, **settings)
+    if missing:
+        res.threshold, res.threshold_source, dets = None, missing, None
+    names = model.config.class_names
+    windows = [{"start_s": float(s), "top": top_classes(res.scores[i], names), "scores": dict(zip(names, map(float, res.scores[i])))}
+               for i, s in enumerate(res.starts_s)]
+    duration = res.info["n_samples"] / res.sample_rate
     if args.json:
-        print(json.dumps({**res, "model": args.model, "settings": settings, "detections": dets}, indent=2))
+        print(json.dumps({"file": str(args.file), "duration_s": duration, "model": args.model, "settings": _json_settings(res, settings),
+                          "detections": dets, "windows": windows, "top": top_classes(res.scores.max(0), names)}, indent=2))
         return 0
-    print(f"{res['file']}: {res['duration_s']:.1f} s, {len(res['windows'])} window(s), model {args.model}")
-    for w in res["windows"]:
-        print(f"  {w['start_s']:6.1f} s  {_top(w['top'])}")
-    print(f"  recording (max over windows): {_top(res['top'])}")
+    print(f"{args.file}: {duration:.1f} s, {len(windows)} window(s) of {res.window_s:g} s, model {args.model}")
     if dets is None:
-        print(f"  detections: none computed ({settings['min_conf_source']})")
-        return 0
-    print(f"  detections at min_conf {settings['min_conf']:.2f} ({settings['min_conf_source']}):")
-    for d in dets:
-        print(f"  {d['start_time']:6.1f}-{d['end_time']:.1f} s  {d['common_name']} ({d['scientific_name']}) {d['confidence']:.2f}")
-    if not dets:
+        print(f"  detections: none computed ({missing}; give --min-conf)")
+    else:
+        print(f"  {_settings_text(res, settings)}")
+    for d in dets or []:
+        print(f"  {d['start_time']:6.1f}-{d['end_time']:.1f} s  {d['common_name']} ({d['scientific_name']}, {d['ebird_code'] or '-'}) "
+              f"{d['confidence']:.2f}")
+    if dets == []:
         print("  no bird detected")
+    print("  top scores per window (every species, before the location filter):")
+    for start, row in zip(res.starts_s, res.scores):
+        print(f"  {start:6.1f} s  " + ", ".join(f"{names[j]} {row[j]:.2f}" for j in np.argsort(-row)[:3]))
     return 0
 
 
@@ -68,29 +124,31 @@ def analyze_args(p) -> None:
     p.add_argument("path", help="an audio file or a directory of them")
     add_model(p, DEFAULT_MODEL)
     p.add_argument("--out", required=True, help="directory for the tables (created)")
-    add_float(p, "--threshold", help="score cut-off in (0, 1) (default: the model's validation threshold)")
+    add_detection_options(p, threshold_alias=True)
     p.add_argument("--format", default="birdnet,raven,windows",
-                   help="comma-separated: birdnet (BirdNET-Analyzer CSV), raven (selection table), windows (every window's outcome)")
+                   help="comma-separated: birdnet (BirdNET-Analyzer CSV), raven (selection table: eBird codes, common names in "
+                        "--locale), windows (every window's outcome)")
     p.add_argument("--recursive", action="store_true", help="also analyse audio files in sub-directories")
 
 
-def _write_tables(res, out: Path, stem: str, formats: list[str], names: dict, band: tuple[float, float]) -> str:
+def _write_tables(res, out: Path, stem: str, formats: list[str], names: dict, band: tuple[float, float], locale: str,
+                  ebird: dict) -> str:
     """Write one analysed file's tables in ``formats`` under ``out``; returns the line that summarises it."""
     from core.field.tables import detections, to_birdnet_csv, to_raven_table, window_outcomes
     from core.io.fileio import atomic_write_text
 
-    dets = detections(res, names=names)
-    wins = window_outcomes(res, names=names)
+    dets = detections(res, names=names, locale=locale, ebird=ebird)
+    wins = window_outcomes(res, names=names, locale=locale)
     if "birdnet" in formats:
         atomic_write_text(out / (stem + ".BirdNET.results.csv"), to_birdnet_csv(dets))
     if "raven" in formats:
         atomic_write_text(out / (stem + ".BirdNET.selection.table.txt"), to_raven_table(dets, low_hz=band[0], high_hz=band[1]))
     if "windows" in formats:
         atomic_write_text(out / (stem + ".windows.csv"), wins.to_csv(index=False, float_format="%.4f"))
-    found = dets.groupby("english_name")["confidence"].agg(["size", "max"]).sort_values("size", ascending=False)
+    found = dets.groupby("common_name")["confidence"].agg(["size", "max"]).sort_values("size", ascending=False)
     say = ", ".join(f"{n} {int(r['size'])}" for n, r in found.iterrows()) or "none"
     return (f"{res.duration_s:.1f} s, {len(wins)} windows of {res.window_s:g} s in {res.info['seconds']:.1f} s; "
-            f"threshold {res.threshold:.3f} ({res.threshold_source}); no bird in {int((wins['n_species'] == 0).sum())} windows; "
+            f"{_settings_text(res, {'locale': locale})}; no bird in {int((wins['n_species'] == 0).sum())} windows; "
             f"detections by species: {say}"
             + (f"; the last {res.unanalysed_s:.1f} s (under half a window) are not analysed" if res.unanalysed_s >= 0.05 else ""))
 
@@ -98,21 +156,28 @@ def _write_tables(res, out: Path, stem: str, formats: list[str], names: dict, ba
 def cmd_analyze(args) -> int:
     from tqdm import tqdm
 
-    from core.field.analyze import analyze_file, audio_files, model_band_hz, species_names
+    from core.api import decision_threshold
+    from core.field.analyze import analyze_file, audio_files, ebird_classes, model_band_hz, species_names
     from core.models.registry import load_checkpoint
 
     formats = names(args.format)
     if sorted(set(formats) - set(FORMATS)) or not formats:
         raise ParameterError(f"--format takes birdnet, raven and/or windows, got {args.format!r}")
-    if args.threshold is not None and not 0 < args.threshold < 1:
-        raise ParameterError(f"--threshold must lie in (0, 1), got {args.threshold}")
+    filt, locale = _check_settings(args)
     files = audio_files(args.path, recursive=args.recursive)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ParameterError(f"--out must be a directory, got the file {out}")
     model = load_checkpoint(args.model)
+    try:
+        threshold, source = decision_threshold(model, args.min_conf)
+    except ParameterError as e:
+        raise ParameterError(f"{e} (--min-conf)") from None
+    source = "--min-conf" if args.min_conf is not None else source
     species = species_names(model.config.class_names, model)
     band = model_band_hz(model)
+    ebird = ebird_classes(model)
+    single = len(files) == 1 and Path(args.path).is_file()
     failed = 0
     for f in files:
         bar = tqdm(total=0, unit="s", dynamic_ncols=True, disable=None, desc=f.name)
@@ -123,17 +188,17 @@ def cmd_analyze(args) -> int:
             bar.refresh()
 
         try:
-            res = analyze_file(model, f, model_name=args.model, threshold=args.threshold,
-                               threshold_source="--threshold" if args.threshold is not None else "", progress=progress)
+            res = analyze_file(model, f, model_name=args.model, threshold=threshold, threshold_source=source, sensitivity=args.sensitivity,
+                               species_filter=filt, progress=progress)
         except CoreError as exc:
             bar.close()
+            if single:  # one file asked for: its error is the command's, in one line (exit 2)
+                raise
             print(f"error: {exc}", file=sys.stderr)
             failed += 1
             continue
         bar.close()
-        if res.threshold is None:
-            raise ParameterError(f"model {args.model} has no validation threshold in its card: give --threshold")
-        print(f"{f.name}: {_write_tables(res, out, f.stem, formats, species, band)}")
+        print(f"{f.name}: {_write_tables(res, out, f.stem, formats, species, band, locale, ebird)}")
     print(f"written to {out}/")
     return 1 if failed else 0
 
@@ -201,7 +266,8 @@ def cmd_no_bird_check(args) -> int:
 COMMANDS = {
     "predict": Subcommand("species scores and detections for an audio file, per window of the model's clip length (5 s, BirdNET 3 s)",
                           predict_args, cmd_predict, dataset=False),
-    "analyze": Subcommand("whole recordings of any length (streamed): detections per window, selection tables", analyze_args, cmd_analyze, dataset=False),
+    "analyze": Subcommand("whole recordings of any length (streamed): detections per window, BirdNET-Analyzer CSV and Raven "
+                          "selection tables with eBird codes and local names", analyze_args, cmd_analyze, dataset=False),
     "no-bird-check": Subcommand("how often each model says 'no bird' on silence, a tone, noise and bird-free site noise",
                                 no_bird_check_args, cmd_no_bird_check),
     "attack": Subcommand("PGD attack (L-inf, waveform domain) on an audio file", attack_args, cmd_attack, dataset=False),

@@ -10,7 +10,10 @@ A window's outcome is the set of species whose score reaches the model's
 *decision threshold*, chosen on the validation split (:mod:`core.training.calibration`);
 a window with none is "no bird detected", so silence, a tone or white noise do
 not get a species without warning. A partial last window (zero-padded, kept when
-it holds at least half a window, as everywhere in the project) is flagged.
+it holds at least half a window, as everywhere in the project) is flagged; a
+recording shorter than :data:`MIN_DURATION_S` is refused. Scores are BirdNET-Analyzer's:
+the sigmoid of the logits shifted by its ``sensitivity``, and its location/week species
+filter can leave out species not expected at the place (:mod:`core.field.detect`).
 
 Detections export to BirdNET-Analyzer's CSV (``Start (s),End (s),Scientific
 name,Common name,Confidence,File``) and to a Raven selection table (tab-separated,
@@ -31,23 +34,30 @@ import soxr
 import torch
 
 from core.errors import AudioLoadError, ParameterError, check_int
+from core.field.detect import DEFAULT_SENSITIVITY, SpeciesFilter, check_sensitivity, flat_sigmoid
 from core.io.audio import load_audio
 from core.models.frontend import mel_band_centres
 
 __all__ = [
     "AUDIO_SUFFIXES",
+    "MIN_DURATION_S",
     "FileAnalysis",
     "analyze_file",
     "audio_files",
+    "ebird_classes",
+    "filter_mask",
     "iter_windows",
     "level_dbfs",
     "model_band_hz",
     "read_segment",
+    "score_windows",
     "species_names",
 ]
 
 #: File suffixes taken from a directory by :func:`audio_files`.
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".oga", ".aif", ".aiff")
+#: Shortest recording analysed [s]: a shorter one would be scored as one window of mostly zero padding.
+MIN_DURATION_S = 0.5
 NO_BIRD = "no bird detected"
 #: Windows quieter than this RMS level [dBFS] are "silent" whatever a model says: 16-bit quantisation noise sits
 #: near -101 dBFS, a quiet night at an AudioMoth near -60 dBFS. Some models name a species on digital silence
@@ -130,9 +140,12 @@ def species_names(class_names, model=None) -> dict[str, tuple[str, str]]:
     """``{code: (scientific name, English name)}`` for the model's classes.
 
     BirdNET-derived models carry their names; the project's own models name
-    their classes by the codes of ``assets/xc9/species.csv``. A code without a
-    name is its own name.
+    their classes by the codes of ``assets/xc9/species.csv``; a class named by an
+    eBird code among BirdNET's species (the published BirdSet models) gets BirdNET's
+    names (:mod:`core.io.names`). A code without a name is its own name.
     """
+    from core.io.names import common_name, scientific_name_of
+
     cfg = getattr(model, "config", None)
     sci, eng = getattr(cfg, "scientific_names", ()), getattr(cfg, "english_names", ())
     if len(sci) == len(class_names) and len(eng) == len(class_names):
@@ -140,7 +153,23 @@ def species_names(class_names, model=None) -> dict[str, tuple[str, str]]:
     from core.models.birdnet import dataset_species
 
     rows = {r["species_code"]: r for r in dataset_species(SPECIES_CSV)}
-    return {c: (rows[c]["scientific_name"], rows[c]["english_name"]) if c in rows else (c, c) for c in class_names}
+    out = {}
+    for c in class_names:
+        if c in rows:
+            out[c] = (rows[c]["scientific_name"], rows[c]["english_name"])
+        elif scientific_name_of(c) is not None:
+            out[c] = (scientific_name_of(c), common_name(scientific_name_of(c)))
+        else:
+            out[c] = (c, c)
+    return out
+
+
+def ebird_classes(model) -> dict[str, str]:
+    """``{class: class}`` for a model whose classes are eBird codes (BirdSet's published models), else ``{}``: the
+    ``ebird`` argument of :func:`core.field.tables.detections`."""
+    from core.models.published import PublishedConfig
+
+    return {c: c for c in model.config.class_names} if isinstance(model.config, PublishedConfig) else {}
 
 
 def model_band_hz(model) -> tuple[float, float]:
@@ -285,7 +314,8 @@ class FileAnalysis:
     window_s : float [seconds]
     starts_s : np.ndarray [shape=(n_windows,), dtype=float64], window starts [seconds]
     valid_s : np.ndarray [shape=(n_windows,), dtype=float64], real (not padded) audio per window [seconds]
-    scores : np.ndarray [shape=(n_windows, n_classes), dtype=float32], sigmoid scores
+    scores : np.ndarray [shape=(n_windows, n_classes), dtype=float32]
+        Scores in [0, 1]: the sigmoid of the logits shifted by ``sensitivity`` (:func:`core.field.detect.flat_sigmoid`).
     level_dbfs : np.ndarray [shape=(n_windows,), dtype=float64]
         RMS level of each window's real audio [dB re full scale]; -inf for digital silence.
     overview_db : np.ndarray [shape=(n_windows, OVERVIEW_MELS), dtype=float32]
@@ -298,6 +328,13 @@ class FileAnalysis:
         Where ``threshold`` comes from.
     info : dict
         Source rate, channels, non-finite samples, seconds taken.
+    sensitivity : float in [0.5, 1.5]
+        BirdNET-Analyzer's sigmoid sensitivity the scores were computed with (1.0: the plain sigmoid).
+    allowed : np.ndarray or None [shape=(n_classes,), dtype=bool]
+        Species the location/week filter keeps (None: no filter); the tables report only these.
+    species_filter : dict or None
+        The filter's settings (:meth:`core.field.detect.SpeciesFilter.describe`) and the species it left out
+        (``excluded``: class codes).
     """
 
     path: str
@@ -314,6 +351,9 @@ class FileAnalysis:
     overview_db: np.ndarray | None = None
     overview_hz: np.ndarray | None = None
     info: dict = field(default_factory=dict)
+    sensitivity: float = DEFAULT_SENSITIVITY
+    allowed: np.ndarray | None = None
+    species_filter: dict | None = None
 
     @property
     def duration_s(self) -> float:
@@ -333,9 +373,80 @@ class FileAnalysis:
         return self.valid_s < self.window_s - 1e-9
 
 
+def filter_mask(model, class_names, species_filter: SpeciesFilter | None) -> tuple[np.ndarray | None, dict | None]:
+    """The location/week filter applied to a model's classes: (kept ``(n_classes,)`` bool, settings with ``excluded``).
+
+    Parameters
+    ----------
+    model : BirdClassifier or None
+        Gives the classes' scientific names (:func:`species_names`).
+    class_names : sequence of str
+    species_filter : SpeciesFilter or None
+        None: (None, None), no filter.
+    """
+    if species_filter is None:
+        return None, None
+    names = species_names(class_names, model)
+    keep = species_filter.mask([names[c][0] for c in class_names])
+    return keep, {**species_filter.describe(), "excluded": [c for c, k in zip(class_names, keep) if not k]}
+
+
+@torch.no_grad()
+def _scores(model, windows: np.ndarray, sensitivity: float, device) -> np.ndarray:
+    """``flat_sigmoid(model(windows), sensitivity)`` as float32 numpy, ``(n, n_classes)``."""
+    return flat_sigmoid(model(torch.as_tensor(windows, device=device)).float(), sensitivity).cpu().numpy()
+
+
+def score_windows(model, windows: np.ndarray, valid: np.ndarray, *, path: str = "", model_name: str = "",
+                  threshold: float | None = None, threshold_source: str = "", sensitivity: float = DEFAULT_SENSITIVITY,
+                  species_filter: SpeciesFilter | None = None, batch_size: int = 16) -> FileAnalysis:
+    """:func:`analyze_file` for a waveform already in memory, cut into the model's non-overlapping windows.
+
+    Parameters
+    ----------
+    model : BirdClassifier
+    windows : np.ndarray [shape=(n_windows, window_samples), dtype=float32]
+        At the model's rate, full-scale amplitude; window ``i`` starts at ``i * window_samples``, zero-padded after
+        its ``valid`` samples (e.g. :func:`core.attacks.windows.cut_windows`).
+    valid : np.ndarray [shape=(n_windows,)] [samples]
+        Real (not padded) samples of each window.
+    path, model_name, threshold, threshold_source, sensitivity, species_filter
+        As in :func:`analyze_file` (no threshold is looked up here).
+    batch_size : int >= 1
+
+    Returns
+    -------
+    FileAnalysis
+        Without the overview spectrogram.
+
+    Raises
+    ------
+    ParameterError
+        Bad ``batch_size``, ``sensitivity`` or ``windows`` shape.
+    """
+    check_int("batch_size", batch_size, 1)
+    sensitivity = check_sensitivity(sensitivity)
+    sr, n = int(model.config.frontend.sample_rate), int(model.config.window_samples)
+    windows = np.asarray(windows, np.float32)
+    valid = np.asarray(valid, np.int64)
+    if windows.ndim != 2 or windows.shape[1] != n or len(valid) != len(windows) or not len(windows):
+        raise ParameterError(f"windows must be (n_windows >= 1, {n}) with one valid count each, got {windows.shape} and {valid.shape}")
+    allowed, filter_settings = filter_mask(model, model.config.class_names, species_filter)
+    device = next(model.parameters()).device
+    model.eval()
+    scores = np.concatenate([_scores(model, windows[i : i + batch_size], sensitivity, device) for i in range(0, len(windows), batch_size)])
+    return FileAnalysis(
+        path=str(path), model=model_name, class_names=tuple(model.config.class_names), sample_rate=sr, window_s=n / sr,
+        starts_s=np.arange(len(windows), dtype=np.float64) * n / sr, valid_s=valid.astype(np.float64) / sr, scores=scores.astype(np.float32),
+        threshold=None if threshold is None else float(threshold), threshold_source=threshold_source if threshold is not None else "",
+        level_dbfs=np.asarray([level_dbfs(x[:v]) for x, v in zip(windows, valid)]), info={"n_samples": int(valid.sum())},
+        sensitivity=sensitivity, allowed=allowed, species_filter=filter_settings)
+
+
 def analyze_file(model, path: str | os.PathLike, *, model_name: str = "", threshold: float | None = None,
-                 threshold_source: str = "", batch_size: int = 16, block_s: float = 30.0,
-                 progress: Callable[[float, float], None] | None = None, cancel: Callable[[], bool] | None = None) -> FileAnalysis:
+                 threshold_source: str = "", sensitivity: float = DEFAULT_SENSITIVITY, species_filter: SpeciesFilter | None = None,
+                 batch_size: int = 16, block_s: float = 30.0, progress: Callable[[float, float], None] | None = None,
+                 cancel: Callable[[], bool] | None = None) -> FileAnalysis:
     """Score every window of a recording of any length, streamed (bounded memory).
 
     Parameters
@@ -347,6 +458,11 @@ def analyze_file(model, path: str | os.PathLike, *, model_name: str = "", thresh
     threshold : float in (0, 1), optional
         Decision threshold for :func:`detections`; default the model card's
         validation threshold when ``model_name`` has one.
+    sensitivity : float in [0.5, 1.5], default 1.0
+        BirdNET-Analyzer 2.4.0's sigmoid sensitivity, applied to the logits (:func:`core.field.detect.flat_sigmoid`).
+    species_filter : SpeciesFilter, optional
+        BirdNET-Analyzer's location/week filter (:func:`core.field.detect.species_filter`): species not expected
+        there are left out of the tables (``allowed``).
     batch_size : int >= 1
         Windows scored together.
     block_s : float [seconds]
@@ -366,7 +482,8 @@ def analyze_file(model, path: str | os.PathLike, *, model_name: str = "", thresh
     AudioLoadError
         Unreadable file.
     ParameterError
-        Bad ``batch_size`` or ``threshold``.
+        Bad ``batch_size``, ``threshold`` or ``sensitivity``, or a recording shorter than :data:`MIN_DURATION_S`
+        (never padded silently into a window).
     InterruptedError
         Cancelled.
     """
@@ -375,6 +492,7 @@ def analyze_file(model, path: str | os.PathLike, *, model_name: str = "", thresh
     from core.training.calibration import card_thresholds
 
     check_int("batch_size", batch_size, 1)
+    sensitivity = check_sensitivity(sensitivity)
     if threshold is None and model_name:
         found = card_thresholds([model_name])
         if model_name in found:
@@ -387,14 +505,13 @@ def analyze_file(model, path: str | os.PathLike, *, model_name: str = "", thresh
         total = float(sf.info(str(path)).duration)
     except Exception:
         total = 0.0
+    allowed, filter_settings = filter_mask(model, model.config.class_names, species_filter)
     device = next(model.parameters()).device
     model.eval()
     starts, valid, scores, batch, levels, overview, info = [], [], [], [], [], [], {}
 
     def flush():
-        with torch.no_grad():
-            x = torch.as_tensor(np.stack(batch), device=device)
-            scores.append(torch.sigmoid(model(x)).float().cpu().numpy())
+        scores.append(_scores(model, np.stack(batch), sensitivity, device))
         batch.clear()
         if progress:
             progress(min((starts[-1] + valid[-1]) / sr, total) if total else (starts[-1] + valid[-1]) / sr, total)
@@ -402,6 +519,9 @@ def analyze_file(model, path: str | os.PathLike, *, model_name: str = "", thresh
             raise InterruptedError("analysis cancelled")
 
     for start, w, n_valid, source in iter_windows(path, sr, window, block_s=block_s):
+        if start == 0 and n_valid < MIN_DURATION_S * sr:
+            raise ParameterError(f"{Path(path).name} is {n_valid / sr:.2f} s long; analyze needs at least {MIN_DURATION_S} s "
+                                 f"(a shorter recording would be scored as a {window / sr:g} s window of mostly silence)")
         info = source
         starts.append(start)
         valid.append(n_valid)
@@ -418,6 +538,4 @@ def analyze_file(model, path: str | os.PathLike, *, model_name: str = "", thresh
         scores=np.concatenate(scores).astype(np.float32), threshold=None if threshold is None else float(threshold),
         threshold_source=threshold_source if threshold is not None else "", level_dbfs=np.asarray(levels, np.float64),
         overview_db=np.stack(overview).astype(np.float32), overview_hz=_overview_hz(sr),
-        info={**info, "seconds": time.time() - t0})
-
-
+        info={**info, "seconds": time.time() - t0}, sensitivity=sensitivity, allowed=allowed, species_filter=filter_settings)
