@@ -111,3 +111,41 @@ def test_sweeps_report_audibility_beside_snr(tiny_proto):
     assert np.allclose(res_kept.above_masking[0], direct)  # the same measure as masking_excess on the clip itself
     s = summarize(sweep_table(res, model="tiny", attack=atk, clip_ids=["a", "b"], class_names=["aaa", "bbb", "ccc"]))
     assert "above_masking" in s and s["above_masking"].iloc[-1] == pytest.approx(float(np.median(above[2])))
+
+
+@pytest.mark.slow
+def test_a_margin_keeps_the_perturbation_that_many_db_below_the_threshold_where_it_is_constrained():
+    sr = 32_000
+    rng = np.random.default_rng(1)
+    x = torch.as_tensor(np.stack([tone(1500, 1.0, sr, 0.4) + tone(5000, 1.0, sr, 0.1), tone(3000, 1.0, sr, 0.3)])).double()
+    th = masking_threshold(x, sr)
+    loud = torch.as_tensor(rng.standard_normal(x.shape) * 0.05)
+    at = {m: project_under_threshold(loud, th, margin_db=m, iterations=30) for m in (0.0, 6.0, 10.0)}
+    psd = {m: perturbation_psd_db(d, th).numpy() for m, d in at.items()}
+    theta = th.theta_db
+    f = np.fft.rfftfreq(N_FFT, 1 / sr)
+    heard = ((bark(f) > 1.0) & (f <= 16_000))[None, :, None]
+    constrained = heard & (perturbation_psd_db(loud, th).numpy() > theta + 3)  # cells the budget had to cut
+    assert constrained.mean() > 0.2
+    for m in (6.0, 10.0):
+        below = psd[m][constrained] - theta[constrained]
+        assert np.percentile(below, 99) == pytest.approx(-m, abs=0.25)  # it reaches the margin, and 99 % of cells stay under it
+        drop = psd[0.0][constrained] - psd[m][constrained]
+        assert np.median(drop) == pytest.approx(m, abs=0.25)  # m dB less than the 0 dB budget allows, cell by cell
+        energy = 10 * np.log10(np.sum(10 ** (psd[0.0][constrained] / 10)) / np.sum(10 ** (psd[m][constrained] / 10)))
+        assert energy == pytest.approx(m, abs=0.25)
+    ex = masking_excess(at[6.0], th)
+    assert (ex["share_above"] < 0.01).all() and (ex["p99_excess_db"] < -4.0).all()
+
+
+def test_the_masked_attack_keeps_6_db_by_default_and_refuses_a_bad_margin():
+    from core.attacks.psychoacoustic import DEFAULT_MARGIN_DB
+
+    assert DEFAULT_MARGIN_DB == 6.0 and MaskedPGD().margin_db == 6.0 and MaskedPGD().describe()["margin_db"] == 6.0
+    assert MaskedPGD(margin_db=0).margin_db == 0.0
+    for bad in (-1.0, float("nan"), 100.0, "loud"):
+        with pytest.raises(ParameterError, match="margin_db"):
+            MaskedPGD(margin_db=bad)
+    th = masking_threshold(tone(1000, 0.5, 16_000), 16_000)
+    with pytest.raises(ParameterError, match="margin_db"):
+        project_under_threshold(torch.zeros(1, 8000, dtype=torch.float64), th, margin_db=-3)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from core.attacks.threat_studies import survival_study, survival_summary
-from core.attacks.threats import EOT, MP3, AmbientNoise, Mixture, Playback, Transform, mp3_roundtrip
+from core.attacks.threats import EOT, MP3, AmbientNoise, Loudspeaker, Mixture, Playback, Transform, mp3_roundtrip, transform_waveform
 from core.errors import ParameterError
 from tests.conftest import tone
 
@@ -98,7 +98,7 @@ class _Gain(Transform):
     def __init__(self):
         self.drawn = []
 
-    def __call__(self, x, sample_rate, rng=None):
+    def __call__(self, x, sample_rate, rng=None, *, clean=None):
         g = 1.0 if rng is None else float(rng.uniform(0.5, 1.5))
         self.drawn.append(g)
         return x * g
@@ -112,8 +112,9 @@ def test_eot_loss_is_the_mean_over_draws_and_keeps_the_objective(tiny_proto):
     eot = EOT(OutputMargin(), gain, samples=3, seed=1)
     state = eot.attack_state(tiny_proto, x)
     got = eot.loss(tiny_proto, x, state)
-    want = sum(OutputMargin().loss(tiny_proto, x * g, state) for g in gain.drawn[-3:]) / 3
-    assert len(gain.drawn) == 3 and torch.allclose(got, want, atol=1e-6)
+    g = torch.tensor(gain.drawn).reshape(3, 2)  # per sample, per clip: each clip draws its own gain
+    want = sum(OutputMargin().loss(tiny_proto, x * g[k][:, None], state) for k in range(3)) / 3
+    assert len(gain.drawn) == 6 and torch.allclose(got, want, atol=1e-6)
     assert eot.success_definition == OutputMargin.success_definition and eot.describe()["samples"] == 3
     with pytest.raises(ParameterError, match="samples"):
         EOT(OutputMargin(), gain, samples=0)
@@ -171,3 +172,117 @@ def test_sweep_scores_every_attack_again_after_each_transformation(tiny_proto):
     assert list(clean_rows["after:drowned"]) == list(res.clean_after["drowned"])
     s = summarize(table)
     assert np.allclose(s["success_rate_after:inaudible"], s["success_rate"])
+
+
+# -- the perturbation from its own loudspeaker, and EOT's draws ------------------------------------------
+
+
+@pytest.mark.parametrize("distance", [1.0, 10.0])
+def test_loudspeaker_plays_the_perturbation_from_its_own_position_late_and_attenuated(distance):
+    sr = 48_000
+    clean = torch.as_tensor(tone(2000, 1.0, sr, 0.3)[None])
+    x = clean.clone()
+    x[0, 5000] += 0.5  # a click of perturbation
+    speaker = Loudspeaker(distance)
+    delay = round((distance / 343.0 + 0.010) * sr)  # propagation plus the evaluation lag (10 ms, the middle of 0-20 ms)
+    assert speaker.delay_samples(sr) == delay
+    y = speaker(x, sr, clean=clean)
+    arrived = (y - clean)[0]
+    assert int(arrived.abs().argmax()) == 5000 + delay  # the click arrives late, at the recorder
+    assert float(arrived[: 5000 + delay - 80].abs().max()) < 1e-3 * float(arrived.abs().max())  # and not before
+    assert torch.equal(speaker(clean, sr, clean=clean), clean)  # the bird's own path is the recording: unchanged
+    whole = Playback(distance, snr_at_1m_db=300.0)(clean, sr)
+    assert not torch.allclose(whole, clean, atol=1e-3)  # replaying the whole clip would send the bird through the room too
+    fixed_volume = Loudspeaker(distance, calibrated_at_m=1.0)(x, sr, clean=clean) - clean
+    peak = float(fixed_volume.abs().max())
+    assert peak == pytest.approx(float(arrived.abs().max()) / distance, rel=0.1)  # 1/r from the volume set at 1 m
+    assert peak == pytest.approx(0.5 * 0.47 / distance, rel=0.15)  # the click's direct sound through the band-pass
+    with pytest.raises(ParameterError, match="clean"):
+        speaker(x, sr)
+    with pytest.raises(ParameterError, match="clean"):
+        transform_waveform(x[0].numpy(), sr, speaker)
+    assert np.allclose(transform_waveform(x[0].numpy(), sr, speaker, clean=clean[0].numpy()), y[0].clamp(-1, 1).numpy())
+
+
+def test_loudspeaker_draws_its_lag_within_0_to_20_ms_and_its_room_per_draw():
+    sr = 48_000
+    clean = torch.zeros(1, sr)
+    x = clean.clone()
+    x[0, 1000] = 0.5
+    speaker = Loudspeaker(1.0)
+    arrivals = []
+    for k in range(12):
+        y = speaker(x, sr, np.random.default_rng(k), clean=clean)
+        arrivals.append(int(y.abs().argmax()) - 1000)
+    # distance within 0.8-1.25 m: 112-175 samples of propagation, plus a lag of 0-960 samples
+    assert min(arrivals) >= 112 - 2 and max(arrivals) <= 175 + 960 + 2
+    assert len(set(arrivals)) >= 10 and max(arrivals) - min(arrivals) > 300  # the lag really varies
+
+
+class _Tag(Transform):
+    """Adds its tag times a draw from the rng to the clip (0 for the evaluation draw); records every draw."""
+
+    def __init__(self, tag):
+        self.tag, self.drawn = tag, []
+        self.name = f"tag{tag}"
+
+    def __call__(self, x, sample_rate, rng=None, *, clean=None):
+        u = 0.0 if rng is None else float(rng.uniform())
+        self.drawn.append((self.tag, u, x.shape[0]))
+        return x + 1e-3 * self.tag * u
+
+
+def test_eot_draws_each_clip_each_step_and_each_sample_its_own_transformation(tiny_proto):
+    from core.attacks.objectives import OutputMargin
+
+    x = torch.as_tensor(np.stack([tone(500, 1.0, 16_000), tone(2000, 1.0, 16_000), tone(4000, 1.0, 16_000)]))
+    a, b = _Tag(1), _Tag(2)
+    eot = EOT(OutputMargin(), Mixture((a, b)), samples=4, seed=3)
+    state = eot.attack_state(tiny_proto, x)
+    batch_loss = eot.loss(tiny_proto, x, state)
+    drawn = a.drawn + b.drawn
+    assert len(drawn) == 3 * 4 and all(n == 1 for _, _, n in drawn)  # one call per clip and sample
+    assert a.drawn and b.drawn  # the mixture picks per clip and sample, not once for the batch
+    assert len({u for _, u, _ in drawn}) == len(drawn)  # every call its own parameters
+    a.drawn.clear()
+    b.drawn.clear()
+    eot.loss(tiny_proto, x, state)  # the next step draws anew
+    assert not {u for _, u, _ in drawn} & {u for _, u, _ in a.drawn + b.drawn}
+    alone = eot.loss(tiny_proto, x[1:2], eot.attack_state(tiny_proto, x[1:2]))
+    assert torch.allclose(alone, batch_loss[1:2], atol=1e-6)  # a clip's draws do not depend on its batch
+
+
+def test_eot_gives_the_loudspeaker_the_clean_clip(tiny_proto):
+    from core.attacks.objectives import OutputMargin
+
+    x = torch.as_tensor(np.stack([tone(500, 1.0, 16_000), tone(2000, 1.0, 16_000)]))
+    eot = EOT(OutputMargin(), Mixture((Loudspeaker(1.0), Loudspeaker(10.0))), samples=2)
+    state = eot.attack_state(tiny_proto, x)
+    assert torch.allclose(eot.loss(tiny_proto, x, state), OutputMargin().loss(tiny_proto, x, state), atol=1e-6)  # no perturbation: the clip
+    adv = x + 0.01 * torch.randn_like(x)
+    assert not torch.allclose(eot.loss(tiny_proto, adv, state), OutputMargin().loss(tiny_proto, adv, state), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_an_interrupted_survival_study_resumes_to_the_same_table(tiny_proto, tiny_dataset, tmp_path, monkeypatch):
+    import core.attacks.pgd as pgd_module
+    from core.io.data import Dataset
+
+    ds = Dataset(tiny_dataset)
+    transforms = {"mp3-64": MP3(64), "speaker-1m": Loudspeaker(1.0)}
+    kw = dict(max_clips=3, snr_db=(10.0,), steps=2, eot_samples=2, transforms=transforms, clips_per_batch=2)
+    whole = survival_study({"tiny": tiny_proto}, ds, out=tmp_path / "whole.csv", **kw)  # 2 attacks x 2 batches = 4 units
+    calls = []
+    original = pgd_module.PGD.__call__
+    monkeypatch.setattr(pgd_module.PGD, "__call__", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    part = survival_study({"tiny": tiny_proto}, ds, out=tmp_path / "t.csv", max_units=3, **kw)
+    assert len(calls) == 3 and len(part) == (2 + 2 + 1) * 3  # 3 units of 2, 2 and 1 clips, 3 rows each (none + 2 threats)
+    calls.clear()
+    resumed = survival_study({"tiny": tiny_proto}, ds, out=tmp_path / "t.csv", **kw)
+    assert len(calls) == 1  # only the missing unit
+    cols = [c for c in whole.columns if c != "seconds"]
+    pd.testing.assert_frame_equal(resumed[cols], whole[cols])
+    with pytest.raises(ParameterError, match="other settings.*steps"):
+        survival_study({"tiny": tiny_proto}, ds, out=tmp_path / "t.csv", **{**kw, "steps": 3})
+    fresh = survival_study({"tiny": tiny_proto}, ds, out=tmp_path / "t.csv", resume=False, max_units=1, **{**kw, "steps": 3})
+    assert len(fresh) == 2 * 3 and set(fresh["steps"]) == {3}

@@ -225,7 +225,8 @@ def run_sweep(
             sr = int(model.config.frontend.sample_rate)
             for name, t in (transforms or {}).items():
                 with torch.no_grad():
-                    row[f"after:{name}"] = attack.objective.evaluate(model.forward_all(t(xa, sr).clamp(*attack.bounds)), st)["success"]
+                    tx = t(xa, sr, clean=x[j]).clamp(*attack.bounds)  # the clean clips: for threats that play the perturbation apart
+                    row[f"after:{name}"] = attack.objective.evaluate(model.forward_all(tx), st)["success"]
             for k, v in row.items():
                 parts.setdefault(k, []).append(v.detach().float().cpu())
             order.append(rows.cpu())
@@ -241,7 +242,7 @@ def run_sweep(
     clean_after = {}
     for name, t in (transforms or {}).items():
         with torch.no_grad(), attack.eval_mode(model):
-            tx = t(x, int(model.config.frontend.sample_rate)).clamp(*attack.bounds)
+            tx = t(x, int(model.config.frontend.sample_rate), clean=x).clamp(*attack.bounds)
             clean_after[name] = attack.objective.evaluate(model.forward_all(tx), state)["success"].cpu().numpy().astype(bool)
     prs = metrics.prs(state["clean_prs_loss"].cpu().numpy()[None], grid_shaped("prs_loss"))
     drs = metrics.drs(state["clean_drs_loss"].cpu().numpy()[None], grid_shaped("drs_loss"))

@@ -1,38 +1,48 @@
-"""Realistic threats: does an adversarial clip still fool a model after an MP3 codec, or played through a loudspeaker?
+"""Realistic threats: does an adversarial clip still fool a model after an MP3 codec, or when a loudspeaker plays it?
 
 An ecologist's first question after hearing an adversarial clip is "could this
-happen in the field?". Three transformations answer it, each built on a
+happen in the field?". The transformations that answer it, each built on a
 well-kept library:
 
 - **MP3** (:class:`MP3`): a real encode/decode round trip with LAME (``lameenc``,
   constant bit rate, e.g. 128 kbps) and libsndfile's decoder (``soundfile``), the
   codec's fixed delay measured once per (rate, bit rate) and removed. Most
   xeno-canto audio is MP3.
-- **Playback** (:class:`Playback`): a loudspeaker and a recorder's microphone
-  (a 150 Hz-12 kHz band-pass, 4th-order Butterworth), the sound's path at a distance
-  through a simulated space (``pyroomacoustics``' image-source method: an open
-  field above reflective ground, or a furnished room), ambient noise at the
-  recorder (pink noise whose level relative to the clip at 1 m is
-  ``snr_at_1m_db``; it falls by 20 log10(d / 1 m) dB with distance d, as a point
-  source's level does), and the recorder's automatic gain (the output has the
-  input's RMS).
+- **Loudspeaker** (:class:`Loudspeaker`): the attack in the field. The bird sings
+  where it sings (the recording is what the recorder hears of it); the attacker
+  plays only the perturbation, from a loudspeaker of its own at ``distance_m``
+  (1 m or 10 m) from the recorder, through that position's own path: the
+  loudspeaker's band-pass (150 Hz-12 kHz, 4th-order Butterworth), the space's
+  impulse response (``pyroomacoustics``' image-source method: an open field above
+  reflective ground, or a furnished room), its propagation delay (d / 343 m/s)
+  and, because nobody can start a loudspeaker in step with a bird, a random lag of
+  0-20 ms.
+- **Playback** (:class:`Playback`): the whole adversarial clip, bird and
+  perturbation together, replayed by one loudspeaker at a distance (a manipulated
+  recording played back), with ambient noise at the recorder (pink noise whose
+  level relative to the clip at 1 m is ``snr_at_1m_db``; it falls by
+  20 log10(d / 1 m) dB with distance d, as a point source's level does) and the
+  recorder's automatic gain (the output has the input's RMS).
 - **Ambient noise** alone (:class:`AmbientNoise`).
 
 Each transformation maps a ``(batch, n_samples)`` waveform tensor to one of the
-same shape. Called without ``rng`` it is the fixed *evaluation* draw (the same
-room, distance and noise for the clean and the adversarial clip, so the clean
-clip's change is an exact control); with an ``rng`` it draws a random instance
-(distance within 0.8-1.25x, positions, ground absorption, noise level ±5 dB), the
-draws of expectation over transformation (EOT; Athalye et al. 2018, "Synthesizing
-robust adversarial examples", ICML; Qin et al. 2019, "Imperceptible, robust,
-and targeted adversarial examples for automatic speech recognition", ICML,
-Sec. 5). Playback is differentiable (convolution and addition in torch); the
+same shape; those that treat the perturbation apart from the clip
+(:class:`Loudspeaker`) are also given the clean clips (``clean=``). Called
+without ``rng`` it is the fixed *evaluation* draw (the same room, distance, lag
+and noise for the clean and the adversarial clip, so the clean clip's change is
+an exact control); with an ``rng`` it draws a random instance (distance within
+0.8-1.25x, positions, ground absorption, noise level ±5 dB, lag), the draws of
+expectation over transformation (EOT; Athalye et al. 2018, "Synthesizing robust
+adversarial examples", ICML; Qin et al. 2019, "Imperceptible, robust, and
+targeted adversarial examples for automatic speech recognition", ICML, Sec. 5).
+The room paths are differentiable (convolution, shift and addition in torch); the
 codec is not, so :class:`MP3` passes the gradient straight through (BPDA,
 Athalye et al. 2018, "Obfuscated gradients give a false sense of security":
 forward = the real codec, backward = identity).
 
-:class:`EOT` wraps any attack objective so that its loss is the mean over
-``samples`` random draws of a transformation; :func:`survival_study` measures
+:class:`EOT` (:mod:`core.attacks.eot`) wraps any attack objective so that its
+loss is the mean over ``samples`` random draws of a transformation, each clip
+with its own draws; :func:`core.attacks.threat_studies.survival_study` measures
 how often attacks, with and without EOT, still fool a model after each real
 transformation, at matched SNR, with the transformation's own effect on the
 clean clip as the control.
@@ -48,11 +58,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from core.attacks.objectives import Objective
+from core.attacks.eot import EOT
 from core.errors import ParameterError
 
 __all__ = [
-    "MP3_SAMPLE_RATES", "mp3_roundtrip", "Transform", "MP3", "Playback", "AmbientNoise", "Mixture", "EOT",
+    "MP3_SAMPLE_RATES", "mp3_roundtrip", "Transform", "MP3", "Playback", "Loudspeaker", "AmbientNoise", "Mixture", "EOT",
     "threat_transforms", "threat_choices", "transform_waveform",
 ]
 
@@ -150,15 +160,23 @@ class Transform:
         """JSON-ready settings."""
         return {"name": self.name}
 
-    def __call__(self, x: torch.Tensor, sample_rate: int, rng: np.random.Generator | None = None) -> torch.Tensor:
+    #: Whether it needs the clean clips (``clean=``) to tell the perturbation from the clip.
+    needs_clean = False
+
+    def __call__(self, x: torch.Tensor, sample_rate: int, rng: np.random.Generator | None = None, *,
+                 clean: torch.Tensor | None = None) -> torch.Tensor:
         """Transform waveforms.
 
         Parameters
         ----------
         x : torch.Tensor [shape=(batch, n_samples), dtype=float32 or float64], full-scale amplitude
+            The clips as the attack left them.
         sample_rate : int [Hz]
         rng : numpy.random.Generator, optional
-            None: the fixed evaluation draw; a generator: a random draw (EOT).
+            None: the fixed evaluation draw; a generator: one random draw for the whole batch (EOT calls a
+            transformation once per clip, so each clip gets its own draws).
+        clean : torch.Tensor [shape=(batch, n_samples)], optional
+            The clips before the attack; only transformations with ``needs_clean`` use it.
 
         Returns
         -------
@@ -183,7 +201,7 @@ class MP3(Transform):
     def describe(self) -> dict:
         return {"name": self.name, "bitrate_kbps": self.bitrate_kbps}
 
-    def __call__(self, x, sample_rate, rng=None):
+    def __call__(self, x, sample_rate, rng=None, *, clean=None):
         coded = torch.as_tensor(mp3_roundtrip(x.detach().float().cpu().numpy(), sample_rate, self.bitrate_kbps), device=x.device, dtype=x.dtype)
         return x + (coded - x).detach()  # forward: the codec; backward: identity (BPDA)
 
@@ -225,7 +243,7 @@ class AmbientNoise(Transform):
     def describe(self) -> dict:
         return {"name": self.name, "snr_db": self.snr_db}
 
-    def __call__(self, x, sample_rate, rng=None):
+    def __call__(self, x, sample_rate, rng=None, *, clean=None):
         snr = self.snr_db + (rng.uniform(-5, 5) if rng is not None else 0.0)
         gen = rng if rng is not None else np.random.default_rng(self.seed)
         noise = torch.as_tensor(_pink(x.shape[-1], x.shape[0], gen), device=x.device, dtype=x.dtype)
@@ -299,7 +317,7 @@ class Playback(Transform):
             return float(self.distance_m)
         return float(self.distance_m) * float(np.exp(np.random.default_rng(draw).uniform(np.log(0.8), np.log(1.25))))
 
-    def __call__(self, x, sample_rate, rng=None):
+    def __call__(self, x, sample_rate, rng=None, *, clean=None):
         draw = None if rng is None else int(rng.integers(self.POOL))
         h = torch.as_tensor(self.impulse_response(sample_rate, draw), device=x.device, dtype=x.dtype)
         y = _fft_convolve(x, h, offset=LEAD)
@@ -349,9 +367,102 @@ def _impulse_response(p: Playback, sample_rate: int, draw: int | None) -> np.nda
     return np.pad(h, (LEAD - min(start, LEAD), 0)).astype(np.float32)
 
 
+def _delay(x: torch.Tensor, samples: int) -> torch.Tensor:
+    """Every row of ``x`` delayed by ``samples`` >= 0 (zeros shifted in at the start, the end cut off)."""
+    if samples <= 0:
+        return x
+    return torch.nn.functional.pad(x, (samples, 0))[..., : x.shape[-1]]
+
+
+@dataclass(frozen=True)
+class Loudspeaker(Transform):
+    """The perturbation alone, played by a loudspeaker of its own ``distance_m`` from the recorder; the bird as recorded.
+
+    ``y = clean + g * (h * delta)(t - d / c - lag)``, with ``delta = x - clean`` the
+    perturbation, ``h`` the loudspeaker's band-pass filter convolved with the impulse
+    response from the loudspeaker's position to the recorder (the space of
+    :class:`Playback`, pyroomacoustics' image-source method with air absorption),
+    ``d / c`` its propagation delay (c = 343 m/s) and ``lag`` the attacker's start
+    offset, uniform in [0, ``max_lag_ms``] for each EOT draw and ``max_lag_ms / 2``
+    (10 ms) in the evaluation draw. The bird's own path is the recording's: the
+    clean clip passes unchanged (so the clean control is exact), and nothing else is
+    added (its ambient noise is the recording's).
+
+    The level: ``g`` makes the direct sound of the perturbation arrive with the
+    amplitude it has in the file when the loudspeaker stands ``calibrated_at_m``
+    from the recorder; by default (None) at ``distance_m`` itself, i.e. the attacker
+    sets the volume for the distance (the budget holds at the recorder, reflections
+    add to it). ``calibrated_at_m=1`` keeps the volume of 1 m at every distance, so
+    the perturbation arrives 20 log10(d / 1 m) dB quieter (a point source's 1/r,
+    which is the amplitude of pyroomacoustics' direct path, r in metres).
+
+    Parameters
+    ----------
+    distance_m : float [m], 0.25-30 outdoors, 0.25-5 in a room
+    environment : {"outdoor", "room"}
+        As :class:`Playback` (the loudspeaker is the source of that geometry).
+    band_hz : (float, float) [Hz]
+        The loudspeaker's pass band.
+    max_lag_ms : float [ms], 0-500
+        The attacker's start offset is drawn from [0, ``max_lag_ms``].
+    calibrated_at_m : float [m] or None
+    seed : int
+        Seed of the evaluation room.
+
+    Raises
+    ------
+    ParameterError
+        Distance, lag or calibration distance out of range, an unknown environment, or (when called) no ``clean``.
+    """
+
+    distance_m: float = 1.0
+    environment: str = "outdoor"
+    band_hz: tuple[float, float] = (150.0, 12_000.0)
+    max_lag_ms: float = 20.0
+    calibrated_at_m: float | None = None
+    seed: int = 0
+    name = "loudspeaker"
+    needs_clean = True
+
+    def __post_init__(self) -> None:
+        self.room()  # validates distance and environment
+        if not 0.0 <= float(self.max_lag_ms) <= 500.0:
+            raise ParameterError(f"max_lag_ms must be in [0, 500] ms, got {self.max_lag_ms}")
+        if self.calibrated_at_m is not None and not 0.1 <= float(self.calibrated_at_m) <= 100.0:
+            raise ParameterError(f"calibrated_at_m must be None or in [0.1, 100] m, got {self.calibrated_at_m}")
+
+    def room(self) -> Playback:
+        """The loudspeaker-to-recorder geometry (a :class:`Playback` whose source is this loudspeaker)."""
+        return Playback(self.distance_m, environment=self.environment, band_hz=self.band_hz, seed=self.seed)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "distance_m": self.distance_m, "environment": self.environment, "band_hz": list(self.band_hz),
+                "max_lag_ms": self.max_lag_ms, "calibrated_at_m": self.calibrated_at_m}
+
+    def delay_samples(self, sample_rate: int, draw: int | None = None, lag_ms: float | None = None) -> int:
+        """Samples from the clip's time to the perturbation's direct sound: propagation ``d / c`` plus the lag."""
+        lag = self.max_lag_ms / 2 if lag_ms is None else lag_ms
+        return int(round((self.room().distance(draw) / SPEED_OF_SOUND + lag / 1000.0) * sample_rate))
+
+    def __call__(self, x, sample_rate, rng=None, *, clean=None):
+        if clean is None:
+            raise ParameterError("the loudspeaker threat plays only the perturbation, so it needs the clean clip (clean=...)")
+        clean = torch.as_tensor(clean, device=x.device, dtype=x.dtype)
+        if clean.shape != x.shape:
+            raise ParameterError(f"clean must have the shape of the clips {tuple(x.shape)}, got {tuple(clean.shape)}")
+        room = self.room()
+        draw = None if rng is None else int(rng.integers(Playback.POOL))
+        lag_ms = None if rng is None else float(rng.uniform(0.0, self.max_lag_ms))
+        d = room.distance(draw)
+        gain = d if self.calibrated_at_m is None else float(self.calibrated_at_m)  # pyroomacoustics' direct path: 1 / r
+        h = torch.as_tensor(room.impulse_response(sample_rate, draw) * gain, device=x.device, dtype=x.dtype)
+        delta = _delay(x - clean, self.delay_samples(sample_rate, draw, lag_ms))
+        return clean + _fft_convolve(delta, h, offset=LEAD)
+
+
 @dataclass(frozen=True)
 class Mixture(Transform):
-    """A uniformly random one of ``transforms`` per draw (EOT over several threats at once); evaluation uses the first."""
+    """A uniformly random one of ``transforms`` for each clip of each draw (EOT over several threats); evaluation uses the first."""
 
     transforms: tuple = ()
     name = "mixture"
@@ -360,34 +471,45 @@ class Mixture(Transform):
     def differentiable(self) -> bool:  # type: ignore[override]
         return all(t.differentiable for t in self.transforms)
 
+    @property
+    def needs_clean(self) -> bool:  # type: ignore[override]
+        return any(t.needs_clean for t in self.transforms)
+
     def describe(self) -> dict:
         return {"name": self.name, "transforms": [t.describe() for t in self.transforms]}
 
-    def __call__(self, x, sample_rate, rng=None):
+    def __call__(self, x, sample_rate, rng=None, *, clean=None):
         if not self.transforms:
             raise ParameterError("a mixture needs at least one transformation")
-        t = self.transforms[0] if rng is None else self.transforms[int(rng.integers(len(self.transforms)))]
-        return t(x, sample_rate, rng)
+        if rng is None:
+            return self.transforms[0](x, sample_rate, clean=clean)
+        pick = rng.integers(len(self.transforms), size=x.shape[0])
+        rows = []
+        for i, k in enumerate(pick):  # each clip its own transformation and its own draw of it
+            rows.append(self.transforms[int(k)](x[i : i + 1], sample_rate, rng, clean=None if clean is None else clean[i : i + 1]))
+        return torch.cat(rows)
 
 
 def threat_transforms() -> dict[str, Transform]:
-    """The transformations the README reports: MP3 at 128 kbps, playback in the open at 1 m and at 10 m."""
-    return {"mp3-128": MP3(128), "playback-1m": Playback(1.0), "playback-10m": Playback(10.0)}
+    """The transformations the threat study reports: MP3 at 128 kbps, the perturbation from a loudspeaker 1 m and 10 m away."""
+    return {"mp3-128": MP3(128), "speaker-1m": Loudspeaker(1.0), "speaker-10m": Loudspeaker(10.0)}
 
 
 def threat_choices() -> dict[str, tuple[str, Transform]]:
-    """Every transformation the pages offer: name -> (plain-language label, transformation)."""
+    """Every transformation the pages and ``--through`` offer: name -> (plain-language label, transformation)."""
     return {
         "mp3-128": ("saved as MP3 at 128 kbps", MP3(128)),
         "mp3-64": ("saved as MP3 at 64 kbps", MP3(64)),
-        "playback-1m": ("played by a loudspeaker 1 m from the recorder, outdoors", Playback(1.0)),
-        "playback-10m": ("played by a loudspeaker 10 m from the recorder, outdoors", Playback(10.0)),
-        "room-3m": ("played by a loudspeaker 3 m from the recorder, in a room", Playback(3.0, environment="room")),
+        "speaker-1m": ("the perturbation alone from a loudspeaker 1 m from the recorder, outdoors, 0-20 ms late", Loudspeaker(1.0)),
+        "speaker-10m": ("the perturbation alone from a loudspeaker 10 m from the recorder, outdoors, 0-20 ms late", Loudspeaker(10.0)),
+        "playback-1m": ("the whole clip replayed by a loudspeaker 1 m from the recorder, outdoors", Playback(1.0)),
+        "playback-10m": ("the whole clip replayed by a loudspeaker 10 m from the recorder, outdoors", Playback(10.0)),
+        "room-3m": ("the whole clip replayed by a loudspeaker 3 m from the recorder, in a room", Playback(3.0, environment="room")),
         "noise-20": ("ambient noise 20 dB below the clip", AmbientNoise(20.0)),
     }
 
 
-def transform_waveform(waveform: np.ndarray, sample_rate: int, transform: Transform) -> np.ndarray:
+def transform_waveform(waveform: np.ndarray, sample_rate: int, transform: Transform, *, clean: np.ndarray | None = None) -> np.ndarray:
     """A transformation's evaluation draw applied to one clip.
 
     Parameters
@@ -395,69 +517,20 @@ def transform_waveform(waveform: np.ndarray, sample_rate: int, transform: Transf
     waveform : np.ndarray [shape=(n_samples,)], full-scale amplitude
     sample_rate : int [Hz]
     transform : Transform
+    clean : np.ndarray [shape=(n_samples,)], optional
+        The clip before the attack. Transformations that play the perturbation apart (``needs_clean``) need it;
+        for the clean clip itself pass the same array twice (or ``clean=waveform``).
 
     Returns
     -------
     np.ndarray [shape=(n_samples,), dtype=float32], clipped to [-1, 1]
+
+    Raises
+    ------
+    ParameterError
+        ``transform.needs_clean`` and no ``clean``.
     """
     x = torch.as_tensor(np.asarray(waveform, dtype=np.float32)[None])
+    c = None if clean is None else torch.as_tensor(np.asarray(clean, dtype=np.float32)[None])
     with torch.no_grad():
-        return transform(x, int(sample_rate)).clamp(-1.0, 1.0)[0].numpy()
-
-
-# -- EOT -----------------------------------------------------------------------------------------------
-
-
-class EOT(Objective):
-    """Expectation over transformation: the wrapped objective's loss averaged over random draws of a transformation.
-
-    ``loss(x) = 1/K sum_k L(T_k(x))`` with ``T_k`` drawn by ``transform(x, sr, rng)``
-    (Athalye et al. 2018, Eq. 1; Qin et al. 2019, Sec. 5). The clean state, the
-    evaluation and success are the wrapped objective's, on the untransformed clip.
-
-    Parameters
-    ----------
-    objective : Objective
-    transform : Transform
-    samples : int in [1, 64]
-        Draws per gradient step (K).
-    seed : int
-    """
-
-    def __init__(self, objective: Objective, transform: Transform, samples: int = 4, seed: int = 0) -> None:
-        if isinstance(samples, bool) or not isinstance(samples, int) or not 1 <= samples <= 64:
-            raise ParameterError(f"samples must be an integer in [1, 64], got {samples!r}")
-        if not isinstance(objective, Objective):
-            raise ParameterError(f"objective must be an Objective, got {type(objective).__name__}")
-        self.inner, self.transform, self.samples = objective, transform, samples
-        self.name = f"eot:{objective.name}"
-        self.space, self.targeted = objective.space, objective.targeted
-        self.success_definition = objective.success_definition
-        self.rng = np.random.default_rng(seed)
-
-    def describe(self) -> dict:
-        return {"name": "eot", "objective": self.inner.describe(), "transform": self.transform.describe(), "samples": self.samples}
-
-    def check_model(self, model) -> None:
-        self.inner.check_model(model)
-
-    def prepare(self, model, x, labels=None):
-        return self.inner.prepare(model, x, labels)
-
-    def attack_state(self, model, x, labels=None):
-        return self.inner.attack_state(model, x, labels)
-
-    def loss(self, model, x_adv, state):
-        sr = int(model.config.frontend.sample_rate)
-        total = 0.0
-        for _ in range(self.samples):
-            total = total + self.inner.loss(model, self.transform(x_adv, sr, self.rng).clamp(-1.0, 1.0), state)
-        return total / self.samples
-
-    def evaluate(self, out, state):
-        return self.inner.evaluate(out, state)
-
-
-# -- the study -----------------------------------------------------------------------------------------
-
-
+        return transform(x, int(sample_rate), clean=c).clamp(-1.0, 1.0)[0].numpy()

@@ -148,26 +148,34 @@ def _held_out_study_args(p, max_clips_help: str | None = None) -> None:
     add_max_clips(p, 24, max_clips_help)
 
 
+def _resumable_args(p, default_out: str) -> None:
+    """``--out`` (resumed when its settings match), ``--fresh`` and ``--max-units`` of the threat studies."""
+    add_out(p, default_out, f"table written after every batch (default {default_out}); a rerun with the same data, weights and "
+                            "settings resumes it, computing only what is missing")
+    p.add_argument("--fresh", action="store_true", help="replace --out instead of resuming it")
+    add_int(p, "--max-units", help="compute at most N batches now and stop (a rerun continues); default: all")
+
+
 def threats_args(p) -> None:
     _held_out_study_args(p, "windows per model, spread over the species")
     add_eps_grid(p, "--snr", "40,30", "budgets as SNR of the perturbation [dB], comma-separated")
     add_steps(p, 20)
     add_int(p, "--eot-samples", 4, "random transformations per EOT step")
     add_seed(p)
-    add_out(p, "assets/threats/survival.csv")
+    _resumable_args(p, "assets/threats/survival.csv")
 
 
-def _write_study(table, out: Path, summary, decimals: int, width: int) -> None:
-    """Write a threat study's ``table`` to ``out`` (CSV) and print its ``summary``."""
+def _write_study(table, out: Path, summary, decimals: int, width: int, complete: bool = True) -> None:
+    """Print a threat study's ``summary`` of ``table`` (already written to ``out`` unit by unit)."""
     import pandas as pd
 
-    from core.io.fileio import atomic_write_text
-
     print(file=sys.stderr)  # ends the line of count_batches
-    atomic_write_text(out, table.to_csv(index=False, float_format="%.5g"))
+    if table.empty:
+        print(f"nothing computed yet; {out} continues on the next run")
+        return
     with pd.option_context("display.width", width, "display.max_columns", 20):
         print(summary(table).to_string(index=False, float_format=lambda v: f"{v:.{decimals}f}"))
-    print(f"written to {out}")
+    print(f"written to {out}" + ("" if complete else " (stopped at --max-units: rerun the same command to continue)"))
 
 
 def cmd_threats(args) -> int:
@@ -175,12 +183,13 @@ def cmd_threats(args) -> int:
     from core.attacks.threat_studies import survival_study, survival_summary
     from core.io.data import open_dataset
 
-    out = out_path(args.out)
+    out = out_path(args.out, (".csv", ".parquet"))
     snrs = parse_float_list(args.snr, "--snr")
     models = load_models(args.models)
     table = survival_study(models, open_dataset(args.data_dir), split=args.split, max_clips=args.max_clips, snr_db=snrs, steps=args.steps,
-                           eot_samples=args.eot_samples, seed=args.seed, progress=count_batches)
-    _write_study(table, out, survival_summary, 2, 220)
+                           eot_samples=args.eot_samples, seed=args.seed, progress=count_batches, out=out, resume=not args.fresh,
+                           max_units=args.max_units)
+    _write_study(table, out, survival_summary, 2, 220, complete=args.max_units is None)
     return 0
 
 
@@ -188,25 +197,36 @@ def masking_attack_args(p) -> None:
     _held_out_study_args(p)
     add_steps(p, 30)
     add_seed(p)
-    add_out(p, "assets/threats/masking.csv")
+    p.add_argument("--margin-db", default="0,6,10",
+                   help="distances kept below the clean clip's masking threshold [dB], comma-separated (default 0,6,10; "
+                        "the attack's own default is 6 dB)")
+    _resumable_args(p, "assets/threats/masking.csv")
 
 
 def cmd_masking_attack(args) -> int:
+    from core.attacks.psychoacoustic import check_margin_db
+    from core.attacks.sweep import parse_float_list
     from core.attacks.threat_studies import masking_study, masking_summary
     from core.io.data import open_dataset
 
-    out = out_path(args.out)
+    out = out_path(args.out, (".csv", ".parquet"))
+    try:
+        margins = [check_margin_db(m) for m in parse_float_list(args.margin_db, "--margin-db")]
+    except ParameterError as exc:
+        raise ParameterError(f"--margin-db: {exc}") from None
     models = load_models(args.models)
     table = masking_study(models, open_dataset(args.data_dir), split=args.split, max_clips=args.max_clips, steps=args.steps,
-                          seed=args.seed, progress=count_batches)
-    _write_study(table, out, masking_summary, 3, 200)
+                          seed=args.seed, margin_db=margins, progress=count_batches, out=out, resume=not args.fresh,
+                          max_units=args.max_units)
+    _write_study(table, out, masking_summary, 3, 200, complete=args.max_units is None)
     return 0
 
 
 # the subcommands of this module, by name
 COMMANDS = {
-    "threats": Subcommand("do attacks survive MP3 at 128 kbps and playback at 1 m and 10 m? with and without EOT", threats_args, cmd_threats),
-    "masking-attack": Subcommand("attacks kept under the clean clip's psychoacoustic masking threshold vs L-inf PGD at the same SNR",
+    "threats": Subcommand("do attacks survive MP3 at 128 kbps and a loudspeaker 1 m and 10 m away? with and without EOT; resumable",
+                          threats_args, cmd_threats),
+    "masking-attack": Subcommand("attacks kept 0, 6 and 10 dB under the clean clip's masking threshold vs L-inf PGD at the same SNR; resumable",
                                  masking_attack_args, cmd_masking_attack),
     "sweep": Subcommand("attack a dataset split at every eps of a grid; writes a tidy, resumable table", sweep_args, cmd_sweep),
 }
