@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from core.errors import ParameterError
+from core.field.attribution import occlusion
 from core.io.data import WindowSet
 from core.models.birdnet_proto import BirdNETHeadConfig, BirdNETHeadModel
-from core.studies.audit import audit_maps, audit_summary, deletion_scores, prototype_audit, song_bands
+from core.studies.audit import audit_maps, audit_summary, deletion_scores, prototype_audit, song_bands, species_ranges
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,7 @@ def test_audit_finds_the_cell_a_prototype_was_copied_from(head_model):
         head_model.prototype_vectors[0, :, 0, 0] = feats[0, :, 1, 6]  # a fresh head's standardisation is the identity
     windows = WindowSet(waveforms=waves, targets=targets, recording_index=np.arange(4), starts=np.zeros(4, int),
                         recordings=[type("R", (), {"recording_id": f"XC{i}"})() for i in range(4)])
-    audit = prototype_audit(head_model, windows, max_windows_per_class=1, n_random=3)
+    audit = prototype_audit(head_model, windows, max_windows_per_class=1, n_random=3, attribution_windows=1, bands_per_octave=1)
     assert list(audit["prototype"]) == [0, 1, 2, 3] and list(audit["class_name"]) == ["aaa", "aaa", "bbb", "bbb"]
     first = audit.iloc[0]
     assert first["n_windows"] == 1 and first["peak_row"] == 1
@@ -42,6 +43,20 @@ def test_audit_finds_the_cell_a_prototype_was_copied_from(head_model):
     lo, hi = (float(v) for v in first["band_high_hz"].split("-"))
     assert lo < hi and first["high_lo_hz"] == pytest.approx(lo, abs=0.5)
     assert np.isfinite(first["drop_proto"]) and np.isfinite(first["drop_random"]) and 0 <= first["wins"] <= 1
+    # the input attribution of prototype 0 on window 0 is occlusion's, through the model: its evidence is the 1 kHz tone
+    occ = occlusion(head_model, waves[0], target="prototype", indices=[0], bands_per_octave=1, cell_s=None)
+    profile = np.array([float(v) for v in first["attr_occlusion_profile"].split(";")])
+    assert first["attr_windows"] == 1 and profile.sum() == pytest.approx(1.0, abs=1e-3)
+    assert np.allclose(profile, occ.frequency_profile()[0] / occ.frequency_profile()[0].sum(), atol=1e-3)
+    edges = np.array([float(v) for v in first["attr_edges_hz"].split(";")])
+    top = int(np.argmax(profile))
+    assert edges[top] <= 1000 < edges[top + 1]
+    assert 0 <= first["attr_share_row_band"] <= 1 and 0 <= first["attr_share_row_band_gxi"] <= 1
+    assert profile[top] > 0.5  # most of it
+    summary = audit_summary(audit, pd.DataFrame([{"species_code": "aaa", "vocalisation": "song", "f_low_hz": edges[top],
+                                                  "f_high_hz": edges[top + 1], "source": "a test"}]))
+    assert summary.loc[0, "attr_share_range_occlusion"] == pytest.approx(profile[top], abs=1e-3)  # the octave 707-1414 Hz
+    assert summary.loc[0, "plausibility_attr"] == "plausible"
 
 
 def test_spectrogram_region_maps_model_rows_to_birdnets_flipped_rows(head_model):
@@ -110,7 +125,7 @@ def test_audit_similarities_are_the_models_activations(tuned_model):
     targets = np.array([[1, 0], [1, 0], [0, 1], [0, 1]], np.float32)
     windows = WindowSet(waveforms=waves, targets=targets, recording_index=np.arange(4), starts=np.zeros(4, int),
                         recordings=[type("R", (), {"recording_id": f"XC{i}"})() for i in range(4)])
-    audit = prototype_audit(tuned_model, windows, max_windows_per_class=2, n_random=2)
+    audit = prototype_audit(tuned_model, windows, max_windows_per_class=2, n_random=2, attribution_windows=0)
     with torch.no_grad():
         acts = tuned_model.forward_all(torch.as_tensor(waves)).prototype_activations.numpy()
     for j in range(4):
@@ -134,6 +149,36 @@ def test_plausibility_verdicts():
     bands = pd.DataFrame([{"species_code": "parmaj", "vocalisation": "song", "f_low_hz": 3500.0, "f_high_hz": 5000.0, "source": "x"},
                           {"species_code": "sylatr", "vocalisation": "song", "f_low_hz": np.nan, "f_high_hz": np.nan, "source": "none found"}])
     assert list(audit_summary(audit, bands)["plausibility"]) == ["plausible", "implausible", "no source"]
+
+
+def test_evidence_verdict_is_the_share_of_attribution_inside_the_sourced_range_both_channels_on_one_axis():
+    edges = "0;1000;2000;4000;8000"
+    # prototype 0: all evidence in 2-4 kHz, though its peak row's low-channel band overlaps nothing and its high-channel
+    # band 9-14 kHz neither; prototype 1: the row bands overlap the range (the old verdict passes) but the evidence lies
+    # at 4-8 kHz; prototype 2: nothing positive; prototype 3: a species without a sourced range
+    audit = pd.DataFrame([
+        {"prototype": 0, "class_name": "parmaj", "high_lo_hz": 9000.0, "high_hi_hz": 14000.0, "low_lo_hz": 200.0, "low_hi_hz": 400.0,
+         "attr_edges_hz": edges, "attr_occlusion_profile": "0;0;1;0", "attr_gxi_profile": "0;0.5;0.5;0"},
+        {"prototype": 1, "class_name": "parmaj", "high_lo_hz": 3000.0, "high_hi_hz": 4500.0, "low_lo_hz": 900.0, "low_hi_hz": 1400.0,
+         "attr_edges_hz": edges, "attr_occlusion_profile": "0;0;0.25;0.75", "attr_gxi_profile": "0;0;0;1"},
+        {"prototype": 2, "class_name": "parmaj", "high_lo_hz": 3000.0, "high_hi_hz": 4500.0, "low_lo_hz": 900.0, "low_hi_hz": 1400.0,
+         "attr_edges_hz": edges, "attr_occlusion_profile": "", "attr_gxi_profile": ""},
+        {"prototype": 3, "class_name": "sylatr", "high_lo_hz": 3000.0, "high_hi_hz": 4500.0, "low_lo_hz": 900.0, "low_hi_hz": 1400.0,
+         "attr_edges_hz": edges, "attr_occlusion_profile": "0;1;0;0", "attr_gxi_profile": "0;1;0;0"},
+    ])
+    bands = pd.DataFrame([{"species_code": "parmaj", "vocalisation": "song", "f_low_hz": 2000.0, "f_high_hz": 4000.0, "source": "x"},
+                          {"species_code": "parmaj", "vocalisation": "call", "f_low_hz": 3000.0, "f_high_hz": 4000.0, "source": "y"},
+                          {"species_code": "sylatr", "vocalisation": "song", "f_low_hz": np.nan, "f_high_hz": 3000.0, "source": "z"}])
+    out = audit_summary(audit, bands)
+    assert list(out["plausibility"]) == ["implausible", "plausible", "plausible", "no source"]
+    assert list(out["plausibility_attr"]) == ["plausible", "implausible", "no evidence", "no source"]
+    assert out.loc[0, "attr_share_range_occlusion"] == pytest.approx(1.0)  # overlapping ranges count once
+    assert out.loc[0, "attr_share_range_gxi"] == pytest.approx(0.5)
+    assert out.loc[1, "attr_share_range_occlusion"] == pytest.approx(0.25)
+    assert out.loc[0, "attr_share_range_even"] == pytest.approx(0.25)  # one band of four
+    assert np.isnan(out.loc[3, "attr_share_range_occlusion"])
+    assert species_ranges(bands, "sylatr") == []  # a one-sided range is not a range
+    assert species_ranges(bands, "parmaj") == [(2000.0, 4000.0), (3000.0, 4000.0)]
 
 
 def test_shipped_song_band_table_has_a_source_for_every_number():

@@ -33,6 +33,8 @@ def audit_args(p) -> None:
     add_split(p, HELD_OUT)
     add_int(p, "--max-windows", 12, "own-class windows per prototype")
     add_int(p, "--n-random", 4, "random regions per window (the control)")
+    add_int(p, "--attribution-windows", 4, "own-class windows per class for the input attribution (occlusion and gradient x "
+            "input of each prototype in third-octave bands; about 10 s per window; 0: skip)")
     add_out(p, "assets/birdnet_heads/audit.csv")
 
 
@@ -40,23 +42,33 @@ def cmd_audit(args) -> int:
     from core.io.data import build_windows, open_dataset
     from core.io.fileio import atomic_write_text
     from core.models.registry import load_checkpoint, update_model_card
-    from core.studies.audit import audit_summary, prototype_audit, song_bands
+    from core.studies.audit import attribution_card, audit_summary, prototype_audit, song_bands
 
     out = out_path(args.out)
     model = load_checkpoint(args.model)
     ds = open_dataset(args.data_dir)
     c = model.config
     w = build_windows(ds, ds.split(args.split), sample_rate=c.frontend.sample_rate, window_s=c.clip_seconds, class_names=c.class_names)
-    table = audit_summary(prototype_audit(model, w, max_windows_per_class=args.max_windows, n_random=args.n_random), song_bands())
+    if args.attribution_windows < 0:
+        raise ParameterError(f"--attribution-windows must be >= 0, got {args.attribution_windows}")
+    with progress_bar("window", "input attribution") as progress:
+        table = audit_summary(prototype_audit(model, w, max_windows_per_class=args.max_windows, n_random=args.n_random,
+                                              attribution_windows=args.attribution_windows, progress=progress), song_bands())
     atomic_write_text(out, table.to_csv(index=False, float_format="%.4g"))
     s = {"split": args.split, "windows_per_prototype": args.max_windows, "random_regions": args.n_random,
          "median_drop_ratio": float(table["drop_ratio"].median()), "share_beating_random": float((table["wins"] > 0.5).mean()),
          "median_act_own": float(table["act_own"].median()), "median_act_other": float(table["act_other"].median()),
          "plausibility": table["plausibility"].value_counts().to_dict(), "table": str(out)}
+    if args.attribution_windows:
+        s["attribution"] = attribution_card(table, args.attribution_windows)
     update_model_card(args.model, audit=s)
     print(f"{args.model}: deletion drop / random drop, median {s['median_drop_ratio']:.2f}; prototypes whose region beats "
           f"random in most windows {s['share_beating_random']:.2f}; similarity own class {s['median_act_own']:.2f} vs other "
           f"{s['median_act_other']:.2f}; plausibility {s['plausibility']}")
+    if "attribution" in s:
+        a = s["attribution"]
+        print(f"input attribution (occlusion): median share inside the peak row's bands {a['median_share_row_band']:.2f}; "
+              f"plausibility by the share inside the sourced range {a['plausibility']}")
     print(f"written to {out} and the model card")
     return 0
 

@@ -536,7 +536,7 @@ def grad_x_input(model, waveform, *, target: str = "logit", indices=None, bands_
         raise ParameterError(f"gradient x input needs one backward pass per target: name the indices (this model has {len(idx)})")
     out = np.zeros((len(idx), *grid.shape), np.float32)
     clean = np.zeros(len(idx), np.float32)
-    with _eval(model):
+    with _eval(model), torch.enable_grad():  # also inside a caller's no_grad (the audit)
         with torch.no_grad():
             at_base = _target_values(model, base, target, idx)[0].cpu().numpy()
         for a in range(0, len(idx), batch_size):

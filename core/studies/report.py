@@ -215,6 +215,17 @@ def audit_markdown(audit: pd.DataFrame) -> str:
         ("prototypes more similar to their own species than to the others", f"{(audit['act_own'] > audit['act_other']).mean():.0%}"),
         ("plausible / implausible / no source", " / ".join(str(int(counts.get(k, 0))) for k in ("plausible", "implausible", "no source"))),
     ]
+    if "plausibility_attr" in audit.columns:  # the input attribution (core.studies.audit.attribution_audit)
+        attr = audit["plausibility_attr"].value_counts()
+        rows += [
+            ("share of a prototype's occlusion evidence inside its peak row's nominal bands, both channels (median; "
+             "gradient x input)", f"{_f(audit['attr_share_row_band'].median(), 2)} ({_f(audit['attr_share_row_band_gxi'].median(), 2)})"),
+            ("share of the occlusion evidence inside the species' sourced range (median over sourced prototypes; "
+             "gradient x input; an even spread)", f"{_f(audit['attr_share_range_occlusion'].median(), 2)} "
+             f"({_f(audit['attr_share_range_gxi'].median(), 2)}; {_f(audit['attr_share_range_even'].median(), 2)})"),
+            ("by the evidence (>= 50 % inside the range): plausible / implausible / no evidence / no source",
+             " / ".join(str(int(attr.get(k, 0))) for k in ("plausible", "implausible", "no evidence", "no source"))),
+        ]
     return "\n".join(["| measure | value |", "|---|---|", *[f"| {a} | {b} |" for a, b in rows]])
 
 
