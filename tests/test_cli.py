@@ -256,7 +256,10 @@ def test_parser_lists_every_subcommand_once_and_data_dir_where_it_reads_the_data
     from core.cli import SUBCOMMANDS
 
     subs = _subparsers()
-    assert list(subs) == list(SUBCOMMANDS) and len(set(SUBCOMMANDS)) == 25
+    from core.cli import attacks, data, field, studies, train
+
+    defined = {**train.COMMANDS, **field.COMMANDS, **attacks.COMMANDS, **studies.COMMANDS, **data.COMMANDS}
+    assert list(subs) == list(SUBCOMMANDS) and len(set(SUBCOMMANDS)) == len(SUBCOMMANDS) and set(SUBCOMMANDS) == set(defined)
     no_data = {n for n, p in subs.items() if "--data-dir" not in p._option_string_actions}
     assert no_data == {"predict", "analyze", "attack", "fetch-model", "explain-published", "download"}
     assert all(p._actions[-1].dest == "data_dir" for n, p in subs.items() if n not in no_data)  # always the last option
@@ -308,3 +311,47 @@ def test_predict_refuses_a_clip_shorter_than_half_a_second(tmp_path, capsys):
     assert main(["predict", str(short), "--model", "protopnet"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: waveform is 0.00 s long; predict needs at least 0.5 s") and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("cmd", ["predict", "analyze"])
+@pytest.mark.parametrize("args,needle", [
+    (["--locale", "xx"], "error: locale must be one of en, af, ar"),
+    (["--sensitivity", "1.6"], "error: sensitivity must lie in [0.5, 1.5]"),
+    (["--lat", "95", "--lon", "10"], "error: lat must lie in [-90, 90]"),
+    (["--lat", "50", "--lon", "10", "--week", "49"], "error: week must be an integer in 1..48"),
+    (["--lat", "50"], "error: the species filter needs both lat and lon"),
+    (["--min-conf", "1.2"], "error: --min-conf must lie in (0, 1)"),
+])
+def test_detection_options_refuse_bad_values_in_one_line(cmd, args, needle, tmp_path, capsys):
+    """Checked before any model loads or any file is read: one line, exit code 2."""
+    from core.cli import main
+
+    out = ["--out", str(tmp_path / "o")] if cmd == "analyze" else []
+    assert main([cmd, str(tmp_path / "never-read.wav"), *out, *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(needle) and len(err.splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("cmd", ["predict", "analyze"])
+def test_detection_options_in_help(cmd):
+    from core.field.detect import DEFAULT_SENSITIVITY, LOCATION_FILTER_THRESHOLD
+
+    p = _subparsers()[cmd]
+    text = " ".join(p.format_help().split())
+    for option in ("--min-conf", "--sensitivity", "--locale", "--lat", "--lon", "--week", "--sf-thresh"):
+        assert option in p._option_string_actions
+    assert ("--threshold" in p._option_string_actions) == (cmd == "analyze")  # analyze's older name, an alias of --min-conf
+    assert p.get_default("sensitivity") == DEFAULT_SENSITIVITY and p.get_default("sf_thresh") == LOCATION_FILTER_THRESHOLD
+    assert "birdnet-all: BirdNET V2.4 over all its 6,522 species" in text and "[0.5, 1.5]" in text
+
+
+def test_analyze_refuses_a_recording_shorter_than_half_a_second(tmp_path, capsys):
+    from core.cli import main
+
+    short = tmp_path / "blip.wav"
+    sf.write(short, np.zeros(3_200, np.float32), 32_000)  # 0.1 s
+    assert main(["analyze", str(short), "--model", "protopnet", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: blip.wav is 0.10 s long; analyze needs at least 0.5 s") and len(err.splitlines()) == 1
+    assert not list(tmp_path.glob("o/*"))  # no table written
