@@ -20,6 +20,7 @@ from core.models.registry import list_checkpoints
 from ui.common import audio_player, default_model, get_dataset, get_model, model_label
 from ui.glossary import help_text
 from ui.jobs import BACKGROUND, job_panel, running_job, start_job
+from ui.locale import species_locale
 from ui.plots import CHART_CONFIG
 
 st.set_page_config(page_title="Field recording · birdshield", page_icon="🐦", layout="wide")
@@ -30,6 +31,7 @@ st.caption("Load a recording of any length (an AudioMoth night, hours long). It 
            "chosen on held-out validation recordings; a window with none is **no bird detected**.")
 
 UPLOAD_DIR = Path(tempfile.gettempdir()) / "birdshield_uploads"
+locale = species_locale()
 
 
 def _source() -> tuple[str, str] | None:
@@ -140,8 +142,8 @@ for tab, m in zip(tabs, ready):
         t = st.slider("Detection threshold (score)", 0.01, 0.99, float(res.threshold if res.threshold is not None else 0.5), 0.01,
                       key=f"field_threshold_{m}",
                       help=help_text("detection threshold") + f" Default: {res.threshold_source or 'none stored'}.")
-        outcomes = window_outcomes(res, threshold=t, names=sp)
-        dets = detections(res, threshold=t, names=sp)
+        outcomes = window_outcomes(res, threshold=t, names=sp, locale=locale)
+        dets = detections(res, threshold=t, names=sp, locale=locale)
         n = len(outcomes)
         none = int((outcomes["outcome"] == NO_BIRD).sum())
         silent = int(outcomes["outcome"].str.startswith("silence").sum())
@@ -208,13 +210,13 @@ for tab, m in zip(tabs, ready):
         if dets.empty:
             st.write("No species reaches the threshold in any window.")
         else:
-            summary = dets.groupby("english_name").agg(windows=("confidence", "size"), best_score=("confidence", "max"),
+            summary = dets.groupby("common_name").agg(windows=("confidence", "size"), best_score=("confidence", "max"),
                                                        first_min=("start_s", lambda s: s.min() / 60)).sort_values("windows", ascending=False)
             st.dataframe(summary.rename_axis("species").reset_index(), hide_index=True, width="stretch",
                          column_config={"first_min": st.column_config.NumberColumn("first heard (min)", format="%.2f"),
                                         "best_score": st.column_config.NumberColumn("best score", format="%.2f")})
             with st.expander(f"All {len(dets)} detections"):
-                st.dataframe(dets.drop(columns=["file"]).rename(columns={"english_name": "species", "species_code": "code"}),
+                st.dataframe(dets.drop(columns=["file", "english_name"]).rename(columns={"common_name": "species", "species_code": "code"}),
                              hide_index=True, width="stretch")
         stem = Path(display_name).stem
         band = model_band_hz(model)
