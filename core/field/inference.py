@@ -1,18 +1,23 @@
-"""Clip-level inference and attack: windows in, per-window and per-recording results out."""
+"""Clip-level inference and attack: windows in, per-window and per-recording results out.
+
+The attack machinery (:mod:`core.attacks`) and the metrics (:mod:`core.metrics`, which loads scikit-learn) are
+imported by the functions that attack, so ``predict`` and the Clip page's scoring do not pay for them.
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from core.attacks import PGD, clean_prediction_targets, make_objective
 from core.errors import ParameterError
 from core.io.audio import frame_windows, load_audio
-from core.metrics import linf, snr_db
-from core.models.base import BirdClassifier, ModelOutput
+
+if TYPE_CHECKING:
+    from core.models.base import BirdClassifier, ModelOutput
 
 __all__ = ["ClipAnalysis", "analyze_waveform", "confident_window", "attack_waveform", "predict_file", "attack_file", "top_classes"]
 
@@ -149,6 +154,8 @@ def attack_waveform(
     -------
     np.ndarray [shape=(n_samples,), dtype=float32]
     """
+    from core.attacks import PGD, make_objective
+
     waveform = np.clip(np.asarray(waveform, dtype=np.float32), -1.0, 1.0)
     n = len(waveform)
     win = model.config.window_samples
@@ -245,6 +252,9 @@ def predict_file(model: BirdClassifier, path: str) -> dict:
 
 def attack_file(model: BirdClassifier, path: str, *, eps: float, steps: int = 10, alpha: float | None = None, seed: int = 0):
     """Attack an audio file; returns (JSON-ready result, perturbed waveform)."""
+    from core.attacks import clean_prediction_targets
+    from core.metrics import linf, snr_db
+
     clip = _load_for(model, path)
     if not isinstance(steps, int) or steps < 1:
         raise ParameterError(f"steps must be an integer >= 1, got {steps}")
