@@ -18,6 +18,15 @@ from ui.glossary import help_text
 from ui.plots import CHART_CONFIG, attack_difference_db, logmel_db, score_bars, spectrogram_figure
 
 st.set_page_config(page_title="Attack · birdshield", page_icon="🐦", layout="wide")
+
+
+def top_species_change(label: str, names: list[str], before: int, now: int, display, *, colour: str = "red") -> str:
+    """``label``, the top species now and, when it changed, what it was: Markdown that wraps instead of being cut off."""
+    if now == before:
+        return f"{label}  \n**{display(names[now])}** (unchanged)"
+    return f"{label}  \n**:{colour}[{display(names[now])}]**  \nwas {display(names[before])}"
+
+
 st.title("Attack: how little noise does it take?")
 
 name, model = require_model("attack_model")
@@ -111,7 +120,7 @@ if result["key"][-1] == "masking":
     except CoreError as exc:
         st.caption(f"Masking threshold not computed: {exc}")
 top_b, top_a = int(before.scores[0].argmax()), int(after.scores[0].argmax())
-m3.metric("Top-1", display(names[top_a]), delta=None if top_a == top_b else f"was {display(names[top_b])}", delta_color="inverse")
+m3.markdown(top_species_change("Top species", names, top_b, top_a, display))  # words, not a metric: names never cut off
 
 a1, a2, a3 = st.columns(3)
 with a1:
@@ -170,8 +179,8 @@ st.caption("Pass the clean and the perturbed clip through the same transformatio
            "changes what the model says, the attack cannot take the credit.")
 field_name = st.selectbox("Then the clip is …", list(THREATS), format_func=lambda k: THREATS[k][0], key="attack_field_threat")
 try:
-    t_clean = transform_waveform(clip.waveform, clip.sample_rate, THREATS[field_name][1])
-    t_adv = transform_waveform(adv, clip.sample_rate, THREATS[field_name][1])
+    t_clean = transform_waveform(clip.waveform, clip.sample_rate, THREATS[field_name][1], clean=clip.waveform)
+    t_adv = transform_waveform(adv, clip.sample_rate, THREATS[field_name][1], clean=clip.waveform)  # a loudspeaker plays adv - clean
 except CoreError as exc:
     st.error(f"Transformation not applied: {exc}")
 else:
@@ -180,12 +189,10 @@ else:
     f1, f2 = st.columns(2)
     with f1:
         audio_player(t_clean, clip.sample_rate, label=f"clean, {THREATS[field_name][0]}")
-        st.metric("Top-1 (control)", display(names[tc]), delta=None if tc == top_b else f"was {display(names[top_b])}",
-                  delta_color="off")
+        st.markdown(top_species_change("Top species (control)", names, top_b, tc, display, colour="gray"))
     with f2:
         audio_player(t_adv, clip.sample_rate, label=f"perturbed, {THREATS[field_name][0]}")
-        st.metric("Top-1 (attacked)", display(names[ta]), delta=None if ta == top_b else f"was {display(names[top_b])}",
-                  delta_color="inverse")
+        st.markdown(top_species_change("Top species (attacked)", names, top_b, ta, display))
     if tc != top_b:
         st.warning(f"The transformation alone changes the clean clip's top-1 ({display(names[top_b])} → {display(names[tc])}): "
                    "this window says nothing about the attack.")
