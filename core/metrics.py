@@ -14,7 +14,6 @@ import math
 
 import numpy as np
 import torch
-from sklearn.metrics import average_precision_score, roc_auc_score
 
 from core.errors import ParameterError
 
@@ -50,6 +49,8 @@ def cmap(scores: np.ndarray, targets: np.ndarray) -> float:
     keep = targets.sum(0) > 0
     if not keep.any():
         return float("nan")
+    from sklearn.metrics import average_precision_score  # loaded on first use: scikit-learn takes 1-4 s to import
+
     return float(np.mean([average_precision_score(targets[:, c], scores[:, c]) for c in np.flatnonzero(keep)]))
 
 
@@ -60,6 +61,8 @@ def macro_roc_auc(scores: np.ndarray, targets: np.ndarray) -> float:
     keep = (pos > 0) & (pos < targets.shape[0])
     if not keep.any():
         return float("nan")
+    from sklearn.metrics import roc_auc_score
+
     return float(np.mean([roc_auc_score(targets[:, c], scores[:, c]) for c in np.flatnonzero(keep)]))
 
 

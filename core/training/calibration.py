@@ -18,7 +18,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import precision_recall_curve
 
 from core.errors import ParameterError
 
@@ -54,6 +53,8 @@ def choose_threshold(scores: np.ndarray, targets: np.ndarray) -> dict:
         raise ParameterError(f"scores and targets must be equal 2-d arrays, got {scores.shape} and {targets.shape}")
     if len(scores) < 2 or targets.sum() == 0:
         raise ParameterError("choosing a threshold needs at least 2 windows and one positive label")
+    from sklearn.metrics import precision_recall_curve  # loaded here: reading a card's threshold needs no scikit-learn
+
     precision, recall, cut = precision_recall_curve(targets.ravel(), scores.ravel())
     f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)[:-1]
     best = int(np.argmax(f1))
