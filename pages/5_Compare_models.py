@@ -180,7 +180,7 @@ with tab_rob:
     rob_all = result.robustness
     attacks_here = [a for a in ("worst-case", "pgd", "transfer") if "attack" in rob_all and (rob_all["attack"] == a).any()]
     s_ = result.settings
-    attack_words = {"worst-case": worst_case_label(s_.steps, s_.strong_steps, s_.restarts),
+    attack_words = {"worst-case": worst_case_label(s_.steps, s_.strong_steps, s_.restarts, apgd_steps=getattr(s_, "apgd_steps", 0)),
                     "pgd": f"PGD-{s_.steps} (white-box, BCE against the true labels)",
                     "transfer": f"transfer: PGD-{s_.steps} made on another model (baseline; for the baseline, AudioProtoPNet) and replayed"}
     r1, r2 = st.columns([2, 3])

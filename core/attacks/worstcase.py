@@ -1,24 +1,35 @@
-"""Worst case over attacks: a transfer attack and stronger white-box attacks after PGD.
+"""Worst case over attacks: a transfer attack and stronger white-box attacks after PGD, AutoAttack's APGD legs last.
 
 One PGD run is a lower bound on what an attacker achieves: too few steps, an
 unlucky start, a loss whose gradient says little about the decision, or masked
 gradients (Athalye et al. 2018) all make a model look more robust than it is.
-AutoAttack (Croce & Hein 2020) therefore reports, per input, the worst case over a
+AutoAttack (Croce & Hein 2020, ICML) therefore reports, per input, the worst case over a
 set of diverse attacks, running each further attack only on the inputs that
-survived the previous ones. :func:`worst_case_tables` does the same for the
-untargeted output-space sweep of :func:`core.studies.compare.run_compare`:
+survived the previous ones. :func:`worst_case_windows` (behind :func:`core.api.worst_case`) and
+:func:`worst_case_tables` (the comparison's ``--strong`` rows) do the same, in :data:`ATTACK_ORDER`:
 
-1. ``pgd``: the PGD-k table of the comparison (multi-label BCE against the labels);
+1. ``pgd``: PGD-k (multi-label BCE against the labels);
 2. ``transfer``: PGD-k made on another model (the *source*, see
-   :func:`transfer_sources`) of the same windows and replayed on the target, on every
-   clip (a black-box attack that cannot be fooled by the target's gradients);
-3. APGD (:class:`~core.attacks.APGD`) on the margin loss, on the rows still unbroken;
-4. PGD with more steps and random restarts (BCE), on the rows still unbroken.
+   :func:`transfer_sources`) of the same windows and replayed on the target (a black-box
+   attack that cannot be fooled by the target's gradients);
+3. ``apgd``: APGD (:class:`~core.attacks.APGD`) on the Carlini-Wagner margin loss;
+4. ``pgd-restarts``: PGD with more steps and random restarts (BCE);
+5. ``apgd-ce``: APGD-CE, APGD on the softmax cross-entropy of the clean top-1
+   (:class:`~core.attacks.logit_objectives.OutputCrossEntropy`), ``apgd_steps`` iterations;
+6. ``apgd-dlr``: APGD-DLR, on the DLR loss (Croce & Hein 2020, Eq. 5);
+7. ``apgd-t1`` ... ``apgd-t<n_targets>``: APGD-T, on the targeted DLR loss (Eq. 6) towards the class the
+   clean window ranks 2nd, 3rd, ... (AutoAttack's targets; 3 by default, the issue's "top-3 other classes").
 
-Success is the same for all: the top-1 species differs from the clean top-1
-(threshold-free). A ``worst-case`` row per (eps, clip) succeeds if any attack did;
-its scores and distances are those of the first successful attack in the order
-above (of the last one run when none succeeded), and ``worst_by`` names it.
+Legs 1-4 are the worst case before issue 24 (:data:`BASE_LEGS`); 5-7 are AutoAttack's APGD legs
+(:data:`APGD_LEGS`), each with the paper's step-size schedule and momentum (:mod:`core.attacks.apgd`) and
+``apgd_restarts`` random starts. Running them last keeps the first legs' attribution and lets a run say what
+they add. Success is the same for all and counted per window: the top-1 species differs from the clean top-1
+(threshold-free); a window is broken if any leg broke it. Its scores and distances are those of the first
+leg that broke it (of the last leg run when none did), and ``worst_by`` / ``attack`` names that leg.
+
+A success rate is meaningful only from a right answer: :func:`true_top1` marks the windows whose clean
+top-1 is one of their true labels, and :func:`success_over_true_top1` reports success over those only
+(with how many windows it leaves and how many it excludes).
 
 :func:`masking_check` flags a model whose transfer success exceeds its white-box
 PGD success, or whose worst case exceeds PGD by at least 10 points: the classic
@@ -35,41 +46,130 @@ import torch
 
 from core import metrics
 
-__all__ = ["ATTACK_ORDER", "strong_attacks", "transfer_sources", "worst_case_tables", "worst_case_windows", "masking_check",
-           "worst_case_label"]
+__all__ = ["ATTACK_ORDER", "BASE_LEGS", "APGD_LEGS", "strong_attacks", "transfer_sources", "worst_case_tables", "worst_case_windows",
+           "masking_check", "worst_case_label", "true_top1", "success_over_true_top1"]
 
-#: Attacks of the worst case, in the order they are run.
-ATTACK_ORDER = ("pgd", "transfer", "apgd", "pgd-restarts")
+#: The legs of the worst case before issue 24, in the order they are run.
+BASE_LEGS = ("pgd", "transfer", "apgd", "pgd-restarts")
+#: AutoAttack's APGD legs, run after :data:`BASE_LEGS` (``apgd-t<k>``: targeted DLR towards the clean rank k + 1).
+APGD_LEGS = ("apgd-ce", "apgd-dlr", "apgd-t1", "apgd-t2", "apgd-t3")
+#: Every leg of the worst case, in the order they are run (with 3 targets; see :func:`strong_attacks`).
+ATTACK_ORDER = BASE_LEGS + APGD_LEGS
 TOP1_CHANGED = "top-1 differs from the clean top-1"
 
 
-def worst_case_label(steps: int, strong_steps: int, restarts: int, transfer: bool = True) -> str:
-    """Words for the worst case, e.g. ``"worst case over PGD-10, transfer PGD-10, APGD-50, PGD-50x2"``."""
+def worst_case_label(steps: int, strong_steps: int, restarts: int, transfer: bool = True, *, apgd_steps: int = 0,
+                     n_targets: int = 3) -> str:
+    """Words for the worst case, e.g. ``"worst case over PGD-10, transfer PGD-10, APGD-20, PGD-20x2, APGD-CE-50, APGD-DLR-50,
+    APGD-T-50 (3 targets)"``; ``apgd_steps=0`` (the default, for results made before issue 24) leaves out the APGD legs."""
     parts = [f"PGD-{steps}"] + ([f"transfer PGD-{steps}"] if transfer else []) + [f"APGD-{strong_steps}", f"PGD-{strong_steps}x{restarts}"]
+    if apgd_steps:
+        parts += [f"APGD-CE-{apgd_steps}", f"APGD-DLR-{apgd_steps}"] + ([f"APGD-T-{apgd_steps} ({n_targets} targets)"] if n_targets else [])
     return "worst case over " + ", ".join(parts)
 
 
-def strong_attacks(strong_steps: int, restarts: int, seed: int) -> tuple:
+def strong_attacks(strong_steps: int, restarts: int, seed: int, *, apgd_steps: int = 50, apgd_restarts: int = 1,
+                   n_targets: int = 3, n_classes: int | None = None) -> tuple:
     """The white-box attacks run after PGD and the transfer attack, in order, as ``(name, attack, with_labels)``.
 
     APGD (Croce & Hein 2020) on the margin loss, which works on the clean top-1 (no labels), then PGD with
-    ``restarts`` random starts on the BCE against the true labels (``with_labels``). Both use ``seed + 1`` so
-    their starts differ from the first PGD's; their eps is set per row by :meth:`~core.attacks.base.Attack.perturb`.
+    ``restarts`` random starts on the BCE against the true labels (``with_labels``); both use ``seed + 1`` so
+    their starts differ from the first PGD's. Then, unless ``apgd_steps`` is 0, AutoAttack's legs on the clean
+    top-1 (:data:`APGD_LEGS`): APGD-CE, APGD-DLR and APGD-T towards each of the ``n_targets`` classes ranked
+    next on the clean window, ``apgd_steps`` iterations and ``apgd_restarts`` random starts each, seeds
+    ``seed + 2``, ``seed + 3``, ... so that every leg starts elsewhere. The DLR legs need >= 3 classes and the
+    targeted ones >= 4 (:mod:`core.attacks.losses`): with fewer ``n_classes`` they are left out, and at most
+    ``n_classes - 1`` targets are used. Each attack's eps is set per row by
+    :meth:`~core.attacks.base.Attack.perturb`.
+
+    Parameters
+    ----------
+    strong_steps, restarts, seed : int
+    apgd_steps : int >= 0
+        Iterations of each APGD leg of AutoAttack (0: leave them out, the worst case before issue 24).
+    apgd_restarts : int >= 1
+    n_targets : int >= 0
+        Targets of APGD-T.
+    n_classes : int, optional
+        Classes of the attacked model (default: as many as every leg needs).
+
+    Returns
+    -------
+    tuple of (str, Attack, bool)
     """
     from core.attacks import APGD, PGD, OutputMargin, OutputUntargeted
+    from core.attacks.logit_objectives import OutputCrossEntropy, OutputDLR, OutputTargetedDLR
 
-    return (("apgd", APGD(eps=0.0, steps=strong_steps, seed=seed + 1, objective=OutputMargin()), False),
-            ("pgd-restarts", PGD(eps=0.0, steps=strong_steps, restarts=restarts, seed=seed + 1, objective=OutputUntargeted()), True))
+    legs = [("apgd", APGD(eps=0.0, steps=strong_steps, seed=seed + 1, objective=OutputMargin()), False),
+            ("pgd-restarts", PGD(eps=0.0, steps=strong_steps, restarts=restarts, seed=seed + 1, objective=OutputUntargeted()), True)]
+    if not apgd_steps:
+        return tuple(legs)
+    n = 10**6 if n_classes is None else int(n_classes)
+    objectives = [("apgd-ce", OutputCrossEntropy())] + ([("apgd-dlr", OutputDLR())] if n >= 3 else [])
+    if n >= 4:
+        objectives += [(f"apgd-t{k}", OutputTargetedDLR(k)) for k in range(1, min(n_targets, n - 1) + 1)]
+    for j, (name, objective) in enumerate(objectives):
+        legs.append((name, APGD(eps=0.0, steps=apgd_steps, restarts=apgd_restarts, seed=seed + 2 + j, objective=objective,
+                                stop_on_success=True), False))
+    return tuple(legs)
+
+
+def true_top1(clean_scores: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
+    """Per window, whether the clean top-1 class is one of its true labels.
+
+    Parameters
+    ----------
+    clean_scores : np.ndarray [shape=(n_windows, n_classes)]
+        Clean scores or logits (only their argmax is used).
+    labels : np.ndarray [shape=(n_windows, n_classes)] or None
+        Multi-hot true labels (> 0 where present). None: every window counts (the clean prediction is the reference).
+
+    Returns
+    -------
+    np.ndarray [shape=(n_windows,), dtype=bool]
+    """
+    top = np.asarray(clean_scores).argmax(-1)
+    if labels is None:
+        return np.ones(len(top), bool)
+    return np.asarray(labels)[np.arange(len(top)), top] > 0
+
+
+def success_over_true_top1(success: np.ndarray, is_true: np.ndarray) -> dict:
+    """Attack success counted only over windows whose clean top-1 is a true label.
+
+    A "success" from a wrong clean answer would count a change of an already wrong decision; those windows
+    are excluded and counted.
+
+    Parameters
+    ----------
+    success : np.ndarray [shape=(n_windows,), dtype=bool]
+    is_true : np.ndarray [shape=(n_windows,), dtype=bool]
+        :func:`true_top1`.
+
+    Returns
+    -------
+    dict
+        ``success_rate`` (NaN when no window counts), ``n_success``, ``n_counted`` (windows with a true clean
+        top-1), ``n_excluded`` (the others), ``n_windows``.
+    """
+    success, is_true = np.asarray(success, bool), np.asarray(is_true, bool)
+    n = int(is_true.sum())
+    k = int((success & is_true).sum())
+    return {"success_rate": k / n if n else float("nan"), "n_success": k, "n_counted": n,
+            "n_excluded": int(len(is_true) - n), "n_windows": int(len(is_true))}
 
 
 def worst_case_windows(model, waveforms, eps, *, labels=None, masks=None, source=None, steps: int = 10,
-                       strong_steps: int = 50, restarts: int = 2, seed: int = 0, chunk: int = 8) -> dict:
-    """Per-window worst case of one model: the attacks of :func:`worst_case_tables`, each on the windows still unbroken.
+                       strong_steps: int = 50, restarts: int = 2, apgd_steps: int = 50, apgd_restarts: int = 1,
+                       n_targets: int = 3, seed: int = 0, chunk: int = 8, only_true_top1: bool = False,
+                       legs: tuple[str, ...] | None = None) -> dict:
+    """Per-window worst case of one model: the legs of :data:`ATTACK_ORDER`, each on the windows still unbroken.
 
-    In :data:`ATTACK_ORDER`: PGD-``steps`` (BCE), the transfer attack (PGD-``steps`` made on ``source`` and
-    replayed on ``model``; skipped without a source), then :func:`strong_attacks`. Success is threshold-free:
-    the top-1 species differs from the clean top-1. A window keeps the result of the first attack that broke
-    it, else the last attack's (as the worst-case rows of the tables).
+    PGD-``steps`` (BCE), the transfer attack (PGD-``steps`` made on ``source`` and replayed on ``model``; skipped
+    without a source), then :func:`strong_attacks` (APGD-``strong_steps`` on the margin, PGD-``strong_steps`` x
+    ``restarts``, APGD-CE, APGD-DLR and APGD-T at ``apgd_steps``). Success is threshold-free and per window: the
+    top-1 species differs from the clean top-1 after some leg. A window keeps the result of the first leg that
+    broke it, else the last leg's (as the worst-case rows of the tables).
 
     Parameters
     ----------
@@ -79,29 +179,50 @@ def worst_case_windows(model, waveforms, eps, *, labels=None, masks=None, source
     eps : float or np.ndarray [shape=(n_windows,)] [full-scale amplitude]
         L-inf budget of every attack.
     labels : np.ndarray [shape=(n_windows, n_classes)], optional
-        Multi-hot true labels of the BCE attacks; default each window's clean prediction.
+        Multi-hot true labels: targets of the BCE attacks and the reference of ``true_top1``; default each
+        window's clean prediction (then every window counts as a true top-1).
     masks : np.ndarray [shape=(n_windows, window_samples)], optional
         1 where samples may change (0 on zero padding); default all 1.
     source : BirdClassifier, optional
         Model of the transfer attack, with ``model``'s rate and window length.
-    steps, strong_steps, restarts, seed, chunk : int
-        Steps of PGD and the transfer attack; steps of the strong attacks; restarts of the last PGD;
-        seed of the first PGD (the strong attacks use ``seed + 1``); windows attacked together.
+    steps, strong_steps, restarts : int
+        Steps of PGD and the transfer attack; steps of the margin APGD and the restarted PGD; restarts of the latter.
+    apgd_steps, apgd_restarts, n_targets : int
+        Iterations and random starts of each of AutoAttack's legs, and targets of APGD-T (``apgd_steps=0``: the
+        worst case before issue 24, legs 1-4 only).
+    seed, chunk : int
+        Seed of the first PGD (the later legs use ``seed + 1``, ``seed + 2``, ...); windows attacked together.
+    only_true_top1 : bool
+        Attack only the windows whose clean top-1 is a true label (the others are reported but not attacked:
+        ``success`` False, ``attack`` ""); saves time when only :func:`success_over_true_top1` is wanted.
+    legs : tuple of str, optional
+        Run only these legs (names of :data:`ATTACK_ORDER`), in their usual order; default all.
 
     Returns
     -------
     dict
         ``adversarial`` (n_windows, window_samples) float32, ``success`` (n_windows,) bool, ``attack``
-        (n_windows,) str (the attack whose result each window keeps), ``clean_scores`` and ``scores``
-        (n_windows, n_classes) sigmoid scores before and after.
+        (n_windows,) str (the leg whose result each window keeps), ``clean_scores`` and ``scores``
+        (n_windows, n_classes) sigmoid scores before and after, ``true_top1`` (n_windows,) bool
+        (:func:`true_top1`), ``legs`` (the legs run, in order) and ``summary``
+        (:func:`success_over_true_top1` of the windows).
+
+    Raises
+    ------
+    ParameterError
+        An unknown name in ``legs``.
     """
     from core.attacks import PGD, OutputUntargeted
+    from core.errors import ParameterError
 
     x = np.asarray(waveforms, dtype=np.float32)
     n = len(x)
     eps = np.broadcast_to(np.asarray(eps, dtype=np.float64), (n,)).copy()
     m = np.ones_like(x) if masks is None else np.asarray(masks, dtype=np.float32)
+    y_all = None if labels is None else np.asarray(labels, dtype=np.float32)
     device = next(model.parameters()).device
+    if legs is not None and not set(legs) <= set(ATTACK_ORDER):
+        raise ParameterError(f"legs must be names of {ATTACK_ORDER}, got {tuple(legs)}")
 
     def scores_of(xs):
         with torch.no_grad():
@@ -110,24 +231,31 @@ def worst_case_windows(model, waveforms, eps, *, labels=None, masks=None, source
 
     clean = scores_of(x)
     top = clean.argmax(-1)
+    is_true = true_top1(clean, y_all)
     first = PGD(eps=0.0, steps=steps, seed=seed, objective=OutputUntargeted())
     runs = [("pgd", first, True, model)] + ([("transfer", first, True, source)] if source is not None else [])
-    runs += [(name, attack, with_labels, model) for name, attack, with_labels in strong_attacks(strong_steps, restarts, seed)]
+    runs += [(name, attack, with_labels, model) for name, attack, with_labels in
+             strong_attacks(strong_steps, restarts, seed, apgd_steps=apgd_steps, apgd_restarts=apgd_restarts, n_targets=n_targets,
+                            n_classes=clean.shape[1])]
+    if legs is not None:
+        runs = [r for r in runs if r[0] in legs]
     adv, scores = x.copy(), clean.copy()
     by, broken = np.full(n, "", dtype=object), np.zeros(n, bool)
+    skip = ~is_true if only_true_top1 else np.zeros(n, bool)
     for k, (name, attack, with_labels, on) in enumerate(runs):
-        todo = np.flatnonzero(~broken)
+        todo = np.flatnonzero(~broken & ~skip)
         if not len(todo):
             break
-        y = None if labels is None or not with_labels else np.asarray(labels, dtype=np.float32)[todo]
+        y = None if y_all is None or not with_labels else y_all[todo]
         xa, sc = _rows_attack(attack, on, x[todo], y, m[todo], eps[todo], chunk=chunk)
         if on is not model:
             sc = scores_of(xa)
         succ = sc.argmax(-1) != top[todo]
-        take = succ | (k == len(runs) - 1)  # the last attack's result stands for windows nobody broke
+        take = succ | (k == len(runs) - 1)  # the last leg's result stands for windows nobody broke
         adv[todo[take]], scores[todo[take]], by[todo[take]] = xa[take], sc[take], name
         broken[todo[succ]] = True
-    return {"adversarial": adv, "success": broken, "attack": by, "clean_scores": clean, "scores": scores}
+    return {"adversarial": adv, "success": broken, "attack": by, "clean_scores": clean, "scores": scores, "true_top1": is_true,
+            "legs": tuple(r[0] for r in runs), "summary": success_over_true_top1(broken, is_true)}
 
 
 def transfer_sources(names: list[str], preferred: tuple[str, ...] = ("baseline", "protopnet")) -> dict[str, str]:
@@ -185,6 +313,9 @@ def worst_case_tables(
     steps: int = 10,
     strong_steps: int = 50,
     restarts: int = 2,
+    apgd_steps: int = 50,
+    apgd_restarts: int = 1,
+    n_targets: int = 3,
     seed: int = 0,
     clips_per_batch: int = 4,
     progress: Callable[[str, int, int], None] | None = None,
@@ -206,9 +337,11 @@ def worst_case_tables(
     steps : int
         PGD steps of ``pgd_table`` (and of the transfer attack).
     strong_steps, restarts : int
-        APGD steps; steps and restarts of the last PGD.
+        Steps of the margin APGD; steps and restarts of the restarted PGD.
+    apgd_steps, apgd_restarts, n_targets : int
+        AutoAttack's legs (APGD-CE, APGD-DLR, APGD-T; see :func:`strong_attacks`); ``apgd_steps=0`` leaves them out.
     seed : int
-        Seed of the PGD table; the strong attacks use ``seed + 1`` so their starts differ.
+        Seed of the PGD table; the strong attacks use ``seed + 1``, ``seed + 2``, ... so their starts differ.
     clips_per_batch : int
     progress : callable, optional
         ``progress(stage, done, total)`` with stages ``transfer`` and ``strong``.
@@ -221,7 +354,8 @@ def worst_case_tables(
         Rows in the layout of :func:`core.studies.sweep.sweep_table` (clean rows included,
         so curves start at eps 0) with ``attack`` ``transfer`` (only for models with a
         source, see :func:`transfer_sources`) and ``worst-case``, plus ``worst_by``
-        (the attack that made each worst-case row) and ``source`` (transfer source).
+        (the attack that made each worst-case row), ``source`` (transfer source) and ``clean_top1_true``
+        (the clean top-1 is a true label: :func:`true_top1`; success rates are meant over those rows).
     """
     from core.attacks import PGD, OutputUntargeted
 
@@ -315,7 +449,9 @@ def worst_case_tables(
     for name in names:
         clean, clean_scores, top, ok, chosen_scores, chosen_dist, by, broken = pending[name]
         model = models[name]
-        for attack_name, attack, with_labels in strong_attacks(strong_steps, restarts, seed):
+        legs = strong_attacks(strong_steps, restarts, seed, apgd_steps=apgd_steps, apgd_restarts=apgd_restarts, n_targets=n_targets,
+                              n_classes=len(classes))
+        for attack_name, attack, with_labels in legs:
             todo = np.flatnonzero(~broken.reshape(-1))
             if not len(todo):
                 break
@@ -325,7 +461,7 @@ def worst_case_tables(
             y = labels[ci].astype(np.float32) if with_labels else None
             adv, sc = _rows_attack(attack, model, clips.waveforms[ci], y, clips.masks[ci], flat_eps[todo], chunk=clips_per_batch * 2)
             succ = sc.argmax(-1) != top[ci]
-            last = attack_name == "pgd-restarts"
+            last = attack_name == legs[-1][0]
             take = succ | last  # the last attack's result stands for rows nobody broke
             xc = torch.as_tensor(clips.waveforms[ci][take])
             xa = torch.as_tensor(adv[take])
@@ -344,6 +480,7 @@ def worst_case_tables(
             success |= v
         success |= broken
         clean_loss = _bce(clean_scores, labels)
+        is_true = true_top1(clean_scores, labels)
         for attack_label, scores_arr, dist, succ_arr, by_arr, source in (
             [("transfer", transfer_scores[name], transfer_dist[name], ok["transfer"], None, sources[name])] if name in sources else []
         ) + [("worst-case", chosen_scores, chosen_dist, success, by, sources.get(name, ""))]:
@@ -353,6 +490,7 @@ def worst_case_tables(
             for k, v in info.items():
                 c[k] = v
             c["worst_by"] = ""
+            c["clean_top1_true"] = is_true[[clip_pos[k] for k in c["clip"]]]
             adv_loss = _bce(scores_arr.reshape(-1, len(classes)), np.tile(labels, (n_eps, 1)))
             a = pd.DataFrame({
                 **info, "budget_kind": "eps", "budget": flat_eps, "clip": [clips.clip_ids[i] for i in flat_clip],
@@ -360,7 +498,7 @@ def worst_case_tables(
                 "success": succ_arr.reshape(-1), "objective_value": adv_loss,
                 "prs": metrics.prs(np.tile(clean_loss, n_eps), adv_loss), "drs": np.nan, "tars": np.nan,
                 **{k: dist[k].reshape(-1) for k in ("snr_db", "db_x", "linf", "l2")},
-                "worst_by": "" if by_arr is None else by_arr.reshape(-1),
+                "worst_by": "" if by_arr is None else by_arr.reshape(-1), "clean_top1_true": is_true[flat_clip],
             })
             a = pd.concat([a, pd.DataFrame(scores_arr.reshape(-1, len(classes)), columns=score_cols),
                            pd.DataFrame(np.tile(labels, (n_eps, 1)).astype(np.float32), columns=label_cols)], axis=1)

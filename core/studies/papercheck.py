@@ -197,7 +197,8 @@ def _attack_rows(tab: pd.DataFrame, settings) -> tuple[pd.DataFrame, str]:
         # under it is the share of windows whose top-1 species survives every attack
         worst["top1_kept"] = 1.0 - worst["success"].astype(float)
         transfer = "source" in worst.columns and bool((worst["source"].fillna("") != "").any())
-        words = worst_case_label(steps, getattr(settings, "strong_steps", 50), getattr(settings, "restarts", 2), transfer)
+        words = worst_case_label(steps, getattr(settings, "strong_steps", 50), getattr(settings, "restarts", 2), transfer,
+                                 apgd_steps=getattr(settings, "apgd_steps", 0))
         return worst, f"the per-clip {words} (success if any of them succeeds)"
     if "pgd" in values:
         return tab[tab["attack"] == "pgd"], f"PGD-{steps}"
