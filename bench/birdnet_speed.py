@@ -8,6 +8,10 @@ Prints, in one run (medians of ``--repeats`` warm runs, 3 s windows of noise at 
 4. batched vs single: time per window of a forward and of a forward + backward at batch 8 vs batch 1,
    and the ratio single / batched.
 
+Threads: ``--threads`` (default: what :func:`core.io.device.apply_thread_policy` chooses for this machine now, as
+the CLI does: one per core that other programs leave free). Both runtimes get the same number. The load average and
+the cores other programs kept busy are printed beside the figures: on a shared machine they decide the ratio.
+
 Run: ``python bench/birdnet_speed.py`` (needs requirements-dev.txt for the interpreter).
 """
 
@@ -35,9 +39,18 @@ WINDOW = 144_000
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--threads", type=int, default=None, help="torch and TFLite threads (default: the project's policy)")
     args = ap.parse_args()
+    import os
+
+    from core.io.device import apply_thread_policy, busy_cpus
+
+    busy = busy_cpus(0.5)
+    policy = apply_thread_policy()
+    args.threads = args.threads or policy.intra_op
     torch.set_num_threads(args.threads)
+    print(f"load average {os.getloadavg()[0]:.2f}, other programs busy on {busy:.1f} of {len(os.sched_getaffinity(0))} cores; "
+          f"policy: {policy.intra_op} thread(s) ({policy.reason})")
     from ai_edge_litert.interpreter import Interpreter
 
     gen = torch.Generator().manual_seed(0)
@@ -67,7 +80,7 @@ def main() -> None:
 
     t_tfl = median_time(tflite_forward, args.repeats)
     t_fwd1 = median_time(lambda: torch_forward(x1), args.repeats)
-    print(f"threads: {args.threads}")
+    print(f"threads: {args.threads} (torch and TFLite)")
     print(f"1. forward, 1 window: TFLite {t_tfl * 1e3:.1f} ms, torch {t_fwd1 * 1e3:.1f} ms, ratio torch/TFLite {t_fwd1 / t_tfl:.2f} (goal <= 1.2)")
     t_fb1 = median_time(lambda: fwd_bwd(x1), args.repeats)
     print(f"2. forward + backward, 1 window: {t_fb1 * 1e3:.1f} ms")

@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
     for name in SUBCOMMANDS:
         command = commands[name]
-        s = sub.add_parser(name, help=command.help)
+        s = sub.add_parser(name, help=command.help.replace("%", "%%"))  # plain text: "1 %" must not break --help
         if command.options is not None:
             command.options(s)
         if command.dataset:
