@@ -29,16 +29,31 @@ def _control_signals(sample_rate: int, window_samples: int, n_windows: int, seed
     }
 
 
+#: Seed of the no-bird check's synthetic families: distinct from training's (heads) and validation's (open set).
+CHECK_SEED = 2026
+
+
 @torch.no_grad()
-def no_bird_check(models: dict, *, dataset=None, splits=("val", "test"), n_windows: int = 8, seed: int = 0) -> pd.DataFrame:
-    """How often each model says "no bird" on sounds that hold none.
+def no_bird_check(models: dict, *, dataset=None, splits=("val", "test"), n_windows: int = 8, seed: int = 0,
+                  families=None, per_family: int = 16) -> pd.DataFrame:
+    """How often each model says "no bird" on sounds that hold none, and how many false windows per hour that makes.
 
     Controls: digital silence, a 3 kHz tone at -20 dBFS, white noise at -30 dBFS,
-    pink noise at -50 dBFS (``n_windows`` windows each), and, with a dataset, the
-    bird-free site-noise windows of its ``splits`` (:func:`core.training.noisebank.birdfree_bank`:
-    windows in which BirdNET detects no animal; tiled to a full window). Scores are
-    judged at each model's validation threshold, as :func:`window_outcomes` does but
-    *without* the silence guard, so that the table shows what the model itself does.
+    pink noise at -50 dBFS (``n_windows`` windows each); ``per_family`` windows of each
+    synthetic non-bird family (:mod:`core.io.synth`: noises, hum, rain, engine, wind,
+    tones, tone sequences, sirens, bells, music, voices, barks; drawn with
+    :data:`CHECK_SEED`, never the seeds of training or validation); and, with a dataset,
+    the bird-free site-noise windows of each of ``splits``
+    (:func:`core.training.noisebank.birdfree_bank`: windows in which BirdNET detects no
+    animal; tiled to a full window). Scores are judged at each model's validation
+    threshold, as :func:`window_outcomes` does but *without* the silence guard, so that
+    the table shows what the model itself does.
+
+    ``held_out`` marks the signals that no model's training or threshold choice saw:
+    the families of :data:`core.io.synth.HELD_OUT_FAMILIES` and the test split's site
+    noise. (The BirdNET heads train on the train split's site noise and on
+    :data:`core.io.synth.TRAIN_FAMILIES`; the open-set threshold is chosen with the val
+    split's site noise; the small models saw neither.)
 
     Parameters
     ----------
@@ -46,43 +61,85 @@ def no_bird_check(models: dict, *, dataset=None, splits=("val", "test"), n_windo
     dataset : core.io.data.Dataset, optional
     splits : tuple of str
     n_windows : int >= 1
+        Windows of each fixed control.
     seed : int
+        Seed of the fixed controls.
+    families : sequence of str, optional
+        Synthetic families (default all of :data:`core.io.synth.FAMILIES`; ``()`` for none).
+    per_family : int >= 1
 
     Returns
     -------
     pandas.DataFrame
-        ``model``, ``signal``, ``windows``, ``threshold``, ``no_bird_rate`` (share of
-        windows with no species at or above the threshold), ``median_top_score``,
-        ``most_named`` (English name of the most frequent top-1 species among the
-        windows that named one).
+        ``model``, ``signal``, ``held_out``, ``windows``, ``clip_seconds``, ``threshold``, ``no_bird_rate`` (share of
+        windows with no species at or above the threshold), ``false_per_hour`` (windows naming a
+        species per hour of such sound: ``(1 - no_bird_rate) * 3600 / clip_seconds``),
+        ``median_top_score``, ``most_named`` (English name of the most frequent top-1 species among
+        the windows that named one).
+
+    Raises
+    ------
+    ParameterError
+        Bad counts, unknown family, or a model without a validation threshold.
     """
+    from core.io.synth import FAMILIES, HELD_OUT_FAMILIES, nonbird_windows
     from core.training.calibration import card_thresholds
     from core.training.noisebank import birdfree_bank
 
     check_int("n_windows", n_windows, 1)
+    check_int("per_family", per_family, 1)
+    families = list(FAMILIES) if families is None else list(families)
     thresholds = card_thresholds(list(models))
     rows = []
     for name, model in models.items():
         if name not in thresholds:
             raise ParameterError(f"model {name} has no validation threshold (python -m core calibrate --model {name})")
         sr, window = int(model.config.frontend.sample_rate), int(model.config.window_samples)
-        signals = {k: v.reshape(n_windows, window) for k, v in _control_signals(sr, window, n_windows, seed).items()}
+        signals = {k: (v.reshape(n_windows, window), False) for k, v in _control_signals(sr, window, n_windows, seed).items()}
+        if families:
+            waves, fams = nonbird_windows(families, per_family, window, sr, seed=CHECK_SEED)
+            for fam in families:
+                label = f"synthetic {fam.replace('_', ' ')}" + (" (held out)" if fam in HELD_OUT_FAMILIES else "")
+                signals[label] = (waves[[f == fam for f in fams]], fam in HELD_OUT_FAMILIES)
         if dataset is not None:
-            bank = [w for s in splits for _, w in birdfree_bank(dataset, s, sr, window)]
-            if bank:
-                signals["bird-free site noise (BirdNET-vetted)"] = np.stack([np.resize(w, window) for w in bank]).astype(np.float32)
+            for s in splits:
+                bank = birdfree_bank(dataset, s, sr, window)
+                if bank:
+                    signals[f"bird-free site noise, {s} split"] = (
+                        np.stack([np.resize(w, window) for _, w in bank]).astype(np.float32), s == "test")
         names = species_names(model.config.class_names, model)
         device = next(model.parameters()).device
         model.eval()
-        for signal, x in signals.items():
+        for signal, (x, held_out) in signals.items():
             scores = torch.cat([torch.sigmoid(model(torch.as_tensor(x[i : i + 16], device=device))).float().cpu()
                                 for i in range(0, len(x), 16)]).numpy()
             named = scores.max(1) >= thresholds[name]
             tops = pd.Series([names[model.config.class_names[j]][1] for j in scores.argmax(1)[named]])
-            rows.append({"model": name, "signal": signal, "windows": len(x), "threshold": thresholds[name],
-                         "no_bird_rate": float(1 - named.mean()), "median_top_score": float(np.median(scores.max(1))),
+            rows.append({"model": name, "signal": signal, "held_out": bool(held_out), "windows": len(x),
+                         "clip_seconds": float(model.config.clip_seconds),
+                         "threshold": thresholds[name], "no_bird_rate": float(1 - named.mean()),
+                         "false_per_hour": float(named.mean() * 3600.0 / float(model.config.clip_seconds)),
+                         "median_top_score": float(np.median(scores.max(1))),
                          "most_named": tops.mode().iloc[0] if len(tops) else ""})
     return pd.DataFrame(rows)
+
+
+def held_out_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """False windows of each model pooled over the held-out bird-free signals of :func:`no_bird_check`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per model: ``windows`` (held-out windows), ``false_windows``, ``false_rate`` (share),
+        ``false_per_hour`` (at the model's window length, from the table's own per-signal rates).
+    """
+    held = table[table["held_out"].astype(bool)].copy()
+    held["false_windows"] = np.rint((1 - held["no_bird_rate"]) * held["windows"]).astype(int)
+    out = held.groupby("model", sort=False).agg(windows=("windows", "sum"), false_windows=("false_windows", "sum"),
+                                                clip_seconds=("clip_seconds", "first"))
+    out["false_rate"] = out["false_windows"] / out["windows"]
+    out["false_per_hour"] = out["false_rate"] * 3600.0 / out["clip_seconds"]
+    return out.reset_index()
 
 
 def no_bird_markdown(table: pd.DataFrame, labels: dict | None = None) -> str:

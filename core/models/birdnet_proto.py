@@ -194,7 +194,7 @@ class BirdNETHeadModel(BirdClassifier):
             from core.models.birdnet_heads import layer_tensor
             from core.models.tflite_graph import TFLiteGraph
 
-            self.gate = TFLiteGraph(file, [layer_tensor(file, config.layer)], [file.tensors[file.outputs[0]].name],
+            self.gate = TFLiteGraph(file, [layer_tensor(file, config.tuned_from or config.layer)], [file.tensors[file.outputs[0]].name],
                                     trainable=False)
             animal = torch.tensor([sci not in NON_SPECIES for sci, _ in birdnet_labels()], dtype=torch.bool)
             self.register_buffer("animal_classes", animal, persistent=False)
@@ -206,9 +206,9 @@ class BirdNETHeadModel(BirdClassifier):
     def bird_evidence(self, features: torch.Tensor) -> torch.Tensor:
         """BirdNET's evidence that an animal calls: the largest of its logits over its animal classes.
 
-        Computed by BirdNET's own (frozen) layers after ``config.layer`` on the model's
-        features, so it is part of the model's one forward path; with a tuned stage the
-        evidence is read from the tuned map (the stage is BirdNET's block fine-tuned).
+        Computed by BirdNET's own frozen layers after ``config.tuned_from`` (or ``config.layer``)
+        on the model's features, so it is part of the model's one forward path and equals
+        BirdNET V2.4's own output (the tuned stage does not enter it).
 
         Parameters
         ----------
@@ -292,7 +292,11 @@ class BirdNETHeadModel(BirdClassifier):
         return trunk_features if self.stage is None else self.stage(trunk_features)
 
     def features_from_spectrogram(self, spectrogram: torch.Tensor) -> torch.Tensor:
-        """BirdNET up to ``config.layer`` (the tuned stage included), flipped: row 0 the lowest band.
+        """BirdNET's frozen part up to ``config.tuned_from`` (or ``config.layer``), flipped: row 0 the lowest band.
+
+        The tuned stage (when there is one) and the bird gate both read this map, so it is
+        the model's ``features``: :meth:`forward_head`, :meth:`outputs_from_features` and
+        :meth:`similarity_maps` apply the stage themselves (:meth:`head_map`).
 
         Parameters
         ----------
@@ -304,7 +308,20 @@ class BirdNETHeadModel(BirdClassifier):
         torch.Tensor [shape=(batch, channels, freq, time)]
         """
         (feats,), _ = self.backbone(spectrogram)
-        return self.tuned_features(feats).flip(2)
+        return feats.flip(2)
+
+    def head_map(self, features: torch.Tensor) -> torch.Tensor:
+        """The map the head reads: ``config.layer``'s, through the tuned stage when there is one (row 0 the lowest band).
+
+        Parameters
+        ----------
+        features : torch.Tensor [shape=(batch, channels, freq, time)], :meth:`features_from_spectrogram`
+
+        Returns
+        -------
+        torch.Tensor [shape=(batch, channels, freq, time)]
+        """
+        return features if self.stage is None else self.stage(features.flip(2)).flip(2)
 
     def backbone_modules(self) -> list[nn.Module]:
         """BirdNET's frozen graph and, when fine-tuned, the tuned stage."""
@@ -352,19 +369,21 @@ class BirdNETHeadModel(BirdClassifier):
         """Logits ``(batch, n_classes)`` of the head on ``features`` ``(batch, channels, freq, time)`` from
         :meth:`forward_features` (row 0 the lowest band); with ``pre_logits``, the embedding ``(batch, channels)``:
         the feature map averaged over frequency and time."""
+        mapped = self.head_map(features)
         if pre_logits:
-            return features.mean(dim=(2, 3))
-        return self._gated(self.head(features), features)
+            return mapped.mean(dim=(2, 3))
+        return self._gated(self.head(mapped), features)
 
     def outputs_from_features(self, features: torch.Tensor) -> ModelOutput:
         """Logits, embedding and, for a prototype head, similarity maps and activations (each map computed once)."""
-        embedding = self.forward_head(features, pre_logits=True)
+        mapped = self.head_map(features)
+        embedding = mapped.mean(dim=(2, 3))
         if self.config.arch == "birdnet-linear":
-            return ModelOutput(logits=self.forward_head(features), embedding=embedding, feature_map=features)
-        sims = self.similarity_maps(features)
+            return ModelOutput(logits=self._gated(self.head(mapped), features), embedding=embedding, feature_map=mapped)
+        sims = self.head.similarity_maps(mapped)
         acts = sims.amax(dim=(2, 3))
-        return ModelOutput(logits=self._gated(self.classify(acts), features), embedding=embedding, feature_map=features, similarity_maps=sims,
-                           prototype_activations=acts)
+        return ModelOutput(logits=self._gated(self.classify(acts), features), embedding=embedding, feature_map=mapped,
+                           similarity_maps=sims, prototype_activations=acts)
 
     def _spectrogram_row(self, freq_index: int, n_rows: int) -> int:
         """The map is flipped (row 0 lowest), BirdNET's spectrogram is not (row 0 highest)."""
@@ -414,7 +433,7 @@ class BirdNETHeadModel(BirdClassifier):
         """
         if self.config.arch != "birdnet-protopnet":
             raise ParameterError(f"a {self.config.arch} head has no prototypes")
-        return self.head.similarity_maps(features)
+        return self.head.similarity_maps(self.head_map(features))
 
     def classify(self, activations: torch.Tensor) -> torch.Tensor:
         """Class connection: prototype activations ``(batch, n_prototypes)`` -> logits ``(batch, n_classes)``."""

@@ -323,7 +323,10 @@ class TFLiteGraph(nn.Module):
 
     @staticmethod
     def _convert_const(op: _Op, j: int, data: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(data))
+        # A copy, never a view of the file's buffer: TFLite shares constant buffers between operators, and a graph
+        # whose weights are trained or loaded in place (a fine-tuned stage) must not change another graph built
+        # from the same parsed file (the frozen trunk, BirdNET's own layers in the bird gate).
+        x = torch.from_numpy(np.array(data, copy=True))
         if x.dtype in (torch.float16, torch.float64):
             x = x.float()
         if op.kind == "CONV_2D" and j == 1:  # OHWI -> OIHW

@@ -145,7 +145,7 @@ def _evidence_and_logits(model, waveforms: np.ndarray, batch_size: int = 32) -> 
     for i in range(0, len(waveforms), batch_size):
         feats = model.forward_features(torch.as_tensor(waveforms[i : i + batch_size], device=device))
         ev.append(model.bird_evidence(feats).float().cpu().numpy())
-        logits.append(model.head(feats).float().cpu().numpy())  # ungated head logits
+        logits.append(model.head(model.head_map(feats)).float().cpu().numpy())  # ungated head logits
     return np.concatenate(ev), np.concatenate(logits)
 
 
