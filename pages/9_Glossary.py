@@ -1,4 +1,8 @@
-"""Glossary page: every term the dashboard uses, in plain words."""
+"""Glossary page: every term the dashboard uses, in plain words.
+
+Other pages link a term as ``Glossary?term=eps`` (:func:`ui.links.glossary_link`): that entry comes first, and the
+search box starts with it.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,15 @@ st.set_page_config(page_title="Glossary · birdshield", page_icon="🐦", layout
 st.title("Glossary: the words on these pages")
 st.caption("What each term means, in plain words, and when to distrust the number it names.")
 
+linked = st.query_params.get("term")
+if linked and st.session_state.get("glossary_linked") != linked:  # a new link: start the search with its term
+    st.session_state["glossary_linked"] = linked
+    st.session_state["glossary_query"] = linked
 query = st.text_input("Find a term", key="glossary_query", placeholder="e.g. eps, prototype, threshold")
+terms = sorted(GLOSSARY, key=lambda t: t.lower() != (query or "").lower())  # the exact term first, then the others in order
 shown = 0
-for term, (short, long) in GLOSSARY.items():
+for term in terms:
+    short, long = GLOSSARY[term]
     if query and query.lower() not in (term + " " + short + " " + long).lower():
         continue
     shown += 1

@@ -13,6 +13,7 @@ Needs ``/usr/bin/chromium`` (``apt-get install chromium``; ``.ci/run`` installs 
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -124,6 +125,30 @@ def run_and_wait_for_plot(page, button: str, text: str, *, exact: bool = False, 
     page.locator(".js-plotly-plot").nth(plot).wait_for(timeout=RUN_TIMEOUT_MS)
 
 
+#: Tables and metrics whose content is wider than their box (a number cut off or scrolled out of view), and metric
+#: text cut with an ellipsis. Glide data grids draw on a canvas: their scroller's scrollWidth is the width of every column.
+OVERFLOW_JS = """() => {
+  const shown = el => el.getClientRects().length > 0 && el.clientWidth > 0;
+  const boxes = '[data-testid=stDataFrame] .dvn-scroller, [data-testid=stTable], [data-testid=stTable] table, '
+              + '[data-testid=stMetric], [data-testid=stMetric] *';
+  const out = [];
+  for (const el of document.querySelectorAll(boxes)) {
+    if (!shown(el)) continue;
+    const cut = getComputedStyle(el).textOverflow === 'ellipsis' && el.scrollWidth > el.clientWidth + 1;
+    if (el.scrollWidth > el.clientWidth + 1 || cut)
+      out.push(`${el.closest('[data-testid]').getAttribute('data-testid')}: ${el.scrollWidth} px of content in ${el.clientWidth} px `
+               + `(${(el.innerText || '').replace(/\\s+/g, ' ').slice(0, 60)})`);
+  }
+  return out;
+}"""
+
+
+def assert_nothing_cut_off(page, name: str) -> None:
+    """No table or metric of the page is wider than its box (so no number is cut off or scrolled out of view)."""
+    cut = page.evaluate(OVERFLOW_JS)
+    assert not cut, f"cut off on {name} at {page.viewport_size}: {cut}"
+
+
 def open_page(browser, url):
     page = browser.new_page(viewport={"width": 1400, "height": 2400})
     page.goto(url)
@@ -233,7 +258,7 @@ def test_walk_every_page(server, browser, tmp_path, data_dir):
     # Guided demonstration: five steps, one click each, as an audience would see them (default: the interpretable model)
     visit(page, f"{server}/Guided_demo")
     page.get_by_text("1. This is a Sedge Warbler").wait_for(timeout=RUN_TIMEOUT_MS)
-    for label in ("Next: what does the model look at?", "Next: add a whisper of noise", "Next: hear it",
+    for label in ("Next: what does the model look at?", "Next: add a quiet change", "Next: hear it",
                   "Next: what does the model say now?"):
         page.get_by_role("button", name=label).click()
         settle(page)
@@ -255,7 +280,7 @@ def test_second_session_loads_while_first_is_busy_and_a_run_survives_leaving_its
     other = browser.new_page(viewport={"width": 1400, "height": 1600})
     other.goto(server)
     other.wait_for_selector("h1", timeout=60_000)
-    other.get_by_text("Held-out test metrics").wait_for(timeout=60_000)
+    other.get_by_role("button", name="Hear an attack").wait_for(timeout=60_000)
     loaded_in = time.perf_counter() - start
     still_busy = busy.get_by_text("Sweep: ", exact=False).count() > 0
     check(other, "6_second_session")
@@ -275,3 +300,44 @@ def test_second_session_loads_while_first_is_busy_and_a_run_survives_leaving_its
     visit(other, f"{server}/Sweep")
     assert other.get_by_text("Set up a sweep and run it").count() == 1
     other.close()
+
+
+FIRST_SCREEN_JARGON = ("L-inf", "eps", "PRS", "DRS", "TARS")
+
+
+@pytest.mark.slow
+def test_home_and_attack_pages_fit_1280x800(server, browser, data_dir):
+    """At 1280x800 the home page opens with its picture and three first actions, in plain words, and no table or
+    metric of the home page (every section opened) or of the Attack page (after an attack) is cut off."""
+    from core.studies.demo import demo_sentence, read_demo_record
+
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    visit(page, server)
+    first_screen = page.evaluate("""() => [...document.querySelectorAll('[data-testid=stMain] p, [data-testid=stMain] h1, '
+        + '[data-testid=stMain] button, [data-testid=stMain] img')]
+        .filter(el => { const r = el.getBoundingClientRect(); return r.height > 0 && r.top < innerHeight && r.bottom > 0; })
+        .map(el => el.tagName === 'IMG' ? '[img] ' + el.alt : el.innerText)""")
+    text = "\n".join(first_screen)
+    assert any(t.startswith("[img] ") for t in first_screen), first_screen  # the picture is on the first screen
+    for label in ("Analyse my recording", "See one clip explained", "Hear an attack"):
+        assert label in text, f"{label!r} not on the first screen: {first_screen}"
+    assert demo_sentence(read_demo_record()).replace("**", "") in text  # what the picture shows, as recorded
+    for word in FIRST_SCREEN_JARGON:
+        assert not re.search(rf"\b{word}\b", text), f"{word!r} on the home page's first screen"
+    check(page, "12_home_1280x800")
+    for summary in page.locator("[data-testid=stExpander] summary").all():
+        summary.click()
+        page.wait_for_timeout(300)
+    settle(page)
+    page.get_by_text("cmAP (windows)").first.wait_for(timeout=RUN_TIMEOUT_MS)  # the model table is open
+    assert_nothing_cut_off(page, "the home page")
+
+    visit(page, f"{server}/Attack")
+    enter(page, "steps (1 = FGSM)", "3")
+    page.get_by_role("button", name="Run attack").click()
+    settle(page)
+    page.get_by_text("SNR of perturbation").wait_for(timeout=RUN_TIMEOUT_MS)
+    page.get_by_text("Top species (attacked)").wait_for(timeout=RUN_TIMEOUT_MS)
+    check(page, "13_attack_1280x800")
+    assert_nothing_cut_off(page, "the Attack page")
+    page.close()

@@ -236,6 +236,12 @@ def fenced(text: str, lang: str = "bash") -> list[str]:
     return [ln for body in re.findall(rf"^```{lang}\n(.*?)^```", text, re.S | re.M) for ln in body.splitlines()]
 
 
+def test_guided_demo_table_is_the_stored_record():
+    from core.studies.demo import demo_markdown, read_demo_record
+
+    assert block("guided-demo") == demo_markdown(read_demo_record())
+
+
 def test_every_marked_block_is_regenerated_by_a_test():
     prose = [re.sub(r"`[^`\n]*`", "", text) for text in DOCS.values()]  # not the markers quoted in the text
     marked = {m for text in prose for m in re.findall(r"<!-- ([\w-]+):start -->", text)}

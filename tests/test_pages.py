@@ -18,6 +18,18 @@ def no_exception(at):
     assert not at.exception, [e.value for e in at.exception]
 
 
+def top_species(at) -> dict[str, str]:
+    """The Attack page's top species as written (label -> species now), e.g. ``{"Top species": "Marsh Warbler (acrpal)"}``."""
+    import re
+
+    found = {}
+    for m in at.markdown:
+        hit = re.match(r"(Top species[^\n]*?)  \n\*\*(?::\w+\[)?(.+?)\]?\*\*", m.value)
+        if hit:
+            found[hit.group(1)] = hit.group(2)
+    return found
+
+
 def finish_job(at, key: str, timeout: float = 600):
     """Wait for the page's background job (ui.jobs) and rerun the page so it collects the result."""
     job = at.session_state[f"job:{key}"]
@@ -27,16 +39,43 @@ def finish_job(at, key: str, timeout: float = 600):
 
 
 def test_home():
+    from core.studies.demo import demo_sentence, read_demo_record
+    from ui.home import ACTIONS, page_guide
+
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
     no_exception(at)
     assert at.title[0].value == "birdshield"
-    assert any("test" in s.value.lower() for s in at.subheader)
-    assert len(at.dataframe) >= 1
-    table = at.dataframe[0].value
+    # the first screen: the picture with the recorded demo outcome, then the three first actions, in plain words
+    first = []
+    for el in at.main.children.values():
+        if el.type == "subheader":
+            break
+        first.append(el)
+    assert [el.type for el in first][:3] == ["title", "markdown", "image"]
+    assert first[2].proto.imgs[0].caption == demo_sentence(read_demo_record()).replace("**", "")
+    assert [b.label for b in at.button] == ["Analyse my recording", "See one clip explained", "Hear an attack"]
+    assert all((ROOT / page).is_file() for page, *_ in ACTIONS)
+    words = " ".join(getattr(el, "value", "") or "" for el in first if isinstance(getattr(el, "value", None), str))
+    for jargon in ("L-inf", "eps", "PRS", "DRS", "TARS"):
+        assert jargon not in words.split(), f"{jargon} on the first screen"
+    # the rest one click away: every page described, the model table, the data
+    assert at.subheader[0].value == "More"
+    guide = at.expander[0].markdown[0].value
+    assert all(f"**{title}**: {what}" in guide and what for title, what in page_guide())
+    table = at.table[0].value
     assert "reference" in set(table["model"])  # kept whatever model is listed last
+    assert list(table.columns[:4]) == ["model", "cmAP (windows)", "top-1 (windows)", "cmAP (recordings)"]  # numbers first
     heads = table.set_index("model").loc[["birdnet_protopnet", "birdnet_linear"], "training"]
     assert heads["birdnet_linear"] == "head on BirdNET's frozen BLOCK_3-5_ADD"
-    assert heads["birdnet_protopnet"] == "head on BirdNET's BLOCK_3-5_ADD, BLOCK_3-4_ADD -> BLOCK_3-5_ADD fine-tuned"
+    assert heads["birdnet_protopnet"].startswith("head on BirdNET's BLOCK_3-5_ADD, BLOCK_3-4_ADD -> BLOCK_3-5_ADD fine-tuned")
+
+
+@pytest.mark.slow
+def test_home_action_opens_its_page():
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
+    at.button(key="home_go_1_Clip").click().run()
+    no_exception(at)
+    assert at.title[0].value.startswith("Clip")
 
 
 def test_sidebar_names_every_page_as_file_navigation_did():
@@ -141,7 +180,7 @@ def test_attack_page_makes_the_model_say_a_chosen_species():
     table = at.dataframe[0].value.set_index("species")
     row = table.loc[[s for s in table.index if "Marsh Warbler" in s][0]]
     assert row["perturbed"] > row["clean"]  # the chosen species was pushed up
-    assert {m.label: m.value for m in at.metric}["Top-1"] == "Marsh Warbler (acrpal)"  # and it is what the model now says
+    assert top_species(at)["Top species"] == "Marsh Warbler (acrpal)"  # and it is what the model now says
 
 
 def test_pages_without_dataset(monkeypatch, tmp_path):
@@ -466,7 +505,7 @@ def test_clip_and_attack_pages_with_birdnet(data_dir):
     assert not at.error
     labels = {m.label: m.value for m in at.metric}
     assert 10 < float(labels["SNR of perturbation"].split()[0]) < 60  # eps 1e-3 on a real clip
-    assert "Top-1" in labels
+    assert "Top species" in top_species(at)
 
 
 @pytest.mark.slow
@@ -664,23 +703,23 @@ def test_attack_page_offers_a_report_download():
 def test_attack_page_plays_the_attack_through_the_field_and_can_make_it_survive():
     """A targeted attack on the small AudioProtoPNet, then an MP3 and a loudspeaker; with EOT over the loudspeaker."""
     at = _targeted_attack_on_a_tone()
-    metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Top-1"] == "Marsh Warbler (acrpal)"
+    tops = top_species(at)
+    assert tops["Top species"] == "Marsh Warbler (acrpal)"
     assert at.selectbox(key="attack_field_threat").value == "mp3-128"
-    assert "Top-1 (control)" in metrics and "Top-1 (attacked)" in metrics
+    assert "Top species (control)" in tops and "Top species (attacked)" in tops
     n_audio = len(at.get("audio"))
     assert n_audio >= 5  # clean, perturbed, perturbation, and both after the transformation
     verdicts = [m.value for m in [*at.success, *at.info, *at.warning]]
     assert any("survives" in v or "does not survive" in v or "transformation alone" in v for v in verdicts)
     at.selectbox(key="attack_field_threat").set_value("playback-10m").run()
     no_exception(at)
-    assert {m.label for m in at.metric} >= {"Top-1 (control)", "Top-1 (attacked)"}
+    assert set(top_species(at)) >= {"Top species (control)", "Top species (attacked)"}
     # made to survive the loudspeaker at 10 m (EOT): the attack still says Marsh Warbler after it
     at.selectbox(key="attack_eot").set_value("playback-10m").run()
     at.button(key="attack_run").click().run()
     no_exception(at)
-    metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Top-1"] == "Marsh Warbler (acrpal)" and metrics["Top-1 (attacked)"] == "Marsh Warbler (acrpal)"
+    tops = top_species(at)
+    assert tops["Top species"] == "Marsh Warbler (acrpal)" and tops["Top species (attacked)"] == "Marsh Warbler (acrpal)"
     assert any("The attack survives" in m.value for m in at.success)
 
 
