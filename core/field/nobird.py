@@ -143,19 +143,32 @@ def held_out_summary(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def no_bird_markdown(table: pd.DataFrame, labels: dict | None = None) -> str:
-    """The README's table of :func:`no_bird_check`: one row per model, one column per control (no-bird rate)."""
+    """The docs' table of :func:`no_bird_check`: one row per signal, one column per model (share of windows with no bird).
+
+    A cell below 1 names the species the model named most often there; the last rows pool the
+    held-out signals (:func:`held_out_summary`): share of false windows and false windows per hour.
+    """
     labels = labels or {}
-    signals = list(dict.fromkeys(table["signal"]))
-    head = "| model | threshold | " + " | ".join(f"{s} ({int(table[table.signal == s].windows.iloc[0])} windows)" for s in signals) + " |"
-    lines = [head, "|---|---:|" + "---:|" * len(signals)]
-    for model, g in table.groupby("model", sort=False):
-        g = g.set_index("signal")
+    models = list(dict.fromkeys(table["model"]))
+    held_col = "held_out" in table.columns
+    lines = ["| signal | held out | windows | " + " | ".join(labels.get(m, m) for m in models) + " |",
+             "|---|---|---:|" + "---:|" * len(models)]
+    by = table.set_index(["signal", "model"])
+    for signal in dict.fromkeys(table["signal"]):
+        rows = [by.loc[(signal, m)] for m in models]
         cells = []
-        for s in signals:
-            r = g.loc[s]
+        for r in rows:
             named = r.most_named if isinstance(r.most_named, str) else ""
-            cells.append(f"{r.no_bird_rate:.2f}" + (f" (names {named})" if r.no_bird_rate < 1 and named else ""))
-        lines.append(f"| {labels.get(model, model)} | {g.threshold.iloc[0]:.3f} | " + " | ".join(cells) + " |")
+            cells.append(f"{r.no_bird_rate:.2f}" + (f" ({named})" if r.no_bird_rate < 1 and named else ""))
+        held = "yes" if held_col and bool(rows[0].held_out) else ""
+        lines.append(f"| {signal} | {held} | {int(rows[0].windows)} | " + " | ".join(cells) + " |")
+    lines.append("| threshold (validation) | | | " + " | ".join(f"{by.loc[(table.signal.iloc[0], m)].threshold:.3f}" for m in models) + " |")
+    if held_col and table["held_out"].any():
+        summary = held_out_summary(table).set_index("model")
+        lines.append("| **held out, pooled: false windows** | yes | " + f"{int(summary.windows.iloc[0])} | "
+                     + " | ".join(f"**{summary.loc[m, 'false_rate']:.1%}**" for m in models) + " |")
+        lines.append("| **false windows per hour** | yes | | "
+                     + " | ".join(f"**{summary.loc[m, 'false_per_hour']:.0f}**" for m in models) + " |")
     return "\n".join(lines)
 
 
