@@ -6,7 +6,9 @@ Prints, in one run (medians of ``--repeats`` warm runs, 3 s windows of noise at 
 2. forward + backward to the waveform per window (torch only: TFLite has no gradients);
 3. one PGD-10 (L-inf, margin objective over the 9 dataset species) per window (goal <= 1 s);
 4. batched vs single: time per window of a forward and of a forward + backward at batch 8 vs batch 1,
-   and the ratio single / batched.
+   and the ratio single / batched;
+5. torch's forward per window at batch 8 (as ``analyze`` runs it) against TFLite's single window (as birdnetlib
+   runs it), the ratio torch / TFLite.
 
 Threads: ``--threads`` (default: what :func:`core.io.device.apply_thread_policy` chooses for this machine now, as
 the CLI does: one per core that other programs leave free). Both runtimes get the same number. The load average and
@@ -92,6 +94,8 @@ def main() -> None:
     t_fb8 = median_time(lambda: fwd_bwd(x8), args.repeats)
     print(f"4. per window, batch 8 vs 1: forward {t_fwd8 / 8 * 1e3:.1f} vs {t_fwd1 * 1e3:.1f} ms (ratio {t_fwd1 / (t_fwd8 / 8):.2f}); "
           f"forward + backward {t_fb8 / 8 * 1e3:.1f} vs {t_fb1 * 1e3:.1f} ms (ratio {t_fb1 / (t_fb8 / 8):.2f})")
+    print(f"5. as analyze runs them: torch batch 8 {t_fwd8 / 8 * 1e3:.1f} ms per window vs TFLite one window at a time "
+          f"(as birdnetlib) {t_tfl * 1e3:.1f} ms, ratio {t_fwd8 / 8 / t_tfl:.2f}")
     ref = np.asarray(tflite_forward())[0]
     got = torch_forward(x1)[0].numpy()
     print(f"   (parity on this input: max |logit difference| {np.abs(ref - got).max():.2e})")
