@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -58,6 +58,9 @@ class SweepOptions:
     through : tuple of str
         Transformations every clip is also scored after (:func:`core.attacks.threats.threat_choices`).
     masking : bool
+    data : dict or None
+        The data's identity (:func:`core.io.journal.dataset_identity`), part of every table's key; filled in by
+        :func:`sweep_single_process` and :func:`sweep_sharded` (the driver, which has the data).
     """
 
     models: tuple[str, ...]
@@ -80,6 +83,7 @@ class SweepOptions:
     batch_clips: int | None = 4
     through: tuple[str, ...] = field(default_factory=tuple)
     masking: bool = False
+    data: dict | None = None
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -92,7 +96,18 @@ class SweepOptions:
 
     def settings(self) -> dict:
         """The settings recorded beside every table (the same for the whole sweep and each shard)."""
-        return {"split": self.split, "species": self.species, "max_clips": self.max_clips, "target_clip": self.target_clip}
+        return {"split": self.split, "species": self.species, "max_clips": self.max_clips, "target_clip": self.target_clip,
+                "data": self.data}
+
+    def with_data(self) -> "SweepOptions":
+        """These options with the identity of their data directory filled in (unchanged if there is none to find)."""
+        if self.data is not None:
+            return self
+        from core.io.data import find_data_dir
+        from core.io.journal import dataset_identity
+
+        root = find_data_dir(self.data_dir)
+        return self if root is None else replace(self, data=dataset_identity(root))
 
 
 def _transforms(names) -> dict:
@@ -190,6 +205,7 @@ def sweep_single_process(opts: SweepOptions, out: str | os.PathLike | None = Non
     """
     from core.studies.sweep import sweep_windows
 
+    opts = opts.with_data()
     tables, clip_order = [], []
     transforms = _transforms(opts.through)
     for g in sweep_groups(opts, models=models):
@@ -305,6 +321,7 @@ def sweep_sharded(opts: SweepOptions, out: str | os.PathLike, *, n_shards: int, 
     if out.suffix not in (".csv", ".parquet"):
         raise ParameterError(f"sweep table must end in .csv or .parquet, got {out.name!r}")
     check_int("--shards", n_shards, 1)
+    opts = opts.with_data()
     groups = sweep_groups(opts)  # validates the options and fixes each group's clips before any worker starts
     started = False
     if not ray.is_initialized():

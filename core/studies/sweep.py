@@ -263,9 +263,12 @@ def sweep_windows(
     """Sweep several models over many clips, optionally resumable on disk.
 
     Clips are attacked ``clips_per_batch`` at a time; after each batch the table is
-    written atomically to ``out`` (with a ``.json`` sidecar of the settings). If
-    ``out`` already holds rows of a sweep with the same settings, clips already
-    done for a model are skipped, so an interrupted run resumes where it stopped.
+    written atomically to ``out`` (with a ``.json`` sidecar of every input: the attack,
+    the grid, ``settings`` (the CLI's include the data's identity,
+    :func:`core.io.journal.dataset_identity`) and, per model, its weight fingerprint and
+    batch size). If ``out`` already holds rows of a sweep with the same inputs, clips
+    already done for a model are skipped, so an interrupted run resumes where it
+    stopped; a model may be added, but one whose weights or batch size changed is refused.
 
     Parameters
     ----------
@@ -311,9 +314,12 @@ def sweep_windows(
     kind, grid = budget_grid(first, epsilons, snr_db)
     if len(set(clip_ids)) != len(clip_ids) or len(clip_ids) != len(waveforms):
         raise ParameterError("clip_ids must be unique, one per waveform")
+    from core.io.journal import weights_fingerprint
+
+    per_model = {name: {"fingerprint": weights_fingerprint(m), "clips_per_batch": clips_per_batch} for name, m in models.items()}
     meta = {
         "attack": first.describe(), "budget_kind": kind, "grid": [float(v) for v in grid], "models": sorted(models),
-        **(settings or {}),
+        "per_model": per_model, **(settings or {}),
     }
     if transforms:
         meta["transforms"] = {name: t.describe() for name, t in transforms.items()}
@@ -327,10 +333,23 @@ def sweep_windows(
         side = out.with_suffix(out.suffix + ".json")
         if out.exists():
             old = json.loads(side.read_text()) if side.exists() else None
-            if old is None or {k: v for k, v in old.items() if k != "models"} != {k: v for k, v in meta.items() if k != "models"}:
+
+            def same(m):  # every input but the set of models, which may grow
+                return {k: v for k, v in m.items() if k not in ("models", "per_model")}
+
+            if old is None or "per_model" not in old or same(old) != same(meta):
                 raise ParameterError(f"{out} holds a sweep with other settings; choose another output file or delete it")
+            before = old["per_model"]
+            stale = sorted(n for n, v in per_model.items() if before.get(n, v)["fingerprint"] != v["fingerprint"])
+            if stale:
+                raise ParameterError(f"{out} holds rows of {stale} computed with other weights; choose another output file or delete it")
             table = read_table(out)
+            for n in per_model:  # a model with clips left must go on in batches of the same size (its random starts)
+                if n in before and before[n]["clips_per_batch"] != clips_per_batch and set(clip_ids) - set(table.loc[table["model"] == n, "clip"]):
+                    raise ParameterError(f"{out}: {n} was attacked {before[n]['clips_per_batch']} clips per batch; resume it with "
+                                         f"that batch size, not {clips_per_batch}")
             meta["models"] = sorted(set(old["models"]) | set(models))
+            meta["per_model"] = {**per_model, **before}
         atomic_write_text(side, json.dumps(meta, indent=1))
     total = len(models) * len(clip_ids)
     done = 0
