@@ -649,10 +649,11 @@ def test_glossary_page_lists_and_finds_terms():
     assert at.info and "No term matches" in at.info[0].value
 
 
-@pytest.mark.slow
-def test_guided_demo_walks_from_sedge_to_marsh_warbler(data_dir):
+def walk_guided_demo(model_name: str | None = None):
+    """The Guided demo page clicked through its five steps (with ``model_name`` chosen, else the page's default)."""
     at = AppTest.from_file(str(ROOT / "pages" / "8_Guided_demo.py"), default_timeout=300)
-    at.session_state["demo_model"] = "protopnet"
+    if model_name:
+        at.session_state["demo_model"] = model_name
     at.run()
     no_exception(at)
     assert at.header[0].value == "1. This is a Sedge Warbler" and len(at.header) == 1
@@ -661,14 +662,41 @@ def test_guided_demo_walks_from_sedge_to_marsh_warbler(data_dir):
         at.button(key=f"demo_next_{to}").click().run()
         no_exception(at)
         assert len(at.header) == to
+    return at
+
+
+@pytest.mark.slow
+def test_guided_demo_walks_from_sedge_to_marsh_warbler(data_dir):
+    from core.studies.demo import read_demo_record
+
+    at = walk_guided_demo("protopnet")
     snr = float({m.label: m.value for m in at.metric}["Measured SNR of the change"].split()[0])
-    assert snr >= 45 - 0.5  # the default: 45 dB below the song
+    assert snr >= read_demo_record().default_snr_db - 0.5  # the default: the recorded change size
     last = at.header[-1].value
     assert last.startswith("5. The model now says")
     if "Marsh Warbler" in last:
         assert at.success and "Marsh Warbler" in at.success[0].value
     else:  # reported honestly, not dressed up
         assert at.warning and "resisted" in at.warning[0].value
+
+
+@pytest.mark.slow
+def test_guided_demo_ends_as_the_home_page_and_readme_say(data_dir):
+    """With its default model and change size, the demo ends where assets/home/demo.json (the home page, the README) says."""
+    from core.models.registry import load_checkpoint
+    from core.studies.demo import RECORD_COMMAND, read_demo_record
+    from core.studies.embeddings import model_fingerprint
+
+    record = read_demo_record()
+    assert model_fingerprint(load_checkpoint(record.model, device="cpu")) == record.fingerprint, (
+        f"{record.model}'s weights changed since the demo was recorded: rerun `{RECORD_COMMAND}` and commit assets/home/")
+    at = walk_guided_demo()
+    assert at.selectbox(key="demo_model").value == record.model
+    assert at.select_slider(key="demo_snr").value == record.default_snr_db
+    said = at.header[-1].value
+    assert said.startswith("5. The model now says " + {"acrpal": "Marsh Warbler", "acrsch": "Sedge Warbler"}.get(record.outcome.top, "?"))
+    assert any("As recorded for the home page and the README" in c.value for c in at.caption)
+    assert not at.warning
 
 
 def test_html_report_is_self_contained_and_carries_settings_audio_and_figures():
