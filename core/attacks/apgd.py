@@ -40,7 +40,7 @@ import torch
 from core.attacks.base import Attack
 from core.errors import ParameterError
 
-__all__ = ["APGD", "apgd_checkpoints"]
+__all__ = ["APGD", "apgd_checkpoints", "halve_step"]
 
 
 def apgd_checkpoints(steps: int) -> list[int]:
@@ -62,6 +62,31 @@ def apgd_checkpoints(steps: int) -> list[int]:
     while p[-1] < 1:
         p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
     return sorted({min(steps, math.ceil(round(q * steps, 9))) for q in p[1:]})
+
+
+def halve_step(increases: torch.Tensor, span: int, halved_last: torch.Tensor, best_f: torch.Tensor, best_at_last: torch.Tensor,
+               rho: float = 0.75) -> torch.Tensor:
+    """Which clips halve their step at a checkpoint ``w_j`` (Croce & Hein 2020, Sec. 3.2, Conditions 1 and 2).
+
+    Parameters
+    ----------
+    increases : torch.Tensor [shape=(batch,)]
+        Steps since ``w_{j-1}`` that increased the objective, ``sum_{i=w_{j-1}}^{w_j - 1} 1[f(x^(i+1)) > f(x^(i))]``.
+    span : int >= 1
+        ``w_j - w_{j-1}``.
+    halved_last : torch.Tensor [shape=(batch,), dtype=bool]
+        The step was halved at ``w_{j-1}`` (so ``eta^(w_{j-1}) != eta^(w_j)``; False at the first checkpoint).
+    best_f, best_at_last : torch.Tensor [shape=(batch,)]
+        ``f_max`` now and at ``w_{j-1}`` (at the first checkpoint: the objective of the start point).
+    rho : float
+        0.75 in the paper.
+
+    Returns
+    -------
+    torch.Tensor [shape=(batch,), dtype=bool]
+        Condition 1 (``increases < rho * span``) or Condition 2 (not halved at ``w_{j-1}`` and ``f_max`` unchanged).
+    """
+    return (increases < rho * span) | (~halved_last & (best_f == best_at_last))
 
 
 class APGD(Attack):
@@ -155,9 +180,7 @@ class APGD(Attack):
                 best_grad = torch.where(improved[:, None], grad_next, best_grad)
             x_prev, x_k, f_k, grad = x_k, x_next, f_next, grad_next
             if w in checkpoints and w < self.steps:  # lines 11-14
-                cond1 = increases < self.rho * (w - last_w)
-                cond2 = ~halved_last & (best_f == best_at_last)
-                halve = cond1 | cond2
+                halve = halve_step(increases, w - last_w, halved_last, best_f, best_at_last, self.rho)
                 eta = torch.where(halve, eta / 2, eta)
                 if bool(halve.any()):  # restart halved rows from x_max, with its stored gradient
                     x_k = torch.where(halve[:, None], best_x, x_k)
