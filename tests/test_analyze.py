@@ -175,7 +175,7 @@ def test_no_bird_check_agrees_with_the_file_path(tmp_path):
     from core.field.nobird import _control_signals, no_bird_check
 
     model = load_checkpoint("protopnet")
-    table = no_bird_check({"protopnet": model}, n_windows=3).set_index("signal")
+    table = no_bird_check({"protopnet": model}, n_windows=3, families=()).set_index("signal")
     assert len(table) == 4 and (table["windows"] == 3).all()
     tone_wave = _control_signals(32_000, 160_000, 3)["3 kHz tone, -20 dBFS"]
     sf.write(tmp_path / "tone.wav", tone_wave, 32_000, subtype="FLOAT")

@@ -169,17 +169,21 @@ def open_set_args(p) -> None:
     add_model(p, what="BirdNET head checkpoints (birdnet_protopnet, its AT/FT variants, birdnet_linear)", nargs="+", required=True)
     add_float(p, "--quantile", 0.05, "share of labelled validation windows whose score the bird gate may halve")
     add_float(p, "--max-false-rate", 0.01, "largest share of validation bird-free windows the decision threshold may pass")
+    p.add_argument("--out", help="checkpoint name to write (default: overwrite each --model; with one --model only)")
 
 
 def cmd_open_set(args) -> int:
     from core.io.data import open_dataset
-    from core.models.registry import load_checkpoint, resolve_checkpoint, save_checkpoint
+    from core.models.registry import CHECKPOINT_DIR, load_checkpoint, resolve_checkpoint, save_checkpoint
     from core.training.open_set import open_set_model
 
+    if args.out and len(args.model) != 1:
+        raise ParameterError("--out needs exactly one --model")
     ds = open_dataset(args.data_dir)
     for name in args.model:
         model = load_checkpoint(name)
         card = dict(model.card)
+        target = resolve_checkpoint(name) if not args.out else CHECKPOINT_DIR / f"{args.out}.safetensors"
         gated, fields = open_set_model(model, ds, quantile=args.quantile, max_false_rate=args.max_false_rate,
                                        progress=lambda m, name=name: log.info("%s: %s", name, m))
         before = card.get("open_set", {}).get("metrics_before_gate") or card.get("metrics")
@@ -189,9 +193,16 @@ def cmd_open_set(args) -> int:
         card.update(fields)
         card.pop("config", None)
         card.pop("weights_sha256", None)
-        save_checkpoint(gated, resolve_checkpoint(name), card)
+        if args.out:
+            card["trained_by"] = card.get("command")
+            card["command"] = f"python -m core open-set --model {name} --out {args.out}"
+            if "audit" in card:
+                card["audit"] = {**card["audit"], "measured_on": (
+                    f"{name}: the same head without the gate (the gate scales every class of a window by one factor; "
+                    "the deletion drops were not re-measured through the gate)")}
+        save_checkpoint(gated, target, card)
         t, m = fields["decision_threshold"], fields["metrics"]
-        print(f"{name}: bird gate tau {fields['open_set']['tau']:.2f}, threshold {t['value']:.3f} "
+        print(f"{target.stem}: bird gate tau {fields['open_set']['tau']:.2f}, threshold {t['value']:.3f} "
               f"(micro-F1 threshold {t['f1_threshold']:.3f}; {t['false_rate']:.1%} of {t['n_bird_free']} validation "
               f"bird-free windows pass); test recording top-1 {m['test']['recording']['top1']:.3f} "
               f"(before {before['test']['recording']['top1']:.3f})")
