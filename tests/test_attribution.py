@@ -191,3 +191,51 @@ def test_shipped_model_attribution_of_a_real_window_is_finite_and_starts_from_mo
     parmaj = model.class_names.index("parmaj")
     g = grad_x_input(model, x, indices=[parmaj], bands_per_octave=1, cell_s=None)
     assert np.allclose(g.clean, truth[parmaj], atol=1e-4) and np.isfinite(g.values).all()
+
+
+def test_explain_attributes_each_windows_top_class_or_the_named_ones(tiny_proto):
+    from core.field.explanation import explain
+
+    x = np.concatenate([burst(1000.0, 0.2, 0.5), burst(3000.0, 0.4, 0.7, seed=1)])  # two 1 s windows
+    e = explain(tiny_proto, x, attribution="occlusion", cell_s=0.5)
+    assert len(e.attribution) == len(e.scores) == 2
+    for i, amap in enumerate(e.attribution):
+        assert amap.method == "occlusion" and list(amap.indices) == [int(np.argmax(e.scores[i]))]
+        assert 1 / (1 + np.exp(-amap.clean[0])) == pytest.approx(e.scores[i].max(), abs=1e-4)  # the logit of the shown score
+    named = explain(tiny_proto, x, attribution="grad_x_input", classes=["ccc", 0])
+    assert all(a.names == ("ccc", "aaa") for a in named.attribution)
+    assert explain(tiny_proto, x).attribution is None  # not computed unless asked
+    with pytest.raises(ParameterError, match="attribution must be"):
+        explain(tiny_proto, x, attribution="lime")
+    with pytest.raises(ParameterError, match="unknown class"):
+        explain(tiny_proto, x, attribution="occlusion", classes="zzz")
+
+
+@pytest.mark.slow
+def test_clip_page_computes_the_attribution_only_when_asked(data_dir):
+    import base64
+    import json
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "pages" / "1_Clip.py"), default_timeout=600).run()
+    at.multiselect(key="clip_species").set_value(["parmaj"]).run()
+    assert not at.exception and not at.error
+
+    def titles():
+        return [json.loads(c.proto.spec)["layout"].get("title", {}).get("text", "") for c in at.get("plotly_chart")]
+
+    assert not any(t.startswith(("Occlusion", "Gradient")) for t in titles())  # the first visit pays nothing
+    at.button(key="clip_attr_run").click().run()
+    assert not at.exception and not at.error
+    got = [t for t in titles() if t.startswith(("Occlusion", "Gradient"))]
+    assert len(got) == 2 and all("Great Tit" in t for t in got)  # the clip's top class by default
+    heat = [tr for c in at.get("plotly_chart") for tr in json.loads(c.proto.spec)["data"] if tr.get("type") == "heatmap"
+            and tr.get("colorbar", {}).get("title", {}).get("text") == "Δ logit"]
+    z = heat[0]["z"]  # plotly sends numpy arrays as base64 typed arrays
+    z = np.frombuffer(base64.b64decode(z["bdata"]), dtype=z["dtype"]) if isinstance(z, dict) else np.asarray(z, float)
+    assert len(heat) == 2 and z.size >= 8 and np.isfinite(z).all() and np.abs(z).max() > 0
+    captions = " ".join(c.value for c in at.caption)
+    assert "Zeiler & Fergus 2014" in captions and "Shrikumar et al. 2016" in captions
+    assert any("sourced range of Great Tit" in m.value for m in at.markdown)
