@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -103,18 +105,76 @@ def test_prototype_stability_moves_with_eps(compared):
 
 
 def test_store_round_trip_subset_and_stale_weights(compared, tmp_path):
-    result, models, *_ = compared
+    result, models, ds, _ = compared
     store = CompareStore(tmp_path / "store", shipped=None)
     where = store.save(result)
     assert (where / "meta.json").is_file()
-    found = store.find(SETTINGS, result.fingerprints)
+    found = store.find(SETTINGS, result.fingerprints, ds)
     pd.testing.assert_frame_equal(found.robustness, result.robustness)
-    one = store.find(SETTINGS, {"tiny_proto": result.fingerprints["tiny_proto"]})
+    one = store.find(SETTINGS, {"tiny_proto": result.fingerprints["tiny_proto"]}, ds)
     assert one.models == ["tiny_proto"] and set(one.robustness["model"]) == {"tiny_proto"}
-    assert store.find(SETTINGS, {"tiny_proto": "0" * 16}) is None  # other weights: never shown
-    assert store.find(CompareSettings(max_clips=7), result.fingerprints) is None  # other settings
+    assert store.find(SETTINGS, {"tiny_proto": "0" * 16}, ds) is None  # other weights: never shown
+    assert store.find(CompareSettings(max_clips=7), result.fingerprints, ds) is None  # other settings
     (where / "robustness.parquet").write_bytes(b"garbage")  # a damaged store is ignored, not a crash
-    assert store.find(SETTINGS, result.fingerprints) is None
+    assert store.find(SETTINGS, result.fingerprints, ds) is None
+
+
+def test_store_key_holds_the_data(compared, tmp_path):
+    import shutil
+
+    from core.io.journal import dataset_identity
+    from core.studies.compare_store import _key
+
+    result, models, ds, _ = compared
+    store = CompareStore(tmp_path / "store", shipped=None)
+    store.save(result)
+    assert result.info["data"] == dataset_identity(ds)
+    copy = Path(shutil.copytree(ds.root, tmp_path / "copy"))  # the same recordings elsewhere
+    other = Path(shutil.copytree(ds.root, tmp_path / "other"))
+    manifest = (other / "manifest.csv").read_text().splitlines()
+    (other / "manifest.csv").write_text("\n".join(manifest[:-1]) + "\n")  # one recording fewer
+    keys = {_key(SETTINGS, result.fingerprints, dataset_identity(d)) for d in (ds.root, copy, other)}
+    assert len(keys) == 3  # every data directory its own key
+    assert dataset_identity(copy)["content"] == dataset_identity(ds.root)["content"] != dataset_identity(other)["content"]
+    assert store.find(SETTINGS, result.fingerprints, Dataset(other)) is None  # other data: never shown
+    assert store.find(SETTINGS, result.fingerprints, copy) is not None  # the same content found elsewhere
+    assert store.units_dir(SETTINGS, result.fingerprints, ds) != store.units_dir(SETTINGS, result.fingerprints, copy)
+    legacy = CompareResult(settings=result.settings, fingerprints=result.fingerprints, shift=result.shift, robustness=result.robustness,
+                           targeted=result.targeted, prototypes=result.prototypes, info={"dataset": str(ds.root)})
+    old = CompareStore(tmp_path / "old", shipped=None)
+    old.save(legacy)  # stored before the data identity: matched by its directory alone
+    assert old.find(SETTINGS, result.fingerprints, ds) is not None and old.find(SETTINGS, result.fingerprints, copy) is None
+
+
+@pytest.mark.slow
+def test_an_interrupted_comparison_resumes_to_the_same_tables(compared, tmp_path, monkeypatch):
+    import core.attacks.sweep as engine
+    import core.studies.shift as shift_module
+
+    result, _, ds, _ = compared
+    models = _models()
+    calls = {"sweep": 0, "shift": 0}
+    sweep, shift = engine.run_sweep, shift_module.shift_scores
+
+    def counting(name, fn):
+        def wrapped(*a, **k):
+            calls[name] += 1
+            return fn(*a, **k)
+        return wrapped
+
+    monkeypatch.setattr(engine, "run_sweep", counting("sweep", sweep))
+    monkeypatch.setattr(shift_module, "shift_scores", counting("shift", shift))
+    polls = []
+    with pytest.raises(InterruptedError):  # stopped before the 4th of 8 attack batches (2 models x 2 objectives x 2 batches)
+        run_compare(models, ds, SETTINGS, units_dir=tmp_path / "units", cancel=lambda: polls.append(1) or len(polls) > 3)
+    assert calls == {"sweep": 3, "shift": 1}
+    calls.update(sweep=0, shift=0)
+    resumed = run_compare(models, ds, SETTINGS, units_dir=tmp_path / "units")
+    assert calls == {"sweep": 8 - 3, "shift": 0}  # only what was missing
+    for name in CompareResult.TABLES:
+        pd.testing.assert_frame_equal(getattr(resumed, name), getattr(result, name))
+    with pytest.raises(ParameterError, match="another comparison.*settings"):
+        run_compare(models, ds, CompareSettings(max_clips=4, epsilons=(1e-2,), target_epsilons=(1e-2,), steps=2), units_dir=tmp_path / "units")
 
 
 def test_compare_cancel_and_bad_input(tiny_dataset):

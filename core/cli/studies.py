@@ -211,23 +211,33 @@ def compare_args(p) -> None:
     add_int(p, "--n-boot", 1000, "bootstrap resamples of the test recordings for the paper check")
     add_int(p, "--boot-seed", 0, "seed of the paper check's bootstrap")
     add_out(p, help="result store directory (default: .cache/compare; the shipped results live in assets/compare)")
-    p.add_argument("--recompute", action="store_true", help="compute even if a stored result exists")
+    p.add_argument("--recompute", action="store_true", help="compute even if a stored result exists (finished units of an "
+                                                                 "interrupted run with the same inputs are still reused)")
+    p.add_argument("--fresh", action="store_true", help="discard the finished units of an interrupted run and start over")
     p.add_argument("--recheck", action="store_true", help="recompute only the paper check of a stored result (bootstrap)")
     p.add_argument("--update-cards", action="store_true", help="write robustness at two eps into each model's card")
 
 
-def _run_compare(args, models: dict, dataset, settings, store):
-    """Compute the comparison of ``models`` on ``dataset``, store it and, on the test split, its paper check."""
+def _run_compare(args, models: dict, dataset, settings, store, fingerprints: dict):
+    """Compute the comparison of ``models`` on ``dataset`` (resuming an interrupted run), store it and, on the test split, its paper check."""
+    import shutil
+
     from core.io.device import clips_per_batch
     from core.studies.compare import run_compare
     from core.studies.papercheck import paper_check
 
     first = next(iter(models.values()))  # 4 clips per batch on a CPU; on CUDA enough to fill a pass
     per_batch = clips_per_batch(first, first.config.window_samples, len(settings.epsilons))
+    units_dir = store.units_dir(settings, fingerprints, dataset)
+    if args.fresh and units_dir.exists():
+        shutil.rmtree(units_dir)
+    elif units_dir.exists():
+        print(f"resuming an interrupted comparison: {len(list(units_dir.glob('*.parquet')))} finished units in {units_dir}")
     with progress_bar("clip", total=0) as progress:
-        result = run_compare(models, dataset, settings, progress=progress, clips_per_batch=per_batch)
+        result = run_compare(models, dataset, settings, progress=progress, clips_per_batch=per_batch, units_dir=units_dir)
     result.info["command"] = args.command_line
     where = store.save(result)
+    shutil.rmtree(units_dir, ignore_errors=True)  # stored whole: the units are no longer needed
     if settings.split == "test":  # the claims are about held-out test recordings
         result.claims = paper_check(result, n_boot=args.n_boot, seed=args.boot_seed)
         store.save(result)
@@ -268,9 +278,10 @@ def cmd_compare(args) -> int:
     models = load_models(args.models or ",".join(ZOO))  # run_compare groups models by window
     dataset = open_dataset(args.data_dir)
     store = CompareStore(args.out) if args.out else CompareStore()
-    result = None if args.recompute else store.find(settings, {n: model_fingerprint(m) for n, m in models.items()})
+    fingerprints = {n: model_fingerprint(m) for n, m in models.items()}
+    result = None if args.recompute else store.find(settings, fingerprints, dataset)
     if result is None:
-        result = _run_compare(args, models, dataset, settings, store)
+        result = _run_compare(args, models, dataset, settings, store, fingerprints)
     else:
         print("found a stored result for these settings and weights (--recompute to compute again)")
         if args.recheck:

@@ -17,14 +17,17 @@ any set of models on the same clips of a split:
 - ``prototypes``: for AudioProtoPNet models, how far each prototype's activation
   (max cosine similarity) moves under both attacks, per eps.
 
-:class:`CompareStore` keeps results on disk under a key of the settings and every
-model's weight fingerprint, so a result is never shown for other weights. The
+:class:`CompareStore` keeps results on disk under a key of the settings, every
+model's weight fingerprint and the data's identity, so a result is never shown for other
+weights or data; an interrupted comparison resumes from its finished units
+(:mod:`core.studies.compare_units`). The
 results for the shipped models are shipped in ``assets/compare``; recomputed ones
 go to the user cache.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -237,31 +240,41 @@ def _activations(model, waveforms: torch.Tensor) -> torch.Tensor:
         return model.forward_all(waveforms).prototype_activations
 
 
-def _attack_tables(name, model, clips, attack_for, grid, *, clips_per_batch, progress, stage, cancel, counter) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """One model, one objective: the sweep table and, for AudioProtoPNet, per-prototype activation changes."""
+def _attack_tables(name, model, clips, attack_for, grid, *, clips_per_batch, progress, stage, cancel, counter,
+                   units=None) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """One model, one objective: the sweep table and, for AudioProtoPNet, per-prototype activation changes (per batch a unit)."""
     from core.attacks.sweep import run_sweep
+    from core.studies.compare_units import UnitStore, unit_name
     from core.studies.sweep import sweep_table
 
     device = next(model.parameters()).device
     is_proto = getattr(model, "prototype_vectors", None) is not None
     parts = []
     clean_sum = change_sum = None
-    for idx in _batches(len(clips), clips_per_batch):
-        if cancel is not None and cancel():
-            raise InterruptedError("comparison cancelled")
-        x = torch.as_tensor(clips.waveforms[idx], device=device)
-        y = torch.as_tensor(clips.labels[idx], device=device)
-        m = torch.as_tensor(clips.masks[idx], device=device)
-        attack = attack_for(idx)
-        res = run_sweep(attack, model, x, y, epsilons=grid, masks=m, max_rows=rows_per_pass(model, x.shape[1]), keep_waveforms=is_proto)
-        parts.append(sweep_table(res, model=name, attack=attack, clip_ids=[clips.clip_ids[i] for i in idx],
-                                 class_names=model.config.class_names, labels=clips.labels[idx]))
+    units = units or UnitStore(None, {})
+    for b, idx in enumerate(_batches(len(clips), clips_per_batch)):
+        unit = unit_name(stage, name, f"{b:04d}")
+        part, sums = units.table(unit), units.arrays(unit) if is_proto else {}
+        if part is None or sums is None:  # not finished in an earlier, interrupted run
+            if cancel is not None and cancel():
+                raise InterruptedError("comparison cancelled")
+            x = torch.as_tensor(clips.waveforms[idx], device=device)
+            y = torch.as_tensor(clips.labels[idx], device=device)
+            m = torch.as_tensor(clips.masks[idx], device=device)
+            attack = attack_for(idx)
+            res = run_sweep(attack, model, x, y, epsilons=grid, masks=m, max_rows=rows_per_pass(model, x.shape[1]), keep_waveforms=is_proto)
+            part = sweep_table(res, model=name, attack=attack, clip_ids=[clips.clip_ids[i] for i in idx],
+                               class_names=model.config.class_names, labels=clips.labels[idx])
+            if is_proto:
+                clean = _activations(model, x).double().cpu()  # (b, P)
+                adv = torch.stack([_activations(model, torch.as_tensor(a, device=device)).double().cpu() for a in res.adversarial])  # (n_eps, b, P)
+                sums = {"clean": clean.sum(0).numpy(), "change": (adv - clean[None]).abs().sum(1).numpy()}
+                units.put_arrays(unit, **sums)
+            units.put_table(unit, part)  # the table last: a unit counts as finished once its table is there
+        parts.append(part)
         if is_proto:
-            clean = _activations(model, x).double().cpu()  # (b, P)
-            adv = torch.stack([_activations(model, torch.as_tensor(a, device=device)).double().cpu() for a in res.adversarial])  # (n_eps, b, P)
-            clean_sum = clean.sum(0) if clean_sum is None else clean_sum + clean.sum(0)
-            c = (adv - clean[None]).abs().sum(1)
-            change_sum = c if change_sum is None else change_sum + c
+            clean_sum = torch.as_tensor(sums["clean"]) if clean_sum is None else clean_sum + torch.as_tensor(sums["clean"])
+            change_sum = torch.as_tensor(sums["change"]) if change_sum is None else change_sum + torch.as_tensor(sums["change"])
         counter[0] += len(idx)
         _progress(progress, stage, counter[0], counter[1])
     table = pd.concat(parts, ignore_index=True)
@@ -287,6 +300,7 @@ def run_compare(
     clips_per_batch: int = 4,
     progress: Callable[[str, int, int], None] | None = None,
     cancel: Callable[[], bool] | None = None,
+    units_dir: str | os.PathLike | None = None,
 ) -> CompareResult:
     """Evaluate every model on the same clips: clean, shifted, attacked (see the module docstring).
 
@@ -305,16 +319,20 @@ def run_compare(
         ``transfer`` and ``strong`` (the worst case, with ``settings.strong``).
     cancel : callable, optional
         Polled between batches; when it returns True, :class:`InterruptedError` is raised.
+    units_dir : path, optional
+        Keep every finished unit there and resume from it (:mod:`core.studies.compare_units`; the CLI uses
+        :meth:`core.studies.compare_store.CompareStore.units_dir`); None: nothing kept.
 
     Returns
     -------
     CompareResult
+        ``info["data"]`` is the data's identity (:func:`core.io.journal.dataset_identity`).
 
     Raises
     ------
     ParameterError
         No models, models that disagree on classes, a split with fewer
-        than two species.
+        than two species, ``units_dir`` holding another comparison's units.
     InterruptedError
         Cancelled.
     """
@@ -334,6 +352,13 @@ def run_compare(
             raise ParameterError(f"model {name!r} differs from the others in its classes")
         groups.setdefault((c.frontend.sample_rate, c.window_samples), {})[name] = m
     check_int("clips_per_batch", clips_per_batch, 1)
+    from core.io.journal import dataset_identity
+    from core.studies.compare_units import UnitStore, unit_name
+
+    data = dataset_identity(dataset)
+    fingerprints = {name: model_fingerprint(m) for name, m in models.items()}
+    units = UnitStore(units_dir, {"settings": settings.to_dict(), "fingerprints": fingerprints, "data": data,
+                                  "clips_per_batch": clips_per_batch})
     t0 = time.time()
     # Models that share a sample rate and window see the very same clips; a model with other windows (BirdNET:
     # 3 s at 48 kHz) gets the same recordings of the split cut into its own windows, and its own noise bank.
@@ -350,9 +375,13 @@ def run_compare(
     counter_r, counter_t, counter_s = [0, n_attack], [0, n_attack], [0, sum(len(sets[k][0]) for k in groups)]
     for key, group in groups.items():
         shift_set, attack_set, bank = sets[key]
-        base = counter_s[0]
-        shift_parts.append(shift_scores(group, shift_set, bank=bank, snr_db=settings.snr_db, gain_db=settings.gain_db, lam=settings.lam,
-                                        seed=settings.seed, progress=lambda d, t, b=base: _progress(progress, "shift", b + d, counter_s[1])))
+        base, unit = counter_s[0], unit_name("shift", *key)
+        part = units.table(unit)
+        if part is None:
+            part = shift_scores(group, shift_set, bank=bank, snr_db=settings.snr_db, gain_db=settings.gain_db, lam=settings.lam,
+                                seed=settings.seed, progress=lambda d, t, b=base: _progress(progress, "shift", b + d, counter_s[1]))
+            units.put_table(unit, part)
+        shift_parts.append(part)
         counter_s[0] += len(shift_set)
         targets = partner_indices(attack_set.species, np.random.default_rng(settings.seed))
         group_rob = []
@@ -364,7 +393,7 @@ def run_compare(
                 tw = torch.as_tensor(attack_set.waveforms[targets[idx]])
                 return PGD(eps=0.0, steps=settings.steps, seed=settings.seed, objective=EmbeddingTargeted(tw))
 
-            common = dict(clips_per_batch=clips_per_batch, progress=progress, cancel=cancel)
+            common = dict(clips_per_batch=clips_per_batch, progress=progress, cancel=cancel, units=units)
             t, p = _attack_tables(name, model, attack_set, untargeted, settings.epsilons, stage="robustness", counter=counter_r, **common)
             group_rob.append(t)
             protos += [p] if p is not None else []
@@ -376,22 +405,27 @@ def run_compare(
         if settings.strong:
             from core.attacks.worstcase import worst_case_tables
 
-            rob.append(worst_case_tables(group, attack_set, pd.concat(group_rob, ignore_index=True), settings.epsilons,
+            unit = unit_name("strong", *key)  # the worst case of a group is one unit (transfer needs the whole group)
+            part = units.table(unit)
+            if part is None:
+                part = worst_case_tables(group, attack_set, pd.concat(group_rob, ignore_index=True), settings.epsilons,
                                          steps=settings.steps, strong_steps=settings.strong_steps, restarts=settings.restarts,
-                                         seed=settings.seed, clips_per_batch=clips_per_batch, progress=progress, cancel=cancel))
+                                         seed=settings.seed, clips_per_batch=clips_per_batch, progress=progress, cancel=cancel)
+                units.put_table(unit, part)
+            rob.append(part)
     shift = pd.concat(shift_parts, ignore_index=True)
     first_sets = next(iter(sets.values()))
     targeted_table = pd.concat(tgt, ignore_index=True)
     return CompareResult(
         settings=settings,
-        fingerprints={name: model_fingerprint(m) for name, m in models.items()},
+        fingerprints=fingerprints,
         shift=shift,
         robustness=pd.concat(rob, ignore_index=True),
         targeted=targeted_table,
         prototypes=pd.concat(protos, ignore_index=True) if protos else pd.DataFrame(
             columns=["model", "objective", "eps", "prototype", "class", "clean_activation", "mean_abs_change"]),
         seconds=time.time() - t0,
-        info={"dataset": str(dataset.root), "n_shift_clips": len(first_sets[0]), "n_attack_clips": len(first_sets[1]),
+        info={"dataset": str(dataset.root), "data": data, "n_shift_clips": len(first_sets[0]), "n_attack_clips": len(first_sets[1]),
               "windows": {f"{sr} Hz, {win / sr:g} s": {"models": list(g), "n_shift_clips": len(sets[(sr, win)][0]),
                                                         "n_attack_clips": len(sets[(sr, win)][1])} for (sr, win), g in groups.items()},
               "device": str(next(iter(models.values())).parameters().__next__().device)},
