@@ -49,8 +49,9 @@ def sweep_args(p) -> None:
     add_int(p, "--k", 3, "prototype-suppress: number of prototypes")
     add_int(p, "--batch-clips", help="clips attacked together (default 4 on a CPU, enough to fill a GPU on CUDA)")
     p.add_argument("--through", metavar="T1,T2",
-                   help="also score every clip after these transformations (mp3-128, mp3-64, playback-1m, playback-10m, "
-                        "room-3m, noise-20): does the attack survive them? the clean rows are the control")
+                   help="also score every clip after these transformations (mp3-128, mp3-64, speaker-1m, speaker-10m: the "
+                        "perturbation alone from a loudspeaker, playback-1m, playback-10m, room-3m: the whole clip replayed, "
+                        "noise-20): does the attack survive them? the clean rows are the control")
     p.add_argument("--masking", action="store_true", help="also measure each perturbation's share above the clip's masking threshold")
     p.add_argument("--minimal-eps", action="store_true", help="also find each clip's minimal flipping eps (bisection)")
     add_int(p, "--iterations", 7, "bisection steps for --minimal-eps (after one attack per decade)")
