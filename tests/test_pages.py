@@ -665,6 +665,21 @@ def walk_guided_demo(model_name: str | None = None):
     return at
 
 
+def test_glossary_link_opens_the_glossary_at_its_term():
+    from ui.links import glossary_link
+
+    assert glossary_link("AT-O / AT-E", "adversarial training") == "[adversarial training](Glossary?term=AT-O%20/%20AT-E)"
+    with pytest.raises(KeyError, match="not a glossary term"):
+        glossary_link("no such term")
+    at = AppTest.from_file(str(ROOT / "pages" / "9_Glossary.py"), default_timeout=TIMEOUT)
+    at.query_params["term"] = "SNR"
+    at.run()
+    no_exception(at)
+    assert at.text_input(key="glossary_query").value == "SNR"
+    assert at.markdown[0].value.startswith("**SNR**")  # the linked term first, then the entries that mention it
+    assert len(at.markdown) >= 2
+
+
 @pytest.mark.slow
 def test_guided_demo_walks_from_sedge_to_marsh_warbler(data_dir):
     from core.studies.demo import read_demo_record
