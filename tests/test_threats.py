@@ -286,3 +286,13 @@ def test_an_interrupted_survival_study_resumes_to_the_same_table(tiny_proto, tin
         survival_study({"tiny": tiny_proto}, ds, out=tmp_path / "t.csv", **{**kw, "steps": 3})
     fresh = survival_study({"tiny": tiny_proto}, ds, out=tmp_path / "t.csv", resume=False, max_units=1, **{**kw, "steps": 3})
     assert len(fresh) == 2 * 3 and set(fresh["steps"]) == {3}
+
+
+def test_sweeps_give_the_loudspeaker_the_clean_clips(tiny_proto):
+    from core.attacks import PGD
+    from core.attacks.sweep import run_sweep
+
+    x = torch.as_tensor(np.stack([tone(500, 1.0, 16_000), tone(2000, 1.0, 16_000)]))
+    res = run_sweep(PGD(eps=0.0, steps=1), tiny_proto, x, epsilons=[0.0, 0.05], transforms={"speaker-1m": Loudspeaker(1.0)})
+    assert not res.clean_after["speaker-1m"].any()  # the clean clip passes the loudspeaker threat unchanged
+    assert np.array_equal(res.after["speaker-1m"][0], res.success[0])  # eps 0: nothing to play
