@@ -479,11 +479,18 @@ class WorstCaseResult:
     success : torch.Tensor [shape=(n_windows,), dtype=bool]
         Some attack changed the window's top-1 species (threshold-free).
     attack : list of str [length n_windows]
-        The attack each window's result comes from: the first that succeeded, in the order ``pgd``,
-        ``transfer``, ``apgd``, ``pgd-restarts``; ``pgd-restarts`` (the last run) when none did.
+        The attack each window's result comes from: the first that succeeded, in the order of
+        :data:`core.attacks.worstcase.ATTACK_ORDER` (``pgd``, ``transfer``, ``apgd``, ``pgd-restarts``,
+        ``apgd-ce``, ``apgd-dlr``, ``apgd-t1`` ... ``apgd-t3``); the last leg run when none did.
     snr_db : torch.Tensor [shape=() or (batch,)] [dB]
     starts_s : np.ndarray [shape=(n_windows,)] [s]
     clean_scores, adversarial_scores : np.ndarray [shape=(n_windows, n_classes)]
+    true_top1 : np.ndarray [shape=(n_windows,), dtype=bool]
+        The clean top-1 is one of the window's labels (all True without labels: the clean prediction is the reference).
+    summary : dict
+        Success over the windows with a true clean top-1 only: ``success_rate``, ``n_success``, ``n_counted``,
+        ``n_excluded`` (windows with a wrong clean top-1), ``n_windows``
+        (:func:`core.attacks.worstcase.success_over_true_top1`).
     """
 
     adversarial: torch.Tensor
@@ -493,6 +500,8 @@ class WorstCaseResult:
     starts_s: np.ndarray
     clean_scores: np.ndarray
     adversarial_scores: np.ndarray
+    true_top1: np.ndarray | None = None
+    summary: dict | None = None
 
 
 def worst_case(model, waveforms, *, eps: float, labels=None, source=None, steps: int = 10, strong_steps: int = 50,
@@ -500,8 +509,10 @@ def worst_case(model, waveforms, *, eps: float, labels=None, source=None, steps:
     """The worst case over attacks per window, as AutoAttack (Croce & Hein 2020) and the Compare page.
 
     PGD-``steps`` (BCE), a transfer attack made on ``source`` (when given), APGD-``strong_steps`` on the margin
-    loss, PGD-``strong_steps`` with ``restarts`` random starts: each runs on the windows the previous ones
-    left unbroken (:func:`core.attacks.worstcase.worst_case_windows`). L-inf.
+    loss, PGD-``strong_steps`` with ``restarts`` random starts, then AutoAttack's APGD-CE, APGD-DLR and APGD-T
+    (3 targets), 50 iterations each: each runs on the windows the previous ones left unbroken
+    (:func:`core.attacks.worstcase.worst_case_windows`). L-inf. Success is per window (some leg changed the top-1);
+    ``summary`` counts it only over windows whose clean top-1 is a true label.
 
     Parameters
     ----------
@@ -537,4 +548,5 @@ def worst_case(model, waveforms, *, eps: float, labels=None, source=None, steps:
     adversarial = stitch(w, res["adversarial"])
     return WorstCaseResult(adversarial=adversarial, success=torch.as_tensor(res["success"]), attack=[str(a) for a in res["attack"]],
                            snr_db=snr(w.x.detach().cpu(), adversarial.cpu()), starts_s=w.start / sr,
-                           clean_scores=res["clean_scores"], adversarial_scores=res["scores"])
+                           clean_scores=res["clean_scores"], adversarial_scores=res["scores"], true_top1=res["true_top1"],
+                           summary=res["summary"])
