@@ -204,9 +204,10 @@ def compare_args(p) -> None:
     add_eps_grid(p, "--target-epsilons", "1e-4,1e-3", "L-inf eps grid of the targeted embedding-space PGD sweep")
     add_steps(p)
     p.add_argument("--strong", action="store_true",
-                   help="add the worst case over attacks (transfer, APGD, PGD with restarts); > 40 min for the zoo on 2 cores")
+                   help="add the worst case over attacks (transfer, APGD, PGD with restarts, APGD-CE/DLR/T); hours for the zoo on 2 cores")
     add_int(p, "--strong-steps", 20, "steps of APGD and of the restarted PGD in the worst case (default 20)")
     add_int(p, "--restarts", 2, "random restarts of the strong PGD (default 2)")
+    add_int(p, "--apgd-steps", 50, "iterations of the worst case's APGD-CE, APGD-DLR and APGD-T legs (default 50; 0: leave them out)")
     add_seed(p)
     add_int(p, "--n-boot", 1000, "bootstrap resamples of the test recordings for the paper check")
     add_int(p, "--boot-seed", 0, "seed of the paper check's bootstrap")
@@ -273,7 +274,7 @@ def cmd_compare(args) -> int:
     settings = CompareSettings(
         split=args.split, max_clips=args.max_clips, shift_max_clips=args.shift_max_clips,
         epsilons=parse_float_list(args.epsilons, "--epsilons"), target_epsilons=parse_float_list(args.target_epsilons, "--target-epsilons"),
-        steps=args.steps, seed=args.seed, strong=args.strong, strong_steps=args.strong_steps, restarts=args.restarts,
+        steps=args.steps, seed=args.seed, strong=args.strong, strong_steps=args.strong_steps, restarts=args.restarts, apgd_steps=args.apgd_steps,
     )
     models = load_models(args.models or ",".join(ZOO))  # run_compare groups models by window
     dataset = open_dataset(args.data_dir)

@@ -123,6 +123,9 @@ class CompareSettings:
         zoo models it costs more than 40 min on a 2-core CPU (the PGD part about 12).
     strong_steps, restarts : int
         APGD steps; steps and random restarts of the strong PGD.
+    apgd_steps : int >= 0
+        Iterations of the worst case's APGD-CE, APGD-DLR and APGD-T legs (Croce & Hein 2020; issue 24); 0 leaves them
+        out. A stored result made before they existed reads as 0.
     seed : int
         Attack random starts, noise draws, mixup partners and attack targets.
     snr_db, gain_db, lam : float
@@ -138,6 +141,7 @@ class CompareSettings:
     strong: bool = False
     strong_steps: int = 20
     restarts: int = 2
+    apgd_steps: int = 50
     seed: int = 0
     # shift settings of core.studies.shift.shift_clips
     snr_db: float = 10.0  # site-noise SNR [dB]
@@ -158,6 +162,8 @@ class CompareSettings:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 1000:
                 raise ParameterError(f"{name} must be an integer in [1, 1000], got {v!r}")
+        if isinstance(self.apgd_steps, bool) or not isinstance(self.apgd_steps, int) or not 0 <= self.apgd_steps <= 1000:
+            raise ParameterError(f"apgd_steps must be an integer in [0, 1000], got {self.apgd_steps!r}")
         if isinstance(self.restarts, bool) or not isinstance(self.restarts, int) or not 1 <= self.restarts <= 100:
             raise ParameterError(f"restarts must be an integer in [1, 100], got {self.restarts!r}")
         if not 0 <= self.lam <= 1:
@@ -169,6 +175,7 @@ class CompareSettings:
     @classmethod
     def from_dict(cls, d: dict) -> "CompareSettings":
         known = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in cls.__dataclass_fields__}
+        known.setdefault("apgd_steps", 0)  # stored before the worst case had AutoAttack's APGD legs
         return cls(**known)
 
 
@@ -410,7 +417,7 @@ def run_compare(
             if part is None:
                 part = worst_case_tables(group, attack_set, pd.concat(group_rob, ignore_index=True), settings.epsilons,
                                          steps=settings.steps, strong_steps=settings.strong_steps, restarts=settings.restarts,
-                                         seed=settings.seed, clips_per_batch=clips_per_batch, progress=progress, cancel=cancel)
+                                         apgd_steps=settings.apgd_steps, seed=settings.seed, clips_per_batch=clips_per_batch, progress=progress, cancel=cancel)
                 units.put_table(unit, part)
             rob.append(part)
     shift = pd.concat(shift_parts, ignore_index=True)
@@ -561,7 +568,8 @@ def card_robustness(result: CompareResult, name: str) -> dict:
     pick = big.iloc[[0, -1]] if len(big) >= 2 else attacked.iloc[[0, -1]]
     clean = pgd[pgd["budget_kind"] == "clean"].iloc[0]
     pgd_cmap = pgd[pgd["budget_kind"] != "clean"].set_index("budget")["cmap"]
-    words = worst_case_label(s.steps, s.strong_steps, s.restarts, (table["source"].fillna("") != "").any()) if worst else f"PGD-{s.steps}"
+    words = (worst_case_label(s.steps, s.strong_steps, s.restarts, (table["source"].fillna("") != "").any(), apgd_steps=s.apgd_steps)
+             if worst else f"PGD-{s.steps}")
     return {
         "attack": f"success: {words}, L-inf, output-space untargeted (random start, seed {s.seed}), top-1 changed; "
                   f"cmAP: under PGD-{s.steps} (BCE against the labels)",
