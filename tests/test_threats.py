@@ -296,3 +296,28 @@ def test_sweeps_give_the_loudspeaker_the_clean_clips(tiny_proto):
     res = run_sweep(PGD(eps=0.0, steps=1), tiny_proto, x, epsilons=[0.0, 0.05], transforms={"speaker-1m": Loudspeaker(1.0)})
     assert not res.clean_after["speaker-1m"].any()  # the clean clip passes the loudspeaker threat unchanged
     assert np.array_equal(res.after["speaker-1m"][0], res.success[0])  # eps 0: nothing to play
+
+
+def test_masking_attack_command_runs_margins_resumes_and_refuses_other_settings(tiny_proto, tiny_dataset, tmp_path, capsys):
+    from core.cli import main
+    from core.models.registry import save_checkpoint
+
+    model = save_checkpoint(tiny_proto, tmp_path / "tiny.safetensors", {"note": "test"})
+    out = tmp_path / "masking.csv"
+    args = ["masking-attack", "--models", str(model), "--data-dir", str(tiny_dataset), "--max-clips", "2", "--steps", "1",
+            "--margin-db", "0,6", "--out", str(out)]
+    assert main([*args, "--max-units", "1"]) == 0
+    first = pd.read_csv(out)
+    assert set(first["margin_db"]) == {0} and len(first) == 2 * 2  # one unit: 2 windows, masked and its L-inf control
+    assert main(args) == 0  # the rest: only the 6 dB unit
+    table = pd.read_csv(out)
+    assert len(table) == 2 * 2 * 2 and set(table["margin_db"]) == {0, 6}
+    pd.testing.assert_frame_equal(table.iloc[:4], first)  # the first unit kept as it was
+    masked = table[table["attack"] == "masked"].groupby("margin_db")["p99_excess_db"].median()
+    assert masked[6] < masked[0] - 3  # 6 dB below the threshold where the 0 dB attack reaches it
+    capsys.readouterr()
+    assert main([*args[:-2], "--steps", "2", "--out", str(out)]) == 2  # other settings: one line, nothing overwritten
+    err = capsys.readouterr().err
+    assert "other settings (steps)" in err and "--fresh" in err and "Traceback" not in err
+    assert main([*args[:-4], "--margin-db", "-1", "--out", str(out)]) == 2
+    assert "--margin-db" in capsys.readouterr().err
