@@ -84,3 +84,122 @@ def test_a_cancelled_job_says_so():
     _finish(at)
     assert not at.exception and any("Test run cancelled after" in i.value for i in at.info)
     assert "answer: None" in at.markdown[-1].value
+
+
+# -- done/total and time left (ui.jobs.report, Plan, eta_text), on a fake clock ------------------------------------
+
+
+class FakeClock:
+    """``clock()`` returns ``now``, moved by hand."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def fresh_costs(monkeypatch, tmp_path):
+    """An empty store of unit costs, kept in a temporary cache."""
+    import ui.jobs
+
+    monkeypatch.setenv("BIRDSHIELD_CACHE_DIR", str(tmp_path / "cache" / "embeddings"))
+    monkeypatch.setattr(ui.jobs, "_COSTS", {})
+    monkeypatch.setattr(ui.jobs, "_COSTS_LOADED", [False])
+    return tmp_path / "cache" / "unit_costs.json"
+
+
+def test_eta_text_and_durations_read_as_people_say_them():
+    from ui.jobs import duration_text, eta_text
+
+    assert eta_text(12, 60, 40.2) == "12/60, about 40 s left"
+    assert eta_text(0, 60, None) == "0/60"  # nothing measured: no guess
+    assert eta_text(60, 60, 0.0) == "60/60, finishing"
+    assert eta_text(2.5, 10, 3.0) == "2.5/10, about 3 s left"
+    assert [duration_text(s) for s in (0.2, 7.4, 42, 89, 150, 7200)] == [
+        "about 1 s", "about 7 s", "about 40 s", "about 90 s", "about 2 min", "about 2.0 h"]
+
+
+def test_report_extrapolates_the_time_left_from_the_rate_since_the_first_unit():
+    clock = FakeClock()
+    job = Job(label="Sweep", page="Sweep", clock=clock)
+    job.report(0, 40, "PGD steps")
+    assert job.fraction == 0 and job.text == "PGD steps: 0/40"  # no rate and no expected cost yet
+    clock.now += 10
+    job.report(8, 40, "PGD steps")  # 0.8 units per second: 32 units left take 40 s
+    assert job.fraction == pytest.approx(0.2) and job.text == "PGD steps: 8/40, about 40 s left"
+    clock.now += 30
+    job.report(32, 40, "PGD steps")  # 0.8 units/s still: 10 s left
+    assert job.text == "PGD steps: 32/40, about 10 s left" and job.fraction == pytest.approx(0.8)
+    clock.now += 100  # elapsed on the page is the job's, from the same clock
+    from ui.jobs import _elapsed
+
+    assert _elapsed(job) == "2 min 20 s"
+
+
+def test_report_uses_the_expected_cost_before_the_first_unit_and_stops_on_cancel():
+    clock = FakeClock()
+    job = Job(label="Map", page="Embeddings", clock=clock, unit_s=0.5)
+    job.report(0, 30, "clips")
+    assert job.text == "clips: 0/30, about 15 s left"
+    job.cancel_requested = True
+    with pytest.raises(JobCancelled):
+        job.report(1, 30, "clips")
+
+
+def test_plan_adds_later_stages_at_their_expected_cost_and_remembers_what_a_unit_cost(fresh_costs):
+    from ui.jobs import Plan, unit_cost
+
+    clock = FakeClock()
+    job = Job(label="Map", page="Embeddings", clock=clock)
+    plan = Plan(job, [("emb:decode", 10, 0.5), ("emb:embed:m", 20, 0.25), ("umap", 1, 15.0)], transient=("umap",))
+    plan.update("emb:decode", 0, "Decoding")
+    # before any unit: 10 x 0.5 + 20 x 0.25 + 15 = 25 s
+    assert job.text == "Decoding: 0/10, about 25 s left"
+    clock.now += 2
+    plan.update("emb:decode", 5, "Decoding")  # measured 0.4 s per recording: 2 s left here, then 5 + 15
+    assert job.text == "Decoding: 5/10, about 20 s left"
+    assert job.fraction == pytest.approx(2.5 / 25)  # weighted by the expected costs
+    clock.now += 2
+    plan.update("emb:decode", 10, "Decoding")
+    assert unit_cost("emb:decode") == pytest.approx(0.4) and fresh_costs.is_file()  # measured here, kept on disk
+    plan.skip("emb:embed:m")  # found in the cache: counted as done, its cost not recorded
+    assert unit_cost("emb:embed:m") is None
+    plan.update("umap", 0, "UMAP")
+    clock.now += 3
+    plan.update("umap", 1, "UMAP")
+    assert unit_cost("umap") is None and job.fraction == pytest.approx(1.0)  # a one-off is never remembered
+    # a later plan starts from what this machine measured, not from the first guess
+    again = Plan(Job(label="Map", page="Embeddings", clock=clock), [("emb:decode", 10, 0.5)])
+    assert again.expected["emb:decode"] == pytest.approx(0.4)
+
+
+def test_estimates_come_from_measured_costs_else_from_first_guesses(fresh_costs):
+    from ui.jobs import estimate_seconds, record_unit_cost
+
+    assert estimate_seconds({"sweep:a": 100, "sweep:b": 50}, {"sweep:a": 0.3, "sweep:b": 0.6}) == (pytest.approx(60.0), False)
+    record_unit_cost("sweep:a", 12.0, 40)  # 0.3 s per unit measured
+    record_unit_cost("sweep:b", 4.0, 40)
+    assert estimate_seconds({"sweep:a": 100, "sweep:b": 50}, {"sweep:a": 9.0, "sweep:b": 9.0}) == (pytest.approx(35.0), True)
+    record_unit_cost("sweep:a", 0.0, 40)  # nothing measured: ignored
+    assert estimate_seconds({"sweep:a": 10})[0] == pytest.approx(3.0)
+
+
+def test_counting_steps_reports_every_gradient_step_of_a_sweep():
+    import torch
+
+    from core.attacks.sweep import attack_from_options, run_sweep
+    from core.models.registry import list_checkpoints, load_checkpoint
+    from ui.jobs import counting_steps
+
+    if "protopnet" not in list_checkpoints():
+        pytest.skip("shipped checkpoints missing")
+    model = load_checkpoint("protopnet")
+    attack = attack_from_options(model, steps=3)
+    seen = []
+    x = torch.rand(2, model.config.window_samples, generator=torch.Generator().manual_seed(0)) * 0.2 - 0.1
+    res = run_sweep(counting_steps(attack, seen.append), model, x, epsilons=[0.0, 1e-3, 3e-3])
+    assert sum(seen) == 2 * 2 * 3  # clips x budgets > 0 x steps; the clean rows take no step
+    assert res.success.shape == (3, 2) and attack.objective is not None  # the original attack is untouched
+    assert type(attack.objective).__name__ != "_Counting"

@@ -12,20 +12,33 @@ script did. The sidebar of every page says which runs are under way
 
 Inputs that need Streamlit (cached clips, loaded models) are prepared in the
 script before the job starts; the job gets plain objects.
+
+Progress is counted in units of work (attack steps x rows, clips, segments):
+:meth:`Job.report` shows "done/total" and the time left, extrapolated from the
+rate so far (:func:`eta_text`). What a unit cost on this machine is remembered
+(:func:`record_unit_cost`, kept in ``unit_costs.json`` beside the caches), so a
+page can state how long a bigger run will take before it starts
+(:func:`estimate_seconds`, :func:`duration_text`).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import streamlit as st
 
 from core.errors import CoreError
 
-__all__ = ["BACKGROUND", "Job", "JobCancelled", "start_job", "job_panel", "jobs_sidebar", "running_job"]
+__all__ = [
+    "BACKGROUND", "Job", "JobCancelled", "start_job", "job_panel", "jobs_sidebar", "running_job",
+    "eta_text", "duration_text", "record_unit_cost", "unit_cost", "estimate_seconds", "counting_steps", "Plan",
+]
 
 _PREFIX = "job:"
 #: What the pages say under a button that starts a background job.
@@ -54,6 +67,12 @@ class Job:
     error : BaseException or None
     cancel_requested : bool
     started, finished : float [seconds since the epoch]; ``finished`` is None while running
+    done, total : float
+        Units of work done and to do, as last reported by :meth:`report` (0 and 0 until then).
+    unit_s : float or None [seconds]
+        Expected cost of one unit, for the time left before the first unit has finished.
+    clock : callable
+        ``clock() -> seconds``; :func:`time.time` (a fake clock in tests).
     """
 
     label: str
@@ -63,9 +82,19 @@ class Job:
     result: Any = None
     error: BaseException | None = None
     cancel_requested: bool = False
-    started: float = field(default_factory=time.time)
+    started: float | None = None
     finished: float | None = None
     thread: threading.Thread | None = None
+    done: float = 0.0
+    total: float = 0.0
+    unit_s: float | None = None
+    clock: Callable[[], float] = time.time
+    _units_t0: float | None = field(default=None, repr=False)
+    _units_done0: float = field(default=0.0, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.started is None:
+            self.started = self.clock()
 
     @property
     def running(self) -> bool:
@@ -78,13 +107,48 @@ class Job:
         self.fraction = min(1.0, max(0.0, float(fraction)))
         self.text = text or self.text
 
+    def report(self, done: float, total: float, what: str = "") -> None:
+        """Record ``done`` of ``total`` units: the bar's fraction and a text "what: done/total, about N s left".
+
+        The time left is the rate since the first report times the units left
+        (:func:`eta_text`); before any unit has finished it comes from ``unit_s`` when known.
+
+        Parameters
+        ----------
+        done, total : float >= 0
+            Units of work done so far and in all (``total`` may grow, e.g. per stage).
+        what : str
+            What the units are ("PGD steps", "clips").
+
+        Raises
+        ------
+        JobCancelled
+            Once the user asked to cancel.
+        """
+        if self.cancel_requested:
+            raise JobCancelled()
+        now = self.clock()
+        if self._units_t0 is None:
+            self._units_t0, self._units_done0 = now, float(done)
+        self.done, self.total = float(done), float(total)
+        elapsed = now - self._units_t0
+        counted = self.done - self._units_done0
+        if counted > 0:
+            left = elapsed / counted * max(0.0, self.total - self.done)
+        elif self.unit_s is not None:
+            left = self.unit_s * max(0.0, self.total - self.done)
+        else:
+            left = None
+        self.fraction = 0.0 if total <= 0 else min(1.0, max(0.0, self.done / self.total))
+        self.text = (f"{what}: " if what else "") + eta_text(done, total, left)
+
     def _run(self, fn: Callable[["Job"], Any]) -> None:
         try:
             self.result = fn(self)
         except BaseException as exc:  # reported on the page, never lost silently
             self.error = exc
         finally:
-            self.finished = time.time()
+            self.finished = self.clock()
 
 
 def start_job(key: str, label: str, page: str, fn: Callable[[Job], Any]) -> Job:
@@ -121,8 +185,247 @@ def running_job(key: str) -> Job | None:
 
 
 def _elapsed(job: Job) -> str:
-    s = int((job.finished or time.time()) - job.started)
+    s = int((job.finished or job.clock()) - job.started)
     return f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{s} s"
+
+
+# -- time left and estimates ---------------------------------------------------------------------
+
+
+def duration_text(seconds: float) -> str:
+    """A duration as people say it: "about 40 s", "about 3 min" (rounded; never "0 s").
+
+    Parameters
+    ----------
+    seconds : float >= 0 [seconds]
+
+    Returns
+    -------
+    str
+    """
+    s = max(0.0, float(seconds))
+    if s < 90:
+        return f"about {max(1, round(s / 5) * 5 if s >= 10 else round(s))} s"
+    return f"about {round(s / 60)} min" if s < 5400 else f"about {s / 3600:.1f} h"
+
+
+def eta_text(done: float, total: float, left_s: float | None) -> str:
+    """``"done/total, about N s left"``; without an estimate only ``"done/total"``.
+
+    Parameters
+    ----------
+    done, total : float >= 0
+        Units of work (shown as integers when they are whole numbers).
+    left_s : float or None [seconds]
+        Time left; None when not yet known.
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> eta_text(12, 60, 40.2)
+    '12/60, about 40 s left'
+    """
+    fmt = lambda v: f"{v:.0f}" if float(v).is_integer() else f"{v:.1f}"  # noqa: E731
+    text = f"{fmt(done)}/{fmt(total)}"
+    if done >= total > 0:
+        return text + ", finishing"
+    if left_s is None:
+        return text
+    return f"{text}, {duration_text(left_s)} left"
+
+
+_COSTS_LOCK = threading.Lock()
+_COSTS: dict[str, float] = {}
+_COSTS_LOADED: list[bool] = [False]
+
+
+def _costs_path() -> Path:
+    from core.studies.embeddings import default_cache_dir
+
+    return default_cache_dir().parent / "unit_costs.json"
+
+
+def _load_costs() -> None:
+    if _COSTS_LOADED[0]:
+        return
+    _COSTS_LOADED[0] = True
+    try:
+        stored = json.loads(_costs_path().read_text())
+        _COSTS.update({str(k): float(v) for k, v in stored.items() if float(v) > 0})
+    except (OSError, ValueError, TypeError, AttributeError):
+        pass  # no measurements on this machine yet
+
+
+def record_unit_cost(kind: str, seconds: float, units: float) -> None:
+    """Remember what one unit of ``kind`` cost on this machine (the latest run counts; kept on disk).
+
+    Parameters
+    ----------
+    kind : str
+        What was measured, e.g. ``"sweep:protopnet"`` (seconds per PGD step of one row).
+    seconds : float > 0 [seconds]
+        Wall time of the work.
+    units : float > 0
+        Units done in that time.
+    """
+    if not (seconds > 0 and units > 0):
+        return
+    with _COSTS_LOCK:
+        _load_costs()
+        _COSTS[kind] = float(seconds) / float(units)
+        try:
+            path = _costs_path()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(_COSTS, indent=1, sort_keys=True))
+            tmp.replace(path)
+        except OSError:
+            pass  # a read-only cache only loses the memory across restarts
+
+
+def unit_cost(kind: str, default: float | None = None) -> float | None:
+    """Seconds per unit of ``kind`` last measured on this machine, else ``default``."""
+    with _COSTS_LOCK:
+        _load_costs()
+        return _COSTS.get(kind, default)
+
+
+def estimate_seconds(parts: dict[str, float], defaults: dict[str, float] | None = None) -> tuple[float, bool]:
+    """Time a run will take: units of each kind times their measured cost.
+
+    Parameters
+    ----------
+    parts : dict of kind -> units
+    defaults : dict of kind -> seconds per unit, optional
+        Used for kinds not yet measured here (a first guess from an idle 2-core machine).
+
+    Returns
+    -------
+    (seconds, measured) : float [seconds], bool
+        ``measured`` is False when some part rests on a default.
+    """
+    total, measured = 0.0, True
+    for kind, units in parts.items():
+        cost = unit_cost(kind)
+        if cost is None:
+            measured = False
+            cost = (defaults or {}).get(kind, 0.0)
+        total += cost * units
+    return total, measured
+
+
+class Plan:
+    """Work in stages of different cost (decode, embed, UMAP): one bar, "done/total" per stage, time left for all.
+
+    The time left is the current stage's rate so far times its units left, plus every
+    later stage's units times its expected cost per unit (measured on this machine
+    before, :func:`unit_cost`, else the given first guess). A finished stage records
+    what its units cost (:func:`record_unit_cost`), so the next estimate is this
+    machine's.
+
+    Parameters
+    ----------
+    job : Job
+    stages : list of (kind, units, first_guess_s)
+        In order; ``kind`` names the unit cost kept on disk (e.g. ``"emb:decode"``),
+        ``units`` > 0, ``first_guess_s`` [seconds per unit] or None.
+    transient : tuple of str
+        Kinds whose cost is not remembered (a one-off such as compiling UMAP's code):
+        their first guess is always used.
+    """
+
+    def __init__(self, job: Job, stages: list[tuple[str, float, float | None]], *, transient: tuple[str, ...] = ()) -> None:
+        self.job = job
+        self.order = [k for k, _, _ in stages]
+        self.units = {k: float(u) for k, u, _ in stages}
+        self.transient = set(transient)
+        self.expected = {k: g if k in self.transient else unit_cost(k, g) for k, _, g in stages}
+        self.done = dict.fromkeys(self.order, 0.0)
+        self.began: dict[str, float] = {}
+        self.recorded: set[str] = set()
+
+    def skip(self, kind: str) -> None:
+        """Stage ``kind`` needed no work (e.g. found in a cache): counted as done, its cost not recorded."""
+        self.units[kind] = self.done[kind] = 0.0
+
+    def seconds_left(self, kind: str) -> float | None:
+        """Time left [s] while ``kind`` runs; None when a stage's cost is not known at all."""
+        now = self.job.clock()
+        done, units = self.done[kind], self.units[kind]
+        rate = (now - self.began[kind]) / done if done > 0 else self.expected[kind]
+        later = self.order[self.order.index(kind) + 1:]
+        if rate is None or any(self.expected[k] is None for k in later):
+            return None
+        return rate * max(0.0, units - done) + sum(self.units[k] * self.expected[k] for k in later)
+
+    def update(self, kind: str, done: float, what: str, *, units: float | None = None, shown: tuple | None = None) -> None:
+        """``done`` units of stage ``kind`` finished; shows "what: done/units, about N s left".
+
+        Call it with ``done=0`` when the stage starts (its rate counts from then);
+        ``units`` corrects the stage's size once it is known exactly; ``shown`` =
+        ``(done, total)`` counts something plainer for the user (recordings rather than units).
+
+        Raises
+        ------
+        JobCancelled
+            Once the user asked to cancel.
+        KeyError
+            ``kind`` is not a stage of this plan.
+        """
+        if self.job.cancel_requested:
+            raise JobCancelled()
+        now = self.job.clock()
+        self.began.setdefault(kind, now)
+        if units is not None:
+            self.units[kind] = float(units)
+        self.done[kind] = float(done)
+        weight = {k: self.expected[k] if self.expected[k] is not None else 1.0 for k in self.order}
+        total = sum(self.units[k] * weight[k] for k in self.order)
+        self.job.fraction = min(1.0, sum(min(self.done[k], self.units[k]) * weight[k] for k in self.order) / total) if total else 0.0
+        shown_done, shown_total = shown if shown is not None else (done, self.units[kind])
+        self.job.text = f"{what}: " + eta_text(shown_done, shown_total, self.seconds_left(kind))
+        if done >= self.units[kind] > 0 and kind not in self.recorded | self.transient:
+            self.recorded.add(kind)
+            record_unit_cost(kind, now - self.began[kind], self.units[kind])
+
+
+def counting_steps(attack, on_rows: Callable[[int], None]):
+    """The attack with its objective wrapped so that every gradient step reports its rows.
+
+    ``on_rows(n)`` is called after the loss of each step of a batch of ``n`` rows
+    (an eps x clip row of a sweep), so progress can move per step instead of per
+    batch. The attack itself is unchanged (a shallow copy is returned).
+
+    Parameters
+    ----------
+    attack : core.attacks.base.Attack
+    on_rows : callable
+        May raise (e.g. :class:`JobCancelled`) to stop the attack.
+
+    Returns
+    -------
+    Attack
+    """
+    import copy
+
+    class _Counting:
+        def __init__(self, inner):
+            self._inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self._inner, name)
+
+        def loss(self, model, x, state):
+            out = self._inner.loss(model, x, state)
+            on_rows(int(x.shape[0]))
+            return out
+
+    counted = copy.copy(attack)
+    counted.objective = _Counting(attack.objective)
+    return counted
 
 
 def job_panel(key: str, on_done: Callable[[Any], None], *, refresh_s: float = 1.0) -> bool:
