@@ -311,3 +311,14 @@ def test_worst_case_study_resumes_where_it_stopped(tmp_path):
     row = summary[(summary["apgd_steps"] == 2) & np.isclose(summary["eps"], 3e-2)].iloc[0]
     c = counted[np.isclose(counted["eps"], 3e-2)]
     assert row["true_top1"] == len(c) and row["success_after"] == pytest.approx(c["success"].mean() if len(c) else np.nan, nan_ok=True)
+
+
+def test_worst_case_command_says_what_is_wrong_in_one_line(capsys, tmp_path, data_dir):
+    from core.cli import main
+
+    out = tmp_path / "wc.csv"
+    assert main(["worst-case", "--models", "baseline_ato", "--sources", "baseline_ato", "--out", str(out), "--data-dir", str(data_dir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --sources must be model=source pairs") and "\n" not in err
+    assert main(["worst-case", "--models", "baseline_ato", "--max-minutes", "0", "--out", str(out), "--data-dir", str(data_dir)]) == 0
+    assert "no window finished yet" in capsys.readouterr().out and not out.exists()

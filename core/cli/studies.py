@@ -300,6 +300,58 @@ def cmd_compare(args) -> int:
     return 0
 
 
+WORST_CASE_MODELS = "birdnet_protopnet_ato,baseline_ato,birdnet"
+WORST_CASE_SOURCES = "birdnet_protopnet_ato=birdnet_protopnet,baseline_ato=baseline,birdnet=birdnet_protopnet"
+
+
+def worst_case_args(p) -> None:
+    add_models(p, WORST_CASE_MODELS, "comma-separated models to attack (checkpoints, or birdnet)")
+    p.add_argument("--sources", default=WORST_CASE_SOURCES,
+                   help="model=source pairs of the transfer leg, comma-separated (same rate and window; default: %(default)s)")
+    add_split(p, HELD_OUT)
+    add_max_clips(p, 24, "windows per model, spread over the split's species (default 24)")
+    add_eps_grid(p, default="1e-4,3e-5", help="L-inf eps grid, full-scale amplitude (default 1e-4,3e-5)")
+    add_steps(p)
+    add_int(p, "--strong-steps", 20, "steps of the margin APGD and of the restarted PGD (default 20)")
+    add_int(p, "--restarts", 2, "random restarts of the strong PGD (default 2)")
+    add_int(p, "--apgd-steps", 50, "iterations of APGD-CE, APGD-DLR and APGD-T (default 50; 0: the worst case before issue 24)")
+    add_seed(p)
+    add_float(p, "--max-minutes", 9.0, "start no new chunk of windows after this long; run again to go on (default 9)")
+    add_out(p, "assets/robustness/worst_case_windows.csv", "per-window CSV, appended to and resumed (default: %(default)s)")
+
+
+def cmd_worst_case(args) -> int:
+    import pandas as pd
+
+    from core.attacks.sweep import parse_float_list
+    from core.cli.args import names
+    from core.io.data import open_dataset
+    from core.studies.worst_case_study import worst_case_study, worst_case_study_summary
+
+    out = out_path(args.out)
+    models = load_models(args.models)
+    if any("=" not in p for p in names(args.sources)):
+        raise ParameterError(f"--sources must be model=source pairs, got {args.sources!r}")
+    pairs = {t.strip(): s.strip() for t, s in (p.split("=", 1) for p in names(args.sources)) if t.strip() in models}
+    loaded = load_models(",".join(sorted(set(pairs.values())))) if pairs else {}
+    sources = {t: loaded[s] for t, s in pairs.items()}
+    t0 = time.time()
+    with progress_bar("window", "worst case") as progress:
+        worst_case_study(models, open_dataset(args.data_dir), epsilons=parse_float_list(args.epsilons, "--epsilons"), out=out, sources=sources,
+                         split=args.split, max_clips=args.max_clips, steps=args.steps, strong_steps=args.strong_steps, restarts=args.restarts,
+                         apgd_steps=args.apgd_steps, seed=args.seed, max_seconds=60 * args.max_minutes,
+                         progress=progress)
+    if not out.is_file():
+        print(f"no window finished yet; nothing written to {out}")
+        return 0
+    table = worst_case_study_summary(pd.read_csv(out, keep_default_na=False))
+    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_colwidth", 80):
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    print(f"{out} ({time.time() - t0:.0f} s); success over windows whose clean top-1 is a true label; run again to go on if a model has "
+          f"fewer than {args.max_clips} windows per eps")
+    return 0
+
+
 # the subcommands of this module, by name
 COMMANDS = {
     "audit": Subcommand("audit a BirdNET prototype head: where prototypes fire, deletion vs random regions, plausibility", audit_args, cmd_audit),
@@ -308,4 +360,6 @@ COMMANDS = {
     "embed-metrics": Subcommand("cluster and retrieval quality of embeddings, clean and under PGD, per model", embed_metrics_args, cmd_embed_metrics),
     "transfer": Subcommand("adversarial segments made on each model, scored by every model, with a random-noise control", transfer_args, cmd_transfer),
     "compare": Subcommand("the model zoo side by side (clean, shifted, attacked) and the paper check; cached", compare_args, cmd_compare),
+    "worst-case": Subcommand("the worst case over attacks per window (PGD, transfer, APGD, APGD-CE/DLR/T), resumable CSV; success over "
+                             "windows with a true clean top-1", worst_case_args, cmd_worst_case),
 }
