@@ -19,7 +19,7 @@ from ui.common import (
     clip_picker,
     dataset_status_message,
     get_dataset,
-    load_recording,
+    load_segment,
     location_filter,
     require_model,
 )
@@ -162,10 +162,8 @@ for c in np.argsort(-scores)[:n_top]:
             if src and ds is not None:
                 rec = next((r for r in ds.recordings if r.recording_id == src["recording_id"]), None)
                 if rec is not None and rec.path.is_file():
-                    full = load_recording(str(rec.path), fe.sample_rate, rec.duration_s)
-                    a = max(0.0, src["t_start_s"] - 1.0)
-                    b = min(len(full) / fe.sample_rate, src["t_end_s"] + 1.0)
-                    seg = full[int(a * fe.sample_rate): int(b * fe.sample_rate)]
+                    a = max(0.0, src["t_start_s"] - 1.0)  # only the patch ±1 s is decoded, not the whole recording
+                    seg = load_segment(str(rec.path), fe.sample_rate, a, src["t_end_s"] + 1.0 - a)
                     pfig = spectrogram_figure(logmel_db(seg, fe), fe, offset_s=a, height=220,
                                               title=f"…looks like {src['recording_id']} at {src['t_start_s']:.2f} s")
                     add_box(pfig, fe, src["t_start_s"], src["t_end_s"], src["f_low_hz"], src["f_high_hz"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pandas as pd
 import streamlit as st
@@ -18,26 +20,49 @@ from core.studies.sweep import CURVE_METRICS, read_table, summarize, sweep_table
 from core.training.calibration import card_thresholds
 from ui.common import clip_picker, get_dataset, get_model, model_label
 from ui.glossary import help_text
-from ui.jobs import BACKGROUND, job_panel, running_job, start_job
+from ui.jobs import BACKGROUND, counting_steps, duration_text, estimate_seconds, job_panel, record_unit_cost, running_job, start_job
 from ui.plots import CHART_CONFIG, METRIC_LABELS, budget_label, robustness_curves, success_note, survival_curves
 
 
+def sweep_units(n_clips: int, grid, steps: int) -> int:
+    """Units of work of one model's sweep: PGD steps x rows, a row being one (budget, clip) pair with a budget > 0.
+
+    Rows at budget 0 are the clean clip, scored without gradient steps. An SNR budget
+    always attacks (every SNR gives an eps > 0).
+    """
+    return int(n_clips) * sum(1 for b in grid if float(b) != 0.0) * int(steps)
+
+
 def run_sweeps(job, run_models, inputs, attacks, spec, grid, budget_kind, class_names, transforms=None, masking=False) -> dict:
-    """The sweep of every model (in a background job: no Streamlit calls here)."""
+    """The sweep of every model (in a background job: no Streamlit calls here).
+
+    Progress moves after every gradient step of every batch of rows (``sweep_units``
+    units in all); each model's wall time per unit is remembered for later estimates.
+    """
     tables, audio = [], {}
-    for mi, (m, model) in enumerate(run_models.items()):
+    units = {m: sweep_units(len(inputs[m]["clips"]), grid if budget_kind == "eps" else [1] * len(grid), attacks[m].steps)
+             for m in run_models}
+    total, before = sum(units.values()), 0
+    job.report(0, total, "PGD steps")
+    for m, model in run_models.items():
         inp = inputs[m]
         x, mask, labels, ids, sr = inp["x"], inp["mask"], inp["labels"], inp["clips"], inp["sample_rate"]
-        atk = attacks[m]
+        counted = [0]
+
+        def on_rows(n, m=m, before=before, counted=counted):
+            counted[0] += n
+            job.report(before + counted[0], total, f"{m}: PGD steps (budget x clip rows)")
+
+        atk = counting_steps(attacks[m], on_rows)
         device = next(model.parameters()).device
-
-        def progress(done, total, mi=mi, m=m):
-            job.progress((mi + done / total) / len(run_models), f"{m}: {done}/{total} attacks")
-
+        t0 = time.perf_counter()
         res = run_sweep(atk, model, torch.as_tensor(x, device=device), None if labels is None else torch.as_tensor(labels, device=device),
-                        masks=torch.as_tensor(mask, device=device), keep_waveforms=len(ids) == 1, progress=progress,
+                        masks=torch.as_tensor(mask, device=device), keep_waveforms=len(ids) == 1,
                         transforms=transforms, masking=masking,
                         **({"epsilons": grid} if budget_kind == "eps" else {"snr_db": grid}))
+        record_unit_cost(f"sweep:{m}", time.perf_counter() - t0, units[m])
+        before += units[m]
+        atk = attacks[m]
         tables.append(sweep_table(res, model=m, attack=atk, clip_ids=ids, class_names=class_names, labels=labels))
         if len(ids) == 1:
             n = int(mask[0].sum())
@@ -61,7 +86,8 @@ def minimal_eps_job(job, todo, attacks, inputs) -> pd.DataFrame:
         lab = None if inp["labels"] is None else torch.as_tensor(inp["labels"], device=dev)
 
         def progress(done, total, mi=mi, m=m):
-            job.progress((mi + done / max(total, 1)) / len(todo), f"{m}: attack {done} of {total} (decades, then bisection)")
+            total = max(total, 1)
+            job.report(mi * total + done, len(todo) * total, f"{m}: attacks (decades, then bisection)")
 
         found = minimal_eps(attacks[m], model, torch.as_tensor(inp["x"], device=dev), lab,
                             masks=torch.as_tensor(inp["mask"], device=dev), progress=progress)
@@ -80,7 +106,8 @@ THREATS = threat_choices()
 st.set_page_config(page_title="Sweep · birdshield", page_icon="🐦", layout="wide")
 st.title("Sweep: watch robustness fall as the budget grows")
 st.caption("Every clip is attacked at every budget of the grid (the grid runs on the batch axis). Curves show held-out "
-           "metrics per model; PRS/DRS/TARS are the robustness scores of Heinrich et al. 2023 (1 = unaffected).")
+           "metrics per model; PRS/DRS/TARS are the robustness scores of Heinrich et al. 2023 (1 = unaffected). "
+           "The default run is small (one clip, PGD-5) so that it finishes in seconds; the full sweep is one click away.")
 
 OBJECTIVE_HELP = {
     "output-untargeted": "maximise the classification loss against the true labels (or the clean prediction)",
@@ -92,8 +119,16 @@ OBJECTIVE_HELP = {
     "prototype-suppress": "AudioProtoPNet only: switch off the clip's most activated prototypes",
     "prototype-activate": "AudioProtoPNet only: switch on a chosen prototype (of another class)",
 }
-DEFAULT_GRID = {"eps": "0, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3", "snr_db": "60, 50, 40, 30, 20"}
+#: The default run: one clip, 4 budgets besides the clean one, PGD-5, sized to finish in about 10 s on an idle 2-core CPU.
+DEFAULT_GRID = {"eps": "0, 3e-5, 1e-4, 3e-4, 1e-3", "snr_db": "60, 50, 40, 30, 20"}
+DEFAULT_STEPS = 5
+#: The full sweep, one click away: FULL_CLIPS test clips, the 6-value grid of the CLI's sweep, PGD-10.
+FULL_GRID = "0, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3"
+FULL_STEPS = 10
+FULL_CLIPS = 8
 MAX_CLIPS = 64
+#: First guesses (seconds per PGD step of one row, 2-core CPU) until this machine has measured its own.
+FIRST_GUESS_S = {"birdnet": 0.6, "other": 0.3}
 
 ds = get_dataset()
 names = list_checkpoints()
@@ -109,6 +144,28 @@ def split_clips(split: str, species: str | None, max_clips: int, sample_rate: in
                          species=species, max_clips=max_clips)
 
 
+def sweep_estimate(units: dict) -> tuple[float, bool]:
+    """Seconds a sweep of ``{model: units}`` will take here (:func:`ui.jobs.estimate_seconds`)."""
+    defaults = {f"sweep:{m}": FIRST_GUESS_S["birdnet" if m.startswith("birdnet") else "other"] for m in units}
+    return estimate_seconds({f"sweep:{m}": u for m, u in units.items()}, defaults)
+
+
+def estimate_caption(units: dict, what: str) -> str:
+    """'what: N PGD steps of one row, about T' with where the estimate comes from."""
+    seconds, measured = sweep_estimate(units)
+    source = "from this machine's earlier runs" if measured else "a first guess until a run here has measured it"
+    return f"{what} per model: {sum(units.values())} PGD steps of one row in all, {duration_text(seconds)} ({source})."
+
+
+def use_full_settings() -> None:
+    """The Full sweep button: set the widgets to the full sweep, then run it on this rerun."""
+    st.session_state.update({"sweep_clip_mode": "Split subset", "sweep_split": "test", "sweep_max_clips": FULL_CLIPS,
+                             "sweep_steps": FULL_STEPS, "sweep_budget_kind": "eps", "sweep_grid_eps": FULL_GRID,
+                             "sweep_full_pending": True})
+    if st.session_state.get("sweep_attack") == "fgsm":
+        st.session_state["sweep_attack"] = "pgd"
+
+
 # -- set-up ---------------------------------------------------------------------------------------
 
 with st.expander("Set up a sweep", expanded="sweep_result" not in st.session_state):
@@ -117,11 +174,12 @@ with st.expander("Set up a sweep", expanded="sweep_result" not in st.session_sta
     models = st.multiselect("Models", names, default=st.session_state.get("sweep_models_value", first), key="sweep_models",
                             format_func=model_label)
     st.session_state["sweep_models_value"] = models
+    st.session_state.setdefault("sweep_steps", DEFAULT_STEPS)
     c1, c2, c3, c4, c5 = st.columns(5)
     attack = c1.selectbox("Attack", ["pgd", "bim", "fgsm"], key="sweep_attack",
                           format_func={"pgd": "PGD (random start)", "bim": "BIM (zero start)", "fgsm": "FGSM (one step)"}.get)
     norm = c2.selectbox("Norm", ["linf", "l2"], key="sweep_norm", format_func={"linf": "L-inf", "l2": "L2"}.get)
-    steps = int(c3.number_input("steps", min_value=1, max_value=200, value=10, key="sweep_steps", disabled=attack == "fgsm"))
+    steps = int(c3.number_input("steps", min_value=1, max_value=200, key="sweep_steps", disabled=attack == "fgsm"))
     seed = int(c4.number_input("seed", min_value=0, max_value=2**31 - 1, value=0, key="sweep_seed"))
     objective = c5.selectbox("Objective", list(OBJECTIVES), key="sweep_objective")
     st.caption(OBJECTIVE_HELP[objective])
@@ -130,6 +188,7 @@ with st.expander("Set up a sweep", expanded="sweep_result" not in st.session_sta
     loaded = {m: get_model(m) for m in models}
     first = next(iter(loaded.values()), None)
     class_names = list(first.config.class_names) if first else []
+    window_s = first.config.clip_seconds if first else 5.0
     if objective in ("output-targeted", "output-targeted-margin") and class_names:
         o1, o2 = st.columns(2)
         options["species"] = o1.selectbox("Target species", class_names, format_func=display, key="sweep_target_species")
@@ -141,7 +200,7 @@ with st.expander("Set up a sweep", expanded="sweep_result" not in st.session_sta
             st.warning("A target clip comes from the dataset; none is found.")
         else:
             recs = [r for r in ds.available() if r.split == "test"]
-            rid = st.selectbox("Target clip (its first 5 s)", [r.recording_id for r in recs], key="sweep_target_clip",
+            rid = st.selectbox(f"Target clip (its first {window_s:g} s)", [r.recording_id for r in recs], key="sweep_target_clip",
                                format_func=lambda i: f"{i} · {', '.join(display(x) for x in ds.by_id[i].labels)}")
             options["target_recording"] = rid
     if objective.startswith("prototype"):
@@ -160,9 +219,10 @@ with st.expander("Set up a sweep", expanded="sweep_result" not in st.session_sta
     b1, b2 = st.columns([1, 3])
     budget_kind = b1.radio("Budget", ["eps", "snr_db"], key="sweep_budget_kind",
                            format_func={"eps": "eps (full-scale amplitude)", "snr_db": "target SNR (dB)"}.get)
-    grid_text = b2.text_input("Grid (comma-separated)", value=DEFAULT_GRID[budget_kind], key=f"sweep_grid_{budget_kind}",
-                              help="eps in full-scale amplitude (L-inf: max |delta|; L2: ||delta||_2 over the 5 s clip), "
-                                   "or target SNR in dB relative to each clip (each clip gets its own eps).")
+    st.session_state.setdefault(f"sweep_grid_{budget_kind}", DEFAULT_GRID[budget_kind])
+    grid_text = b2.text_input("Grid (comma-separated)", key=f"sweep_grid_{budget_kind}",
+                              help=f"eps in full-scale amplitude (L-inf: max |delta|; L2: ||delta||_2 over the {window_s:g} s "
+                                   "window), or target SNR in dB relative to each clip (each clip gets its own eps).")
 
     clip_sources = ["Current clip"] + (["A species", "Split subset"] if ds else [])
     clip_mode = st.radio("Clips", clip_sources, horizontal=True, key="sweep_clip_mode")
@@ -173,18 +233,37 @@ with st.expander("Set up a sweep", expanded="sweep_result" not in st.session_sta
         else:
             clip = clip_picker("sweep", first.config.frontend.sample_rate, first.config.clip_seconds)
     else:
+        st.session_state.setdefault("sweep_max_clips", FULL_CLIPS)
         s1, s2, s3 = st.columns(3)
         split = s1.selectbox("Split", ["test", "val", "train"], key="sweep_split")
         species = s2.selectbox("Species", ds.class_names, format_func=display, key="sweep_species") if clip_mode == "A species" else None
-        max_clips = int(s3.number_input("at most N clips (5 s windows)", min_value=1, max_value=MAX_CLIPS, value=8, key="sweep_max_clips"))
+        max_clips = int(s3.number_input(f"at most N clips ({window_s:g} s windows)", min_value=1, max_value=MAX_CLIPS,
+                                        key="sweep_max_clips"))
     through = st.multiselect("Also pass every clip through (does the attack survive it?)", list(THREATS),
                              format_func=lambda t: THREATS[t][0], key="sweep_through",
                              help="Each attacked clip, and each clean clip as the control, is also transformed (the same "
                                   "room, distance, noise and codec for both) and scored again.")
     audibility = st.checkbox("Also measure audibility: the share of each perturbation above the clip's masking threshold",
                              value=True, key="sweep_audibility", help=help_text("masking threshold"))
-    run = st.button("Run sweep", type="primary", key="sweep_run", disabled=not models or running_job("sweep") is not None)
+    busy = not models or running_job("sweep") is not None
+    n_clips = 1 if clip_mode == "Current clip" else max_clips
+    try:
+        planned = parse_float_list(grid_text, "the grid") if budget_kind == "eps" else [1.0] * len(grid_text.split(","))
+    except CoreError:
+        planned = []
+    run_steps = 1 if attack == "fgsm" else steps
+    this_run = {m: sweep_units(n_clips, planned, run_steps) for m in models}
+    full_run = {m: sweep_units(FULL_CLIPS, parse_float_list(FULL_GRID, "the grid"), FULL_STEPS) for m in models}
+    r1, r2 = st.columns(2)
+    run = r1.button("Run sweep", type="primary", key="sweep_run", disabled=busy)
+    r1.caption(estimate_caption(this_run, f"{n_clips} clip(s) x {sum(1 for b in planned if b != 0)} budget(s) x {run_steps} step(s)"))
+    full_seconds, _ = sweep_estimate(full_run)
+    r2.button(f"Full sweep: {FULL_CLIPS} test clips x 6 budgets x PGD-10, {duration_text(full_seconds)}", key="sweep_full",
+              disabled=busy or ds is None, on_click=use_full_settings,
+              help="The CLI's sweep grid on a subset of the test split, with every model chosen above. The time is "
+                   "estimated from what a step cost on this machine so far.")
     st.caption(BACKGROUND + " A sweep from the command line (`python -m core sweep`) resumes where it stopped.")
+    run = run or st.session_state.pop("sweep_full_pending", False)
 
     if run:
         try:

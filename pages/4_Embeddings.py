@@ -16,27 +16,127 @@ from core.io.clips import ClipSet, dataset_clips
 from core.metrics import snr_db
 from core.models.registry import has_prototypes
 from core.studies.embeddings import EmbeddingCache, compute_embeddings, embedding_metrics, prototype_anchors, recording_ids, umap_map
-from ui.common import audio_player, dataset_status_message, get_dataset, require_model, selected_points
-from ui.jobs import BACKGROUND, job_panel, start_job
+from ui.common import audio_player, dataset_status_message, get_dataset, require_model, selected_points, umap_warmup
+from ui.jobs import BACKGROUND, Plan, counting_steps, duration_text, estimate_seconds, job_panel, start_job
 from ui.plots import CHART_CONFIG, logmel_db, spectrogram_figure
 
+#: The default map: this many windows of the test split, sized to finish in about 15 s on an idle 2-core CPU.
+DEFAULT_CLIPS = 24
+#: The bigger map, one click away.
+FULL_CLIPS = 120
+#: First guesses [seconds per unit on a 2-core CPU] until this machine has measured its own (ui.jobs.unit_cost).
+FIRST_GUESS_S = {"decode": 0.25, "embed": 0.25, "anchors": 0.1, "attack": 0.3, "umap_cold": 15.0, "umap_warm": 0.5}
 
-def embedding_job(job, model, clips, attack, eps, show_protos, settings) -> dict:
-    """Embeddings, the UMAP map and its metrics, in a background job (no Streamlit calls)."""
+
+def clips_for(ds, split: str, species: tuple, max_clips: int, sample_rate: int, window_samples: int, class_names: tuple,
+              progress=None) -> ClipSet:
+    """Windows of the split (evenly spread; per species when some are chosen), decoded at the model's rate."""
+    if not species:
+        return dataset_clips(ds, split=split, class_names=class_names, sample_rate=sample_rate, window_samples=window_samples,
+                             max_clips=max_clips, progress=progress)
+    per = max(1, math.ceil(max_clips / len(species)))
+    parts, done = [], [0]
+
+    def step(d, t):  # the recordings of all species counted as one stage
+        if progress:
+            progress(done[0] + d, None)
+
+    for s in species:
+        parts.append(dataset_clips(ds, split=split, class_names=class_names, sample_rate=sample_rate,
+                                   window_samples=window_samples, species=s, max_clips=per, progress=step))
+        done[0] += min(per, n_recordings(ds, split, (s,), per))
+    parts = [p for p in parts if len(p)]
+    ids, keep = [], []
+    for p in parts:  # a recording with two focal species can appear twice
+        keep.append([i for i, c in enumerate(p.clip_ids) if c not in ids])
+        ids += [p.clip_ids[i] for i in keep[-1]]
+    return ClipSet(waveforms=np.concatenate([p.waveforms[k] for p, k in zip(parts, keep)]), clip_ids=ids,
+                   labels=np.concatenate([p.labels[k] for p, k in zip(parts, keep)]),
+                   masks=np.concatenate([p.masks[k] for p, k in zip(parts, keep)]),
+                   species=[p.species[i] for p, k in zip(parts, keep) for i in k])
+
+
+def n_recordings(ds, split: str, species: tuple, max_clips: int) -> int:
+    """How many recordings :func:`clips_for` decodes (one per clip at most, per species when some are chosen)."""
+    recs = [r for r in ds.split(split) if r.path.is_file()]
+    if not species:
+        return min(len(recs), max_clips)
+    per = max(1, math.ceil(max_clips / len(species)))
+    return sum(min(per, sum(1 for r in recs if s in r.labels)) for s in species)
+
+
+def map_units(n_clips: int, n_recs: int, steps: int, with_attack: bool, anchors: bool) -> dict:
+    """Units of work of a map: recordings decoded, clips embedded, PGD steps x clips, clips scanned for anchors."""
+    return {"decode": n_recs, "embed": n_clips, "attack": n_clips * steps if with_attack else 0,
+            "anchors": n_clips if anchors else 0}
+
+
+def stage_kinds(name: str) -> dict:
+    """Where each stage's cost per unit is remembered (ui.jobs.record_unit_cost): per model where the model works."""
+    return {"decode": "emb:decode", "embed": f"emb:embed:{name}", "attack": f"emb:attack:{name}", "anchors": f"emb:anchors:{name}"}
+
+
+def map_estimate(name: str, units: dict, umap_ready: bool) -> tuple[float, bool]:
+    """Seconds a map will take here: each stage's units times its cost per unit, plus UMAP."""
+    kinds = stage_kinds(name)
+    seconds, measured = estimate_seconds({kinds[k]: u for k, u in units.items() if u},
+                                         {kinds[k]: FIRST_GUESS_S[k] for k in units})
+    return seconds + FIRST_GUESS_S["umap_warm" if umap_ready else "umap_cold"], measured
+
+
+def embedding_job(job, model, name, ds, clip_args, attack, eps, show_protos, settings, store, umap_ready) -> dict:
+    """Decoding, embeddings, the UMAP map and its metrics, in a background job (no Streamlit calls).
+
+    ``store`` keeps decoded clip sets across runs (keyed by ``clip_args``); progress moves per
+    recording decoded, per clip embedded and per PGD step, with the time left (ui.jobs.Plan).
+    """
     cfg = model.config
+    kinds = stage_kinds(name)
+    n_recs = n_recordings(ds, clip_args[0], clip_args[1], clip_args[2])
+    units = map_units(clip_args[2], n_recs, getattr(attack, "steps", 0), attack is not None, show_protos and has_prototypes(cfg))
+    plan = Plan(job, [(kinds[k], units[k], FIRST_GUESS_S[k]) for k in ("decode", "embed", "attack", "anchors")]
+                + [("umap", 1, FIRST_GUESS_S["umap_warm" if umap_ready() else "umap_cold"])], transient=("umap",))
+    clips = store.get(clip_args)
+    if clips is None:
+        plan.update(kinds["decode"], 0, "Decoding recordings")
+        clips = clips_for(ds, *clip_args, progress=lambda d, t: plan.update(kinds["decode"], d, "Decoding recordings"))
+        store[clip_args] = clips
+    else:
+        plan.skip(kinds["decode"])
+    if len(clips) < 4:
+        raise CoreError(f"only {len(clips)} clip(s) match; a map needs at least 4")
+    n = len(clips)
+    plan.units[kinds["embed"]] = n
+    plan.units[kinds["anchors"]] = n if units["anchors"] else 0
+    plan.units[kinds["attack"]] = n * attack.steps if attack is not None else 0
+    steps_done = [0]
+
+    def on_rows(rows):
+        steps_done[0] += rows
+        plan.update(kinds["attack"], steps_done[0], "Attacking (PGD steps x clips)")
 
     def progress(stage, done, total):
-        job.progress(0.9 * done / total, f"{'Embedding clean clips' if stage == 'clean' else 'Attacking and embedding'}: {done}/{total}")
+        if stage == "clean":
+            plan.update(kinds["embed"], done, "Embedding clean clips")
 
+    plan.update(kinds["embed"], 0, "Embedding clean clips")
+    if attack is not None:
+        attack = counting_steps(attack, on_rows)
     cache = EmbeddingCache()
-    emb = compute_embeddings(model, clips, attack=attack, eps=float(eps) if attack else None, cache=cache, progress=progress)
-    job.progress(0.9, "UMAP…")
+    emb = compute_embeddings(model, clips, attack=attack, eps=float(eps) if attack else None, cache=cache, progress=progress,
+                             batch_size=4)
+    for k in ("embed", "attack"):
+        if plan.done[kinds[k]] < plan.units[kinds[k]]:  # found in the disk cache
+            plan.skip(kinds[k])
     extra = []
     if emb.adv_embeddings is not None:
         extra.append(emb.adv_embeddings)
     anchors = None
     if show_protos and has_prototypes(cfg):
+        plan.update(kinds["anchors"], 0, "Finding each prototype's clip")
         anchors = prototype_anchors(model, clips.waveforms)  # each prototype at the clip it fires most on
+        plan.update(kinds["anchors"], n, "Finding each prototype's clip")
+    plan.update("umap", 0, "UMAP map" + ("" if umap_ready() else " (compiling UMAP's code, once per server)"))
     key = EmbeddingCache.key("umap", emb.embeddings.tobytes().hex()[:64], len(emb.embeddings), [e.shape for e in extra],
                              [float(np.asarray(e).sum()) for e in extra])
     stored = cache.load(key)
@@ -56,6 +156,7 @@ def embedding_job(job, model, clips, attack, eps, show_protos, settings) -> dict
         rows += [{"points": "adversarial", "space": "embedding", **embedding_metrics(emb.adv_embeddings, primary, groups=recordings)},
                  {"points": "adversarial", "space": "UMAP 2-D",
                   **embedding_metrics(adv_coords, primary, metric="euclidean", groups=recordings)}]
+    plan.update("umap", 1, "UMAP map and metrics")
     return {
         "settings": settings, "clips": clips, "emb": emb, "coords": coords, "adv_coords": adv_coords,
         "anchors": anchors, "clusters": clusters,
@@ -65,13 +166,12 @@ def embedding_job(job, model, clips, attack, eps, show_protos, settings) -> dict
 
 st.set_page_config(page_title="Embeddings · birdshield", page_icon="🐦", layout="wide")
 st.title("Embeddings: where clips sit, and where an attack drags them")
-st.caption("Each point is a 5 s clip, placed by UMAP (fitted on the clean embeddings, fixed seed) from the model's "
-           "pre-logits embedding. Adversarial clips are placed into the same map, with an arrow from each clean clip to "
-           "its attacked twin. Select a point (click, or box/lasso) to hear it.")
-
 MAX_CLIPS = 2000
 name, model = require_model("emb_model")
 cfg = model.config
+st.caption(f"Each point is a {cfg.clip_seconds:g} s window (the input of {name}), placed by UMAP (fitted on the clean "
+           "embeddings, fixed seed) from the model's pre-logits embedding. Adversarial clips are placed into the same map, "
+           "with an arrow from each clean clip to its attacked twin. Select a point (click, or box/lasso) to hear it.")
 names = list(cfg.class_names)
 ds = get_dataset()
 if ds is None:
@@ -80,52 +180,58 @@ if ds is None:
 display = ds.display_name
 
 
-@st.cache_data(max_entries=8, show_spinner="Decoding clips…")
-def load_clips(split: str, species: tuple, max_clips: int, sample_rate: int, window_samples: int, class_names: tuple) -> ClipSet:
-    if not species:
-        return dataset_clips(ds, split=split, class_names=class_names, sample_rate=sample_rate, window_samples=window_samples,
-                             max_clips=max_clips)
-    per = max(1, math.ceil(max_clips / len(species)))
-    parts = [dataset_clips(ds, split=split, class_names=class_names, sample_rate=sample_rate, window_samples=window_samples,
-                           species=s, max_clips=per) for s in species]
-    parts = [p for p in parts if len(p)]
-    ids, keep = [], []
-    for p in parts:  # a recording with two focal species can appear twice
-        keep.append([i for i, c in enumerate(p.clip_ids) if c not in ids])
-        ids += [p.clip_ids[i] for i in keep[-1]]
-    return ClipSet(waveforms=np.concatenate([p.waveforms[k] for p, k in zip(parts, keep)]), clip_ids=ids,
-                   labels=np.concatenate([p.labels[k] for p, k in zip(parts, keep)]),
-                   masks=np.concatenate([p.masks[k] for p, k in zip(parts, keep)]),
-                   species=[p.species[i] for p, k in zip(parts, keep) for i in k])
+@st.cache_resource(show_spinner=False)
+def clip_store() -> dict:
+    """Decoded clip sets of this server, by (split, species, max_clips, rate, window, classes); the newest 8 kept."""
+    return {}
 
 
+warm = umap_warmup()  # UMAP's code compiles in the background while the user chooses (once per server)
+st.session_state.setdefault("emb_max_clips", DEFAULT_CLIPS)
 with st.form("emb_form"):
     c1, c2, c3 = st.columns([1, 3, 1])
     split = c1.selectbox("Split", ["test", "val", "train"], key="emb_split")
     species = c2.multiselect("Species (empty: all)", ds.class_names, format_func=display, key="emb_species")
-    max_clips = int(c3.number_input("at most N clips", min_value=4, max_value=MAX_CLIPS, value=120, step=20, key="emb_max_clips"))
+    max_clips = int(c3.number_input("at most N clips", min_value=4, max_value=MAX_CLIPS, step=4, key="emb_max_clips",
+                                    help=f"Windows of {cfg.clip_seconds:g} s (this model's input), spread evenly over the "
+                                         "split's recordings and species."))
     a1, a2, a3, a4, a5 = st.columns([1.2, 1, 1, 1, 1.2])
     with_attack = a1.checkbox("Add adversarial points", key="emb_with_attack")
     attack_name = a2.selectbox("Attack", ["pgd", "bim", "fgsm"], key="emb_attack")
     eps = a3.number_input("eps (L-inf)", min_value=0.0, max_value=1.0, value=3e-4, step=1e-4, format="%.5f", key="emb_eps")
     steps = int(a4.number_input("steps", min_value=1, max_value=100, value=10, key="emb_steps"))
     show_protos = a5.checkbox("Show prototypes", value=has_prototypes(cfg), key="emb_protos", disabled=not has_prototypes(cfg))
-    submitted = st.form_submit_button("Compute map", type="primary")
+    run_steps = 1 if attack_name == "fgsm" else steps
+    with_anchors = show_protos and has_prototypes(cfg)
+    f1, f2 = st.columns(2)
+    submitted = f1.form_submit_button("Compute map", type="primary")
+    here, measured = map_estimate(name, map_units(max_clips, n_recordings(ds, split, tuple(species), max_clips), run_steps,
+                                                  with_attack, with_anchors), not warm.is_alive())
+    f1.caption(f"{max_clips} clips: {duration_text(here)}"
+               + ("" if measured else " (a first guess until a map here has measured this machine)"))
+    big, _ = map_estimate(name, map_units(FULL_CLIPS, n_recordings(ds, split, tuple(species), FULL_CLIPS), run_steps,
+                                          with_attack, with_anchors), True)
+    bigger = f2.form_submit_button(f"Map {FULL_CLIPS} clips, {duration_text(big)}", key="emb_full",
+                                   on_click=lambda: st.session_state.update(emb_max_clips=FULL_CLIPS))
     st.caption(BACKGROUND + " Finished maps are cached on disk.")
 
+if bigger:
+    max_clips = FULL_CLIPS
 settings = (name, split, tuple(species), max_clips, with_attack, attack_name, float(eps), steps)
-if submitted:
+if submitted or bigger:
     try:
-        clips = load_clips(split, tuple(species), max_clips, cfg.frontend.sample_rate, cfg.window_samples, tuple(names))
-        if len(clips) < 4:
-            raise CoreError(f"only {len(clips)} clip(s) match; a map needs at least 4")
         attack = None
         if with_attack:
             if eps <= 0:
                 raise CoreError("eps must be > 0 to add adversarial points")
             attack = make_attack(attack_name, eps=float(eps), steps=steps)
+        store = clip_store()
+        while len(store) >= 8:
+            store.pop(next(iter(store)))
+        clip_args = (split, tuple(species), max_clips, cfg.frontend.sample_rate, cfg.window_samples, tuple(names))
         start_job("embeddings", "Map", "Embeddings",
-                  lambda job, a=(model, clips, attack, float(eps), show_protos, settings): embedding_job(job, *a))
+                  lambda job, a=(model, name, ds, clip_args, attack, float(eps), show_protos, settings, store,
+                                 lambda: not warm.is_alive()): embedding_job(job, *a))
     except CoreError as exc:
         st.error(f"Map not computed: {exc}")
 job_panel("embeddings", lambda r: st.session_state.__setitem__("emb_result", r))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
@@ -59,18 +61,52 @@ with st.expander("Settings (a stored result is used when one matches these setti
     eps_text = e1.text_input("eps grid, untargeted PGD (full-scale amplitude)", ", ".join(f"{e:g}" for e in defaults.epsilons), key="cmp_eps")
     teps_text = e2.text_input("eps grid, targeted embedding-space PGD", ", ".join(f"{e:g}" for e in defaults.target_epsilons), key="cmp_teps")
 
+def store_stamp(store: CompareStore) -> tuple:
+    """What the store holds now (each stored result's meta.json and its time): a new result changes it."""
+    dirs = [d for d in (store.directory, store.shipped) if d is not None and d.is_dir()]
+    return tuple(sorted((str(p), p.stat().st_mtime_ns) for d in dirs for p in d.glob("*/meta.json")))
+
+
+@st.cache_resource(max_entries=16, show_spinner="Reading the stored comparison…")
+def stored_result(settings_json: str, fingerprints: tuple, data_dir: str, stamp: tuple, _settings: CompareSettings,
+                  _store: CompareStore):
+    """The stored result for these settings and weights, read once per store state (shared, never mutated)."""
+    return _store.find(_settings, dict(fingerprints))
+
+
+@st.cache_data(max_entries=32, show_spinner="Summarising…")
+def summaries(result_key: tuple, what: str, _result, arg=None):
+    """Tables derived from a stored result, computed once per result (each takes seconds of scikit-learn metrics)."""
+    if what == "summary":
+        return model_summary(_result)
+    if what == "shift":
+        return summarize_shift(_result.shift)
+    if what == "robustness":
+        rob_all = _result.robustness
+        attack, thresholds = arg
+        return summarize(rob_all[rob_all["attack"] == attack] if attack and "attack" in rob_all else rob_all,
+                         thresholds=dict(thresholds))
+    if what == "targeted":
+        return summarize(_result.targeted)
+    if what == "stability":
+        return prototype_stability(_result)
+    if what == "masking":
+        return masking_check(_result.robustness)
+    raise ValueError(what)
+
+
 try:
     settings = CompareSettings(split=split, max_clips=max_clips, steps=steps, seed=seed, strong=strong,
                                epsilons=parse_float_list(eps_text, "eps grid"), target_epsilons=parse_float_list(teps_text, "targeted eps grid"))
-    loaded = {n: get_model(n) for n in models}
+    fingerprints = {n: model_fingerprint_cached(n) for n in models}  # from the disk cache: no model is loaded to show a result
 except CoreError as exc:
     st.error(f"Cannot compare: {exc}")
     st.stop()
-fingerprints = {n: model_fingerprint_cached(n) for n in models}
 store = CompareStore()
-result = store.find(settings, fingerprints)
-
 ds = get_dataset()
+result = stored_result(json.dumps(settings.to_dict(), sort_keys=True, default=str), tuple(sorted(fingerprints.items())),
+                       str(getattr(ds, "root", "")), store_stamp(store), settings, store)
+
 b1, b2 = st.columns([1, 3])
 note = b2.empty()  # replaced once a run finishes, so no stale "no stored result" box stays
 label = "Recompute" if result is not None else "Compute"
@@ -114,6 +150,11 @@ def compare_job(job, loaded, ds, settings, store) -> str:
 
 
 if go_compute and ds is not None:
+    try:
+        loaded = {n: get_model(n) for n in models}  # loaded only to compute: showing a stored result needs none
+    except CoreError as exc:
+        st.error(f"Cannot compare: {exc}")
+        st.stop()
     start_job("compare", "Comparison", "Compare models",
               lambda job, loaded=loaded, ds=ds, settings=settings, store=store: compare_job(job, loaded, ds, settings, store))
 if job_panel("compare", lambda msg: st.session_state.__setitem__("cmp_done_note", msg)):
@@ -121,13 +162,16 @@ if job_panel("compare", lambda msg: st.session_state.__setitem__("cmp_done_note"
 if st.session_state.get("cmp_done_note"):
     note.success(st.session_state.pop("cmp_done_note"))
     result = store.find(settings, fingerprints)
+    stored_result.clear()
 
 if result is None:
     st.stop()
 
 # -- summary --------------------------------------------------------------------------------------
 
-summary = model_summary(result)
+result_key = (json.dumps(result.settings.to_dict(), sort_keys=True, default=str), tuple(sorted(result.fingerprints.items())),
+              result.seconds, tuple(result.models))
+summary = summaries(result_key, "summary", result).copy()
 cards = {n: card_or_none(n) or {} for n in result.models}
 
 
@@ -158,13 +202,15 @@ st.download_button("Report of this comparison (one HTML file)",
                    lambda: html_report("Model comparison", [("Settings", [report_settings]), ("Weights", [dict(result.fingerprints)]),
                                                     ("Summary", [summary]),
                                                     ("Attack success per budget (" + report_attack + ")",
-                                                     [robustness_curves(summarize(report_rob), "success_rate")])]),
+                                                     [robustness_curves(summaries(result_key, "robustness", result,
+                                                                                  (report_attack if "attack" in result.robustness else None, ())),
+                                                                        "success_rate")])]),
                    file_name="compare_report.html", mime="text/html", key="cmp_report")
 
 tab_shift, tab_rob, tab_tgt, tab_proto = st.tabs(["Clean and shifted", "Robustness curves", "Targeted embedding attack", "Prototype stability"])
 
 with tab_shift:
-    sh = summarize_shift(result.shift)
+    sh = summaries(result_key, "shift", result)
     fig = px.bar(sh, x="model", y="cmap", color="condition", barmode="group", hover_data=["setting", "cmap_change", "n"],
                  labels={"cmap": "cmAP", "condition": "condition"}, height=380)
     fig.update_layout(margin=dict(l=10, r=10, t=30, b=10))
@@ -187,7 +233,7 @@ with tab_rob:
     metric = r1.radio("Metric", ["cmap", "success_rate", "set_change_rate", "prs", "top1", "snr_db"], horizontal=True, key="cmp_rob_metric",
                       format_func=lambda m: METRIC_LABELS.get(m, m))
     which = r2.radio("Attack", attacks_here, horizontal=True, key="cmp_rob_attack", format_func=lambda a: a.replace("-", " "))
-    checks = masking_check(rob_all)
+    checks = summaries(result_key, "masking", result)
     flagged = checks[checks["warning"] != ""] if not checks.empty else checks
     if not flagged.empty:
         st.warning("Gradient-masking check: the default attack underestimates the attacker for "
@@ -198,7 +244,7 @@ with tab_rob:
     except CoreError as exc:
         st.warning(f"Set-change rates left out: {exc}")
         thresholds = {}
-    rob = summarize(rob_all[rob_all["attack"] == which] if "attack" in rob_all else rob_all, thresholds=thresholds)
+    rob = summaries(result_key, "robustness", result, (which, tuple(sorted(thresholds.items()))))
     if metric == "set_change_rate" and rob["set_change_rate"].isna().all():
         st.info("No set-change rate here: the worst-case rows keep no scores, and models without a validation threshold "
                 "(BirdNET) have none. Pick PGD or transfer.")
@@ -212,7 +258,7 @@ with tab_rob:
                        key="cmp_dl_rob")
 
 with tab_tgt:
-    tg = summarize(result.targeted)
+    tg = summaries(result_key, "targeted", result)
     m2 = st.radio("Metric", ["tars", "drs", "prs", "success_rate", "cmap"], horizontal=True, key="cmp_tgt_metric",
                   format_func=lambda m: METRIC_LABELS.get(m, m))
     st.plotly_chart(robustness_curves(tg, m2, height=380), width="stretch", config=CHART_CONFIG, key="cmp_tgt_fig")
@@ -228,7 +274,7 @@ with tab_proto:
     if protos.empty:
         st.info("Prototype stability applies to AudioProtoPNet models; none is selected.")
     else:
-        stab = prototype_stability(result)
+        stab = summaries(result_key, "stability", result)
         fig = px.bar(stab, x="eps", y="relative_change", color="model", barmode="group", facet_col="objective", log_x=False,
                      labels={"relative_change": "mean |activation change| / mean clean activation", "eps": "eps"}, height=360)
         fig.update_xaxes(type="category", matches=None)  # each attack shows only its own budgets

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import streamlit as st
@@ -44,18 +48,100 @@ def location_filter():
     return LocationFilter()
 
 
-@st.cache_data(max_entries=32, show_spinner=False)
-def _fingerprint(name: str, mtime_ns: int) -> str:
+_FINGERPRINTS_LOCK = threading.Lock()
+
+
+def _fingerprint_file() -> Path:
+    from core.studies.embeddings import default_cache_dir
+
+    return default_cache_dir().parent / "fingerprints.json"
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _fingerprint(name: str, stamp: str) -> str:
+    """The fingerprint of ``name`` as its files are now (``stamp``), from the disk cache or by loading the model."""
     from core.studies.embeddings import model_fingerprint
 
-    return model_fingerprint(get_model(name))
+    path = _fingerprint_file()
+    with _FINGERPRINTS_LOCK:
+        try:
+            known = json.loads(path.read_text())
+        except (OSError, ValueError):
+            known = {}
+        if isinstance(known, dict) and isinstance(known.get(stamp), str):
+            return known[stamp]
+    value = model_fingerprint(get_model(name))
+    with _FINGERPRINTS_LOCK:
+        try:
+            known = json.loads(path.read_text()) if path.is_file() else {}
+            known = known if isinstance(known, dict) else {}
+            known[stamp] = value
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(known, indent=1, sort_keys=True))
+            tmp.replace(path)
+        except (OSError, ValueError):
+            pass  # a read-only cache: computed again next time
+    return value
 
 
 def model_fingerprint_cached(name: str) -> str:
-    """Weight fingerprint of a checkpoint, recomputed only when its file changes."""
+    """Weight fingerprint of a checkpoint (:func:`core.studies.embeddings.model_fingerprint`), without loading the model
+    when its files are unchanged since the fingerprint was last computed on this machine.
+
+    The fingerprint is kept on disk (``fingerprints.json`` beside the caches) under the
+    checkpoint's name, the path, size and modification time of each of its files
+    (weights and model card, and BirdNET's weights for models built on them), so a
+    page that only needs it (Compare models) does not load eight models.
+    """
     from core.models.registry import resolve_checkpoint
 
-    return _fingerprint(name, resolve_checkpoint(name).stat().st_mtime_ns)
+    path = resolve_checkpoint(name)
+    files = sorted({path, *path.parent.glob(path.stem + ".*")} | _birdnet_files(name))
+    stamp = name + "|" + "|".join(f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files if f.is_file())
+    return _fingerprint(name, stamp)
+
+
+def _birdnet_files(name: str) -> set:
+    """BirdNET's model file, which a model on BirdNET's backbone reads besides its own checkpoint."""
+    card = card_or_none(name) or {}
+    if not str(card.get("config", {}).get("arch", "")).startswith("birdnet"):
+        return set()
+    from core.models.birdnet import birdnet_files
+
+    try:
+        return {birdnet_files()["model"]}
+    except CoreError:  # BirdNET not installed: loading the model will say so
+        return set()
+
+
+@st.cache_resource(show_spinner=False)
+def umap_warmup() -> threading.Thread:
+    """Compile UMAP's numba code once per server process, in a background thread.
+
+    The first UMAP fit of a process compiles its code: about 11-15 s of CPU on a
+    2-core machine, more than the default map itself. Started when the Embeddings page
+    opens, it runs while the user chooses; a map asked for meanwhile waits for it
+    (numba compiles each function once). Only the fit is compiled here; placing
+    adversarial points (UMAP's ``transform``) compiles its own code the first time.
+
+    Returns
+    -------
+    threading.Thread
+        Alive while compiling.
+    """
+    def work() -> None:
+        from core.studies.embeddings import umap_map
+
+        x = np.random.default_rng(0).normal(size=(12, 8)).astype(np.float32)
+        try:
+            umap_map(x)
+        except Exception:  # noqa: BLE001 - a failed warm-up only means the first map compiles instead
+            pass
+
+    thread = threading.Thread(target=work, name="birdshield-umap-warmup", daemon=True)
+    thread.start()
+    return thread
 
 
 @st.cache_resource(show_spinner=False)
@@ -67,6 +153,15 @@ def get_dataset(explicit: str | None = None) -> Dataset | None:
 @st.cache_data(max_entries=64, show_spinner="Decoding audio…")
 def load_recording(path: str, sample_rate: int, duration_s: float | None) -> np.ndarray:
     return load_audio(path, sample_rate=sample_rate, duration_s=duration_s).waveform
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def load_segment(path: str, sample_rate: int, offset_s: float, duration_s: float) -> np.ndarray:
+    """``duration_s`` seconds of a recording from ``offset_s``, mono at ``sample_rate`` [Hz], decoding only that stretch
+    where the format allows (:func:`core.field.analyze.read_segment`); shorter at the end of the recording."""
+    from core.field.analyze import read_segment
+
+    return read_segment(path, sample_rate, offset_s, duration_s)
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
