@@ -225,6 +225,9 @@ def train_head_args(p) -> None:
     add_int(p, "--no-bird", 0, metavar="N",
             help="add N synthetic no-bird windows (noise, tones) and the train split's bird-free site noise as "
                  "negatives (all-zero targets); default 0")
+    p.add_argument("--no-bird-families", default="v1", metavar="RECIPE",
+                   help="kinds of the synthetic no-bird windows: v1 (white and pink noise, tones: the shipped heads' recipe) "
+                        "or train (every family of core.io.synth.TRAIN_FAMILIES: noises, hum, rain, engine, wind, tones)")
     add_out_dir(p)
 
 
@@ -242,8 +245,10 @@ def cmd_train_head(args) -> int:
         layer_tensor(graph, layer)
     if args.no_bird < 0:
         raise ParameterError(f"--no-bird must be >= 0, got {args.no_bird}")
+    if args.no_bird_families not in ("v1", "train"):
+        raise ParameterError(f"--no-bird-families must be v1 or train, got {args.no_bird_families!r}")
     model, card = train_birdnet_head(open_dataset(args.data_dir), args.layer, cfg, tuned_from=args.tuned_from,
-                                     lr_stage=args.lr_stage, no_bird=args.no_bird)
+                                     lr_stage=args.lr_stage, no_bird=args.no_bird, no_bird_recipe=args.no_bird_families)
     print(saved_line(save_trained(args, model, card), card, recording_cmap=True))
     return 0
 

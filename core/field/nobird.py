@@ -142,11 +142,12 @@ def held_out_summary(table: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-def no_bird_markdown(table: pd.DataFrame, labels: dict | None = None) -> str:
+def no_bird_markdown(table: pd.DataFrame, labels: dict | None = None, top1: dict | None = None) -> str:
     """The docs' table of :func:`no_bird_check`: one row per signal, one column per model (share of windows with no bird).
 
     A cell below 1 names the species the model named most often there; the last rows pool the
-    held-out signals (:func:`held_out_summary`): share of false windows and false windows per hour.
+    held-out signals (:func:`held_out_summary`): share of false windows and false windows per hour,
+    beside each model's test recording top-1 when ``top1`` (model -> value) is given.
     """
     labels = labels or {}
     models = list(dict.fromkeys(table["model"]))
@@ -169,6 +170,9 @@ def no_bird_markdown(table: pd.DataFrame, labels: dict | None = None) -> str:
                      + " | ".join(f"**{summary.loc[m, 'false_rate']:.1%}**" for m in models) + " |")
         lines.append("| **false windows per hour** | yes | | "
                      + " | ".join(f"**{summary.loc[m, 'false_per_hour']:.0f}**" for m in models) + " |")
+    if top1:
+        lines.append("| test recording top-1 (for comparison) | | | "
+                     + " | ".join(f"{top1[m]:.3f}" if m in top1 else "" for m in models) + " |")
     return "\n".join(lines)
 
 

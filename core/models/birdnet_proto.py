@@ -104,6 +104,15 @@ class BirdNETHeadConfig(WindowedConfig):
             object.__setattr__(self, "bird_gate", float(self.bird_gate))
 
 
+    def to_dict(self) -> dict:
+        """The config as plain Python types; without a gate, ``bird_gate``/``gate_slope`` are left out, so a head
+        saved before the gate existed keeps its stored config and fingerprint."""
+        d = super().to_dict()
+        if d.get("bird_gate") is None:
+            d.pop("bird_gate", None)
+            d.pop("gate_slope", None)
+        return d
+
     @classmethod
     def from_dict(cls, d: dict) -> "BirdNETHeadConfig":
         """Rebuild from :meth:`to_dict`; unknown keys or another version raise :class:`CheckpointError`."""

@@ -344,7 +344,7 @@ def push_head(head: PrototypeHead, train_feats: np.ndarray, train_focal: np.ndar
 NO_BIRD_SYNTHETIC_ID = "no-bird-synthetic-v1"
 
 
-def no_bird_windows(dataset: Dataset, *, n_synthetic: int = 256, seed: int = 1) -> WindowSet:
+def no_bird_windows(dataset: Dataset, *, n_synthetic: int = 256, seed: int = 1, recipe: str = "v1") -> WindowSet:
     """Training windows that hold no bird (targets all zero): the train split's bird-free site noise and synthetic sounds.
 
     Site noise: the train-split windows of :func:`core.training.noisebank.birdfree_bank`
@@ -356,12 +356,18 @@ def no_bird_windows(dataset: Dataset, *, n_synthetic: int = 256, seed: int = 1) 
     out; its synthetic controls (a 3 kHz tone at -20 dBFS, white noise at -30 dBFS,
     pink noise at -50 dBFS) are of the kinds drawn here, so they are not held out.
 
+    With ``recipe="train"`` the synthetic windows are drawn in equal shares from every
+    family of :data:`core.io.synth.TRAIN_FAMILIES` (noises, mains hum, rain, engine,
+    wind, tones; :func:`core.io.synth.nonbird_windows`), never from its held-out families.
+
     Parameters
     ----------
     dataset : Dataset
     n_synthetic : int >= 0
         Synthetic windows.
     seed : int
+    recipe : {"v1", "train"}
+        ``v1``: the shipped heads' recipe above; ``train``: the synthetic families.
 
     Returns
     -------
@@ -376,6 +382,8 @@ def no_bird_windows(dataset: Dataset, *, n_synthetic: int = 256, seed: int = 1) 
 
     if isinstance(n_synthetic, bool) or not isinstance(n_synthetic, int) or n_synthetic < 0:
         raise ParameterError(f"n_synthetic must be an integer >= 0, got {n_synthetic!r}")
+    if recipe not in ("v1", "train"):
+        raise ParameterError(f"recipe must be 'v1' or 'train', got {recipe!r}")
     n = int(round(BIRDNET_WINDOW_S * BIRDNET_SAMPLE_RATE))
     rng = np.random.default_rng(seed)
     waves, rec_index, starts, recordings = [], [], [], []
@@ -387,9 +395,20 @@ def no_bird_windows(dataset: Dataset, *, n_synthetic: int = 256, seed: int = 1) 
         rec_index.append([r.recording_id for r in recordings].index(rec_id))
         starts.append(int(round(start_s * BIRDNET_SAMPLE_RATE)))
     synth = len(recordings)
-    recordings.append(SimpleNamespace(recording_id=f"{NO_BIRD_SYNTHETIC_ID}-seed{seed}", labels=(), secondary_labels=()))
+    synth_id = f"{NO_BIRD_SYNTHETIC_ID}-seed{seed}" if recipe == "v1" else f"no-bird-families-v1-seed{seed}"
+    recordings.append(SimpleNamespace(recording_id=synth_id, labels=(), secondary_labels=()))
     t = np.arange(n) / BIRDNET_SAMPLE_RATE
-    for i in range(n_synthetic):
+    if recipe == "train" and n_synthetic:
+        from core.io.synth import TRAIN_FAMILIES, nonbird_windows
+
+        per = -(-n_synthetic // len(TRAIN_FAMILIES))
+        synth_waves, _ = nonbird_windows(TRAIN_FAMILIES, per, n, BIRDNET_SAMPLE_RATE, seed=seed)
+        order = np.arange(len(synth_waves)).reshape(len(TRAIN_FAMILIES), per).T.ravel()[:n_synthetic]  # families interleaved
+        for i, j in enumerate(order):
+            waves.append(synth_waves[j])
+            rec_index.append(synth)
+            starts.append(i * n)
+    for i in range(n_synthetic if recipe == "v1" else 0):
         kind = i % 3
         if kind == 0:
             x = rng.standard_normal(n) * 10 ** (rng.uniform(-80, -20) / 20)
@@ -409,7 +428,7 @@ def no_bird_windows(dataset: Dataset, *, n_synthetic: int = 256, seed: int = 1) 
 
 
 def train_birdnet_head(dataset: Dataset, layer: str, cfg: HeadConfig, *, tuned_from: str | None = None,
-                       lr_stage: float = 1e-4, no_bird: int = 0, progress=None):
+                       lr_stage: float = 1e-4, no_bird: int = 0, no_bird_recipe: str = "v1", progress=None):
     """Train a head on BirdNET's ``layer`` and return the complete model and its card.
 
     Parameters
@@ -430,6 +449,8 @@ def train_birdnet_head(dataset: Dataset, layer: str, cfg: HeadConfig, *, tuned_f
         Synthetic no-bird windows added to the training set with all-zero targets,
         with the train split's bird-free site noise (:func:`no_bird_windows`); 0:
         windows with birds only.
+    no_bird_recipe : {"v1", "train"}
+        The synthetic windows' kinds (:func:`no_bird_windows`).
 
     Returns
     -------
@@ -443,7 +464,8 @@ def train_birdnet_head(dataset: Dataset, layer: str, cfg: HeadConfig, *, tuned_f
 
     t0 = time.time()
     file = TFLiteFile(birdnet_files()["model"])
-    data = head_training_data(dataset, tuned_from or layer, no_bird=no_bird, seed=cfg.seed + 1, file=file, progress=progress)
+    data = head_training_data(dataset, tuned_from or layer, no_bird=no_bird, seed=cfg.seed + 1, file=file, progress=progress,
+                              recipe=no_bird_recipe)
     stage = BirdNETStage(tuned_from, layer, file) if tuned_from else None
     head, feats, history, pushed = fit_head(cfg, data["inputs"], data["targets"], data["focal"], stage=stage, lr_stage=lr_stage)
     backbone = (f"BirdNET V2.4 up to {layer}; {tuned_from} -> {layer} fine-tuned with the head (Adam {lr_stage:g}), "
@@ -453,14 +475,15 @@ def train_birdnet_head(dataset: Dataset, layer: str, cfg: HeadConfig, *, tuned_f
                                 file=file, no_bird=no_bird, t0=t0)
 
 
-def head_training_data(dataset: Dataset, read: str, *, no_bird: int, seed: int, file: TFLiteFile, progress=None) -> dict:
+def head_training_data(dataset: Dataset, read: str, *, no_bird: int, seed: int, file: TFLiteFile, progress=None,
+                       recipe: str = "v1") -> dict:
     """Windows of each split, their cached ``read`` maps, and the training targets (with the no-bird negatives appended)."""
     names = dataset.class_names
     wins = {s: split_windows(dataset, s) for s in ("train", "val", "test")}
     focal_tr = focal_targets(wins["train"], names)[wins["train"].recording_index]
     inputs = {s: extract_features(read, w, file=file, progress=progress)[read] for s, w in wins.items()}
     targets_tr = wins["train"].targets
-    negatives = no_bird_windows(dataset, n_synthetic=no_bird, seed=seed) if no_bird else None
+    negatives = no_bird_windows(dataset, n_synthetic=no_bird, seed=seed, recipe=recipe) if no_bird else None
     if negatives is not None:  # appended after the bird windows: the push (focal windows only) never lands on them
         inputs["train"] = np.concatenate([inputs["train"], extract_features(read, negatives, file=file)[read]])
         targets_tr = np.concatenate([targets_tr, negatives.targets])
@@ -524,7 +547,8 @@ def assemble_head_model(dataset: Dataset, data: dict, cfg: HeadConfig, layer: st
         "split": split_description(dataset),
         "split_scheme": dataset.split_scheme,
         "no_bird_negatives": ({"synthetic": no_bird, "site_noise": int(np.sum(negatives.recording_index < len(negatives.recordings) - 1)),
-                               "recipe": "core.training.heads.no_bird_windows (train split only)"} if negatives is not None else None),
+                               "recipe": "core.training.heads.no_bird_windows (train split only)",
+                               "synthetic_recipe": negatives.recordings[-1].recording_id} if negatives is not None else None),
         "test_recordings_sha256": ids_sha256(r.recording_id for r in dataset.split("test")),
     }
     card["device"] = str(get_device())
