@@ -243,7 +243,7 @@ def test_predict_sensitivity_and_bad_settings():
 
 
 def test_load_model_and_audio(tmp_path):
-    assert core.DEFAULT_MODEL == "birdnet_protopnet" and core.load_model is api.load_model
+    assert core.DEFAULT_MODEL == "birdnet_protopnet_gated" and core.load_model is api.load_model
     from core.models.birdnet import birdnet_available
 
     assert core.DEFAULT_MODEL in api.model_names() and ("birdnet-all" in api.model_names()) == birdnet_available()

@@ -265,7 +265,7 @@ def test_parser_lists_every_subcommand_once_and_data_dir_where_it_reads_the_data
     assert all(p._actions[-1].dest == "data_dir" for n, p in subs.items() if n not in no_data)  # always the last option
 
 
-@pytest.mark.parametrize("cmd,default", [("predict", "birdnet_protopnet"), ("analyze", "birdnet_protopnet"), ("attack", "birdnet_protopnet"),
+@pytest.mark.parametrize("cmd,default", [("predict", "birdnet_protopnet_gated"), ("analyze", "birdnet_protopnet_gated"), ("attack", "birdnet_protopnet_gated"),
                                          ("evaluate", "protopnet"), ("audit", "birdnet_protopnet"), ("calibrate", None)])
 def test_model_help_names_the_shipped_models_and_the_default(cmd, default):
     text = " ".join(_subparsers()[cmd].format_help().split())

@@ -374,7 +374,7 @@ def test_readme_python_example_uses_the_public_api():
     assert {"load_model", "load_audio", "predict", "attack", "worst_case", "explain", "analyze"} <= used
     missing = sorted(n for n in used if not hasattr(core, n))
     assert not missing, f"the README's Python example uses names core does not export: {missing}"
-    assert core.DEFAULT_MODEL == "birdnet_protopnet"
+    assert core.DEFAULT_MODEL == "birdnet_protopnet_gated"
 
 
 def test_every_module_and_path_the_documents_name_exists():
