@@ -177,6 +177,12 @@ def test_no_bird_table_is_the_stored_check():
     assert block("no-bird") == no_bird_markdown(t, top1=no_bird_top1()) + "\n"
     held = held_out_summary(t).set_index("model")
     assert (held["windows"] == 105).all()
+    from core.models.registry import read_model_card
+
+    for name in set(t["model"]) - {"birdnet"}:  # every card carries its pooled held-out figures (record_in_cards)
+        card = read_model_card(name)["no_bird"]
+        assert (card["false_windows"], card["held_out_windows"]) == (held.loc[name, "false_windows"], 105)
+        assert card["false_per_hour"] == pytest.approx(held.loc[name, "false_per_hour"])
     gated, ungated = held.loc["birdnet_protopnet_gated"], held.loc["birdnet_protopnet"]
     assert (f"{int(gated.false_windows)} false windows of 105 ({100 * gated.false_rate:.1f} %; all three are barks), against "
             f"{int(ungated.false_windows)} ({100 * ungated.false_rate:.1f} %) without the gate") in " ".join(RESULTS.split())

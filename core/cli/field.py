@@ -247,7 +247,7 @@ def no_bird_check_args(p) -> None:
 def cmd_no_bird_check(args) -> int:
     import pandas as pd
 
-    from core.field.nobird import no_bird_check
+    from core.field.nobird import no_bird_check, record_in_cards
     from core.io.data import open_dataset
     from core.io.fileio import atomic_write_text
 
@@ -255,6 +255,7 @@ def cmd_no_bird_check(args) -> int:
     models = load_models(args.models)
     table = no_bird_check(models, dataset=open_dataset(args.data_dir), n_windows=args.windows)
     atomic_write_text(out, table.to_csv(index=False, float_format="%.4g"))
+    record_in_cards(table, out)
     with pd.option_context("display.width", 200):
         print(table.pivot(index="model", columns="signal", values="no_bird_rate").loc[list(models)]
               .to_string(float_format=lambda v: f"{v:.2f}"))

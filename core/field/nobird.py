@@ -199,3 +199,27 @@ def no_bird_note(model_name: str, path: str | os.PathLike = NO_BIRD_TABLE) -> st
                       for r in weak.itertuples())
     return (f"On sounds without birds this model still names a species: {parts}. It was trained only on windows that "
             "hold birds; treat its detections in quiet or noisy stretches with suspicion.")
+
+
+def record_in_cards(table: pd.DataFrame, path: str | os.PathLike = NO_BIRD_TABLE) -> list[str]:
+    """Write each checkpoint's pooled held-out no-bird figures (:func:`held_out_summary`) into its model card.
+
+    Built-in models (BirdNET) have no card of ours and are skipped. Returns the names updated.
+    """
+    from core.models.registry import BUILTIN_MODELS, list_checkpoints, update_model_card
+
+    summary = held_out_summary(table).set_index("model")
+    shipped = set(list_checkpoints())
+    done = []
+    for name, r in summary.iterrows():
+        if name in BUILTIN_MODELS or name not in shipped:
+            continue
+        update_model_card(name, no_bird={
+            "held_out_windows": int(r.windows), "false_windows": int(r.false_windows), "false_rate": float(r.false_rate),
+            "false_per_hour": float(r.false_per_hour), "threshold": float(table[table.model == name].threshold.iloc[0]),
+            "signals": sorted(table[(table.model == name) & table.held_out.astype(bool)].signal),
+            "table": str(Path(path).name), "command": "python -m core no-bird-check",
+        })
+        done.append(str(name))
+    return done
+
