@@ -289,3 +289,16 @@ def test_sensitivity_shifts_the_logits_of_every_window(tmp_path, tiny_proto):
         res = analyze_file(tiny_proto, path, threshold=0.5, sensitivity=s)
         assert res.sensitivity == s
         assert np.allclose(res.scores, torch.sigmoid((logits + 10 * (s - 1)).clamp(-20, 20)).numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("sr,n", [(48_000, 144_000), (32_000, 1_000), (22_050, 5_000)])
+def test_overview_band_power_is_librosas_melspectrogram(sr, n):
+    """The overview's cached filterbank gives librosa.feature.melspectrogram's band power exactly."""
+    import librosa
+
+    from core.field.analyze import OVERVIEW_MELS, _band_power_db
+
+    x = (np.random.default_rng(n).standard_normal(n) * 0.05).astype(np.float32)
+    ref = librosa.feature.melspectrogram(y=np.pad(x, (0, max(0, 2048 - n))), sr=sr, n_fft=2048, hop_length=1024,
+                                         n_mels=OVERVIEW_MELS, fmin=50.0, fmax=min(15_000.0, sr / 2), power=2.0)
+    np.testing.assert_allclose(_band_power_db(x, sr), 10 * np.log10(np.maximum(ref.mean(axis=1) / 512, 1e-12)), atol=1e-4)

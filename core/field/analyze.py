@@ -22,6 +22,7 @@ the columns BirdNET-Analyzer writes), both readable by the tools ecologists use.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass, field
@@ -75,15 +76,27 @@ def _overview_hz(sample_rate: int) -> np.ndarray:
     return mel_band_centres(OVERVIEW_MELS, 50.0, min(15_000.0, sample_rate / 2))
 
 
+@functools.lru_cache(maxsize=8)
+def _overview_filters(sample_rate: int) -> np.ndarray:
+    """librosa's mel filterbank of the overview, ``(OVERVIEW_MELS, 1025)``, built once per sample rate (not per window)."""
+    import librosa
+
+    return librosa.filters.mel(sr=sample_rate, n_fft=2048, n_mels=OVERVIEW_MELS, fmin=50.0, fmax=min(15_000.0, sample_rate / 2))
+
+
 def _band_power_db(waveform: np.ndarray, sample_rate: int) -> np.ndarray:
-    """Mean power per overview mel band of one window [dB, relative], ``(OVERVIEW_MELS,)``."""
+    """Mean power per overview mel band of one window [dB, relative], ``(OVERVIEW_MELS,)``.
+
+    ``librosa.feature.melspectrogram(power=2)`` split into its two steps, so that the filterbank
+    (80-90 ms to build under load) is built once per sample rate instead of once per window.
+    """
     import librosa
 
     x = np.asarray(waveform, np.float32)
     if len(x) < 2048:
         x = np.pad(x, (0, 2048 - len(x)))
-    mel = librosa.feature.melspectrogram(y=x, sr=sample_rate, n_fft=2048, hop_length=1024, n_mels=OVERVIEW_MELS, fmin=50.0,
-                                         fmax=min(15_000.0, sample_rate / 2), power=2.0)
+    power = np.abs(librosa.stft(x, n_fft=2048, hop_length=1024)) ** 2
+    mel = _overview_filters(int(sample_rate)) @ power
     return (10 * np.log10(np.maximum(mel.mean(axis=1) / (2048 / 4), 1e-12))).astype(np.float32)
 
 
