@@ -36,7 +36,5 @@ def test_importing_core_loads_no_heavy_library():
     assert not heavy & _imported_after("import core, core.errors, core.io.device")
 
 
-@pytest.mark.xfail(strict=True, reason="core/cli/field.py imports DEFAULT_MODEL from core.models.registry, which imports torch, "
-                                       "at module level (1-9 s of `python -m core --help`); remove this mark once it does not")
 def test_cli_parser_loads_no_torch():
     assert "torch" not in _imported_after("import core.cli; core.cli.build_parser()")

