@@ -217,7 +217,10 @@ def main(argv=None) -> int:
                     if est:
                         print(f"{'':18s}  measured / estimated = {secs / est:.2f}", flush=True)
             if "Compare_models" in todo:
-                b.record("Compare models", "first visit: stored comparison", *b.open("Compare_models", "Summary"))
+                secs, cpu = b.open("Compare_models", re.compile(r"^Summary$|No stored result"))
+                found = b.page.get_by_text("Summary", exact=True).count() > 0
+                b.record("Compare models", "first visit: " + ("stored comparison shown" if found else
+                                                              "NO stored result matched"), secs, cpu)
             if "Transfer" in todo:
                 b.record("Transfer", "open", *b.open("Transfer", "Run transfer table"))
                 b.click_and_wait("Transfer", "Run transfer table", "attack: top-1 changed", r"recording\(s\) x",

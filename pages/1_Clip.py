@@ -69,12 +69,14 @@ if uses_birdnet(cfg):
     st.caption("BirdNET's own input layer: the window scaled to [-1, 1], two mel spectrograms of the real part of the STFT "
                "(0-3 kHz with n_fft 2048; 0.5-15 kHz with n_fft 1024), compressed by learned powers. Gradients flow through it "
                "to the waveform, which is how BirdNET can be attacked white-box.")
-    with torch.no_grad():
-        bn_spec = model.frontend(torch.as_tensor(res.windows[:1], device=next(model.parameters()).device))[0].cpu().numpy()
-    b1, b2 = st.columns(2)
-    for col, ch, name_ in ((b1, 0, "low band (0-3 kHz)"), (b2, 1, "high band (0.5-15 kHz)")):
-        col.plotly_chart(birdnet_input_figure(bn_spec[ch], model.frontend.band_hz[ch], model.frontend.frame_steps[ch],
-                                              fe.sample_rate, title=name_), config=CHART_CONFIG, key=f"clip_bn_spec_{ch}")
+    # drawn on request: two more spectrograms cost a first visit seconds of drawing in the browser (issue 25)
+    if st.toggle("Show BirdNET's two input spectrograms", key="clip_bn_show"):
+        with torch.no_grad():
+            bn_spec = model.frontend(torch.as_tensor(res.windows[:1], device=next(model.parameters()).device))[0].cpu().numpy()
+        b1, b2 = st.columns(2)
+        for col, ch, name_ in ((b1, 0, "low band (0-3 kHz)"), (b2, 1, "high band (0.5-15 kHz)")):
+            col.plotly_chart(birdnet_input_figure(bn_spec[ch], model.frontend.band_hz[ch], model.frontend.frame_steps[ch],
+                                                  fe.sample_rate, title=name_), config=CHART_CONFIG, key=f"clip_bn_spec_{ch}")
 if cfg.arch == "birdnet":
     with st.expander("BirdNET over all its 6,522 species (optionally only those expected at a place and week)"):
         st.caption("The scores above are restricted to the dataset's species. BirdNET itself knows 6,522; its occurrence "
@@ -138,7 +140,8 @@ if audit is not None:
                        "drop_proto", "drop_random", "wins", "plausibility"]].copy()
         shown["class_name"] = [display(c) for c in shown["class_name"]]
         st.dataframe(shown.round(3), hide_index=True, width="stretch")
-n_top = st.slider("Classes to explain", 1, 5, 2, key="clip_n_classes", help=help_text("prototype"))
+# one class by default: each class adds six charts (three similarity maps, three training patches) to draw
+n_top = st.slider("Classes to explain", 1, 5, 1, key="clip_n_classes", help=help_text("prototype"))
 acts = res.prototype_activations[0]
 weights = model.class_connection().detach().cpu().numpy()
 sources = {p["prototype"]: p for p in model.card.get("prototypes", [])}

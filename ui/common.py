@@ -146,8 +146,32 @@ def umap_warmup() -> threading.Thread:
 
 @st.cache_resource(show_spinner=False)
 def get_dataset(explicit: str | None = None) -> Dataset | None:
+    audio_warmup()
     root = find_data_dir(explicit) if explicit else find_data_dir()
     return Dataset(root) if root else None
+
+
+@st.cache_resource(show_spinner=False)
+def audio_warmup() -> threading.Thread:
+    """Load what the first resampling of a process needs, in a background thread, once per server.
+
+    :func:`core.io.audio.resample` goes through librosa, whose audio module loads lazily on
+    first use (scipy.signal and numba's cached functions): 3.4 s on this 2-core machine,
+    paid by the first page that decodes a clip (the Clip page's first visit). Started
+    when the first page asks for the dataset, it is done by the time a clip is decoded.
+
+    Returns
+    -------
+    threading.Thread
+    """
+    def work() -> None:
+        from core.io.audio import resample
+
+        resample(np.zeros(441, np.float32), 44_100, 48_000)
+
+    thread = threading.Thread(target=work, name="birdshield-audio-warmup", daemon=True)
+    thread.start()
+    return thread
 
 
 @st.cache_data(max_entries=64, show_spinner="Decoding audio…")
