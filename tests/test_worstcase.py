@@ -15,7 +15,8 @@ from core.models.registry import build_model
 from core.studies.compare import CompareSettings, card_robustness, model_summary, run_compare
 from tests.conftest import CLASSES, make_tiny_dataset, tiny_config
 
-SETTINGS = CompareSettings(strong=True, max_clips=6, epsilons=(1e-4, 3e-2), target_epsilons=(1e-2,), steps=2, strong_steps=3, restarts=2)
+SETTINGS = CompareSettings(strong=True, max_clips=6, epsilons=(1e-4, 3e-2), target_epsilons=(1e-2,), steps=2, strong_steps=3, restarts=2,
+                           apgd_steps=4)
 
 
 def _masked(model):
@@ -88,7 +89,8 @@ def test_summary_and_card_use_the_worst_case(compared):
     assert (summary["success worst eps 3e-02"] >= summary["success PGD eps 3e-02"]).all()
     assert not any(c.startswith("cmAP worst") for c in summary.columns)  # the worst case is chosen by top-1, not by cmAP
     card = card_robustness(result, "masked")
-    assert card["attack"].startswith("success: " + worst_case_label(2, 3, 2)) and "top-1" in card["attack"]
+    assert card["attack"].startswith("success: " + worst_case_label(2, 3, 2, apgd_steps=4)) and "top-1" in card["attack"]
+    assert "APGD-CE-4, APGD-DLR-4" in card["attack"]  # the comparison's worst case names AutoAttack's legs
     assert "cmAP: under PGD-2" in card["attack"]
     big = card["by_eps"][-1]
     assert big["success_rate"] == pytest.approx(summary.loc["masked", f"success worst eps {big['eps']:.0e}"])
@@ -175,6 +177,7 @@ def test_apgd_step_follows_the_checkpoints(model, halves, monkeypatch):
     np.testing.assert_allclose(seen, want, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_apgd_keeps_an_iterate_that_flipped(tiny_model):
     """A high cross-entropy need not be a changed top-1: whenever some iterate flipped, the result is flipped."""
     from core.attacks.apgd import APGD
@@ -275,6 +278,7 @@ def test_autoattack_legs_run_after_the_old_ones_on_what_they_left():
         worst_case_windows(model, x, eps, legs=("fgsm",))
 
 
+@pytest.mark.slow
 def test_worst_case_study_resumes_where_it_stopped(tmp_path):
     from core.studies.worst_case_study import worst_case_study, worst_case_study_summary
 
@@ -313,6 +317,7 @@ def test_worst_case_study_resumes_where_it_stopped(tmp_path):
     assert row["true_top1"] == len(c) and row["success_after"] == pytest.approx(c["success"].mean() if len(c) else np.nan, nan_ok=True)
 
 
+@pytest.mark.slow
 def test_worst_case_command_says_what_is_wrong_in_one_line(capsys, tmp_path, data_dir):
     from core.cli import main
 
