@@ -20,7 +20,17 @@ from core.studies.sweep import CURVE_METRICS, read_table, summarize, sweep_table
 from core.training.calibration import card_thresholds
 from ui.common import clip_picker, get_dataset, get_model, model_label
 from ui.glossary import help_text
-from ui.jobs import BACKGROUND, counting_steps, duration_text, estimate_seconds, job_panel, record_unit_cost, running_job, start_job
+from ui.jobs import (
+    BACKGROUND,
+    counting_steps,
+    duration_text,
+    estimate_seconds,
+    job_panel,
+    record_unit_cost,
+    running_job,
+    start_job,
+    unit_rate,
+)
 from ui.plots import CHART_CONFIG, METRIC_LABELS, budget_label, robustness_curves, success_note, survival_curves
 
 
@@ -47,10 +57,13 @@ def run_sweeps(job, run_models, inputs, attacks, spec, grid, budget_kind, class_
     for m, model in run_models.items():
         inp = inputs[m]
         x, mask, labels, ids, sr = inp["x"], inp["mask"], inp["labels"], inp["clips"], inp["sample_rate"]
-        counted = [0]
+        counted, first, last = [0], [], [None]
 
-        def on_rows(n, m=m, before=before, counted=counted):
+        def on_rows(n, m=m, before=before, counted=counted, first=first, last=last):
             counted[0] += n
+            last[0] = (time.perf_counter(), counted[0])
+            if not first:
+                first.append(last[0])
             job.report(before + counted[0], total, f"{m}: PGD steps (budget x clip rows)")
 
         atk = counting_steps(attacks[m], on_rows)
@@ -60,7 +73,11 @@ def run_sweeps(job, run_models, inputs, attacks, spec, grid, budget_kind, class_
                         masks=torch.as_tensor(mask, device=device), keep_waveforms=len(ids) == 1,
                         transforms=transforms, masking=masking,
                         **({"epsilons": grid} if budget_kind == "eps" else {"snr_db": grid}))
-        record_unit_cost(f"sweep:{m}", time.perf_counter() - t0, units[m])
+        # the steps' own rate (from the first step on): the clean pass and a first call's warm-up do not scale with a
+        # bigger run, so they would inflate its estimate
+        rate = unit_rate((t0, 0), first[0] if first else None, *(last[0] or (time.perf_counter(), 0)))
+        if rate is not None:
+            record_unit_cost(f"sweep:{m}", rate * units[m], units[m])
         before += units[m]
         atk = attacks[m]
         tables.append(sweep_table(res, model=m, attack=atk, clip_ids=ids, class_names=class_names, labels=labels))
@@ -313,7 +330,8 @@ with st.expander("Set up a sweep", expanded="sweep_result" not in st.session_sta
                      class_names=tuple(class_names), transforms=transforms, masking=audibility):
                 return run_sweeps(job, run_models, inputs, attacks, spec, grid, budget_kind, class_names, transforms, masking)
 
-            start_job("sweep", "Sweep", "Sweep", work)
+            expected, _ = sweep_estimate({m: this_run[m] for m in runnable})
+            start_job("sweep", "Sweep", "Sweep", work, unit_s=expected / max(1, sum(this_run[m] for m in runnable)))
         except CoreError as exc:
             st.error(f"Sweep not run: {exc}")
 

@@ -203,3 +203,27 @@ def test_counting_steps_reports_every_gradient_step_of_a_sweep():
     assert sum(seen) == 2 * 2 * 3  # clips x budgets > 0 x steps; the clean rows take no step
     assert res.success.shape == (3, 2) and attack.objective is not None  # the original attack is untouched
     assert type(attack.objective).__name__ != "_Counting"
+
+
+def test_the_rate_leaves_out_what_the_first_unit_cost(fresh_costs):
+    """Start-up work (a clean pass, a first call's warm-up) does not scale with a run: it must not inflate estimates."""
+    from ui.jobs import Plan, unit_cost, unit_rate
+
+    assert unit_rate((0.0, 0.0), None, 10.0, 4.0) == pytest.approx(2.5)  # only one report with units: from the start
+    assert unit_rate((0.0, 0.0), (10.0, 4.0), 12.0, 8.0) == pytest.approx(0.5)  # later units: from the first done
+    assert unit_rate((0.0, 0.0), None, 3.0, 0.0) is None
+    clock = FakeClock(0.0)
+    job = Job(label="Sweep", page="Sweep", clock=clock)
+    job.report(0, 40, "steps")
+    clock.now = 10.0
+    job.report(4, 40, "steps")  # 10 s for the first 4: warm-up included
+    clock.now = 12.0
+    job.report(8, 40, "steps")  # then 0.5 s per step: 32 left take 16 s
+    assert job.text == "steps: 8/40, about 15 s left"
+    plan = Plan(Job(label="Map", page="Embeddings", clock=clock), [("emb:embed:m", 24, 1.0)])
+    plan.update("emb:embed:m", 0, "Embedding")
+    clock.now = 20.0
+    plan.update("emb:embed:m", 4, "Embedding")  # 8 s for the first batch (the model's first call)
+    clock.now = 24.0
+    plan.update("emb:embed:m", 24, "Embedding")  # 0.2 s per clip after it
+    assert unit_cost("emb:embed:m") == pytest.approx(0.2)

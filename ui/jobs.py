@@ -37,7 +37,7 @@ from core.errors import CoreError
 
 __all__ = [
     "BACKGROUND", "Job", "JobCancelled", "start_job", "job_panel", "jobs_sidebar", "running_job",
-    "eta_text", "duration_text", "record_unit_cost", "unit_cost", "estimate_seconds", "counting_steps", "Plan",
+    "eta_text", "duration_text", "unit_rate", "record_unit_cost", "unit_cost", "estimate_seconds", "counting_steps", "Plan",
 ]
 
 _PREFIX = "job:"
@@ -91,6 +91,7 @@ class Job:
     clock: Callable[[], float] = time.time
     _units_t0: float | None = field(default=None, repr=False)
     _units_done0: float = field(default=0.0, repr=False)
+    _first_done: tuple[float, float] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.started is None:
@@ -110,8 +111,10 @@ class Job:
     def report(self, done: float, total: float, what: str = "") -> None:
         """Record ``done`` of ``total`` units: the bar's fraction and a text "what: done/total, about N s left".
 
-        The time left is the rate since the first report times the units left
-        (:func:`eta_text`); before any unit has finished it comes from ``unit_s`` when known.
+        The time left is the rate times the units left (:func:`eta_text`). The rate is
+        measured from the first report with a unit done, so start-up work (a clean pass,
+        a first call's warm-up) does not inflate it, as soon as later units have finished
+        (:func:`unit_rate`); before any unit has finished it is ``unit_s`` when known.
 
         Parameters
         ----------
@@ -130,15 +133,12 @@ class Job:
         now = self.clock()
         if self._units_t0 is None:
             self._units_t0, self._units_done0 = now, float(done)
+        elif self._first_done is None and done > self._units_done0:
+            self._first_done = (now, float(done))
         self.done, self.total = float(done), float(total)
-        elapsed = now - self._units_t0
-        counted = self.done - self._units_done0
-        if counted > 0:
-            left = elapsed / counted * max(0.0, self.total - self.done)
-        elif self.unit_s is not None:
-            left = self.unit_s * max(0.0, self.total - self.done)
-        else:
-            left = None
+        rate = unit_rate((self._units_t0, self._units_done0), self._first_done, now, self.done)
+        rate = self.unit_s if rate is None else rate
+        left = None if rate is None else rate * max(0.0, self.total - self.done)
         self.fraction = 0.0 if total <= 0 else min(1.0, max(0.0, self.done / self.total))
         self.text = (f"{what}: " if what else "") + eta_text(done, total, left)
 
@@ -151,7 +151,7 @@ class Job:
             self.finished = self.clock()
 
 
-def start_job(key: str, label: str, page: str, fn: Callable[[Job], Any]) -> Job:
+def start_job(key: str, label: str, page: str, fn: Callable[[Job], Any], *, unit_s: float | None = None) -> Job:
     """Start ``fn(job)`` in a background thread and keep the job in this session under ``key``.
 
     Parameters
@@ -161,8 +161,10 @@ def start_job(key: str, label: str, page: str, fn: Callable[[Job], Any]) -> Job:
     label, page : str
         Shown in the progress bar and the sidebar.
     fn : callable
-        ``fn(job) -> result``; calls ``job.progress(fraction, text)`` as it goes and
-        never calls Streamlit.
+        ``fn(job) -> result``; calls ``job.progress(fraction, text)`` or ``job.report(done, total, what)``
+        as it goes and never calls Streamlit.
+    unit_s : float, optional [seconds]
+        Expected cost of one unit of ``job.report`` (the time left before the first unit has finished).
 
     Returns
     -------
@@ -171,7 +173,7 @@ def start_job(key: str, label: str, page: str, fn: Callable[[Job], Any]) -> Job:
     old = st.session_state.get(_PREFIX + key)
     if old is not None and old.running:
         old.cancel_requested = True
-    job = Job(label=label, page=page)
+    job = Job(label=label, page=page, unit_s=unit_s)
     job.thread = threading.Thread(target=job._run, args=(fn,), name=f"birdshield-{key}", daemon=True)
     st.session_state[_PREFIX + key] = job
     job.thread.start()
@@ -190,6 +192,32 @@ def _elapsed(job: Job) -> str:
 
 
 # -- time left and estimates ---------------------------------------------------------------------
+
+
+def unit_rate(start: tuple[float, float], first_done: tuple[float, float] | None, now: float, done: float) -> float | None:
+    """Seconds per unit of work so far.
+
+    Parameters
+    ----------
+    start : (time [s], units done)
+        When the work (or stage) began.
+    first_done : (time [s], units done) or None
+        The first report after some unit had finished.
+    now : float [s]
+    done : float
+        Units done now.
+
+    Returns
+    -------
+    float or None
+        From ``first_done`` to now when units have finished since (what the first unit
+        cost, warm-up included, does not count); else from ``start``; None before any unit.
+    """
+    if first_done is not None and done > first_done[1] and now > first_done[0]:
+        return (now - first_done[0]) / (done - first_done[1])
+    if done > start[1]:
+        return (now - start[0]) / (done - start[1])
+    return None
 
 
 def duration_text(seconds: float) -> str:
@@ -345,6 +373,7 @@ class Plan:
         self.expected = {k: g if k in self.transient else unit_cost(k, g) for k, _, g in stages}
         self.done = dict.fromkeys(self.order, 0.0)
         self.began: dict[str, float] = {}
+        self.first_done: dict[str, tuple[float, float]] = {}
         self.recorded: set[str] = set()
 
     def skip(self, kind: str) -> None:
@@ -355,7 +384,8 @@ class Plan:
         """Time left [s] while ``kind`` runs; None when a stage's cost is not known at all."""
         now = self.job.clock()
         done, units = self.done[kind], self.units[kind]
-        rate = (now - self.began[kind]) / done if done > 0 else self.expected[kind]
+        rate = unit_rate((self.began[kind], 0.0), self.first_done.get(kind), now, done)
+        rate = self.expected[kind] if rate is None else rate
         later = self.order[self.order.index(kind) + 1:]
         if rate is None or any(self.expected[k] is None for k in later):
             return None
@@ -379,6 +409,8 @@ class Plan:
             raise JobCancelled()
         now = self.job.clock()
         self.began.setdefault(kind, now)
+        if kind not in self.first_done and done > 0 and now > self.began[kind]:
+            self.first_done[kind] = (now, float(done))
         if units is not None:
             self.units[kind] = float(units)
         self.done[kind] = float(done)
@@ -389,7 +421,9 @@ class Plan:
         self.job.text = f"{what}: " + eta_text(shown_done, shown_total, self.seconds_left(kind))
         if done >= self.units[kind] > 0 and kind not in self.recorded | self.transient:
             self.recorded.add(kind)
-            record_unit_cost(kind, now - self.began[kind], self.units[kind])
+            rate = unit_rate((self.began[kind], 0.0), self.first_done.get(kind), now, done)
+            if rate is not None:
+                record_unit_cost(kind, rate * self.units[kind], self.units[kind])
 
 
 def counting_steps(attack, on_rows: Callable[[int], None]):
