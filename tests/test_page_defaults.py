@@ -80,7 +80,9 @@ def test_sweep_default_run_counts_its_steps_and_the_full_sweep_is_one_click_away
     assert job.error is None and job.total == job.done == n_models * clips * budgets * steps  # per-step progress
     assert "about" not in job.text or "finishing" in job.text
     table = at.session_state["sweep_result"]["table"]
-    assert len(table) == n_models * clips * (budgets + 1)
+    grid = parse_float_list(at.text_input(key="sweep_grid_eps").value, "grid")
+    assert len(table) == n_models * clips * (len(grid) + 1)  # every budget of the grid and the clean clip
+    assert table.groupby("model")["budget"].nunique().eq(len(grid)).all()
     # this machine's cost per step is now known: the caption says so, the full sweep's estimate rests on it
     assert any("from this machine's earlier runs" in c for c in captions(at))
     at.button(key="sweep_full").click().run()
