@@ -95,7 +95,7 @@ def test_audit_goes_through_the_tuned_stage(tuned_model):
     spec, sims, logits = audit_maps(tuned_model, waves, batch_size=2)
     with torch.no_grad():
         out = tuned_model.forward_all(torch.as_tensor(waves))
-        untuned = tuned_model.similarity_maps(tuned_model.trunk_features(torch.as_tensor(waves)).flip(2))
+        untuned = tuned_model.head.similarity_maps(tuned_model.trunk_features(torch.as_tensor(waves)).flip(2))  # stage skipped
     assert spec.shape == (3, 2, 96, 511)
     assert torch.allclose(sims, out.similarity_maps, atol=1e-5) and torch.allclose(logits, out.logits, atol=1e-5)
     assert not torch.allclose(sims, untuned, atol=1e-2)  # the stage matters: the old path differs

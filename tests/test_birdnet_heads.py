@@ -187,10 +187,10 @@ def test_tuned_head_checkpoint_holds_the_tuned_stage_and_reproduces_it(birdnet, 
     x = (torch.randn(2, 144_000) * 0.05).requires_grad_(True)
     with torch.no_grad():  # untouched, the stage continues BirdNET's own graph exactly
         want = birdnet.intermediates(x, ("BLOCK_3-5_ADD",))["BLOCK_3-5_ADD"]
-        assert torch.allclose(model.forward_features(x), want.flip(2), atol=1e-4)
+        assert torch.allclose(model.head_map(model.forward_features(x)), want.flip(2), atol=1e-4)
         for q in model.tuned_parameters():  # as fine-tuning would
             q.add_(0.01 * torch.randn_like(q))
-        tuned = model.forward_features(x)
+        tuned = model.head_map(model.forward_features(x))  # the features are the frozen trunk's; the head reads the stage's map
     assert not torch.allclose(tuned, want.flip(2), atol=1e-3)
     path = save_checkpoint(model, tmp_path / "tuned.safetensors", {"note": "test"})
     with safe_open(str(path), framework="pt") as f:
