@@ -289,7 +289,7 @@ def test_frontend_property(n, scale, batch, seed):
     (["head-study", "--layers", "BLOCK_3-5_ADD,ACT_POST", "--finetune-from", "BLOCK_3-4_ADD"], "needs exactly one --layers"),
     (["head-study", "--layers", "BLOCK_3-5_ADD", "--finetune-from", "BLOCK_3-4_ADD", "--lr-stage", "0"], "--lr-stage must be > 0"),
     (["analyze", "no_such_dir/night.wav", "--out", "x"], "no such file or directory"),
-    (["analyze", ".", "--out", "x", "--threshold", "1.5"], "--threshold must lie in (0, 1)"),
+    (["analyze", ".", "--out", "x", "--threshold", "1.5"], "--min-conf must lie in (0, 1)"),
     (["no-bird-check", "--out", "no_bird.txt"], "--out must end in .csv"),
     (["train-head", "--name", "x", "--layer", "BLOCK_9-9_ADD"], "no layer 'BLOCK_9-9_ADD'"),
     (["audit", "--model", "baseline"], "prototype head on BirdNET"),
