@@ -170,7 +170,10 @@ class CompareSettings:
             raise ParameterError(f"lam must be in [0, 1], got {self.lam}")
 
     def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        d = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        if not d["apgd_steps"]:
+            del d["apgd_steps"]  # a worst case without the APGD legs keeps the key it was stored under before they existed
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "CompareSettings":
