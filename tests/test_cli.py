@@ -29,6 +29,18 @@ def wav(tmp_path):
 
 
 @pytest.mark.slow
+
+def _help_text(parser) -> str:
+    """A parser's help on one line, formatted unwrapped (argparse wraps at hyphens, e.g. "birdnet-" / "all")."""
+    import functools
+
+    fmt = parser.formatter_class
+    parser.formatter_class = functools.partial(fmt, width=100_000, max_help_position=100_000)
+    try:
+        return " ".join(parser.format_help().split())
+    finally:
+        parser.formatter_class = fmt
+
 def test_predict_json(wav):
     r = run("predict", str(wav), "--model", "protopnet", "--json")
     assert r.returncode == 0, r.stderr
@@ -268,7 +280,7 @@ def test_parser_lists_every_subcommand_once_and_data_dir_where_it_reads_the_data
 @pytest.mark.parametrize("cmd,default", [("predict", "birdnet_protopnet_gated"), ("analyze", "birdnet_protopnet_gated"), ("attack", "birdnet_protopnet_gated"),
                                          ("evaluate", "protopnet"), ("audit", "birdnet_protopnet"), ("calibrate", None)])
 def test_model_help_names_the_shipped_models_and_the_default(cmd, default):
-    text = " ".join(_subparsers()[cmd].format_help().split())
+    text = _help_text(_subparsers()[cmd])
     shipped = list_checkpoints()
     if cmd == "audit":  # only the prototype heads on BirdNET
         shipped = [n for n in shipped if n.startswith("birdnet_protopnet")]
@@ -298,7 +310,7 @@ def test_predict_reports_detections_through_the_api(wav, tmp_path):
 
 @pytest.mark.parametrize("cmd,default", [("sweep", "baseline,protopnet"), ("compare", None)])
 def test_models_help_names_the_shipped_models(cmd, default):
-    text = " ".join(_subparsers()[cmd].format_help().split())
+    text = _help_text(_subparsers()[cmd])
     assert f"shipped: {', '.join(list_checkpoints())}" + (f" (default: {default})" if default else "") in text
 
 
@@ -338,7 +350,7 @@ def test_detection_options_in_help(cmd):
     from core.field.detect import DEFAULT_SENSITIVITY, LOCATION_FILTER_THRESHOLD
 
     p = _subparsers()[cmd]
-    text = " ".join(p.format_help().split())
+    text = _help_text(p)
     for option in ("--min-conf", "--sensitivity", "--locale", "--lat", "--lon", "--week", "--sf-thresh"):
         assert option in p._option_string_actions
     assert ("--threshold" in p._option_string_actions) == (cmd == "analyze")  # analyze's older name, an alias of --min-conf
