@@ -307,10 +307,15 @@ def test_worst_case_study_resumes_where_it_stopped(tmp_path):
     cols = ["clip", "eps", "clean_top1", "success", "attack", "adv_top1"]
     pd.testing.assert_frame_equal(table[cols].sort_values(["clip", "eps"]).reset_index(drop=True),
                                   fresh[cols].sort_values(["clip", "eps"]).reset_index(drop=True), check_dtype=False)
-    # another setting is another row; the summary counts only windows with a true clean top-1
+    # another setting, or other weights under the same name, is another row; the summary counts only windows with a
+    # true clean top-1
     assert len(worst_case_study({"m": tiny}, Dataset(root), out=out, **{**kw, "apgd_steps": 3})) == len(table)
+    torch.manual_seed(5)
+    retrained = build_model(tiny_config("baseline")).eval()
+    assert len(worst_case_study({"m": retrained}, Dataset(root), out=tmp_path / "wc.csv", **{**kw, "apgd_steps": 3})) == len(table)
+    assert pd.read_csv(out)["fingerprint"].nunique() == 2
     summary = worst_case_study_summary(pd.read_csv(out, keep_default_na=False))
-    assert len(summary) == 4 and (summary["true_top1"] + summary["excluded"] == summary["windows"]).all()
+    assert len(summary) == 6 and (summary["true_top1"] + summary["excluded"] == summary["windows"]).all()
     counted = table[table["clean_top1_true"]]
     row = summary[(summary["apgd_steps"] == 2) & np.isclose(summary["eps"], 3e-2)].iloc[0]
     c = counted[np.isclose(counted["eps"], 3e-2)]

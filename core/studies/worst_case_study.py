@@ -23,8 +23,10 @@ from core.errors import ParameterError, check_int
 
 __all__ = ["SETTING_COLUMNS", "worst_case_study", "worst_case_study_summary"]
 
-#: Columns that identify the settings of a row (with model, clip and eps they identify the row).
-SETTING_COLUMNS = ("split", "source", "steps", "strong_steps", "restarts", "apgd_steps", "apgd_restarts", "n_targets", "seed")
+#: Columns that identify the settings of a row (with model, clip and eps they identify the row); the fingerprints
+#: (:func:`core.studies.embeddings.model_fingerprint`) make a retrained model's windows new rows.
+SETTING_COLUMNS = ("split", "source", "steps", "strong_steps", "restarts", "apgd_steps", "apgd_restarts", "n_targets", "seed",
+                   "fingerprint", "source_fingerprint")
 
 
 def _done_keys(path: Path, settings: dict) -> set:
@@ -35,7 +37,7 @@ def _done_keys(path: Path, settings: dict) -> set:
         return set()
     same = np.ones(len(old), bool)
     for k, v in settings.items():
-        same &= old[k].astype(str).to_numpy() == str(v)
+        same &= old[k].astype(str).to_numpy() == str(v) if k in old else False  # a column it lacks: other settings
     old = old[same]
     return set(zip(old["model"].astype(str), old["clip"].astype(str), np.round(old["eps"].astype(float), 12)))
 
@@ -101,6 +103,7 @@ def worst_case_study(models: dict, dataset, *, epsilons, out: str | os.PathLike,
     from core.attacks.worstcase import BASE_LEGS, worst_case_windows
     from core.io.clips import dataset_clips
     from core.metrics import snr_db
+    from core.studies.embeddings import model_fingerprint
 
     grid = [float(e) for e in epsilons]
     if not grid or not all(0.0 < e <= 1.0 for e in grid):
@@ -118,7 +121,8 @@ def worst_case_study(models: dict, dataset, *, epsilons, out: str | os.PathLike,
             raise ParameterError(f"the transfer source of {name!r} must have its sample_rate and window length")
         settings = {"split": split, "source": "" if src is None else _model_name(src), "steps": steps,
                     "strong_steps": strong_steps, "restarts": restarts, "apgd_steps": apgd_steps, "apgd_restarts": apgd_restarts,
-                    "n_targets": n_targets, "seed": seed}
+                    "n_targets": n_targets, "seed": seed, "fingerprint": model_fingerprint(model),
+                    "source_fingerprint": "" if src is None else model_fingerprint(src)}
         done = _done_keys(path, settings | {"model": name})
         clips = dataset_clips(dataset, split=split, class_names=c.class_names, sample_rate=c.frontend.sample_rate,
                               window_samples=c.window_samples, max_clips=max_clips)
