@@ -105,11 +105,11 @@ def test_threshold_is_raised_until_bird_free_windows_pass_at_most_the_rate():
 
 @pytest.fixture(scope="module")
 def shipped_head():
-    from core.models.registry import list_checkpoints, load_checkpoint
+    from core.models.registry import DEFAULT_MODEL, list_checkpoints, load_checkpoint
 
-    if "birdnet_protopnet" not in list_checkpoints():
+    if DEFAULT_MODEL not in list_checkpoints():
         pytest.skip("shipped checkpoints missing")
-    return load_checkpoint("birdnet_protopnet", device="cpu")
+    return load_checkpoint(DEFAULT_MODEL, device="cpu")  # birdnet_protopnet_gated
 
 
 @pytest.mark.slow
@@ -145,7 +145,7 @@ def test_shipped_default_is_gated_by_birdnets_own_animal_evidence(shipped_head, 
 def test_no_bird_check_reports_held_out_signals_and_false_windows_per_hour(shipped_head):
     from core.field.nobird import held_out_summary, no_bird_check
 
-    table = no_bird_check({"birdnet_protopnet": shipped_head}, n_windows=2, families=["hum", "bark"], per_family=3)
+    table = no_bird_check({"birdnet_protopnet_gated": shipped_head}, n_windows=2, families=["hum", "bark"], per_family=3)
     t = table.set_index("signal")
     assert list(t.index) == ["digital silence", "3 kHz tone, -20 dBFS", "white noise, -30 dBFS", "pink noise, -50 dBFS",
                              "synthetic hum", "synthetic bark (held out)"]
@@ -154,4 +154,4 @@ def test_no_bird_check_reports_held_out_signals_and_false_windows_per_hour(shipp
     s = held_out_summary(table).iloc[0]
     assert s["windows"] == 3 and s["false_rate"] == pytest.approx(1 - t.loc["synthetic bark (held out)", "no_bird_rate"])
     with pytest.raises(ParameterError, match="per_family"):
-        no_bird_check({"birdnet_protopnet": shipped_head}, per_family=0)
+        no_bird_check({"birdnet_protopnet_gated": shipped_head}, per_family=0)

@@ -88,7 +88,7 @@ class _EmbeddingSpace:
         self.pooled = getattr(model, "embedding_space", "feature_map") == "embedding"
 
     def _features(self, model, x: torch.Tensor) -> torch.Tensor:
-        return model.embed(x)[:, :, None, None] if self.pooled else model.forward_features(x)
+        return model.embed(x)[:, :, None, None] if self.pooled else model.forward_all(x).feature_map  # the map the head reads
 
     def _out_features(self, out) -> torch.Tensor:
         return out.embedding[:, :, None, None] if self.pooled else out.feature_map
