@@ -227,3 +227,28 @@ def test_the_rate_leaves_out_what_the_first_unit_cost(fresh_costs):
     clock.now = 24.0
     plan.update("emb:embed:m", 24, "Embedding")  # 0.2 s per clip after it
     assert unit_cost("emb:embed:m") == pytest.approx(0.2)
+
+
+def test_threads_one_per_job_when_jobs_share_the_server_and_the_machines_choice_otherwise(monkeypatch):
+    import torch
+
+    import ui.jobs
+    from ui.jobs import choose_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("BIRDSHIELD_THREADS", "2")  # the machine's policy, fixed for the test
+        monkeypatch.setattr(ui.jobs, "_RUNNING", [0])
+        assert choose_threads(force=True) == 2
+        monkeypatch.setattr(ui.jobs, "_RUNNING", [2])  # two background runs at once: one thread each
+        assert choose_threads(force=True) == 1
+        monkeypatch.setattr(ui.jobs, "_RUNNING", [1])
+        monkeypatch.setattr(ui.jobs, "_THREADS_CHOSEN", [float("-inf")])
+        assert choose_threads() == 1  # a page's own call leaves a running job's choice alone
+        monkeypatch.setenv("BIRDSHIELD_THREADS", "two")
+        from core.errors import ParameterError
+
+        with pytest.raises(ParameterError, match="BIRDSHIELD_THREADS"):
+            choose_threads(force=True)
+    finally:
+        torch.set_num_threads(before)

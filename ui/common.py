@@ -263,6 +263,9 @@ def require_model(key: str):
         st.stop()
     try:
         model = get_model(name)
+        from ui.jobs import choose_threads
+
+        choose_threads()  # torch's threads for this machine's load now (one where other programs keep a core busy)
     except CoreError as exc:
         st.error(f"Cannot load model {name}: {exc}")
         st.stop()

@@ -37,7 +37,7 @@ from core.errors import CoreError
 
 __all__ = [
     "BACKGROUND", "Job", "JobCancelled", "start_job", "job_panel", "jobs_sidebar", "running_job",
-    "eta_text", "duration_text", "unit_rate", "record_unit_cost", "unit_cost", "estimate_seconds", "counting_steps", "Plan",
+    "choose_threads", "eta_text", "duration_text", "unit_rate", "record_unit_cost", "unit_cost", "estimate_seconds", "counting_steps", "Plan",
 ]
 
 _PREFIX = "job:"
@@ -148,6 +148,8 @@ class Job:
         except BaseException as exc:  # reported on the page, never lost silently
             self.error = exc
         finally:
+            with _RUNNING_LOCK:
+                _RUNNING[0] -= 1
             self.finished = self.clock()
 
 
@@ -174,10 +176,59 @@ def start_job(key: str, label: str, page: str, fn: Callable[[Job], Any], *, unit
     if old is not None and old.running:
         old.cancel_requested = True
     job = Job(label=label, page=page, unit_s=unit_s)
+    with _RUNNING_LOCK:
+        _RUNNING[0] += 1  # counted until the job's thread ends (Job._run)
+    try:
+        choose_threads(force=True)
+    except CoreError:
+        pass  # a bad BIRDSHIELD_THREADS: the CLI says so; here the job runs with torch's current threads
     job.thread = threading.Thread(target=job._run, args=(fn,), name=f"birdshield-{key}", daemon=True)
     st.session_state[_PREFIX + key] = job
     job.thread.start()
     return job
+
+
+_RUNNING_LOCK = threading.Lock()
+_RUNNING = [0]  # background jobs running in this server process
+_THREADS_CHOSEN = [float("-inf")]
+
+
+def choose_threads(*, force: bool = False, every_s: float = 30.0) -> int:
+    """Set torch's threads for the work about to start, and return them.
+
+    One thread while more than one background job runs in this server (each would
+    otherwise spread over both cores); else the machine's policy now
+    (:func:`core.io.device.apply_thread_policy`: one thread per core that other programs
+    leave free). On this 2-core machine, two OpenMP threads next to other busy programs
+    made the Sweep page's default 5-10x slower than one thread (1.3-2.4 s against
+    8-21 s per model at load 3.5-5), while on an idle machine two threads save about a
+    third. Re-measured at most every ``every_s`` seconds unless ``force`` (a job starting);
+    a page's own work never changes what running jobs chose.
+
+    Returns
+    -------
+    int
+        ``torch.get_num_threads()`` afterwards.
+
+    Raises
+    ------
+    ParameterError
+        A bad ``BIRDSHIELD_THREADS`` (:data:`core.io.device.THREADS_ENV`).
+    """
+    import torch
+
+    now = time.monotonic()
+    with _RUNNING_LOCK:
+        running = _RUNNING[0]
+    if force or (running == 0 and now - _THREADS_CHOSEN[0] >= every_s):
+        _THREADS_CHOSEN[0] = now
+        if running > 1:
+            torch.set_num_threads(1)
+        else:
+            from core.io.device import apply_thread_policy
+
+            apply_thread_policy()
+    return torch.get_num_threads()
 
 
 def running_job(key: str) -> Job | None:
