@@ -102,7 +102,12 @@ def _check_interface(model: BirdClassifier, x: torch.Tensor) -> ModelOutput:
             assert out.similarity_maps.shape[:2] == (x.shape[0], model.n_prototypes)
             assert torch.allclose(out.similarity_maps, model.similarity_maps(feats), atol=ATOL)
             assert torch.allclose(out.prototype_activations, out.similarity_maps.amax(dim=(2, 3)), atol=ATOL)
-            assert torch.allclose(model.classify(out.prototype_activations), logits, atol=ATOL)
+            head_logits = model.classify(out.prototype_activations)
+            if getattr(model.config, "bird_gate", None) is not None:  # the class connection, then the bird gate
+                from core.models.birdnet_proto import gated_logits
+
+                head_logits = gated_logits(head_logits, model.bird_evidence(feats), model.config.bird_gate, model.config.gate_slope)
+            assert torch.allclose(head_logits, logits, atol=ATOL)
     backbone = {id(p) for p in model.backbone_parameters()}
     head = {id(p) for p in model.head_parameters()}
     assert backbone and not backbone & head and backbone | head == {id(p) for p in model.parameters()}
