@@ -252,3 +252,23 @@ def test_threads_one_per_job_when_jobs_share_the_server_and_the_machines_choice_
             choose_threads(force=True)
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("cpus, busy, expected", [(2, 0.0, 1), (8, 0.0, 4), (8, 6.0, 2), (1, 0.0, 1)])
+def test_threads_at_most_half_the_cores_without_an_override(monkeypatch, cpus, busy, expected):
+    """A 0.1 s look at the machine misses load that comes and goes; two threads next to it cost 4-10x (ui.jobs)."""
+    import torch
+
+    import core.io.device
+    import ui.jobs
+    from ui.jobs import choose_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("BIRDSHIELD_THREADS", raising=False)
+        monkeypatch.setattr(ui.jobs, "_RUNNING", [1])
+        monkeypatch.setattr(core.io.device, "usable_cpus", lambda: cpus)
+        monkeypatch.setattr(core.io.device, "busy_cpus", lambda interval_s=0.1: busy)
+        assert choose_threads(force=True) == expected
+    finally:
+        torch.set_num_threads(before)

@@ -199,11 +199,14 @@ def choose_threads(*, force: bool = False, every_s: float = 30.0) -> int:
     One thread while more than one background job runs in this server (each would
     otherwise spread over both cores); else the machine's policy now
     (:func:`core.io.device.apply_thread_policy`: one thread per core that other programs
-    leave free). On this 2-core machine, two OpenMP threads next to other busy programs
-    made the Sweep page's default 5-10x slower than one thread (1.3-2.4 s against
-    8-21 s per model at load 3.5-5), while on an idle machine two threads save about a
-    third. Re-measured at most every ``every_s`` seconds unless ``force`` (a job starting);
-    a page's own work never changes what running jobs chose.
+    leave free), capped at half the usable cores unless ``BIRDSHIELD_THREADS`` says
+    otherwise. On this 2-core machine two OpenMP threads next to other busy programs
+    made the Sweep page's default 5-10x slower than one thread (8-21 s against 1.3-2.4 s
+    per model at load 3.5-5), and a 120-step sweep of 8 clips 4-7x slower even at load
+    1.5-3 (0.33-0.65 s against 0.08-0.10 s per step of one row), while on an idle
+    machine two threads saved about a third. Re-measured at most every ``every_s``
+    seconds unless ``force`` (a job starting); a page's own work never changes what
+    running jobs chose.
 
     Returns
     -------
@@ -222,12 +225,16 @@ def choose_threads(*, force: bool = False, every_s: float = 30.0) -> int:
         running = _RUNNING[0]
     if force or (running == 0 and now - _THREADS_CHOSEN[0] >= every_s):
         _THREADS_CHOSEN[0] = now
+        from core.io.device import THREADS_ENV, apply_thread_policy, usable_cpus
+
         if running > 1:
             torch.set_num_threads(1)
         else:
-            from core.io.device import apply_thread_policy
-
-            apply_thread_policy()
+            policy = apply_thread_policy()
+            if not os.environ.get(THREADS_ENV, "").strip():
+                # at most half the cores: the policy's 0.1 s look at the machine misses load that comes and goes, and
+                # a wrong guess costs far more than it saves (see above)
+                torch.set_num_threads(max(1, min(policy.intra_op, usable_cpus() // 2)))
     return torch.get_num_threads()
 
 
