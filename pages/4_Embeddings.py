@@ -24,8 +24,11 @@ from ui.plots import CHART_CONFIG, logmel_db, spectrogram_figure
 DEFAULT_CLIPS = 24
 #: The bigger map, one click away.
 FULL_CLIPS = 120
-#: First guesses [seconds per unit on a 2-core CPU] until this machine has measured its own (ui.jobs.unit_cost).
-FIRST_GUESS_S = {"decode": 0.25, "embed": 0.25, "anchors": 0.1, "attack": 0.3, "umap_cold": 15.0, "umap_warm": 0.5}
+#: First guesses [seconds per unit] until this machine has measured its own (ui.jobs.unit_cost): 1.4x what one torch
+#: thread took on the idle 2-core machine for birdnet_protopnet_gated (decoding 0.08 s per recording, embedding 0.03 s
+#: and prototype anchors 0.035 s per 3 s window), so that they hold within 1.5x from idle to a load of about 3. UMAP:
+#: compiling its code the first time in a server (15-18 s) or the fit and the metrics of a map of 120 points.
+FIRST_GUESS_S = {"decode": 0.12, "embed": 0.045, "anchors": 0.05, "attack": 0.3, "umap_cold": 15.0, "umap_warm": 2.0}
 
 
 def clips_for(ds, split: str, species: tuple, max_clips: int, sample_rate: int, window_samples: int, class_names: tuple,
@@ -95,7 +98,8 @@ def embedding_job(job, model, name, ds, clip_args, attack, eps, show_protos, set
     n_recs = n_recordings(ds, clip_args[0], clip_args[1], clip_args[2])
     units = map_units(clip_args[2], n_recs, getattr(attack, "steps", 0), attack is not None, show_protos and has_prototypes(cfg))
     plan = Plan(job, [(kinds[k], units[k], FIRST_GUESS_S[k]) for k in ("decode", "embed", "attack", "anchors")]
-                + [("umap", 1, FIRST_GUESS_S["umap_warm" if umap_ready() else "umap_cold"])], transient=("umap",))
+                + [("umap", 1, FIRST_GUESS_S["umap_warm" if umap_ready() else "umap_cold"])], transient=("umap",),
+                fair=umap_ready)  # costs measured while UMAP compiles on the other core would be inflated
     clips = store.get(clip_args)
     if clips is None:
         plan.update(kinds["decode"], 0, "Decoding recordings")

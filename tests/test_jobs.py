@@ -272,3 +272,20 @@ def test_threads_at_most_half_the_cores_without_an_override(monkeypatch, cpus, b
         assert choose_threads(force=True) == expected
     finally:
         torch.set_num_threads(before)
+
+
+def test_costs_measured_while_the_process_is_busy_elsewhere_are_not_kept(fresh_costs):
+    from ui.jobs import Plan, unit_cost
+
+    clock, busy = FakeClock(0.0), [True]
+    plan = Plan(Job(label="Map", page="Embeddings", clock=clock), [("emb:decode", 4, 0.1), ("emb:embed:m", 4, 0.1)],
+                fair=lambda: not busy[0])
+    plan.update("emb:decode", 0, "Decoding")  # UMAP compiling on the other core: this stage's rate is inflated
+    busy[0] = False
+    clock.now = 4.0
+    plan.update("emb:decode", 4, "Decoding")
+    assert unit_cost("emb:decode") is None
+    plan.update("emb:embed:m", 0, "Embedding")  # quiet from start to end: kept
+    clock.now = 5.0
+    plan.update("emb:embed:m", 4, "Embedding")
+    assert unit_cost("emb:embed:m") == pytest.approx(0.25)

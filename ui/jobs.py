@@ -421,10 +421,17 @@ class Plan:
     transient : tuple of str
         Kinds whose cost is not remembered (a one-off such as compiling UMAP's code):
         their first guess is always used.
+    fair : callable, optional
+        ``fair() -> bool``: whether this process does nothing else heavy now (e.g. UMAP's
+        code compiled in another thread). A stage's cost is remembered only when it was
+        fair at the stage's start and end, so contention does not inflate later estimates.
     """
 
-    def __init__(self, job: Job, stages: list[tuple[str, float, float | None]], *, transient: tuple[str, ...] = ()) -> None:
+    def __init__(self, job: Job, stages: list[tuple[str, float, float | None]], *, transient: tuple[str, ...] = (),
+                 fair: Callable[[], bool] | None = None) -> None:
         self.job = job
+        self.fair = fair or (lambda: True)
+        self.unfair: set[str] = set()
         self.order = [k for k, _, _ in stages]
         self.units = {k: float(u) for k, u, _ in stages}
         self.transient = set(transient)
@@ -466,7 +473,10 @@ class Plan:
         if self.job.cancel_requested:
             raise JobCancelled()
         now = self.job.clock()
-        self.began.setdefault(kind, now)
+        if kind not in self.began:
+            self.began[kind] = now
+            if not self.fair():
+                self.unfair.add(kind)
         if kind not in self.first_done and done > 0 and now > self.began[kind]:
             self.first_done[kind] = (now, float(done))
         if units is not None:
@@ -477,7 +487,7 @@ class Plan:
         self.job.fraction = min(1.0, sum(min(self.done[k], self.units[k]) * weight[k] for k in self.order) / total) if total else 0.0
         shown_done, shown_total = shown if shown is not None else (done, self.units[kind])
         self.job.text = f"{what}: " + eta_text(shown_done, shown_total, self.seconds_left(kind))
-        if done >= self.units[kind] > 0 and kind not in self.recorded | self.transient:
+        if done >= self.units[kind] > 0 and kind not in self.recorded | self.transient | self.unfair and self.fair():
             self.recorded.add(kind)
             rate = unit_rate((self.began[kind], 0.0), self.first_done.get(kind), now, done)
             if rate is not None:
