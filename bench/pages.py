@@ -194,7 +194,8 @@ def main(argv=None) -> int:
                                  "default: Run sweep -> curves")
                 if args.big:
                     label = b.page.get_by_role("button", name=re.compile("^Full sweep")).first.inner_text()
-                    secs = b.click_and_wait("Sweep", label.strip(), re.compile(r"source: run"), None, "bigger: Full sweep")
+                    secs = b.click_and_wait("Sweep", label.strip(), re.compile(r"Robustness curves \(8 clip"), None,
+                                            "bigger: Full sweep")
                     est = estimate_seconds(label)
                     if est:
                         print(f"{'':18s}  measured / estimated = {secs / est:.2f}", flush=True)
@@ -204,7 +205,7 @@ def main(argv=None) -> int:
                                  "default: Compute map -> map")
                 if args.big:
                     label = b.page.get_by_role("button", name=re.compile(r"^Map \d+ clips")).first.inner_text()
-                    t_before = time.perf_counter()
+                    t_before, c_before = time.perf_counter(), cpu_seconds(b.pid)
                     b.page.get_by_role("button", name=label.strip()).first.click()
                     b.page.get_by_text("Map:", exact=False).first.wait_for(timeout=TIMEOUT_MS)  # its progress bar
                     wait_for_text(b.page, re.compile(r"Cluster and retrieval quality"), t_before)
@@ -212,7 +213,7 @@ def main(argv=None) -> int:
                     b.page.wait_for_function("() => !document.querySelector('[data-testid=stProgress]')", timeout=TIMEOUT_MS)
                     settle(b.page)
                     secs = time.perf_counter() - t_before
-                    b.record("Embeddings", "bigger map", secs, 0.0, label.strip())
+                    b.record("Embeddings", "bigger map", secs, cpu_seconds(b.pid) - c_before, label.strip())
                     est = estimate_seconds(label)
                     if est:
                         print(f"{'':18s}  measured / estimated = {secs / est:.2f}", flush=True)
