@@ -100,6 +100,20 @@ def shipped_comparison():
     return result, models
 
 
+def test_shipped_comparison_names_its_data_by_content_not_by_place(shipped_comparison):
+    # found on any machine: CI checks out the data elsewhere (/check/work/shared/...), so a match on the
+    # directory alone would hide the shipped comparison there (CI of stop 28)
+    from core.io.data import find_data_dir
+    from core.io.journal import dataset_identity
+    from core.studies.compare_store import same_data
+
+    result, _ = shipped_comparison
+    here = dataset_identity(find_data_dir())
+    assert result.info["data"]["content"] == here["content"]
+    assert same_data(result, {"root": "/elsewhere/xc9", "content": here["content"]})
+    assert not same_data(result, {"root": here["root"], "content": "0" * 16})
+
+
 def test_shipped_comparison_has_every_table_and_the_paper_check(shipped_comparison):
     result, _ = shipped_comparison
     assert result.models == SHIPPED
