@@ -169,7 +169,7 @@ def open_set_args(p) -> None:
     add_model(p, what="BirdNET head checkpoints (birdnet_protopnet, its AT/FT variants, birdnet_linear)", nargs="+", required=True)
     add_float(p, "--quantile", 0.05, "share of labelled validation windows whose score the bird gate may halve")
     add_float(p, "--max-false-rate", 0.01, "largest share of validation bird-free windows the decision threshold may pass")
-    p.add_argument("--out", help="checkpoint name to write (default: overwrite each --model; with one --model only)")
+    p.add_argument("--out", help="checkpoint name (or a path ending in .safetensors) to write (default: overwrite each --model; with one --model only)")
 
 
 def cmd_open_set(args) -> int:
@@ -183,7 +183,8 @@ def cmd_open_set(args) -> int:
     for name in args.model:
         model = load_checkpoint(name)
         card = dict(model.card)
-        target = resolve_checkpoint(name) if not args.out else CHECKPOINT_DIR / f"{args.out}.safetensors"
+        target = resolve_checkpoint(name) if not args.out else (
+            Path(args.out) if args.out.endswith(".safetensors") else CHECKPOINT_DIR / f"{args.out}.safetensors")
         gated, fields = open_set_model(model, ds, quantile=args.quantile, max_false_rate=args.max_false_rate,
                                        progress=lambda m, name=name: log.info("%s: %s", name, m))
         before = card.get("open_set", {}).get("metrics_before_gate") or card.get("metrics")
