@@ -25,7 +25,7 @@ from core.cli.args import add_data_dir
 from core.errors import CoreError
 
 # the order of `python -m core --help`
-SUBCOMMANDS = ("train", "reference", "calibrate", "open-set", "train-head", "finetune-head", "audit", "head-study", "evaluate", "predict", "analyze",
+SUBCOMMANDS = ("train", "reference", "calibrate", "open-set", "open-set-seeds", "train-head", "finetune-head", "audit", "head-study", "evaluate", "predict", "analyze",
                "no-bird-check", "threats", "masking-attack", "attack", "sweep", "arms", "noise-bank", "shift", "embed-metrics", "transfer",
                "compare", "worst-case", "fetch-model", "explain-published", "download", "data")
 

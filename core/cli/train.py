@@ -23,7 +23,7 @@ from core.cli.args import (
     names,
     out_path,
 )
-from core.cli.common import save_trained, saved_line
+from core.cli.common import progress_bar, save_trained, saved_line
 from core.errors import ParameterError
 
 log = logging.getLogger("core")
@@ -210,6 +210,34 @@ def cmd_open_set(args) -> int:
     return 0
 
 
+def open_set_seeds_args(p) -> None:
+    p.add_argument("--recipe", action="append", required=True,
+                   help="NAME=checkpoint1,checkpoint2,... (heads of one recipe, one per seed; names in checkpoints/ or paths); repeat")
+    add_int(p, "--per-family", 16, "windows of each held-out synthetic family (default 16)")
+    add_float(p, "--max-false-rate", 0.01, "largest mean share of held-out bird-free windows a recommended recipe may pass")
+    add_out(p, help="CSV to write")
+
+
+def cmd_open_set_seeds(args) -> int:
+    from core.io.data import open_dataset
+    from core.io.fileio import atomic_write_text
+    from core.training.open_set_seeds import best_recipe, recipe_markdown, recipe_table
+    from core.training.seeds import parse_arms
+
+    recipes = parse_arms(args.recipe, flag="--recipe")
+    out = out_path(args.out)
+    with progress_bar(desc="heads", total=sum(len(v) for v in recipes.values())) as progress:
+        table = recipe_table(recipes, open_dataset(args.data_dir), per_family=args.per_family, progress=progress)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(recipe_markdown(table))
+    print(f"best by mean validation top-1 among recipes with <= {args.max_false_rate:.0%} held-out false windows: "
+          f"{best_recipe(table, max_false_rate=args.max_false_rate)}")
+    if out is not None:
+        atomic_write_text(out, table.to_csv(index=False))
+        print(f"written to {out}")
+    return 0
+
+
 def train_head_args(p) -> None:
     p.add_argument("--name", required=True)
     p.add_argument("--layer", default="ACT_POST")
@@ -353,6 +381,8 @@ COMMANDS = {
     "calibrate": Subcommand("choose each model's decision threshold on the validation split (stored in its card)", calibrate_args, cmd_calibrate),
     "open-set": Subcommand("give BirdNET heads the bird gate and a threshold that bird-free validation audio passes <= 1 %",
                            open_set_args, cmd_open_set),
+    "open-set-seeds": Subcommand("head recipes over seeds: validation/test top-1, window recall and held-out false windows, mean and sd",
+                                 open_set_seeds_args, cmd_open_set_seeds),
     "train-head": Subcommand("train a prototype or linear head on BirdNET's backbone, frozen or partly fine-tuned (cached features)",
                              train_head_args, cmd_train_head),
     "finetune-head": Subcommand("fine-tune a BirdNET head model adversarially (AT-O, AT-E) or clean (the OT+FT control)",

@@ -22,8 +22,8 @@ from core.errors import ParameterError
 __all__ = ["arm_table", "arm_summary", "arm_markdown", "parse_arms"]
 
 
-def parse_arms(specs: list[str]) -> dict[str, list[str]]:
-    """``["AT-O=a,b,c", "OT+FT=d,e,f"]`` -> ``{"AT-O": [a, b, c], "OT+FT": [d, e, f]}``.
+def parse_arms(specs: list[str], flag: str = "--arm") -> dict[str, list[str]]:
+    """``["AT-O=a,b,c", "OT+FT=d,e,f"]`` -> ``{"AT-O": [a, b, c], "OT+FT": [d, e, f]}`` (``flag`` names the option in errors).
 
     Raises
     ------
@@ -35,9 +35,9 @@ def parse_arms(specs: list[str]) -> dict[str, list[str]]:
         name, sep, models = spec.partition("=")
         names = [m.strip() for m in models.split(",") if m.strip()]
         if not sep or not name.strip() or not names:
-            raise ParameterError(f"--arm must look like NAME=model1,model2,...; got {spec!r}")
+            raise ParameterError(f"{flag} must look like NAME=model1,model2,...; got {spec!r}")
         if name.strip() in arms:
-            raise ParameterError(f"arm {name.strip()!r} given twice")
+            raise ParameterError(f"{flag} {name.strip()!r} given twice")
         arms[name.strip()] = names
     return arms
 

@@ -1,0 +1,80 @@
+"""Head recipes over seeds (core.training.open_set_seeds): recall, the summary and the choice of a recipe."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from core.errors import ParameterError
+from core.training.open_set_seeds import best_recipe, recipe_markdown, recipe_summary, window_recall
+
+
+def test_window_recall_counts_labelled_windows_with_a_true_species_at_the_threshold():
+    scores = np.array([[0.9, 0.1], [0.2, 0.5], [0.4, 0.4], [0.9, 0.9]])
+    targets = np.array([[1, 0], [1, 0], [0, 1], [0, 0]])  # the last window is unlabelled: left out
+    assert window_recall(scores, targets, 0.5) == pytest.approx(1 / 3)  # only the first: a wrong species does not count
+    assert window_recall(scores, targets, 0.4) == pytest.approx(2 / 3)  # at the threshold counts
+    assert window_recall(scores, targets, 0.1) == pytest.approx(1.0)
+    assert np.isnan(window_recall(scores, np.zeros_like(targets), 0.5))
+    with pytest.raises(ParameterError, match="same"):
+        window_recall(scores, targets[:, :1], 0.5)
+
+
+def _table():
+    rows = []
+    for recipe, tops, false in (("quiet", (0.80, 0.84, 0.82), (0, 1, 0)), ("loud", (0.90, 0.92, 0.88), (10, 12, 9)),
+                                ("quiet-better", (0.85, 0.83, 0.86), (1, 0, 1))):
+        for seed, (t, f) in enumerate(zip(tops, false)):
+            rows.append({"recipe": recipe, "model": f"{recipe}_s{seed}", "train_seed": seed, "val_rec_top1": t,
+                         "test_rec_top1": t - 0.02, "test_window_cmap": 0.7, "val_recall": 0.7, "test_recall": 0.68,
+                         "held_out_windows": 105, "held_out_false": f, "held_out_false_rate": f / 105})
+    return pd.DataFrame(rows)
+
+
+def test_summary_gives_mean_sd_and_n_per_recipe():
+    s = recipe_summary(_table()).set_index("recipe")
+    assert s.loc["loud", "n_seeds"] == 3
+    assert s.loc["loud", "val_rec_top1 mean"] == pytest.approx(0.90)
+    assert s.loc["loud", "val_rec_top1 sd"] == pytest.approx(np.std([0.90, 0.92, 0.88], ddof=1))
+    md = recipe_markdown(_table())
+    assert "| loud | 3 | 0.900 ± 0.020 |" in md and "(31 of 315)" in md
+
+
+def test_best_recipe_is_chosen_on_validation_among_the_quiet_ones():
+    t = _table()
+    # loud has the best validation top-1 but passes ~10 % of held-out bird-free windows
+    assert best_recipe(t, max_false_rate=0.01) == "quiet-better"
+    assert best_recipe(t, max_false_rate=0.2) == "loud"
+    assert best_recipe(t, max_false_rate=0.01, among=["quiet", "loud"]) == "quiet"
+    assert best_recipe(t, max_false_rate=0.0, among=["loud"]) == "loud"  # none quiet enough: the best of those given
+    with pytest.raises(ParameterError):
+        best_recipe(t, among=["absent"])
+
+
+@pytest.mark.slow
+def test_recipe_table_measures_a_shipped_head_through_its_forward_pass():
+    import torch
+
+    from core.io.data import open_dataset
+    from core.models.defaults import DEFAULT_MODEL
+    from core.models.registry import load_checkpoint
+    from core.training.calibration import model_threshold
+    from core.training.heads import split_windows
+    from core.training.noisebank import birdfree_bank
+    from core.training.open_set_seeds import recipe_table
+
+    ds = open_dataset()
+    table = recipe_table({"shipped": [DEFAULT_MODEL]}, ds, per_family=2)
+    row = table.iloc[0]
+    model = load_checkpoint(DEFAULT_MODEL, device="cpu")
+    card = model.card
+    assert row["val_rec_top1"] == card["metrics"]["val"]["recording"]["top1"]
+    site = birdfree_bank(ds, "test", int(model.config.frontend.sample_rate), int(model.config.window_samples))
+    assert row["held_out_windows"] == 6 * 2 + len(site)  # six held-out families x 2, and the test split's site noise
+    assert 0 <= row["held_out_false"] <= row["held_out_windows"]
+    # recall recomputed from model(x) on the test windows
+    w = split_windows(ds, "test")
+    with torch.no_grad():
+        scores = torch.cat([torch.sigmoid(model(torch.as_tensor(w.waveforms[i : i + 32]))) for i in range(0, len(w.waveforms), 32)]).numpy()
+    assert row["test_recall"] == pytest.approx(window_recall(scores, w.targets, model_threshold(card)), abs=1e-6)
+    with pytest.raises(ParameterError, match="split"):
+        recipe_table({"other split": [DEFAULT_MODEL]}, open_dataset(split_scheme="person"), per_family=1)
