@@ -214,7 +214,7 @@ def open_set_seeds_args(p) -> None:
     p.add_argument("--recipe", action="append", required=True,
                    help="NAME=checkpoint1,checkpoint2,... (heads of one recipe, one per seed; names in checkpoints/ or paths); repeat")
     add_int(p, "--per-family", 16, "windows of each held-out synthetic family (default 16)")
-    add_float(p, "--max-false-rate", 0.01, "largest mean share of held-out bird-free windows a recommended recipe may pass")
+    add_float(p, "--max-false-rate", 0.01, "largest mean share of validation bird-free windows a recommended recipe may pass")
     add_out(p, help="CSV to write")
 
 
@@ -230,11 +230,11 @@ def cmd_open_set_seeds(args) -> int:
         table = recipe_table(recipes, open_dataset(args.data_dir), per_family=args.per_family, progress=progress)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(recipe_markdown(table))
-    print(f"best by mean validation top-1 among recipes with <= {args.max_false_rate:.0%} held-out false windows: "
-          f"{best_recipe(table, max_false_rate=args.max_false_rate)}")
     if out is not None:
         atomic_write_text(out, table.to_csv(index=False))
         print(f"written to {out}")
+    print(f"best by mean validation top-1 among recipes passing <= {args.max_false_rate:.0%} of validation bird-free windows: "
+          f"{best_recipe(table, max_false_rate=args.max_false_rate)}")
     return 0
 
 
