@@ -14,6 +14,7 @@ The public Python API (:mod:`core.api`) is re-exported here::
     core.predict(model, waveform)                   # birdnetlib-style detections per window
     core.attack(model, waveform, eps=1e-3)          # AttackResult: .adversarial, .snr_db, .success
     core.worst_case(model, waveform, eps=1e-3)      # WorstCaseResult: .success, .attack, .adversarial
+    core.certify(model, waveform, n=1000)           # per window, Certificate: .class_name, .p_lower, .radius, .snr_db
     core.explain(model, waveform)                   # Explanation: spectrogram, similarity maps, axes
     core.analyze("recording.flac")                  # the Field page's detection table
 
@@ -26,10 +27,12 @@ if TYPE_CHECKING:
     from core.api import (  # noqa: F401
         DEFAULT_MODEL,
         AttackResult,
+        Certificate,
         Explanation,
         WorstCaseResult,
         analyze,
         attack,
+        certify,
         explain,
         load_audio,
         load_model,
@@ -37,8 +40,8 @@ if TYPE_CHECKING:
         worst_case,
     )
 
-__all__ = ["DEFAULT_MODEL", "AttackResult", "Explanation", "WorstCaseResult", "analyze", "attack", "explain", "load_audio",
-           "load_model", "predict", "worst_case"]
+__all__ = ["DEFAULT_MODEL", "AttackResult", "Certificate", "Explanation", "WorstCaseResult", "analyze", "attack", "certify", "explain",
+           "load_audio", "load_model", "predict", "worst_case"]
 
 
 def __getattr__(name: str):

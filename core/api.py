@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from core.attacks.smoothing import DEFAULT_ALPHA, DEFAULT_SIGMA, N0, Certificate, certify_windows
 from core.errors import ParameterError
 from core.field.analyze import MIN_DURATION_S
 from core.field.detect import DEFAULT_SENSITIVITY, LOCATION_FILTER_THRESHOLD
@@ -30,8 +31,8 @@ from core.field.explanation import Explanation, explain
 from core.models.registry import DEFAULT_MODEL
 
 __all__ = ["DEFAULT_MODEL", "BIRDNETLIB_MIN_CONF", "MIN_DURATION_S", "DEFAULT_SENSITIVITY", "LOCATION_FILTER_THRESHOLD", "AttackResult",
-           "WorstCaseResult", "Explanation", "load_model", "load_audio",
-           "predict", "predict_windows", "attack", "worst_case", "explain", "analyze", "model_names", "decision_threshold"]
+           "WorstCaseResult", "Explanation", "Certificate", "load_model", "load_audio",
+           "predict", "predict_windows", "attack", "worst_case", "certify", "explain", "analyze", "model_names", "decision_threshold"]
 
 #: birdnetlib's and BirdNET-Analyzer's default ``min_conf``, used for BirdNET when no validation threshold is stored.
 BIRDNETLIB_MIN_CONF = 0.1
@@ -170,6 +171,18 @@ def _settings(min_conf, sensitivity, locale, lat, lon, week, sf_thresh) -> tuple
     return species_filter(lat, lon, week, sf_thresh), check_locale(locale), check_sensitivity(sensitivity)
 
 
+def _recording_windows(model, waveform, what: str):
+    """A 1-D recording's windows as BirdNET-Analyzer's (:func:`core.attacks.windows.cut_windows`); ParameterError if too short."""
+    from core.attacks.windows import cut_windows
+
+    w = cut_windows(waveform, model.config.window_samples, batch=False)
+    sr = int(model.config.frontend.sample_rate)
+    if w.x.shape[-1] < MIN_DURATION_S * sr:
+        raise ParameterError(f"waveform is {w.x.shape[-1] / sr:.2f} s long; {what} needs at least {MIN_DURATION_S} s "
+                             f"(a shorter clip would be scored as a {model.config.window_samples / sr:g} s window of mostly silence)")
+    return w
+
+
 def predict_windows(model, waveform, *, min_conf: float | None = None, sensitivity: float = DEFAULT_SENSITIVITY, locale: str = "en",
                     lat: float | None = None, lon: float | None = None, week: int = -1, sf_thresh: float = LOCATION_FILTER_THRESHOLD,
                     path: str = ""):
@@ -193,16 +206,11 @@ def predict_windows(model, waveform, *, min_conf: float | None = None, sensitivi
     ParameterError, CheckpointError
         As :func:`predict`.
     """
-    from core.attacks.windows import cut_windows
     from core.field.analyze import ebird_classes, score_windows, species_names
     from core.field.tables import detections, to_records
 
     filt, locale, sensitivity = _settings(min_conf, sensitivity, locale, lat, lon, week, sf_thresh)
-    w = cut_windows(waveform, model.config.window_samples, batch=False)
-    sr = int(model.config.frontend.sample_rate)
-    if w.x.shape[-1] < MIN_DURATION_S * sr:
-        raise ParameterError(f"waveform is {w.x.shape[-1] / sr:.2f} s long; predict needs at least {MIN_DURATION_S} s "
-                             f"(a shorter clip would be scored as a {model.config.window_samples / sr:g} s window of mostly silence)")
+    w = _recording_windows(model, waveform, "predict")
     threshold, source = decision_threshold(model, min_conf)
     res = score_windows(model, w.windows, w.valid, path=path, model_name=_name(model), threshold=threshold, threshold_source=source,
                         sensitivity=sensitivity, species_filter=filt)
@@ -550,3 +558,42 @@ def worst_case(model, waveforms, *, eps: float, labels=None, source=None, steps:
                            snr_db=snr(w.x.detach().cpu(), adversarial.cpu()), starts_s=w.start / sr,
                            clean_scores=res["clean_scores"], adversarial_scores=res["scores"], true_top1=res["true_top1"],
                            summary=res["summary"])
+
+
+def certify(model, waveform, *, sigma: float = DEFAULT_SIGMA, n: int | None = None, seconds: float | None = None,
+            alpha: float = DEFAULT_ALPHA, n0: int = N0, start_s: float | None = None, end_s: float | None = None,
+            **options) -> list[Certificate]:
+    """Per window, g's answer and its certified L2 radius (CERTIFY: Cohen, Rosenfeld & Kolter 2019, ICML; the smoothed
+    model ``g(x) = argmax_c P(f(x + N(0, sigma^2 I)) = c)``, f the model's top-1 class; :mod:`core.attacks.smoothing`).
+
+    Parameters
+    ----------
+    model : BirdClassifier
+    waveform : torch.Tensor or np.ndarray [shape=(n_samples,)]
+        Mono, at the model's rate, full-scale amplitude in [-1, 1]; cut into the windows :func:`predict` scores.
+    sigma : float in (0, 1) [full-scale amplitude]
+        Noise std per sample; the default's choice is measured in :data:`core.attacks.smoothing.DEFAULT_SIGMA`.
+    n : int >= n0, optional
+        Estimation copies per window; else ``seconds`` per window (default 60) sets n from this machine's rate (>= min_n).
+    alpha : float in (0, 1)
+        Probability that a window's certificate is wrong.
+    n0 : int >= 1
+        Copies that choose the class.
+    start_s, end_s : float [s], optional
+        Only the windows that overlap this span.
+    **options
+        ``min_n``, ``batch_size``, ``seed``, ``progress(stage, done, total)`` (:func:`core.attacks.smoothing.certify_windows`).
+
+    Returns
+    -------
+    list of Certificate
+        Per window: ``label``, ``class_name`` (g's answer), ``p_lower``, ``radius`` [L2, full-scale amplitude], ``snr_db``
+        [dB] (None if g abstains), ``n``: no sound quieter than ``snr_db`` below the window changes g's answer (not f's).
+
+    Raises
+    ------
+    ParameterError
+        A bad waveform (as :func:`predict`), a bad setting, or a span holding no window.
+    """
+    w = _recording_windows(model, waveform, "certify")
+    return certify_windows(model, w, start_s=start_s, end_s=end_s, sigma=sigma, n=n, seconds=seconds, alpha=alpha, n0=n0, **options)
