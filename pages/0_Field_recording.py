@@ -17,6 +17,7 @@ from core.field.analyze import NO_BIRD, SILENCE_DBFS, analyze_file, model_band_h
 from core.field.nobird import no_bird_note
 from core.field.tables import detections, to_birdnet_csv, to_raven_table, window_outcomes
 from core.models.registry import list_checkpoints
+from ui.certify import certify_panel
 from ui.common import audio_player, default_model, get_dataset, get_model, model_label
 from ui.glossary import help_text
 from ui.jobs import BACKGROUND, job_panel, running_job, start_job
@@ -195,6 +196,7 @@ for tab, m in zip(tabs, ready):
         row = outcomes.iloc[int(idx)]
         st.markdown(f"**Window {int(idx)}**, {row.start_s / 60:.2f} min ({row.start_s:.1f}–{row.end_s:.1f} s): "
                     f"**{row.outcome}**; highest score {row.top_species} {row.top_score:.2f}; level {row.level_dbfs:.0f} dBFS.")
+        seg = None
         try:
             seg = read_segment(path, res.sample_rate, float(row.start_s), res.window_s)
             audio_player(seg, res.sample_rate)
@@ -205,6 +207,8 @@ for tab, m in zip(tabs, ready):
             st.session_state["shared_source"] = "Field recording"
             st.session_state["model_name"] = m
             st.switch_page("pages/1_Clip.py")
+        if seg is not None:
+            certify_panel(m, model, seg, offset_s=float(row.start_s), key=f"field_cert_{m}")
 
         st.subheader("Detections")
         if dets.empty:

@@ -13,6 +13,7 @@ from core.models.registry import uses_birdnet
 from core.studies.audit import load_audit
 from core.training.calibration import card_thresholds
 from ui.attribution import attribution_panel
+from ui.certify import certify_panel
 from ui.common import (
     analyze,
     audio_player,
@@ -101,6 +102,8 @@ if cfg.arch == "birdnet":
 
 # where in the input the evidence lies (occlusion, gradient x input); computed only when the user asks
 attribution_panel(name, model, res.windows[0], scores=scores, offset_s=clip.offset_s, display=display)
+# can a quiet sound change the (smoothed) answer? randomized smoothing, computed only when the user asks
+certify_panel(name, model, res.windows[0], offset_s=clip.offset_s, key="clip_cert")
 
 if res.similarity_maps is None:
     st.info(f"{name} is a black-box model (no prototypes). Choose an AudioProtoPNet model to see explanations.")

@@ -16,6 +16,7 @@ import streamlit as st
 
 from core.errors import CoreError
 from core.field.attribution import METHOD_CITATIONS, AttributionMap, grad_x_input, occlusion
+from ui.common import compute_on_click
 from ui.plots import CHART_CONFIG
 
 #: Resolution choices: label -> (bands per octave, time cell [s]).
@@ -104,18 +105,8 @@ def attribution_panel(model_name: str, model, window: np.ndarray, *, scores: np.
         res = c2.radio("Cells", list(RESOLUTIONS), horizontal=True, key=f"{key}_res",
                        help="Octave bands x 0.5 s: about 50 forward passes per 3 s window; third-octaves x 0.25 s: about 250.")
         bands_per_octave, cell_s = RESOLUTIONS[res]
-        wanted = (model_name, clip_id, int(c), res)
-        cache = st.session_state.setdefault(f"{key}_results", {})
-        if st.button("Compute where the evidence lies", key=f"{key}_run"):
-            bar = st.progress(0.0, text="occlusion")
-            try:
-                cache[wanted] = _compute(model, window, int(c), bands_per_octave, cell_s, bar)
-            except CoreError as exc:
-                st.error(str(exc))
-            bar.empty()
-            while len(cache) > 8:
-                cache.pop(next(iter(cache)))
-        got = cache.get(wanted)
+        got = compute_on_click("Compute where the evidence lies", key, (model_name, clip_id, int(c), res),
+                               lambda bar: _compute(model, window, int(c), bands_per_octave, cell_s, bar), text="occlusion")
         if got is None:
             return
         left, right = st.columns(2)

@@ -220,6 +220,44 @@ def audio_player(waveform: np.ndarray, sample_rate: int, *, gain: float = 1.0, l
     st.audio(data, format="audio/wav")
 
 
+def compute_on_click(label: str, key: str, wanted, compute, *, text: str, keep: int = 8, **button):
+    """A button that runs ``compute(bar)`` under a progress bar and keeps the result for the session; nothing runs before.
+
+    Parameters
+    ----------
+    label : str
+        The button's label.
+    key : str
+        The button is ``{key}_run``; results are kept in ``st.session_state[f"{key}_results"]``, by ``wanted``.
+    wanted : hashable
+        What the result depends on (model, window, settings).
+    compute : callable
+        ``compute(bar)`` -> the result; ``bar`` is the ``st.progress`` to update. A :class:`core.errors.CoreError` it
+        raises is shown as a one-line error.
+    text : str
+        The bar's first text.
+    keep : int
+        Results kept (the oldest go first).
+    **button
+        More keywords of ``st.button`` (``help``, ``type``).
+
+    Returns
+    -------
+    The result for ``wanted``, or None when it was never computed.
+    """
+    cache = st.session_state.setdefault(f"{key}_results", {})
+    if st.button(label, key=f"{key}_run", **button):
+        bar = st.progress(0.0, text=text)
+        try:
+            cache[wanted] = compute(bar)
+        except CoreError as exc:
+            st.error(str(exc))
+        bar.empty()
+        while len(cache) > keep:
+            cache.pop(next(iter(cache)))
+    return cache.get(wanted)
+
+
 def card_or_none(name: str) -> dict | None:
     """A checkpoint's model card, or None when the card exists but is unreadable (pages say so)."""
     try:

@@ -113,6 +113,15 @@ GLOSSARY: dict[str, tuple[str, str]] = {
         "A quiet night at an AudioMoth sits near -60 dBFS; 16-bit silence near -100 dBFS. Windows below -90 dBFS are "
         "reported as silence whatever a model says.",
     ),
+    "certified": (
+        "No sound quieter than the stated dB below the window can change the smoothed model's answer.",
+        "Randomized smoothing (Cohen, Rosenfeld & Kolter 2019): the smoothed model answers with the species the model "
+        "names most often on many copies of the window with faint random noise added. From how often the copies agree "
+        "follows the quietest change, in dB below the window, that could alter that answer (\"abstain\" when too few "
+        "agree). The higher the figure, the weaker the guarantee. It holds for the smoothed model, not the plain one, "
+        "and for a change's total energy, not the per-sample budget eps of the attacks; it is wrong with probability "
+        "at most alpha (0.001).",
+    ),
 }
 
 
