@@ -16,6 +16,7 @@ from core.io.data import candidate_data_dirs
 from core.models.registry import DEFAULT_MODEL, list_checkpoints
 from core.studies.compare import model_recipe
 from core.studies.demo import demo_sentence, read_demo_record
+from core.studies.leakage import post_cutoff_sentence
 from ui.common import card_or_none, dataset_status_message, get_dataset
 from ui.home import ACTIONS, MODEL_COLUMNS, PICTURE, model_table, page_guide
 from ui.jobs import jobs_sidebar
@@ -84,7 +85,7 @@ def home() -> None:
                  .hide(axis="index"))
         st.download_button("These figures as CSV", table.to_csv(index=False).encode(), "models.csv", "text/csv", key="home_models_csv")
         st.caption("Window = one 5 s window (3 s for BirdNET and the heads on it); recording = the best window of a "
-                   "recording. BirdNET was probably trained on xeno-canto recordings, so its figures here are optimistic. "
+                   f"recording. {post_cutoff_sentence(DEFAULT_MODEL, cards.get(DEFAULT_MODEL))} "
                    "Reference: a logistic regression on the average spectrum, the floor any model should beat.")
         if cards:
             shown = st.selectbox("Model card of", list(cards), index=list(cards).index(DEFAULT_MODEL) if DEFAULT_MODEL in cards else 0,

@@ -151,6 +151,33 @@ def test_head_tables_are_the_stored_results():
             f"AudioProtoPNet below and {ref['metrics']['test']['recording']['top1']:.3f} for the reference") in MODELS
 
 
+
+def test_cutoff_table_is_the_stored_one():
+    from core.studies.leakage import cutoff_markdown
+
+    t = pd.read_csv(ROOT / "assets" / "birdnet_heads" / "cutoff.csv", keep_default_na=False, na_values=[""])
+    assert block("cutoff") == cutoff_markdown(t)
+    rows = t.set_index(["model", "recordings", "side"])
+
+    def top1(model, scope, side):
+        r = rows.loc[(model, scope, side)]
+        return f"{r['recording_top1']:.3f} ({int(r['recording_correct'])} of {int(r['n_recordings'])})"
+
+    # the prose's headline figures are the table's
+    assert (f"top-1 of {top1('birdnet_protopnet', 'test', 'all')} is {top1('birdnet_protopnet', 'test', 'pre')} up to the cut-off "
+            f"and {top1('birdnet_protopnet', 'test', 'post')} after it") in re.sub(r"\s+", " ", RESULTS)
+    assert (f"recording top-1 {top1('birdnet', 'all', 'pre')} up to the cut-off, {top1('birdnet', 'all', 'post')} after it"
+            in re.sub(r"\s+", " ", RESULTS))
+
+
+def test_cutoff_recordings_table_is_the_dataset(data_dir):
+    from core.io.data import Dataset
+    from core.studies.leakage import cutoff_counts, cutoff_counts_markdown
+
+    ds = Dataset(data_dir)
+    names = {code: row["english_name"] for code, row in ds.species.items()}
+    assert block("cutoff-recordings") == cutoff_counts_markdown(cutoff_counts(ds), names)
+
 def test_seed_table_is_the_stored_arms():
     from core.training.seeds import arm_markdown
 

@@ -1,4 +1,5 @@
-"""Subcommands of the dataset-level studies: audit, arms, shift, embed-metrics, transfer, compare (with the paper check)."""
+"""Subcommands of the dataset-level studies: audit, arms, shift, embed-metrics, transfer, compare (with the paper check),
+worst-case, cutoff."""
 
 from __future__ import annotations
 
@@ -352,6 +353,68 @@ def cmd_worst_case(args) -> int:
     return 0
 
 
+BIRDNET_BASED = ("birdnet,birdnet_linear,birdnet_protopnet,birdnet_protopnet_ato,birdnet_protopnet_ate,birdnet_protopnet_ft,"
+                 "birdnet_protopnet_gated")
+
+
+def cutoff_args(p) -> None:
+    add_models(p, BIRDNET_BASED, "comma-separated models on BirdNET's backbone (birdnet itself or heads on it)")
+    add_out(p, "assets/birdnet_heads/cutoff.csv", "CSV to write; the rows of other models already in it are kept (default: %(default)s)")
+    p.add_argument("--update-cards", action="store_true",
+                   help="write each head's figures into its model card (field post_cutoff; the weights file is not touched; "
+                        "BirdNET's card is built in code and not written)")
+
+
+def _birdnet_based(text: str) -> dict:
+    """The models of ``--models``, each checked to exist (before any loads) and to run BirdNET's backbone."""
+    from core.cli.args import names
+    from core.errors import CheckpointError
+    from core.models.registry import BUILTIN_MODELS, resolve_checkpoint, uses_birdnet
+
+    chosen = names(text)
+    if not chosen:
+        raise ParameterError("--models needs at least one model name")
+    for n in chosen:
+        if n == "birdnet-all":
+            raise ParameterError("birdnet-all scores 6,522 classes, not the dataset's; use birdnet (its 9 species)")
+        if n not in BUILTIN_MODELS and not resolve_checkpoint(n).is_file():
+            raise CheckpointError(f"unknown model {n!r}: no checkpoint {resolve_checkpoint(n)} (BirdNET-based shipped models: {BIRDNET_BASED})")
+    models = load_models(",".join(chosen))
+    other = [n for n, m in models.items() if not uses_birdnet(m.config)]
+    if other:
+        raise ParameterError(f"{', '.join(other)} does not run BirdNET's backbone: BirdNET's training cut-off does not concern it")
+    return models
+
+
+def cmd_cutoff(args) -> int:
+    import pandas as pd
+
+    from core.io.data import open_dataset
+    from core.io.fileio import atomic_write_text
+    from core.models.registry import BUILTIN_MODELS, update_model_card
+    from core.studies.leakage import BIRDNET_TRAINING_CUTOFF_XC, card_post_cutoff, cutoff_table, merge_cutoff_tables
+
+    out = out_path(args.out)
+    models = _birdnet_based(args.models)
+    ds = open_dataset(args.data_dir)
+    t0 = time.time()
+    with progress_bar("model", "cut-off") as progress:
+        table = cutoff_table(models, ds, progress=progress)
+    cols = ["model", "recordings", "side", "n_recordings", "n_windows", "recording_top1", "window_cmap"]
+    print(f"BirdNET V2.4 trained on xeno-canto up to XC{BIRDNET_TRAINING_CUTOFF_XC}; pre: at or below it, post: after it")
+    print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if out is not None:
+        old = pd.read_csv(out, keep_default_na=False, na_values=[""]) if out.is_file() else None
+        atomic_write_text(out, merge_cutoff_tables(old, table).to_csv(index=False, float_format="%.6g"))
+        print(f"written to {out} ({time.time() - t0:.0f} s)")
+    if args.update_cards:
+        ours = [n for n in models if n not in BUILTIN_MODELS]  # BirdNET's card is built in code, never written
+        for name in ours:
+            update_model_card(name, post_cutoff=card_post_cutoff(table, name, command=args.command_line))
+        print(f"model cards updated (post_cutoff): {', '.join(ours) or 'none'}")
+    return 0
+
+
 # the subcommands of this module, by name
 COMMANDS = {
     "audit": Subcommand("audit a BirdNET prototype head: where prototypes fire, deletion vs random regions, plausibility", audit_args, cmd_audit),
@@ -362,4 +425,6 @@ COMMANDS = {
     "compare": Subcommand("the model zoo side by side (clean, shifted, attacked) and the paper check; cached", compare_args, cmd_compare),
     "worst-case": Subcommand("the worst case over attacks per window (PGD, transfer, APGD, APGD-CE/DLR/T), resumable CSV; success over "
                              "windows with a true clean top-1", worst_case_args, cmd_worst_case),
+    "cutoff": Subcommand("figures of BirdNET and its heads on recordings after BirdNET's xeno-canto training cut-off and before it",
+                         cutoff_args, cmd_cutoff),
 }
