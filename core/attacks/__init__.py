@@ -1,5 +1,6 @@
 """Waveform-domain adversarial attacks: FGSM, BIM, PGD, APGD (L-inf and L2) on any objective, the eps-sweep engine,
-the worst case over attacks, the psychoacoustic (masking-threshold) budget and realistic threats (MP3, playback, EOT).
+the worst case over attacks, the psychoacoustic (masking-threshold) budget and realistic threats (MP3, playback, EOT);
+and the converse, certificates that no small change can fool a randomized-smoothing classifier (:mod:`core.attacks.smoothing`).
 
 May import :mod:`core.io` and :mod:`core.models`; never training, a study, the field wing, the API or the CLI.
 """
