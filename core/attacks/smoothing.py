@@ -226,6 +226,17 @@ def _device(model) -> torch.device:
     return get_device()
 
 
+def _window(window, device: torch.device) -> torch.Tensor:
+    """``window`` as a float32 tensor ``(n_samples,)`` on ``device``; ParameterError unless finite, 1-D and non-empty."""
+    try:
+        x = torch.as_tensor(window).detach().to(device=device, dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError):
+        raise ParameterError(f"window must be a float array or tensor, got {type(window).__name__}") from None
+    if x.ndim != 1 or x.numel() == 0 or not torch.isfinite(x).all():
+        raise ParameterError(f"window must be a finite 1-D float array (n_samples,), got shape {tuple(x.shape)}")
+    return x
+
+
 def _batch(device: torch.device) -> int:
     from core.io.device import scoring_batch_size
 
@@ -336,9 +347,7 @@ def certify_window(model, window, *, sigma: float = DEFAULT_SIGMA, n: int | None
         seconds = DEFAULT_SECONDS
     device = _device(model)
     batch_size = batch_size or _batch(device)
-    x = torch.as_tensor(np.asarray(window, dtype=np.float32)).to(device)
-    if x.ndim != 1 or x.numel() == 0 or not torch.isfinite(x).all():
-        raise ParameterError(f"window must be a finite 1-D float array (n_samples,), got shape {tuple(x.shape)}")
+    x = _window(window, device)
     if class_names is None:
         cfg = getattr(model, "config", None)
         class_names = list(cfg.class_names) if cfg is not None else None
@@ -449,13 +458,13 @@ def smoothed_predict(model, window, *, sigma: float = DEFAULT_SIGMA, n: int = MI
     Raises
     ------
     ParameterError
-        Bad settings.
+        Bad settings, or a window that is not a finite 1-D float array.
     """
     from scipy.stats import binomtest
 
     sigma, alpha, _, n, _, _, batch_size = check_smoothing(sigma, alpha, 1, n, None, 1, batch_size)
     device = _device(model)
-    x = torch.as_tensor(np.asarray(window, dtype=np.float32)).to(device)
+    x = _window(window, device)
     with torch.no_grad():
         n_classes = int(model(x[None]).shape[-1])
     counts = noise_counts(model, x, sigma=sigma, n=n, n_classes=n_classes, batch_size=batch_size or _batch(device),
