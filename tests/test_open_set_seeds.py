@@ -1,11 +1,11 @@
-"""Head recipes over seeds (core.training.open_set_seeds): recall, the summary and the choice of a recipe."""
+"""Head recipes over seeds (core.field.open_set_seeds): recall, the summary and the choice of a recipe."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from core.errors import ParameterError
-from core.training.open_set_seeds import best_recipe, recipe_markdown, recipe_summary, window_recall
+from core.field.open_set_seeds import best_recipe, recipe_markdown, recipe_summary, window_recall
 
 
 def test_window_recall_counts_labelled_windows_with_a_true_species_at_the_threshold():
@@ -63,7 +63,7 @@ def test_recipe_table_measures_a_shipped_head_through_its_forward_pass():
     from core.training.calibration import model_threshold
     from core.training.heads import split_windows
     from core.training.noisebank import birdfree_bank
-    from core.training.open_set_seeds import recipe_table
+    from core.field.open_set_seeds import recipe_table
 
     ds = open_dataset()
     table = recipe_table({"shipped": [DEFAULT_MODEL]}, ds, per_family=2)

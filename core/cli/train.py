@@ -221,7 +221,7 @@ def open_set_seeds_args(p) -> None:
 def cmd_open_set_seeds(args) -> int:
     from core.io.data import open_dataset
     from core.io.fileio import atomic_write_text
-    from core.training.open_set_seeds import best_recipe, recipe_markdown, recipe_table
+    from core.field.open_set_seeds import best_recipe, recipe_markdown, recipe_table
     from core.training.seeds import parse_arms
 
     recipes = parse_arms(args.recipe, flag="--recipe")
