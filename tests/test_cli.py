@@ -273,7 +273,7 @@ def test_parser_lists_every_subcommand_once_and_data_dir_where_it_reads_the_data
     defined = {**train.COMMANDS, **field.COMMANDS, **attacks.COMMANDS, **studies.COMMANDS, **data.COMMANDS}
     assert list(subs) == list(SUBCOMMANDS) and len(set(SUBCOMMANDS)) == len(SUBCOMMANDS) and set(SUBCOMMANDS) == set(defined)
     no_data = {n for n, p in subs.items() if "--data-dir" not in p._option_string_actions}
-    assert no_data == {"predict", "analyze", "attack", "fetch-model", "explain-published", "download"}
+    assert no_data == {"predict", "analyze", "attack", "certify", "fetch-model", "explain-published", "download"}
     assert all(p._actions[-1].dest == "data_dir" for n, p in subs.items() if n not in no_data)  # always the last option
 
 

@@ -26,7 +26,7 @@ from core.errors import CoreError
 
 # the order of `python -m core --help`
 SUBCOMMANDS = ("train", "reference", "calibrate", "open-set", "open-set-seeds", "train-head", "finetune-head", "audit", "head-study", "evaluate", "predict", "analyze",
-               "no-bird-check", "threats", "masking-attack", "attack", "sweep", "arms", "noise-bank", "shift", "embed-metrics", "transfer",
+               "no-bird-check", "threats", "masking-attack", "attack", "certify", "sweep", "arms", "noise-bank", "shift", "embed-metrics", "transfer",
                "compare", "worst-case", "cutoff", "fetch-model", "explain-published", "download", "data")
 
 

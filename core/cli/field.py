@@ -1,8 +1,9 @@
-"""Subcommands on recordings in the field: predict, analyze, attack, no-bird-check."""
+"""Subcommands on recordings in the field: predict, analyze, attack, certify, no-bird-check."""
 
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -238,6 +239,71 @@ def cmd_attack(args) -> int:
     return 0
 
 
+def certify_args(p) -> None:
+    # the defaults of core.attacks.smoothing, written out: importing it would load torch before the threads are chosen
+    # (tests/test_smoothing.py checks that they agree)
+    p.add_argument("file")
+    add_model(p, DEFAULT_MODEL)
+    add_float(p, "--sigma", 3e-4, "noise std per sample in full-scale amplitude, in (0, 1) (default %(default)g: the largest "
+                                  "that left the default model's answer on 5 test windows intact)")
+    add_int(p, "--n", help="noisy copies per window that estimate the answer's probability, at least --n0 (default: as many as "
+                           "fit in --seconds)")
+    add_float(p, "--seconds", help="time budget per window [s] instead of --n (default 60): n is what fits after the --n0 copies "
+                                   "measured this machine's rate, at least 1,000")
+    add_float(p, "--alpha", 0.001, "probability that a certificate is wrong, in (0, 1) (default %(default)g)")
+    add_int(p, "--n0", 100, "noisy copies that choose the answer (default %(default)s)")
+    add_float(p, "--start", help="only windows that end after this time [s]")
+    add_float(p, "--end", help="only windows that start before this time [s]")
+    add_int(p, "--batch-size", help="noisy copies per forward pass (default 8 on a CPU, 64 on CUDA)")
+    add_seed(p)
+    add_json(p)
+
+
+def _certificate_line(c, names: dict) -> str:
+    """One window's certificate: ``0.0-3.0 s  Sedge Warbler (acrsch)  p_A >= 0.993  radius 0.00074 = 72.3 dB SNR  n 1,000``."""
+    who = f"{names[c.class_name][1]} ({c.class_name})"
+    head, p = f"  {c.start_s:6.1f}-{c.end_s:.1f} s  ", f"{math.floor(c.p_lower * 1000) / 1000:.3f}"  # a lower bound, rounded down
+    if c.abstained:
+        return head + f"abstain (most copies: {who}, p_A >= {p})  n {c.n:,}  {c.seconds:.0f} s"
+    return head + f"{who}  p_A >= {p}  radius {c.radius:.3g} = {c.snr_db:.1f} dB SNR  n {c.n:,}  {c.seconds:.0f} s"
+
+
+def cmd_certify(args) -> int:
+    from core.api import certify, load_audio
+    from core.attacks.smoothing import DEFAULT_SECONDS, check_smoothing, max_certifiable_radius
+    from core.cli.common import progress_bar
+    from core.field.analyze import species_names
+    from core.models.registry import load_checkpoint
+
+    check_smoothing(args.sigma, args.alpha, args.n0, args.n, args.seconds, batch_size=args.batch_size)  # before any work
+    model = load_checkpoint(args.model)
+    waveform = load_audio(args.file, int(model.config.frontend.sample_rate))
+    seconds = args.seconds if args.seconds is not None or args.n is not None else DEFAULT_SECONDS
+    with progress_bar("copy") as progress:
+        certs = certify(model, waveform, sigma=args.sigma, n=args.n, seconds=seconds, alpha=args.alpha, n0=args.n0, start_s=args.start,
+                        end_s=args.end, batch_size=args.batch_size, seed=args.seed, progress=progress)
+    names = species_names(model.config.class_names, model)
+    if args.json:
+        rows = [{"start_s": c.start_s, "end_s": c.end_s, "abstain": c.abstained, "label": c.class_name, "english_name": names[c.class_name][1],
+                 "scientific_name": names[c.class_name][0], "p_lower": c.p_lower, "radius": c.radius, "snr_db": c.snr_db,
+                 "signal_norm": c.signal_norm, "max_radius": c.max_radius, "n0": c.n0, "n": c.n, "seconds": c.seconds,
+                 "counts": {model.config.class_names[i]: int(v) for i, v in enumerate(c.counts) if v}} for c in certs]
+        print(json.dumps({"file": str(args.file), "model": args.model, "sigma": args.sigma, "alpha": args.alpha, "seed": args.seed,
+                          "windows": rows}, indent=2))
+        return 0
+    print(f"{args.file}: {len(waveform) / model.config.frontend.sample_rate:.1f} s, model {args.model}, randomized smoothing "
+          f"(Cohen et al. 2019): sigma {args.sigma:g} (full scale), alpha {args.alpha:g}, n0 {args.n0}")
+    for c in certs:
+        print(_certificate_line(c, names))
+    for n in sorted({c.n for c in certs}):
+        r = max_certifiable_radius(args.sigma, n, args.alpha)
+        print(f"  at n = {n:,} and alpha {args.alpha:g} the largest certifiable radius is {r / args.sigma:.2f} sigma = {r:.3g}")
+    print("  A certified window: no sound quieter than its SNR below the window can change the smoothed model's answer "
+          f"(with probability {1 - args.alpha:g}). The certificate is for the smoothed model, whose answer may differ from the "
+          "plain model's (`predict`); L2, not the L-inf budget of `attack`.")
+    return 0
+
+
 def no_bird_check_args(p) -> None:
     add_models(p, "baseline,protopnet,birdnet_protopnet,birdnet_linear,birdnet")
     add_int(p, "--windows", 8, "windows of each synthetic control (default 8)")
@@ -272,4 +338,6 @@ COMMANDS = {
     "no-bird-check": Subcommand("how often each model says 'no bird' on silence, a tone, noise and bird-free site noise",
                                 no_bird_check_args, cmd_no_bird_check),
     "attack": Subcommand("PGD attack (L-inf, waveform domain) on an audio file", attack_args, cmd_attack, dataset=False),
+    "certify": Subcommand("randomized smoothing per window of an audio file: the smoothed model's answer and the quietest "
+                          "sound (SNR, dB) that could change it, or 'abstain'", certify_args, cmd_certify, dataset=False),
 }
