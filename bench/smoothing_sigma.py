@@ -22,8 +22,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.windows import labelled_test_windows  # noqa: E402
 from core.attacks.smoothing import _generator, noise_counts  # noqa: E402
-from core.io.data import build_windows, open_dataset  # noqa: E402
+from core.io.data import open_dataset  # noqa: E402
 from core.models.defaults import DEFAULT_MODEL  # noqa: E402
 from core.models.registry import load_checkpoint  # noqa: E402
 
@@ -40,19 +41,7 @@ def main() -> None:
     cfg, ds = model.config, open_dataset()
     names = list(cfg.class_names)
     sigmas = [float(s) for s in args.sigmas.split(",")]
-    chosen, species = [], set()
-    for rec in ds.split("test"):
-        if len(chosen) == args.windows:
-            break
-        if rec.labels[0] in species or rec.labels[0] not in names:
-            continue
-        ws = build_windows(ds, [rec], sample_rate=cfg.frontend.sample_rate, window_s=cfg.clip_seconds, class_names=names)
-        with torch.no_grad():
-            top = model(torch.as_tensor(ws.waveforms)).argmax(-1).numpy()
-        hit = [i for i, t in enumerate(top) if names[t] in rec.labels]
-        if hit:
-            chosen.append((rec.recording_id, ws.waveforms[hit[0]], int(top[hit[0]])))
-            species.add(rec.labels[0])
+    chosen = [(rid, x, label) for rid, _, x, label in labelled_test_windows(model, ds, args.windows)]
     print(f"{args.model}: share of {args.copies} noisy copies keeping the clean top-1")
     print("recording      top-1   RMS dBFS  " + "  ".join(f"s={s:g} (SNR)".rjust(16) for s in sigmas))
     kept = np.zeros((len(chosen), len(sigmas)))

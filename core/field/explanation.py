@@ -20,7 +20,7 @@ from core.errors import ParameterError
 from core.field.attribution import AttributionMap, grad_x_input, occlusion
 from core.models.frontend import FrontendConfig, LogMel, mel_band_centres
 
-__all__ = ["Explanation", "explain"]
+__all__ = ["Explanation", "cell_centres", "explain"]
 
 
 @dataclass(frozen=True)
@@ -99,8 +99,20 @@ class Explanation:
         return df.sort_values("contribution", ascending=False, kind="stable").reset_index(drop=True)
 
 
-def _cell_centres(axis: np.ndarray, n_cells: int) -> np.ndarray:
-    """Centre of each of ``n_cells`` equal cells stretched over ``axis`` (bilinear, align_corners=False)."""
+def cell_centres(axis: np.ndarray, n_cells: int) -> np.ndarray:
+    """Centre of each of ``n_cells`` equal cells stretched over ``axis`` (bilinear, align_corners=False).
+
+    Parameters
+    ----------
+    axis : np.ndarray [shape=(n,)]
+        Centres of the spectrogram's rows [Hz] or frames [s].
+    n_cells : int
+        Rows (or columns) of a similarity map stretched over that axis.
+
+    Returns
+    -------
+    np.ndarray [shape=(n_cells,)], in ``axis``'s unit: where the Clip page draws each map cell.
+    """
     pos = (np.arange(n_cells) + 0.5) * len(axis) / n_cells - 0.5
     return np.interp(pos, np.arange(len(axis)), axis)
 
@@ -183,7 +195,7 @@ def explain(model, waveform, *, attribution: str | None = None, classes=None, ba
     if maps is not None:
         weights = model.class_connection().detach().float().cpu().numpy() if hasattr(model, "class_connection") else None
         per_class = getattr(model.config, "prototypes_per_class", 0) or maps.shape[1] // len(model.config.class_names)
-        extra = dict(similarity_maps=maps, map_frequency_hz=_cell_centres(freq, maps.shape[2]), map_time_s=_cell_centres(times, maps.shape[3]),
+        extra = dict(similarity_maps=maps, map_frequency_hz=cell_centres(freq, maps.shape[2]), map_time_s=cell_centres(times, maps.shape[3]),
                      prototype_activations=cat("prototype_activations"), class_connection=weights,
                      prototype_class=np.arange(maps.shape[1]) // per_class)
     scores = cat("scores")
