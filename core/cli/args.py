@@ -48,9 +48,75 @@ class _ShippedModels:
         return ", ".join(found) or "none"
 
 
+class _DefaultSplitScheme:
+    """:data:`core.io.split.DEFAULT_SPLIT_SCHEME`, read only when a help text is printed."""
+
+    def __str__(self) -> str:
+        from core.io.split import DEFAULT_SPLIT_SCHEME
+
+        return DEFAULT_SPLIT_SCHEME
+
+
+#: The split schemes ``--split-scheme`` offers (:data:`core.io.split.SPLIT_SCHEMES` without ``manifest``).
+SPLIT_SCHEME_CHOICES = ["recordist", "person"]
+
+
 def add_data_dir(p: argparse.ArgumentParser) -> None:
-    """``--data-dir``: the dataset directory."""
+    """``--split-scheme`` (how the dataset's train/val/test are drawn) and ``--data-dir`` (the dataset directory), last.
+
+    Every subcommand that reads the dataset takes both, and opens it with :func:`open_args_dataset`.
+    """
+    action = p.add_argument("--split-scheme", default=None, choices=SPLIT_SCHEME_CHOICES,
+                            help="how train/val/test are drawn: recordist (no recordist string in two splits) or person (no "
+                                 "person in two splits: names repaired, co-recordists split; for xc9 assets/xc9/recordist_split.csv) "
+                                 "(default: %(scheme)s); a model is evaluated only on the split scheme in its card")
+    action.scheme = _DefaultSplitScheme()  # %(scheme)s: read when the help is formatted (core.io.split imports numpy)
     p.add_argument("--data-dir", default=None, help="dataset directory with manifest.csv (default: $BIRDSHIELD_DATA_DIR, then ../shared/data/xc9)")
+
+
+def open_args_dataset(args: argparse.Namespace):
+    """The dataset of ``--data-dir``, split by ``--split-scheme`` (:func:`core.io.data.open_dataset`).
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        With ``data_dir`` and, when the subcommand has it, ``split_scheme`` (default
+        :data:`core.io.split.DEFAULT_SPLIT_SCHEME`).
+
+    Returns
+    -------
+    core.io.data.Dataset
+
+    Raises
+    ------
+    DatasetError
+        No dataset found.
+    """
+    from core.io.data import open_dataset
+    from core.io.split import DEFAULT_SPLIT_SCHEME
+
+    return open_dataset(getattr(args, "data_dir", None), getattr(args, "split_scheme", None) or DEFAULT_SPLIT_SCHEME)
+
+
+def check_models_split(models, dataset) -> None:
+    """Refuse models (a dict name -> model, or one model) trained on another split scheme than ``dataset``'s.
+
+    Raises
+    ------
+    ParameterError
+        A model's card names another split scheme (:func:`core.models.registry.check_split_scheme`).
+    """
+    from core.models.registry import check_split_scheme
+
+    for name, model in (models.items() if isinstance(models, dict) else [(None, models)]):
+        check_split_scheme(model, dataset, name)
+
+
+def add_restart(p: argparse.ArgumentParser) -> None:
+    """``--restart``: discard a resume state written with other arguments instead of refusing it."""
+    p.add_argument("--restart", action="store_true",
+                   help="start afresh even if OUT_DIR/NAME.resume.pt holds an interrupted run with other arguments (it is "
+                        "overwritten); without it such a state is refused, and one with the same arguments is resumed")
 
 
 def add_model(p: argparse.ArgumentParser, default: str | None = None, *, what: str = "checkpoint name or .safetensors path",

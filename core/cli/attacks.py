@@ -18,8 +18,10 @@ from core.cli.args import (
     add_seed,
     add_split,
     add_steps,
+    check_models_split,
     floats,
     names,
+    open_args_dataset,
     out_path,
     through,
 )
@@ -76,7 +78,8 @@ def _sweep_options(args):
                         snr_db=tuple(floats(args.snr, "--snr")) if args.snr is not None else None, attack=args.attack, norm=args.norm,
                         objective=args.objective, steps=args.steps, seed=args.seed, target_species=args.target_species,
                         mode=args.mode, target_clip=args.target_clip, prototype=args.prototype, k=args.k, split=args.split,
-                        species=args.species, max_clips=args.max_clips, data_dir=args.data_dir, batch_clips=args.batch_clips,
+                        species=args.species, max_clips=args.max_clips, data_dir=args.data_dir, split_scheme=args.split_scheme,
+                        batch_clips=args.batch_clips,
                         through=tuple(names(args.through or "")), masking=args.masking)
     if opts.batch_clips is not None:
         return opts
@@ -182,12 +185,13 @@ def _write_study(table, out: Path, summary, decimals: int, width: int, complete:
 def cmd_threats(args) -> int:
     from core.attacks.sweep import parse_float_list
     from core.attacks.threat_studies import survival_study, survival_summary
-    from core.io.data import open_dataset
 
     out = out_path(args.out, (".csv", ".parquet"))
     snrs = parse_float_list(args.snr, "--snr")
     models = load_models(args.models)
-    table = survival_study(models, open_dataset(args.data_dir), split=args.split, max_clips=args.max_clips, snr_db=snrs, steps=args.steps,
+    dataset = open_args_dataset(args)
+    check_models_split(models, dataset)
+    table = survival_study(models, dataset, split=args.split, max_clips=args.max_clips, snr_db=snrs, steps=args.steps,
                            eot_samples=args.eot_samples, seed=args.seed, progress=count_batches, out=out, resume=not args.fresh,
                            max_units=args.max_units)
     _write_study(table, out, survival_summary, 2, 220, complete=args.max_units is None)
@@ -208,7 +212,6 @@ def cmd_masking_attack(args) -> int:
     from core.attacks.psychoacoustic import check_margin_db
     from core.attacks.sweep import parse_float_list
     from core.attacks.threat_studies import masking_study, masking_summary
-    from core.io.data import open_dataset
 
     out = out_path(args.out, (".csv", ".parquet"))
     try:
@@ -216,7 +219,9 @@ def cmd_masking_attack(args) -> int:
     except ParameterError as exc:
         raise ParameterError(f"--margin-db: {exc}") from None
     models = load_models(args.models)
-    table = masking_study(models, open_dataset(args.data_dir), split=args.split, max_clips=args.max_clips, steps=args.steps,
+    dataset = open_args_dataset(args)
+    check_models_split(models, dataset)
+    table = masking_study(models, dataset, split=args.split, max_clips=args.max_clips, steps=args.steps,
                           seed=args.seed, margin_db=margins, progress=count_batches, out=out, resume=not args.fresh,
                           max_units=args.max_units)
     _write_study(table, out, masking_summary, 3, 200, complete=args.max_units is None)

@@ -72,13 +72,62 @@ def count_batches(done: int, total: int) -> None:
     print(f"\r{done}/{total} attack batches", end="", file=sys.stderr, flush=True)
 
 
-def save_trained(args, model, card: dict) -> Path:
-    """Write a newly trained head as ``--out-dir``/``--name``.safetensors with its card; returns the path."""
-    from core.models.registry import CHECKPOINT_DIR, save_checkpoint
+#: Attributes of a parsed command line that do not change what a training run computes.
+NOT_TRAINING_OPTIONS = ("func", "command_line", "restart", "data_dir", "split_scheme", "cmd")
+
+
+def training_resume(args, dataset, checkpoint: Path, *, inits: tuple[str, ...] = ()):
+    """The resume state of the run that writes ``checkpoint`` (:class:`core.training.resume.TrainingResume`).
+
+    The run is identified by every option of ``args`` but where the data lies (the data enters by content and split
+    scheme) and whether to restart, and by the weights of the checkpoints in ``inits`` (the options naming them, e.g.
+    ``("init", "init_backbone")``), so that a retrained parent does not let an old state go on.
+
+    Raises
+    ------
+    ParameterError
+        A state beside ``checkpoint`` written by another run, without ``--restart``.
+    CheckpointError
+        An unreadable state.
+    """
+    from core.models.registry import BUILTIN_MODELS, read_model_card, resolve_checkpoint
+    from core.training.resume import TrainingResume, resume_path, run_settings
+
+    options = {k: v for k, v in sorted(vars(args).items()) if k not in NOT_TRAINING_OPTIONS}
+    for opt in inits:
+        name = getattr(args, opt, None)
+        if name and str(name) not in BUILTIN_MODELS:
+            options[f"{opt}_weights_sha256"] = read_model_card(name).get("weights_sha256") or str(resolve_checkpoint(name))
+    resume = TrainingResume(resume_path(checkpoint), run_settings(options, dataset), restart=getattr(args, "restart", False))
+    if resume.resumed_from is not None:
+        at = resume.resumed_from
+        print(f"resuming {checkpoint.stem} from {resume.path.name} (stage {at['stage']}, epoch {at['epoch']} done; "
+              f"{resume.prior_seconds / 60:.1f} min spent)", file=sys.stderr)
+    return resume
+
+
+def trained_path(args) -> Path:
+    """Where a training subcommand writes its checkpoint: ``--out-dir``/``--name``.safetensors."""
+    from core.models.registry import CHECKPOINT_DIR
+
+    return Path(args.out_dir or CHECKPOINT_DIR) / f"{args.name}.safetensors"
+
+
+def save_trained(args, model, card: dict, resume=None) -> Path:
+    """Write a newly trained head as ``--out-dir``/``--name``.safetensors with its card; returns the path.
+
+    With ``resume`` (:func:`training_resume`) the card says where an interrupted run was resumed
+    (``resumed_from``), and the resume state is deleted once the checkpoint is written.
+    """
+    from core.models.registry import save_checkpoint
 
     card["command"] = args.command_line
-    out = Path(args.out_dir or CHECKPOINT_DIR) / f"{args.name}.safetensors"
+    if resume is not None and resume.resumed_from is not None:
+        card["resumed_from"] = resume.resumed_from
+    out = trained_path(args)
     save_checkpoint(model, out, card)
+    if resume is not None:
+        resume.delete()
     return out
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from core.cli.args import Subcommand, add_float, add_int, add_json, add_out, out_path
+from core.cli.args import Subcommand, add_float, add_int, add_json, add_out, open_args_dataset, out_path
 from core.cli.common import progress_bar
 
 
@@ -16,11 +16,10 @@ def noise_bank_args(p) -> None:
 
 
 def cmd_noise_bank(args) -> int:
-    from core.io.data import open_dataset
     from core.io.fileio import atomic_write_text
     from core.training.noisebank import bank_path, vet_noise_windows
 
-    dataset = open_dataset(args.data_dir)
+    dataset = open_args_dataset(args)
     out = out_path(args.out or str(bank_path(dataset)))
     with progress_bar(desc="recordings", total=len(dataset.available())) as progress:
         table = vet_noise_windows(dataset, candidates=args.candidates, threshold=args.threshold, progress=progress)
@@ -99,10 +98,10 @@ def cmd_download(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from core.io.data import candidate_data_dirs, open_dataset
+    from core.io.data import candidate_data_dirs
 
-    ds = open_dataset(args.data_dir)
-    print(f"{ds.root}: {len(ds)} recordings ({len(ds.available())} on disk), {len(ds.class_names)} classes")
+    ds = open_args_dataset(args)
+    print(f"{ds.root}: {len(ds)} recordings ({len(ds.available())} on disk), {len(ds.class_names)} classes, {ds.split_scheme} split")
     for s in ("train", "val", "test"):
         print(f"  {s}: {len(ds.split(s))} recordings")
     print("search order: " + ", ".join(str(p) for p in candidate_data_dirs(args.data_dir)))

@@ -19,7 +19,9 @@ from core.cli.args import (
     add_out,
     add_seed,
     add_steps,
+    check_models_split,
     names,
+    open_args_dataset,
     out_path,
 )
 from core.cli.common import load_models
@@ -314,12 +316,13 @@ def cmd_no_bird_check(args) -> int:
     import pandas as pd
 
     from core.field.nobird import no_bird_check, record_in_cards
-    from core.io.data import open_dataset
     from core.io.fileio import atomic_write_text
 
     out = out_path(args.out)
     models = load_models(args.models)
-    table = no_bird_check(models, dataset=open_dataset(args.data_dir), n_windows=args.windows)
+    dataset = open_args_dataset(args)
+    check_models_split(models, dataset)
+    table = no_bird_check(models, dataset=dataset, n_windows=args.windows)
     atomic_write_text(out, table.to_csv(index=False, float_format="%.4g"))
     record_in_cards(table, out)
     with pd.option_context("display.width", 200):

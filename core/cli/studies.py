@@ -20,6 +20,8 @@ from core.cli.args import (
     add_seed,
     add_split,
     add_steps,
+    check_models_split,
+    open_args_dataset,
     out_path,
 )
 from core.cli.common import common_window, load_models, progress_bar
@@ -40,14 +42,15 @@ def audit_args(p) -> None:
 
 
 def cmd_audit(args) -> int:
-    from core.io.data import build_windows, open_dataset
+    from core.io.data import build_windows
     from core.io.fileio import atomic_write_text
     from core.models.registry import load_checkpoint, update_model_card
     from core.studies.audit import attribution_card, audit_summary, prototype_audit, song_bands
 
     out = out_path(args.out)
     model = load_checkpoint(args.model)
-    ds = open_dataset(args.data_dir)
+    ds = open_args_dataset(args)
+    check_models_split({args.model: model}, ds)
     c = model.config
     w = build_windows(ds, ds.split(args.split), sample_rate=c.frontend.sample_rate, window_s=c.clip_seconds, class_names=c.class_names)
     if args.attribution_windows < 0:
@@ -85,14 +88,13 @@ def arms_args(p) -> None:
 
 
 def cmd_arms(args) -> int:
-    from core.io.data import open_dataset
     from core.io.fileio import atomic_write_text
     from core.training.seeds import arm_markdown, arm_table, parse_arms
 
     arms = parse_arms(args.arm)
     out = out_path(args.out)
     with progress_bar(desc="models", total=sum(len(v) for v in arms.values())) as progress:
-        table = arm_table(arms, open_dataset(args.data_dir), eps=args.eps, max_clips=args.max_clips, steps=args.steps,
+        table = arm_table(arms, open_args_dataset(args), eps=args.eps, max_clips=args.max_clips, steps=args.steps,
                           strong_steps=args.strong_steps, seed=args.seed, progress=progress)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(arm_markdown(table))
@@ -115,14 +117,14 @@ def shift_args(p) -> None:
 
 def cmd_shift(args) -> int:
     from core.io.clips import dataset_clips
-    from core.io.data import open_dataset
     from core.studies.shift import shift_evaluation, split_noise_bank
     from core.studies.sweep import write_table
 
     models = load_models(args.models)
     sr, win = common_window(models)
     first = next(iter(models.values()))
-    dataset = open_dataset(args.data_dir)
+    dataset = open_args_dataset(args)
+    check_models_split(models, dataset)
     clips = dataset_clips(dataset, split=args.split, class_names=first.config.class_names, sample_rate=sr, window_samples=win,
                           max_clips=args.max_clips)
     bank = split_noise_bank(dataset, args.split, sr, win)
@@ -154,14 +156,14 @@ def _finish(table, out: str | None, summary: str, t0: float, rows: str = "") -> 
 
 
 def cmd_embed_metrics(args) -> int:
-    from core.io.data import open_dataset
     from core.studies.embeddings import EmbeddingCache, embedding_markdown, embedding_table
 
     out_path(args.out, TABLE_OUT)
     if args.steps < 1:
         raise ParameterError(f"--steps must be >= 1, got {args.steps}")
     models = load_models(args.models)
-    ds = open_dataset(args.data_dir)
+    ds = open_args_dataset(args)
+    check_models_split(models, ds)
     t0 = time.time()
     table = embedding_table(models, ds, split=args.split, eps=args.eps, steps=args.steps, seed=args.seed, cache=EmbeddingCache())
     _finish(table, args.out, embedding_markdown(table), t0)
@@ -181,14 +183,14 @@ def transfer_args(p) -> None:
 
 
 def cmd_transfer(args) -> int:
-    from core.io.data import open_dataset
     from core.studies.transfer import TransferSettings, transfer_summary, transfer_table
 
     settings = TransferSettings(split=args.split, max_segments=args.max_segments, segment_seconds=args.segment_seconds,
                                 eps=args.eps, steps=args.steps, objective=args.objective, seed=args.seed)
     out_path(args.out, TABLE_OUT)
     models = load_models(args.models)
-    ds = open_dataset(args.data_dir)
+    ds = open_args_dataset(args)
+    check_models_split(models, ds)
     t0 = time.time()
     with progress_bar("segment", "transfer") as progress:
         table = transfer_table(models, ds, settings, progress=progress)
@@ -266,7 +268,6 @@ def _print_compare(result) -> None:
 
 def cmd_compare(args) -> int:
     from core.attacks.sweep import parse_float_list
-    from core.io.data import open_dataset
     from core.studies.compare import ZOO, CompareSettings
     from core.studies.compare_store import CompareStore
     from core.studies.embeddings import model_fingerprint
@@ -278,7 +279,8 @@ def cmd_compare(args) -> int:
         steps=args.steps, seed=args.seed, strong=args.strong, strong_steps=args.strong_steps, restarts=args.restarts, apgd_steps=args.apgd_steps,
     )
     models = load_models(args.models or ",".join(ZOO))  # run_compare groups models by window
-    dataset = open_dataset(args.data_dir)
+    dataset = open_args_dataset(args)
+    check_models_split(models, dataset)
     store = CompareStore(args.out) if args.out else CompareStore()
     fingerprints = {n: model_fingerprint(m) for n, m in models.items()}
     result = None if args.recompute else store.find(settings, fingerprints, dataset)
@@ -326,7 +328,6 @@ def cmd_worst_case(args) -> int:
 
     from core.attacks.sweep import parse_float_list
     from core.cli.args import names
-    from core.io.data import open_dataset
     from core.studies.worst_case_study import worst_case_study, worst_case_study_summary
 
     out = out_path(args.out)
@@ -336,9 +337,11 @@ def cmd_worst_case(args) -> int:
     pairs = {t.strip(): s.strip() for t, s in (p.split("=", 1) for p in names(args.sources)) if t.strip() in models}
     loaded = load_models(",".join(sorted(set(pairs.values())))) if pairs else {}
     sources = {t: loaded[s] for t, s in pairs.items()}
+    dataset = open_args_dataset(args)
+    check_models_split({**models, **{pairs[t]: m for t, m in sources.items()}}, dataset)  # the transfer sources too
     t0 = time.time()
     with progress_bar("window", "worst case") as progress:
-        worst_case_study(models, open_dataset(args.data_dir), epsilons=parse_float_list(args.epsilons, "--epsilons"), out=out, sources=sources,
+        worst_case_study(models, dataset, epsilons=parse_float_list(args.epsilons, "--epsilons"), out=out, sources=sources,
                          split=args.split, max_clips=args.max_clips, steps=args.steps, strong_steps=args.strong_steps, restarts=args.restarts,
                          apgd_steps=args.apgd_steps, seed=args.seed, max_seconds=60 * args.max_minutes,
                          progress=progress)
@@ -389,14 +392,14 @@ def _birdnet_based(text: str) -> dict:
 def cmd_cutoff(args) -> int:
     import pandas as pd
 
-    from core.io.data import open_dataset
     from core.io.fileio import atomic_write_text
     from core.models.registry import BUILTIN_MODELS, update_model_card
     from core.studies.leakage import BIRDNET_TRAINING_CUTOFF_XC, card_post_cutoff, cutoff_table, merge_cutoff_tables
 
     out = out_path(args.out)
     models = _birdnet_based(args.models)
-    ds = open_dataset(args.data_dir)
+    ds = open_args_dataset(args)
+    check_models_split(models, ds)
     t0 = time.time()
     with progress_bar("model", "cut-off") as progress:
         table = cutoff_table(models, ds, progress=progress)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,12 +19,15 @@ from core.cli.args import (
     add_model,
     add_out,
     add_out_dir,
+    add_restart,
     add_seed,
     add_split,
+    check_models_split,
     names,
+    open_args_dataset,
     out_path,
 )
-from core.cli.common import progress_bar, save_trained, saved_line
+from core.cli.common import progress_bar, save_trained, saved_line, trained_path, training_resume
 from core.errors import ParameterError
 
 log = logging.getLogger("core")
@@ -55,74 +59,93 @@ def train_args(p) -> None:
     add_seed(p)
     add_int(p, "--max-recordings", help="use only N recordings per class and split (smoke test)")
     add_out_dir(p, "directory for the checkpoint (default: checkpoints/)")
+    add_restart(p)
 
 
-def _init_weights(model, config, args) -> None:
-    """``--init-backbone`` / ``--init``: weights of an earlier checkpoint into ``model``."""
-    from core.models.registry import load_checkpoint
+def _init_weights(model, config, args, dataset) -> None:
+    """``--init-backbone`` / ``--init``: weights of an earlier checkpoint into ``model`` (trained on ``dataset``'s split scheme)."""
+    from core.models.registry import check_split_scheme, load_checkpoint
 
     if args.init_backbone:
         donor = load_checkpoint(args.init_backbone, device="cpu")
+        check_split_scheme(donor, dataset, f"--init-backbone {args.init_backbone}")
         if donor.config.backbone != config.backbone or donor.config.frontend != config.frontend:
             raise ParameterError(f"--init-backbone {args.init_backbone}: its backbone/front end differ from {args.config}")
         model.copy_backbone_from(donor)
         log.info("backbone initialised from %s", args.init_backbone)
     if args.init:
         donor = load_checkpoint(args.init, device="cpu")
+        check_split_scheme(donor, dataset, f"--init {args.init}")
         if donor.config != config:
             raise ParameterError(f"--init {args.init}: its config differs from {args.config} (classes, front end or architecture)")
         model.load_state_dict(donor.state_dict())
         log.info("all weights initialised from %s (fine-tuning)", args.init)
 
 
+@contextmanager
+def _log_file(path: Path, *, append: bool):
+    """Log core's INFO messages to ``path`` (appended to when a run is resumed) while the block runs."""
+    handler = logging.FileHandler(path, mode="a" if append else "w")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+
+
 def cmd_train(args) -> int:
     import torch
     from tqdm import tqdm
 
-    from core.io.data import open_dataset
     from core.models.registry import CHECKPOINT_DIR, NAMED_CONFIGS, ModelConfig, build_model, save_checkpoint
     from core.training.train import TrainConfig, train_model
 
     if args.config not in NAMED_CONFIGS:
         raise ParameterError(f"--config must be one of {sorted(NAMED_CONFIGS)}, got {args.config!r}")
-    dataset = open_dataset(args.data_dir)
+    dataset = open_args_dataset(args)
     out_dir = Path(args.out_dir or CHECKPOINT_DIR)
     out_dir.mkdir(parents=True, exist_ok=True)
     name = args.name or args.config
-    handler = logging.FileHandler(out_dir / f"{name}.log", mode="w")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    logging.getLogger().addHandler(handler)
-    logging.getLogger().setLevel(logging.INFO)
-    torch.manual_seed(args.seed)
-    config = ModelConfig(class_names=tuple(dataset.class_names), **NAMED_CONFIGS[args.config])
-    # AudioProtoPNet uses the asymmetric loss of the paper; the baseline trains far faster with BCE here
-    cfg = TrainConfig(seed=args.seed, loss="asl" if config.arch == "protopnet" else "bce")
-    cfg = replace(cfg, **{k: getattr(args, k) for k in TRAIN_OVERRIDES if getattr(args, k) is not None})
-    model = build_model(config)
-    _init_weights(model, config, args)
-    bar = tqdm(total=0, unit="step", dynamic_ncols=True, disable=None)
+    resume = training_resume(args, dataset, out_dir / f"{name}.safetensors", inits=("init", "init_backbone"))
+    with _log_file(out_dir / f"{name}.log", append=resume.resumed_from is not None):
+        torch.manual_seed(args.seed)
+        config = ModelConfig(class_names=tuple(dataset.class_names), **NAMED_CONFIGS[args.config])
+        # AudioProtoPNet uses the asymmetric loss of the paper; the baseline trains far faster with BCE here
+        cfg = TrainConfig(seed=args.seed, loss="asl" if config.arch == "protopnet" else "bce")
+        cfg = replace(cfg, **{k: getattr(args, k) for k in TRAIN_OVERRIDES if getattr(args, k) is not None})
+        model = build_model(config)
+        _init_weights(model, config, args, dataset)
+        bar = tqdm(total=0, unit="step", dynamic_ncols=True, disable=None)
 
-    def progress(phase, epoch, epochs, step, steps, loss):
-        if bar.total != steps:
-            bar.reset(total=steps)
-        bar.set_description(f"{phase} {epoch + 1}/{epochs}")
-        bar.set_postfix(loss=f"{loss:.4f}")
-        bar.n = step
-        bar.refresh()
+        def progress(phase, epoch, epochs, step, steps, loss):
+            if bar.total != steps:
+                bar.reset(total=steps)
+            bar.set_description(f"{phase} {epoch + 1}/{epochs}")
+            bar.set_postfix(loss=f"{loss:.4f}")
+            bar.n = step
+            bar.refresh()
 
-    log.info("training %s (%s) on %s: %s", name, args.config, dataset.root, cfg)
-    card = train_model(model, dataset, cfg, progress=progress, max_train_recordings=args.max_recordings)
-    bar.close()
-    card = {"name": name, "config_name": args.config, "command": args.command_line, "init_backbone": args.init_backbone,
-            "init": args.init, "created": time.strftime("%Y-%m-%d"), **card}
-    ref_path = out_dir / "reference_logreg.json"
-    if ref_path.is_file():
-        card["reference"] = json.loads(ref_path.read_text())
-    path = save_checkpoint(model, out_dir / f"{name}.safetensors", card)
-    t = card["metrics"]["test"]
-    print(f"saved {path}; test cmAP window {t['window']['cmap']:.3f} recording {t['recording']['cmap']:.3f}; "
-          f"{card['train_seconds'] / 60:.1f} min")
-    return 0
+        log.info("training %s (%s) on %s: %s", name, args.config, dataset.root, cfg)
+        card = train_model(model, dataset, cfg, progress=progress, max_train_recordings=args.max_recordings, resume=resume)
+        bar.close()
+        card = {"name": name, "config_name": args.config, "command": args.command_line, "init_backbone": args.init_backbone,
+                "init": args.init, "created": time.strftime("%Y-%m-%d"), **card}
+        if resume.resumed_from is not None:
+            card["resumed_from"] = resume.resumed_from
+        ref_path = out_dir / "reference_logreg.json"
+        reference = json.loads(ref_path.read_text()) if ref_path.is_file() else {}
+        if reference and reference.get("split_scheme", "recordist") == dataset.split_scheme:  # written before split schemes: recordist
+            card["reference"] = reference
+        path = save_checkpoint(model, out_dir / f"{name}.safetensors", card)
+        resume.delete()  # the checkpoint is written: nothing to resume
+        t = card["metrics"]["test"]
+        print(f"saved {path}; test cmAP window {t['window']['cmap']:.3f} recording {t['recording']['cmap']:.3f}; "
+              f"{card['train_seconds'] / 60:.1f} min")
+        return 0
 
 
 def reference_args(p) -> None:
@@ -130,13 +153,14 @@ def reference_args(p) -> None:
 
 
 def cmd_reference(args) -> int:
-    from core.io.data import open_dataset
+    from core.io.fileio import atomic_write_text
     from core.models.registry import CHECKPOINT_DIR
     from core.studies.reference import reference_logreg
 
-    result = reference_logreg(open_dataset(args.data_dir))
+    ds = open_args_dataset(args)
+    result = {**reference_logreg(ds), "split_scheme": ds.split_scheme}
     out = Path(args.out or CHECKPOINT_DIR / "reference_logreg.json")
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     t = result["metrics"]["test"]
     print(f"reference test cmAP window {t['window']['cmap']:.3f} recording {t['recording']['cmap']:.3f} -> {out}")
     return 0
@@ -147,14 +171,15 @@ def calibrate_args(p) -> None:
 
 
 def cmd_calibrate(args) -> int:
-    from core.io.data import open_dataset
     from core.io.fileio import atomic_write_text
     from core.models.registry import BUILTIN_MODELS, load_checkpoint, update_model_card
     from core.training.calibration import builtin_threshold_path, calibrate_model
 
-    ds = open_dataset(args.data_dir)
+    ds = open_args_dataset(args)
     for name in args.model:
-        entry = calibrate_model(load_checkpoint(name), ds)
+        model = load_checkpoint(name)
+        check_models_split({name: model}, ds)
+        entry = calibrate_model(model, ds)
         if name in BUILTIN_MODELS:  # no card of ours: stored beside its measured metrics
             atomic_write_text(builtin_threshold_path(name), json.dumps(entry, indent=2) + "\n")
         else:
@@ -173,15 +198,16 @@ def open_set_args(p) -> None:
 
 
 def cmd_open_set(args) -> int:
-    from core.io.data import open_dataset
+    from core.io.split import DEFAULT_SPLIT_SCHEME
     from core.models.registry import CHECKPOINT_DIR, load_checkpoint, resolve_checkpoint, save_checkpoint
     from core.training.open_set import open_set_model
 
     if args.out and len(args.model) != 1:
         raise ParameterError("--out needs exactly one --model")
-    ds = open_dataset(args.data_dir)
+    ds = open_args_dataset(args)
     for name in args.model:
         model = load_checkpoint(name)
+        check_models_split({name: model}, ds)
         card = dict(model.card)
         target = resolve_checkpoint(name) if not args.out else (
             Path(args.out) if args.out.endswith(".safetensors") else CHECKPOINT_DIR / f"{args.out}.safetensors")
@@ -196,7 +222,8 @@ def cmd_open_set(args) -> int:
         card.pop("weights_sha256", None)
         if args.out:
             card["trained_by"] = card.get("command")
-            card["command"] = f"python -m core open-set --model {name} --out {args.out}"
+            card["command"] = f"python -m core open-set --model {name} --out {args.out}" + (
+                f" --split-scheme {ds.split_scheme}" if ds.split_scheme != DEFAULT_SPLIT_SCHEME else "")
             if "audit" in card:
                 card["audit"] = {**card["audit"], "measured_on": (
                     f"{name}: the same head without the gate (the gate scales every class of a window by one factor; "
@@ -219,15 +246,14 @@ def open_set_seeds_args(p) -> None:
 
 
 def cmd_open_set_seeds(args) -> int:
-    from core.io.data import open_dataset
-    from core.io.fileio import atomic_write_text
     from core.field.open_set_seeds import best_recipe, recipe_markdown, recipe_table
+    from core.io.fileio import atomic_write_text
     from core.training.seeds import parse_arms
 
     recipes = parse_arms(args.recipe, flag="--recipe")
     out = out_path(args.out)
     with progress_bar(desc="heads", total=sum(len(v) for v in recipes.values())) as progress:
-        table = recipe_table(recipes, open_dataset(args.data_dir), per_family=args.per_family, progress=progress)
+        table = recipe_table(recipes, open_args_dataset(args), per_family=args.per_family, progress=progress)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(recipe_markdown(table))
     if out is not None:
@@ -258,10 +284,10 @@ def train_head_args(p) -> None:
                    help="kinds of the synthetic no-bird windows: v1 (white and pink noise, tones: the shipped heads' recipe) "
                         "or train (every family of core.io.synth.TRAIN_FAMILIES: noises, hum, rain, engine, wind, tones)")
     add_out_dir(p)
+    add_restart(p)
 
 
 def cmd_train_head(args) -> int:
-    from core.io.data import open_dataset
     from core.models.birdnet import birdnet_files
     from core.models.birdnet_heads import HeadConfig, layer_tensor
     from core.models.tflite_graph import TFLiteFile
@@ -276,9 +302,11 @@ def cmd_train_head(args) -> int:
         raise ParameterError(f"--no-bird must be >= 0, got {args.no_bird}")
     if args.no_bird_families not in ("v1", "train"):
         raise ParameterError(f"--no-bird-families must be v1 or train, got {args.no_bird_families!r}")
-    model, card = train_birdnet_head(open_dataset(args.data_dir), args.layer, cfg, tuned_from=args.tuned_from,
-                                     lr_stage=args.lr_stage, no_bird=args.no_bird, no_bird_recipe=args.no_bird_families)
-    print(saved_line(save_trained(args, model, card), card, recording_cmap=True))
+    dataset = open_args_dataset(args)
+    resume = training_resume(args, dataset, trained_path(args))
+    model, card = train_birdnet_head(dataset, args.layer, cfg, tuned_from=args.tuned_from, lr_stage=args.lr_stage,
+                                     no_bird=args.no_bird, no_bird_recipe=args.no_bird_families, resume=resume)
+    print(saved_line(save_trained(args, model, card, resume), card, recording_cmap=True))
     return 0
 
 
@@ -292,20 +320,23 @@ def finetune_head_args(p) -> None:
     add_float(p, "--adv-beta", 1.0, "weight of the TRADES-style adversarial term")
     add_seed(p)
     add_out_dir(p)
+    add_restart(p)
 
 
 def cmd_finetune_head(args) -> int:
-    from core.io.data import open_dataset
     from core.models.birdnet_proto import BirdNETHeadModel
-    from core.models.registry import load_checkpoint
+    from core.models.registry import check_split_scheme, load_checkpoint
     from core.training.head_finetune import adversarial_finetune_head
 
     init = load_checkpoint(args.init)
     if not isinstance(init, BirdNETHeadModel):
         raise ParameterError(f"--init {args.init}: not a head on BirdNET (train one with train-head --tuned-from)")
-    model, card = adversarial_finetune_head(open_dataset(args.data_dir), init, adv=args.adv, epochs=args.epochs,
-                                            eps=args.adv_eps, beta=args.adv_beta, seed=args.seed)
-    print(saved_line(save_trained(args, model, card), card))
+    dataset = open_args_dataset(args)
+    check_split_scheme(init, dataset, f"--init {args.init}")
+    resume = training_resume(args, dataset, trained_path(args), inits=("init",))
+    model, card = adversarial_finetune_head(dataset, init, adv=args.adv, epochs=args.epochs, eps=args.adv_eps, beta=args.adv_beta,
+                                            seed=args.seed, resume=resume)
+    print(saved_line(save_trained(args, model, card, resume), card))
     return 0
 
 
@@ -320,7 +351,6 @@ def head_study_args(p) -> None:
 def cmd_head_study(args) -> int:
     import pandas as pd
 
-    from core.io.data import open_dataset
     from core.io.fileio import atomic_write_text
     from core.studies.heads import finetune_study, layer_study
 
@@ -331,11 +361,11 @@ def cmd_head_study(args) -> int:
             raise ParameterError(f"--finetune-from needs exactly one --layers (the head's layer), got {len(layers)}")
         if args.lr_stage <= 0:
             raise ParameterError(f"--lr-stage must be > 0, got {args.lr_stage}")
-        rows = pd.DataFrame(finetune_study(open_dataset(args.data_dir), layer=layers[0], from_layer=args.finetune_from,
+        rows = pd.DataFrame(finetune_study(open_args_dataset(args), layer=layers[0], from_layer=args.finetune_from,
                                            lr_stage=args.lr_stage))
         cols = ["layer", "head", "backbone"]
     else:
-        rows = pd.DataFrame(layer_study(open_dataset(args.data_dir), layers))
+        rows = pd.DataFrame(layer_study(open_args_dataset(args), layers))
         cols = ["layer", "head", "map", "cell_s"]
     atomic_write_text(out, rows.to_csv(index=False, float_format="%.4g"))
     cols += ["val_window_cmap", "val_recording_top1", "test_window_cmap", "test_recording_top1"]
@@ -352,21 +382,27 @@ def evaluate_args(p) -> None:
 
 
 def cmd_evaluate(args) -> int:
-    from core.io.data import build_windows, open_dataset
+    from core.io.data import build_windows
     from core.io.fileio import atomic_write_text
+    from core.io.split import DEFAULT_SPLIT_SCHEME
     from core.models.registry import load_checkpoint
     from core.training.train import evaluate
 
     out = out_path(args.out, (".json",))
     model = load_checkpoint(args.model)
-    ds = open_dataset(args.data_dir)
+    ds = open_args_dataset(args)
+    check_models_split({args.model: model}, ds)
     c = model.config
     w = build_windows(ds, ds.split(args.split), sample_rate=c.frontend.sample_rate, window_s=c.clip_seconds, class_names=c.class_names)
     m = evaluate(model, w)
     if out is not None:
         stored = json.loads(out.read_text()) if out.is_file() else {}
+        if stored.get("split_scheme", DEFAULT_SPLIT_SCHEME) != ds.split_scheme:  # the other splits' figures: another split scheme
+            stored = {}
         stored[args.split] = m
-        stored["command"] = f"python -m core evaluate --model {args.model} --split {args.split} --out {args.out}"
+        stored["split_scheme"] = ds.split_scheme
+        stored["command"] = f"python -m core evaluate --model {args.model} --split {args.split} --out {args.out}" + (
+            f" --split-scheme {ds.split_scheme}" if ds.split_scheme != DEFAULT_SPLIT_SCHEME else "")
         atomic_write_text(out, json.dumps(stored, indent=2) + "\n")
     print(json.dumps(m, indent=2) if args.json else
           f"{args.model} on {args.split}: cmAP window {m['window']['cmap']:.3f} recording {m['recording']['cmap']:.3f}, "

@@ -36,6 +36,8 @@ __all__ = [
     "load_checkpoint",
     "read_model_card",
     "list_checkpoints",
+    "trained_split_scheme",
+    "check_split_scheme",
     "CHECKPOINT_DIR",
 ]
 
@@ -345,3 +347,56 @@ def list_checkpoints(directory: str | os.PathLike = CHECKPOINT_DIR, *, builtin: 
         if birdnet_available():
             names.append("birdnet")
     return names
+
+
+def trained_split_scheme(model) -> str | None:
+    """The split scheme a model was trained and measured on: its card's ``data.split_scheme``.
+
+    Parameters
+    ----------
+    model : BirdClassifier or dict
+        A loaded model (its ``card``) or a model card.
+
+    Returns
+    -------
+    str or None
+        ``"recordist"``, ``"person"`` or ``"manifest"``; None when the card records none (BirdNET, whose card is
+        built in code, and models saved without a ``data`` entry).
+    """
+    card = model if isinstance(model, dict) else (getattr(model, "card", None) or {})
+    data = card.get("data") if isinstance(card, dict) else None
+    scheme = data.get("split_scheme") if isinstance(data, dict) else None
+    return str(scheme) if scheme else None
+
+
+def check_split_scheme(model, dataset, name: str | None = None) -> None:
+    """Refuse to evaluate ``model`` on ``dataset``'s splits when they are not the ones it was trained on.
+
+    Another split scheme puts other recordings in val and test, some of which the model may have trained on, so
+    its held-out figures would be flattered; a model whose card records no split scheme (BirdNET) is not checked.
+
+    Parameters
+    ----------
+    model : BirdClassifier or dict
+        A loaded model or its card (:func:`trained_split_scheme`).
+    dataset : core.io.data.Dataset
+        Its ``split_scheme`` is the one in force.
+    name : str, optional
+        How the message names the model (default: its checkpoint's stem, else "the model").
+
+    Raises
+    ------
+    ParameterError
+        The card's split scheme differs from the dataset's; the message names both.
+    """
+    trained = trained_split_scheme(model)
+    scheme = getattr(dataset, "split_scheme", None)
+    if trained is None or scheme is None or trained == scheme:
+        return
+    if name is None:
+        path = getattr(model, "checkpoint_path", None)
+        name = Path(path).stem if path else "the model"
+    hint = f" (--split-scheme {trained})" if trained in ("recordist", "person") else ""
+    raise ParameterError(f"{name} was trained on the {trained!r} split scheme (its card's data.split_scheme), but the data is "
+                         f"split by {scheme!r}: its val/test recordings would include training recordings; evaluate it on "
+                         f"the {trained!r} split{hint}")

@@ -52,6 +52,9 @@ class SweepOptions:
         As :func:`core.studies.sweep.attack_from_options`.
     split, species, max_clips, data_dir
         The clips (:func:`core.studies.sweep.dataset_clips`).
+    split_scheme : str or None
+        How the dataset's splits are drawn (:class:`core.io.data.Dataset`); None: :data:`core.io.split.DEFAULT_SPLIT_SCHEME`.
+        Models trained on another split scheme are refused (:func:`core.models.registry.check_split_scheme`).
     batch_clips : int or None
         Clips per batch; also the unit of sharding. None only while the CLI has not
         yet sized it to the device (:func:`core.io.device.clips_per_batch`).
@@ -80,6 +83,7 @@ class SweepOptions:
     species: str | None = None
     max_clips: int | None = None
     data_dir: str | None = None
+    split_scheme: str | None = None
     batch_clips: int | None = 4
     through: tuple[str, ...] = field(default_factory=tuple)
     masking: bool = False
@@ -103,11 +107,13 @@ class SweepOptions:
         """These options with the identity of their data directory filled in (unchanged if there is none to find)."""
         if self.data is not None:
             return self
-        from core.io.data import find_data_dir
+        from core.io.data import Dataset, find_data_dir
         from core.io.journal import dataset_identity
 
         root = find_data_dir(self.data_dir)
-        return self if root is None else replace(self, data=dataset_identity(root))
+        if root is None:
+            return self
+        return replace(self, data=dataset_identity(root if self.split_scheme is None else Dataset(root, self.split_scheme)))
 
 
 def _transforms(names) -> dict:
@@ -147,13 +153,16 @@ def sweep_groups(opts: SweepOptions, *, models: dict | None = None, clips: bool 
     from core.attacks.sweep import attack_from_options
     from core.io.clips import dataset_clips
     from core.io.data import open_dataset
-    from core.models.registry import load_checkpoint
+    from core.io.split import DEFAULT_SPLIT_SCHEME
+    from core.models.registry import check_split_scheme, load_checkpoint
 
     models = models if models is not None else {n: load_checkpoint(n) for n in opts.models}
     first = next(iter(models.values()))
     if any(list(m.config.class_names) != list(first.config.class_names) for m in models.values()):
         raise ParameterError("all models must share the species list")
-    dataset = open_dataset(opts.data_dir) if (clips or opts.target_clip) else None  # a shard without a target needs no data
+    dataset = open_dataset(opts.data_dir, opts.split_scheme or DEFAULT_SPLIT_SCHEME) if (clips or opts.target_clip) else None
+    for name, m in models.items() if dataset is not None else ():  # a shard without a target needs no data
+        check_split_scheme(m, dataset, name)
     if opts.target_clip and opts.target_clip not in dataset.by_id:
         raise ParameterError(f"target clip: no recording {opts.target_clip!r} in the manifest")
     by_key: dict[tuple[int, int], dict] = {}

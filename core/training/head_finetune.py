@@ -31,7 +31,7 @@ HEAD_ADV_CHOICES = ("none", "at-o", "at-e")
 
 
 def adversarial_finetune_head(dataset: Dataset, init, *, adv: str = "at-o", epochs: int = 4, eps: float = 1e-4,
-                              beta: float = 1.0, seed: int = 0, progress=None):
+                              beta: float = 1.0, seed: int = 0, progress=None, resume=None):
     """Fine-tune a BirdNET head model adversarially (AT-O or AT-E), or on clean windows only (the OT+FT control).
 
     Starts from ``init`` (a trained :class:`~core.models.birdnet_proto.BirdNETHeadModel`
@@ -64,6 +64,9 @@ def adversarial_finetune_head(dataset: Dataset, init, *, adv: str = "at-o", epoc
         L-inf budget of the training perturbations.
     beta : float >= 0
     seed : int
+    resume : core.training.resume.TrainingResume, optional
+        Continue an interrupted run from its state and write one after every epoch (the push and last-layer epochs
+        that follow are run again); the weights end as an uninterrupted run's.
 
     Returns
     -------
@@ -88,7 +91,7 @@ def adversarial_finetune_head(dataset: Dataset, init, *, adv: str = "at-o", epoc
     if not c.tuned_from:
         raise ParameterError("adversarial fine-tuning needs a model with tuned BirdNET layers (train-head --tuned-from); "
                              "this one has BirdNET frozen")
-    t0 = time.time()
+    t0 = time.time() - (resume.prior_seconds if resume is not None else 0.0)
     tc = dict(init.card.get("train_config", {}))
     cfg = HeadConfig(**{**{k: tc[k] for k in HeadConfig.__dataclass_fields__ if k in tc}, "seed": seed})
     no_bird = int(((init.card.get("data") or {}).get("no_bird_negatives") or {}).get("synthetic", 0))
@@ -119,8 +122,13 @@ def adversarial_finetune_head(dataset: Dataset, init, *, adv: str = "at-o", epoc
     torch.manual_seed(seed)
     gen = np.random.default_rng(seed)
     inputs, y_all = data["inputs"]["train"], torch.as_tensor(data["targets"], dtype=torch.float32)
-    history, n_batches = [], -(-len(inputs) // cfg.batch_size)
-    for epoch in range(epochs):
+    history, n_batches, start = [], -(-len(inputs) // cfg.batch_size), 0
+    parts = {"modules": {"model": model}, "optimizers": {"opt": opt}, "generators": {"gen": gen}}
+    if resume is not None:
+        resume.stage_epochs = [epochs]
+        start, extra = resume.restore(0, **parts)
+        history = extra.get("history", history)
+    for epoch in range(start, epochs):
         order = gen.permutation(len(inputs))
         total, term_total, t_epoch = 0.0, 0.0, time.time()
         for b, i in enumerate(range(0, len(order), cfg.batch_size)):
@@ -154,6 +162,8 @@ def adversarial_finetune_head(dataset: Dataset, init, *, adv: str = "at-o", epoc
                         "adv_term": term_total / len(order), "seconds": time.time() - t_epoch})
         log.info("%s epoch %d/%d: loss %.4f, adversarial term %.4f, %.0f s", adv, epoch + 1, epochs,
                  history[-1]["loss"], history[-1]["adv_term"], history[-1]["seconds"])
+        if resume is not None:
+            resume.save(0, epoch + 1, **parts, extra={"history": history})
     head.eval()
     stage.eval()
     feats = {s: stage_features(stage, x) for s, x in data["inputs"].items()}

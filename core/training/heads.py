@@ -187,7 +187,7 @@ def head_batch_loss(head: nn.Module, feats: torch.Tensor, y: torch.Tensor, cfg: 
 
 
 def train_head(cfg: HeadConfig, train_feats: np.ndarray, train_targets: np.ndarray, train_focal: np.ndarray, *,
-               stage: nn.Module | None = None, lr_stage: float = 1e-4) -> tuple[nn.Module, list]:
+               stage: nn.Module | None = None, lr_stage: float = 1e-4, resume=None) -> tuple[nn.Module, list]:
     """Train a head on cached training features.
 
     Prototype heads follow AudioProtoPNet's phases on a frozen backbone: joint
@@ -208,6 +208,8 @@ def train_head(cfg: HeadConfig, train_feats: np.ndarray, train_targets: np.ndarr
         from the stage's outputs before training. Default: frozen backbone.
     lr_stage : float
         Learning rate of the stage.
+    resume : core.training.resume.TrainingResume, optional
+        Continue from its state and write one after every epoch (the weights end as an uninterrupted run's).
 
     Returns
     -------
@@ -236,9 +238,13 @@ def train_head(cfg: HeadConfig, train_feats: np.ndarray, train_targets: np.ndarr
         groups.append({"params": [q for q in stage.parameters() if q.requires_grad], "lr": lr_stage})
     head = head.to(device)
     opt = torch.optim.Adam(groups)
-    history = []
-    y_all = torch.as_tensor(train_targets, dtype=torch.float32)
-    for epoch in range(cfg.epochs):
+    history, start, y_all = [], 0, torch.as_tensor(train_targets, dtype=torch.float32)
+    parts = {"modules": {"head": head, **({"stage": stage} if stage is not None else {})}, "optimizers": {"opt": opt}, "generators": {"gen": gen}}
+    if resume is not None:
+        resume.stage_epochs = [cfg.epochs]
+        start, extra = resume.restore(0, **parts)
+        history = extra.get("history", history)
+    for epoch in range(start, cfg.epochs):
         head.train()
         order = gen.permutation(len(train_feats))
         total, t0 = 0.0, time.time()
@@ -260,6 +266,8 @@ def train_head(cfg: HeadConfig, train_feats: np.ndarray, train_targets: np.ndarr
         if cfg.kind == "prototype" and cfg.push_every and (epoch + 1) % cfg.push_every == 0 and epoch + 1 < cfg.epochs:
             pushed = push_head(head, train_feats if stage is None else stage_features(stage, inputs), train_focal)
             history.append({"phase": "push", "epoch": epoch + 1, "median_similarity": float(np.median([p["similarity"] for p in pushed]))})
+        if resume is not None:
+            resume.save(0, epoch + 1, **parts, extra={"history": history})
     return head, history
 
 
@@ -428,7 +436,7 @@ def no_bird_windows(dataset: Dataset, *, n_synthetic: int = 256, seed: int = 1, 
 
 
 def train_birdnet_head(dataset: Dataset, layer: str, cfg: HeadConfig, *, tuned_from: str | None = None,
-                       lr_stage: float = 1e-4, no_bird: int = 0, no_bird_recipe: str = "v1", progress=None):
+                       lr_stage: float = 1e-4, no_bird: int = 0, no_bird_recipe: str = "v1", progress=None, resume=None):
     """Train a head on BirdNET's ``layer`` and return the complete model and its card.
 
     Parameters
@@ -451,6 +459,8 @@ def train_birdnet_head(dataset: Dataset, layer: str, cfg: HeadConfig, *, tuned_f
         windows with birds only.
     no_bird_recipe : {"v1", "train"}
         The synthetic windows' kinds (:func:`no_bird_windows`).
+    resume : core.training.resume.TrainingResume, optional
+        Resumable joint epochs (:func:`train_head`); the cached features stay as they are.
 
     Returns
     -------
@@ -462,12 +472,13 @@ def train_birdnet_head(dataset: Dataset, layer: str, cfg: HeadConfig, *, tuned_f
         channels) and the prototypes-by-band table.
     """
 
-    t0 = time.time()
+    t0 = time.time() - (resume.prior_seconds if resume is not None else 0.0)
     file = TFLiteFile(birdnet_files()["model"])
     data = head_training_data(dataset, tuned_from or layer, no_bird=no_bird, seed=cfg.seed + 1, file=file, progress=progress,
                               recipe=no_bird_recipe)
     stage = BirdNETStage(tuned_from, layer, file) if tuned_from else None
-    head, feats, history, pushed = fit_head(cfg, data["inputs"], data["targets"], data["focal"], stage=stage, lr_stage=lr_stage)
+    head, feats, history, pushed = fit_head(cfg, data["inputs"], data["targets"], data["focal"], stage=stage, lr_stage=lr_stage,
+                                            resume=resume)
     backbone = (f"BirdNET V2.4 up to {layer}; {tuned_from} -> {layer} fine-tuned with the head (Adam {lr_stage:g}), "
                 f"the rest frozen" if tuned_from else f"BirdNET V2.4 up to {layer}, frozen")
     train_config = {**asdict(cfg), "backbone": backbone, "lr_stage": lr_stage if tuned_from else 0.0}
@@ -561,13 +572,13 @@ def split_windows(dataset: Dataset, split: str) -> WindowSet:
 
 
 def fit_head(cfg: HeadConfig, inputs: dict, train_targets: np.ndarray, train_focal: np.ndarray, *,
-              stage: nn.Module | None = None, lr_stage: float = 1e-4):
+              stage: nn.Module | None = None, lr_stage: float = 1e-4, resume=None):
     """All of a head's training phases on cached maps: joint (with ``stage`` when given), then for prototype
     heads the push and the last-layer epochs on the (tuned) features.
 
     Returns ``(head, feats by split, history, pushed)``; ``pushed`` is :func:`push_head`'s list (empty for a linear head).
     """
-    head, history = train_head(cfg, inputs["train"], train_targets, train_focal, stage=stage, lr_stage=lr_stage)
+    head, history = train_head(cfg, inputs["train"], train_targets, train_focal, stage=stage, lr_stage=lr_stage, resume=resume)
     feats = {s: stage_features(stage, x) for s, x in inputs.items()} if stage is not None else dict(inputs)
     pushed: list = []
     if cfg.kind == "prototype":

@@ -51,6 +51,7 @@ def arm_table(arms: dict[str, list[str]], dataset, *, eps: float = 1e-4, max_cli
     arms : dict arm -> list of checkpoint names or paths
         Models of one arm differ only in their training seed.
     dataset : core.io.data.Dataset
+        Split by the scheme every model was trained on (their cards' ``data.split_scheme``).
     eps : float [full-scale amplitude]
         L-inf budget of the attacks.
     max_clips : int
@@ -70,16 +71,19 @@ def arm_table(arms: dict[str, list[str]], dataset, *, eps: float = 1e-4, max_cli
     Raises
     ------
     ParameterError
-        No arms, or models that do not share windows and classes.
+        No arms, models that do not share windows and classes, or a model trained on another split scheme than
+        ``dataset``'s (:func:`core.models.registry.check_split_scheme`).
     CheckpointError
         A checkpoint cannot be loaded.
     """
     from core.attacks import APGD, PGD, OutputMargin, OutputUntargeted
     from core.io.clips import dataset_clips
-    from core.models.registry import load_checkpoint
+    from core.models.registry import check_split_scheme, load_checkpoint, read_model_card
 
     if not arms:
         raise ParameterError("no arms")
+    for name in (n for names in arms.values() for n in names):  # every card before the first attack
+        check_split_scheme(read_model_card(name), dataset, name)
     rows, clips, total, done = [], None, sum(len(v) for v in arms.values()), 0
     for arm, names in arms.items():
         for name in names:

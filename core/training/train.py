@@ -30,6 +30,7 @@ from torch.nn import functional as F
 from core.errors import ParameterError
 from core.io.data import Dataset, WindowSet, build_windows, ids_sha256, split_description, windows_from_waveforms
 from core.io.device import get_device
+from core.io.journal import jsonable
 from core.metrics import focal_targets, metrics_from_scores
 from core.models.base import BirdClassifier
 from core.models.protopnet import AudioProtoPNet, PrototypeSource, orthogonality_loss
@@ -38,18 +39,8 @@ from core.training.adversarial import adversarial_batch, awp_perturb, awp_restor
 from core.training.calibration import threshold_entry
 from core.training.losses import asymmetric_loss
 
-__all__ = [
-    "TrainConfig",
-    "predict_scores",
-    "evaluate",
-    "push_prototypes",
-    "train_model",
-    "training_step",
-    "binary_kl",
-    "awp_perturb",
-    "awp_restore",
-    "cell_size",
-]
+__all__ = ["TrainConfig", "predict_scores", "evaluate", "push_prototypes", "train_model", "training_step", "binary_kl", "awp_perturb",
+           "awp_restore", "cell_size"]
 
 log = logging.getLogger(__name__)
 
@@ -397,18 +388,30 @@ def _cosine_schedule(opt, total_steps: int, warmup_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(opt, f)
 
 
-def _run_phase(model, sampler, cfg, param_groups, epochs, name, val, gen, progress, history, *, frozen_backbone=False):
+#: Stage of each phase in a resume state (:class:`core.training.resume.TrainingResume`): the order the phases run in.
+_STAGES = {"warm": 0, "joint": 1, "train": 0}
+
+
+def _run_phase(model, sampler, cfg, param_groups, epochs, name, val, gen, progress, history, *, frozen_backbone=False, resume=None):
     """Train ``epochs`` epochs on random crops; keep the best state by validation cmAP.
 
-    With ``frozen_backbone`` the backbone stays in eval mode (BatchNorm statistics frozen).
+    With ``frozen_backbone`` the backbone stays in eval mode (BatchNorm statistics frozen). With ``resume``
+    (:class:`core.training.resume.TrainingResume`) the phase continues from its state, and writes one after every epoch.
     """
     if epochs <= 0:
         return
     opt = torch.optim.AdamW(param_groups, weight_decay=cfg.weight_decay)
     steps = sampler.steps(cfg.batch_size)
     sched = _cosine_schedule(opt, epochs * steps, int(cfg.warmup_epochs * steps))
-    best, best_state = -1.0, None
-    for epoch in range(epochs):
+    best, best_state, start = -1.0, None, 0
+    parts = {"modules": {"model": model}, "optimizers": {"opt": opt}, "schedulers": {"sched": sched}, "generators": {"gen": gen}}
+    if resume is not None:
+        at = resume.restore(_STAGES[name], **parts)
+        if at is None:  # this phase finished before the state was written
+            return
+        start, extra = at
+        best, best_state, history[:] = extra.get("best", best), extra.get("best_state"), extra.get("history", history)
+    for epoch in range(start, epochs):
         model.train()
         if frozen_backbone:
             model.eval_backbone()
@@ -440,6 +443,8 @@ def _run_phase(model, sampler, cfg, param_groups, epochs, name, val, gen, progre
                  row["loss"], m["window"]["cmap"], m["recording"]["cmap"], row["seconds"])
         if best_state is None or m["window"]["cmap"] > best:
             best, best_state = m["window"]["cmap"], copy.deepcopy(model.state_dict())
+        if resume is not None:
+            resume.save(_STAGES[name], epoch + 1, **parts, extra={"best": best, "best_state": best_state, "history": jsonable(history)})
     model.load_state_dict(best_state)
 
 
@@ -492,6 +497,7 @@ def train_model(
     *,
     progress: Callable | None = None,
     max_train_recordings: int | None = None,
+    resume=None,
 ) -> dict:
     """Train a model in place and return the model-card fields it produces.
 
@@ -505,6 +511,9 @@ def train_model(
         ``progress(phase, epoch, epochs, step, steps, loss)``.
     max_train_recordings : int, optional
         Use only the first N recordings of each class in each split (smoke tests).
+    resume : core.training.resume.TrainingResume, optional
+        Continue an interrupted run from its state, and write one after every epoch (the push and last-layer epochs
+        that follow are run again); the weights then end as an uninterrupted run's.
 
     Returns
     -------
@@ -512,7 +521,7 @@ def train_model(
         ``history``, ``metrics`` (val and test), ``prototypes`` (provenance of the
         push, AudioProtoPNet only), ``train_seconds``.
     """
-    t_start = time.time()
+    t_start = time.time() - (resume.prior_seconds if resume is not None else 0.0)
     device = get_device()
     model.to(device)
     config = model.config
@@ -538,6 +547,8 @@ def train_model(
     val = build_windows(dataset, recs("val"), sample_rate=sr, window_s=config.clip_seconds, class_names=config.class_names)
     history: list[dict] = []
     card: dict = {}
+    if resume is not None:
+        resume.stage_epochs = [cfg.warm_epochs, cfg.epochs] if isinstance(model, AudioProtoPNet) else [cfg.epochs]
     if isinstance(model, AudioProtoPNet):
         backbone = list(model.backbone_parameters())
         for p in backbone:
@@ -545,14 +556,14 @@ def train_model(
         _run_phase(model, sampler, cfg, [
             {"params": [model.prototype_vectors], "lr": cfg.lr_prototypes, "weight_decay": 0.0},
             {"params": [model.last_layer, model.last_layer_bias], "lr": cfg.lr_last_layer},
-        ], cfg.warm_epochs, "warm", val, gen, progress, history, frozen_backbone=True)
+        ], cfg.warm_epochs, "warm", val, gen, progress, history, frozen_backbone=True, resume=resume)
         for p in backbone:
             p.requires_grad_(True)
         _run_phase(model, sampler, cfg, [
             {"params": backbone, "lr": cfg.lr},
             {"params": [model.prototype_vectors], "lr": cfg.lr_prototypes / 5, "weight_decay": 0.0},
             {"params": [model.last_layer, model.last_layer_bias], "lr": cfg.lr_last_layer * 2},
-        ], cfg.epochs, "joint", val, gen, progress, history)
+        ], cfg.epochs, "joint", val, gen, progress, history, resume=resume)
         train_w = windows_from_waveforms(waves, targets, train_recs, window_samples=window, n_classes=len(config.class_names))
         before = evaluate(model, val)
         sources = push_prototypes(model, train_w)
@@ -567,7 +578,7 @@ def train_model(
         card["prototype_bands"] = {c: {k: int(v) for k, v in row.items()} for c, row in bands.iterrows()}
     else:
         _run_phase(model, sampler, cfg, [{"params": list(model.parameters()), "lr": cfg.lr}],
-                   cfg.epochs, "train", val, gen, progress, history)
+                   cfg.epochs, "train", val, gen, progress, history, resume=resume)
     test = build_windows(dataset, recs("test"), sample_rate=sr, window_s=config.clip_seconds, class_names=config.class_names)
     val_scores = predict_scores(model, val.waveforms)
     card["metrics"] = {"val": metrics_from_scores(val_scores, val, config.class_names), "test": evaluate(model, test)}
