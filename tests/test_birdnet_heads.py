@@ -262,6 +262,27 @@ def test_adversarial_finetuning_refuses_bad_settings_before_any_work():
         adversarial_finetune_head(None, frozen)
 
 
+@pytest.mark.parametrize("synthetic_recipe,recipe", [("no-bird-families-v1-seed1", "train"), ("no-bird-synthetic-v1-seed1", "v1")])
+def test_adversarial_finetuning_draws_the_no_bird_windows_its_head_was_trained_with(synthetic_recipe, recipe, monkeypatch):
+    """A head trained with --no-bird-families train is fine-tuned on the same kinds of negatives (issue 24's recipe)."""
+    from types import SimpleNamespace
+
+    import core.training.head_finetune as head_finetune
+
+    seen = {}
+
+    def stop(dataset, read, **kw):
+        seen.update(kw)
+        raise ParameterError("stopped by the test")
+
+    monkeypatch.setattr(head_finetune, "head_training_data", stop)
+    card = {"data": {"no_bird_negatives": {"synthetic": 512, "synthetic_recipe": synthetic_recipe}}, "train_config": {"seed": 0}}
+    tuned = SimpleNamespace(config=SimpleNamespace(tuned_from="BLOCK_3-4_ADD", layer="BLOCK_3-5_ADD"), card=card)
+    with pytest.raises(ParameterError, match="stopped by the test"):
+        head_finetune.adversarial_finetune_head(None, tuned)
+    assert seen["no_bird"] == 512 and seen["recipe"] == recipe
+
+
 def test_recipe_of_a_finetuned_head_names_the_adversary_or_the_control():
     from core.studies.compare import model_recipe
 

@@ -94,11 +94,15 @@ def adversarial_finetune_head(dataset: Dataset, init, *, adv: str = "at-o", epoc
     t0 = time.time() - (resume.prior_seconds if resume is not None else 0.0)
     tc = dict(init.card.get("train_config", {}))
     cfg = HeadConfig(**{**{k: tc[k] for k in HeadConfig.__dataclass_fields__ if k in tc}, "seed": seed})
-    no_bird = int(((init.card.get("data") or {}).get("no_bird_negatives") or {}).get("synthetic", 0))
+    negatives = (init.card.get("data") or {}).get("no_bird_negatives") or {}
+    no_bird = int(negatives.get("synthetic", 0))
+    # the same synthetic kinds as the head was trained with (train-head --no-bird-families; its card names them by id)
+    recipe = "train" if str(negatives.get("synthetic_recipe", "")).startswith("no-bird-families") else "v1"
     lr_stage = float(tc.get("lr_stage", 1e-4))
     device = get_device()
     file = TFLiteFile(birdnet_files()["model"])
-    data = head_training_data(dataset, c.tuned_from, no_bird=no_bird, seed=tc.get("seed", 0) + 1, file=file, progress=progress)
+    data = head_training_data(dataset, c.tuned_from, no_bird=no_bird, seed=tc.get("seed", 0) + 1, file=file, progress=progress,
+                              recipe=recipe)
     waves = data["windows"]["train"].waveforms
     if data["negatives"] is not None:
         waves = np.concatenate([waves, data["negatives"].waveforms])
