@@ -447,3 +447,25 @@ def test_every_module_and_path_the_documents_name_exists():
                 assert hasattr(obj, attr), f"README/docs name {name}, but {attr} is not in {obj!r}"
                 obj = getattr(obj, attr)
             break
+
+
+def test_open_set_seeds_table_is_the_stored_one_and_names_the_shipped_heads():
+    from core.field.nobird import held_out_summary
+    from core.field.open_set_seeds import best_recipe, recipe_markdown
+    from core.models.defaults import DEFAULT_MODEL
+    from core.models.registry import read_model_card
+
+    t = pd.read_csv(ROOT / "assets" / "birdnet_heads" / "open_set_seeds.csv")
+    assert t.groupby("recipe")["train_seed"].apply(sorted).map(list).eq([[0, 1, 2]] * 4).all()
+    assert set(t["split_scheme"]) == {read_model_card(DEFAULT_MODEL)["data"]["split_scheme"]}
+    assert block("open-set-seeds") == recipe_markdown(t) + "\n"
+    # seed 0 of the shipped recipe is the shipped pair: its figures are theirs (cards and the no-bird check)
+    held = held_out_summary(pd.read_csv(ROOT / "assets" / "analyze" / "no_bird.csv")).set_index("model")
+    for name in ("birdnet_protopnet", DEFAULT_MODEL):
+        row, card = t.set_index("model").loc[name], read_model_card(name)
+        assert row["val_rec_top1"] == pytest.approx(card["metrics"]["val"]["recording"]["top1"])
+        assert row["test_rec_top1"] == pytest.approx(card["metrics"]["test"]["recording"]["top1"])
+        assert row["held_out_false"] == held.loc[name, "false_windows"]
+    chosen = best_recipe(t)
+    assert DEFAULT_MODEL in set(t[t["recipe"] == chosen]["model"])  # the default is the recipe the rule picks
+    assert f"It picks **{chosen}**" in RESULTS
