@@ -13,6 +13,7 @@ from core.field.inference import analyze_waveform, attack_waveform
 from core.io.audio import wav_bytes
 from core.metrics import eps_for_snr, linf, snr_db
 from ui.common import analyze, audio_player, clip_picker, get_dataset, model_fingerprint_cached, require_model, safe_name
+from ui.explanation_attack import explanation_attack_panel
 from ui.export import Audio, html_report
 from ui.glossary import help_text
 from ui.plots import CHART_CONFIG, attack_difference_db, logmel_db, score_bars, spectrogram_figure
@@ -96,6 +97,9 @@ if run:
             st.stop()
         st.session_state["attack_result"] = {"key": run_key, "adv": adv}
         status.update(label="Attack done", state="complete")
+
+# keep the label, move the explanation (Dombrowski et al. 2019; Hoffmann et al. 2021); computed only when asked
+explanation_attack_panel(name, model, clip.waveform, eps=float(eps), display=display, offset_s=clip.offset_s)
 
 result = st.session_state.get("attack_result")
 if not result or result["key"][:2] != run_key[:2]:

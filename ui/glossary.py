@@ -122,6 +122,14 @@ GLOSSARY: dict[str, tuple[str, str]] = {
         "and for a change's total energy, not the per-sample budget eps of the attacks; it is wrong with probability "
         "at most alpha (0.001).",
     ),
+    "explanation attack": (
+        "A quiet change that keeps the model's answer but changes its explanation; a changed answer is a failure.",
+        "The change is made, as for an attack on the answer, within the per-sample budget eps, but it aims at the "
+        "explanation instead: another of the species' prototypes becomes the most active, a prototype's best match moves "
+        "in time and pitch, or the input evidence (gradient x input) moves into a region you choose (Dombrowski et al. "
+        "2019; Hoffmann et al. 2021). If such a change is inaudible, the explanation alone cannot vouch for what the "
+        "model heard.",
+    ),
 }
 
 

@@ -146,8 +146,8 @@ class ExplanationAttackResult:
         What "moved" means for this attack, in words.
     class_index, class_after : int
         Top-1 class before and after.
-    class_name : str
-        The clean top-1 class.
+    class_name, class_name_after : str
+        The top-1 class before and after.
     eps, alpha : float [full-scale amplitude]
     steps, seed : int
     snr_db : float [dB]
@@ -159,6 +159,9 @@ class ExplanationAttackResult:
         The clean window's most active prototype of class ``c`` (the map shown); None without prototypes.
     top_prototype_after : int or None
         The most active prototype of class ``c`` after.
+    prototype_gap_before : float or None
+        On the clean window, ``prototype``'s activation minus that of the runner-up of class ``c`` (a small gap makes
+        a swap cheap: read it with the overlap and the rank correlations, which say how much else moved).
     target_prototype : int or None
         The prototype :func:`~core.field.explanation_attack.prototype_swap` was told to raise.
     k : int
@@ -174,6 +177,9 @@ class ExplanationAttackResult:
         ``(row, column)`` of the peak of ``prototype``'s map before and after.
     peak_before, peak_after : (float, float) or None [s], [Hz]
         The same peaks as ``(time, frequency)`` on the Clip page's axes.
+    peak_gap_before : float or None
+        :func:`~core.field.explanation_attack.peak_shift` only: on the clean map, the peak's similarity minus the
+        highest similarity among the cells the peak was to move to (a small gap: a near-flat ridge, cheap to move).
     region_share_before, region_share_after : float or None
         Share of the positive attribution inside the attribution attack's rectangle.
     similarity_before, similarity_after : np.ndarray or None [shape=(map_freq, map_time)]
@@ -193,6 +199,7 @@ class ExplanationAttackResult:
     class_index: int
     class_after: int
     class_name: str
+    class_name_after: str
     eps: float
     alpha: float
     steps: int
@@ -203,6 +210,7 @@ class ExplanationAttackResult:
     margin_after: float
     prototype: int | None
     top_prototype_after: int | None
+    prototype_gap_before: float | None
     target_prototype: int | None
     k: int
     topk_overlap: float
@@ -214,6 +222,7 @@ class ExplanationAttackResult:
     peak_cell_after: tuple[int, int] | None
     peak_before: tuple[float, float] | None
     peak_after: tuple[float, float] | None
+    peak_gap_before: float | None
     region_share_before: float | None
     region_share_after: float | None
     similarity_before: np.ndarray | None
@@ -274,8 +283,8 @@ def build_result(kind: str, model, clean: np.ndarray, adversarial: np.ndarray, c
     c_after = int(np.argmax(after.logits))
     kept = c_after == c
     ab, aa = before.attribution, after.attribution
-    out = dict(prototype=None, top_prototype_after=None, topk_overlap=float("nan"), similarity_spearman=float("nan"),
-               peak_cell_before=None, peak_cell_after=None, peak_before=None, peak_after=None, similarity_before=None,
+    out = dict(prototype=None, top_prototype_after=None, prototype_gap_before=None, topk_overlap=float("nan"), similarity_spearman=float("nan"),
+               peak_cell_before=None, peak_cell_after=None, peak_before=None, peak_after=None, peak_gap_before=None, similarity_before=None,
                similarity_after=None, map_frequency_hz=None, map_time_s=None, region_share_before=None, region_share_after=None)
     if before.activations is not None:
         owner = model.prototype_class_identity.cpu().numpy()
@@ -285,7 +294,8 @@ def build_result(kind: str, model, clean: np.ndarray, adversarial: np.ndarray, c
         sb, sa = before.similarity_maps[p], after.similarity_maps[p]
         hz, ts = map_axes(model, len(clean), sb.shape)
         pb, pa = peak_cell(sb), peak_cell(sa)
-        out.update(prototype=p, top_prototype_after=top_after,
+        ranked = np.sort(before.activations[own])[::-1]
+        out.update(prototype=p, top_prototype_after=top_after, prototype_gap_before=float(ranked[0] - ranked[1]) if len(own) > 1 else None,
                    topk_overlap=topk_overlap(before.activations, after.activations, min(k, len(before.activations))),
                    similarity_spearman=map_rank_correlation(sb, sa), peak_cell_before=pb, peak_cell_after=pa,
                    peak_before=(float(ts[pb[1]]), float(hz[pb[0]])), peak_after=(float(ts[pa[1]]), float(hz[pa[0]])),
@@ -295,12 +305,17 @@ def build_result(kind: str, model, clean: np.ndarray, adversarial: np.ndarray, c
         criterion = (f"prototype {target_prototype} becomes the most active of the class" if target_prototype is not None
                      else "another prototype of the class becomes its most active")
     elif kind == "peak_shift":
+        rows, cols = np.indices(out["similarity_before"].shape)
         if target_cell is not None:
             moved = out["peak_cell_after"] == tuple(target_cell)
             criterion = f"the top prototype's peak is at map cell {tuple(target_cell)}"
+            goal = (rows == target_cell[0]) & (cols == target_cell[1])
         else:
             moved = chebyshev_distance(out["peak_cell_before"], out["peak_cell_after"]) >= min_cells
             criterion = f"the top prototype's peak moves at least {min_cells} map cells"
+            (pi, pj) = out["peak_cell_before"]
+            goal = np.maximum(abs(rows - pi), abs(cols - pj)) >= min_cells
+        out["peak_gap_before"] = float(out["similarity_before"].max() - out["similarity_before"][goal].max())
     elif kind == "attribution_shift":
         w = region_weights(ab.frequency_edges_hz, ab.time_edges_s, band_hz, span_s)
         out.update(region_share_before=_share(ab.values[0], w), region_share_after=_share(aa.values[0], w))
@@ -313,7 +328,8 @@ def build_result(kind: str, model, clean: np.ndarray, adversarial: np.ndarray, c
     return ExplanationAttackResult(
         kind=kind, adversarial=np.asarray(adversarial[:n], np.float32), success=kept and moved, label_kept=kept, moved=moved,
         criterion=criterion, class_index=c, class_after=c_after, class_name=model.class_names[c],
-        eps=float(settings["eps"]), alpha=float(settings["alpha"]), steps=int(settings["steps"]), seed=int(settings["seed"]),
+        class_name_after=model.class_names[c_after], eps=float(settings["eps"]), alpha=float(settings["alpha"]),
+        steps=int(settings["steps"]), seed=int(settings["seed"]),
         snr_db=float(snr_db(clean[:n], adversarial[:n])), linf=float(linf(clean[:n], adversarial[:n])),
         margin_before=_margin(before.logits, c), margin_after=_margin(after.logits, c), target_prototype=target_prototype,
         k=int(k), attribution_spearman=map_rank_correlation(ab.values[0], aa.values[0]),

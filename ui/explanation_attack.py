@@ -1,0 +1,147 @@
+"""The Attack page's "Explanation attack" panel: a quiet change that keeps the label but moves the explanation.
+
+Nothing runs until the button is pressed (:func:`ui.common.compute_on_click`); the result is kept per model, window
+and settings for the session. The attacks and every figure shown are :mod:`core.field.explanation_attack`'s,
+measured through the model's own path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable
+
+import numpy as np
+import streamlit as st
+
+from core.field.attribution import METHOD_CITATIONS
+from core.field.explanation_attack import ExplanationAttackResult, explanation_attack
+from ui.attribution import attribution_figure
+from ui.common import audio_player, compute_on_click
+from ui.glossary import help_text
+from ui.plots import CHART_CONFIG, logmel_db, similarity_overlay
+
+#: kind -> what the user picks it as.
+KIND_LABELS = {"prototype_swap": "swap the most active prototype", "peak_shift": "move the prototype's peak",
+               "attribution_shift": "move the evidence (gradient × input) into a region"}
+
+
+def _when_where(point: tuple[float, float]) -> str:
+    return f"{point[0]:.2f} s, {point[1] / 1000:.1f} kHz"
+
+
+def explanation_attack_sentence(r: ExplanationAttackResult, display: Callable[[str], str] = str) -> str:
+    """What an explanation attack did, in plain words: the label, the explanation, where the evidence went, how quiet.
+
+    E.g. "The label stayed Blackcap; the most active prototype changed from #3 to #7; the evidence moved 1.2 kHz up
+    and 0.4 s later; the change is 41 dB below the song."
+
+    Parameters
+    ----------
+    r : ExplanationAttackResult
+    display : callable
+        Class code -> the name shown.
+    """
+    before = display(r.class_name)
+    if r.label_kept:
+        parts = [f"The label stayed {before}"]
+    else:
+        parts = [f"The label changed from {before} to {display(r.class_name_after)}, so this counts as a failure, not a success"]
+    if r.kind == "prototype_swap":
+        parts.append(f"the most active prototype changed from #{r.prototype} to #{r.top_prototype_after}" if r.moved
+                     else f"prototype #{r.prototype} stayed the most active")
+    elif r.kind == "peak_shift":
+        parts.append(f"the peak of prototype #{r.prototype} moved from {_when_where(r.peak_before)} to {_when_where(r.peak_after)}"
+                     if r.peak_cell_after != r.peak_cell_before else f"the peak of prototype #{r.prototype} stayed at {_when_where(r.peak_before)}")
+    else:
+        parts.append(f"the share of the evidence inside the chosen region went from {r.region_share_before:.0%} to "
+                     f"{r.region_share_after:.0%}")
+    dhz, ds = r.centroid_shift_hz, r.centroid_shift_s
+    if math.isfinite(dhz) and math.isfinite(ds):
+        parts.append(f"the evidence moved {abs(dhz) / 1000:.1f} kHz {'up' if dhz >= 0 else 'down'} and {abs(ds):.1f} s "
+                     f"{'later' if ds >= 0 else 'earlier'}")
+    else:
+        parts.append("no cell holds positive evidence before or after, so it has no centre to follow")
+    parts.append(f"the change is {r.snr_db:.0f} dB below the song")
+    return "; ".join(parts) + "."
+
+
+def explanation_attack_panel(model_name: str, model, window: np.ndarray, *, eps: float, display: Callable[[str], str] = str,
+                             offset_s: float = 0.0, key: str = "xattack") -> None:
+    """An expander: choose what to move, eps and steps, press the button, see the maps before and after and hear both.
+
+    Parameters
+    ----------
+    model_name : str
+    model : BirdClassifier
+    window : np.ndarray [shape=(n_samples,), dtype=float32]
+        The page's clip at the model's rate [Hz]; its first window is attacked.
+    eps : float [full-scale amplitude]
+        The page's eps, offered first.
+    display : callable
+        Class code -> the name shown.
+    offset_s : float [s]
+        The window's start in its recording.
+    key : str
+        Prefix of the widgets' keys (``{key}_kind``, ``{key}_eps``, ``{key}_steps``, ``{key}_run``, ...).
+    """
+    with st.expander("Explanation attack: keep the label, move the explanation"):
+        st.caption("A quiet change that leaves the model's answer alone but changes why it seems to give it: another "
+                   "prototype becomes the most active, the prototype's best match moves in time and pitch, or the input "
+                   "evidence moves to where you choose (Dombrowski et al. 2019; Hoffmann et al. 2021). A change that alters "
+                   "the label counts as a failure.")
+        protos = getattr(model, "prototype_class_identity", None) is not None and bool(getattr(model.config, "prototypes_per_class", 0))
+        kinds = list(KIND_LABELS) if protos else ["attribution_shift"]
+        kind = st.radio("What the attack moves", kinds, format_func=KIND_LABELS.get, horizontal=True, key=f"{key}_kind",
+                        help=help_text("explanation attack"))
+        c1, c2 = st.columns(2)
+        x_eps = c1.number_input("eps (L-inf, full-scale amplitude)", min_value=0.0, max_value=1.0, value=float(eps), step=0.0005,
+                                format="%.4f", key=f"{key}_eps", help=help_text("eps"))
+        steps = int(c2.number_input("steps", min_value=1, max_value=200, value=10, step=1, key=f"{key}_steps", help=help_text("PGD")))
+        win_len = int(round(model.clip_seconds * model.sample_rate))
+        x = np.asarray(window, np.float32)[:win_len]
+        extra: dict = {}
+        if kind == "peak_shift":
+            extra["min_cells"] = int(st.slider("Move the peak at least this many map cells", 1, 4, 2, key=f"{key}_cells"))
+        elif kind == "attribution_shift":
+            nyquist = model.sample_rate / 2
+            lo, hi = st.slider("Region: frequency (Hz)", 0, int(nyquist), (4000, min(8000, int(nyquist))), step=250, key=f"{key}_band")
+            t0, t1 = st.slider("Region: time in the window (s)", 0.0, float(model.clip_seconds), (0.0, float(model.clip_seconds)),
+                               step=0.25, key=f"{key}_span")
+            extra.update(band_hz=(float(lo), float(hi)), span_s=(float(t0), float(t1)))
+        clip_id = hashlib.sha1(x.tobytes()).hexdigest()[:12]
+        wanted = (model_name, clip_id, kind, float(x_eps), steps, tuple(sorted((k, str(v)) for k, v in extra.items())))
+        got = compute_on_click("Run the explanation attack", key, wanted,
+                               lambda bar: explanation_attack(kind, model, x, eps=float(x_eps), steps=steps, **extra),
+                               text=f"PGD-{steps} on the explanation…")
+        if got is not None:
+            _show(got, model, x, display, offset_s, key)
+
+
+def _show(r: ExplanationAttackResult, model, x: np.ndarray, display, offset_s: float, key: str) -> None:
+    sentence = explanation_attack_sentence(r, display)
+    (st.success if r.success else st.warning if not r.label_kept else st.info)(sentence)
+    words = [f"Of the 3 most active prototypes, {round(r.topk_overlap * r.k)} still are" if math.isfinite(r.topk_overlap) else None,
+             f"rank correlation of the prototype's similarity map before and after {r.similarity_spearman:.2f}"
+             if math.isfinite(r.similarity_spearman) else None,
+             f"of the gradient × input maps {r.attribution_spearman:.2f} (1: every cell kept its rank)"]
+    st.caption("; ".join(w for w in words if w) + f". Success means: the label is kept and {r.criterion}. "
+               f"eps {r.eps:g}, PGD-{r.steps}, measured L-inf {r.linf:.2g}, SNR {r.snr_db:.1f} dB.")
+    fe = model.config.frontend
+    name = display(r.class_name)
+    if r.similarity_before is not None:
+        s1, s2 = st.columns(2)
+        for col, wave, sim, label in ((s1, x, r.similarity_before, "clean"), (s2, r.adversarial, r.similarity_after, "perturbed")):
+            col.plotly_chart(similarity_overlay(logmel_db(wave, fe), sim, fe, offset_s=offset_s,
+                                                title=f"{label}: prototype #{r.prototype} ({name}), max sim {sim.max():.2f}"),
+                             config=CHART_CONFIG, key=f"{key}_sim_{label}")
+    a1, a2 = st.columns(2)
+    for col, amap, label in ((a1, r.attribution_before, "clean"), (a2, r.attribution_after, "perturbed")):
+        col.plotly_chart(attribution_figure(amap, 0, offset_s=offset_s, title=f"{label}: gradient × input, {name} logit"),
+                         config=CHART_CONFIG, key=f"{key}_attr_{label}")
+    st.caption(METHOD_CITATIONS["grad_x_input"])
+    p1, p2 = st.columns(2)
+    with p1:
+        audio_player(x, model.sample_rate, label="clean")
+    with p2:
+        audio_player(r.adversarial, model.sample_rate, label="perturbed (explanation attack, same level as clean)")
