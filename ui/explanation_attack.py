@@ -26,11 +26,20 @@ KIND_LABELS = {"prototype_swap": "swap the most active prototype", "peak_shift":
                "attribution_shift": "move the evidence (gradient × input) into a region"}
 
 
-def _when_where(point: tuple[float, float]) -> str:
-    return f"{point[0]:.2f} s, {point[1] / 1000:.1f} kHz"
+def _when_where(point: tuple[float, float], offset_s: float) -> str:
+    return f"{offset_s + point[0]:.2f} s, {point[1] / 1000:.1f} kHz"
 
 
-def explanation_attack_sentence(r: ExplanationAttackResult, display: Callable[[str], str] = str) -> str:
+def _moved(dhz: float, ds: float) -> str:
+    """Where the evidence's centre went, in words: kHz up or down, s later or earlier (about the same below 50 Hz, 0.05 s)."""
+    if abs(dhz) < 50 and abs(ds) < 0.05:
+        return "the evidence stayed where it was"
+    pitch = "at about the same pitch" if abs(dhz) < 50 else f"{abs(dhz) / 1000:.1f} kHz {'up' if dhz > 0 else 'down'}"
+    when = "at about the same time" if abs(ds) < 0.05 else f"{abs(ds):.1f} s {'later' if ds > 0 else 'earlier'}"
+    return f"the evidence moved {pitch} and {when}"
+
+
+def explanation_attack_sentence(r: ExplanationAttackResult, display: Callable[[str], str] = str, offset_s: float = 0.0) -> str:
     """What an explanation attack did, in plain words: the label, the explanation, where the evidence went, how quiet.
 
     E.g. "The label stayed Blackcap; the most active prototype changed from #3 to #7; the evidence moved 1.2 kHz up
@@ -41,6 +50,8 @@ def explanation_attack_sentence(r: ExplanationAttackResult, display: Callable[[s
     r : ExplanationAttackResult
     display : callable
         Class code -> the name shown.
+    offset_s : float [s]
+        The window's start in its recording (times are given from the recording's start, as the figures draw them).
     """
     before = display(r.class_name)
     if r.label_kept:
@@ -51,15 +62,15 @@ def explanation_attack_sentence(r: ExplanationAttackResult, display: Callable[[s
         parts.append(f"the most active prototype changed from #{r.prototype} to #{r.top_prototype_after}" if r.moved
                      else f"prototype #{r.prototype} stayed the most active")
     elif r.kind == "peak_shift":
-        parts.append(f"the peak of prototype #{r.prototype} moved from {_when_where(r.peak_before)} to {_when_where(r.peak_after)}"
-                     if r.peak_cell_after != r.peak_cell_before else f"the peak of prototype #{r.prototype} stayed at {_when_where(r.peak_before)}")
+        parts.append(f"the peak of prototype #{r.prototype} moved from {_when_where(r.peak_before, offset_s)} to "
+                     f"{_when_where(r.peak_after, offset_s)}" if r.peak_cell_after != r.peak_cell_before
+                     else f"the peak of prototype #{r.prototype} stayed at {_when_where(r.peak_before, offset_s)}")
     else:
         parts.append(f"the share of the evidence inside the chosen region went from {r.region_share_before:.0%} to "
                      f"{r.region_share_after:.0%}")
     dhz, ds = r.centroid_shift_hz, r.centroid_shift_s
     if math.isfinite(dhz) and math.isfinite(ds):
-        parts.append(f"the evidence moved {abs(dhz) / 1000:.1f} kHz {'up' if dhz >= 0 else 'down'} and {abs(ds):.1f} s "
-                     f"{'later' if ds >= 0 else 'earlier'}")
+        parts.append(_moved(dhz, ds))
     else:
         parts.append("no cell holds positive evidence before or after, so it has no centre to follow")
     parts.append(f"the change is {r.snr_db:.0f} dB below the song")
@@ -119,9 +130,10 @@ def explanation_attack_panel(model_name: str, model, window: np.ndarray, *, eps:
 
 
 def _show(r: ExplanationAttackResult, model, x: np.ndarray, display, offset_s: float, key: str) -> None:
-    sentence = explanation_attack_sentence(r, display)
+    sentence = explanation_attack_sentence(r, display, offset_s)
     (st.success if r.success else st.warning if not r.label_kept else st.info)(sentence)
-    words = [f"Of the 3 most active prototypes, {round(r.topk_overlap * r.k)} still are" if math.isfinite(r.topk_overlap) else None,
+    kept = round(r.topk_overlap * r.k) if math.isfinite(r.topk_overlap) else None
+    words = [f"Of the {r.k} most active prototypes, {kept} still {'is' if kept == 1 else 'are'}" if kept is not None else None,
              f"rank correlation of the prototype's similarity map before and after {r.similarity_spearman:.2f}"
              if math.isfinite(r.similarity_spearman) else None,
              f"of the gradient × input maps {r.attribution_spearman:.2f} (1: every cell kept its rank)"]
