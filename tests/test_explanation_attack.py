@@ -135,6 +135,16 @@ def test_measurements_are_the_models_own_and_core_explains(tiny_proto):
         assert np.allclose(sim, e.similarity_maps[0, r.prototype], atol=1e-6)
     hz, ts = map_axes(tiny_proto, len(x), r.similarity_before.shape)
     assert np.allclose(hz, e.map_frequency_hz) and np.allclose(ts, e.map_time_s)  # the Clip page's placement
+    # what the swap ascends is read from the same activations: runner-up of the class minus its top prototype
+    from core.field.explanation_attack import SwapObjective
+
+    objective, xt = SwapObjective(), torch.as_tensor(x)[None]
+    state = objective.prepare(tiny_proto, xt)
+    value, margin, moved = objective.terms(tiny_proto, xt, state, create_graph=False)
+    own = np.sort(r.activations_before[tiny_proto.prototype_class_identity.numpy() == r.class_index])
+    assert float(value[0].detach()) == pytest.approx(own[-2] - own[-1], abs=1e-6) and not bool(moved[0])
+    logits = logits_of(tiny_proto, x)
+    assert float(margin[0].detach()) == pytest.approx(r.margin_before, abs=1e-5) == logits.max() - np.sort(logits)[-2]
     gxi = grad_x_input(tiny_proto, x, indices=[r.class_index])
     assert np.allclose(r.attribution_before.values, gxi.values, atol=1e-6)
     assert np.array_equal(r.attribution_before.frequency_edges_hz, gxi.frequency_edges_hz)
