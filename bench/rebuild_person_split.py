@@ -188,14 +188,17 @@ LINEAR_RECIPE = ["--layer", "BLOCK_3-5_ADD", "--head", "linear", "--lr", "1e-2"]
 
 def head_steps(seeds: Sequence[int] = SEEDS) -> list[Step]:
     """The BirdNET heads at seed 0 (birdnet_protopnet, birdnet_linear, the gate) and the AT-O / AT-E / OT+FT head
-    fine-tunes of the seed-0 head at every seed (seed 0 of each, then seeds 1, 2)."""
+    fine-tunes of the seed-0 head at every seed (seed 0 of each, then seeds 1, 2).
+
+    First guess of an AT-O / AT-E fine-tune: 22 min (an AT-O epoch took 5.4 min on one thread of this CPU, shared).
+    """
     steps = [_head("birdnet_protopnet", 0, HEAD_RECIPE, 8.0), _head("birdnet_linear", 0, LINEAR_RECIPE, 3.0)]
     for seed in seeds:
         for suffix, adv in HEAD_ARMS:
             name = f"birdnet_protopnet_{suffix}"
             p = ckpt(name, seed)
             argv = ("-m", "core", "finetune-head", "--init", ckpt("birdnet_protopnet", 0), "--adv", adv, *_where(name, seed))
-            steps.append(Step(f"{name}@s{seed}", name, argv, (p, p.replace(".safetensors", ".json")), 2.0 if adv == "none" else 17.0,
+            steps.append(Step(f"{name}@s{seed}", name, argv, (p, p.replace(".safetensors", ".json")), 2.0 if adv == "none" else 22.0,
                               seed=seed, needs=("birdnet_protopnet@s0",)))
         if seed == 0:
             steps.append(_gate(0))
