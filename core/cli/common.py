@@ -83,6 +83,22 @@ def training_resume(args, dataset, checkpoint: Path, *, inits: tuple[str, ...] =
     scheme) and whether to restart, and by the weights of the checkpoints in ``inits`` (the options naming them, e.g.
     ``("init", "init_backbone")``), so that a retrained parent does not let an old state go on.
 
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed command line (``--restart`` read from it).
+    dataset : core.io.data.Dataset
+        The data the run trains on.
+    checkpoint : Path
+        The ``.safetensors`` file the run writes; the state lies beside it (``NAME.resume.pt``).
+    inits : tuple of str
+        Options of ``args`` that name parent checkpoints.
+
+    Returns
+    -------
+    core.training.resume.TrainingResume
+        With ``resumed_from`` set when an interrupted run of the same arguments is continued (said on stderr).
+
     Raises
     ------
     ParameterError
