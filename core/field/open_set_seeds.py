@@ -97,9 +97,9 @@ def recipe_table(recipes: dict[str, list[str]], dataset, *, per_family: int = 16
     from core.field.nobird import held_out_summary, no_bird_check
     from core.io.synth import HELD_OUT_FAMILIES
     from core.models.registry import load_checkpoint
+    from core.models.scoring import predict_scores
     from core.training.calibration import model_threshold
     from core.training.heads import split_windows
-    from core.models.scoring import predict_scores
 
     if not recipes:
         raise ParameterError("no recipes")
