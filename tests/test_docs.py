@@ -469,3 +469,10 @@ def test_open_set_seeds_table_is_the_stored_one_and_names_the_shipped_heads():
     chosen = best_recipe(t)
     assert DEFAULT_MODEL in set(t[t["recipe"] == chosen]["model"])  # the default is the recipe the rule picks
     assert f"It picks **{chosen}**" in RESULTS
+
+
+def test_explanation_attack_budget_table_is_the_stored_one():
+    from core.studies.explanation_budgets import budgets_markdown
+
+    tables = [pd.read_csv(ROOT / "assets" / "explanation_attack" / f"budgets_{m}.csv") for m in ("protopnet", "birdnet_protopnet_gated")]
+    assert block("explanation-attack-budgets") == budgets_markdown(pd.concat(tables, ignore_index=True))

@@ -290,20 +290,6 @@ def test_budget_table_records_the_first_success_per_window_and_attack(tiny_proto
     assert md.count("| rec |") == 3 and "Succeeded: prototype_swap" in md
 
 
-def test_docs_budget_block_is_the_stored_tables():
-    import re
-
-    import pandas as pd
-
-    from core.studies.explanation_budgets import budgets_markdown
-    from tests.conftest import ROOT
-
-    tables = [pd.read_csv(ROOT / "assets" / "explanation_attack" / f"budgets_{m}.csv") for m in ("protopnet", "birdnet_protopnet_gated")]
-    text = (ROOT / "docs" / "methods.md").read_text()
-    found = re.findall(r"<!-- explanation-attack-budgets:start -->\n(.*?)<!-- explanation-attack-budgets:end -->", text, re.S)
-    assert len(found) == 1 and found[0] == budgets_markdown(pd.concat(tables, ignore_index=True))
-
-
 def test_the_sentence_says_label_explanation_evidence_and_level(tiny_proto):
     from ui.explanation_attack import explanation_attack_sentence
 
