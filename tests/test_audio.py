@@ -41,6 +41,8 @@ def test_bytes_and_errors(tmp_path):
         load_audio(bad)
     with pytest.raises(AudioLoadError, match="no such file"):
         load_audio(tmp_path / "missing.wav")
+    with pytest.raises(AudioLoadError, match="empty path"):  # not "no such file: ." (Path("") is the directory)
+        load_audio("")
     with pytest.raises(ParameterError):
         load_audio(buf.getvalue(), sample_rate=0)
 

@@ -144,6 +144,8 @@ def _decode(source: str | os.PathLike | bytes | BinaryIO, name: str, max_duratio
         data = bytes(source)
         opener = lambda: io.BytesIO(data)  # noqa: E731
     else:
+        if not str(source).strip():
+            raise AudioLoadError("no audio file given (an empty path)")
         path = Path(source)
         if not path.is_file():
             raise AudioLoadError(f"{name}: no such file: {path}")
