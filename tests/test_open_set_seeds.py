@@ -57,13 +57,13 @@ def test_best_recipe_is_chosen_on_validation_only():
 def test_recipe_table_measures_a_shipped_head_through_its_forward_pass():
     import torch
 
+    from core.field.open_set_seeds import recipe_table
     from core.io.data import open_dataset
     from core.models.defaults import DEFAULT_MODEL
     from core.models.registry import load_checkpoint
     from core.training.calibration import model_threshold
     from core.training.heads import split_windows
     from core.training.noisebank import birdfree_bank
-    from core.field.open_set_seeds import recipe_table
 
     ds = open_dataset()
     table = recipe_table({"shipped": [DEFAULT_MODEL]}, ds, per_family=2)

@@ -25,9 +25,10 @@ from core.cli.args import add_data_dir
 from core.errors import CoreError
 
 # the order of `python -m core --help`
-SUBCOMMANDS = ("train", "reference", "calibrate", "open-set", "open-set-seeds", "train-head", "finetune-head", "audit", "head-study", "evaluate", "predict", "analyze",
-               "no-bird-check", "threats", "masking-attack", "attack", "certify", "sweep", "arms", "noise-bank", "shift", "embed-metrics", "transfer",
-               "compare", "worst-case", "cutoff", "fetch-model", "explain-published", "download", "data")
+SUBCOMMANDS = ("train", "reference", "calibrate", "open-set", "open-set-seeds", "train-head", "finetune-head",
+               "audit", "head-study", "evaluate", "predict", "analyze", "no-bird-check", "threats", "masking-attack",
+               "attack", "certify", "sweep", "arms", "noise-bank", "shift", "embed-metrics", "transfer", "compare",
+               "worst-case", "cutoff", "fetch-model", "explain-published", "download", "data")
 
 
 def build_parser() -> argparse.ArgumentParser:

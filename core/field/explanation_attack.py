@@ -22,8 +22,9 @@ manipulated and geometry is to blame", NeurIPS, Eq. 4), which asks to keep every
   network's second derivatives vanish. They do not vanish here: AudioProtoPNet's similarity is a cosine of normalised
   features (and the small models' backbone uses GELU), so the Hessian of the logit is non-zero on the shipped models
   (measured ``||H v||`` = 4.7 ``||g||`` on ``protopnet``, 10 ``||g||`` on ``birdnet_protopnet`` and on plain ``birdnet``,
-  ``g`` the gradient in the input spectrogram, ``v`` a standard normal direction) and the true model is used throughout; :func:`curvature_vanishes` checks a model, and a model whose second derivatives do
-  vanish is refused with that reason. Moved: the share rose by at least ``min_gain``.
+  ``g`` the gradient in the input spectrogram, ``v`` a standard normal direction) and the true model is used
+  throughout; :func:`curvature_vanishes` checks a model, and a model whose second derivatives do vanish is refused
+  with that reason. Moved: the share rose by at least ``min_gain``.
 
 Success is "the top-1 class is still ``c`` AND the explanation moved"; a window whose label changed is a failure,
 never a success. Of the iterates (all inside the budget) the attack returns the best one that keeps the label and
