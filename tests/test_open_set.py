@@ -9,16 +9,17 @@ import pytest
 import torch
 
 from core.errors import ParameterError
-from core.io.synth import FAMILIES, HELD_OUT_FAMILIES, TRAIN_FAMILIES, nonbird_sound, nonbird_windows
+from core.io.synth import FAMILIES, HELD_OUT_FAMILIES, TRAIN_FAMILIES, VALIDATION_FAMILIES, nonbird_sound, nonbird_windows
 from core.models.birdnet_proto import gated_logits
 from core.training.open_set import choose_gate, constrained_threshold
 
 SR = 48_000
 
 
-def test_families_are_split_into_train_and_held_out_without_overlap():
-    assert set(TRAIN_FAMILIES) | set(HELD_OUT_FAMILIES) == set(FAMILIES)
-    assert not set(TRAIN_FAMILIES) & set(HELD_OUT_FAMILIES)
+def test_families_are_split_into_train_validation_and_held_out_without_overlap():
+    groups = [set(TRAIN_FAMILIES), set(VALIDATION_FAMILIES), set(HELD_OUT_FAMILIES)]
+    assert set.union(*groups) == set(FAMILIES)
+    assert sum(len(g) for g in groups) == len(FAMILIES)
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))

@@ -172,11 +172,15 @@ def test_the_real_plan(plan):
     head = next(s for s in steps if s.id == "birdnet_protopnet@s0")
     assert "--no-bird 256 " in head.command
     assert "--no-bird-families" not in head.command  # the recipe the validation rule picked (issue 25)
-    # seeds 1, 2 of every AT arm and its control come before any seed 1, 2 of an ordinarily trained model
-    first_ot_seed = min(position[f"{k}@s1"] for k in ("baseline", "protopnet", "birdnet_protopnet", "birdnet_linear"))
-    for kind in kinds - {"baseline", "protopnet", "birdnet_protopnet", "birdnet_linear", "birdnet_protopnet_gated"}:
-        assert position[f"{kind}@s2"] < first_ot_seed, kind
-        assert position[f"{kind}@s1"] > position[f"{kind.rsplit('_', 1)[0]}@s0"]
+    # within each family, seeds 1, 2 of every AT arm and its control come before any seed 1, 2 of an ordinarily
+    # trained model; the heads (and their gate's seeds, for the open-set study) come before the small models
+    for family in ("baseline", "protopnet", "birdnet_protopnet"):
+        ot = ("baseline", "protopnet") if family != "birdnet_protopnet" else ("birdnet_protopnet", "birdnet_linear")
+        first_ot_seed = min(position[f"{k}@s1"] for k in ot)
+        for kind in {k for k in kinds if k.startswith(family + "_") and k not in ot + ("birdnet_protopnet_gated",)}:
+            assert position[f"{kind}@s2"] < first_ot_seed, kind
+            assert position[f"{kind}@s1"] > position[f"{kind.rsplit('_', 1)[0]}@s0"]
+    assert max(position[f"birdnet_protopnet_gated@s{s}"] for s in (0, 1, 2)) < position["baseline@s0"]
     # studies last, each a documented subcommand of the CLI
     assert all(s.study for s in steps[len(training):]) and steps[len(training)].id == "study:arms_baseline"
     for s in steps[len(training):]:

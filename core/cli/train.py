@@ -192,7 +192,10 @@ def cmd_calibrate(args) -> int:
 
 def open_set_args(p) -> None:
     add_model(p, what="BirdNET head checkpoints (birdnet_protopnet, its AT/FT variants, birdnet_linear)", nargs="+", required=True)
-    add_float(p, "--quantile", 0.05, "share of labelled validation windows whose score the bird gate may halve")
+    add_float(p, "--quantile", 0.10, "share of labelled validation windows whose score the bird gate may halve")
+    add_float(p, "--slope", 8.0, "steepness of the gate per BirdNET logit (1: the first gates; 8: nearly a step)")
+    p.add_argument("--evidence", choices=("bird", "animal"), default="bird",
+                   help="BirdNET classes the gate reads: its 6,421 birds (default) or all 6,511 animals (the first gates)")
     add_float(p, "--max-false-rate", 0.01, "largest share of validation bird-free windows the decision threshold may pass")
     p.add_argument("--out", help="checkpoint name (or a path ending in .safetensors) to write (default: overwrite each --model; with one --model only)")
 
@@ -212,7 +215,7 @@ def cmd_open_set(args) -> int:
         target = resolve_checkpoint(name) if not args.out else (
             Path(args.out) if args.out.endswith(".safetensors") else CHECKPOINT_DIR / f"{args.out}.safetensors")
         gated, fields = open_set_model(model, ds, quantile=args.quantile, max_false_rate=args.max_false_rate,
-                                       progress=lambda m, name=name: log.info("%s: %s", name, m))
+                                       slope=args.slope, evidence=args.evidence, progress=lambda m, name=name: log.info("%s: %s", name, m))
         before = card.get("open_set", {}).get("metrics_before_gate") or card.get("metrics")
         fields["open_set"]["metrics_before_gate"] = before
         fields["open_set"]["threshold_before_gate"] = (card.get("open_set", {}).get("threshold_before_gate")
@@ -241,6 +244,8 @@ def open_set_seeds_args(p) -> None:
     p.add_argument("--recipe", action="append", required=True,
                    help="NAME=checkpoint1,checkpoint2,... (heads of one recipe, one per seed; names in checkpoints/ or paths); repeat")
     add_int(p, "--per-family", 16, "windows of each held-out synthetic family (default 16)")
+    add_int(p, "--held-out-seed", 2026, "seed of the held-out synthetic draw (default 2026, the no-bird check's; "
+                                          "another seed gives a fresh draw of the same families)")
     add_float(p, "--max-false-rate", 0.01, "largest mean share of validation bird-free windows a recommended recipe may pass")
     add_out(p, help="CSV to write")
 
@@ -253,7 +258,8 @@ def cmd_open_set_seeds(args) -> int:
     recipes = parse_arms(args.recipe, flag="--recipe")
     out = out_path(args.out)
     with progress_bar(desc="heads", total=sum(len(v) for v in recipes.values())) as progress:
-        table = recipe_table(recipes, open_args_dataset(args), per_family=args.per_family, progress=progress)
+        table = recipe_table(recipes, open_args_dataset(args), per_family=args.per_family, held_out_seed=args.held_out_seed,
+                             progress=progress)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(recipe_markdown(table))
     if out is not None:

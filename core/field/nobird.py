@@ -35,7 +35,7 @@ CHECK_SEED = 2026
 
 @torch.no_grad()
 def no_bird_check(models: dict, *, dataset=None, splits=("val", "test"), n_windows: int = 8, seed: int = 0,
-                  families=None, per_family: int = 16) -> pd.DataFrame:
+                  families=None, per_family: int = 16, family_seed: int | None = None) -> pd.DataFrame:
     """How often each model says "no bird" on sounds that hold none, and how many false windows per hour that makes.
 
     Controls: digital silence, a 3 kHz tone at -20 dBFS, white noise at -30 dBFS,
@@ -67,6 +67,8 @@ def no_bird_check(models: dict, *, dataset=None, splits=("val", "test"), n_windo
     families : sequence of str, optional
         Synthetic families (default all of :data:`core.io.synth.FAMILIES`; ``()`` for none).
     per_family : int >= 1
+    family_seed : int, optional
+        Seed of the synthetic draw; default :data:`CHECK_SEED`. Another seed draws fresh windows of the same families.
 
     Returns
     -------
@@ -97,7 +99,7 @@ def no_bird_check(models: dict, *, dataset=None, splits=("val", "test"), n_windo
         sr, window = int(model.config.frontend.sample_rate), int(model.config.window_samples)
         signals = {k: (v.reshape(n_windows, window), False) for k, v in _control_signals(sr, window, n_windows, seed).items()}
         if families:
-            waves, fams = nonbird_windows(families, per_family, window, sr, seed=CHECK_SEED)
+            waves, fams = nonbird_windows(families, per_family, window, sr, seed=CHECK_SEED if family_seed is None else int(family_seed))
             for fam in families:
                 label = f"synthetic {fam.replace('_', ' ')}" + (" (held out)" if fam in HELD_OUT_FAMILIES else "")
                 signals[label] = (waves[[f == fam for f in fams]], fam in HELD_OUT_FAMILIES)

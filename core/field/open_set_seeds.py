@@ -64,7 +64,7 @@ def window_recall(scores: np.ndarray, targets: np.ndarray, threshold: float) -> 
     return float(hit[labelled].mean())
 
 
-def recipe_table(recipes: dict[str, list[str]], dataset, *, per_family: int = 16,
+def recipe_table(recipes: dict[str, list[str]], dataset, *, per_family: int = 16, held_out_seed: int | None = None,
                  progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
     """One row per head of every recipe: validation and test top-1, window recall, held-out false windows.
 
@@ -76,6 +76,8 @@ def recipe_table(recipes: dict[str, list[str]], dataset, *, per_family: int = 16
         Its split scheme must be the one the heads were trained on.
     per_family : int
         Windows of each held-out synthetic family (:func:`core.field.nobird.no_bird_check`).
+    held_out_seed : int, optional
+        Seed of that synthetic draw; default :data:`core.field.nobird.CHECK_SEED` (the shipped no-bird check's).
     progress : callable, optional
         ``progress(done, total)`` over heads.
 
@@ -117,7 +119,7 @@ def recipe_table(recipes: dict[str, list[str]], dataset, *, per_family: int = 16
                 raise ParameterError(f"{name} was trained on the {scheme!r} split, the data is split by {dataset.split_scheme!r}")
             recall = {s: window_recall(predict_scores(model, w.waveforms), w.targets, threshold) for s, w in windows.items()}
             check = no_bird_check({str(name): model}, dataset=dataset, splits=("test",), n_windows=1,
-                                  families=HELD_OUT_FAMILIES, per_family=per_family)
+                                  families=HELD_OUT_FAMILIES, per_family=per_family, family_seed=held_out_seed)
             held = held_out_summary(check).iloc[0]
             m = card["metrics"]
             rows.append({

@@ -27,12 +27,19 @@ music              chords of 3-4 harmonic notes on an equal-tempered scale with 
 voice              glottal pulse train (f0 85-260 Hz with jitter and intonation) through three vowel
                    formant resonators (Peterson & Barney 1952 formant frequencies), in syllables
 bark               dog-like barks: 80-250 ms bursts of harmonic-plus-noise sound at 300-900 Hz
+knock              knocks, footsteps, typing: irregular (1-8 per second) noise bursts decaying in 3-20 ms
+                   through one resonance (150-2500 Hz)
+horn               car or ship horns: square-ish harmonic blasts of one note or two a third apart
+                   (f0 250-500 or 70-150 Hz), 0.2-1.5 s each, low-passed at 2-5 kHz
+drone              a multirotor drone or a fan: 2-4 rotors' blade-pass harmonics (100-400 Hz) beating
+                   against each other, over band-passed noise
 =================  ===========================================================================
 
 Levels are drawn per window (RMS, dB re full scale) from each family's range. The split into
-:data:`TRAIN_FAMILIES` (heads may train on them) and :data:`HELD_OUT_FAMILIES` (never trained
-on; the no-bird check measures them) is fixed, so that a figure on held-out families measures
-sounds the head has not seen.
+:data:`TRAIN_FAMILIES` (heads may train on them), :data:`VALIDATION_FAMILIES` (never trained on;
+the open-set gate and threshold are chosen on them) and :data:`HELD_OUT_FAMILIES` (never trained
+or chosen on; the no-bird check measures them) is fixed, so that a figure on held-out families
+measures sounds the head has not seen.
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ from scipy import signal
 from core.errors import ParameterError, check_int
 from core.io.audio import pink_noise
 
-__all__ = ["FAMILIES", "TRAIN_FAMILIES", "HELD_OUT_FAMILIES", "nonbird_sound", "nonbird_windows"]
+__all__ = ["FAMILIES", "TRAIN_FAMILIES", "HELD_OUT_FAMILIES", "VALIDATION_FAMILIES", "nonbird_sound", "nonbird_windows"]
 
 
 def _level(x: np.ndarray, dbfs: float) -> np.ndarray:
@@ -240,6 +247,47 @@ def _bark(n, sr, rng):
     return x
 
 
+def _knock(n, sr, rng):
+    """Knocks, footsteps, typing: irregular decaying resonant bursts."""
+    x = np.zeros(n)
+    rate = rng.uniform(1, 8)
+    t = rng.exponential(1 / rate)
+    while t < n / sr:
+        i = int(t * sr); m = min(int(0.08 * sr), n - i)
+        tt = np.arange(m) / sr
+        burst = rng.standard_normal(m) * np.exp(-tt / rng.uniform(0.003, 0.02))
+        x[i:i + m] += _resonator(burst, rng.uniform(150, 2500), rng.uniform(50, 400), sr) * rng.uniform(0.3, 1.0)
+        t += rng.exponential(1 / rate) + 0.03
+    return x + 1e-3 * rng.standard_normal(n)
+
+def _horn(n, sr, rng):
+    """Car or ship horns: steady harmonic blasts (one or two notes a third apart), 0.2-1.5 s each."""
+    x = np.zeros(n)
+    i = int(rng.uniform(0, 0.5) * sr)
+    f0 = rng.uniform(250, 500) if rng.random() < 0.7 else rng.uniform(70, 150)
+    notes = [f0] + ([f0 * 2 ** (rng.choice([3, 4]) / 12)] if rng.random() < 0.6 else [])
+    while i < n:
+        m = min(int(rng.uniform(0.2, 1.5) * sr), n - i)
+        tt = np.arange(m) / sr
+        seg = sum(np.sign(np.sin(2 * np.pi * f * tt)) * 0.5 + np.sin(2 * np.pi * 2 * f * tt) * 0.2 for f in notes)
+        lp = signal.butter(2, rng.uniform(2000, 5000), "lowpass", fs=sr, output="sos")
+        x[i:i + m] += signal.sosfilt(lp, seg) * _envelope(m, sr, 0.02, 0.03)
+        i += m + int(rng.uniform(0.1, 1.0) * sr)
+    return x + 1e-3 * rng.standard_normal(n)
+
+def _drone(n, sr, rng):
+    """A multirotor drone or fan: 2-4 rotors' blade-pass harmonics (100-400 Hz) beating, over broadband noise."""
+    t = np.arange(n) / sr
+    x = np.zeros(n)
+    base = rng.uniform(100, 400)
+    for _ in range(rng.integers(2, 5)):
+        f = base * rng.uniform(0.97, 1.03) * (1 + 0.02 * np.sin(2 * np.pi * rng.uniform(0.1, 1) * t + rng.uniform(0, 6.3)))
+        ph = 2 * np.pi * np.cumsum(f) / sr
+        x += sum(np.sin(k * ph + rng.uniform(0, 6.3)) / k for k in range(1, 12))
+    bp = signal.butter(2, [rng.uniform(300, 1000), rng.uniform(3000, 8000)], "bandpass", fs=sr, output="sos")
+    return x + rng.uniform(0.5, 3) * signal.sosfilt(bp, rng.standard_normal(n))
+
+
 #: family -> (generator(n_samples, sample_rate, rng) -> float64 waveform, (low, high) RMS level range [dBFS])
 FAMILIES: dict[str, tuple[Callable, tuple[float, float]]] = {
     "white": (_white, (-80.0, -20.0)),
@@ -256,11 +304,17 @@ FAMILIES: dict[str, tuple[Callable, tuple[float, float]]] = {
     "music": (_music, (-40.0, -10.0)),
     "voice": (_voice, (-40.0, -10.0)),
     "bark": (_bark, (-40.0, -10.0)),
+    "knock": (_knock, (-40.0, -10.0)),
+    "horn": (_horn, (-40.0, -10.0)),
+    "drone": (_drone, (-50.0, -10.0)),
 }
 #: Families the heads may train on (noise, machines, weather, steady tones).
 TRAIN_FAMILIES = ("white", "pink", "brown", "hum", "rain", "engine", "wind", "tone")
 #: Families never trained on: the no-bird check's held-out sounds (sequences, sweeps, bells, music, voices, barks).
 HELD_OUT_FAMILIES = ("tone_sequence", "siren", "bells", "music", "voice", "bark")
+#: Families neither trained on nor in the held-out check: only the open-set gate and threshold are chosen on them
+#: (:func:`core.training.open_set.bird_free_validation`).
+VALIDATION_FAMILIES = ("knock", "horn", "drone")
 
 
 def nonbird_sound(family: str, n_samples: int, sample_rate: int, rng: np.random.Generator,

@@ -54,6 +54,7 @@ __all__ = [
     "NON_SPECIES",
     "birdnet_files",
     "birdnet_labels",
+    "class_groups",
     "load_birdnet",
     "top_species",
 ]
@@ -122,6 +123,23 @@ def birdnet_labels() -> list[tuple[str, str]]:
             sci, _, common = line.partition("_")
             out.append((sci, common))
     return out
+
+
+def class_groups() -> np.ndarray:
+    """What each of BirdNET V2.4's 6,522 classes is: ``"bird"``, ``"other animal"`` or ``"other"``.
+
+    ``"other"`` are the 11 classes of :data:`NON_SPECIES` (people, machines, weather, Dog); ``"other animal"`` the 90
+    frogs, insects and mammals, which carry iNaturalist taxon ids (``"t-..."``) instead of eBird codes in
+    birdnet-analyzer's code table (:func:`core.io.names.ebird_code`; eBird lists birds only); ``"bird"`` the 6,421 others.
+
+    Returns
+    -------
+    np.ndarray [shape=(6522,), dtype=object (str)], in BirdNET's output order
+    """
+    from core.io.names import ebird_code
+
+    return np.array(["other" if sci in NON_SPECIES else "other animal" if ebird_code(sci).startswith("t-") else "bird"
+                     for sci, _ in birdnet_labels()], dtype=object)
 
 
 def dataset_species(path: str | Path = SPECIES_CSV) -> list[dict]:

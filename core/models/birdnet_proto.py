@@ -33,9 +33,11 @@ from core.models.birdnet import BIRDNET_DISPLAY_FRONTEND, BIRDNET_LICENCE, BIRDN
 from core.models.frontend import FrontendConfig, WindowedConfig
 from core.models.protopnet import class_connection_matrix, class_logits
 
-__all__ = ["BIRDNET_HEAD_ARCHS", "BirdNETHeadConfig", "BirdNETHeadModel", "gated_logits"]
+__all__ = ["BIRDNET_HEAD_ARCHS", "GATE_EVIDENCE", "BirdNETHeadConfig", "BirdNETHeadModel", "gated_logits"]
 
 BIRDNET_HEAD_ARCHS = ("birdnet-protopnet", "birdnet-linear")
+#: Which BirdNET classes the bird gate's evidence reads (:class:`BirdNETHeadConfig`).
+GATE_EVIDENCE = ("animal", "bird")
 _HEAD_CONFIG_VERSION = 1
 
 
@@ -63,9 +65,14 @@ class BirdNETHeadConfig(WindowedConfig):
         open-set gate of :func:`gated_logits` multiplies every class probability by
         ``sigmoid(gate_slope * (e - tau))``, where ``e`` is BirdNET's own bird
         evidence (:meth:`BirdNETHeadModel.bird_evidence`): a window in which BirdNET
-        hears no animal of its 6,522 classes gets low scores for every class.
+        hears no animal (or no bird, see ``gate_evidence``) gets low scores for every class.
     gate_slope : float > 0
         Slope of the gate's sigmoid per BirdNET logit unit.
+    gate_evidence : {"animal", "bird"}
+        Which of BirdNET's classes ``e`` takes its maximum over: ``"animal"`` (6,511: all but its 11 classes of people,
+        machines and weather; the first gates) or ``"bird"`` (6,421: also without its 90 frogs, insects and mammals,
+        :func:`core.models.birdnet.class_groups`), so that a dog's bark heard by BirdNET as a Gray Wolf does not open
+        a bird detector's gate.
     clip_seconds : float [seconds]
         3 s (BirdNET's window).
     frontend : FrontendConfig
@@ -83,6 +90,7 @@ class BirdNETHeadConfig(WindowedConfig):
     tuned_from: str | None = None
     bird_gate: float | None = None
     gate_slope: float = 1.0
+    gate_evidence: str = "animal"
     clip_seconds: float = BIRDNET_WINDOW_S
     frontend: FrontendConfig = field(default_factory=lambda: BIRDNET_DISPLAY_FRONTEND)
     licence: str = BIRDNET_LICENCE
@@ -100,17 +108,23 @@ class BirdNETHeadConfig(WindowedConfig):
             object.__setattr__(self, "prototypes_per_class", 0)
         if not (isinstance(self.gate_slope, (int, float)) and self.gate_slope > 0):
             raise ParameterError(f"gate_slope must be a number > 0, got {self.gate_slope!r}")
+        if self.gate_evidence not in GATE_EVIDENCE:
+            raise ParameterError(f"gate_evidence must be one of {GATE_EVIDENCE}, got {self.gate_evidence!r}")
         if self.bird_gate is not None:
             object.__setattr__(self, "bird_gate", float(self.bird_gate))
 
 
     def to_dict(self) -> dict:
-        """The config as plain Python types; without a gate, ``bird_gate``/``gate_slope`` are left out, so a head
-        saved before the gate existed keeps its stored config and fingerprint."""
+        """The config as plain Python types; without a gate, ``bird_gate``/``gate_slope``/``gate_evidence`` are left
+        out, and ``gate_evidence`` is left out when it is ``"animal"``, so a head saved before the gate (or before the
+        bird evidence) existed keeps its stored config and fingerprint."""
         d = super().to_dict()
         if d.get("bird_gate") is None:
             d.pop("bird_gate", None)
             d.pop("gate_slope", None)
+            d.pop("gate_evidence", None)
+        elif d.get("gate_evidence") == "animal":
+            d.pop("gate_evidence", None)
         return d
 
     @classmethod
@@ -199,21 +213,22 @@ class BirdNETHeadModel(BirdClassifier):
             self.head = LinearHead(config.channels, n_classes)
         self.gate = None
         if config.bird_gate is not None:  # BirdNET's own layers after ``layer`` up to its 6,522 logits, frozen
-            from core.models.birdnet import NON_SPECIES, birdnet_labels
+            from core.models.birdnet import class_groups
             from core.models.birdnet_heads import layer_tensor
             from core.models.tflite_graph import TFLiteGraph
 
             self.gate = TFLiteGraph(file, [layer_tensor(file, config.tuned_from or config.layer)], [file.tensors[file.outputs[0]].name],
                                     trainable=False)
-            animal = torch.tensor([sci not in NON_SPECIES for sci, _ in birdnet_labels()], dtype=torch.bool)
-            self.register_buffer("animal_classes", animal, persistent=False)
+            groups = class_groups()
+            allowed = groups == "bird" if config.gate_evidence == "bird" else groups != "other"
+            self.register_buffer("evidence_classes", torch.as_tensor(allowed, dtype=torch.bool), persistent=False)
         self.card: dict = {}
         self.checkpoint_path = None
 
     # -- the open-set gate ---------------------------------------------------------------------------
 
     def bird_evidence(self, features: torch.Tensor) -> torch.Tensor:
-        """BirdNET's evidence that an animal calls: the largest of its logits over its animal classes.
+        """BirdNET's evidence that an animal (or a bird) calls: its largest logit over the classes of ``config.gate_evidence``.
 
         Computed by BirdNET's own frozen layers after ``config.tuned_from`` (or ``config.layer``)
         on the model's features, so it is part of the model's one forward path and equals
@@ -235,7 +250,7 @@ class BirdNETHeadModel(BirdClassifier):
         if self.gate is None:
             raise ParameterError("this model has no bird gate (config.bird_gate is None)")
         (logits,), _ = self.gate(features.flip(2))
-        return logits.masked_fill(~self.animal_classes, float("-inf")).amax(dim=1)
+        return logits.masked_fill(~self.evidence_classes, float("-inf")).amax(dim=1)
 
     def _gated(self, logits: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         if self.gate is None:
