@@ -253,7 +253,8 @@ def _knock(n, sr, rng):
     rate = rng.uniform(1, 8)
     t = rng.exponential(1 / rate)
     while t < n / sr:
-        i = int(t * sr); m = min(int(0.08 * sr), n - i)
+        i = int(t * sr)
+        m = min(int(0.08 * sr), n - i)
         tt = np.arange(m) / sr
         burst = rng.standard_normal(m) * np.exp(-tt / rng.uniform(0.003, 0.02))
         x[i:i + m] += _resonator(burst, rng.uniform(150, 2500), rng.uniform(50, 400), sr) * rng.uniform(0.3, 1.0)
