@@ -156,3 +156,56 @@ def test_no_bird_check_reports_held_out_signals_and_false_windows_per_hour(shipp
     assert s["windows"] == 3 and s["false_rate"] == pytest.approx(1 - t.loc["synthetic bark (held out)", "no_bird_rate"])
     with pytest.raises(ParameterError, match="per_family"):
         no_bird_check({"birdnet_protopnet_gated": shipped_head}, per_family=0)
+
+
+def test_birdnet_classes_are_grouped_into_birds_other_animals_and_the_rest():
+    from core.models.birdnet import NON_SPECIES, birdnet_labels, class_groups
+
+    groups, labels = class_groups(), birdnet_labels()
+    assert len(groups) == len(labels) == 6522
+    assert (groups == "bird").sum() == 6421 and (groups == "other animal").sum() == 90 and (groups == "other").sum() == 11
+    by_name = dict(zip((sci for sci, _ in labels), groups))
+    assert {by_name[s] for s in NON_SPECIES} == {"other"}
+    assert by_name["Parus major"] == by_name["Athene noctua"] == "bird"
+    assert by_name["Canis lupus"] == by_name["Pseudacris crucifer"] == by_name["Gryllus pennsylvanicus"] == "other animal"
+
+
+def test_gate_evidence_is_checked_and_stored_only_when_it_is_not_the_first_gates():
+    from core.models.birdnet_proto import BirdNETHeadConfig
+
+    base = BirdNETHeadConfig(arch="birdnet-linear", class_names=("a", "b"), layer="L", channels=4)
+    assert "gate_evidence" not in base.to_dict()  # no gate: nothing stored, old fingerprints kept
+    animal = dataclasses.replace(base, bird_gate=-2.0)
+    assert "gate_evidence" not in animal.to_dict() and BirdNETHeadConfig.from_dict(animal.to_dict()).gate_evidence == "animal"
+    bird = dataclasses.replace(base, bird_gate=-2.0, gate_evidence="bird")
+    assert bird.to_dict()["gate_evidence"] == "bird" and BirdNETHeadConfig.from_dict(bird.to_dict()) == bird
+    with pytest.raises(ParameterError, match="gate_evidence"):
+        dataclasses.replace(base, gate_evidence="mammal")
+
+
+def test_open_set_command_defaults_are_the_modules_defaults():
+    from core.cli import build_parser
+    from core.training.open_set import GATE_EVIDENCE, GATE_QUANTILE, GATE_SLOPE, MAX_FALSE_RATE
+
+    args = build_parser().parse_args(["open-set", "--model", "x"])
+    assert (args.evidence, args.quantile, args.slope, args.max_false_rate) == (GATE_EVIDENCE, GATE_QUANTILE, GATE_SLOPE, MAX_FALSE_RATE)
+
+
+@pytest.mark.slow
+def test_bird_evidence_reads_birdnets_bird_classes_only(shipped_head, data_dir):
+    from core.io.data import Dataset
+    from core.io.synth import nonbird_windows
+    from core.models.birdnet import class_groups, load_birdnet
+    from core.training.heads import split_windows
+
+    config = dataclasses.replace(shipped_head.config, gate_evidence="bird")
+    model = type(shipped_head)(config)
+    model.load_state_dict(shipped_head.state_dict())
+    model.eval()
+    barks, _ = nonbird_windows(["bark"], 2, 144_000, 48_000, seed=2026)
+    x = torch.cat([torch.as_tensor(split_windows(Dataset(data_dir), "test").waveforms[:2]), torch.as_tensor(barks)])
+    bird = torch.as_tensor(class_groups() == "bird")
+    with torch.no_grad():
+        logits = load_birdnet("all", device="cpu").all_logits(x)
+        torch.testing.assert_close(model.bird_evidence(model.forward_features(x)),
+                                   logits.masked_fill(~bird, float("-inf")).amax(1), rtol=1e-4, atol=1e-3)
