@@ -294,7 +294,8 @@ def study_steps() -> list[Step]:
     out = f"{STUDIES_DIR}/open_set_seeds.csv"
     # a fresh draw of the held-out families (seed 2027): the gate's defaults were set looking at the 2026 draw
     steps.append(Step("study:open_set_seeds", "open_set_seeds", ("-m", "core", "open-set-seeds", "--recipe", f"ungated={ungated}",
-                                                                 "--recipe", f"shipped={gated}", "--held-out-seed", str(OPEN_SET_HELD_OUT_SEED),
+                                                                 "--recipe", f"shipped={gated}", "--reference", "ungated",
+                                                                 "--held-out-seed", str(OPEN_SET_HELD_OUT_SEED),
                                                                  "--split-scheme", SCHEME, "--out", out),
                       (out,), 15.0, check="ledger", needs=tuple(f"birdnet_protopnet_gated@s{s}" for s in SEEDS), study=True))
     steps.append(Step("promote", "promote", (), PROMOTED, 0.0, check="promoted", needs=tuple(f"{n}@s0" for n in PROMOTED), study=True,

@@ -53,6 +53,21 @@ def test_best_recipe_is_chosen_on_validation_only():
         best_recipe(t, max_false_rate=0.01, among=["loud", "ungated"])
 
 
+def test_best_recipe_holds_recipes_to_the_references_validation_recall():
+    t = _table()
+    t.loc[t.recipe == "ungated", "val_recall"] = 0.76
+    t.loc[t.recipe == "quiet-better", "val_recall"] = 0.70  # 0.06 below the reference: out
+    t.loc[t.recipe == "quiet", "val_recall"] = 0.72  # 0.04 below: in
+    t.loc[t.recipe == "quiet", "test_recall"] = 0.10  # test figures never choose
+    assert best_recipe(t, max_false_rate=0.01) == "quiet-better"
+    assert best_recipe(t, max_false_rate=0.01, reference="ungated") == "quiet"
+    assert best_recipe(t, max_false_rate=0.01, reference="ungated", max_recall_cost=0.07) == "quiet-better"
+    with pytest.raises(ParameterError, match="no recipe"):
+        best_recipe(t, max_false_rate=0.01, reference="ungated", max_recall_cost=0.01)
+    with pytest.raises(ParameterError, match="reference recipe"):
+        best_recipe(t, reference="nonesuch")
+
+
 @pytest.mark.slow
 def test_recipe_table_measures_a_shipped_head_through_its_forward_pass():
     import torch

@@ -247,6 +247,9 @@ def open_set_seeds_args(p) -> None:
     add_int(p, "--held-out-seed", 2026, "seed of the held-out synthetic draw (default 2026, the no-bird check's; "
                                           "another seed gives a fresh draw of the same families)")
     add_float(p, "--max-false-rate", 0.01, "largest mean share of validation bird-free windows a recommended recipe may pass")
+    p.add_argument("--reference", help="recipe (the ungated heads) whose mean validation window recall a recommended recipe "
+                                       "may fall short of by at most --max-recall-cost")
+    add_float(p, "--max-recall-cost", 0.05, "largest drop of validation window recall below --reference's (default 0.05)")
     add_out(p, help="CSV to write")
 
 
@@ -256,6 +259,8 @@ def cmd_open_set_seeds(args) -> int:
     from core.training.seeds import parse_arms
 
     recipes = parse_arms(args.recipe, flag="--recipe")
+    if args.reference is not None and args.reference not in recipes:
+        raise ParameterError(f"--reference {args.reference!r} is not one of the recipes ({', '.join(recipes)})")
     out = out_path(args.out)
     with progress_bar(desc="heads", total=sum(len(v) for v in recipes.values())) as progress:
         table = recipe_table(recipes, open_args_dataset(args), per_family=args.per_family, held_out_seed=args.held_out_seed,
@@ -265,8 +270,10 @@ def cmd_open_set_seeds(args) -> int:
     if out is not None:
         atomic_write_text(out, table.to_csv(index=False))
         print(f"written to {out}")
-    print(f"best by mean validation top-1 among recipes passing <= {args.max_false_rate:.0%} of validation bird-free windows: "
-          f"{best_recipe(table, max_false_rate=args.max_false_rate)}")
+    cond = (f" and losing <= {args.max_recall_cost:g} of {args.reference}'s validation window recall"
+            if args.reference is not None else "")
+    print(f"best by mean validation top-1 among recipes passing <= {args.max_false_rate:.0%} of validation bird-free windows"
+          f"{cond}: {best_recipe(table, max_false_rate=args.max_false_rate, reference=args.reference, max_recall_cost=args.max_recall_cost)}")
     return 0
 
 
