@@ -62,7 +62,8 @@ from core.attacks.eot import EOT
 from core.errors import ParameterError
 
 __all__ = [
-    "MP3_SAMPLE_RATES", "mp3_roundtrip", "Transform", "MP3", "Playback", "Loudspeaker", "AmbientNoise", "Mixture", "EOT",
+    "MP3_SAMPLE_RATES", "mp3_roundtrip", "Transform", "MP3", "Playback", "Loudspeaker", "AmbientNoise", "SmoothingNoise", "Mixture",
+    "EOT",
     "threat_transforms", "threat_choices", "transform_waveform",
 ]
 
@@ -248,6 +249,32 @@ class AmbientNoise(Transform):
         gen = rng if rng is not None else np.random.default_rng(self.seed)
         noise = torch.as_tensor(_pink(x.shape[-1], x.shape[0], gen), device=x.device, dtype=x.dtype)
         return x + noise * _rms(x).detach() * 10 ** (-snr / 20)
+
+
+@dataclass(frozen=True)
+class SmoothingNoise(Transform):
+    """Gaussian noise ``N(0, sigma^2 I)`` added to every sample: the noise of randomized smoothing
+    (:mod:`core.attacks.smoothing`), so that EOT over it attacks the smoothed classifier (Salman et al. 2019,
+    "Provably robust deep learning via adversarially trained smoothed classifiers", NeurIPS, Sec. 3).
+
+    Parameters
+    ----------
+    sigma : float > 0 [full-scale amplitude]
+        Noise std per sample; not clipped here (callers clip to [-1, 1]).
+    seed : int
+        Seed of the evaluation draw.
+    """
+
+    sigma: float = 3e-4
+    seed: int = 0
+    name = "smoothing-noise"
+
+    def describe(self) -> dict:
+        return {"name": self.name, "sigma": self.sigma}
+
+    def __call__(self, x, sample_rate, rng=None, *, clean=None):
+        gen = rng if rng is not None else np.random.default_rng(self.seed)
+        return x + torch.as_tensor(gen.standard_normal(tuple(x.shape)), device=x.device, dtype=x.dtype) * float(self.sigma)
 
 
 @dataclass(frozen=True)
