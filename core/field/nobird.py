@@ -84,7 +84,7 @@ def no_bird_check(models: dict, *, dataset=None, splits=("val", "test"), n_windo
     ParameterError
         Bad counts, unknown family, or a model without a validation threshold.
     """
-    from core.io.synth import FAMILIES, HELD_OUT_FAMILIES, nonbird_windows
+    from core.io.synth import FAMILIES, HELD_OUT_FAMILIES, VALIDATION_FAMILIES, nonbird_windows
     from core.training.calibration import card_thresholds
     from core.training.noisebank import birdfree_bank
 
@@ -101,7 +101,8 @@ def no_bird_check(models: dict, *, dataset=None, splits=("val", "test"), n_windo
         if families:
             waves, fams = nonbird_windows(families, per_family, window, sr, seed=CHECK_SEED if family_seed is None else int(family_seed))
             for fam in families:
-                label = f"synthetic {fam.replace('_', ' ')}" + (" (held out)" if fam in HELD_OUT_FAMILIES else "")
+                label = f"synthetic {fam.replace('_', ' ')}" + (" (held out)" if fam in HELD_OUT_FAMILIES else
+                                                                 " (validation)" if fam in VALIDATION_FAMILIES else "")
                 signals[label] = (waves[[f == fam for f in fams]], fam in HELD_OUT_FAMILIES)
         if dataset is not None:
             for s in splits:
