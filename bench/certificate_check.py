@@ -7,7 +7,7 @@ APGD-DLR-L2 under EOT over the smoothing noise, and then with PGD at 4, 16, 64, 
 Prints the table per window and the docs/ summary; ``--out`` writes the CSV (with a JSON of the settings beside it).
 
 Run: ``BIRDSHIELD_THREADS=1 python bench/certificate_check.py --windows 30 --out assets/certify/check.csv``
-(about 3 minutes a window with a BirdNET head on one core of this CPU; ``--windows 3`` to try it).
+(``--windows 3`` to try it; the run prints each window's seconds).
 """
 
 from __future__ import annotations

@@ -21,8 +21,8 @@ item 4) and measures how far the certificate is from what attacks reach:
    window's own norm (SNR 0 dB). The first budget that flips is an upper bound on ``g``'s robust radius at that
    window; its ratio to ``R`` is the empirical gap (certified radius: a lower bound; attacked: an upper bound).
 
-Cost on this 2-core CPU with a BirdNET head (a forward-backward pass about 0.1 s a copy): the below-radius legs
-take ``3 * steps * samples`` passes a window (default 480, ~1 min), each escalation ``steps_above * samples`` (80).
+Cost: the below-radius legs take ``3 * steps * samples`` forward-backward passes of the model a window (default 480),
+each budget above the radius ``steps_above * samples`` (80), and every judgement a PREDICT of ``n_predict`` copies.
 """
 
 from __future__ import annotations
