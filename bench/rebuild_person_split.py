@@ -60,7 +60,9 @@ STUDIES_DIR = f"{STAGING}/studies"
 LEDGER = f"{STAGING}/plan.json"
 SEEDS = (0, 1, 2)
 AT_ARMS = (("ato", "at-o"), ("ate", "at-e"), ("ft", None))  # name suffix, --adv (None: the OT+FT control)
-HEAD_ARMS = (("ato", "at-o"), ("ate", "at-e"), ("ft", "none"))
+#: The head fine-tunes of every seed: AT-O, AT-E, the OT+FT control, and Gaussian noise at the certify sigma (3e-4;
+#: Cohen et al. 2019's training for randomized smoothing, issue 26).
+HEAD_ARMS = (("ato", "at-o"), ("ate", "at-e"), ("ft", "none"), ("noise", "noise"))
 
 
 @dataclass(frozen=True)
@@ -190,7 +192,7 @@ LINEAR_RECIPE = ["--layer", "BLOCK_3-5_ADD", "--head", "linear", "--lr", "1e-2"]
 
 
 def head_steps(seeds: Sequence[int] = SEEDS) -> list[Step]:
-    """The BirdNET heads at seed 0 (birdnet_protopnet, birdnet_linear, the gate) and the AT-O / AT-E / OT+FT head
+    """The BirdNET heads at seed 0 (birdnet_protopnet, birdnet_linear, the gate) and the AT-O / AT-E / OT+FT / noise head
     fine-tunes of the seed-0 head at every seed (seed 0 of each, then seeds 1, 2).
 
     First guess of an AT-O / AT-E fine-tune: 22 min (an AT-O epoch took 5.4 min on one thread of this CPU, shared).
@@ -201,7 +203,8 @@ def head_steps(seeds: Sequence[int] = SEEDS) -> list[Step]:
             name = f"birdnet_protopnet_{suffix}"
             p = ckpt(name, seed)
             argv = ("-m", "core", "finetune-head", "--init", ckpt("birdnet_protopnet", 0), "--adv", adv, *_where(name, seed))
-            steps.append(Step(f"{name}@s{seed}", name, argv, (p, p.replace(".safetensors", ".json")), 2.0 if adv == "none" else 22.0,
+            steps.append(Step(f"{name}@s{seed}", name, argv, (p, p.replace(".safetensors", ".json")),
+                              {"none": 2.0, "noise": 8.0}.get(adv, 22.0),
                               seed=seed, needs=("birdnet_protopnet@s0",)))
         if seed == 0:
             steps.append(_gate(0))
@@ -287,7 +290,7 @@ def study_steps() -> list[Step]:
         _arms("arms_protopnet", {"OT": "protopnet", "AT-O": "protopnet_ato", "AT-E": "protopnet_ate", "OT+FT": "protopnet_ft"},
               f"{STUDIES_DIR}/arms_protopnet.csv", 35.0),
         _arms("arms_heads", {"OT": "birdnet_protopnet", "AT-O": "birdnet_protopnet_ato", "AT-E": "birdnet_protopnet_ate",
-                             "OT+FT": "birdnet_protopnet_ft"}, f"{STUDIES_DIR}/arms_heads.csv", 45.0),
+                             "OT+FT": "birdnet_protopnet_ft", "noise": "birdnet_protopnet_noise"}, f"{STUDIES_DIR}/arms_heads.csv", 55.0),
     ]
     gated = ",".join(ckpt("birdnet_protopnet_gated", s) for s in SEEDS)
     ungated = ",".join(ckpt("birdnet_protopnet", s) for s in SEEDS)

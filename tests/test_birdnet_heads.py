@@ -255,7 +255,8 @@ def test_adversarial_finetuning_refuses_bad_settings_before_any_work():
     tuned = SimpleNamespace(config=SimpleNamespace(tuned_from="BLOCK_3-4_ADD", layer="BLOCK_3-5_ADD"), card={})
     frozen = SimpleNamespace(config=SimpleNamespace(tuned_from=None, layer="BLOCK_3-5_ADD"), card={})
     for kw, needle in [({"adv": "at-x"}, "adv must be one of"), ({"epochs": 0}, "epochs >= 1"), ({"eps": 0.0}, "eps in (0, 1]"),
-                       ({"eps": 2.0}, "eps in (0, 1]"), ({"beta": -1.0}, "beta >= 0")]:
+                       ({"eps": 2.0}, "eps in (0, 1]"), ({"beta": -1.0}, "beta >= 0"),
+                       ({"adv": "noise", "noise_sigma": 0.0}, "noise_sigma must lie in (0, 1)")]:
         with pytest.raises(ParameterError, match=re.escape(needle)):
             adversarial_finetune_head(None, tuned, **kw)
     with pytest.raises(ParameterError, match="BirdNET frozen"):
@@ -290,4 +291,20 @@ def test_recipe_of_a_finetuned_head_names_the_adversary_or_the_control():
     assert model_recipe("h", {**base, "train_config": {"adv": "at-e", "finetune_epochs": 4, "adv_eps": 1e-4}})[1].endswith(
         "then AT-E (4 epochs, eps 0.0001)")
     assert model_recipe("h", {**base, "train_config": {"adv": "none", "finetune_epochs": 4}})[1].endswith("then OT+FT (4 clean epochs)")
+    assert model_recipe("h", {**base, "train_config": {"adv": "noise", "finetune_epochs": 4, "noise_sigma": 3e-4}})[1].endswith(
+        "then Gaussian noise (4 epochs, sigma 0.0003)")
     assert model_recipe("h", {**base, "train_config": {"lr": 0.05}})[1] == "head on BirdNET's BLOCK_3-5_ADD, BLOCK_3-4_ADD -> BLOCK_3-5_ADD fine-tuned"
+
+
+def test_noise_arm_adds_gaussian_noise_of_its_sigma_to_every_sample_unclipped():
+    from core.training.head_finetune import noisy_windows
+
+    waves = np.zeros((4, 48_000), np.float32)
+    waves[0, :100] = 1.0  # full scale: the noise is not clipped (nor is the smoothing noise it trains for)
+    out = noisy_windows(waves, 3e-4, np.random.default_rng(0))
+    assert out.dtype == np.float32 and out.shape == waves.shape
+    d = (out - waves).astype(np.float64)
+    assert abs(d.mean()) < 3e-6 and d.std() == pytest.approx(3e-4, rel=0.01)
+    assert out[0, :100].max() > 1.0
+    assert np.array_equal(out, noisy_windows(waves, 3e-4, np.random.default_rng(0)))  # the generator decides the draw
+    assert not np.array_equal(out, noisy_windows(waves, 3e-4, np.random.default_rng(1)))

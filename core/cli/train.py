@@ -326,11 +326,14 @@ def cmd_train_head(args) -> int:
 def finetune_head_args(p) -> None:
     p.add_argument("--init", required=True, help="a head model with tuned BirdNET layers, e.g. birdnet_protopnet")
     p.add_argument("--name", required=True)
-    p.add_argument("--adv", required=True, choices=["at-o", "at-e", "none"],
-                   help="output space (at-o), embedding space (at-e), or none: the same epochs on clean windows (control)")
+    p.add_argument("--adv", required=True, choices=["at-o", "at-e", "none", "noise"],
+                   help="output space (at-o), embedding space (at-e), none: the same epochs on clean windows (control), or noise: "
+                        "Gaussian noise of --noise-sigma on every sample (Cohen et al. 2019, for randomized smoothing)")
     add_int(p, "--epochs", 4)
     add_float(p, "--adv-eps", 1e-4, "L-inf budget of the FGSM-RS training perturbations, full-scale amplitude")
     add_float(p, "--adv-beta", 1.0, "weight of the TRADES-style adversarial term")
+    add_float(p, "--noise-sigma", 3e-4, "std per sample of the noise arm's Gaussian noise, full-scale amplitude (default 3e-4, "
+                                        "the certify default)")
     add_seed(p)
     add_out_dir(p)
     add_restart(p)
@@ -348,7 +351,7 @@ def cmd_finetune_head(args) -> int:
     check_split_scheme(init, dataset, f"--init {args.init}")
     resume = training_resume(args, dataset, trained_path(args), inits=("init",))
     model, card = adversarial_finetune_head(dataset, init, adv=args.adv, epochs=args.epochs, eps=args.adv_eps, beta=args.adv_beta,
-                                            seed=args.seed, resume=resume)
+                                            seed=args.seed, noise_sigma=args.noise_sigma, resume=resume)
     print(saved_line(save_trained(args, model, card, resume), card))
     return 0
 

@@ -91,6 +91,8 @@ def model_recipe(name: str, card: dict | None = None) -> tuple[str, str]:
                 return arch, f"{base}, then {tc['adv'].upper()} ({tc.get('finetune_epochs')} epochs, eps {tc.get('adv_eps'):g})"
             if tc.get("adv") == "none":
                 return arch, f"{base}, then OT+FT ({tc.get('finetune_epochs')} clean epochs)"
+            if tc.get("adv") == "noise":
+                return arch, f"{base}, then Gaussian noise ({tc.get('finetune_epochs')} epochs, sigma {tc.get('noise_sigma'):g})"
             return arch, base
         return arch, f"head on BirdNET's frozen {c.get('layer', '?')}"
     adv = card.get("train_config", {}).get("adv", "none" if "train_config" in card else None)

@@ -1,11 +1,13 @@
-"""Adversarial fine-tuning of a BirdNET prototype head (AT-O, AT-E) and its OT+FT control.
+"""Adversarial fine-tuning of a BirdNET prototype head (AT-O, AT-E), Gaussian-noise fine-tuning, and the OT+FT control.
 
 The tuned stage (BLOCK_3-4_ADD -> BLOCK_3-5_ADD) and the head are trained for a few
 epochs with a TRADES-style term on FGSM-RS waveform perturbations found through the
 whole model (Zhang et al. 2019, "Theoretically principled trade-off between
 robustness and accuracy", ICML): a binary KL on the outputs (AT-O) or the spatial
 cosine dissimilarity of the head's feature maps (AT-E, embedding space); the
-control runs the same epochs without the term. Then push and last-layer epochs.
+control runs the same epochs without the term. The noise arm trains on windows with Gaussian noise added to every
+sample, as Cohen, Rosenfeld & Kolter 2019 (ICML, Sec. 4) train base classifiers for randomized smoothing, so that the
+smoothed model (:mod:`core.attacks.smoothing`) keeps its accuracy. Then push and last-layer epochs.
 """
 
 from __future__ import annotations
@@ -27,11 +29,27 @@ from core.training.heads import assemble_head_model, head_batch_loss, head_train
 
 log = logging.getLogger(__name__)
 
-HEAD_ADV_CHOICES = ("none", "at-o", "at-e")
+HEAD_ADV_CHOICES = ("none", "at-o", "at-e", "noise")
+
+
+def noisy_windows(waves: np.ndarray, sigma: float, gen: np.random.Generator) -> np.ndarray:
+    """``waves + N(0, sigma^2 I)``: the noise arm's training input (not clipped, as the smoothing noise is not).
+
+    Parameters
+    ----------
+    waves : np.ndarray [shape=(batch, n_samples), dtype=float32] [full-scale amplitude]
+    sigma : float > 0 [full-scale amplitude]
+    gen : numpy.random.Generator
+
+    Returns
+    -------
+    np.ndarray, ``waves``' shape, float32
+    """
+    return (waves + sigma * gen.standard_normal(waves.shape, dtype=np.float32)).astype(np.float32)
 
 
 def adversarial_finetune_head(dataset: Dataset, init, *, adv: str = "at-o", epochs: int = 4, eps: float = 1e-4,
-                              beta: float = 1.0, seed: int = 0, progress=None, resume=None):
+                              beta: float = 1.0, seed: int = 0, noise_sigma: float = 3e-4, progress=None, resume=None):
     """Fine-tune a BirdNET head model adversarially (AT-O or AT-E), or on clean windows only (the OT+FT control).
 
     Starts from ``init`` (a trained :class:`~core.models.birdnet_proto.BirdNETHeadModel`
@@ -50,7 +68,10 @@ def adversarial_finetune_head(dataset: Dataset, init, *, adv: str = "at-o", epoc
       input feature maps (:func:`core.attacks.objectives.spatial_cosine_dissimilarity`),
       the attack maximising it (:class:`core.attacks.EmbeddingUntargeted`);
     - ``"none"``: the same epochs without the term (OT+FT: separates the effect of
-      adversarial training from that of training longer).
+      adversarial training from that of training longer);
+    - ``"noise"``: the same epochs with the clean loss computed on the windows plus
+      Gaussian noise of std ``noise_sigma`` per sample (:func:`noisy_windows`; Cohen et
+      al. 2019's training for randomized smoothing), through the whole model.
 
     Parameters
     ----------
@@ -58,12 +79,14 @@ def adversarial_finetune_head(dataset: Dataset, init, *, adv: str = "at-o", epoc
     init : BirdNETHeadModel
         A prototype or linear head with ``config.tuned_from`` set (BirdNET frozen
         throughout would leave only the head to adapt: refused). Not modified.
-    adv : {"at-o", "at-e", "none"}
+    adv : {"at-o", "at-e", "none", "noise"}
     epochs : int >= 1
     eps : float in (0, 1] [full-scale amplitude]
         L-inf budget of the training perturbations.
     beta : float >= 0
     seed : int
+    noise_sigma : float in (0, 1) [full-scale amplitude]
+        The noise arm's std per sample (the smoothing sigma it is made for).
     resume : core.training.resume.TrainingResume, optional
         Continue an interrupted run from its state and write one after every epoch (the push and last-layer epochs
         that follow are run again); the weights end as an uninterrupted run's.
@@ -71,12 +94,12 @@ def adversarial_finetune_head(dataset: Dataset, init, *, adv: str = "at-o", epoc
     Returns
     -------
     (BirdNETHeadModel, dict)
-        As :func:`train_birdnet_head`; ``card["train_config"]`` records ``adv``, ``eps``, ``beta`` and ``init``.
+        As :func:`train_birdnet_head`; ``card["train_config"]`` records ``adv``, ``eps``, ``beta``, ``noise_sigma`` and ``init``.
 
     Raises
     ------
     ParameterError
-        Unknown ``adv``, bad ``epochs``/``eps``/``beta``, or ``init`` without a tuned stage.
+        Unknown ``adv``, bad ``epochs``/``eps``/``beta``/``noise_sigma``, or ``init`` without a tuned stage.
     """
     from core.attacks import PGD, EmbeddingUntargeted, OutputUntargeted
     from core.attacks.objectives import spatial_cosine_dissimilarity
@@ -87,6 +110,8 @@ def adversarial_finetune_head(dataset: Dataset, init, *, adv: str = "at-o", epoc
         raise ParameterError(f"adv must be one of {', '.join(HEAD_ADV_CHOICES)}, got {adv!r}")
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1 or not 0 < eps <= 1 or beta < 0:
         raise ParameterError(f"epochs >= 1, eps in (0, 1] and beta >= 0 required, got {epochs}, {eps}, {beta}")
+    if adv == "noise" and not 0 < float(noise_sigma) < 1:
+        raise ParameterError(f"noise_sigma must lie in (0, 1), got {noise_sigma}")
     c = init.config
     if not c.tuned_from:
         raise ParameterError("adversarial fine-tuning needs a model with tuned BirdNET layers (train-head --tuned-from); "
@@ -140,10 +165,15 @@ def adversarial_finetune_head(dataset: Dataset, init, *, adv: str = "at-o", epoc
             y = y_all[idx].to(device)
             head.train()
             stage.train()
-            feats = model.tuned_features(torch.as_tensor(inputs[idx], device=device).float())
+            if adv == "noise":  # the trunk is frozen: its features of the noisy windows need no gradient
+                with torch.no_grad():
+                    trunk = model.trunk_features(torch.as_tensor(noisy_windows(waves[idx], noise_sigma, gen), device=device))
+                feats = model.tuned_features(trunk)
+            else:
+                feats = model.tuned_features(torch.as_tensor(inputs[idx], device=device).float())
             loss, logits = head_batch_loss(head, feats, y, cfg)
             term = torch.zeros((), device=device)
-            if adv != "none":
+            if adv in ("at-o", "at-e"):
                 x = torch.as_tensor(waves[idx], device=device)
                 attack = PGD(steps=1, eps=eps, objective=objective, random_start=True, alpha_ratio=1.25,
                              seed=int(gen.integers(2**31 - 1)))
@@ -176,8 +206,9 @@ def adversarial_finetune_head(dataset: Dataset, init, *, adv: str = "at-o", epoc
         pushed = push_head(head, feats["train"], data["focal"])
         history += train_last_layer(head, cfg, feats["train"], data["targets"])
     train_config = {**tc, **asdict(cfg), "init": init.checkpoint_path.stem if init.checkpoint_path else None,
-                    "finetune_epochs": epochs, "adv": adv, "adv_eps": eps if adv != "none" else None,
-                    "adv_beta": beta if adv != "none" else None,
-                    "adv_attack": "FGSM-RS (PGD, 1 step, random start, alpha 1.25 eps), L-inf" if adv != "none" else None}
+                    "finetune_epochs": epochs, "adv": adv, "adv_eps": eps if adv in ("at-o", "at-e") else None,
+                    "adv_beta": beta if adv in ("at-o", "at-e") else None,
+                    "adv_attack": "FGSM-RS (PGD, 1 step, random start, alpha 1.25 eps), L-inf" if adv in ("at-o", "at-e") else None,
+                    "noise_sigma": float(noise_sigma) if adv == "noise" else None}
     return assemble_head_model(dataset, data, cfg, c.layer, c.tuned_from, head, stage, feats, history, pushed,
                                 train_config, file=file, no_bird=no_bird, t0=t0)
