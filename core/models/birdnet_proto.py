@@ -69,7 +69,7 @@ class BirdNETHeadConfig(WindowedConfig):
     gate_slope : float > 0
         Slope of the gate's sigmoid per BirdNET logit unit.
     gate_evidence : {"animal", "bird"}
-        Which of BirdNET's classes ``e`` takes its maximum over: ``"animal"`` (6,511: all but its 11 classes of people,
+        Which of BirdNET's classes ``e`` takes its maximum over: ``"animal"`` (6,511: all but its 11 classes of people, dogs,
         machines and weather; the first gates) or ``"bird"`` (6,421: also without its 90 frogs, insects and mammals,
         :func:`core.models.birdnet.class_groups`), so that a dog's bark heard by BirdNET as a Gray Wolf does not open
         a bird detector's gate.
@@ -148,7 +148,7 @@ def gated_logits(logits: torch.Tensor, evidence: torch.Tensor, tau: float, slope
     """Logits of ``sigmoid(logits) * sigmoid(slope * (evidence - tau))``: class scores gated by bird evidence.
 
     A detection then needs both the head ("this looks like species c") and BirdNET
-    ("some animal of my 6,522 classes is calling"). The product is a soft AND, so the
+    ("some animal, or some bird, of my classes is calling": :attr:`BirdNETHeadConfig.gate_evidence`). The product is a soft AND, so the
     gated model stays differentiable for attacks and explanations; computed in log
     space (``log p = logsigmoid(l) + logsigmoid(g)``, logit ``= log p - log(1 - p)``).
 
