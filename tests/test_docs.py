@@ -479,6 +479,22 @@ def test_open_set_seeds_table_is_the_stored_one_and_names_the_shipped_heads():
     assert f"gate passes {pooled[chosen]} of 315 ({100 * pooled[chosen] / 315:.1f} %;" in " ".join(RESULTS.split())
 
 
+def test_open_set_person_table_is_the_person_splits_study():
+    from core.field.open_set_seeds import best_recipe, recipe_markdown, recipe_summary
+
+    t = pd.read_csv(ROOT / "checkpoints" / "person" / "studies" / "open_set_seeds.csv")
+    assert set(t["split_scheme"]) == {"person"} and t.groupby("recipe")["train_seed"].apply(sorted).map(list).eq([[0, 1, 2]] * 2).all()
+    assert block("open-set-person") == recipe_markdown(t) + "\n"
+    assert best_recipe(t, reference="ungated") == "shipped"
+    s = recipe_summary(t).set_index("recipe")
+    cost = s.loc["ungated", "test_recall mean"] - s.loc["shipped", "test_recall mean"]
+    false = t.groupby("recipe")["held_out_false"].sum()
+    text = " ".join(RESULTS.split())
+    assert f"costs {cost:.3f} of test window recall ({s.loc['ungated', 'test_recall mean']:.3f} to " \
+           f"{s.loc['shipped', 'test_recall mean']:.3f})" in text
+    assert f"passes {false['shipped']} of 306 held-out windows" in text and f"against {false['ungated']} of 306" in text
+
+
 #: The ungated recipe the open-set rule holds the gated ones to (docs/results.md#sounds-without-birds).
 REFERENCE_RECIPE = "v1 (256: noise, tones)"
 
