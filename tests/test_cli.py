@@ -305,7 +305,13 @@ def test_predict_reports_detections_through_the_api(wav, tmp_path):
     sf.write(silent, np.zeros(5 * 32_000, np.float32), 32_000)
     r = run("predict", str(silent), "--model", "protopnet")
     assert r.returncode == 0, r.stderr
-    assert "no bird detected" in r.stdout and "validation threshold" in r.stdout
+    # digital silence is called silence (below -90 dBFS), as analyze's windows table calls it, not "no bird detected"
+    assert "silence (below -90 dBFS): no window holds audio" in r.stdout and "validation threshold" in r.stdout
+    assert "no bird detected" not in r.stdout
+    r = run("predict", str(silent), "--model", "protopnet", "--json")
+    windows = json.loads(r.stdout)["windows"]
+    assert [w["outcome"] for w in windows] == ["silence (below -90 dBFS)"] * len(windows)
+    assert windows[0]["end_s"] == pytest.approx(windows[0]["start_s"] + 5.0)
 
 
 @pytest.mark.parametrize("cmd,default", [("sweep", "baseline,protopnet"), ("compare", None)])
@@ -322,7 +328,7 @@ def test_predict_refuses_a_clip_shorter_than_half_a_second(tmp_path, capsys):
     sf.write(short, np.zeros(1, np.float32), 32_000)
     assert main(["predict", str(short), "--model", "protopnet"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: waveform is 0.00 s long; predict needs at least 0.5 s") and len(err.splitlines()) == 1
+    assert err.startswith("error: one.wav: waveform is 0.00 s long; predict needs at least 0.5 s") and len(err.splitlines()) == 1
 
 
 @pytest.mark.parametrize("cmd", ["predict", "analyze"])

@@ -96,11 +96,21 @@ def cmd_predict(args) -> int:
         missing = str(e)
         settings["min_conf"] = 0.5  # the scores do not depend on it; its detections are dropped below
     waveform = load_audio(args.file, int(model.config.frontend.sample_rate))
-    res, dets = predict_windows(model, waveform, path=args.file, **settings)
+    try:
+        res, dets = predict_windows(model, waveform, path=args.file, **settings)
+    except ParameterError as e:  # e.g. too short: name the file, as the other errors do
+        raise ParameterError(f"{Path(args.file).name}: {e}") from e
     if missing:
         res.threshold, res.threshold_source, dets = None, missing, None
     names = model.config.class_names
-    windows = [{"start_s": float(s), "top": top_classes(res.scores[i], names), "scores": dict(zip(names, map(float, res.scores[i])))}
+    outcomes = None
+    if dets is not None:
+        from core.field.tables import window_outcomes
+
+        outcomes = window_outcomes(res, locale=locale)["outcome"].tolist()
+    windows = [{"start_s": float(s), "end_s": float(s + res.valid_s[i]),
+                **({"outcome": outcomes[i]} if outcomes is not None else {}),
+                "top": top_classes(res.scores[i], names), "scores": dict(zip(names, map(float, res.scores[i])))}
                for i, s in enumerate(res.starts_s)]
     duration = res.info["n_samples"] / res.sample_rate
     if args.json:
@@ -116,11 +126,19 @@ def cmd_predict(args) -> int:
         print(f"  {d['start_time']:6.1f}-{d['end_time']:.1f} s  {d['common_name']} ({d['scientific_name']}, {d['ebird_code'] or '-'}) "
               f"{d['confidence']:.2f}")
     if dets == []:
-        print("  no bird detected")
+        from core.field.analyze import NO_BIRD
+
+        silent = outcomes is not None and all(o != NO_BIRD for o in outcomes)
+        print(f"  {outcomes[0]}: no window holds audio above that level" if silent else "  no bird detected")
     print("  top scores per window (every species, before the location filter):")
     for start, row in zip(res.starts_s, res.scores):
         print(f"  {start:6.1f} s  " + ", ".join(f"{names[j]} {row[j]:.2f}" for j in np.argsort(-row)[:3]))
     return 0
+
+
+def _windows(n: int) -> str:
+    """``"1 window"``, ``"3 windows"``."""
+    return f"{n} window" + ("" if n == 1 else "s")
 
 
 def analyze_args(p) -> None:
@@ -151,7 +169,7 @@ def _write_tables(res, out: Path, stem: str, formats: list[str], names: dict, ba
     found = dets.groupby("common_name")["confidence"].agg(["size", "max"]).sort_values("size", ascending=False)
     say = ", ".join(f"{n} {int(r['size'])}" for n, r in found.iterrows()) or "none"
     return (f"{res.duration_s:.1f} s, {len(wins)} windows of {res.window_s:g} s in {res.info['seconds']:.1f} s; "
-            f"{_settings_text(res, {'locale': locale})}; no bird in {int((wins['n_species'] == 0).sum())} windows; "
+            f"{_settings_text(res, {'locale': locale})}; no bird in {_windows(int((wins['n_species'] == 0).sum()))}; "
             f"detections by species: {say}"
             + (f"; the last {res.unanalysed_s:.1f} s (under half a window) are not analysed" if res.unanalysed_s >= 0.05 else ""))
 
