@@ -226,7 +226,8 @@ def _arms(study: str, arms: dict[str, str], out: str, guess: float) -> Step:
     for label, name in arms.items():
         argv += ["--arm", f"{label}=" + ",".join(ckpt(name, s) for s in SEEDS)]
         needs += [f"{name}@s{s}" for s in SEEDS]
-    return Step(f"study:{study}", study, (*argv, "--split-scheme", SCHEME, "--out", out), (out,), guess, check="ledger",
+    beside = tuple(out.replace(".csv", f"_{kind}.csv") for kind in ("windows", "differences"))  # arms writes them too
+    return Step(f"study:{study}", study, (*argv, "--split-scheme", SCHEME, "--out", out), (out, *beside), guess, check="ledger",
                 needs=tuple(needs), study=True)
 
 

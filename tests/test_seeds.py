@@ -38,6 +38,16 @@ def test_arm_table_attacks_every_model_and_reads_its_card(tmp_path):
         torch.manual_seed(s)
         card = {"train_config": {"seed": s}, "metrics": {"test": {"window": {"cmap": 0.5 + s / 10}}}}
         paths.append(str(save_checkpoint(build_model(tiny_config("baseline")), tmp_path / f"m{s}.safetensors", card)))
-    t = arm_table({"X": paths}, ds, eps=5e-2, max_clips=4, steps=2, strong_steps=3)
-    assert list(t["train_seed"]) == [0, 1] and t["test_cmap"].tolist() == pytest.approx([0.5, 0.6])
+    rows: list = []
+    t = arm_table({"X": paths, "OT": paths[::-1]}, ds, eps=5e-2, max_clips=4, steps=2, strong_steps=3, windows=rows)
+    assert list(t["train_seed"]) == [0, 1, 1, 0] and t["test_cmap"].tolist() == pytest.approx([0.5, 0.6, 0.6, 0.5])
     assert (t["worst_success"] >= t["pgd_success"]).all() and t["n_clips"].eq(4).all()
+    # the per-window rows behind each model's rates, with the recording of every window (the bootstrap's unit)
+    w = pd.DataFrame(rows)
+    assert len(w) == 16 and (w["recording"] == w["clip_id"].str.split("@").str[0]).all()
+    rates = w.groupby(["arm", "model"], sort=False)[["pgd_broken", "worst_broken"]].mean().to_numpy()
+    assert rates == pytest.approx(t[["pgd_success", "worst_success"]].to_numpy())
+    from core.training.seeds import arm_differences
+
+    d = arm_differences(w, n_boot=100).set_index("measure")
+    assert d.loc["pgd_success", "effect"] == pytest.approx(0.0) and d.loc["pgd_success", "control"] == "OT"  # same models

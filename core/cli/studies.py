@@ -4,6 +4,7 @@ worst-case, cutoff."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from core.cli.args import (
     HELD_OUT,
@@ -88,19 +89,31 @@ def arms_args(p) -> None:
 
 
 def cmd_arms(args) -> int:
+    import pandas as pd
+
     from core.io.fileio import atomic_write_text
-    from core.training.seeds import arm_markdown, arm_table, parse_arms
+    from core.training.seeds import arm_differences, arm_markdown, arm_table, differences_markdown, parse_arms
 
     arms = parse_arms(args.arm)
     out = out_path(args.out)
+    rows: list = []
     with progress_bar(desc="models", total=sum(len(v) for v in arms.values())) as progress:
         table = arm_table(arms, open_args_dataset(args), eps=args.eps, max_clips=args.max_clips, steps=args.steps,
-                          strong_steps=args.strong_steps, seed=args.seed, progress=progress)
+                          strong_steps=args.strong_steps, seed=args.seed, progress=progress, windows=rows)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(arm_markdown(table))
+    windows = pd.DataFrame(rows)
+    diffs = arm_differences(windows, seed=args.seed)
+    if len(diffs):
+        print("against the control, recordings and seeds resampled (hierarchical bootstrap):")
+        print(differences_markdown(diffs))
     if out is not None:
         atomic_write_text(out, table.to_csv(index=False))
-        print(f"written to {out}")
+        stem = str(out)[: -len(out.suffix)] if out.suffix else str(out)
+        atomic_write_text(Path(stem + "_windows.csv"), windows.to_csv(index=False))
+        if len(diffs):
+            atomic_write_text(Path(stem + "_differences.csv"), diffs.to_csv(index=False))
+        print(f"written to {out} (and its per-window results and differences beside it)")
     return 0
 
 

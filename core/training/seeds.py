@@ -19,7 +19,7 @@ import torch
 
 from core.errors import ParameterError
 
-__all__ = ["arm_table", "arm_summary", "arm_markdown", "parse_arms"]
+__all__ = ["arm_table", "arm_summary", "arm_markdown", "arm_differences", "control_arm", "differences_markdown", "parse_arms"]
 
 
 def parse_arms(specs: list[str], flag: str = "--arm") -> dict[str, list[str]]:
@@ -43,7 +43,8 @@ def parse_arms(specs: list[str], flag: str = "--arm") -> dict[str, list[str]]:
 
 
 def arm_table(arms: dict[str, list[str]], dataset, *, eps: float = 1e-4, max_clips: int = 48, steps: int = 10,
-              strong_steps: int = 50, seed: int = 0, progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+              strong_steps: int = 50, seed: int = 0, progress: Callable[[int, int], None] | None = None,
+              windows: list | None = None) -> pd.DataFrame:
     """One row per model of every arm: clean test metrics and attack success at ``eps``.
 
     Parameters
@@ -62,6 +63,9 @@ def arm_table(arms: dict[str, list[str]], dataset, *, eps: float = 1e-4, max_cli
         Attack seed.
     progress : callable, optional
         ``progress(done, total)`` over models.
+    windows : list, optional
+        Receives one dict per (model, window): ``arm, model, train_seed, clip_id, recording, pgd_broken, worst_broken``
+        (1 where the attack changed the top-1), for :func:`arm_differences`.
 
     Returns
     -------
@@ -110,8 +114,15 @@ def arm_table(arms: dict[str, list[str]], dataset, *, eps: float = 1e-4, max_cli
                         ok.append((model(xa).argmax(-1) != clean_top).cpu().numpy())
                 broken.append(np.concatenate(ok))
             metrics = model.card.get("metrics", {}).get("test", {})
+            train_seed = model.card.get("train_config", {}).get("seed")
+            if windows is not None:
+                from core.studies.paper_stats import recording_of
+
+                windows += [{"arm": arm, "model": name, "train_seed": train_seed, "clip_id": cid, "recording": recording_of(cid),
+                             "pgd_broken": int(broken[0][k]), "worst_broken": int(broken[0][k] | broken[1][k])}
+                            for k, cid in enumerate(clips.clip_ids)]
             rows.append({
-                "arm": arm, "model": name, "train_seed": model.card.get("train_config", {}).get("seed"),
+                "arm": arm, "model": name, "train_seed": train_seed,
                 "split_scheme": model.card.get("data", {}).get("split_scheme", "manifest"),
                 "test_cmap": metrics.get("window", {}).get("cmap", np.nan),
                 "test_rec_cmap": metrics.get("recording", {}).get("cmap", np.nan),
@@ -147,4 +158,59 @@ def arm_markdown(table: pd.DataFrame) -> str:
     for _, r in s.iterrows():
         cells = " | ".join(f(r, c) for c in ("test_cmap", "test_rec_top1", "pgd_success", "worst_success"))
         lines.append(f"| {r['arm']} | {int(r['n_seeds'])} | {cells} |")
+    return "\n".join(lines)
+
+
+def control_arm(arms) -> str | None:
+    """The arm the others are compared with: ``"OT+FT"`` (the AT arms' matched control) when present, else ``"OT"``."""
+    names = list(arms)
+    return "OT+FT" if "OT+FT" in names else "OT" if "OT" in names else None
+
+
+def arm_differences(windows: pd.DataFrame, *, control: str | None = None, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Each arm's PGD and worst-case success minus the control's, with hierarchical bootstrap intervals.
+
+    Parameters
+    ----------
+    windows : pandas.DataFrame
+        :func:`arm_table`'s per-window rows.
+    control : str, optional
+        Default :func:`control_arm`.
+    n_boot, seed : int
+        :func:`core.studies.paper_stats.hierarchical_difference` (recordings, then seeds, resampled).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``arm, control, measure`` (``pgd_success`` or ``worst_success``), ``effect, ci_low, ci_high, p_two_sided,
+        n_recordings, n_seeds_arm, n_seeds_control, n_boot``; empty without a control.
+    """
+    from core.studies.paper_stats import hierarchical_difference
+
+    arms = list(dict.fromkeys(windows["arm"]))
+    control = control or control_arm(arms)
+    rows = []
+    if control is None:
+        return pd.DataFrame(rows)
+    for arm in arms:
+        if arm == control:
+            continue
+        for measure, col in (("pgd_success", "pgd_broken"), ("worst_success", "worst_broken")):
+            rows.append({"arm": arm, "control": control, "measure": measure,
+                         **hierarchical_difference(windows, arm, control, col, n_boot=n_boot, seed=seed)})
+    return pd.DataFrame(rows)
+
+
+def differences_markdown(diffs: pd.DataFrame) -> str:
+    """docs/ table of :func:`arm_differences`: difference of success rates [percentage points] with its 95 % interval."""
+    lines = ["| arm | against | PGD success: difference [95 % CI] | worst-case success: difference [95 % CI] | recordings | seeds |",
+             "|---|---|---:|---:|---:|---:|"]
+    def cell(r, m):
+        return f"{100 * r.loc[m, 'effect']:+.1f} [{100 * r.loc[m, 'ci_low']:+.1f}, {100 * r.loc[m, 'ci_high']:+.1f}]"
+
+    for arm, part in diffs.groupby("arm", sort=False):
+        r = part.set_index("measure")
+        first = r.iloc[0]
+        lines.append(f"| {arm} | {first['control']} | {cell(r, 'pgd_success')} | {cell(r, 'worst_success')} | {int(first['n_recordings'])} | "
+                     f"{int(first['n_seeds_arm'])} vs {int(first['n_seeds_control'])} |")
     return "\n".join(lines)
