@@ -13,13 +13,14 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import torch
 
 from core.errors import ParameterError
 
 __all__ = [
     "cmap", "macro_roc_auc", "top1_accuracy", "classification_metrics", "snr_db", "linf", "l2", "db_x", "eps_for_snr",
-    "prs", "drs", "tars", "attack_success_rate",
+    "prs", "drs", "tars", "attack_success_rate", "bootstrap_p", "hierarchical_difference",
 ]
 
 
@@ -319,3 +320,95 @@ def focal_targets(windows, class_names) -> np.ndarray:
             if lab in class_names:
                 focal[i, list(class_names).index(lab)] = 1
     return focal
+
+
+def bootstrap_p(boots) -> float:
+    """Two-sided bootstrap p-value of "the effect is 0": ``min(1, 2 min(P(boot <= 0), P(boot >= 0)))``.
+
+    Parameters
+    ----------
+    boots : array-like [shape=(n_boot,)]
+        Resampled effects; non-finite ones are left out.
+
+    Returns
+    -------
+    float in [0, 1], NaN without a finite resample. Its resolution is ``1 / n_boot``: 0 means no resample
+    fell on the other side of 0.
+
+    Examples
+    --------
+    >>> bootstrap_p([1.0, 2.0, 3.0, -1.0])
+    0.5
+    """
+    b = np.asarray(boots, dtype=float)
+    b = b[np.isfinite(b)]
+    if not len(b):
+        return float("nan")
+    return float(min(1.0, 2 * min(np.mean(b <= 0), np.mean(b >= 0))))
+
+
+def hierarchical_difference(windows: pd.DataFrame, arm: str, control: str, value: str, *, n_boot: int = 2000,
+                            seed: int = 0) -> dict:
+    """Difference of an arm's mean from its control's, with a two-level bootstrap over recordings and seeds.
+
+    The hierarchical bootstrap (Saravanan, Berman & Sober 2020, "Application of the hierarchical bootstrap to
+    multi-level data in neuroscience", Neurons, Behavior, Data analysis, and Theory 3(5)): each resample draws the
+    test recordings with replacement (all windows of a drawn recording go in together; the same recordings for both
+    arms, which are measured on the same windows), then, within each arm, its training seeds with replacement, and
+    recomputes ``mean(arm) - mean(control)`` over the drawn seeds' values on the drawn recordings' windows. So the
+    interval holds both sources of chance: which recordings the test split holds and which seeds trained the models.
+
+    Parameters
+    ----------
+    windows : pandas.DataFrame
+        One row per (model, window): ``arm``, ``train_seed``, ``recording`` and ``value`` (e.g. 1 where an attack
+        changed the top-1, else 0).
+    arm, control : str
+        Values of ``arm``.
+    value : str
+        The column to average.
+    n_boot : int >= 100
+    seed : int
+
+    Returns
+    -------
+    dict
+        ``effect`` (the difference on all recordings and seeds), ``ci_low``, ``ci_high`` (2.5 and 97.5 percentiles),
+        ``p_two_sided`` (:func:`bootstrap_p`), ``n_recordings``, ``n_seeds_arm``, ``n_seeds_control``, ``n_boot``.
+
+    Raises
+    ------
+    ParameterError
+        A missing arm or column, ``n_boot < 100``, or arms measured on different windows.
+    """
+    for col in ("arm", "train_seed", "recording", value):
+        if col not in windows.columns:
+            raise ParameterError(f"windows needs a {col!r} column")
+    if int(n_boot) < 100:
+        raise ParameterError(f"n_boot must be >= 100, got {n_boot}")
+    cubes = {}
+    for name in (arm, control):
+        part = windows[windows["arm"] == name]
+        if part.empty:
+            raise ParameterError(f"no windows of arm {name!r}")
+        # (seed, window) values, windows in the same order for every seed
+        pivot = part.assign(_w=part.groupby("train_seed").cumcount()).pivot(index="train_seed", columns="_w", values=value)
+        recs = part[part["train_seed"] == pivot.index[0]]["recording"].to_numpy()
+        cubes[name] = (pivot.to_numpy(dtype=float), recs)
+    if len(cubes[arm][1]) != len(cubes[control][1]) or not np.array_equal(cubes[arm][1], cubes[control][1]):
+        raise ParameterError(f"arms {arm!r} and {control!r} were measured on different windows")
+    recs = cubes[arm][1]
+    groups = [np.flatnonzero(recs == r) for r in dict.fromkeys(recs)]
+    rng = np.random.default_rng(seed)
+    a, c = cubes[arm][0], cubes[control][0]
+
+    def mean(cube, seeds, cols):
+        return float(cube[np.ix_(seeds, cols)].mean())
+
+    boots = np.empty(int(n_boot))
+    for b in range(int(n_boot)):
+        cols = np.concatenate([groups[i] for i in rng.integers(len(groups), size=len(groups))])
+        boots[b] = (mean(a, rng.integers(len(a), size=len(a)), cols) - mean(c, rng.integers(len(c), size=len(c)), cols))
+    low, high = np.percentile(boots, [2.5, 97.5])
+    return {"effect": float(a.mean() - c.mean()), "ci_low": float(low), "ci_high": float(high), "p_two_sided": bootstrap_p(boots),
+            "n_recordings": len(groups), "n_seeds_arm": len(a), "n_seeds_control": len(c), "n_boot": int(n_boot)}

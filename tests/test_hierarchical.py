@@ -1,4 +1,4 @@
-"""The hierarchical bootstrap over recordings and seeds (core.studies.paper_stats.hierarchical_difference) and the arms
+"""The hierarchical bootstrap over recordings and seeds (core.metrics.hierarchical_difference) and the arms
 study's differences against the control (core.training.seeds.arm_differences)."""
 
 import numpy as np
@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from core.errors import ParameterError
-from core.studies.paper_stats import hierarchical_difference
+from core.metrics import hierarchical_difference
 from core.training.seeds import arm_differences, control_arm, differences_markdown
 
 

@@ -88,3 +88,8 @@ def dataset_clips(
         masks=windows.masks()[keep],
         species=[";".join(windows.recordings[windows.recording_index[i]].labels) for i in keep],
     )
+
+
+def recording_of(clip_id: str) -> str:
+    """Recording id of a window id ``"<recording>@<start>s"``."""
+    return str(clip_id).split("@", 1)[0]

@@ -116,7 +116,7 @@ def arm_table(arms: dict[str, list[str]], dataset, *, eps: float = 1e-4, max_cli
             metrics = model.card.get("metrics", {}).get("test", {})
             train_seed = model.card.get("train_config", {}).get("seed")
             if windows is not None:
-                from core.studies.paper_stats import recording_of
+                from core.io.clips import recording_of
 
                 windows += [{"arm": arm, "model": name, "train_seed": train_seed, "clip_id": cid, "recording": recording_of(cid),
                              "pgd_broken": int(broken[0][k]), "worst_broken": int(broken[0][k] | broken[1][k])}
@@ -177,7 +177,7 @@ def arm_differences(windows: pd.DataFrame, *, control: str | None = None, n_boot
     control : str, optional
         Default :func:`control_arm`.
     n_boot, seed : int
-        :func:`core.studies.paper_stats.hierarchical_difference` (recordings, then seeds, resampled).
+        :func:`core.metrics.hierarchical_difference` (recordings, then seeds, resampled).
 
     Returns
     -------
@@ -185,7 +185,7 @@ def arm_differences(windows: pd.DataFrame, *, control: str | None = None, n_boot
         ``arm, control, measure`` (``pgd_success`` or ``worst_success``), ``effect, ci_low, ci_high, p_two_sided,
         n_recordings, n_seeds_arm, n_seeds_control, n_boot``; empty without a control.
     """
-    from core.studies.paper_stats import hierarchical_difference
+    from core.metrics import hierarchical_difference
 
     arms = list(dict.fromkeys(windows["arm"]))
     control = control or control_arm(arms)
