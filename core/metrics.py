@@ -362,7 +362,7 @@ def hierarchical_difference(windows: pd.DataFrame, arm: str, control: str, value
     ----------
     windows : pandas.DataFrame
         One row per (model, window): ``arm``, ``train_seed``, ``recording`` and ``value`` (e.g. 1 where an attack
-        changed the top-1, else 0).
+        changed the top-1, else 0); with a ``model`` column, models (not seed numbers) are the units resampled.
     arm, control : str
         Values of ``arm``.
     value : str
@@ -391,9 +391,13 @@ def hierarchical_difference(windows: pd.DataFrame, arm: str, control: str, value
         part = windows[windows["arm"] == name]
         if part.empty:
             raise ParameterError(f"no windows of arm {name!r}")
-        # (seed, window) values, windows in the same order for every seed
-        pivot = part.assign(_w=part.groupby("train_seed").cumcount()).pivot(index="train_seed", columns="_w", values=value)
-        recs = part[part["train_seed"] == pivot.index[0]]["recording"].to_numpy()
+        # (model, window) values, windows in the same order for every model; a model is one seed of the arm (keyed by
+        # ``model`` when given, so that cards without a seed are not dropped as NaN keys)
+        level = "model" if "model" in part.columns else "train_seed"
+        if part[level].isna().any():
+            raise ParameterError(f"arm {name!r} has windows without a {level}")
+        pivot = part.assign(_w=part.groupby(level).cumcount()).pivot(index=level, columns="_w", values=value)
+        recs = part[part[level] == pivot.index[0]]["recording"].to_numpy()
         cubes[name] = (pivot.to_numpy(dtype=float), recs)
     if len(cubes[arm][1]) != len(cubes[control][1]) or not np.array_equal(cubes[arm][1], cubes[control][1]):
         raise ParameterError(f"arms {arm!r} and {control!r} were measured on different windows")

@@ -75,3 +75,14 @@ def test_arm_differences_compare_every_arm_with_the_matched_control():
     r = d.set_index(["arm", "measure"]).loc[("AT-O", "worst_success")]
     assert "| AT-O | OT+FT | " in md and f"{100 * r.effect:+.1f} [{100 * r.ci_low:+.1f}, {100 * r.ci_high:+.1f}]" in md
     assert arm_differences(w[w.arm == "AT-O"], n_boot=200).empty
+
+
+def test_models_are_the_units_resampled_and_a_missing_seed_is_refused_not_dropped():
+    w = _windows({"A": (0.4, 2), "B": (0.5, 2)})
+    w["model"] = w["arm"] + "_s" + w["train_seed"].astype(str)
+    by_model = hierarchical_difference(w, "A", "B", "pgd_broken", n_boot=200)
+    w2 = w.copy()
+    w2["train_seed"] = None  # cards without a seed: the models still count
+    assert hierarchical_difference(w2, "A", "B", "pgd_broken", n_boot=200) == by_model
+    with pytest.raises(ParameterError, match="without a train_seed"):
+        hierarchical_difference(w2.drop(columns="model"), "A", "B", "pgd_broken", n_boot=200)

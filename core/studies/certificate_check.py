@@ -179,7 +179,9 @@ def _check_window(model, x, cert, n_classes, *, sigma, alpha, legs, steps, steps
     if out["flip_below"]:
         out["abstain_below"] = False
     eps, k, attacked = cert.radius * factor, 0, float("nan")
-    while eps <= cert.signal_norm and eps <= 1000.0:
+    from core.attacks.base import Attack
+
+    while eps <= cert.signal_norm and eps <= Attack.eps_max("l2"):
         x_adv = _attack("pgd", eps, sigma, steps=steps_above, samples=samples, seed=seed + 100 + k)(model, x, y)
         answer = judge(x_adv, n_predict_above, 100 + k)
         if answer is not None and answer != cert.label:
