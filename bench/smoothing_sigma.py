@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.windows import labelled_test_windows  # noqa: E402
-from core.attacks.smoothing import _generator, noise_counts  # noqa: E402
+from core.attacks.smoothing import noise_counts, noise_generator  # noqa: E402
 from core.io.data import open_dataset  # noqa: E402
 from core.models.defaults import DEFAULT_MODEL  # noqa: E402
 from core.models.registry import load_checkpoint  # noqa: E402
@@ -49,7 +49,7 @@ def main() -> None:
         rms = float(np.sqrt(np.mean(x.astype(np.float64) ** 2)))
         for j, s in enumerate(sigmas):
             c = noise_counts(model, torch.as_tensor(x), sigma=s, n=args.copies, n_classes=len(names), batch_size=20,
-                             generator=_generator(torch.device("cpu"), 0, i))
+                             generator=noise_generator(torch.device("cpu"), 0, i))
             kept[i, j] = c[label] / args.copies
         print(f"{rid:14s} {names[label]:7s} {20 * math.log10(rms):8.1f}  "
               + "  ".join(f"{kept[i, j]:5.2f} ({20 * math.log10(rms / s):5.1f} dB)".rjust(16) for j, s in enumerate(sigmas)))

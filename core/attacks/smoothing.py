@@ -41,7 +41,7 @@ from core.errors import ParameterError
 
 __all__ = ["Certificate", "SmoothedPrediction", "DEFAULT_SIGMA", "DEFAULT_ALPHA", "DEFAULT_SECONDS", "N0", "MIN_N", "MAX_N",
            "check_smoothing", "lower_confidence_bound", "certified_radius", "max_certifiable_radius", "radius_snr_db",
-           "noise_counts", "certify_window", "certify_windows", "smoothed_predict"]
+           "noise_counts", "noise_generator", "certify_window", "certify_windows", "smoothed_predict"]
 
 #: Default noise std [full-scale amplitude]. Measured with ``bench/smoothing_sigma.py`` (birdnet_protopnet_gated, one
 #: test window of each of 5 species, 40 noisy copies per sigma): the mean share of copies whose top-1 kept the clean
@@ -251,7 +251,8 @@ def noise_counts(model, window: torch.Tensor, *, sigma: float, n: int, n_classes
     Parameters
     ----------
     model : callable
-        ``(batch, n_samples)`` float32 waveforms -> ``(batch, n_classes)`` logits.
+        ``(batch, n_samples)`` float32 waveforms -> ``(batch, n_classes)`` logits, or ``(k, batch, n_classes)``: the
+        logits of ``k`` models on the same noisy copies (:class:`core.studies.certified_accuracy.SharedTrunk`).
     window : torch.Tensor [shape=(n_samples,), dtype=float32], on the model's device
     sigma : float [full-scale amplitude]
         Noise std per sample; the noisy copies are not clipped to [-1, 1].
@@ -263,22 +264,24 @@ def noise_counts(model, window: torch.Tensor, *, sigma: float, n: int, n_classes
 
     Returns
     -------
-    np.ndarray [shape=(n_classes,), dtype=int64]
+    np.ndarray [shape=(n_classes,) or (k, n_classes), dtype=int64]
     """
-    counts = torch.zeros(n_classes, dtype=torch.int64, device=window.device)
+    counts = None
     done = 0
     while done < n:
         b = min(batch_size, n - done)
         noise = torch.randn((b, window.shape[-1]), generator=generator, device=window.device, dtype=window.dtype)
-        top = model(window[None] + sigma * noise).argmax(-1)
-        counts += torch.bincount(top, minlength=n_classes)[:n_classes]
+        logits = model(window[None] + sigma * noise)
+        top = logits.argmax(-1)
+        batch_counts = torch.nn.functional.one_hot(top, max(n_classes, logits.shape[-1])).sum(-2)[..., :n_classes]
+        counts = batch_counts if counts is None else counts + batch_counts
         done += b
         if on_batch is not None:
             on_batch(b)
-    return counts.cpu().numpy()
+    return counts.cpu().numpy().astype(np.int64)
 
 
-def _generator(device: torch.device, seed: int, index: int) -> torch.Generator:
+def noise_generator(device: torch.device, seed: int, index: int) -> torch.Generator:
     """A generator seeded by (``seed``, window ``index``): each window has its own reproducible noise."""
     g = torch.Generator(device=device)
     g.manual_seed(int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1, np.uint64)[0] >> 1))
@@ -351,7 +354,7 @@ def certify_window(model, window, *, sigma: float = DEFAULT_SIGMA, n: int | None
     if class_names is None:
         cfg = getattr(model, "config", None)
         class_names = list(cfg.class_names) if cfg is not None else None
-    gen = _generator(device, seed, index)
+    gen = noise_generator(device, seed, index)
     start = time.perf_counter()
     state = {"done": 0, "total": n0 + (n if n is not None else min_n), "last": start}
     batch_times: list[tuple[int, float]] = []
@@ -468,7 +471,7 @@ def smoothed_predict(model, window, *, sigma: float = DEFAULT_SIGMA, n: int = MI
     with torch.no_grad():
         n_classes = int(model(x[None]).shape[-1])
     counts = noise_counts(model, x, sigma=sigma, n=n, n_classes=n_classes, batch_size=batch_size or _batch(device),
-                          generator=_generator(device, seed, index))
+                          generator=noise_generator(device, seed, index))
     top = np.argsort(-counts, kind="stable")[:2]
     n_a, n_b = int(counts[top[0]]), int(counts[top[1]]) if len(top) > 1 else 0
     p_value = float(binomtest(n_a, n_a + n_b, 0.5).pvalue) if n_a + n_b else 1.0

@@ -1,0 +1,376 @@
+"""Certified accuracy against radius: how many test windows a smoothed classifier names correctly *and* provably.
+
+Issue 26, item 2. Randomized smoothing (:mod:`core.attacks.smoothing`; Cohen, Rosenfeld & Kolter 2019, ICML) turns
+each model ``f`` into ``g(x) = argmax_c P(f(x + e) = c)``, ``e ~ N(0, sigma^2 I)``, and CERTIFY gives per window a
+class and an L2 radius ``R`` within which ``g`` provably keeps it (with probability ``1 - alpha`` over the noise).
+*Certified accuracy at radius r* (Cohen et al., Sec. 4, their Fig. 6 and Table 1) is the share of test windows whose
+certified class is a true label **and** whose radius is at least ``r``; at ``r = 0`` it is ``g``'s accuracy without
+abstentions. Here the radius is given as an SNR (:func:`core.attacks.smoothing.radius_snr_db`): a window counts at
+``s`` dB when its certificate rules out every perturbation at an SNR above ``s``, i.e. its certified SNR is at most
+``s`` (a *lower* SNR is a *stronger* certificate: a louder sound is needed to break it).
+
+The windows (:func:`stratified_test_windows`) are chosen without looking at any model: ``per_species`` per species,
+spread over that species' test recordings, windows with at least half their samples of real audio. Their labels are
+the recording's (weak) labels, so a window in which the bird is silent can only be right by chance; every arm meets
+the same windows, and the clean top-1 accuracy of ``f`` is reported beside ``g``'s.
+
+Cost: every window draws ``n0 + n`` noisy copies; the models of one BirdNET trunk (heads reading the same layer of
+BirdNET's frozen graph) share it (:class:`SharedTrunk`): on this 2-core CPU at one thread the frozen part is 99 % of a
+head's forward pass, so 15 heads cost about one. The noise is seeded per window (by its id), so every model meets the
+same noisy copies and a resumed run draws the ones an interrupted run would have.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from core.errors import ParameterError
+
+__all__ = ["SNR_THRESHOLDS_DB", "CertWindow", "stratified_test_windows", "SharedTrunk", "certify_models",
+           "certified_summary", "certified_markdown"]
+
+#: Certified SNRs [dB] at which the table gives certified accuracy: a window counts at ``s`` when no perturbation at an
+#: SNR above ``s`` can change its certified answer. At sigma 3e-4 and n = 1,000 the largest radius is 7.4e-4 (L2),
+#: i.e. 71-96 dB below the nine windows of the certificate check; at sigma 3e-3 ten times larger (20 dB lower).
+SNR_THRESHOLDS_DB = (90.0, 80.0, 70.0, 60.0, 50.0)
+
+
+@dataclass(frozen=True)
+class CertWindow:
+    """One test window of :func:`stratified_test_windows`.
+
+    Attributes
+    ----------
+    window_id : str
+        ``"<recording_id>@<start>s"``.
+    recording_id : str
+    start_s : float [s]
+    waveform : np.ndarray [shape=(window_samples,), dtype=float32] [full-scale amplitude]
+    labels : tuple of str
+        The recording's focal class codes (weak labels).
+    species : str
+        The first label (the stratum).
+    """
+
+    window_id: str
+    recording_id: str
+    start_s: float
+    waveform: np.ndarray
+    labels: tuple[str, ...]
+    species: str
+
+
+def stratified_test_windows(dataset, *, class_names: Sequence[str], sample_rate: int, window_samples: int, per_species: int,
+                            split: str = "test", seed: int = 0, min_valid: float = 0.5) -> list[CertWindow]:
+    """``per_species`` windows of each species, chosen without any model, round-robin over its recordings.
+
+    Each species' recordings (by first label) are taken in a shuffled order, and from each in turn one window not yet
+    chosen, at random, until ``per_species`` are chosen or none is left.
+
+    Parameters
+    ----------
+    dataset : core.io.data.Dataset
+    class_names : sequence of str
+        The models' classes; recordings whose first label is not among them are skipped.
+    sample_rate : int [Hz]
+    window_samples : int [samples]
+    per_species : int >= 1
+    split : str
+    seed : int
+        Seeds the shuffles.
+    min_valid : float in (0, 1]
+        Windows with less than this share of real audio (the rest padding) are left out.
+
+    Returns
+    -------
+    list of CertWindow, species in ``class_names`` order
+
+    Raises
+    ------
+    ParameterError
+        ``per_species < 1``, or no window in the split.
+    """
+    from core.io.data import build_windows
+
+    if isinstance(per_species, bool) or not isinstance(per_species, int) or per_species < 1:
+        raise ParameterError(f"per_species must be an integer >= 1, got {per_species!r}")
+    rng = np.random.default_rng(seed)
+    by_species: dict[str, list] = {}
+    for rec in dataset.split(split):
+        if rec.labels and rec.labels[0] in class_names:
+            by_species.setdefault(rec.labels[0], []).append(rec)
+    out: list[CertWindow] = []
+    for code in class_names:
+        recs = by_species.get(code, [])
+        if not recs:
+            continue
+        ws = build_windows(dataset, recs, sample_rate=sample_rate, window_s=window_samples / sample_rate, class_names=class_names)
+        valid = ws.valid_samples if ws.valid_samples is not None else np.full(len(ws.waveforms), window_samples)
+        pools = []
+        for r in rng.permutation(len(recs)):
+            idx = np.flatnonzero((ws.recording_index == r) & (valid >= min_valid * window_samples))
+            pools.append(list(rng.permutation(idx)))
+        chosen: list[int] = []
+        while len(chosen) < per_species and any(pools):
+            for pool in pools:
+                if pool and len(chosen) < per_species:
+                    chosen.append(int(pool.pop()))
+        for i in sorted(chosen, key=lambda i: (ws.recording_index[i], ws.starts[i])):
+            rec = ws.recordings[ws.recording_index[i]]
+            start = float(ws.starts[i]) / sample_rate
+            out.append(CertWindow(f"{rec.recording_id}@{start:g}s", rec.recording_id, start, ws.waveforms[i],
+                                  tuple(rec.labels), code))
+    if not out:
+        raise ParameterError(f"no window of the {split} split has a first label among the models' classes")
+    return out
+
+
+def _trunk_key(model) -> tuple | None:
+    """Models with the same key share everything up to :meth:`forward_features`; None: the model stands alone."""
+    from core.models.birdnet_proto import BirdNETHeadModel
+
+    if not isinstance(model, BirdNETHeadModel):
+        return None
+    c = model.config
+    return ("birdnet-head", c.tuned_from or c.layer, repr(c.frontend), str(next(model.parameters()).device))
+
+
+class SharedTrunk:
+    """Logits of several models on one batch, each shared frozen trunk computed once.
+
+    BirdNET heads (:class:`core.models.birdnet_proto.BirdNETHeadModel`) that read the same layer of BirdNET's frozen
+    graph compute ``model(x) = model.forward_head(model.forward_features(x))`` with the same ``forward_features``; this
+    computes it once per group and each head on it. Other models run whole. The first call checks, per model, that the
+    shared path gives ``model(x)`` (to 1e-4 of the logits' scale) and raises otherwise, so what is certified is the
+    model as shipped.
+
+    Parameters
+    ----------
+    models : sequence of torch.nn.Module
+        Same classes, in eval mode.
+
+    Raises
+    ------
+    ParameterError
+        No model.
+    RuntimeError
+        (first call) The shared path differs from a model's own forward pass.
+    """
+
+    def __init__(self, models: Sequence[torch.nn.Module]) -> None:
+        self.models = list(models)
+        if not self.models:
+            raise ParameterError("SharedTrunk needs at least one model")
+        self.groups: dict[object, list[int]] = {}
+        for i, m in enumerate(self.models):
+            key = _trunk_key(m)
+            self.groups.setdefault(key if key is not None else ("alone", i), []).append(i)
+        self.checked = False
+
+    def parameters(self):
+        """The first model's parameters (for its device)."""
+        return self.models[0].parameters()
+
+    @torch.no_grad()
+    def __call__(self, waveform: torch.Tensor) -> torch.Tensor:
+        """``(batch, n_samples)`` -> logits ``(k, batch, n_classes)``, ``k`` = number of models, in their order."""
+        out: list[torch.Tensor | None] = [None] * len(self.models)
+        for key, members in self.groups.items():
+            if key[0] == "alone":
+                out[members[0]] = self.models[members[0]](waveform)
+                continue
+            features = self.models[members[0]].forward_features(waveform)
+            for i in members:
+                out[i] = self.models[i].forward_head(features)
+        logits = torch.stack(out)
+        if not self.checked:
+            for i, m in enumerate(self.models):
+                own = m(waveform)
+                if not torch.allclose(own, logits[i], rtol=1e-4, atol=1e-4 * float(own.abs().max().clamp_min(1.0))):
+                    raise RuntimeError(f"model {i}: the shared trunk's logits differ from model(x) by "
+                                       f"{float((own - logits[i]).abs().max()):.3g}")
+            self.checked = True
+        return logits
+
+
+def _window_index(window_id: str) -> int:
+    """A stable number for a window id: seeds its noise, whatever other windows a run holds."""
+    return zlib.crc32(window_id.encode("utf-8"))
+
+
+def certify_models(models: Mapping[str, torch.nn.Module], windows: Sequence[CertWindow], *, sigma: float, n: int = 1000,
+                   n0: int = 100, alpha: float = 0.001, batch_size: int = 8, seed: int = 0,
+                   info: Mapping[str, Mapping] | None = None, skip: set | None = None,
+                   on_window: Callable[[list[dict]], None] | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+    """CERTIFY (Cohen et al. 2019) every model on every window, on the same noisy copies.
+
+    Parameters
+    ----------
+    models : mapping name -> model
+        Models of the same classes (``config.class_names``) and window length.
+    windows : sequence of CertWindow
+    sigma : float in (0, 1) [full-scale amplitude]
+        Smoothing noise std per sample.
+    n, n0 : int
+        Estimation and selection copies per window (``n >= n0``).
+    alpha : float in (0, 1)
+    batch_size : int >= 1
+        Noisy copies per forward pass.
+    seed : int
+        With the window's id, seeds its noise.
+    info : mapping name -> dict, optional
+        Extra columns per model (e.g. ``arm``, ``train_seed``).
+    skip : set of (model name, window_id, sigma), optional
+        Pairs already certified (a resumed run); a window all of whose models are in it is not drawn.
+    on_window : callable, optional
+        ``on_window(rows)`` after each window: that window's rows (e.g. to append them to a file).
+    progress : callable, optional
+        ``progress(done, total)`` in windows.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per (model, window) certified here: ``model``, the ``info`` columns, ``window``, ``recording``,
+        ``species``, ``labels`` (";"-joined), ``after_cutoff`` (XC id above BirdNET's training cut-off),
+        ``clean_class``, ``clean_correct`` (``f``'s clean top-1 is a label), ``class_name`` (``g``'s class ``c_A``),
+        ``abstain``, ``correct`` (``c_A`` is a label and ``g`` does not abstain), ``p_lower``, ``radius``
+        [full-scale amplitude, L2; NaN when abstaining], ``snr_db`` [dB; NaN when abstaining], ``signal_norm``,
+        ``max_radius``, ``sigma``, ``n``, ``n0``, ``alpha``, ``seconds`` (the window's time, shared by its models).
+
+    Raises
+    ------
+    ParameterError
+        Bad smoothing settings, no model, or models with other classes than the first.
+    """
+    from core.attacks.smoothing import (
+        certified_radius,
+        check_smoothing,
+        lower_confidence_bound,
+        max_certifiable_radius,
+        noise_counts,
+        noise_generator,
+        radius_snr_db,
+    )
+    from core.studies.leakage import after_cutoff
+
+    sigma, alpha, n0, n, _, _, batch_size = check_smoothing(sigma, alpha, n0, n, None, 1, batch_size)
+    names = list(models)
+    if not names:
+        raise ParameterError("no model to certify")
+    classes = list(models[names[0]].config.class_names)
+    for name in names[1:]:
+        if list(models[name].config.class_names) != classes:
+            raise ParameterError(f"{name} has other classes than {names[0]}")
+    skip = skip or set()
+    info = info or {}
+    device = next(models[names[0]].parameters()).device
+    rows: list[dict] = []
+    for w_i, win in enumerate(windows):
+        todo = [m for m in names if (m, win.window_id, sigma) not in skip]
+        if todo:
+            start = time.perf_counter()
+            trunk = SharedTrunk([models[m] for m in todo])
+            x = torch.as_tensor(np.asarray(win.waveform, dtype=np.float32), device=device)
+            with torch.no_grad():
+                clean = trunk(x[None])[:, 0].argmax(-1).cpu().numpy()
+            gen = noise_generator(device, seed, _window_index(win.window_id))
+            selection = noise_counts(trunk, x, sigma=sigma, n=n0, n_classes=len(classes), batch_size=batch_size, generator=gen)
+            counts = noise_counts(trunk, x, sigma=sigma, n=n, n_classes=len(classes), batch_size=batch_size, generator=gen)
+            seconds = time.perf_counter() - start
+            norm = float(torch.linalg.vector_norm(x).cpu())
+            done = []
+            for k, name in enumerate(todo):
+                label = int(np.argmax(selection[k]))
+                p_lower = lower_confidence_bound(int(counts[k, label]), n, alpha)
+                radius = certified_radius(p_lower, sigma)
+                right = classes[label] in win.labels
+                done.append({"model": name, **dict(info.get(name, {})), "window": win.window_id, "recording": win.recording_id,
+                             "species": win.species, "labels": ";".join(win.labels), "after_cutoff": after_cutoff(win.recording_id),
+                             "clean_class": classes[int(clean[k])], "clean_correct": classes[int(clean[k])] in win.labels,
+                             "class_name": classes[label], "abstain": radius is None, "correct": bool(right and radius is not None),
+                             "p_lower": p_lower, "radius": np.nan if radius is None else radius,
+                             "snr_db": np.nan if radius is None else radius_snr_db(norm, radius), "signal_norm": norm,
+                             "max_radius": max_certifiable_radius(sigma, n, alpha), "sigma": sigma, "n": n, "n0": n0,
+                             "alpha": alpha, "seconds": seconds})
+            rows += done
+            if on_window is not None:
+                on_window(done)
+        if progress is not None:
+            progress(w_i + 1, len(windows))
+    return pd.DataFrame(rows)
+
+
+def _certified_at(part: pd.DataFrame, snr_db: float) -> float:
+    """Share of windows certified correct with a certified SNR of at most ``snr_db``."""
+    return float((part["correct"].astype(bool) & (part["snr_db"] <= snr_db)).mean())
+
+
+def certified_summary(rows: pd.DataFrame, thresholds: Sequence[float] = SNR_THRESHOLDS_DB, *,
+                      subset: str = "all") -> pd.DataFrame:
+    """Per (sigma, arm): mean and SD over its models of clean, smoothed and certified accuracy.
+
+    Parameters
+    ----------
+    rows : pandas.DataFrame
+        :func:`certify_models`'s rows, with an ``arm`` column.
+    thresholds : sequence of float [dB]
+        Certified SNRs of the table's columns (:data:`SNR_THRESHOLDS_DB`).
+    subset : {"all", "post-cutoff"}
+        All windows, or only those of recordings after BirdNET's training cut-off (XC id > 694204).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``sigma, arm, n_models, n_windows, n_recordings`` and per measure (``clean_top1`` of ``f``, ``smoothed_top1``
+        = certified accuracy at radius 0, ``abstain``, ``cert_<s>db``) its ``mean`` and ``sd`` (ddof 1; NaN for one model).
+
+    Raises
+    ------
+    ParameterError
+        Unknown ``subset``, or no ``arm`` column.
+    """
+    if subset not in ("all", "post-cutoff"):
+        raise ParameterError(f"subset must be 'all' or 'post-cutoff', got {subset!r}")
+    if "arm" not in rows.columns:
+        raise ParameterError("the rows need an 'arm' column")
+    data = rows if subset == "all" else rows[rows["after_cutoff"].astype(str) == "True"]
+    out = []
+    for (sigma, arm), part in data.groupby(["sigma", "arm"], sort=False):
+        per_model = []
+        for _, m in part.groupby("model", sort=False):
+            v = {"clean_top1": float(m["clean_correct"].astype(bool).mean()), "smoothed_top1": float(m["correct"].astype(bool).mean()),
+                 "abstain": float(m["abstain"].astype(bool).mean())}
+            v.update({f"cert_{t:g}db": _certified_at(m, t) for t in thresholds})
+            per_model.append(v)
+        pm = pd.DataFrame(per_model)
+        row = {"sigma": sigma, "arm": arm, "n_models": len(pm), "n_windows": int(part.groupby("model").size().min()),
+               "n_recordings": int(part["recording"].nunique())}
+        for col in pm.columns:
+            row[f"{col} mean"] = float(pm[col].mean())
+            row[f"{col} sd"] = float(pm[col].std(ddof=1)) if len(pm) > 1 else np.nan
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def certified_markdown(summary: pd.DataFrame, thresholds: Sequence[float] = SNR_THRESHOLDS_DB) -> str:
+    """docs/ table of :func:`certified_summary`: one row per (sigma, arm), mean ± SD over seeds."""
+    def cell(r, c):
+        sd = r[f"{c} sd"]
+        return f"{r[f'{c} mean']:.2f} ± {sd:.2f}" if np.isfinite(sd) else f"{r[f'{c} mean']:.2f}"
+
+    cert = " | ".join(f"certified at <= {t:g} dB" for t in thresholds)
+    lines = [f"| sigma | arm | seeds | windows (recordings) | f clean top-1 | g top-1 (radius 0) | abstain | {cert} |",
+             "|---:|---|---:|---:|---:|---:|---:|" + "---:|" * len(thresholds)]
+    for _, r in summary.iterrows():
+        cells = " | ".join(cell(r, f"cert_{t:g}db") for t in thresholds)
+        lines.append(f"| {r['sigma']:g} | {r['arm']} | {int(r['n_models'])} | {int(r['n_windows'])} ({int(r['n_recordings'])}) | "
+                     f"{cell(r, 'clean_top1')} | {cell(r, 'smoothed_top1')} | {cell(r, 'abstain')} | {cells} |")
+    return "\n".join(lines)
