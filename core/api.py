@@ -411,7 +411,7 @@ def attack(model, waveform, *, method: str = "pgd", eps: float | None = None, sn
         ``output-untargeted`` (BCE against ``labels``), ``output-margin``, ``output-targeted`` (``class_index``,
         ``mode`` "add"/"remove"), ``output-targeted-margin`` (``class_index``), ``embedding-untargeted``,
         ``embedding-targeted`` (``target_waveform``: a clip whose first window is the target),
-        ``prototype-suppress`` (``k``, default 3), ``prototype-activate`` (``prototype_index``); see
+        ``prototype-suppress`` (``k``, default 3), ``prototype-activate`` (``prototype_index``), ``prototype-shift``; see
         :mod:`core.attacks.objectives`. ``class_index`` may be a class name.
     restarts : int in [1, 100]
         Random restarts (PGD and APGD; FGSM and BIM are deterministic and take 1).

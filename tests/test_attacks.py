@@ -1,5 +1,7 @@
 """One shared contract test over every attack, norm and objective, plus sweeps and bisection."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -32,7 +34,7 @@ def _objectives(model):
     objs = [ob.OutputUntargeted(), ob.OutputMargin(), ob.OutputTargeted(1, "add"), ob.OutputTargeted(0, "remove"), ob.OutputTargetedMargin(2),
             ob.EmbeddingUntargeted(), ob.EmbeddingTargeted(target)]
     if hasattr(model, "prototype_vectors"):
-        objs += [ob.PrototypeSuppress(k=2), ob.PrototypeActivate(prototype_index=3)]
+        objs += [ob.PrototypeSuppress(k=2), ob.PrototypeActivate(prototype_index=3), ob.PrototypeShift()]
     return objs
 
 
@@ -43,6 +45,10 @@ def test_attack_contract(tiny_model, name, norm):
     x = _clips()
     eps = EPS[norm]
     for objective in _objectives(tiny_model):
+        if getattr(objective, "needs_random_start", False) and name in ("fgsm", "bim"):
+            with pytest.raises(ParameterError, match="random start"):  # it would not move the clip at all
+                make_attack(name, eps=EPS[norm], norm=norm, steps=5, objective=objective)
+            continue
         tiny_model.train()
         before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
         attack = make_attack(name, eps=eps, norm=norm, steps=5, objective=objective)
@@ -363,3 +369,18 @@ def test_restarts_with_labels_on_real_windows(data_dir, checkpoint):
     x, y = torch.as_tensor(clips.waveforms), torch.as_tensor(clips.labels)
     adv = PGD(eps=1e-4, steps=3, restarts=2, random_start=True)(model, x, y)
     assert adv.shape == x.shape and (adv - x).abs().amax() <= 1e-4 + 1e-7
+
+
+def test_prototype_shift_moves_every_activation_and_counts_a_new_top_prototype(tiny_proto):
+    x = _clips(2)
+    state = ob.PrototypeShift().prepare(tiny_proto, x)
+    assert torch.allclose(state["clean_objective"], torch.full((2,), 1e-6), atol=1e-7)  # no change: only the floor
+    with torch.no_grad():
+        acts = tiny_proto.forward_all(x).prototype_activations
+    shifted = acts.clone()
+    shifted[0] = acts[0].flip(-1)  # row 0: another prototype on top; row 1: unchanged
+    expected = ((shifted - acts).square().mean(-1) + 1e-12).sqrt()
+    torch.testing.assert_close(ob.prototype_activation_distance(shifted, acts), expected)
+    out = SimpleNamespace(prototype_activations=shifted, logits=torch.zeros(2, 3))
+    success = ob.PrototypeShift()._success(out, state)
+    assert success.tolist() == [bool(acts[0].argmax() != acts[0].flip(-1).argmax()), False]

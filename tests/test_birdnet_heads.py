@@ -254,13 +254,16 @@ def test_adversarial_finetuning_refuses_bad_settings_before_any_work():
 
     tuned = SimpleNamespace(config=SimpleNamespace(tuned_from="BLOCK_3-4_ADD", layer="BLOCK_3-5_ADD"), card={})
     frozen = SimpleNamespace(config=SimpleNamespace(tuned_from=None, layer="BLOCK_3-5_ADD"), card={})
-    for kw, needle in [({"adv": "at-x"}, "adv must be one of"), ({"epochs": 0}, "epochs >= 1"), ({"eps": 0.0}, "eps in (0, 1]"),
+    for kw, needle in [({"adv": "at-z"}, "adv must be one of"), ({"epochs": 0}, "epochs >= 1"), ({"eps": 0.0}, "eps in (0, 1]"),
                        ({"eps": 2.0}, "eps in (0, 1]"), ({"beta": -1.0}, "beta >= 0"),
                        ({"adv": "noise", "noise_sigma": 0.0}, "noise_sigma must lie in (0, 1)")]:
         with pytest.raises(ParameterError, match=re.escape(needle)):
             adversarial_finetune_head(None, tuned, **kw)
     with pytest.raises(ParameterError, match="BirdNET frozen"):
         adversarial_finetune_head(None, frozen)
+    linear = SimpleNamespace(config=SimpleNamespace(tuned_from="BLOCK_3-4_ADD", layer="BLOCK_3-5_ADD", arch="birdnet-linear"), card={})
+    with pytest.raises(ParameterError, match="needs a prototype head"):
+        adversarial_finetune_head(None, linear, adv="at-x")
 
 
 @pytest.mark.parametrize("synthetic_recipe,recipe", [("no-bird-families-v1-seed1", "train"), ("no-bird-synthetic-v1-seed1", "v1")])

@@ -123,6 +123,9 @@ class Attack:
         objective = OutputUntargeted() if objective is None else objective
         if not isinstance(objective, Objective):
             raise ParameterError(f"objective must be an Objective, got {type(objective).__name__}")
+        if getattr(objective, "needs_random_start", False) and not self.random_start:
+            raise ParameterError(f"the {objective.name} objective has no gradient at the clean clip: use an attack with a "
+                                 "random start (pgd or apgd), not fgsm or bim")
         self.objective = objective
         lo, hi = bounds
         if not lo < hi:

@@ -49,9 +49,11 @@ __all__ = [
     "EmbeddingTargeted",
     "PrototypeSuppress",
     "PrototypeActivate",
+    "PrototypeShift",
     "OBJECTIVES",
     "make_objective",
     "spatial_cosine_dissimilarity",
+    "prototype_activation_distance",
     "take_rows",
 ]
 
@@ -542,10 +544,55 @@ class PrototypeActivate(_PrototypeObjective):
         return out.prototype_activations.argmax(-1) == self.prototype_index
 
 
+def prototype_activation_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Root mean square difference of two prototype activation vectors, ``(batch,)``.
+
+    The explanation-guided adversarial training term (:func:`core.training.head_finetune.adversarial_finetune_head`,
+    ``adv="at-x"``) and the distance :class:`PrototypeShift` maximises; a tiny floor under the root keeps its
+    gradient finite where the two vectors agree.
+
+    Parameters
+    ----------
+    a, b : torch.Tensor [shape=(batch, n_prototypes)]
+        Prototype activations (each prototype's largest similarity over the map).
+    """
+    return ((a - b).square().mean(-1) + 1e-12).sqrt()
+
+
+class PrototypeShift(_PrototypeObjective):
+    """Move the whole explanation: maximise the RMS change of every prototype's activation from the clean window's.
+
+    Untargeted in prototype space; the attack of the explanation-guided adversarial training (``at-x``), in the spirit
+    of Chen et al. 2019 ("Robust Attribution Regularization", NeurIPS), who maximise the change of an attribution
+    map within the budget, with AudioProtoPNet's explanation (its prototype activations) as the attribution.
+    Success: the most activated prototype changed. DRS: the RMS change itself. Like any distance from the clean
+    window, its gradient vanishes at the clean window: attacks without a random start (FGSM, BIM) would leave the window
+    as it is, so they refuse it (:class:`~core.attacks.base.Attack` raises :class:`ParameterError`); PGD and APGD
+    start from a random point.
+    """
+
+    name = "prototype-shift"
+    needs_random_start = True
+    targeted = False
+    success_definition = "the most activated prototype changed"
+
+    def _prepare(self, model, x, out, state):
+        return {"target_activations": out.prototype_activations}
+
+    def loss(self, model, x_adv, state):
+        return prototype_activation_distance(self._activations(model, x_adv), state["target_activations"])
+
+    def _value(self, out, state):
+        return prototype_activation_distance(out.prototype_activations, state["target_activations"])
+
+    def _success(self, out, state):
+        return out.prototype_activations.argmax(-1) != state["target_activations"].argmax(-1)
+
+
 OBJECTIVES = {
     cls.name: cls
     for cls in (OutputUntargeted, OutputMargin, OutputTargeted, OutputTargetedMargin, EmbeddingUntargeted, EmbeddingTargeted,
-                PrototypeSuppress, PrototypeActivate)
+                PrototypeSuppress, PrototypeActivate, PrototypeShift)
 }
 
 

@@ -29,7 +29,7 @@ from core.cli.common import count_batches, load_models, progress_bar
 from core.errors import ParameterError
 
 OBJECTIVES = ["output-untargeted", "output-margin", "output-targeted", "embedding-untargeted", "embedding-targeted",
-              "prototype-suppress", "prototype-activate"]
+              "prototype-suppress", "prototype-activate", "prototype-shift"]
 
 
 def sweep_args(p) -> None:

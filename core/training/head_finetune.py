@@ -5,7 +5,8 @@ epochs with a TRADES-style term on FGSM-RS waveform perturbations found through 
 whole model (Zhang et al. 2019, "Theoretically principled trade-off between
 robustness and accuracy", ICML): a binary KL on the outputs (AT-O) or the spatial
 cosine dissimilarity of the head's feature maps (AT-E, embedding space); the
-control runs the same epochs without the term. The noise arm trains on windows with Gaussian noise added to every
+control runs the same epochs without the term. The explanation-guided arm (AT-X) keeps the prototype activations
+(the explanation) of the clean window under an attack that tries to move them. The noise arm trains on windows with Gaussian noise added to every
 sample, as Cohen, Rosenfeld & Kolter 2019 (ICML, Sec. 4) train base classifiers for randomized smoothing, so that the
 smoothed model (:mod:`core.attacks.smoothing`) keeps its accuracy. Then push and last-layer epochs.
 """
@@ -29,7 +30,9 @@ from core.training.heads import assemble_head_model, head_batch_loss, head_train
 
 log = logging.getLogger(__name__)
 
-HEAD_ADV_CHOICES = ("none", "at-o", "at-e", "noise")
+HEAD_ADV_CHOICES = ("none", "at-o", "at-e", "at-x", "noise")
+#: The arms that train on adversarial perturbations (FGSM-RS through the whole model).
+ADVERSARIAL = ("at-o", "at-e", "at-x")
 
 
 def noisy_windows(waves: np.ndarray, sigma: float, gen: np.random.Generator) -> np.ndarray:
@@ -67,6 +70,11 @@ def adversarial_finetune_head(dataset: Dataset, init, *, adv: str = "at-o", epoc
     - ``"at-e"`` (embedding space): the spatial cosine dissimilarity of the head's
       input feature maps (:func:`core.attacks.objectives.spatial_cosine_dissimilarity`),
       the attack maximising it (:class:`core.attacks.EmbeddingUntargeted`);
+    - ``"at-x"`` (explanation-guided, prototype heads only): the RMS difference of the clean and adversarial prototype
+      activations (:func:`core.attacks.objectives.prototype_activation_distance`), the attack maximising it
+      (:class:`core.attacks.objectives.PrototypeShift`): Chen et al. 2019's robust attribution regularisation
+      ("Robust Attribution Regularization", NeurIPS; ``loss + beta * max_delta d(attr(x), attr(x + delta))``) with
+      the prototype activations, AudioProtoPNet's explanation, as the attribution and one FGSM-RS step as the max;
     - ``"none"``: the same epochs without the term (OT+FT: separates the effect of
       adversarial training from that of training longer);
     - ``"noise"``: the same epochs with the clean loss computed on the windows plus
@@ -79,7 +87,7 @@ def adversarial_finetune_head(dataset: Dataset, init, *, adv: str = "at-o", epoc
     init : BirdNETHeadModel
         A prototype or linear head with ``config.tuned_from`` set (BirdNET frozen
         throughout would leave only the head to adapt: refused). Not modified.
-    adv : {"at-o", "at-e", "none", "noise"}
+    adv : {"at-o", "at-e", "at-x", "none", "noise"}
     epochs : int >= 1
     eps : float in (0, 1] [full-scale amplitude]
         L-inf budget of the training perturbations.
@@ -99,10 +107,11 @@ def adversarial_finetune_head(dataset: Dataset, init, *, adv: str = "at-o", epoc
     Raises
     ------
     ParameterError
-        Unknown ``adv``, bad ``epochs``/``eps``/``beta``/``noise_sigma``, or ``init`` without a tuned stage.
+        Unknown ``adv``, bad ``epochs``/``eps``/``beta``/``noise_sigma``, ``init`` without a tuned stage, or ``at-x``
+        on a linear head (it has no prototypes).
     """
     from core.attacks import PGD, EmbeddingUntargeted, OutputUntargeted
-    from core.attacks.objectives import spatial_cosine_dissimilarity
+    from core.attacks.objectives import PrototypeShift, prototype_activation_distance, spatial_cosine_dissimilarity
     from core.models.birdnet_proto import BirdNETHeadModel
     from core.training.adversarial import binary_kl
 
@@ -116,6 +125,8 @@ def adversarial_finetune_head(dataset: Dataset, init, *, adv: str = "at-o", epoc
     if not c.tuned_from:
         raise ParameterError("adversarial fine-tuning needs a model with tuned BirdNET layers (train-head --tuned-from); "
                              "this one has BirdNET frozen")
+    if adv == "at-x" and c.arch != "birdnet-protopnet":
+        raise ParameterError("explanation-guided training (at-x) keeps prototype activations: it needs a prototype head")
     t0 = time.time() - (resume.prior_seconds if resume is not None else 0.0)
     tc = dict(init.card.get("train_config", {}))
     cfg = HeadConfig(**{**{k: tc[k] for k in HeadConfig.__dataclass_fields__ if k in tc}, "seed": seed})
@@ -147,7 +158,7 @@ def adversarial_finetune_head(dataset: Dataset, init, *, adv: str = "at-o", epoc
     else:
         groups.append({"params": head.parameters(), "lr": cfg.lr})
     opt = torch.optim.Adam(groups)
-    objective = OutputUntargeted() if adv == "at-o" else EmbeddingUntargeted()
+    objective = {"at-o": OutputUntargeted, "at-x": PrototypeShift}.get(adv, EmbeddingUntargeted)()
     torch.manual_seed(seed)
     gen = np.random.default_rng(seed)
     inputs, y_all = data["inputs"]["train"], torch.as_tensor(data["targets"], dtype=torch.float32)
@@ -173,7 +184,7 @@ def adversarial_finetune_head(dataset: Dataset, init, *, adv: str = "at-o", epoc
                 feats = model.tuned_features(torch.as_tensor(inputs[idx], device=device).float())
             loss, logits = head_batch_loss(head, feats, y, cfg)
             term = torch.zeros((), device=device)
-            if adv in ("at-o", "at-e"):
+            if adv in ADVERSARIAL:
                 x = torch.as_tensor(waves[idx], device=device)
                 attack = PGD(steps=1, eps=eps, objective=objective, random_start=True, alpha_ratio=1.25,
                              seed=int(gen.integers(2**31 - 1)))
@@ -183,6 +194,9 @@ def adversarial_finetune_head(dataset: Dataset, init, *, adv: str = "at-o", epoc
                 feats_adv = model.tuned_features(trunk_adv)
                 if adv == "at-o":
                     term = binary_kl(logits, head_batch_loss(head, feats_adv, y, cfg)[1])
+                elif adv == "at-x":
+                    term = prototype_activation_distance(head.similarity_maps(feats_adv).amax(dim=(2, 3)),
+                                                         head.similarity_maps(feats).amax(dim=(2, 3))).mean()
                 else:
                     term = spatial_cosine_dissimilarity(feats, feats_adv).mean()
             opt.zero_grad()
@@ -206,9 +220,9 @@ def adversarial_finetune_head(dataset: Dataset, init, *, adv: str = "at-o", epoc
         pushed = push_head(head, feats["train"], data["focal"])
         history += train_last_layer(head, cfg, feats["train"], data["targets"])
     train_config = {**tc, **asdict(cfg), "init": init.checkpoint_path.stem if init.checkpoint_path else None,
-                    "finetune_epochs": epochs, "adv": adv, "adv_eps": eps if adv in ("at-o", "at-e") else None,
-                    "adv_beta": beta if adv in ("at-o", "at-e") else None,
-                    "adv_attack": "FGSM-RS (PGD, 1 step, random start, alpha 1.25 eps), L-inf" if adv in ("at-o", "at-e") else None,
+                    "finetune_epochs": epochs, "adv": adv, "adv_eps": eps if adv in ADVERSARIAL else None,
+                    "adv_beta": beta if adv in ADVERSARIAL else None,
+                    "adv_attack": "FGSM-RS (PGD, 1 step, random start, alpha 1.25 eps), L-inf" if adv in ADVERSARIAL else None,
                     "noise_sigma": float(noise_sigma) if adv == "noise" else None}
     return assemble_head_model(dataset, data, cfg, c.layer, c.tuned_from, head, stage, feats, history, pushed,
                                 train_config, file=file, no_bird=no_bird, t0=t0)
