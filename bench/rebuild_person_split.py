@@ -60,9 +60,10 @@ STUDIES_DIR = f"{STAGING}/studies"
 LEDGER = f"{STAGING}/plan.json"
 SEEDS = (0, 1, 2)
 AT_ARMS = (("ato", "at-o"), ("ate", "at-e"), ("ft", None))  # name suffix, --adv (None: the OT+FT control)
-#: The head fine-tunes of every seed: AT-O, AT-E, the OT+FT control, and Gaussian noise at the certify sigma (3e-4;
+#: The head fine-tunes of every seed: AT-O, AT-E, the OT+FT control, explanation-guided AT (AT-X, issue 26 item 6) and
+#: Gaussian noise at the certify sigma (3e-4;
 #: Cohen et al. 2019's training for randomized smoothing, issue 26).
-HEAD_ARMS = (("ato", "at-o"), ("ate", "at-e"), ("ft", "none"), ("noise", "noise"))
+HEAD_ARMS = (("ato", "at-o"), ("ate", "at-e"), ("ft", "none"), ("noise", "noise"), ("atx", "at-x"))
 
 
 @dataclass(frozen=True)
@@ -291,7 +292,8 @@ def study_steps() -> list[Step]:
         _arms("arms_protopnet", {"OT": "protopnet", "AT-O": "protopnet_ato", "AT-E": "protopnet_ate", "OT+FT": "protopnet_ft"},
               f"{STUDIES_DIR}/arms_protopnet.csv", 35.0),
         _arms("arms_heads", {"OT": "birdnet_protopnet", "AT-O": "birdnet_protopnet_ato", "AT-E": "birdnet_protopnet_ate",
-                             "OT+FT": "birdnet_protopnet_ft", "noise": "birdnet_protopnet_noise"}, f"{STUDIES_DIR}/arms_heads.csv", 55.0),
+                             "OT+FT": "birdnet_protopnet_ft", "noise": "birdnet_protopnet_noise", "AT-X": "birdnet_protopnet_atx"},
+              f"{STUDIES_DIR}/arms_heads.csv", 65.0),
     ]
     gated = ",".join(ckpt("birdnet_protopnet_gated", s) for s in SEEDS)
     ungated = ",".join(ckpt("birdnet_protopnet", s) for s in SEEDS)
