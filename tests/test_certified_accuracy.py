@@ -127,7 +127,8 @@ def test_summary_counts_certified_windows_per_threshold_and_seed_spread():
     assert s.loc["noise", "cert_70db mean"] == pytest.approx(0.75) and np.isnan(s.loc["noise", "cert_70db sd"])
     post = certified_summary(_rows(), thresholds=(90.0,), subset="post-cutoff").set_index("arm")
     assert post.loc["OT", "n_windows"] == 1 and post.loc["OT", "cert_90db mean"] == pytest.approx(0.0)
-    md = certified_markdown(certified_summary(_rows(), thresholds=(90.0, 70.0)), thresholds=(90.0, 70.0))
+    md = certified_markdown(certified_summary(_rows(), thresholds=(90.0, 70.0)))
+    assert "certified at <= 90 dB | certified at <= 70 dB |" in md
     assert "| 0.0003 | OT | 2 | 4 (4) |" in md and "0.12 ± 0.18" in md
     with pytest.raises(ParameterError, match="subset"):
         certified_summary(_rows(), subset="pre")

@@ -360,8 +360,9 @@ def certified_summary(rows: pd.DataFrame, thresholds: Sequence[float] = SNR_THRE
     return pd.DataFrame(out)
 
 
-def certified_markdown(summary: pd.DataFrame, thresholds: Sequence[float] = SNR_THRESHOLDS_DB) -> str:
-    """docs/ table of :func:`certified_summary`: one row per (sigma, arm), mean ± SD over seeds."""
+def certified_markdown(summary: pd.DataFrame) -> str:
+    """docs/ table of :func:`certified_summary`: one row per (sigma, arm), mean ± SD over seeds, a column per threshold."""
+    thresholds = [float(c[len("cert_"):-len("db mean")]) for c in summary.columns if c.startswith("cert_") and c.endswith("db mean")]
     def cell(r, c):
         sd = r[f"{c} sd"]
         return f"{r[f'{c} mean']:.2f} ± {sd:.2f}" if np.isfinite(sd) else f"{r[f'{c} mean']:.2f}"
