@@ -101,8 +101,12 @@ def main() -> int:
     def progress(done: int, total: int) -> None:
         print(f"  {done}/{total} windows, {time.time() - state['t0']:.0f} s", flush=True)
 
-    certify_models(models, windows, sigma=args.sigma, n=args.n, n0=args.n0, alpha=args.alpha, batch_size=args.batch_size,
-                   seed=args.seed, info=info, skip=skip, on_window=on_window, progress=progress)
+    try:
+        certify_models(models, windows, sigma=args.sigma, n=args.n, n0=args.n0, alpha=args.alpha, batch_size=args.batch_size,
+                       seed=args.seed, info=info, skip=skip, on_window=on_window, progress=progress)
+    except CoreError as exc:  # bad settings are refused before any window is drawn
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     report(state["rows"])
     return 0
 

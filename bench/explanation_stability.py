@@ -102,8 +102,12 @@ def main() -> int:
     def progress(done: int, total: int) -> None:
         print(f"  {done}/{total} (model, window) pairs, {time.time() - state['t0']:.0f} s", flush=True)
 
-    stability_rows(models, windows, eps=args.eps, steps=args.steps, seed=args.seed, info=info, skip=skip, on_window=on_window,
-                   progress=progress)
+    try:
+        stability_rows(models, windows, eps=args.eps, steps=args.steps, seed=args.seed, info=info, skip=skip, on_window=on_window,
+                       progress=progress)
+    except CoreError as exc:  # bad settings are refused before any window is drawn
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     rows = state["rows"]
     report(rows[(rows["eps"] == args.eps) & (rows["steps"] == args.steps)], args.control)
     return 0
