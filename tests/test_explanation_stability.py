@@ -10,6 +10,7 @@ from core.io.data import Dataset
 from core.studies.certified_accuracy import stratified_test_windows
 from core.studies.explanation_stability import (
     stability_differences,
+    stability_differences_markdown,
     stability_markdown,
     stability_rows,
     stability_summary,
@@ -60,3 +61,5 @@ def test_summary_and_differences_are_means_over_windows_then_seeds():
     md = stability_markdown(stability_summary(_synthetic()))
     assert "| AT-X | 2 | 4 | 0.12 ± 0.18 |" in md
     assert stability_differences(_synthetic()[lambda t: t["arm"] == "AT-X"]).empty
+    md = stability_differences_markdown(stability_differences(_synthetic(), n_boot=200))
+    assert "| AT-X | OT+FT | swap | success | -0.250 [" in md and "| 2 | 2 vs 2 |" in md

@@ -34,7 +34,8 @@ import torch
 
 from core.errors import ParameterError
 
-__all__ = ["PERTURBATIONS", "MEASURES", "stability_rows", "stability_summary", "stability_differences", "stability_markdown"]
+__all__ = ["PERTURBATIONS", "MEASURES", "stability_rows", "stability_summary", "stability_differences", "stability_markdown",
+           "stability_differences_markdown"]
 
 PERTURBATIONS = ("swap", "peak", "noise")
 #: The summary's measures: (perturbation, column, label).
@@ -209,4 +210,19 @@ def stability_markdown(summary: pd.DataFrame, measures: Sequence[tuple[str, str,
     for _, r in summary.iterrows():
         lines.append(f"| {r['arm']} | {int(r['n_models'])} | {int(r['n_windows'])} | "
                      + " | ".join(cell(r, label) for _, _, label in measures) + " |")
+    return "\n".join(lines)
+
+
+def stability_differences_markdown(diffs: pd.DataFrame) -> str:
+    """docs/ table of :func:`stability_differences`: per arm and measure, the difference from the control with its
+    95 % interval and bootstrap p (two-sided, not adjusted for the number of rows)."""
+    lines = ["| arm | against | perturbation | measure | difference [95 % CI] | p | recordings | seeds |",
+             "|---|---|---|---|---:|---:|---:|---:|"]
+    for _, d in diffs.iterrows():
+        cell = (f"{d['effect']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]" if np.isfinite(d["effect"])
+                else f"not computed: {d.get('note', '')}")
+        p = f"{d['p_two_sided']:.3f}" if np.isfinite(d["p_two_sided"]) else ""
+        seeds = f"{int(d['n_seeds_arm'])} vs {int(d['n_seeds_control'])}" if np.isfinite(d.get("n_seeds_arm", np.nan)) else ""
+        recs = f"{int(d['n_recordings'])}" if np.isfinite(d.get("n_recordings", np.nan)) else ""
+        lines.append(f"| {d['arm']} | {d['control']} | {d['perturbation']} | {d['measure']} | {cell} | {p} | {recs} | {seeds} |")
     return "\n".join(lines)
