@@ -59,6 +59,8 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0, help="seeds the choice of windows and the noise")
     p.add_argument("--split-scheme", default=None, help="the data's split scheme (default the project's)")
     p.add_argument("--out", required=True, help="CSV of per-window rows (read first: a rerun resumes)")
+    p.add_argument("--reverse", action="store_true", help="certify the windows last to first (a second process, writing to "
+                                                          "another --out, can then meet the first half-way; merge the two files)")
     p.add_argument("--report", action="store_true", help="only print the tables of --out")
     args = p.parse_args()
     out = Path(args.out)
@@ -87,6 +89,8 @@ def main() -> int:
     except CoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.reverse:  # the noise is seeded by the window's id, so the order changes no row
+        windows = windows[::-1]
     skip = set(zip(old["model"], old["window"], old["sigma"])) if len(old) else set()
     print(f"{len(models)} models in {len(arms)} arms, {len(windows)} windows, sigma {args.sigma:g}, n0 {args.n0}, n {args.n}; "
           f"{sum((m, w.window_id, args.sigma) in skip for m in models for w in windows)} (model, window) pairs already in {out}",
