@@ -504,3 +504,34 @@ def test_explanation_attack_budget_table_is_the_stored_one():
 
     tables = [pd.read_csv(ROOT / "assets" / "explanation_attack" / f"budgets_{m}.csv") for m in ("protopnet", "birdnet_protopnet_gated")]
     assert block("explanation-attack-budgets") == budgets_markdown(pd.concat(tables, ignore_index=True))
+
+
+def test_certified_accuracy_tables_are_the_stored_run():
+    from core.studies.certified_accuracy import certified_markdown, certified_summary
+
+    rows = pd.read_csv(ROOT / "assets" / "certify" / "certified_accuracy_windows.csv")
+    assert rows.groupby(["sigma", "arm"])["model"].nunique().ge(1).all() and rows["window"].nunique() == 96
+    assert block("certified-accuracy") == certified_markdown(certified_summary(rows)) + "\n"
+    assert block("certified-accuracy-post-cutoff") == certified_markdown(certified_summary(rows, subset="post-cutoff")) + "\n"
+    given = rows[~rows["abstain"].astype(bool)]
+    at_cap = np.isclose(given["radius"], given["max_radius"]).mean()
+    text = " ".join(RESULTS.split())
+    assert f"{100 * at_cap:.0f} % of the {len(given):,} certificates given (of {len(rows):,} head-windows)" in text
+
+
+def test_explanation_stability_tables_are_the_stored_run():
+    from core.studies.explanation_stability import (
+        stability_differences,
+        stability_differences_markdown,
+        stability_markdown,
+        stability_summary,
+    )
+
+    rows = pd.read_csv(ROOT / "assets" / "explanation_attack" / "stability_windows.csv")
+    main = rows[rows["eps"] == 1e-4]
+    assert main.groupby("arm")["model"].nunique().ge(3).all() and len(set(main["arm"])) == 6
+    summary = stability_summary(main)
+    assert block("explanation-stability") == stability_markdown(summary) + "\n"
+    assert block("explanation-stability-differences") == stability_differences_markdown(stability_differences(main)) + "\n"
+    low, high = summary["swap success mean"].min(), summary["swap success mean"].max()
+    assert f"on {100 * low:.0f}-{100 * high:.0f} % of windows in every arm" in " ".join(RESULTS.split())
