@@ -7,7 +7,7 @@ the model. Resumable: rows go to ``--out`` after every (model, window), and a re
 Prints the docs/ table (mean ± SD over seeds) and each arm's difference from ``--control`` with hierarchical
 bootstrap intervals; ``--report`` prints them from ``--out`` alone.
 
-Run (one core; about 6 s per model and window for a BirdNET head)::
+Run (one core; 3-5 s per model and window for a BirdNET head)::
 
     BIRDSHIELD_THREADS=1 python bench/explanation_stability.py --split-scheme person \\
         --arm OT+FT=checkpoints/person/birdnet_protopnet_ft.safetensors,... --out assets/explanation_attack/stability_windows.csv

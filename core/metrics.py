@@ -348,7 +348,7 @@ def bootstrap_p(boots) -> float:
 
 
 def hierarchical_difference(windows: pd.DataFrame, arm: str, control: str, value: str, *, n_boot: int = 2000,
-                            seed: int = 0) -> dict:
+                            seed: int = 0, window: str | None = None) -> dict:
     """Difference of an arm's mean from its control's, with a two-level bootstrap over recordings and seeds.
 
     The hierarchical bootstrap (Saravanan, Berman & Sober 2020, "Application of the hierarchical bootstrap to
@@ -369,6 +369,9 @@ def hierarchical_difference(windows: pd.DataFrame, arm: str, control: str, value
         The column to average.
     n_boot : int >= 100
     seed : int
+    window : str, optional
+        A column naming each window: the models' values are matched by it (and every model must have every window,
+        with no NaN value); without it, by their order within each model.
 
     Returns
     -------
@@ -396,9 +399,17 @@ def hierarchical_difference(windows: pd.DataFrame, arm: str, control: str, value
         level = "model" if "model" in part.columns else "train_seed"
         if part[level].isna().any():
             raise ParameterError(f"arm {name!r} has windows without a {level}")
-        pivot = part.assign(_w=part.groupby(level).cumcount()).pivot(index=level, columns="_w", values=value)
-        recs = part[part[level] == pivot.index[0]]["recording"].to_numpy()
-        cubes[name] = (pivot.to_numpy(dtype=float), recs)
+        if window is not None:  # windows matched by name: every model must hold the same ones
+            pivot = part.pivot(index=level, columns=window, values=value)
+            if pivot.isna().to_numpy().any():
+                raise ParameterError(f"arm {name!r}: its models were not all measured on the same windows (or a value is NaN)")
+            recs = part.drop_duplicates(window).set_index(window).loc[pivot.columns, "recording"].to_numpy()
+        else:  # windows matched by their order within each model
+            pivot = part.assign(_w=part.groupby(level).cumcount()).pivot(index=level, columns="_w", values=value)
+            recs = part[part[level] == pivot.index[0]]["recording"].to_numpy()
+        cubes[name] = (pivot.to_numpy(dtype=float), recs, list(pivot.columns))
+    if window is not None and cubes[arm][2] != cubes[control][2]:
+        raise ParameterError(f"arms {arm!r} and {control!r} were measured on different windows")
     if len(cubes[arm][1]) != len(cubes[control][1]) or not np.array_equal(cubes[arm][1], cubes[control][1]):
         raise ParameterError(f"arms {arm!r} and {control!r} were measured on different windows")
     recs = cubes[arm][1]

@@ -12,6 +12,8 @@ from core.io.data import Dataset
 from core.studies.certified_accuracy import (
     SharedTrunk,
     _window_index,
+    certified_differences,
+    certified_differences_markdown,
     certified_markdown,
     certified_summary,
     certify_models,
@@ -100,35 +102,53 @@ def test_shared_birdnet_trunk_gives_each_shipped_head_its_own_logits():
 
 
 def _rows():
-    # two OT models, one noise model, 4 windows; snr_db NaN where abstaining
-    base = {"sigma": 3e-4, "recording": "XC1", "after_cutoff": False}
+    # two OT models, one noise model, 4 windows (each its own recording); snr_db and radius NaN where abstaining
     rows = []
-    for model, arm, correct, snr, clean in (
-        ("ot0", "OT", [1, 1, 0, 1], [75, 85, np.nan, 95], [1, 1, 1, 0]),
-        ("ot1", "OT", [1, 0, 0, 0], [65, 70, 80, np.nan], [1, 0, 0, 0]),
-        ("nz0", "noise", [1, 1, 1, 1], [55, 60, 70, 80], [1, 1, 1, 1]),
+    for model, arm, correct, snr, radius, clean in (
+        ("ot0", "OT", [1, 1, 0, 1], [75, 85, np.nan, 95], [2.5, 1.2, np.nan, 0.4], [1, 1, 1, 0]),
+        ("ot1", "OT", [1, 0, 0, 0], [65, 70, 80, np.nan], [2.1, 0.2, 0.3, np.nan], [1, 0, 0, 0]),
+        ("nz0", "noise", [1, 1, 1, 1], [55, 60, 70, 80], [2.5, 2.5, 2.5, 2.0], [1, 1, 1, 1]),
     ):
         for k in range(4):
-            rows.append({**base, "model": model, "arm": arm, "window": f"w{k}", "recording": f"XC{k}", "correct": bool(correct[k]),
-                         "abstain": bool(np.isnan(snr[k])), "snr_db": snr[k], "clean_correct": bool(clean[k]),
-                         "after_cutoff": k == 3})
+            rows.append({"sigma": 3e-4, "model": model, "arm": arm, "train_seed": 0, "window": f"w{k}", "recording": f"XC{k}",
+                         "correct": bool(correct[k]), "abstain": bool(np.isnan(snr[k])), "snr_db": snr[k], "radius": radius[k] * 3e-4,
+                         "clean_correct": bool(clean[k]), "after_cutoff": k == 3, "clean_class": "aaa",
+                         "class_name": "aaa" if correct[k] else "bbb"})
     return pd.DataFrame(rows)
 
 
-def test_summary_counts_certified_windows_per_threshold_and_seed_spread():
-    s = certified_summary(_rows(), thresholds=(90.0, 70.0)).set_index("arm")
+def test_summary_counts_certified_windows_per_radius_and_threshold_with_seed_spread():
+    s = certified_summary(_rows(), thresholds=(90.0, 70.0), radii_sigma=(1.0, 2.0)).set_index("arm")
     # ot0: correct with snr <= 90 -> w0 (75), w1 (85): 0.5; <= 70: none -> 0. ot1: <= 90: w0: 0.25; <= 70: w0: 0.25
     assert s.loc["OT", "cert_90db mean"] == pytest.approx((0.5 + 0.25) / 2)
     assert s.loc["OT", "cert_70db mean"] == pytest.approx(0.125)
     assert s.loc["OT", "cert_70db sd"] == pytest.approx(np.std([0.0, 0.25], ddof=1))
+    # radius >= 1 sigma and correct: ot0 w0 (2.5), w1 (1.2) -> 0.5; ot1 w0 (2.1) -> 0.25. >= 2 sigma: ot0 w0, ot1 w0
+    assert s.loc["OT", "cert_1sigma mean"] == pytest.approx(0.375) and s.loc["OT", "cert_2sigma mean"] == pytest.approx(0.25)
+    assert s.loc["noise", "cert_2sigma mean"] == pytest.approx(1.0)
     assert s.loc["OT", "smoothed_top1 mean"] == pytest.approx((0.75 + 0.25) / 2)
     assert s.loc["OT", "abstain mean"] == pytest.approx((0.25 + 0.25) / 2)
+    # g differs from f's clean class where g answers a wrong class: ot0 0 of its 3 answered windows, ot1 2 of 3
+    assert s.loc["OT", "g_differs mean"] == pytest.approx((0 + 2 / 3) / 2)
     assert s.loc["OT", "n_models"] == 2 and s.loc["OT", "n_windows"] == 4
     assert s.loc["noise", "cert_70db mean"] == pytest.approx(0.75) and np.isnan(s.loc["noise", "cert_70db sd"])
     post = certified_summary(_rows(), thresholds=(90.0,), subset="post-cutoff").set_index("arm")
     assert post.loc["OT", "n_windows"] == 1 and post.loc["OT", "cert_90db mean"] == pytest.approx(0.0)
-    md = certified_markdown(certified_summary(_rows(), thresholds=(90.0, 70.0)))
-    assert "certified at <= 90 dB | certified at <= 70 dB |" in md
-    assert "| 0.0003 | OT | 2 | 4 (4) |" in md and "0.12 ± 0.18" in md
+    summary = certified_summary(_rows(), thresholds=(90.0, 70.0), radii_sigma=(1.0, 2.0))
+    md = certified_markdown(summary)
+    assert "| R >= 1 sigma | R >= 2 sigma |" in md and "| 0.0003 | OT | 2 | 4 (4) |" in md and "0.25 ± 0.00 |" in md
+    assert "certified at <= 90 dB | certified at <= 70 dB |" in certified_markdown(summary, "snr")
     with pytest.raises(ParameterError, match="subset"):
         certified_summary(_rows(), subset="pre")
+    with pytest.raises(ParameterError, match="kind"):
+        certified_markdown(summary, "db")
+
+
+def test_differences_match_windows_by_name_and_give_the_arm_minus_control():
+    rows = _rows()
+    rows.loc[rows["arm"] == "OT", "arm"] = "OT+FT"
+    d = certified_differences(rows, radii_sigma=(2.0,), n_boot=200).set_index("arm")
+    assert d.loc["noise", "effect"] == pytest.approx(1.0 - 0.25) and d.loc["noise", "n_recordings"] == 4
+    shuffled = rows.sample(frac=1.0, random_state=1)  # the order of the rows changes nothing
+    assert certified_differences(shuffled, radii_sigma=(2.0,), n_boot=200).set_index("arm").loc["noise", "effect"] == pytest.approx(0.75)
+    assert "| 0.0003 | noise | OT+FT | 2 sigma | +0.750 [" in certified_differences_markdown(d.reset_index())

@@ -45,7 +45,8 @@ def _synthetic():
                 for kind in ("swap", "peak", "noise"):
                     rows.append({"arm": arm, "model": model, "train_seed": seed, "window": f"w{k}", "recording": f"r{k // 2}",
                                  "perturbation": kind, "success": float(v), "topk_overlap": 1.0 - v, "attribution_spearman": 0.5 + 0.1 * v,
-                                 "centroid_shift_abs_hz": 100.0 * v, "moved": bool(v), "snr_db": 40.0})
+                                 "centroid_shift_abs_hz": 100.0 * v, "moved": bool(v), "snr_db": 40.0,
+                                 "activation_rms_change": 0.1 * v})
     return pd.DataFrame(rows)
 
 

@@ -86,3 +86,18 @@ def test_models_are_the_units_resampled_and_a_missing_seed_is_refused_not_droppe
     assert hierarchical_difference(w2, "A", "B", "pgd_broken", n_boot=200) == by_model
     with pytest.raises(ParameterError, match="without a train_seed"):
         hierarchical_difference(w2.drop(columns="model"), "A", "B", "pgd_broken", n_boot=200)
+
+
+def test_windows_named_by_a_column_are_matched_by_name_not_by_row_order():
+    w = _windows({"AT-O": (0.3, 3), "OT+FT": (0.6, 3)}, n_rec=10)
+    by_order = hierarchical_difference(w, "AT-O", "OT+FT", "pgd_broken", n_boot=300)
+    shuffled = w.sample(frac=1.0, random_state=3)
+    by_name = hierarchical_difference(shuffled, "AT-O", "OT+FT", "pgd_broken", n_boot=300, window="clip_id")
+    assert by_name["effect"] == pytest.approx(by_order["effect"]) and by_name["n_recordings"] == by_order["n_recordings"] == 10
+    assert by_name["ci_low"] == pytest.approx(by_order["ci_low"], abs=0.05)
+    with pytest.raises(ParameterError, match="same windows"):
+        hierarchical_difference(w.drop(index=w.index[(w["arm"] == "AT-O") & (w["train_seed"] == 1)][:1]), "AT-O", "OT+FT",
+                                "pgd_broken", n_boot=300, window="clip_id")
+    other = w.assign(clip_id=np.where(w["arm"] == "AT-O", w["clip_id"] + "x", w["clip_id"]))
+    with pytest.raises(ParameterError, match="different windows"):
+        hierarchical_difference(other, "AT-O", "OT+FT", "pgd_broken", n_boot=300, window="clip_id")

@@ -562,9 +562,9 @@ def prototype_activation_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Ten
 class PrototypeShift(_PrototypeObjective):
     """Move the whole explanation: maximise the RMS change of every prototype's activation from the clean window's.
 
-    Untargeted in prototype space; the attack of the explanation-guided adversarial training (``at-x``), in the spirit
-    of Chen et al. 2019 ("Robust Attribution Regularization", NeurIPS), who maximise the change of an attribution
-    map within the budget, with AudioProtoPNet's explanation (its prototype activations) as the attribution.
+    Untargeted in prototype space; the attack of the explanation-guided adversarial training (``at-x``, a TRADES-style
+    consistency term on prototype activations in the spirit of attribution-robustness training, e.g. Chen et al. 2019,
+    "Robust Attribution Regularization", NeurIPS).
     Success: the most activated prototype changed. DRS: the RMS change itself. Like any distance from the clean
     window, its gradient vanishes at the clean window: attacks without a random start (FGSM, BIM) would leave the window
     as it is, so they refuse it (:class:`~core.attacks.base.Attack` raises :class:`ParameterError`); PGD and APGD

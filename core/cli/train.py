@@ -328,7 +328,7 @@ def finetune_head_args(p) -> None:
     p.add_argument("--name", required=True)
     p.add_argument("--adv", required=True, choices=["at-o", "at-e", "at-x", "none", "noise"],
                    help="output space (at-o), embedding space (at-e), explanation-guided (at-x: keeps the prototype activations, "
-                        "Chen et al. 2019's robust attribution regularisation), none: the same epochs on clean windows (control), or noise: "
+                        "a TRADES-style consistency term on the prototype activations), none: the same epochs on clean windows (control), or noise: "
                         "Gaussian noise of --noise-sigma on every sample (Cohen et al. 2019, for randomized smoothing)")
     add_int(p, "--epochs", 4)
     add_float(p, "--adv-eps", 1e-4, "L-inf budget of the FGSM-RS training perturbations, full-scale amplitude")

@@ -15,8 +15,8 @@ the recording's (weak) labels, so a window in which the bird is silent can only 
 the same windows, and the clean top-1 accuracy of ``f`` is reported beside ``g``'s.
 
 Cost: every window draws ``n0 + n`` noisy copies; the models of one BirdNET trunk (heads reading the same layer of
-BirdNET's frozen graph) share it (:class:`SharedTrunk`): on this 2-core CPU at one thread the frozen part is 99 % of a
-head's forward pass, so 15 heads cost about one. The noise is seeded per window (by its id), so every model meets the
+BirdNET's frozen graph) share it (:class:`SharedTrunk`): on this 2-core CPU at one thread a batch of 8 copies takes
+about 200 ms of trunk and 14 ms per head, so 15 heads cost about twice one head's time. The noise is seeded per window (by its id), so every model meets the
 same noisy copies and a resumed run draws the ones an interrupted run would have.
 """
 
@@ -33,13 +33,16 @@ import torch
 
 from core.errors import ParameterError
 
-__all__ = ["SNR_THRESHOLDS_DB", "CertWindow", "stratified_test_windows", "SharedTrunk", "certify_models",
-           "certified_summary", "certified_markdown"]
+__all__ = ["SNR_THRESHOLDS_DB", "RADII_SIGMA", "CertWindow", "stratified_test_windows", "SharedTrunk", "certify_models",
+           "certified_within", "certified_summary", "certified_markdown", "certified_differences", "certified_differences_markdown"]
 
 #: Certified SNRs [dB] at which the table gives certified accuracy: a window counts at ``s`` when no perturbation at an
 #: SNR above ``s`` can change its certified answer. At sigma 3e-4 and n = 1,000 the largest radius is 7.4e-4 (L2),
 #: i.e. 71-96 dB below the nine windows of the certificate check; at sigma 3e-3 ten times larger (20 dB lower).
 SNR_THRESHOLDS_DB = (90.0, 80.0, 70.0, 60.0, 50.0)
+#: L2 radii [multiples of sigma] of the primary table (Cohen et al.'s certified accuracy at a fixed radius); 2.45 sigma
+#: is just under the cap at n = 1,000 and alpha = 0.001 (2.46 sigma: every estimation copy agreed).
+RADII_SIGMA = (0.5, 1.0, 2.0, 2.45)
 
 
 @dataclass(frozen=True)
@@ -313,8 +316,23 @@ def _certified_at(part: pd.DataFrame, snr_db: float) -> float:
     return float((part["correct"].astype(bool) & (part["snr_db"] <= snr_db)).mean())
 
 
+def certified_within(rows: pd.DataFrame, radius_sigma: float) -> pd.Series:
+    """Per row: 1.0 where the window is certified correct at an L2 radius of at least ``radius_sigma`` sigmas, else 0.0
+    (an abstention counts 0; Cohen et al.'s certified accuracy at radius ``radius_sigma * sigma``)."""
+    ok = rows["correct"].astype(bool) & (rows["radius"].fillna(-1.0) >= radius_sigma * rows["sigma"] * (1 - 1e-9))
+    return ok.astype(float)
+
+
+def _subset(rows: pd.DataFrame, subset: str) -> pd.DataFrame:
+    if subset not in ("all", "post-cutoff"):
+        raise ParameterError(f"subset must be 'all' or 'post-cutoff', got {subset!r}")
+    if "arm" not in rows.columns:
+        raise ParameterError("the rows need an 'arm' column")
+    return rows if subset == "all" else rows[rows["after_cutoff"].astype(str) == "True"]
+
+
 def certified_summary(rows: pd.DataFrame, thresholds: Sequence[float] = SNR_THRESHOLDS_DB, *,
-                      subset: str = "all") -> pd.DataFrame:
+                      radii_sigma: Sequence[float] = RADII_SIGMA, subset: str = "all") -> pd.DataFrame:
     """Per (sigma, arm): mean and SD over its models of clean, smoothed and certified accuracy.
 
     Parameters
@@ -322,7 +340,11 @@ def certified_summary(rows: pd.DataFrame, thresholds: Sequence[float] = SNR_THRE
     rows : pandas.DataFrame
         :func:`certify_models`'s rows, with an ``arm`` column.
     thresholds : sequence of float [dB]
-        Certified SNRs of the table's columns (:data:`SNR_THRESHOLDS_DB`).
+        Certified SNRs of the secondary columns (:data:`SNR_THRESHOLDS_DB`): relative to each window's loudness, so
+        their low-dB end holds only near-silent windows.
+    radii_sigma : sequence of float
+        L2 radii in multiples of sigma of the primary columns (:data:`RADII_SIGMA`; Cohen et al.'s certified accuracy
+        at a fixed radius).
     subset : {"all", "post-cutoff"}
         All windows, or only those of recordings after BirdNET's training cut-off (XC id > 694204).
 
@@ -330,24 +352,24 @@ def certified_summary(rows: pd.DataFrame, thresholds: Sequence[float] = SNR_THRE
     -------
     pandas.DataFrame
         ``sigma, arm, n_models, n_windows, n_recordings`` and per measure (``clean_top1`` of ``f``, ``smoothed_top1``
-        = certified accuracy at radius 0, ``abstain``, ``cert_<s>db``) its ``mean`` and ``sd`` (ddof 1; NaN for one model).
+        = certified accuracy at radius 0, ``abstain``, ``g_differs`` (g's class is not f's clean top-1, among the
+        windows where g answers), ``cert_<k>sigma``, ``cert_<s>db``) its ``mean`` and ``sd`` (ddof 1; NaN for one model).
 
     Raises
     ------
     ParameterError
         Unknown ``subset``, or no ``arm`` column.
     """
-    if subset not in ("all", "post-cutoff"):
-        raise ParameterError(f"subset must be 'all' or 'post-cutoff', got {subset!r}")
-    if "arm" not in rows.columns:
-        raise ParameterError("the rows need an 'arm' column")
-    data = rows if subset == "all" else rows[rows["after_cutoff"].astype(str) == "True"]
+    data = _subset(rows, subset)
     out = []
     for (sigma, arm), part in data.groupby(["sigma", "arm"], sort=False):
         per_model = []
         for _, m in part.groupby("model", sort=False):
+            answered = ~m["abstain"].astype(bool)
             v = {"clean_top1": float(m["clean_correct"].astype(bool).mean()), "smoothed_top1": float(m["correct"].astype(bool).mean()),
-                 "abstain": float(m["abstain"].astype(bool).mean())}
+                 "abstain": float((~answered).mean()),
+                 "g_differs": float((m.loc[answered, "class_name"] != m.loc[answered, "clean_class"]).mean()) if answered.any() else np.nan}
+            v.update({f"cert_{k:g}sigma": float(certified_within(m, k).mean()) for k in radii_sigma})
             v.update({f"cert_{t:g}db": _certified_at(m, t) for t in thresholds})
             per_model.append(v)
         pm = pd.DataFrame(per_model)
@@ -360,18 +382,80 @@ def certified_summary(rows: pd.DataFrame, thresholds: Sequence[float] = SNR_THRE
     return pd.DataFrame(out)
 
 
-def certified_markdown(summary: pd.DataFrame) -> str:
-    """docs/ table of :func:`certified_summary`: one row per (sigma, arm), mean ± SD over seeds, a column per threshold."""
-    thresholds = [float(c[len("cert_"):-len("db mean")]) for c in summary.columns if c.startswith("cert_") and c.endswith("db mean")]
-    def cell(r, c):
-        sd = r[f"{c} sd"]
-        return f"{r[f'{c} mean']:.2f} ± {sd:.2f}" if np.isfinite(sd) else f"{r[f'{c} mean']:.2f}"
+def _cell(r, c) -> str:
+    sd = r[f"{c} sd"]
+    return f"{r[f'{c} mean']:.2f} ± {sd:.2f}" if np.isfinite(sd) else f"{r[f'{c} mean']:.2f}"
 
-    cert = " | ".join(f"certified at <= {t:g} dB" for t in thresholds)
-    lines = [f"| sigma | arm | seeds | windows (recordings) | f clean top-1 | g top-1 (radius 0) | abstain | {cert} |",
-             "|---:|---|---:|---:|---:|---:|---:|" + "---:|" * len(thresholds)]
+
+def certified_markdown(summary: pd.DataFrame, kind: str = "radius") -> str:
+    """docs/ table of :func:`certified_summary`: one row per (sigma, arm), mean ± SD over seeds.
+
+    ``kind="radius"``: certified accuracy at fixed L2 radii (the primary table); ``kind="snr"``: at certified SNRs,
+    which depend on each window's loudness (the secondary table).
+
+    Raises
+    ------
+    ParameterError
+        Unknown ``kind``.
+    """
+    if kind not in ("radius", "snr"):
+        raise ParameterError(f"kind must be 'radius' or 'snr', got {kind!r}")
+    suffix = "sigma mean" if kind == "radius" else "db mean"
+    levels = [c[len("cert_"):-len(suffix)] for c in summary.columns if c.startswith("cert_") and c.endswith(suffix)]
+    if kind == "radius":
+        heads = [f"R >= {k} sigma" for k in levels]
+        lines = ["| sigma | arm | seeds | windows (recordings) | f clean top-1 | g top-1 (R >= 0) | abstain | g differs from f | "
+                 + " | ".join(heads) + " |", "|---:|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(levels)]
+    else:
+        heads = [f"certified at <= {t} dB" for t in levels]
+        lines = ["| sigma | arm | seeds | windows (recordings) | g top-1 (R >= 0) | " + " | ".join(heads) + " |",
+                 "|---:|---|---:|---:|---:|" + "---:|" * len(levels)]
+    unit = "sigma" if kind == "radius" else "db"
     for _, r in summary.iterrows():
-        cells = " | ".join(cell(r, f"cert_{t:g}db") for t in thresholds)
-        lines.append(f"| {r['sigma']:g} | {r['arm']} | {int(r['n_models'])} | {int(r['n_windows'])} ({int(r['n_recordings'])}) | "
-                     f"{cell(r, 'clean_top1')} | {cell(r, 'smoothed_top1')} | {cell(r, 'abstain')} | {cells} |")
+        cells = " | ".join(_cell(r, f"cert_{k}{unit}") for k in levels)
+        first = f"| {r['sigma']:g} | {r['arm']} | {int(r['n_models'])} | {int(r['n_windows'])} ({int(r['n_recordings'])}) | "
+        if kind == "radius":
+            lines.append(first + f"{_cell(r, 'clean_top1')} | {_cell(r, 'smoothed_top1')} | {_cell(r, 'abstain')} | "
+                         f"{_cell(r, 'g_differs')} | {cells} |")
+        else:
+            lines.append(first + f"{_cell(r, 'smoothed_top1')} | {cells} |")
+    return "\n".join(lines)
+
+
+def certified_differences(rows: pd.DataFrame, *, control: str = "OT+FT", radii_sigma: Sequence[float] = (0.0, 2.0),
+                          subset: str = "all", n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Each arm's certified accuracy at each radius minus the control's, per sigma, with hierarchical bootstrap intervals.
+
+    Windows are matched by name; recordings, then the arm's seeds, are resampled
+    (:func:`core.metrics.hierarchical_difference`; Saravanan et al. 2020).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``sigma, arm, control, radius_sigma, effect, ci_low, ci_high, p_two_sided, n_recordings, n_seeds_arm,
+        n_seeds_control, n_boot``; no row for a sigma without the control arm.
+    """
+    from core.metrics import hierarchical_difference
+
+    data = _subset(rows, subset)
+    out = []
+    for sigma, part in data.groupby("sigma", sort=False):
+        if control not in set(part["arm"]):
+            continue
+        for k in radii_sigma:
+            values = part.assign(value=certified_within(part, k))
+            for arm in dict.fromkeys(values["arm"]):
+                if arm != control:
+                    out.append({"sigma": sigma, "arm": arm, "control": control, "radius_sigma": k,
+                                **hierarchical_difference(values, arm, control, "value", n_boot=n_boot, seed=seed, window="window")})
+    return pd.DataFrame(out)
+
+
+def certified_differences_markdown(diffs: pd.DataFrame) -> str:
+    """docs/ table of :func:`certified_differences`."""
+    lines = ["| sigma | arm | against | radius | difference [95 % CI] | p | recordings | seeds |", "|---:|---|---|---:|---:|---:|---:|---:|"]
+    for _, d in diffs.iterrows():
+        lines.append(f"| {d['sigma']:g} | {d['arm']} | {d['control']} | {d['radius_sigma']:g} sigma | {d['effect']:+.3f} "
+                     f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] | {d['p_two_sided']:.3f} | {int(d['n_recordings'])} | "
+                     f"{int(d['n_seeds_arm'])} vs {int(d['n_seeds_control'])} |")
     return "\n".join(lines)

@@ -44,6 +44,8 @@ MEASURES = (
     ("swap", "topk_overlap", "top-3 overlap (swap)"),
     ("swap", "attribution_spearman", "attribution Spearman (swap)"),
     ("swap", "centroid_shift_abs_hz", "centroid shift, absolute, Hz (swap)"),
+    ("swap", "activation_rms_change", "activation RMS change (swap)"),
+    ("noise", "activation_rms_change", "activation RMS change (noise)"),
     ("peak", "success", "peak-shift success"),
     ("noise", "moved", "top prototype changed (noise)"),
     ("noise", "attribution_spearman", "attribution Spearman (noise)"),
@@ -169,15 +171,17 @@ def stability_summary(rows: pd.DataFrame, measures: Sequence[tuple[str, str, str
 
 
 def stability_differences(rows: pd.DataFrame, *, control: str = "OT+FT", n_boot: int = 2000, seed: int = 0,
-                          measures: Sequence[tuple[str, str]] = (("swap", "success"), ("swap", "attribution_spearman"),
-                                                                 ("noise", "attribution_spearman"))) -> pd.DataFrame:
+                          measures: Sequence[tuple[str, str]] = (("swap", "success"), ("swap", "activation_rms_change"),
+                                                                 ("swap", "attribution_spearman"), ("noise", "attribution_spearman"))
+                          ) -> pd.DataFrame:
     """Each arm's mean minus the control's, with a 95 % interval resampling recordings, then seeds within arm.
 
     Returns
     -------
     pandas.DataFrame
         ``arm, control, perturbation, measure, effect, ci_low, ci_high, p_two_sided, n_recordings, n_seeds_arm,
-        n_seeds_control, n_boot`` (:func:`core.metrics.hierarchical_difference`); empty without the control arm.
+        n_seeds_control, n_boot`` (:func:`core.metrics.hierarchical_difference`, windows matched by name); empty
+        without the control arm. A measure with NaN on some windows gets NaN figures and a ``note`` saying why.
     """
     from core.metrics import hierarchical_difference
 
@@ -185,13 +189,13 @@ def stability_differences(rows: pd.DataFrame, *, control: str = "OT+FT", n_boot:
         return pd.DataFrame()
     out = []
     for kind, col in measures:
-        part = rows[rows["perturbation"] == kind].dropna(subset=[col])
+        part = rows[rows["perturbation"] == kind]
         for arm in dict.fromkeys(part["arm"]):
             if arm == control:
                 continue
             row = {"arm": arm, "control": control, "perturbation": kind, "measure": col}
             try:
-                row.update(hierarchical_difference(part, arm, control, col, n_boot=n_boot, seed=seed))
+                row.update(hierarchical_difference(part, arm, control, col, n_boot=n_boot, seed=seed, window="window"))
             except ParameterError as exc:  # e.g. a map without spread gave NaN on some windows only: said, not hidden
                 row.update(effect=np.nan, ci_low=np.nan, ci_high=np.nan, p_two_sided=np.nan, note=str(exc))
             out.append(row)
@@ -202,7 +206,7 @@ def stability_markdown(summary: pd.DataFrame, measures: Sequence[tuple[str, str,
     """docs/ table of :func:`stability_summary`: one row per arm, mean ± SD over seeds."""
     def cell(r, label):
         m, sd = r[f"{label} mean"], r[f"{label} sd"]
-        digits = 0 if "Hz" in label or "dB" in label else 2
+        digits = 0 if "Hz" in label or "dB" in label else 3 if "RMS" in label else 2
         return f"{m:.{digits}f} ± {sd:.{digits}f}" if np.isfinite(sd) else f"{m:.{digits}f}"
 
     lines = ["| arm | seeds | windows | " + " | ".join(label for _, _, label in measures) + " |",

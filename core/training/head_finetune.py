@@ -72,9 +72,11 @@ def adversarial_finetune_head(dataset: Dataset, init, *, adv: str = "at-o", epoc
       the attack maximising it (:class:`core.attacks.EmbeddingUntargeted`);
     - ``"at-x"`` (explanation-guided, prototype heads only): the RMS difference of the clean and adversarial prototype
       activations (:func:`core.attacks.objectives.prototype_activation_distance`), the attack maximising it
-      (:class:`core.attacks.objectives.PrototypeShift`): Chen et al. 2019's robust attribution regularisation
-      ("Robust Attribution Regularization", NeurIPS; ``loss + beta * max_delta d(attr(x), attr(x + delta))``) with
-      the prototype activations, AudioProtoPNet's explanation, as the attribution and one FGSM-RS step as the max;
+      (:class:`core.attacks.objectives.PrototypeShift`): a TRADES-style consistency term (Zhang et al. 2019) on the
+      max-pooled prototype activations, AudioProtoPNet's explanation, in the spirit of attribution-robustness training
+      (Chen et al. 2019, "Robust Attribution Regularization", NeurIPS, motivate it; their IG-NORM regulariser is
+      another term). It keeps no location and no class: the activations of every prototype, not which of the
+      predicted class's prototypes ranks first nor where its peak lies;
     - ``"none"``: the same epochs without the term (OT+FT: separates the effect of
       adversarial training from that of training longer);
     - ``"noise"``: the same epochs with the clean loss computed on the windows plus
