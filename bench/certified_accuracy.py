@@ -25,8 +25,8 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from core.attacks.smoothing import DEFAULT_ALPHA, N0  # noqa: E402
-from core.errors import CoreError  # noqa: E402
+from core.attacks.smoothing import DEFAULT_ALPHA, N0, check_smoothing  # noqa: E402
+from core.errors import CoreError, ParameterError  # noqa: E402
 from core.io.data import open_dataset  # noqa: E402
 from core.io.device import apply_thread_policy  # noqa: E402
 from core.io.fileio import atomic_write_text  # noqa: E402
@@ -51,7 +51,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--arm", action="append", default=[], help="NAME=checkpoint1,checkpoint2,... (one per seed); repeat")
     p.add_argument("--sigma", type=float, default=3e-4, help="smoothing noise std per sample, full-scale amplitude")
-    p.add_argument("--per-species", type=int, default=11, help="test windows per species (default 11: 99 windows)")
+    p.add_argument("--per-species", type=int, default=11, help="test windows per species (default 11: up to 99 windows; 96 on the person split)")
     p.add_argument("--n", type=int, default=1000, help="CERTIFY's estimation copies (default 1,000)")
     p.add_argument("--n0", type=int, default=N0, help="CERTIFY's selection copies (default 100)")
     p.add_argument("--alpha", type=float, default=DEFAULT_ALPHA)
@@ -73,6 +73,9 @@ def main() -> int:
         return 0
     apply_thread_policy()
     try:
+        check_smoothing(args.sigma, args.alpha, args.n0, args.n, batch_size=args.batch_size)  # before any model is loaded
+        if not args.arm:
+            raise ParameterError("give at least one --arm NAME=checkpoint1,checkpoint2,...")
         arms = parse_arms(args.arm)
         ds = open_dataset(split_scheme=args.split_scheme) if args.split_scheme else open_dataset()
         models, info = {}, {}
@@ -91,9 +94,12 @@ def main() -> int:
         return 2
     if args.reverse:  # the noise is seeded by the window's id, so the order changes no row
         windows = windows[::-1]
-    skip = set(zip(old["model"], old["window"], old["sigma"])) if len(old) else set()
+    # rows of the same settings only: a rerun with another n, n0 or alpha certifies anew (and adds rows beside the old)
+    same = old[(old["n"] == args.n) & (old["n0"] == args.n0) & (old["alpha"] == args.alpha)] if len(old) else old
+    skip = set(zip(same["model"], same["window"], same["sigma"])) if len(same) else set()
     print(f"{len(models)} models in {len(arms)} arms, {len(windows)} windows, sigma {args.sigma:g}, n0 {args.n0}, n {args.n}; "
-          f"{sum((m, w.window_id, args.sigma) in skip for m in models for w in windows)} (model, window) pairs already in {out}",
+          f"{sum((m, w.window_id, args.sigma) in skip for m in models for w in windows)} (model, window) pairs with these settings "
+          f"already in {out}",
           flush=True)
     state = {"rows": old, "t0": time.time()}
 

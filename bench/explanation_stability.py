@@ -25,7 +25,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from core.errors import CoreError  # noqa: E402
+from core.errors import CoreError, ParameterError  # noqa: E402
 from core.io.data import open_dataset  # noqa: E402
 from core.io.device import apply_thread_policy  # noqa: E402
 from core.io.fileio import atomic_write_text  # noqa: E402
@@ -69,11 +69,19 @@ def main() -> int:
         if old.empty:
             print(f"error: no rows in {out}", file=sys.stderr)
             return 2
+        if args.control not in set(old["arm"]):
+            print(f"error: --control {args.control!r} is not one of the arms in {out} ({', '.join(dict.fromkeys(old['arm']))})",
+                  file=sys.stderr)
+            return 2
         report(old, args.control)
         return 0
     apply_thread_policy()
     try:
+        if not args.arm:
+            raise ParameterError("give at least one --arm NAME=checkpoint1,checkpoint2,...")
         arms = parse_arms(args.arm)
+        if args.control not in arms:
+            raise ParameterError(f"--control {args.control!r} is not one of the arms ({', '.join(arms)})")
         ds = open_dataset(split_scheme=args.split_scheme) if args.split_scheme else open_dataset()
         models, info = {}, {}
         for arm, paths in arms.items():

@@ -132,7 +132,7 @@ def test_attack_options_and_errors():
         core.explain(TINY, "clip.wav")
     with pytest.raises(ParameterError, match="at most one window"):
         core.attack(TINY, _recording(2.0).reshape(1, -1), eps=0.01)
-    with pytest.raises(ParameterError, match="prototype objectives need an AudioProtoPNet"):
+    with pytest.raises(ParameterError, match="prototype objectives need a prototype model"):
         core.attack(_tiny("baseline"), x, eps=0.01, objective="prototype-suppress")
     snr = core.attack(TINY, x, snr_db=30.0, steps=2)  # an SNR budget: the perturbation is at least 30 dB below the clip
     assert float(snr.snr_db) >= 30.0 - 1e-3

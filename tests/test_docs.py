@@ -507,11 +507,19 @@ def test_explanation_attack_budget_table_is_the_stored_one():
 
 
 def test_certified_accuracy_tables_are_the_stored_run():
-    from core.studies.certified_accuracy import certified_markdown, certified_summary
+    from core.studies.certified_accuracy import (
+        certified_differences,
+        certified_differences_markdown,
+        certified_markdown,
+        certified_summary,
+    )
 
     rows = pd.read_csv(ROOT / "assets" / "certify" / "certified_accuracy_windows.csv")
     assert rows.groupby(["sigma", "arm"])["model"].nunique().ge(1).all() and rows["window"].nunique() == 96
-    assert block("certified-accuracy") == certified_markdown(certified_summary(rows)) + "\n"
+    summary = certified_summary(rows)
+    assert block("certified-accuracy") == certified_markdown(summary) + "\n"
+    assert block("certified-accuracy-snr") == certified_markdown(summary, "snr") + "\n"
+    assert block("certified-accuracy-differences") == certified_differences_markdown(certified_differences(rows)) + "\n"
     assert block("certified-accuracy-post-cutoff") == certified_markdown(certified_summary(rows, subset="post-cutoff")) + "\n"
     given = rows[~rows["abstain"].astype(bool)]
     at_cap = np.isclose(given["radius"], given["max_radius"]).mean()
@@ -534,4 +542,8 @@ def test_explanation_stability_tables_are_the_stored_run():
     assert block("explanation-stability") == stability_markdown(summary) + "\n"
     assert block("explanation-stability-differences") == stability_differences_markdown(stability_differences(main)) + "\n"
     low, high = summary["swap success mean"].min(), summary["swap success mean"].max()
-    assert f"on {100 * low:.0f}-{100 * high:.0f} % of windows in every arm" in " ".join(RESULTS.split())
+    text = " ".join(RESULTS.split())
+    assert f"on {100 * low:.0f}-{100 * high:.0f} % of windows in every arm" in text
+    rms = summary.set_index("arm")["activation RMS change (swap) mean"]
+    assert (f"falls from {rms['OT+FT']:.3f} (OT+FT) to {rms['AT-O']:.3f} (AT-O), {rms['AT-E']:.3f} (AT-E) and "
+            f"{rms['AT-X']:.3f} (AT-X)") in text

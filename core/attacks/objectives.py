@@ -449,7 +449,8 @@ class _PrototypeObjective(Objective):
 
     def check_model(self, model):
         if not hasattr(model, "prototype_vectors"):
-            raise ParameterError(f"prototype objectives need an AudioProtoPNet, got {model.config.arch!r}")
+            raise ParameterError(f"prototype objectives need a prototype model (AudioProtoPNet or a prototype head on BirdNET), "
+                                 f"got {model.config.arch!r}")
 
     def _activations(self, model, x_adv):
         feats = model.forward_features(x_adv)

@@ -332,7 +332,9 @@ def finetune_head_args(p) -> None:
                         "Gaussian noise of --noise-sigma on every sample (Cohen et al. 2019, for randomized smoothing)")
     add_int(p, "--epochs", 4)
     add_float(p, "--adv-eps", 1e-4, "L-inf budget of the FGSM-RS training perturbations, full-scale amplitude")
-    add_float(p, "--adv-beta", 1.0, "weight of the TRADES-style adversarial term")
+    add_float(p, "--adv-beta", 1.0, "weight of the adversarial term: the outputs' KL (at-o), the feature maps' cosine "
+                                     "dissimilarity (at-e) or the prototype activations' RMS change (at-x; prototype heads only) "
+                                     "(default 1)")
     add_float(p, "--noise-sigma", 3e-4, "std per sample of the noise arm's Gaussian noise, full-scale amplitude (default 3e-4, "
                                         "the certify default)")
     add_seed(p)

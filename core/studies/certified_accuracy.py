@@ -251,7 +251,7 @@ def certify_models(models: Mapping[str, torch.nn.Module], windows: Sequence[Cert
     Raises
     ------
     ParameterError
-        Bad smoothing settings, no model, or models with other classes than the first.
+        Bad smoothing settings, no model, or models with other classes or windows (sample rate, length) than the first.
     """
     from core.attacks.smoothing import (
         certified_radius,
@@ -269,9 +269,14 @@ def certify_models(models: Mapping[str, torch.nn.Module], windows: Sequence[Cert
     if not names:
         raise ParameterError("no model to certify")
     classes = list(models[names[0]].config.class_names)
+    first = models[names[0]].config
     for name in names[1:]:
-        if list(models[name].config.class_names) != classes:
+        c = models[name].config
+        if list(c.class_names) != classes:
             raise ParameterError(f"{name} has other classes than {names[0]}")
+        if (c.frontend.sample_rate, c.window_samples) != (first.frontend.sample_rate, first.window_samples):
+            raise ParameterError(f"{name} reads other windows ({c.window_samples} samples at {c.frontend.sample_rate} Hz) than "
+                                 f"{names[0]} ({first.window_samples} at {first.frontend.sample_rate} Hz): certify them apart")
     skip = skip or set()
     info = info or {}
     device = next(models[names[0]].parameters()).device

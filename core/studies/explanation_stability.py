@@ -109,13 +109,16 @@ def stability_rows(models: Mapping[str, torch.nn.Module], windows: Sequence, *, 
     Raises
     ------
     ParameterError
-        No model, or a model without prototypes (from the attacks).
+        No model, models reading different windows (sample rate, length), or a model without prototypes (from the attacks).
     """
     from core.field.explanation_attack import peak_shift, prototype_swap
     from core.field.explanation_measure import build_result
 
     if not models:
         raise ParameterError("no model to measure")
+    rates = {(m.config.frontend.sample_rate, m.config.window_samples) for m in models.values()}
+    if len(rates) > 1:
+        raise ParameterError(f"the models read different windows (sample rate, samples: {sorted(rates)}): measure them apart")
     skip, info = skip or set(), info or {}
     rows: list[dict] = []
     total, done = len(models) * len(windows), 0
