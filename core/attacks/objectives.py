@@ -3,14 +3,12 @@
 Every objective works on any attack (:mod:`core.attacks.fgsm`, ``bim``, ``pgd``).
 An objective is used in three steps:
 
-1. :meth:`Objective.prepare` runs the clean batch once (no gradient) and returns
-   a *state*: a dict of tensors with the batch on axis 0 (clean prediction,
-   reference labels, targets, clean feature maps...). Because every entry is
-   per row, :func:`core.studies.sweep.run_sweep` can repeat the state along an eps grid.
-2. :meth:`Objective.loss` is the differentiable per-clip quantity the attack
-   ascends, shape ``(batch,)``.
-3. :meth:`Objective.evaluate` scores an adversarial model output: the objective
-   value, success, and the two distances used by the robustness scores.
+1. :meth:`Objective.prepare` runs the clean batch once (no gradient) and returns a *state*: a dict of tensors with the
+   batch on axis 0 (clean prediction, reference labels, targets, clean feature maps...). Because every entry is per
+   row, :func:`core.studies.sweep.run_sweep` can repeat the state along an eps grid.
+2. :meth:`Objective.loss` is the differentiable per-clip quantity the attack ascends, shape ``(batch,)``.
+3. :meth:`Objective.evaluate` scores an adversarial model output: the objective value, success, and the two distances
+   used by the robustness scores.
 
 Robustness scores (:func:`core.metrics.prs`, :func:`~core.metrics.drs`,
 :func:`~core.metrics.tars`, Heinrich et al. 2023) need a loss ``L``:
@@ -25,11 +23,9 @@ Robustness scores (:func:`core.metrics.prs`, :func:`~core.metrics.drs`,
   AudioProtoPNet and the pooled embedding for other models.
 - Untargeted output/embedding attacks have no ``t``: DRS and TARS are NaN.
 
-Success never depends on a score threshold (the models' scores are not
-calibrated: an asymmetric-loss AudioProtoPNet scores absent species around 0.4):
-it is "the top-1 species changed" for untargeted output and embedding attacks,
-and "the target is ranked first" for targeted ones (see each class's
-``success_definition``, which sweep tables and pages show beside the rate).
+Success never depends on a score threshold (the models' scores are not calibrated: an asymmetric-loss AudioProtoPNet
+scores absent species around 0.4): it is "the top-1 species changed" for untargeted output and embedding attacks, and
+"the target is ranked first" for targeted ones (each class's ``success_definition``, shown beside the rate).
 """
 
 from __future__ import annotations
@@ -546,30 +542,19 @@ class PrototypeActivate(_PrototypeObjective):
 
 
 def prototype_activation_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Root mean square difference of two prototype activation vectors, ``(batch,)``.
-
-    The explanation-guided adversarial training term (:func:`core.training.head_finetune.adversarial_finetune_head`,
-    ``adv="at-x"``) and the distance :class:`PrototypeShift` maximises; a tiny floor under the root keeps its
-    gradient finite where the two vectors agree.
-
-    Parameters
-    ----------
-    a, b : torch.Tensor [shape=(batch, n_prototypes)]
-        Prototype activations (each prototype's largest similarity over the map).
-    """
+    """RMS difference ``(batch,)`` of prototype activations ``a``, ``b`` ``(batch, n_prototypes)``: the AT-X training term
+    (:func:`core.training.head_finetune.adversarial_finetune_head`) and what :class:`PrototypeShift` maximises; a tiny
+    floor under the root keeps the gradient finite where they agree."""
     return ((a - b).square().mean(-1) + 1e-12).sqrt()
 
 
 class PrototypeShift(_PrototypeObjective):
-    """Move the whole explanation: maximise the RMS change of every prototype's activation from the clean window's.
+    """Move the whole explanation: maximise the RMS change of every prototype's activation (AT-X's attack: a TRADES-style
+    consistency term on prototype activations, in the spirit of Chen et al. 2019, "Robust Attribution Regularization").
 
-    Untargeted in prototype space; the attack of the explanation-guided adversarial training (``at-x``, a TRADES-style
-    consistency term on prototype activations in the spirit of attribution-robustness training, e.g. Chen et al. 2019,
-    "Robust Attribution Regularization", NeurIPS).
-    Success: the most activated prototype changed. DRS: the RMS change itself. Like any distance from the clean
-    window, its gradient vanishes at the clean window: attacks without a random start (FGSM, BIM) would leave the window
-    as it is, so they refuse it (:class:`~core.attacks.base.Attack` raises :class:`ParameterError`); PGD and APGD
-    start from a random point.
+    Success: the most activated prototype changed; DRS: the RMS change. Its gradient vanishes at the clean window, so
+    attacks without a random start (FGSM, BIM) refuse it (:class:`~core.attacks.base.Attack`); PGD and APGD start
+    from a random point.
     """
 
     name = "prototype-shift"
