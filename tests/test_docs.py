@@ -538,12 +538,15 @@ def test_explanation_stability_tables_are_the_stored_run():
     rows = pd.read_csv(ROOT / "assets" / "explanation_attack" / "stability_windows.csv")
     main = rows[rows["eps"] == 1e-4]
     assert main.groupby("arm")["model"].nunique().ge(3).all() and len(set(main["arm"])) == 6
+    text = " ".join(RESULTS.split())
     summary = stability_summary(main)
     assert block("explanation-stability") == stability_markdown(summary) + "\n"
     assert block("explanation-stability-differences") == stability_differences_markdown(stability_differences(main)) + "\n"
     low, high = summary["swap success mean"].min(), summary["swap success mean"].max()
-    text = " ".join(RESULTS.split())
     assert f"on {100 * low:.0f}-{100 * high:.0f} % of windows in every arm" in text
+    small = stability_summary(rows[rows["eps"] == 3e-5])
+    assert block("explanation-stability-3e-5") == stability_markdown(small) + "\n"
+    assert f"succeeds on {100 * small['swap success mean'].min():.0f}-{100 * small['swap success mean'].max():.0f} % of windows" in text
     rms = summary.set_index("arm")["activation RMS change (swap) mean"]
     assert (f"falls from {rms['OT+FT']:.3f} (OT+FT) to {rms['AT-O']:.3f} (AT-O), {rms['AT-E']:.3f} (AT-E) and "
             f"{rms['AT-X']:.3f} (AT-X)") in text
