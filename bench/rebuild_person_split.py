@@ -19,6 +19,11 @@ as an ordered list of steps (a command line, the files it writes, a done-check) 
 - ``--budget-minutes M`` runs pending steps in order until the next one's estimate does not fit in what is left
   of M (then it stops: later steps depend on earlier ones); ``--dry-run`` says what would run; ``--list`` shows every
   step with done/pending; ``--commit`` commits each step's outputs and the ledger as soon as it is done.
+- two runners may work at once (one per core): a runner claims a step before it starts it
+  (``checkpoints/person/running/<id>.pid``, created exclusively, removed when the step ends), and the other runner
+  passes over a step claimed by a live process and over every step that needs it; a claim whose process is gone (a
+  killed session) is stale and taken over. The ledger is re-read before each write, so neither runner drops the
+  other's records.
 
 Order: the reference, then each family's seed-0 parent, its AT-O / AT-E / OT+FT fine-tunes at seed 0 and at once
 their seeds 1 and 2 (fine-tunes of the seed-0 parent with ``--seed 1``, ``--seed 2``: if time runs out, seeds go to
@@ -348,6 +353,66 @@ def write_ledger(path: Path, ledger: dict) -> None:
     atomic_write_text(path, json.dumps(ledger, indent=1, sort_keys=True) + "\n")
 
 
+def record_step(path: Path, step_id: str, record: dict) -> dict:
+    """Add one finished step to the ledger on disk (re-read first: another runner may have recorded steps meanwhile);
+    returns the merged ledger."""
+    ledger = read_ledger(path)
+    ledger["steps"][step_id] = record
+    write_ledger(path, ledger)
+    return ledger
+
+
+def _claim_path(step: Step, root: Path) -> Path:
+    return root / STAGING / "running" / f"{step.id.replace('/', '_')}.pid"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def claimed_by(step: Step, root: Path) -> int | None:
+    """The pid of a live process (other than this one) that has claimed ``step``, else None (no claim, or a stale one)."""
+    try:
+        pid = int(_claim_path(step, root).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if pid != os.getpid() and _alive(pid) else None
+
+
+def claim(step: Step, root: Path) -> bool:
+    """Claim ``step`` for this process (exclusive create; a stale claim is taken over); False if a live one holds it."""
+    path = _claim_path(step, root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            if claimed_by(step, root) is not None:
+                return False
+            path.unlink(missing_ok=True)  # stale: its process is gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()} {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        return True
+    return False
+
+
+def release(step: Step, root: Path) -> None:
+    """Remove this process's claim on ``step``."""
+    path = _claim_path(step, root)
+    try:
+        if int(path.read_text().split()[0]) == os.getpid():
+            path.unlink()
+    except (OSError, ValueError, IndexError):
+        pass
+
+
 def _card(root: Path, checkpoint: str) -> dict | None:
     weights, card = root / checkpoint, (root / checkpoint).with_suffix(".json")
     if not (weights.is_file() and card.is_file()):
@@ -436,6 +501,10 @@ def plan_run(steps: Sequence[Step], root: Path, ledger: dict, *, budget_minutes:
         if step.manual:
             out.append(Decision(step, "skip", est, f"manual: {step.note}"))
             continue
+        pid = claimed_by(step, root)
+        if pid is not None:
+            out.append(Decision(step, "skip", est, f"running in another process (pid {pid})"))
+            continue
         missing = [n for n in step.needs if n not in done]
         if missing:
             out.append(Decision(step, "skip", est, f"needs {', '.join(missing)}"))
@@ -489,9 +558,9 @@ def run_plan(steps: Sequence[Step], root: Path, ledger_path: Path, *, budget_min
     """
     execute = execute or (lambda step: subprocess.run([sys.executable, *step.argv], cwd=root).returncode)
     t0 = clock()
-    ledger = read_ledger(ledger_path)
     ran = 0
     while True:
+        ledger = read_ledger(ledger_path)  # another runner may have recorded steps
         elapsed = (clock() - t0) / 60
         todo = plan_run(steps, root, ledger, budget_minutes=budget_minutes, studies=studies, elapsed_minutes=elapsed)
         nxt = next((d for d in todo if d.action in ("run", "stop")), None)
@@ -509,18 +578,23 @@ def run_plan(steps: Sequence[Step], root: Path, ledger_path: Path, *, budget_min
             if (root / old).is_file():
                 print(f"  replacing {old} (the earlier run's table; it stays in git's history)")
                 (root / old).unlink()
-        start = clock()
-        rc = execute(step)
-        seconds = clock() - start
+        if not claim(step, root):
+            continue  # another runner took it a moment ago: look again
+        try:
+            start = clock()
+            rc = execute(step)
+            seconds = clock() - start
+        finally:
+            release(step, root)
         if rc != 0:
             print(f"{step.id} failed (exit code {rc}) after {seconds / 60:.1f} min; fix it and run again (a training step resumes)")
             return 1
         if not is_done(step, root, ledger if step.check != "ledger" else {"steps": {step.id: {"command": step.command}}}):
             print(f"{step.id} finished but its done-check fails ({step.check}: {', '.join(step.outputs) or 'ledger'}); not recorded")
             return 1
-        ledger["steps"][step.id] = {"kind": step.kind, "seconds": round(seconds, 1), "resumed": resumed, "command": step.command,
-                                    "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "threads": os.environ.get("BIRDSHIELD_THREADS")}
-        write_ledger(ledger_path, ledger)
+        ledger = record_step(ledger_path, step.id, {
+            "kind": step.kind, "seconds": round(seconds, 1), "resumed": resumed, "command": step.command,
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "threads": os.environ.get("BIRDSHIELD_THREADS")})
         ran += 1
         print(f"{step.id} done in {seconds / 60:.1f} min", flush=True)
         if do_commit:

@@ -214,3 +214,33 @@ def test_commit_records_each_finished_step_in_git(plan, tmp_path, monkeypatch):
     assert "other.txt" not in log
     status = subprocess.run(["git", "status", "--porcelain"], cwd=tmp_path, capture_output=True, text=True).stdout
     assert status.strip() == "A  other.txt"
+
+
+def test_two_runners_share_the_plan_through_claims_and_the_ledger(plan, tmp_path, capsys):
+    import subprocess
+
+    steps = [fake(plan, "a", 1), fake(plan, "b", 1, needs=["a"]), fake(plan, "c", 1)]
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        # another live runner has claimed a: this one passes over a and b (which needs a) and runs c
+        claim = tmp_path / plan.STAGING / "running" / "a.pid"
+        claim.parent.mkdir(parents=True)
+        claim.write_text(f"{other.pid} 2026-12-03 00:00:00\n")
+        decisions = plan.plan_run(steps, tmp_path, {"steps": {}}, budget_minutes=None, studies=False)
+        assert [(d.step.id, d.action) for d in decisions] == [("a", "skip"), ("b", "skip"), ("c", "run")]
+        assert decisions[0].reason == f"running in another process (pid {other.pid})"
+        # meanwhile the other runner records a step of its own in the ledger: this runner's record must not drop it
+        ledger = tmp_path / plan.LEDGER
+        plan.write_ledger(ledger, {"steps": {"x": {"kind": "x", "seconds": 1.0}}})
+        assert plan.main([], steps, root=tmp_path) == 0
+        assert (tmp_path / "out" / "c.txt").is_file() and not (tmp_path / "out" / "a.txt").exists()
+        assert set(json.loads(ledger.read_text())["steps"]) == {"x", "c"}
+        assert claim.is_file() and not (claim.parent / "c.pid").exists()  # its own claim released, the other's kept
+    finally:
+        other.kill()
+        other.wait()
+    # the other runner's process is gone: its claim is stale, taken over, and a and b run
+    assert plan.claimed_by(steps[0], tmp_path) is None
+    assert plan.main([], steps, root=tmp_path) == 0
+    assert (tmp_path / "out" / "a.txt").is_file() and (tmp_path / "out" / "b.txt").is_file()
+    assert not list((tmp_path / plan.STAGING / "running").iterdir())
