@@ -521,10 +521,19 @@ def test_certified_accuracy_tables_are_the_stored_run():
     assert block("certified-accuracy-snr") == certified_markdown(summary, "snr") + "\n"
     assert block("certified-accuracy-differences") == certified_differences_markdown(certified_differences(rows)) + "\n"
     assert block("certified-accuracy-post-cutoff") == certified_markdown(certified_summary(rows, subset="post-cutoff")) + "\n"
-    given = rows[~rows["abstain"].astype(bool)]
-    at_cap = np.isclose(given["radius"], given["max_radius"]).mean()
     text = " ".join(RESULTS.split())
-    assert f"{100 * at_cap:.0f} % of the {len(given):,} certificates given (of {len(rows):,} head-windows)" in text
+    small, large = rows[rows["sigma"] == 3e-4], rows[rows["sigma"] == 3e-3]
+    given = small[~small["abstain"].astype(bool)]
+    at_cap = np.isclose(given["radius"], given["max_radius"]).mean()
+    assert f"{100 * at_cap:.0f} % of the {len(given):,} certificates given (of {len(small):,} head-windows)" in text
+    # sigma 3e-3: seed 0 of each arm, the noise arm trained at that sigma; the share at the cap per arm as the prose says
+    assert large.groupby("arm")["model"].nunique().eq(1).all() and large["model"].str.contains("noise_sigma3e-3").any()
+    given = large[~large["abstain"].astype(bool)]
+    caps = given.assign(cap=np.isclose(given["radius"], given["max_radius"])).groupby("arm")["cap"].mean()
+    assert f"({100 * caps.min():.0f}-{100 * caps.max():.0f} % of certificates at R = 2.46 sigma)" in text
+    diff = certified_differences(rows).set_index(["sigma", "arm", "radius_sigma"])
+    noise = diff.loc[(3e-3, "noise", 2.0)]
+    assert f"{noise['effect']:+.2f} [{noise['ci_low']:+.2f}, {noise['ci_high']:+.2f}]" in text
 
 
 def test_explanation_stability_tables_are_the_stored_run():
