@@ -4,9 +4,13 @@ For ``--windows`` test windows (``--per-species`` recordings of each species, in
 correctly), :func:`core.studies.certificate_check.check_certificates` certifies the window (CERTIFY, Cohen et al.
 2019, ``--n`` copies), attacks the smoothed classifier at 0.95 of the certified radius with PGD-L2, APGD-CE-L2 and
 APGD-DLR-L2 under EOT over the smoothing noise, and then with PGD at 4, 16, 64, ... times the radius until it flips.
-Prints the table per window and the docs/ summary; ``--out`` writes the CSV (with a JSON of the settings beside it).
+Windows are taken round-robin over species (each species' first labelled test recording, then each one's second, ...),
+so the first nine are the one-per-species set. Prints the table per window and the docs/ summary; ``--out`` writes the
+CSV after every window (with a JSON of the settings beside it), and a rerun with the same settings resumes: the rows
+already there are kept and the remaining windows run with the numbers (seeds) they have in the full list, so a run
+split over sessions gives the rows of one uninterrupted run.
 
-Run: ``BIRDSHIELD_THREADS=1 python bench/certificate_check.py --windows 30 --out assets/certify/check.csv``
+Run: ``BIRDSHIELD_THREADS=1 python bench/certificate_check.py --windows 30 --per-species 4 --out assets/certify/check_30windows.csv``
 (``--windows 3`` to try it; the run prints each window's seconds).
 """
 
@@ -18,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,6 +32,7 @@ from bench.windows import labelled_test_windows  # noqa: E402
 from core.attacks.smoothing import DEFAULT_ALPHA, DEFAULT_SIGMA  # noqa: E402
 from core.io.data import open_dataset  # noqa: E402
 from core.io.device import apply_thread_policy  # noqa: E402
+from core.io.fileio import atomic_write_text  # noqa: E402
 from core.models.defaults import DEFAULT_MODEL  # noqa: E402
 from core.models.registry import load_checkpoint  # noqa: E402
 from core.studies.certificate_check import CHECK_LEGS, check_certificates, check_markdown  # noqa: E402
@@ -49,23 +55,60 @@ def main() -> None:
     apply_thread_policy()
     model = load_checkpoint(args.model)
     ds = open_dataset(split_scheme=args.split_scheme) if args.split_scheme else open_dataset()
-    chosen = labelled_test_windows(model, ds, args.windows, per_species=args.per_species)
+    every = labelled_test_windows(model, ds, 9 * args.per_species, per_species=args.per_species)
+    chosen = round_robin(every, model)[:args.windows]
     names = [f"{rid}@{start:.0f}s" for rid, start, _, _ in chosen]
     windows = torch.stack([torch.as_tensor(x) for _, _, x, _ in chosen]).numpy()
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "windows", "per_species")}  # the names check the choice
+    settings["model_card_sha"] = model.card.get("weights_sha256")
+    out = Path(args.out) if args.out else None
+    table, spent = pd.DataFrame(), 0.0
+    if out is not None and out.is_file():
+        table, spent = resume_from(out, settings, names)
+        print(f"resuming: {len(table)} of {len(names)} windows already in {out}")
     t0 = time.time()
-    table = check_certificates(model, windows, sigma=args.sigma, n=args.n, alpha=args.alpha, steps=args.steps,
-                               samples=args.samples, legs=tuple(args.legs.split(",")), names=names,
-                               progress=lambda d, t: print(f"  {d}/{t} windows, {time.time() - t0:.0f} s", flush=True))
+    legs = tuple(args.legs.split(","))
+    for i in range(len(table), len(names)):
+        row = check_certificates(model, windows[i:i + 1], sigma=args.sigma, n=args.n, alpha=args.alpha, steps=args.steps,
+                                 samples=args.samples, legs=legs, names=names[i:i + 1], first_index=i)
+        table = pd.concat([table, row], ignore_index=True)
+        print(f"  {i + 1}/{len(names)} windows, {time.time() - t0:.0f} s", flush=True)
+        if out is not None:
+            write(out, table, {**settings, "windows": len(table), "seconds": spent + time.time() - t0})
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(check_markdown(table, alpha=args.alpha))
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(out, index=False)
-        settings = {k: v for k, v in vars(args).items() if k != "out"}
-        out.with_suffix(".json").write_text(json.dumps({**settings, "model_card_sha": model.card.get("weights_sha256"),
-                                                        "seconds": time.time() - t0}, indent=1) + "\n")
+    if out is not None:
         print(f"written to {out}")
+
+
+def round_robin(chosen: list, model) -> list:
+    """``chosen`` (recording order) reordered round-robin over species: every species' first window, then every
+    species' second, ... (recording order within each round)."""
+    names = list(model.config.class_names)
+    rank, seen = [], {}
+    for _, _, _, top in chosen:
+        rank.append(seen.get(names[top], 0))
+        seen[names[top]] = rank[-1] + 1
+    return [c for _, _, c in sorted(zip(rank, range(len(chosen)), chosen), key=lambda t: t[:2])]
+
+
+def resume_from(out: Path, settings: dict, names: list[str]) -> tuple[pd.DataFrame, float]:
+    """The rows of an earlier run with the same settings and the seconds it spent; refuses other settings or windows."""
+    meta_path = out.with_suffix(".json")
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    differ = {k: (meta.get(k), v) for k, v in settings.items() if meta.get(k) != v}
+    if differ:
+        raise SystemExit(f"{out} was made with other settings ({differ}); choose another --out or the same settings")
+    table = pd.read_csv(out, converters={"flip_leg": str})  # "" where no leg flipped, as the run writes it
+    if list(table["window"]) != names[:len(table)]:
+        raise SystemExit(f"{out} holds windows {list(table['window'])}, not the first {len(table)} of this run's list")
+    return table, float(meta.get("seconds", 0.0))
+
+
+def write(out: Path, table: pd.DataFrame, meta: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, table.to_csv(index=False))
+    atomic_write_text(out.with_suffix(".json"), json.dumps(meta, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -103,3 +103,19 @@ def test_bad_windows_raise_parameter_error():
         check_certificates(model, x, sigma=sigma)  # one row, not (n_windows, n_samples)
     with pytest.raises(ParameterError, match="windows"):
         check_certificates(model, np.full((1, 64), np.nan, np.float32), sigma=sigma)
+
+
+def test_a_run_resumed_window_by_window_gives_the_rows_of_one_run():
+    model, x, d, sigma = _case(0)
+    rng = np.random.default_rng(5)
+    windows = np.stack([x, (x + 0.02 * rng.standard_normal(64)).astype(np.float32)])
+    settings = {**SETTINGS, "n": 500, "n_predict": 300, "n_predict_above": 200}
+    whole = check_certificates(model, windows, sigma=sigma, names=["a", "b"], **settings)
+    second = check_certificates(model, windows[1:], sigma=sigma, names=["b"], first_index=1, **settings)
+    alone = check_certificates(model, windows[1:], sigma=sigma, names=["b"], **settings)
+    cols = ["label", "p_lower", "radius", "attacked_radius"]
+    assert second[cols].to_numpy() == pytest.approx(whole[cols].iloc[1:].to_numpy())  # the noise and attacks of window 1
+    assert alone["p_lower"].iloc[0] != whole["p_lower"].iloc[1] or \
+        alone["attacked_radius"].iloc[0] != whole["attacked_radius"].iloc[1]  # window 0's seeds differ
+    with pytest.raises(ParameterError, match="first_index"):
+        check_certificates(model, windows, sigma=sigma, first_index=-1)

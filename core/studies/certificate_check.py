@@ -66,7 +66,8 @@ def _one_hot(label: int, n_classes: int, device) -> torch.Tensor:
 def check_certificates(model, windows, *, sigma: float, n: int = 1000, n0: int = 100, alpha: float = 0.001,
                        legs: tuple[str, ...] = CHECK_LEGS, steps: int = 20, steps_above: int = 10, samples: int = 8,
                        below: float = 0.95, factor: float = 4.0, n_predict: int = 1000, n_predict_above: int = 200,
-                       seed: int = 0, names=None, progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+                       seed: int = 0, names=None, first_index: int = 0,
+                       progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
     """Certify each window, attack ``g`` below and above its radius (see the module docstring).
 
     Parameters
@@ -94,6 +95,9 @@ def check_certificates(model, windows, *, sigma: float, n: int = 1000, n0: int =
         Seeds the certification noise (with the window's number), the attacks' starts and their draws.
     names : sequence of str, optional
         One label per window (e.g. its recording and time) for the table.
+    first_index : int >= 0
+        The number of the first window in a longer list (its noise and attacks are seeded by that number), so a run
+        resumed window by window gives the rows of one uninterrupted run.
     progress : callable, optional
         ``progress(done, total)`` over windows.
 
@@ -130,11 +134,13 @@ def check_certificates(model, windows, *, sigma: float, n: int = 1000, n0: int =
         raise ParameterError(f"{len(names)} names for {len(x_all)} windows")
     device = next(model.parameters()).device
     model.eval()
+    check_int("first_index", first_index, 0)
     rows = []
-    for i, x_np in enumerate(x_all):
+    for k, x_np in enumerate(x_all):
+        i = first_index + k
         t0 = time.perf_counter()
         cert = certify_window(model, x_np, sigma=sigma, n=n, n0=n0, alpha=alpha, seed=seed, index=i)
-        row = {"window": names[i], "label": cert.label, "p_lower": cert.p_lower, "radius": cert.radius, "snr_db": cert.snr_db,
+        row = {"window": names[k], "label": cert.label, "p_lower": cert.p_lower, "radius": cert.radius, "snr_db": cert.snr_db,
                "signal_norm": cert.signal_norm, "n": cert.n}
         x = torch.as_tensor(x_np, device=device)[None]
         with torch.no_grad():
@@ -154,7 +160,7 @@ def check_certificates(model, windows, *, sigma: float, n: int = 1000, n0: int =
         row["seconds"] = time.perf_counter() - t0
         rows.append(row)
         if progress is not None:
-            progress(i + 1, len(x_all))
+            progress(k + 1, len(x_all))
     return pd.DataFrame(rows)
 
 
