@@ -63,11 +63,29 @@ def test_attack_writes_audio(wav, tmp_path):
     assert sr == 32_000 and len(adv) == 8 * 32_000
 
 
+def test_attack_file_targeted_makes_the_windows_say_the_target(wav):
+    from core.field.inference import attack_file
+    from core.models.registry import load_checkpoint
+
+    model = load_checkpoint("baseline")
+    names = list(model.config.class_names)
+    clean, _ = attack_file(model, str(wav), eps=0.0, steps=1)
+    target = next(n for n in names if n != clean["windows"][0]["top_before"][0]["species"])
+    res, adv = attack_file(model, str(wav), eps=0.01, steps=50, objective="output-targeted-margin", target_species=target.upper())
+    assert res["objective"] == "output-targeted-margin" and res["target_species"] == target
+    assert [w["top_after"][0]["species"] for w in res["windows"]] == [target] * len(res["windows"])
+    assert res["linf"] <= 0.01 + 1e-6 and len(adv) == 8 * 32_000
+    assert clean["objective"] == "output-untargeted" and not clean["masking"]  # the default for a non-BirdNET model
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("args,needle", [
     (["predict", "missing.wav"], "no such file"),
     (["attack", "{wav}", "--eps", "-0.1"], "eps must be a number in [0, 1]"),
     (["attack", "{wav}", "--eps", "0.01", "--steps", "0"], "steps"),
+    (["attack", "{wav}", "--model", "baseline", "--eps", "0.01", "--target-species", "parmaj"], "a target species goes with"),
+    (["attack", "{wav}", "--model", "baseline", "--eps", "0.01", "--objective", "output-targeted-margin", "--target-species",
+      "parma"], "did you mean parmaj"),
     (["predict", "{wav}", "--model", "nonexistent"], "checkpoint not found"),
     (["predict", "{txt}"], "not a readable audio file"),
 ])

@@ -230,6 +230,13 @@ def attack_args(p) -> None:
     add_eps(p, required=True, help="L-inf budget in full-scale amplitude, e.g. 0.002")
     add_steps(p, help="PGD steps (1 = FGSM)")
     add_float(p, "--alpha", help="step size (default 2.5 * eps / steps)")
+    p.add_argument("--objective", choices=["output-untargeted", "output-margin", "output-targeted-margin"],
+                   help="what the attack tries: scramble the species list (BCE), push the top species below the runner-up "
+                        "(margin), or make every window say --target-species (default: margin for BirdNET itself, else BCE)")
+    p.add_argument("--target-species", help="output-targeted-margin: the class name the model should say (a targeted attack "
+                                            "needs more steps than an untargeted one: try --steps 50)")
+    p.add_argument("--masking", action="store_true",
+                   help="keep the perturbation under each window's psychoacoustic masking threshold (eps caps the search)")
     add_seed(p)
     add_out(p, help="write the perturbed audio to this WAV file")
     add_json(p)
@@ -241,7 +248,8 @@ def cmd_attack(args) -> int:
     from core.models.registry import load_checkpoint
 
     model = load_checkpoint(args.model)
-    res, adv = attack_file(model, args.file, eps=args.eps, steps=args.steps, alpha=args.alpha, seed=args.seed)
+    res, adv = attack_file(model, args.file, eps=args.eps, steps=args.steps, alpha=args.alpha, seed=args.seed,
+                           objective=args.objective, target_species=args.target_species, masking=args.masking)
     sr = model.config.frontend.sample_rate
     if args.out:
         Path(args.out).write_bytes(wav_bytes(adv, sr))
@@ -250,7 +258,8 @@ def cmd_attack(args) -> int:
     if args.json:
         print(json.dumps(res, indent=2))
         return 0
-    print(f"{res['file']}: PGD eps={args.eps:g} steps={args.steps}, SNR {res['snr_db']:.1f} dB, L-inf {res['linf']:.5f}")
+    how = res["objective"] + (f" -> {res['target_species']}" if res["target_species"] else "") + (", masked" if args.masking else "")
+    print(f"{res['file']}: PGD eps={args.eps:g} steps={args.steps} ({how}), SNR {res['snr_db']:.1f} dB, L-inf {res['linf']:.5f}")
     for w in res["windows"]:
         print(f"  {w['start_s']:6.1f} s  before: {_top(w['top_before'])}\n          after:  {_top(w['top_after'])}")
     if args.out:

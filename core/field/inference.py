@@ -237,7 +237,6 @@ def predict_file(model: BirdClassifier, path: str) -> dict:
     """JSON-ready predictions for an audio file, per window and per recording."""
     clip = _load_for(model, path)
     res = analyze_waveform(model, clip.waveform)
-    names = model.config.class_names
     sr = clip.sample_rate
     return {
         "file": str(path),
@@ -250,18 +249,54 @@ def predict_file(model: BirdClassifier, path: str) -> dict:
     }
 
 
-def attack_file(model: BirdClassifier, path: str, *, eps: float, steps: int = 10, alpha: float | None = None, seed: int = 0):
-    """Attack an audio file; returns (JSON-ready result, perturbed waveform)."""
+def attack_file(model: BirdClassifier, path: str, *, eps: float, steps: int = 10, alpha: float | None = None, seed: int = 0,
+                objective: str | None = None, target_species: str | None = None, masking: bool = False):
+    """Attack an audio file window by window (:func:`attack_waveform`); returns (JSON-ready result, perturbed waveform).
+
+    Parameters
+    ----------
+    model : BirdClassifier
+    path : str
+        Audio file (any format soundfile or librosa reads), down-mixed and resampled to the model's rate.
+    eps, steps, alpha, seed, masking
+        As in :func:`attack_waveform`.
+    objective : {"output-untargeted", "output-margin", "output-targeted-margin"}, optional
+        Default: the margin loss for BirdNET itself (arch ``"birdnet"``: thousands of classes, no threshold to
+        cross), BCE against the clean prediction otherwise (as the Attack page chooses).
+    target_species : str, optional
+        For ``"output-targeted-margin"``: a class name of the model (case-insensitive).
+
+    Raises
+    ------
+    ParameterError
+        Bad settings, a target species the model does not know, or one given without the targeted objective.
+    AudioError
+        The file cannot be read.
+    """
     from core.attacks import clean_prediction_targets
     from core.metrics import linf, snr_db
 
-    clip = _load_for(model, path)
     if not isinstance(steps, int) or steps < 1:
         raise ParameterError(f"steps must be an integer >= 1, got {steps}")
-    adv = attack_waveform(model, clip.waveform, eps=eps, steps=steps, alpha=alpha, random_start=steps > 1, seed=seed)
+    names = list(model.config.class_names)
+    objective = objective or ("output-margin" if model.config.arch == "birdnet" else "output-untargeted")
+    target_class = None
+    if (objective == "output-targeted-margin") != (target_species is not None):
+        raise ParameterError("a target species goes with the output-targeted-margin objective, and only with it "
+                             f"(got objective {objective!r}, target species {target_species!r})")
+    if target_species is not None:
+        lowered = [n.lower() for n in names]
+        if target_species.strip().lower() not in lowered:
+            close = [n for n in names if target_species.strip().lower() in n.lower()][:5]
+            raise ParameterError(f"the model has no class {target_species!r}"
+                                 + (f"; did you mean {', '.join(close)}?" if close else f"; its classes: {', '.join(names[:9])}"
+                                    + (", ..." if len(names) > 9 else "")))
+        target_class = lowered.index(target_species.strip().lower())
+    clip = _load_for(model, path)
+    adv = attack_waveform(model, clip.waveform, eps=eps, steps=steps, alpha=alpha, random_start=steps > 1, seed=seed,
+                          objective=objective, target_class=target_class, masking=masking)
     before = analyze_waveform(model, clip.waveform)
     after = analyze_waveform(model, adv)
-    names = model.config.class_names
     sr = clip.sample_rate
     with torch.no_grad():
         pred_before = clean_prediction_targets(torch.logit(torch.as_tensor(before.scores).clamp(1e-6, 1 - 1e-6)))
@@ -271,6 +306,9 @@ def attack_file(model: BirdClassifier, path: str, *, eps: float, steps: int = 10
         "file": str(path),
         "eps": eps,
         "steps": steps,
+        "objective": objective,
+        "target_species": None if target_class is None else names[target_class],
+        "masking": masking,
         "snr_db": float(snr_db(clip.waveform, adv)),
         "linf": float(linf(clip.waveform, adv)),
         "windows_changed": int(changed.sum()),
