@@ -237,6 +237,7 @@ def predict_file(model: BirdClassifier, path: str) -> dict:
     """JSON-ready predictions for an audio file, per window and per recording."""
     clip = _load_for(model, path)
     res = analyze_waveform(model, clip.waveform)
+    names = model.config.class_names
     sr = clip.sample_rate
     return {
         "file": str(path),
