@@ -347,6 +347,58 @@ def bootstrap_p(boots) -> float:
     return float(min(1.0, 2 * min(np.mean(b <= 0), np.mean(b >= 0))))
 
 
+def format_p(p: float, n_boot: int | None = None) -> str:
+    """A bootstrap p-value for a table: ``"0.042"``; ``"< 0.001"`` where no resample fell on the other side of 0
+    (:func:`bootstrap_p` is then 0, and its resolution is ``2 / n_boot``); ``""`` for NaN.
+
+    Examples
+    --------
+    >>> format_p(0.0421), format_p(0.0, 2000), format_p(float("nan"))
+    ('0.042', '< 0.001', '')
+    """
+    if not np.isfinite(p):
+        return ""
+    if p == 0 and n_boot:
+        return f"< {2 / n_boot:.2g}"
+    return f"{p:.3f}"
+
+
+def holm(p) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values (Holm 1979, Scand. J. Statist. 6:65-70), monotone in the raw p.
+
+    The i-th smallest of m p-values becomes ``max over j <= i of min(1, (m - j + 1) p_(j))``; rejecting where
+    the adjusted p is below alpha controls the family-wise error rate at alpha.
+
+    Parameters
+    ----------
+    p : array-like [shape=(m,)]
+        Raw p-values; NaN ones (untested) stay NaN and do not count towards m.
+
+    Returns
+    -------
+    np.ndarray [shape=(m,)]
+
+    Raises
+    ------
+    ParameterError
+        A p-value outside [0, 1].
+
+    Examples
+    --------
+    >>> holm([0.01, 0.04, 0.03, 0.005]).round(3).tolist()
+    [0.03, 0.06, 0.06, 0.02]
+    """
+    p = np.asarray(p, dtype=float)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    if np.any((p[ok] < 0) | (p[ok] > 1)):
+        raise ParameterError(f"p-values must lie in [0, 1], got {p[ok][(p[ok] < 0) | (p[ok] > 1)].tolist()}")
+    m = len(ok)
+    order = ok[np.argsort(p[ok], kind="stable")]
+    out[order] = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    return out
+
+
 def hierarchical_difference(windows: pd.DataFrame, arm: str, control: str, value: str, *, n_boot: int = 2000,
                             seed: int = 0, window: str | None = None) -> dict:
     """Difference of an arm's mean from its control's, with a two-level bootstrap over recordings and seeds.

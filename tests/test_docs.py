@@ -534,6 +534,12 @@ def test_certified_accuracy_tables_are_the_stored_run():
     diff = certified_differences(rows).set_index(["sigma", "arm", "radius_sigma"])
     noise = diff.loc[(3e-3, "noise", 2.0)]
     assert f"{noise['effect']:+.2f} [{noise['ci_low']:+.2f}, {noise['ci_high']:+.2f}]" in text
+    # where g's answer differs from f's, who is right: g at 3e-4, f at 3e-3
+    for part, words in ((small, "g is the more often right of the two there ({g} against {f} of those {n} head-windows)"),
+                        (large, "where f, not g, is now the more often right ({f} against {g} of those {n} head-windows)")):
+        ans = part[~part["abstain"].astype(bool)]
+        differ = ans[ans["class_name"] != ans["clean_class"]]
+        assert words.format(g=int(differ["correct"].sum()), f=int(differ["clean_correct"].sum()), n=len(differ)) in text
 
 
 def test_explanation_stability_tables_are_the_stored_run():

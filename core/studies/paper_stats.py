@@ -7,7 +7,7 @@ import pandas as pd
 
 from core.errors import ParameterError
 from core.io.clips import recording_of  # noqa: F401  (re-exported: core.studies.papercheck)
-from core.metrics import bootstrap_p, hierarchical_difference  # noqa: F401  (re-exported)
+from core.metrics import bootstrap_p, hierarchical_difference, holm  # noqa: F401  (re-exported)
 
 #: Family-wise error rate of the Holm-Bonferroni correction.
 ALPHA = 0.05
@@ -44,42 +44,6 @@ def verdict(low: float, high: float, paper_effect: float | None = None) -> str:
     if high < 0 or (paper_effect is not None and paper_effect > 0 and high < paper_effect):
         return "not reproduced"
     return "inconclusive"
-
-
-def holm(p) -> np.ndarray:
-    """Holm-Bonferroni adjusted p-values (Holm 1979, Scand. J. Statist. 6:65-70), monotone in the raw p.
-
-    The i-th smallest of m p-values becomes ``max over j <= i of min(1, (m - j + 1) p_(j))``; rejecting where
-    the adjusted p is below alpha controls the family-wise error rate at alpha.
-
-    Parameters
-    ----------
-    p : array-like [shape=(m,)]
-        Raw p-values; NaN ones (untested) stay NaN and do not count towards m.
-
-    Returns
-    -------
-    np.ndarray [shape=(m,)]
-
-    Raises
-    ------
-    ParameterError
-        A p-value outside [0, 1].
-
-    Examples
-    --------
-    >>> holm([0.01, 0.04, 0.03, 0.005]).round(3).tolist()
-    [0.03, 0.06, 0.06, 0.02]
-    """
-    p = np.asarray(p, dtype=float)
-    out = np.full(p.shape, np.nan)
-    ok = np.flatnonzero(np.isfinite(p))
-    if np.any((p[ok] < 0) | (p[ok] > 1)):
-        raise ParameterError(f"p-values must lie in [0, 1], got {p[ok][(p[ok] < 0) | (p[ok] > 1)].tolist()}")
-    m = len(ok)
-    order = ok[np.argsort(p[ok], kind="stable")]
-    out[order] = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
-    return out
 
 
 def direction_of(effect: float, p_holm: float, alpha: float = ALPHA) -> str:
