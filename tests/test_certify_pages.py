@@ -14,6 +14,12 @@ from tests.test_pages import TIMEOUT, finish_job, no_exception
 pytestmark = pytest.mark.skipif("protopnet" not in list_checkpoints(), reason="shipped checkpoints missing")
 
 
+def cert_names(at):
+    from core.models.registry import read_model_card
+
+    return read_model_card(at.session_state["model_name"] if "model_name" in at.session_state else "protopnet")["config"]["class_names"]
+
+
 def certify_and_read(at, key: str):
     """Press the panel's button with N = 100 (the fewest: n0 = 100 choose the answer) and return its sentence."""
     assert not [b for b in at.button if b.key == f"{key}_run" and b.disabled]
@@ -22,8 +28,15 @@ def certify_and_read(at, key: str):
     at.button(key=f"{key}_run").click().run()
     no_exception(at)
     assert not at.error
-    ((cert, clean),) = at.session_state[f"{key}_results"].values()
+    ((cert, reading),) = at.session_state[f"{key}_results"].values()
     assert cert.n == 100 and cert.n0 == 100 and cert.counts.sum() == 100
+    # the warnings beside it are the core's notes on this certificate and the plain model's reading of the window
+    from core.field.analyze import species_names
+    from core.field.certificates import certificate_notes
+
+    names = species_names(cert_names(at), None)
+    notes = certificate_notes(cert, reading, lambda code: names[code][1])
+    assert notes and set(notes) <= {w.value for w in at.warning}  # a tone: at least "no bird" or the cap
     said = [m.value for m in (*at.success, *at.info) if m.value.startswith(("Certified:", "Not certified (abstain):"))]
     assert len(said) == 1
     return cert, said[0]
@@ -43,7 +56,7 @@ def test_clip_page_certifies_the_window_on_request(tmp_path):
     no_exception(at)
     cert, sentence = certify_and_read(at, "clip_cert")
     name = species_names(read_model_card("protopnet")["config"]["class_names"])[cert.class_name][1]
-    assert f"({name}, at least" in sentence or f"answer, {name}, is guaranteed" in sentence  # g's answer beside its radius
+    assert f"({name}; the probability" in sentence or f"answer, {name}, is guaranteed" in sentence  # g's answer beside its radius
     assert "smoothed model, whose answer may differ from the plain model's" in sentence
     if not cert.abstained:
         assert f"no sound quieter than {cert.snr_db:.0f} dB below this window" in sentence

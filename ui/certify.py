@@ -16,6 +16,7 @@ import streamlit as st
 
 from core.attacks.smoothing import DEFAULT_ALPHA, DEFAULT_SIGMA, MAX_N, N0, Certificate, certify_window, max_certifiable_radius
 from core.field.analyze import species_names
+from core.field.certificates import MEASURED_GAP, PlainReading, certificate_notes, window_reading
 from ui.common import compute_on_click
 from ui.glossary import help_text
 
@@ -32,7 +33,8 @@ def _floor_percent(p: float, decimals: int = 0) -> str:
 
 
 def certificate_sentence(c: Certificate, name: str, plain: str | None = None) -> str:
-    """What a certificate says, in words an ecologist reads: g's answer, the quietest sound that could change it.
+    """What a certificate says, in words an ecologist reads: g's answer, and how quiet a sound must be to be sure not
+    to change it (a lower bound).
 
     Parameters
     ----------
@@ -49,9 +51,14 @@ def certificate_sentence(c: Certificate, name: str, plain: str | None = None) ->
                 f"{name}, is guaranteed only for at least {_floor_percent(c.p_lower)} of noisy copies, not for more than half ({settings}, "
                 f"noise sigma {c.sigma:g}). More copies or another noise level may certify it. This concerns the smoothed "
                 f"model, whose answer may differ from the plain model's.{differs}")
+    if not math.isfinite(c.snr_db):
+        return (f"Certified, but the window is silent, so no level in dB can be given: a change of L2 norm below {c.radius:.3g} "
+                f"cannot change the smoothed model's answer ({name}; {settings}). The certificate is for the smoothed model, whose "
+                f"answer may differ from the plain model's.{differs}")
     return (f"Certified: no sound quieter than {c.snr_db:.0f} dB below this window can change the smoothed model's answer "
-            f"({name}, at least {_floor_percent(c.p_lower)} of noisy copies agree; {settings}). The certificate is for the smoothed model, "
-            f"whose answer may differ from the plain model's.{differs}")
+            f"({name}; the probability that a noisy copy gives it is at least {_floor_percent(c.p_lower)}; {settings}). A lower bound: "
+            f"louder sounds may or may not change it. The certificate is for the smoothed model, whose answer may differ from the "
+            f"plain model's.{differs}")
 
 
 def certify_panel(model_name: str, model, window: np.ndarray, *, offset_s: float = 0.0, key: str = "cert") -> None:
@@ -70,9 +77,10 @@ def certify_panel(model_name: str, model, window: np.ndarray, *, offset_s: float
     """
     with st.expander("Certify this window: could a quiet sound change the answer? (randomized smoothing)"):
         st.caption("The smoothed model answers with the species the model names most often on many copies of the window with a "
-                   "little random noise added (Cohen, Rosenfeld & Kolter 2019). For it a guarantee can be computed: the "
-                   "quietest sound, in dB below the window, that could change its answer. The higher that figure, the "
-                   "quieter the sound that suffices, so the weaker the guarantee.")
+                   "little random noise added (Cohen, Rosenfeld & Kolter 2019). For it a guarantee can be computed: no "
+                   "sound quieter than a level, in dB below the window, can change its answer. The higher that figure, the "
+                   "quieter the sounds it covers, so the weaker the guarantee. It is a lower bound: on test windows, attacks "
+                   f"needed {MEASURED_GAP[0]}-{MEASURED_GAP[1]} times the certified change to change the answer.")
         cfg = model.config
         win = np.zeros(cfg.window_samples, np.float32)
         win[: min(len(window), len(win))] = np.asarray(window, np.float32)[: len(win)]
@@ -95,9 +103,9 @@ def certify_panel(model_name: str, model, window: np.ndarray, *, offset_s: float
                 left = (time.perf_counter() - start) / done * (total - done)
                 bar.progress(min(1.0, done / total), text=f"{done:,} / {total:,} noisy copies, about {left:.0f} s left")
 
-            cert = certify_window(model, win, sigma=sigma, n=n, alpha=DEFAULT_ALPHA, start_s=offset_s,
-                                  end_s=offset_s + len(window) / cfg.frontend.sample_rate, progress=progress)
-            return cert, _plain_top1(model, win)
+            end_s = offset_s + len(window) / cfg.frontend.sample_rate
+            cert = certify_window(model, win, sigma=sigma, n=n, alpha=DEFAULT_ALPHA, start_s=offset_s, end_s=end_s, progress=progress)
+            return cert, window_reading(model, win, 0.0, len(window) / cfg.frontend.sample_rate, _threshold(model))
 
         got = compute_on_click("Certify", key, (model_name, clip_id, float(sigma), n), compute, text="Certifying…",
                                type="primary", help=help_text("certified"))
@@ -105,23 +113,29 @@ def certify_panel(model_name: str, model, window: np.ndarray, *, offset_s: float
             _show(model, *got)
 
 
-def _plain_top1(model, window: np.ndarray) -> int:
-    """The plain model's top-1 class on the clean window."""
-    import torch
+def _threshold(model) -> float:
+    """The model's decision threshold (as ``predict``'s), else 0.5."""
+    from core.api import decision_threshold
+    from core.errors import ParameterError
 
-    with torch.no_grad():
-        return int(model(torch.as_tensor(window[None], device=next(model.parameters()).device)).argmax(-1).item())
+    try:
+        return decision_threshold(model)[0]
+    except ParameterError:
+        return 0.5
 
 
-def _show(model, c: Certificate, clean: int) -> None:
+def _show(model, c: Certificate, reading: PlainReading) -> None:
     names = species_names(model.config.class_names, model)
-    plain = names[model.config.class_names[clean]][1]
+    plain = names[reading.top_class][1]
     name = names[c.class_name][1]
     (st.info if c.abstained else st.success)(certificate_sentence(c, name, plain))
+    for note in certificate_notes(c, reading, lambda code: names[code][1]):
+        st.warning(note)
     m1, m2, m3 = st.columns(3)
     m1.metric("Smoothed model's answer", "abstain" if c.abstained else name)
-    m2.metric("Quietest sound that could change it", "—" if c.abstained else f"{c.snr_db:.0f} dB below the window")
-    m3.metric("Noisy copies agreeing (at least)", _floor_percent(c.p_lower, 1))
+    level = "—" if c.abstained else (f"{c.snr_db:.0f} dB below the window" if math.isfinite(c.snr_db) else "silent window")
+    m2.metric("No sound quieter than this can change it", level)
+    m3.metric("P(a noisy copy agrees), lower bound", _floor_percent(c.p_lower, 1))
     st.caption(f"Radius {'—' if c.abstained else f'{c.radius:.3g}'} (L2 norm over the window's samples, full-scale amplitude; "
                f"the largest certifiable at N = {c.n:,}: {c.max_radius:.3g}); {c.n0} + {c.n:,} noisy copies in {c.seconds:.0f} s. "
                "L2, not the per-sample (L-inf) budget of the Attack page.")

@@ -294,14 +294,17 @@ def _certificate_line(c, names: dict) -> str:
     head, p = f"  {c.start_s:6.1f}-{c.end_s:.1f} s  ", f"{math.floor(c.p_lower * 1000) / 1000:.3f}"  # a lower bound, rounded down
     if c.abstained:
         return head + f"abstain (most copies: {who}, p_A >= {p})  n {c.n:,}  {c.seconds:.0f} s"
-    return head + f"{who}  p_A >= {p}  radius {c.radius:.3g} = {c.snr_db:.1f} dB SNR  n {c.n:,}  {c.seconds:.0f} s"
+    snr = f"{c.snr_db:.1f} dB SNR" if math.isfinite(c.snr_db) else "no SNR (a silent window)"
+    return head + f"{who}  p_A >= {p}  radius {c.radius:.3g} = {snr}  n {c.n:,}  {c.seconds:.0f} s"
 
 
 def cmd_certify(args) -> int:
-    from core.api import certify, load_audio
+    from core.api import certify, decision_threshold, load_audio
     from core.attacks.smoothing import DEFAULT_SECONDS, check_smoothing, max_certifiable_radius
     from core.cli.common import progress_bar
+    from core.errors import ParameterError
     from core.field.analyze import species_names
+    from core.field.certificates import at_cap, certificate_notes, window_reading
     from core.models.registry import load_checkpoint
 
     check_smoothing(args.sigma, args.alpha, args.n0, args.n, args.seconds, batch_size=args.batch_size)  # before any work
@@ -312,25 +315,45 @@ def cmd_certify(args) -> int:
         certs = certify(model, waveform, sigma=args.sigma, n=args.n, seconds=seconds, alpha=args.alpha, n0=args.n0, start_s=args.start,
                         end_s=args.end, batch_size=args.batch_size, seed=args.seed, progress=progress)
     names = species_names(model.config.class_names, model)
+    try:
+        threshold, threshold_source = decision_threshold(model)
+    except ParameterError:
+        threshold, threshold_source = 0.5, "0.5 (the model has no stored threshold)"
+    readings = [window_reading(model, waveform, c.start_s, c.end_s, threshold) for c in certs]
+    notes = [certificate_notes(c, r, lambda code: names[code][1]) for c, r in zip(certs, readings)]
     if args.json:
         rows = [{"start_s": c.start_s, "end_s": c.end_s, "abstain": c.abstained, "label": c.class_name, "english_name": names[c.class_name][1],
-                 "scientific_name": names[c.class_name][0], "p_lower": c.p_lower, "radius": c.radius, "snr_db": c.snr_db,
-                 "signal_norm": c.signal_norm, "max_radius": c.max_radius, "n0": c.n0, "n": c.n, "seconds": c.seconds,
-                 "counts": {model.config.class_names[i]: int(v) for i, v in enumerate(c.counts) if v}} for c in certs]
+                 "scientific_name": names[c.class_name][0], "p_lower": c.p_lower, "radius": c.radius, "snr_db": _finite(c.snr_db),
+                 "signal_norm": c.signal_norm, "max_radius": c.max_radius, "at_cap": at_cap(c), "n0": c.n0, "n": c.n, "seconds": c.seconds,
+                 "counts": {model.config.class_names[i]: int(v) for i, v in enumerate(c.counts) if v},
+                 "plain_label": r.top_class, "plain_score": r.top_score, "plain_detected": list(r.detected),
+                 "level_dbfs": _finite(r.level_dbfs), "notes": ns} for c, r, ns in zip(certs, readings, notes)]
         print(json.dumps({"file": str(args.file), "model": args.model, "sigma": args.sigma, "alpha": args.alpha, "seed": args.seed,
-                          "windows": rows}, indent=2))
+                          "threshold": threshold, "threshold_source": threshold_source, "windows": rows}, indent=2))
         return 0
     print(f"{args.file}: {len(waveform) / model.config.frontend.sample_rate:.1f} s, model {args.model}, randomized smoothing "
           f"(Cohen et al. 2019): sigma {args.sigma:g} (full scale), alpha {args.alpha:g}, n0 {args.n0}")
-    for c in certs:
+    for c, ns in zip(certs, notes):
         print(_certificate_line(c, names))
+        for note in ns:
+            print(f"      note: {note}")
     for n in sorted({c.n for c in certs}):
         r = max_certifiable_radius(args.sigma, n, args.alpha)
         print(f"  at n = {n:,} and alpha {args.alpha:g} the largest certifiable radius is {r / args.sigma:.2f} sigma = {r:.3g}")
+    if args.seconds is not None and any(c.seconds > 1.5 * args.seconds for c in certs):
+        print(f"  --seconds {args.seconds:g} is a target: n is at least the minimum of 1,000 copies, which took "
+              f"{max(c.seconds for c in certs):.0f} s a window here.")
     print("  A certified window: no sound quieter than its SNR below the window can change the smoothed model's answer "
-          f"(with probability {1 - args.alpha:g}). The certificate is for the smoothed model, whose answer may differ from the "
-          "plain model's (`predict`); L2, not the L-inf budget of `attack`.")
+          f"(with probability {1 - args.alpha:g}); a lower bound, not the level at which a sound does change it (attacks on "
+          "test windows needed 4-256 times the certified radius). p_A: a lower bound on the probability that a noisy copy "
+          "gives that answer. The certificate is for the smoothed model, whose answer may differ from the plain model's "
+          "(`predict`); L2, not the L-inf budget of `attack`.")
     return 0
+
+
+def _finite(v):
+    """``v`` for JSON: None where it is None or not finite (JSON has no -Infinity)."""
+    return None if v is None or not math.isfinite(v) else v
 
 
 def no_bird_check_args(p) -> None:
