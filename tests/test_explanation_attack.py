@@ -380,3 +380,11 @@ def test_attack_page_explanation_panel_runs_only_when_clicked_and_says_what_move
     assert sum("gradient × input" in t for t in titles()) == 2  # the attribution map before and after
     assert sum(t.startswith(("clean: prototype", "perturbed: prototype")) for t in titles()) == 2
     assert len(at.get("audio")) >= 2  # clean and perturbed
+    # the region of "move the evidence" is chosen on the maps' axes: the spectrogram's band, the recording's time
+    at.radio(key="xattack_kind").set_value("attribution_shift").run()
+    band, span = at.slider(key="xattack_band"), at.slider(key="xattack_span")
+    from core.models.registry import read_model_card
+
+    fe = read_model_card("protopnet")["config"]["frontend"]
+    assert (band.min, band.max) == (int(fe["f_min"]), int(min(fe["f_max"], fe["sample_rate"] / 2)))
+    assert (span.min, span.max) == (0.0, 5.0) and "recording" in span.label

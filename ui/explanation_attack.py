@@ -115,11 +115,14 @@ def explanation_attack_panel(model_name: str, model, window: np.ndarray, *, eps:
         if kind == "peak_shift":
             extra["min_cells"] = int(st.slider("Move the peak at least this many map cells", 1, 4, 2, key=f"{key}_cells"))
         elif kind == "attribution_shift":
-            nyquist = model.sample_rate / 2
-            lo, hi = st.slider("Region: frequency (Hz)", 0, int(nyquist), (4000, min(8000, int(nyquist))), step=250, key=f"{key}_band")
-            t0, t1 = st.slider("Region: time in the window (s)", 0.0, float(model.clip_seconds), (0.0, float(model.clip_seconds)),
-                               step=0.25, key=f"{key}_span")
-            extra.update(band_hz=(float(lo), float(hi)), span_s=(float(t0), float(t1)))
+            fe = model.config.frontend  # the maps span the spectrogram's band, f_min to f_max
+            f_lo, f_hi = int(getattr(fe, "f_min", 0) or 0), int(min(getattr(fe, "f_max", None) or model.sample_rate / 2, model.sample_rate / 2))
+            lo, hi = st.slider("Region: frequency (Hz)", f_lo, f_hi, (max(f_lo, 4000), min(8000, f_hi)), step=250, key=f"{key}_band",
+                               help=f"The spectrogram and the maps cover {f_lo:,}-{f_hi:,} Hz.")
+            start, end = float(offset_s), float(offset_s) + float(model.clip_seconds)
+            t0, t1 = st.slider("Region: time in the recording (s)", start, end, (start, end), step=0.25, key=f"{key}_span",
+                               help="On the maps' time axis (the recording's).")
+            extra.update(band_hz=(float(lo), float(hi)), span_s=(float(t0) - start, float(t1) - start))
         clip_id = hashlib.sha1(x.tobytes()).hexdigest()[:12]
         wanted = (model_name, clip_id, kind, float(x_eps), steps, tuple(sorted((k, str(v)) for k, v in extra.items())))
         got = compute_on_click("Run the explanation attack", key, wanted,
