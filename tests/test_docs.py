@@ -542,6 +542,25 @@ def test_certified_accuracy_tables_are_the_stored_run():
         assert words.format(g=int(differ["correct"].sum()), f=int(differ["clean_correct"].sum()), n=len(differ)) in text
 
 
+def test_certificate_check_table_is_the_stored_run():
+    import json
+
+    from core.studies.certificate_check import check_markdown, check_summary
+
+    table = pd.read_csv(ROOT / "assets" / "certify" / "check_30windows.csv", converters={"flip_leg": str})
+    settings = json.loads((ROOT / "assets" / "certify" / "check_30windows.json").read_text())
+    assert settings["windows"] == len(table) == 30 and settings["n"] == 1000 and settings["sigma"] == 3e-4
+    assert block("certificate-check") == check_markdown(table) + "\n"
+    s = check_summary(table)
+    assert s["flips_below"] == 0 and s["checked"] == 30
+    text = " ".join(RESULTS.split())
+    assert f"{s['gap_min']:.0f}-{s['gap_max']:.0f} times below what PGD needed" in text
+    # the first nine windows are the earlier one-per-species run, row for row
+    nine = pd.read_csv(ROOT / "assets" / "certify" / "check_9windows.csv", converters={"flip_leg": str})
+    cols = ["window", "label", "p_lower", "radius", "attacked_radius"]
+    pd.testing.assert_frame_equal(table[cols].iloc[:9].reset_index(drop=True), nine[cols])
+
+
 def test_explanation_stability_tables_are_the_stored_run():
     from core.studies.explanation_stability import (
         stability_differences,

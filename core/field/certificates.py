@@ -20,8 +20,8 @@ from core.field.analyze import SILENCE_DBFS
 
 __all__ = ["PlainReading", "plain_reading", "window_reading", "certificate_notes", "at_cap"]
 
-#: How much larger than the certified radius the attacks on the smoothed default model had to be, on 9 test windows
-#: (``assets/certify/check_9windows.csv``; docs/methods.md, *Checking the certificates*): 4x to 256x.
+#: How much larger than the certified radius the attacks on the smoothed default model had to be, on 30 test windows
+#: (``assets/certify/check_30windows.csv``; docs/methods.md, *Checking the certificates*): 4x to 256x.
 MEASURED_GAP = (4, 256)
 
 
