@@ -399,6 +399,32 @@ def holm(p) -> np.ndarray:
     return out
 
 
+def holm_cells(p, n_boot=None) -> list[str]:
+    """Holm-adjusted bootstrap p-values as table cells (:func:`holm`, :func:`format_p`).
+
+    A bootstrap p of 0 only says p < 2 / n_boot, so it enters the adjustment as that bound and its cell reads
+    ``"< ..."`` (e.g. ``"< 0.016"`` for the smallest of 16 rows at 2,000 resamples), never ``"< 0.001"``.
+
+    Parameters
+    ----------
+    p : array-like [shape=(m,)]
+        Raw bootstrap p-values; NaN ones are left out of the family and give ``""``.
+    n_boot : int or sequence of int, optional
+        Resamples behind each p (one for all, or one per row).
+
+    Examples
+    --------
+    >>> holm_cells([0.0, 0.03, 0.5], 2000)
+    ['< 0.003', '0.060', '0.500']
+    """
+    p = np.asarray(p, dtype=float)
+    res = np.broadcast_to(np.asarray([np.nan] if n_boot is None else n_boot, dtype=float), p.shape)
+    zero = (p == 0) & np.isfinite(res)
+    bounded = np.where(zero, 2.0 / np.where(np.isfinite(res), res, 1.0), p)
+    adjusted = holm(bounded) if len(p) else np.array([])
+    return ["" if not np.isfinite(a) else (f"< {a:.2g}" if z else f"{a:.3f}") for a, z in zip(adjusted, zero)]
+
+
 def hierarchical_difference(windows: pd.DataFrame, arm: str, control: str, value: str, *, n_boot: int = 2000,
                             seed: int = 0, window: str | None = None) -> dict:
     """Difference of an arm's mean from its control's, with a two-level bootstrap over recordings and seeds.

@@ -459,14 +459,14 @@ def certified_differences(rows: pd.DataFrame, *, control: str = "OT+FT", radii_s
 def certified_differences_markdown(diffs: pd.DataFrame) -> str:
     """docs/ table of :func:`certified_differences`: the bootstrap p and, beside it, the p Holm-adjusted over every row
     of the table (:func:`core.metrics.holm`; the family is the table)."""
-    from core.metrics import format_p, holm
+    from core.metrics import format_p, holm_cells
 
-    adjusted = holm(diffs["p_two_sided"].to_numpy(dtype=float)) if len(diffs) else []
+    adjusted = holm_cells(diffs["p_two_sided"].to_numpy(dtype=float), diffs["n_boot"].to_numpy(dtype=float)) if len(diffs) else []
     lines = [f"| sigma | arm | against | radius | difference [95 % CI] | p | p (Holm, {len(diffs)} rows) | recordings | seeds |",
              "|---:|---|---|---:|---:|---:|---:|---:|---:|"]
     for (_, d), p_holm in zip(diffs.iterrows(), adjusted):
         n_boot = int(d["n_boot"])
         lines.append(f"| {d['sigma']:g} | {d['arm']} | {d['control']} | {d['radius_sigma']:g} sigma | {d['effect']:+.3f} "
-                     f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] | {format_p(d['p_two_sided'], n_boot)} | {format_p(p_holm, n_boot)} | "
+                     f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] | {format_p(d['p_two_sided'], n_boot)} | {p_holm} | "
                      f"{int(d['n_recordings'])} | {int(d['n_seeds_arm'])} vs {int(d['n_seeds_control'])} |")
     return "\n".join(lines)

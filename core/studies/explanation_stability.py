@@ -224,9 +224,10 @@ def stability_differences_markdown(diffs: pd.DataFrame) -> str:
     """docs/ table of :func:`stability_differences`: per arm and measure, the difference from the control with its
     95 % interval, bootstrap p (two-sided) and that p Holm-adjusted over the table's rows with a p
     (:func:`core.metrics.holm`)."""
-    from core.metrics import format_p, holm
+    from core.metrics import format_p, holm_cells
 
-    adjusted = holm(diffs["p_two_sided"].to_numpy(dtype=float)) if len(diffs) else []
+    adjusted = holm_cells(diffs["p_two_sided"].to_numpy(dtype=float),
+                          diffs["n_boot"].to_numpy(dtype=float) if "n_boot" in diffs else None) if len(diffs) else []
     m = int(np.isfinite(diffs["p_two_sided"].to_numpy(dtype=float)).sum()) if len(diffs) else 0
     lines = [f"| arm | against | perturbation | measure | difference [95 % CI] | p | p (Holm, {m} rows) | recordings | seeds |",
              "|---|---|---|---|---:|---:|---:|---:|---:|"]
@@ -234,7 +235,7 @@ def stability_differences_markdown(diffs: pd.DataFrame) -> str:
         cell = (f"{d['effect']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]" if np.isfinite(d["effect"])
                 else f"not computed: {d.get('note', '')}")
         n_boot = int(d["n_boot"]) if np.isfinite(d.get("n_boot", np.nan)) else None
-        p = f"{format_p(d['p_two_sided'], n_boot)} | {format_p(p_holm, n_boot)}"
+        p = f"{format_p(d['p_two_sided'], n_boot)} | {p_holm}"
         seeds = f"{int(d['n_seeds_arm'])} vs {int(d['n_seeds_control'])}" if np.isfinite(d.get("n_seeds_arm", np.nan)) else ""
         recs = f"{int(d['n_recordings'])}" if np.isfinite(d.get("n_recordings", np.nan)) else ""
         lines.append(f"| {d['arm']} | {d['control']} | {d['perturbation']} | {d['measure']} | {cell} | {p} | {recs} | {seeds} |")
