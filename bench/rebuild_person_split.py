@@ -249,20 +249,23 @@ PROMOTED = ("baseline", "baseline_ato", "baseline_ate", "baseline_ft", "protopne
 
 #: The documented commands that make the figures (docs/models.md, docs/results.md), run after the promotion, and a
 #: first guess of each [min]. Each gets ``--split-scheme person`` (the shipped models then name the person split).
+#: The ones that write into the shipped cards come first (CARD_STUDIES): the promotion lands with them.
 FIGURE_STUDIES = [
+    # BirdNET's threshold on the person split's validation recordings first: the cut-off and no-bird studies read it
+    ("birdnet_threshold", "-m core calibrate --model birdnet", 3.0),
     ("compare", "-m core compare --strong --out assets/compare --update-cards", 100.0),
     ("audit", "-m core audit --model birdnet_protopnet --out assets/birdnet_heads/audit.csv", 5.0),
     *[(f"audit_{a}", f"-m core audit --model birdnet_protopnet_{a} --out assets/birdnet_heads/audit_{a}.csv", 5.0) for a in ("ato", "ate", "ft")],
+    ("cutoff", "-m core cutoff --models birdnet,birdnet_linear,birdnet_protopnet,birdnet_protopnet_ato,birdnet_protopnet_ate,"
+               "birdnet_protopnet_ft --update-cards", 5.0),
+    ("cutoff_gated", "-m core cutoff --models birdnet_protopnet_gated --update-cards", 2.0),
+    ("no_bird", "-m core no-bird-check", 10.0),
+    ("birdnet_metrics", "-m core evaluate --model birdnet --split test --out assets/birdnet/metrics.json", 3.0),
     ("compare_heads", "-m core compare --models birdnet_protopnet,birdnet_linear --max-clips 24 --out assets/birdnet_heads/compare", 20.0),
     ("compare_at", "-m core compare --models birdnet_protopnet,birdnet_protopnet_ft,birdnet_protopnet_ato,birdnet_protopnet_ate "
                    "--max-clips 48 --strong --out assets/birdnet_heads/compare_at", 45.0),
     ("head_layers", "-m core head-study --out assets/birdnet_heads/layers.csv", 8.0),
     ("head_finetune", "-m core head-study --layers BLOCK_3-5_ADD --finetune-from BLOCK_3-4_ADD --out assets/birdnet_heads/finetune.csv", 25.0),
-    ("cutoff", "-m core cutoff --models birdnet,birdnet_linear,birdnet_protopnet,birdnet_protopnet_ato,birdnet_protopnet_ate,"
-               "birdnet_protopnet_ft --update-cards", 5.0),
-    ("cutoff_gated", "-m core cutoff --models birdnet_protopnet_gated --update-cards", 2.0),
-    ("birdnet_metrics", "-m core evaluate --model birdnet --split test --out assets/birdnet/metrics.json", 3.0),
-    ("birdnet_threshold", "-m core calibrate --model birdnet", 3.0),
     *[(f"sweep_margin_{m}", f"-m core sweep --models {m} --objective output-margin --epsilons 0,1e-5,3e-5,1e-4,3e-4,1e-3 --steps 10 "
                             f"--split test --max-clips 96 --out assets/birdnet/sweep_margin_{m}.csv", 20.0)
       for m in ("birdnet", "protopnet", "baseline")],
@@ -285,9 +288,12 @@ FIGURE_STUDIES = [
     ("masking", "-m core masking-attack --fresh", 40.0),
     ("embeddings", "-m core embed-metrics --models baseline,protopnet,birdnet --eps 1e-4 --steps 10 "
                    "--out assets/embeddings/metrics_test_eps1e-4.csv", 6.0),
-    ("no_bird", "-m core no-bird-check", 10.0),
     ("home_figure", "bench/home_figure.py", 10.0),
 ]
+
+
+#: The figure studies that add a block to the shipped cards (robustness, audit, post_cutoff, no_bird).
+CARD_STUDIES = ("birdnet_threshold", "compare", "audit", "audit_ato", "audit_ate", "audit_ft", "cutoff", "cutoff_gated", "no_bird")
 
 
 def study_steps() -> list[Step]:

@@ -278,3 +278,12 @@ def test_promote_ships_seed_zero_in_its_shipped_form_and_switches_the_default(pl
         "--init-backbone baseline --epochs 12")
     assert plan.shipped_form("--out other/checkpoints/person/x.safetensors --split-scheme personal") == (
         "--out other/checkpoints/person/x.safetensors --split-scheme personal")
+
+
+def test_the_studies_that_write_into_the_shipped_cards_run_first_after_the_promotion(plan):
+    steps = plan.default_plan()
+    after = [s.kind for s in steps[[s.id for s in steps].index("promote") + 1:]]
+    assert after[: len(plan.CARD_STUDIES)] == list(plan.CARD_STUDIES)  # the promotion can land once these ran
+    # every study that adds a block to a card is among them
+    assert {k for k in after if any(f in dict((k2, c) for k2, c, _ in plan.FIGURE_STUDIES)[k]
+                                    for f in ("--update-cards", "core audit", "no-bird-check"))} <= set(plan.CARD_STUDIES)
