@@ -31,8 +31,8 @@ the AT-vs-control comparisons first), BirdNET heads first (the default model is 
 of the ordinarily trained heads and of the gate (so the open-set study of the default model's recipe can run early);
 then the small models and seeds 1 and 2 of the ordinarily trained small models (AudioProtoPNet seed s starts from
 baseline seed s). The studies come last and run only with ``--studies``: the seed studies on the staging directory
-(``arms``, ``open-set-seeds``), then, after the seed-0 models are promoted into ``checkpoints/`` by hand (a manual
-step), the documented commands that regenerate the figures, each with ``--split-scheme person``.
+(``arms``, ``open-set-seeds``), then, after the seed-0 models are promoted into ``checkpoints/`` (a manual step:
+``--promote``, :func:`promote`), the documented commands that regenerate the figures, each with ``--split-scheme person``.
 
 Run, in each session (``BIRDSHIELD_THREADS`` as for any run)::
 
@@ -232,7 +232,8 @@ def _arms(study: str, arms: dict[str, str], out: str, guess: float) -> Step:
     for label, name in arms.items():
         argv += ["--arm", f"{label}=" + ",".join(ckpt(name, s) for s in SEEDS)]
         needs += [f"{name}@s{s}" for s in SEEDS]
-    beside = tuple(out.replace(".csv", f"_{kind}.csv") for kind in ("windows", "differences"))  # arms writes them too
+    # arms writes them too; the windows' settings (OUT_windows.csv.json) let a stopped run resume model by model
+    beside = (*(out.replace(".csv", f"_{kind}.csv") for kind in ("windows", "differences")), out.replace(".csv", "_windows.csv.json"))
     return Step(f"study:{study}", study, (*argv, "--split-scheme", SCHEME, "--out", out), (out, *beside), guess, check="ledger",
                 needs=tuple(needs), study=True)
 
@@ -248,20 +249,23 @@ PROMOTED = ("baseline", "baseline_ato", "baseline_ate", "baseline_ft", "protopne
 
 #: The documented commands that make the figures (docs/models.md, docs/results.md), run after the promotion, and a
 #: first guess of each [min]. Each gets ``--split-scheme person`` (the shipped models then name the person split).
+#: The ones that write into the shipped cards come first (CARD_STUDIES): the promotion lands with them.
 FIGURE_STUDIES = [
+    # BirdNET's threshold on the person split's validation recordings first: the cut-off and no-bird studies read it
+    ("birdnet_threshold", "-m core calibrate --model birdnet", 3.0),
     ("compare", "-m core compare --strong --out assets/compare --update-cards", 100.0),
     ("audit", "-m core audit --model birdnet_protopnet --out assets/birdnet_heads/audit.csv", 5.0),
     *[(f"audit_{a}", f"-m core audit --model birdnet_protopnet_{a} --out assets/birdnet_heads/audit_{a}.csv", 5.0) for a in ("ato", "ate", "ft")],
+    ("cutoff", "-m core cutoff --models birdnet,birdnet_linear,birdnet_protopnet,birdnet_protopnet_ato,birdnet_protopnet_ate,"
+               "birdnet_protopnet_ft --update-cards", 5.0),
+    ("cutoff_gated", "-m core cutoff --models birdnet_protopnet_gated --update-cards", 2.0),
+    ("no_bird", "-m core no-bird-check", 10.0),
+    ("birdnet_metrics", "-m core evaluate --model birdnet --split test --out assets/birdnet/metrics.json", 3.0),
     ("compare_heads", "-m core compare --models birdnet_protopnet,birdnet_linear --max-clips 24 --out assets/birdnet_heads/compare", 20.0),
     ("compare_at", "-m core compare --models birdnet_protopnet,birdnet_protopnet_ft,birdnet_protopnet_ato,birdnet_protopnet_ate "
                    "--max-clips 48 --strong --out assets/birdnet_heads/compare_at", 45.0),
     ("head_layers", "-m core head-study --out assets/birdnet_heads/layers.csv", 8.0),
     ("head_finetune", "-m core head-study --layers BLOCK_3-5_ADD --finetune-from BLOCK_3-4_ADD --out assets/birdnet_heads/finetune.csv", 25.0),
-    ("cutoff", "-m core cutoff --models birdnet,birdnet_linear,birdnet_protopnet,birdnet_protopnet_ato,birdnet_protopnet_ate,"
-               "birdnet_protopnet_ft --update-cards", 5.0),
-    ("cutoff_gated", "-m core cutoff --models birdnet_protopnet_gated --update-cards", 2.0),
-    ("birdnet_metrics", "-m core evaluate --model birdnet --split test --out assets/birdnet/metrics.json", 3.0),
-    ("birdnet_threshold", "-m core calibrate --model birdnet", 3.0),
     *[(f"sweep_margin_{m}", f"-m core sweep --models {m} --objective output-margin --epsilons 0,1e-5,3e-5,1e-4,3e-4,1e-3 --steps 10 "
                             f"--split test --max-clips 96 --out assets/birdnet/sweep_margin_{m}.csv", 20.0)
       for m in ("birdnet", "protopnet", "baseline")],
@@ -284,9 +288,12 @@ FIGURE_STUDIES = [
     ("masking", "-m core masking-attack --fresh", 40.0),
     ("embeddings", "-m core embed-metrics --models baseline,protopnet,birdnet --eps 1e-4 --steps 10 "
                    "--out assets/embeddings/metrics_test_eps1e-4.csv", 6.0),
-    ("no_bird", "-m core no-bird-check", 10.0),
     ("home_figure", "bench/home_figure.py", 10.0),
 ]
+
+
+#: The figure studies that add a block to the shipped cards (robustness, audit, post_cutoff, no_bird).
+CARD_STUDIES = ("birdnet_threshold", "compare", "audit", "audit_ato", "audit_ate", "audit_ft", "cutoff", "cutoff_gated", "no_bird")
 
 
 def study_steps() -> list[Step]:
@@ -310,8 +317,8 @@ def study_steps() -> list[Step]:
                                                                  "--split-scheme", SCHEME, "--out", out),
                       (out,), 15.0, check="ledger", needs=tuple(f"birdnet_protopnet_gated@s{s}" for s in SEEDS), study=True))
     steps.append(Step("promote", "promote", (), PROMOTED, 0.0, check="promoted", needs=tuple(f"{n}@s0" for n in PROMOTED), study=True,
-                      note=f"by hand: copy seed 0 of each model from {STAGING}/ into checkpoints/ (.safetensors, .json, .log), "
-                           "switch core.io.split.DEFAULT_SPLIT_SCHEME to 'person', update docs/models.md's commands"))
+                      note=f"run bench/rebuild_person_split.py --promote (seed 0 of each model from {STAGING}/ into checkpoints/, "
+                           "DEFAULT_SPLIT_SCHEME 'person'), update docs/models.md's commands where it says they change"))
     for key, cmd, guess in FIGURE_STUDIES:
         argv = tuple(shlex.split(cmd))
         replaces: tuple[str, ...] = ()
@@ -604,6 +611,81 @@ def run_plan(steps: Sequence[Step], root: Path, ledger_path: Path, *, budget_min
                    f"{seconds / 60:.1f} min (issue 24)", root)
 
 
+#: Card fields that name a parent or how the model was made (rewritten from the staging paths to the shipped names).
+CARD_COMMANDS = ("command", "trained_by", "init", "init_backbone")
+SPLIT_LINE = "core/io/split.py"
+
+
+def shipped_form(text: str) -> str:
+    """A staging command or path as the shipped model's card gives it: ``checkpoints/person/NAME.safetensors`` ->
+    ``NAME``; ``--split-scheme person`` and ``--out-dir checkpoints/person`` dropped (the default once promoted)."""
+    import re
+
+    text = re.sub(rf"(?<![\w/.-]){re.escape(STAGING)}/([\w-]+)\.safetensors\b", r"\1", text)
+    return re.sub(rf" --(split-scheme {SCHEME}|out-dir {re.escape(STAGING)})(?=\s|$)", "", text)
+
+
+def promote(root: Path, names: Sequence[str] = PROMOTED, *, dry_run: bool = False) -> list[str]:
+    """The manual step, by hand or by this: ship seed 0 of every model of ``names`` and make the person split the default.
+
+    Copies ``STAGING/NAME.{safetensors,json,log}`` into ``checkpoints/`` (the card's command, parent and ``trained_by``
+    in their shipped form, :func:`shipped_form`; the weights byte for byte) and switches
+    ``core.io.split.DEFAULT_SPLIT_SCHEME`` to ``person``. The studies that add to the cards (``compare --update-cards``,
+    ``audit``, ``cutoff``, ``no-bird-check``) must run before the result can land: the copied cards have none of their
+    blocks yet.
+
+    Parameters
+    ----------
+    root : Path
+        The repository root.
+    names : sequence of str
+        Staging model names (seed 0).
+    dry_run : bool
+        Only report what would change.
+
+    Returns
+    -------
+    list of str
+        One line per file written (or to be written) and per command that changes from the shipped card's.
+
+    Raises
+    ------
+    SystemExit
+        A model whose staging weights or card is missing, or whose card does not name the person split.
+    """
+    import re
+    import shutil
+
+    report = []
+    for name in names:
+        src = root / STAGING / f"{name}.safetensors"
+        card = _card(root, f"{STAGING}/{name}.safetensors")
+        if card is None or (card.get("data") or {}).get("split_scheme") != SCHEME:
+            raise SystemExit(f"{src} or its card is missing, or the card does not name the {SCHEME} split: train it first")
+        for key in CARD_COMMANDS:
+            if isinstance(card.get(key), str):
+                card[key] = shipped_form(card[key])
+        shipped = root / "checkpoints" / f"{name}.json"
+        old = json.loads(shipped.read_text()) if shipped.is_file() else {}
+        if old.get("command") and old["command"] != card.get("command"):
+            report.append(f"{name}: command changes from {old['command']!r} to {card.get('command')!r} (update docs/models.md)")
+        report.append(f"checkpoints/{name}.safetensors, .json, .log <- {STAGING}/{name}.*")
+        if not dry_run:
+            shutil.copyfile(src, root / "checkpoints" / f"{name}.safetensors")
+            (root / "checkpoints" / f"{name}.json").write_text(json.dumps(card, indent=2) + "\n")
+            log = src.with_suffix(".log")
+            if log.is_file():
+                shutil.copyfile(log, root / "checkpoints" / f"{name}.log")
+    split = root / SPLIT_LINE
+    text = split.read_text()
+    switched = re.sub(r'^DEFAULT_SPLIT_SCHEME = "\w+"$', f'DEFAULT_SPLIT_SCHEME = "{SCHEME}"', text, count=1, flags=re.M)
+    if switched != text:
+        report.append(f'{SPLIT_LINE}: DEFAULT_SPLIT_SCHEME = "{SCHEME}"')
+        if not dry_run:
+            split.write_text(switched)
+    return report
+
+
 def list_plan(steps: Sequence[Step], root: Path, ledger: dict) -> str:
     """Every step with done / pending (with its estimate, and how much a killed run had done) and the totals."""
     lines, pending, pending_studies = [], 0.0, 0.0
@@ -636,6 +718,8 @@ def main(argv: list[str] | None = None, steps: Sequence[Step] | None = None, roo
     p.add_argument("--budget-minutes", type=float, help="run pending steps in order while the next one's estimate fits (default: all)")
     p.add_argument("--studies", action="store_true", help="also run the study steps (never without this flag)")
     p.add_argument("--commit", action="store_true", help="commit each finished step's outputs and the ledger (git commit -- paths)")
+    p.add_argument("--promote", action="store_true", help="the manual step: ship seed 0 of every model and switch "
+                   "DEFAULT_SPLIT_SCHEME to person (with --dry-run: say what would change)")
     p.add_argument("--ledger", default=LEDGER, help=f"the ledger of finished steps and their durations (default {LEDGER})")
     args = p.parse_args(argv)
     if args.budget_minutes is not None and args.budget_minutes <= 0:
@@ -648,6 +732,9 @@ def main(argv: list[str] | None = None, steps: Sequence[Step] | None = None, roo
     ledger = read_ledger(ledger_path)
     if args.list:
         print(list_plan(steps, root, ledger))
+        return 0
+    if args.promote:
+        print("\n".join(promote(root, dry_run=args.dry_run)))
         return 0
     if args.dry_run:
         decisions = plan_run(steps, root, ledger, budget_minutes=args.budget_minutes, studies=args.studies)

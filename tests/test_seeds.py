@@ -51,3 +51,45 @@ def test_arm_table_attacks_every_model_and_reads_its_card(tmp_path):
 
     d = arm_differences(w, n_boot=100).set_index("measure")
     assert d.loc["pgd_success", "effect"] == pytest.approx(0.0) and d.loc["pgd_success", "control"] == "OT"  # same models
+
+
+@pytest.mark.slow
+def test_arm_table_resumes_an_interrupted_run(tmp_path, monkeypatch):
+    """A run stopped after its first model, started again, attacks only the rest and gives the uninterrupted table."""
+    import core.attacks
+
+    ds = Dataset(make_tiny_dataset(tmp_path / "ds"))
+    paths = []
+    for s in (0, 1):
+        torch.manual_seed(s)
+        paths.append(str(save_checkpoint(build_model(tiny_config("baseline")), tmp_path / f"m{s}.safetensors",
+                                         {"train_config": {"seed": s}})))
+    arms = {"X": paths, "OT": paths[::-1]}
+    kw = dict(eps=5e-2, max_clips=4, steps=2, strong_steps=3)
+    whole = arm_table(arms, ds, **kw)
+
+    def stop(done, total):
+        if done == 1:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "w.csv"
+    with pytest.raises(KeyboardInterrupt):
+        arm_table(arms, ds, **kw, out=out, progress=stop)
+    assert len(pd.read_csv(out)) == 4  # the first model's windows were kept
+    calls = []
+    real = core.attacks.PGD
+
+    class CountingPGD(real):
+        def __call__(self, model, *a, **k):
+            calls.append(1)
+            return super().__call__(model, *a, **k)
+
+    monkeypatch.setattr(core.attacks, "PGD", CountingPGD)
+    rows: list = []
+    again = arm_table(arms, ds, **kw, out=out, windows=rows)
+    assert len(calls) == 3  # one batch of 4 windows per model still to do
+    pd.testing.assert_frame_equal(again, whole)
+    assert len(rows) == 16 and len(pd.read_csv(out)) == 16
+    with pytest.raises(ParameterError, match="other settings"):  # another budget is another study
+        arm_table(arms, ds, **{**kw, "eps": 1e-2}, out=out)
+    assert len(arm_table(arms, ds, **{**kw, "eps": 1e-2}, out=out, resume=False)) == 4

@@ -16,7 +16,7 @@ import streamlit as st
 
 from core.attacks.smoothing import DEFAULT_ALPHA, DEFAULT_SIGMA, MAX_N, N0, Certificate, certify_window, max_certifiable_radius
 from core.field.analyze import species_names
-from core.field.certificates import MEASURED_GAP, PlainReading, certificate_notes, window_reading
+from core.field.certificates import MEASURED_GAP, PlainReading, certificate_notes, reading_threshold, window_reading
 from ui.common import compute_on_click
 from ui.glossary import help_text
 
@@ -105,23 +105,12 @@ def certify_panel(model_name: str, model, window: np.ndarray, *, offset_s: float
 
             end_s = offset_s + len(window) / cfg.frontend.sample_rate
             cert = certify_window(model, win, sigma=sigma, n=n, alpha=DEFAULT_ALPHA, start_s=offset_s, end_s=end_s, progress=progress)
-            return cert, window_reading(model, win, 0.0, len(window) / cfg.frontend.sample_rate, _threshold(model))
+            return cert, window_reading(model, win, 0.0, len(window) / cfg.frontend.sample_rate, reading_threshold(model)[0])
 
         got = compute_on_click("Certify", key, (model_name, clip_id, float(sigma), n), compute, text="Certifying…",
                                type="primary", help=help_text("certified"))
         if got is not None:
             _show(model, *got)
-
-
-def _threshold(model) -> float:
-    """The model's decision threshold (as ``predict``'s), else 0.5."""
-    from core.api import decision_threshold
-    from core.errors import ParameterError
-
-    try:
-        return decision_threshold(model)[0]
-    except ParameterError:
-        return 0.5
 
 
 def _show(model, c: Certificate, reading: PlainReading) -> None:

@@ -299,12 +299,11 @@ def _certificate_line(c, names: dict) -> str:
 
 
 def cmd_certify(args) -> int:
-    from core.api import certify, decision_threshold, load_audio
+    from core.api import certify, load_audio
     from core.attacks.smoothing import DEFAULT_SECONDS, check_smoothing, max_certifiable_radius
     from core.cli.common import progress_bar
-    from core.errors import ParameterError
     from core.field.analyze import species_names
-    from core.field.certificates import at_cap, certificate_notes, window_reading
+    from core.field.certificates import at_cap, certificate_notes, reading_threshold, window_reading
     from core.models.registry import load_checkpoint
 
     check_smoothing(args.sigma, args.alpha, args.n0, args.n, args.seconds, batch_size=args.batch_size)  # before any work
@@ -315,10 +314,7 @@ def cmd_certify(args) -> int:
         certs = certify(model, waveform, sigma=args.sigma, n=args.n, seconds=seconds, alpha=args.alpha, n0=args.n0, start_s=args.start,
                         end_s=args.end, batch_size=args.batch_size, seed=args.seed, progress=progress)
     names = species_names(model.config.class_names, model)
-    try:
-        threshold, threshold_source = decision_threshold(model)
-    except ParameterError:
-        threshold, threshold_source = 0.5, "0.5 (the model has no stored threshold)"
+    threshold, threshold_source = reading_threshold(model)
     readings = [window_reading(model, waveform, c.start_s, c.end_s, threshold) for c in certs]
     notes = [certificate_notes(c, r, lambda code: names[code][1]) for c, r in zip(certs, readings)]
     if args.json:

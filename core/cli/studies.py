@@ -85,7 +85,9 @@ def arms_args(p) -> None:
     add_steps(p, 10, "PGD steps (default 10)")
     add_int(p, "--strong-steps", 50, "APGD steps of the worst case (default 50)")
     add_seed(p)
-    add_out(p, help="CSV to write")
+    add_out(p, help="CSV to write; its per-window rows (OUT_windows.csv) are written after every model, and a rerun with the "
+                    "same data, weights and settings attacks only the models not yet done")
+    p.add_argument("--fresh", action="store_true", help="replace OUT_windows.csv instead of resuming it")
 
 
 def cmd_arms(args) -> int:
@@ -96,10 +98,12 @@ def cmd_arms(args) -> int:
 
     arms = parse_arms(args.arm)
     out = out_path(args.out)
+    stem = None if out is None else (str(out)[: -len(out.suffix)] if out.suffix else str(out))
     rows: list = []
     with progress_bar(desc="models", total=sum(len(v) for v in arms.values())) as progress:
         table = arm_table(arms, open_args_dataset(args), eps=args.eps, max_clips=args.max_clips, steps=args.steps,
-                          strong_steps=args.strong_steps, seed=args.seed, progress=progress, windows=rows)
+                          strong_steps=args.strong_steps, seed=args.seed, progress=progress, windows=rows,
+                          out=None if stem is None else stem + "_windows.csv", resume=not args.fresh)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(arm_markdown(table))
     windows = pd.DataFrame(rows)
@@ -109,8 +113,6 @@ def cmd_arms(args) -> int:
         print(differences_markdown(diffs))
     if out is not None:
         atomic_write_text(out, table.to_csv(index=False))
-        stem = str(out)[: -len(out.suffix)] if out.suffix else str(out)
-        atomic_write_text(Path(stem + "_windows.csv"), windows.to_csv(index=False))
         if len(diffs):
             atomic_write_text(Path(stem + "_differences.csv"), diffs.to_csv(index=False))
         print(f"written to {out} (and its per-window results and differences beside it)")

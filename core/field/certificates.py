@@ -18,7 +18,7 @@ import numpy as np
 from core.attacks.smoothing import Certificate
 from core.field.analyze import SILENCE_DBFS
 
-__all__ = ["PlainReading", "plain_reading", "window_reading", "certificate_notes", "at_cap"]
+__all__ = ["PlainReading", "plain_reading", "reading_threshold", "window_reading", "certificate_notes", "at_cap"]
 
 #: How much larger than the certified radius the attacks on the smoothed default model had to be, on 30 test windows
 #: (``assets/certify/check_30windows.csv``; docs/methods.md, *Checking the certificates*): 4x to 256x.
@@ -80,6 +80,28 @@ def plain_reading(scores: np.ndarray, class_names: Sequence[str], threshold: flo
     level = 20 * math.log10(rms) if rms > 0 else -math.inf
     detected = tuple(class_names[i] for i in np.flatnonzero(s >= threshold)) if level > SILENCE_DBFS else ()
     return PlainReading(class_names[top], float(s[top]), detected, float(threshold), level)
+
+
+def reading_threshold(model) -> tuple[float, str]:
+    """The threshold at which the plain model's reading beside a certificate counts a species as detected.
+
+    Parameters
+    ----------
+    model : BirdClassifier
+
+    Returns
+    -------
+    (threshold, source) : (float, str)
+        :func:`core.field.detect.decision_threshold` (the one ``predict`` uses), else 0.5 for a model without a
+        stored threshold (the certificate itself does not depend on it).
+    """
+    from core.errors import ParameterError
+    from core.field.detect import decision_threshold
+
+    try:
+        return decision_threshold(model)
+    except ParameterError:
+        return 0.5, "0.5 (the model has no stored threshold)"
 
 
 def window_reading(model, waveform, start_s: float, end_s: float, threshold: float) -> PlainReading:

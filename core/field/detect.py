@@ -29,8 +29,8 @@ import torch
 
 from core.errors import ParameterError
 
-__all__ = ["DEFAULT_SENSITIVITY", "LOCATION_FILTER_THRESHOLD", "SENSITIVITY_RANGE", "SpeciesFilter", "check_sensitivity",
-           "flat_sigmoid", "species_filter"]
+__all__ = ["DEFAULT_SENSITIVITY", "LOCATION_FILTER_THRESHOLD", "SENSITIVITY_RANGE", "BIRDNETLIB_MIN_CONF", "SpeciesFilter",
+           "check_sensitivity", "flat_sigmoid", "species_filter", "decision_threshold", "model_name"]
 
 #: BirdNET-Analyzer 2.4.0's range and default of ``--sensitivity`` (``cli.py``, ``config.py``).
 SENSITIVITY_RANGE = (0.5, 1.5)
@@ -177,3 +177,53 @@ def species_filter(lat: float | None = None, lon: float | None = None, week: int
     if lat is None or lon is None:
         raise ParameterError(f"the species filter needs both lat and lon, got lat={lat!r}, lon={lon!r}")
     return SpeciesFilter(lat=lat, lon=lon, week=-1 if week is None else week, threshold=threshold)
+
+
+#: birdnetlib's and BirdNET-Analyzer's default ``min_conf``, used for BirdNET when no validation threshold is stored.
+BIRDNETLIB_MIN_CONF = 0.1
+
+
+def decision_threshold(model, min_conf: float | None = None) -> tuple[float, str]:
+    """The score from which a species counts as detected, and where it comes from.
+
+    Parameters
+    ----------
+    model : BirdClassifier
+    min_conf : float in (0, 1), optional
+        Given: used as is. None: the model card's validation threshold (:mod:`core.training.calibration`,
+        chosen on the validation split to maximise micro-F1), BirdNET's stored one
+        (``assets/birdnet/decision_threshold.json``), or for BirdNET over its 6,522 classes birdnetlib's
+        default :data:`BIRDNETLIB_MIN_CONF`.
+
+    Returns
+    -------
+    (threshold, source) : (float, str), the threshold in (0, 1) and where it comes from
+
+    Raises
+    ------
+    ParameterError
+        ``min_conf`` outside (0, 1), or None for a model without a stored threshold.
+    """
+    from core.training.calibration import card_thresholds, model_threshold
+
+    if min_conf is not None:
+        if isinstance(min_conf, bool) or not isinstance(min_conf, (int, float)) or not 0.0 < float(min_conf) < 1.0:
+            raise ParameterError(f"min_conf must be a number in (0, 1), got {min_conf!r}")
+        return float(min_conf), "min_conf"
+    t = model_threshold(getattr(model, "card", None) or {})
+    if t is not None:
+        return t, "validation threshold of the model card"
+    name = model_name(model)
+    if model.config.arch == "birdnet":  # BirdNET's threshold on the dataset's species (none for its 6,522 classes)
+        t = card_thresholds([name]).get(name)
+        return (t, f"validation threshold of {name}") if t is not None else (BIRDNETLIB_MIN_CONF, "birdnetlib's default min_conf")
+    raise ParameterError(f"model {name!r} has no stored decision threshold; give min_conf in (0, 1)")
+
+
+def model_name(model) -> str:
+    """A loaded model's name in :func:`core.api.load_model`: its checkpoint's, ``birdnet`` or ``birdnet-all`` (else its arch)."""
+    if model.config.arch == "birdnet":
+        from core.models.birdnet import dataset_species
+
+        return "birdnet" if tuple(model.config.class_names) == tuple(r["species_code"] for r in dataset_species()) else "birdnet-all"
+    return str(getattr(getattr(model, "checkpoint_path", None), "stem", "") or model.config.arch)

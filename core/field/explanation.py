@@ -19,6 +19,7 @@ import torch
 from core.errors import ParameterError
 from core.field.attribution import AttributionMap, grad_x_input, occlusion
 from core.models.frontend import FrontendConfig, LogMel, mel_band_centres
+from core.models.registry import require_loaded
 
 __all__ = ["Explanation", "cell_centres", "explain"]
 
@@ -164,11 +165,13 @@ def explain(model, waveform, *, attribution: str | None = None, classes=None, ba
     ------
     ParameterError
         Not a float waveform, non-finite samples, a 2-D row longer than one window, an unknown attribution method or
-        class. The maps are ``model.forward_all(window).similarity_maps`` (AudioProtoPNet, Heinrich et al. 2025).
+        class, or a model name where a loaded model is wanted. The maps are
+        ``model.forward_all(window).similarity_maps`` (AudioProtoPNet, Heinrich et al. 2025).
     """
     methods = {"occlusion": occlusion, "grad_x_input": grad_x_input}
     if attribution is not None and attribution not in methods:
         raise ParameterError(f"attribution must be None, 'occlusion' or 'grad_x_input', got {attribution!r}")
+    require_loaded(model, "core.explain")
     chosen = None if classes is None else _class_indices(list(model.class_names), classes)
 
     from core.attacks.windows import cut_windows

@@ -56,8 +56,8 @@ log = logging.getLogger(__name__)
 #: How train/val/test are assigned: see the module docstring, and ``manifest`` = the manifest's own column.
 SPLIT_SCHEMES = ("recordist", "person", "manifest")
 #: The scheme used by :class:`core.io.data.Dataset`, :func:`core.io.data.open_dataset` and every caller that
-#: does not choose one. Still "recordist" because every shipped checkpoint was trained on that split; switch
-#: this line to "person" when the checkpoints are retrained on the people-disjoint split.
+#: does not choose one: the split the shipped checkpoints were trained on (their cards' ``data.split_scheme``).
+#: ``python bench/rebuild_person_split.py --promote`` switches it to "person" as it ships the retrained models.
 DEFAULT_SPLIT_SCHEME = "recordist"
 #: Seed and fold count of the grouped splits (fold 0 = test, fold 1 = val, the rest train).
 RECORDIST_SPLIT_SEED = 0

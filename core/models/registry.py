@@ -38,6 +38,7 @@ __all__ = [
     "list_checkpoints",
     "trained_split_scheme",
     "check_split_scheme",
+    "require_loaded",
     "CHECKPOINT_DIR",
 ]
 
@@ -400,3 +401,25 @@ def check_split_scheme(model, dataset, name: str | None = None) -> None:
     raise ParameterError(f"{name} was trained on the {trained!r} split scheme (its card's data.split_scheme), but the data is "
                          f"split by {scheme!r}: its val/test recordings would include training recordings; evaluate it on "
                          f"the {trained!r} split{hint}")
+
+
+def require_loaded(model, what: str) -> None:
+    """Refuse a model name or path where a loaded model is wanted, saying how to load it.
+
+    Parameters
+    ----------
+    model : object
+        What the caller was given.
+    what : str
+        The function that wants a model, for the message (e.g. ``"core.certify"``).
+
+    Raises
+    ------
+    ParameterError
+        ``model`` is a str or path (or anything without a ``config``): e.g. ``core.certify("birdnet", ...)`` names
+        ``core.load_model("birdnet")``.
+    """
+    if isinstance(model, (str, os.PathLike)):
+        raise ParameterError(f"{what} wants a loaded model, got the name {str(model)!r}: pass core.load_model({str(model)!r})")
+    if not hasattr(model, "config"):
+        raise ParameterError(f"{what} wants a loaded model (core.load_model(name)), got {type(model).__name__}")

@@ -44,7 +44,7 @@ def parse_arms(specs: list[str], flag: str = "--arm") -> dict[str, list[str]]:
 
 def arm_table(arms: dict[str, list[str]], dataset, *, eps: float = 1e-4, max_clips: int = 48, steps: int = 10,
               strong_steps: int = 50, seed: int = 0, progress: Callable[[int, int], None] | None = None,
-              windows: list | None = None) -> pd.DataFrame:
+              windows: list | None = None, out=None, resume: bool = True) -> pd.DataFrame:
     """One row per model of every arm: clean test metrics and attack success at ``eps``.
 
     Parameters
@@ -66,6 +66,12 @@ def arm_table(arms: dict[str, list[str]], dataset, *, eps: float = 1e-4, max_cli
     windows : list, optional
         Receives one dict per (model, window): ``arm, model, train_seed, clip_id, recording, pgd_broken, worst_broken``
         (1 where the attack changed the top-1), for :func:`arm_differences`.
+    out : path, optional
+        ``.csv`` or ``.parquet``: the per-window rows are also written there after every model
+        (:class:`core.io.journal.ResumableTable`, keyed by the data, every model's weights and the attack settings), so
+        a run stopped part-way and started again with the same inputs attacks only the models not yet done.
+    resume : bool
+        False: replace ``out`` instead of resuming it.
 
     Returns
     -------
@@ -76,64 +82,87 @@ def arm_table(arms: dict[str, list[str]], dataset, *, eps: float = 1e-4, max_cli
     ------
     ParameterError
         No arms, models that do not share windows and classes, or a model trained on another split scheme than
-        ``dataset``'s (:func:`core.models.registry.check_split_scheme`).
+        ``dataset``'s (:func:`core.models.registry.check_split_scheme`); with ``resume``, an ``out`` computed with other
+        inputs.
     CheckpointError
         A checkpoint cannot be loaded.
     """
     from core.attacks import APGD, PGD, OutputMargin, OutputUntargeted
-    from core.io.clips import dataset_clips
+    from core.io.clips import dataset_clips, recording_of
     from core.models.registry import check_split_scheme, load_checkpoint, read_model_card
 
     if not arms:
         raise ParameterError("no arms")
     for name in (n for names in arms.values() for n in names):  # every card before the first attack
         check_split_scheme(read_model_card(name), dataset, name)
+    journal = None if out is None else _arms_journal(out, arms, dataset, resume, eps=eps, max_clips=max_clips, steps=steps,
+                                                      strong_steps=strong_steps, seed=seed)
+    stored = journal.result() if journal is not None and journal.resumed else pd.DataFrame()
     rows, clips, total, done = [], None, sum(len(v) for v in arms.values()), 0
     for arm, names in arms.items():
         for name in names:
-            model = load_checkpoint(name)
-            c = model.config
-            if clips is None:
-                clips = dataset_clips(dataset, split="test", class_names=c.class_names, sample_rate=c.frontend.sample_rate,
-                                      window_samples=c.window_samples, max_clips=max_clips)
-                key = (c.frontend.sample_rate, c.window_samples, tuple(c.class_names))
-            elif (c.frontend.sample_rate, c.window_samples, tuple(c.class_names)) != key:
-                raise ParameterError(f"{name}: other windows or classes than the first model")
-            device = next(model.parameters()).device
-            x = torch.as_tensor(clips.waveforms, device=device)
-            y = torch.as_tensor(clips.labels, device=device)
-            m = torch.as_tensor(clips.masks, device=device)
-            broken = []
-            for attack, labels in ((PGD(eps=eps, steps=steps, seed=seed, objective=OutputUntargeted()), y),
-                                   (APGD(eps=eps, steps=strong_steps, seed=seed + 1, objective=OutputMargin()), None)):
-                ok = []
-                for i in range(0, len(x), 8):
-                    xa = attack(model, x[i : i + 8], None if labels is None else labels[i : i + 8], mask=m[i : i + 8])
-                    with torch.no_grad():
-                        clean_top = model(x[i : i + 8]).argmax(-1)
-                        ok.append((model(xa).argmax(-1) != clean_top).cpu().numpy())
-                broken.append(np.concatenate(ok))
-            metrics = model.card.get("metrics", {}).get("test", {})
-            train_seed = model.card.get("train_config", {}).get("seed")
+            mine = stored[(stored["arm"] == arm) & (stored["model"] == name)] if len(stored) else stored
+            if len(mine):  # attacked by an interrupted run with the same inputs
+                card = read_model_card(name)
+                found = mine.to_dict("records")
+            else:
+                model = load_checkpoint(name)
+                card = model.card
+                c = model.config
+                if clips is None:
+                    clips = dataset_clips(dataset, split="test", class_names=c.class_names, sample_rate=c.frontend.sample_rate,
+                                          window_samples=c.window_samples, max_clips=max_clips)
+                    key = (c.frontend.sample_rate, c.window_samples, tuple(c.class_names))
+                elif (c.frontend.sample_rate, c.window_samples, tuple(c.class_names)) != key:
+                    raise ParameterError(f"{name}: other windows or classes than the first model")
+                device = next(model.parameters()).device
+                x = torch.as_tensor(clips.waveforms, device=device)
+                y = torch.as_tensor(clips.labels, device=device)
+                m = torch.as_tensor(clips.masks, device=device)
+                broken = []
+                for attack, labels in ((PGD(eps=eps, steps=steps, seed=seed, objective=OutputUntargeted()), y),
+                                       (APGD(eps=eps, steps=strong_steps, seed=seed + 1, objective=OutputMargin()), None)):
+                    ok = []
+                    for i in range(0, len(x), 8):
+                        xa = attack(model, x[i : i + 8], None if labels is None else labels[i : i + 8], mask=m[i : i + 8])
+                        with torch.no_grad():
+                            clean_top = model(x[i : i + 8]).argmax(-1)
+                            ok.append((model(xa).argmax(-1) != clean_top).cpu().numpy())
+                    broken.append(np.concatenate(ok))
+                train_seed = card.get("train_config", {}).get("seed")
+                found = [{"arm": arm, "model": name, "train_seed": train_seed, "clip_id": cid, "recording": recording_of(cid),
+                          "pgd_broken": int(broken[0][k]), "worst_broken": int(broken[0][k] | broken[1][k])}
+                         for k, cid in enumerate(clips.clip_ids)]
+                if journal is not None:
+                    journal.add(pd.DataFrame(found))
             if windows is not None:
-                from core.io.clips import recording_of
-
-                windows += [{"arm": arm, "model": name, "train_seed": train_seed, "clip_id": cid, "recording": recording_of(cid),
-                             "pgd_broken": int(broken[0][k]), "worst_broken": int(broken[0][k] | broken[1][k])}
-                            for k, cid in enumerate(clips.clip_ids)]
+                windows += found
+            metrics = card.get("metrics", {}).get("test", {})
+            pgd = np.array([r["pgd_broken"] for r in found], dtype=float)
+            worst = np.array([r["worst_broken"] for r in found], dtype=float)
             rows.append({
-                "arm": arm, "model": name, "train_seed": train_seed,
-                "split_scheme": model.card.get("data", {}).get("split_scheme", "manifest"),
+                "arm": arm, "model": name, "train_seed": card.get("train_config", {}).get("seed"),
+                "split_scheme": card.get("data", {}).get("split_scheme", "manifest"),
                 "test_cmap": metrics.get("window", {}).get("cmap", np.nan),
                 "test_rec_cmap": metrics.get("recording", {}).get("cmap", np.nan),
                 "test_rec_top1": metrics.get("recording", {}).get("top1", np.nan),
-                "pgd_success": float(broken[0].mean()), "worst_success": float((broken[0] | broken[1]).mean()),
-                "n_clips": len(clips), "eps": eps,
+                "pgd_success": float(pgd.mean()), "worst_success": float(worst.mean()),
+                "n_clips": len(found), "eps": eps,
             })
             done += 1
             if progress:
                 progress(done, total)
     return pd.DataFrame(rows)
+
+
+def _arms_journal(out, arms: dict[str, list[str]], dataset, resume: bool, **options):
+    """The resumable per-window table of :func:`arm_table`, keyed by the data, every model's weights and ``options``."""
+    from core.io.journal import ResumableTable, dataset_identity, weights_fingerprint
+    from core.models.registry import load_checkpoint
+
+    weights = {n: weights_fingerprint(load_checkpoint(n)) for n in dict.fromkeys(n for names in arms.values() for n in names)}
+    settings = {"study": "arms", "data": dataset_identity(dataset), "arms": arms, "models": weights, **options}
+    return ResumableTable(out, settings, ("arm", "model"), resume=resume)
 
 
 def arm_summary(table: pd.DataFrame) -> pd.DataFrame:
