@@ -68,7 +68,11 @@ def test_cli_certify_warns_on_a_silent_window_and_writes_valid_json(tmp_path):
         assert silent["snr_db"] is None  # an SNR of -inf dB: no figure
     assert toned["level_dbfs"] == pytest.approx(20 * math.log10(0.2 / math.sqrt(2)), abs=0.1)
     assert (not toned["plain_detected"]) == any("detects no bird" in n for n in toned["notes"])
-    assert (toned["label"] != toned["plain_label"] and not toned["abstain"]) == any("plain model's top species" in n for n in toned["notes"])
+    from core.io.names import ebird_code
+
+    # named as predict's detections and the detections table name species
+    assert toned["ebird_code"] == ebird_code(toned["scientific_name"]) and toned["common_name"] and toned["species_code"]
+    assert (toned["species_code"] != toned["plain_species_code"] and not toned["abstain"]) == any("plain model's top species" in n for n in toned["notes"])
     text = subprocess.run([sys.executable, "-m", "core", "certify", str(path), "--model", "protopnet", "--n0", "10", "--n", "20",
                            "--end", "4"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert text.returncode == 0, text.stderr

@@ -302,8 +302,9 @@ def cmd_certify(args) -> int:
     from core.api import certify, load_audio
     from core.attacks.smoothing import DEFAULT_SECONDS, check_smoothing, max_certifiable_radius
     from core.cli.common import progress_bar
-    from core.field.analyze import species_names
+    from core.field.analyze import ebird_classes, species_names
     from core.field.certificates import at_cap, certificate_notes, reading_threshold, window_reading
+    from core.field.tables import local_names
     from core.models.registry import load_checkpoint
 
     check_smoothing(args.sigma, args.alpha, args.n0, args.n, args.seconds, batch_size=args.batch_size)  # before any work
@@ -318,11 +319,13 @@ def cmd_certify(args) -> int:
     readings = [window_reading(model, waveform, c.start_s, c.end_s, threshold) for c in certs]
     notes = [certificate_notes(c, r, lambda code: names[code][1]) for c, r in zip(certs, readings)]
     if args.json:
-        rows = [{"start_s": c.start_s, "end_s": c.end_s, "abstain": c.abstained, "label": c.class_name, "english_name": names[c.class_name][1],
-                 "scientific_name": names[c.class_name][0], "p_lower": c.p_lower, "radius": c.radius, "snr_db": _finite(c.snr_db),
+        local = local_names(names, None, ebird_classes(model))  # the detections table's names and eBird codes
+        rows = [{"start_s": c.start_s, "end_s": c.end_s, "abstain": c.abstained, "species_code": c.class_name,
+                 "scientific_name": names[c.class_name][0], "common_name": local[c.class_name][0], "ebird_code": local[c.class_name][1],
+                 "p_lower": c.p_lower, "radius": c.radius, "snr_db": _finite(c.snr_db),
                  "signal_norm": c.signal_norm, "max_radius": c.max_radius, "at_cap": at_cap(c), "n0": c.n0, "n": c.n, "seconds": c.seconds,
                  "counts": {model.config.class_names[i]: int(v) for i, v in enumerate(c.counts) if v},
-                 "plain_label": r.top_class, "plain_score": r.top_score, "plain_detected": list(r.detected),
+                 "plain_species_code": r.top_class, "plain_score": r.top_score, "plain_detected": list(r.detected),
                  "level_dbfs": _finite(r.level_dbfs), "notes": ns} for c, r, ns in zip(certs, readings, notes)]
         print(json.dumps({"file": str(args.file), "model": args.model, "sigma": args.sigma, "alpha": args.alpha, "seed": args.seed,
                           "threshold": threshold, "threshold_source": threshold_source, "windows": rows}, indent=2))
