@@ -74,6 +74,11 @@ def test_arm_differences_compare_every_arm_with_the_matched_control():
     md = differences_markdown(d)
     r = d.set_index(["arm", "measure"]).loc[("AT-O", "worst_success")]
     assert "| AT-O | OT+FT | " in md and f"{100 * r.effect:+.1f} [{100 * r.ci_low:+.1f}, {100 * r.ci_high:+.1f}]" in md
+    # p beside each difference and Holm's adjustment over the table's 4 differences (both measures of both arms)
+    from core.metrics import holm_cells
+
+    row = next(ln for ln in md.splitlines() if ln.startswith("| AT-O |")).split(" | ")
+    assert "p (Holm, 4)" in md and row[7] == holm_cells(d["p_two_sided"], d["n_boot"])[3]
     assert arm_differences(w[w.arm == "AT-O"], n_boot=200).empty
 
 

@@ -231,15 +231,23 @@ def arm_differences(windows: pd.DataFrame, *, control: str | None = None, n_boot
 
 
 def differences_markdown(diffs: pd.DataFrame) -> str:
-    """docs/ table of :func:`arm_differences`: difference of success rates [percentage points] with its 95 % interval."""
-    lines = ["| arm | against | PGD success: difference [95 % CI] | worst-case success: difference [95 % CI] | recordings | seeds |",
-             "|---|---|---:|---:|---:|---:|"]
-    def cell(r, m):
-        return f"{100 * r.loc[m, 'effect']:+.1f} [{100 * r.loc[m, 'ci_low']:+.1f}, {100 * r.loc[m, 'ci_high']:+.1f}]"
+    """docs/ table of :func:`arm_differences`: difference of success rates [percentage points] with its 95 % interval,
+    the bootstrap p and, beside it, the p Holm-adjusted over every difference of the table (both measures of every
+    arm; :func:`core.metrics.holm_cells`)."""
+    from core.metrics import format_p, holm_cells
+
+    adjusted = holm_cells(diffs["p_two_sided"].to_numpy(dtype=float), diffs["n_boot"].to_numpy(dtype=float)) if len(diffs) else []
+    holm_of = {(r.arm, r.measure): h for r, h in zip(diffs.itertuples(index=False), adjusted)}
+    lines = [f"| arm | against | PGD success: difference [95 % CI] | p | p (Holm, {len(diffs)}) | worst-case success: difference "
+             f"[95 % CI] | p | p (Holm, {len(diffs)}) | recordings | seeds |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    def cells(r, arm, m):
+        return (f"{100 * r.loc[m, 'effect']:+.1f} [{100 * r.loc[m, 'ci_low']:+.1f}, {100 * r.loc[m, 'ci_high']:+.1f}] | "
+                f"{format_p(r.loc[m, 'p_two_sided'], int(r.loc[m, 'n_boot']))} | {holm_of[(arm, m)]}")
 
     for arm, part in diffs.groupby("arm", sort=False):
         r = part.set_index("measure")
         first = r.iloc[0]
-        lines.append(f"| {arm} | {first['control']} | {cell(r, 'pgd_success')} | {cell(r, 'worst_success')} | {int(first['n_recordings'])} | "
-                     f"{int(first['n_seeds_arm'])} vs {int(first['n_seeds_control'])} |")
+        lines.append(f"| {arm} | {first['control']} | {cells(r, arm, 'pgd_success')} | {cells(r, arm, 'worst_success')} | "
+                     f"{int(first['n_recordings'])} | {int(first['n_seeds_arm'])} vs {int(first['n_seeds_control'])} |")
     return "\n".join(lines)
