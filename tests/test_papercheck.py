@@ -236,3 +236,24 @@ def test_paper_check_is_deterministic_per_seed():
     r = _result(_skills(AT_O=0.3))
     pd.testing.assert_frame_equal(paper_check(r, n_boot=100, seed=1), paper_check(r, n_boot=100, seed=1))
     assert not np.allclose(paper_check(r, n_boot=100, seed=2)["ci_low"], paper_check(r, n_boot=100, seed=1)["ci_low"])
+
+
+def test_several_seeds_of_an_arm_are_averaged_and_resampled(monkeypatch):
+    """Every model of an (architecture, recipe) is a seed of that arm: the effect is the mean over seeds and the interval
+    also resamples seeds (hierarchical bootstrap), so one lucky seed no longer decides the verdict."""
+    seeds = {f"{m}_s{k}": RECIPES[m] for m in ("baseline_ato", "baseline_ft", "protopnet_ato", "protopnet_ft") for k in (1, 2)}
+    for name, recipe in seeds.items():
+        monkeypatch.setitem(core.studies.compare.ZOO, name, recipe)
+    ato, ft = ["baseline_ato", "protopnet_ato"], ["baseline_ft", "protopnet_ft"]
+    models = ato + ft + list(seeds)
+    skill = {m: 2.0 if m in ato else 0.0 for m in models}  # seed 0 of AT-O is lucky; seeds 1 and 2 are not
+    one = paper_check(_result(skill, models=ato + ft, n_rec=40), n_boot=300).set_index("key")
+    three = paper_check(_result(skill, models=models, n_rec=40), n_boot=300).set_index("key")
+    assert one.loc["clean", "n_seeds"] == "1 vs 1" and three.loc["clean", "n_seeds"] == "3 vs 3"
+    assert one.loc["clean", "direction"] == "claimed" and one.loc["clean", "ci_low"] > 20
+    # the mean over seeds: a third of the lucky seed's gain (skill is not linear in cmAP, so only roughly)
+    assert 0 < three.loc["clean", "ours"] < one.loc["clean", "ours"] / 2
+    # resampling seeds: a third of the draws hold no lucky seed ((2/3)^3 = 0.30 per arm), so the interval reaches ~0
+    assert three.loc["clean", "ci_low"] < 0.1 * one.loc["clean", "ci_low"]
+    assert (three.loc["clean", "ci_high"] - three.loc["clean", "ci_low"]) > 2 * (one.loc["clean", "ci_high"] - one.loc["clean", "ci_low"])
+    assert "baseline_ato and 2 more seeds" in three.loc["clean", "detail"]

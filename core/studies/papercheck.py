@@ -163,12 +163,13 @@ class Claim:
 
 
 def _training_eps(names: dict) -> float:
-    """Median L-inf training eps of the AT models' cards (1e-4, the shipped value, when none records one)."""
+    """Median L-inf training eps of the AT models' cards (1e-4, the shipped value, when none records one); ``names``
+    maps (architecture, recipe) to models."""
     from core.models.registry import read_model_card
 
     found = []
-    for (_arch, recipe), m in names.items():
-        if recipe in ("AT-O", "AT-E"):
+    for (_arch, recipe), models in names.items():
+        for m in models if recipe in ("AT-O", "AT-E") else ():
             try:
                 tc = read_model_card(m).get("train_config", {})
             except (CoreError, OSError):
@@ -205,17 +206,20 @@ def _attack_rows(tab: pd.DataFrame, settings) -> tuple[pd.DataFrame, str]:
     raise ParameterError(f"the robustness table has neither 'worst-case' nor 'pgd' rows in its attack column, got {sorted(values)}")
 
 
-def _claims(result) -> list[tuple[Claim, "_Scores", Callable, Callable, str]]:
-    """(claim, scores, effect(rows) -> float, detail(rows) -> str, control) for the statistics available in ``result``."""
+def _claims(result) -> list[tuple[Claim, "_Scores", Callable, Callable, str, str]]:
+    """(claim, scores, effect(rows, rng=None) -> float, detail(rows) -> str, control, seeds) for the statistics available
+    in ``result``; every model of an (architecture, recipe) is a seed of that arm, and ``seeds`` counts them
+    (``"3 vs 3"``)."""
     from core.studies.compare import ZOO, model_recipe
 
     s = result.settings
-    names: dict = {}
+    names: dict = {}  # (architecture, recipe) -> its models, one per training seed; the shipped model first
     for m in [m for m in ZOO if m in result.models] + [m for m in result.models if m not in ZOO]:
-        names.setdefault(model_recipe(m), m)  # the shipped models first; then the first of each (architecture, recipe)
+        names.setdefault(model_recipe(m), []).append(m)
 
     def pair(recipe_a, recipe_b, archs=("ConvNeXt baseline", "AudioProtoPNet")):
-        """(a, b, b's recipe) per architecture; an "OT" arm is replaced by the matched OT+FT control where there is one."""
+        """(a's models, b's models, b's recipe) per architecture; an "OT" arm is replaced by the matched OT+FT control
+        where there is one."""
         out = []
         for arch in archs:
             b_recipe = CONTROL if recipe_b == "OT" and (arch, CONTROL) in names else recipe_b
@@ -228,7 +232,7 @@ def _claims(result) -> list[tuple[Claim, "_Scores", Callable, Callable, str]]:
         recipes = [r for _, _, r in pairs]
         if len(set(recipes)) == 1:
             return recipes[0], f"{recipe_a} vs {_CONTROL_WORDS.get(recipes[0], recipes[0])}"
-        per = "; ".join(f"{b} ({r})" for _, b, r in pairs)
+        per = "; ".join(f"{b[0]} ({r})" for _, b, r in pairs)
         return ", ".join(recipes), f"{recipe_a} vs a mixed control arm: {per} (OT+FT is the matched control, OT the fallback)"
 
     shift_tab = result.shift
@@ -246,14 +250,26 @@ def _claims(result) -> list[tuple[Claim, "_Scores", Callable, Callable, str]]:
         return (lambda m, rows: scores.mean(m, column, rows)) if column else (lambda m, rows: scores.cmap(m, rows))
 
     def make(scores, pairs, relative, column=None):
-        value = value_fns(scores, column)
+        one = value_fns(scores, column)
 
-        def effect(rows):
-            return float(np.mean([(_rel if relative else np.subtract)(value(a, rows), value(b, rows)) for a, b, _ in pairs]))
+        def value(models, rows, rng=None):
+            """An arm's value: the mean over its seeds' models; with ``rng``, over seeds drawn with replacement (the
+            second level of the hierarchical bootstrap; an arm of one seed draws nothing)."""
+            picked = models if rng is None or len(models) == 1 else [models[i] for i in rng.integers(len(models), size=len(models))]
+            return float(np.mean([one(m, rows) for m in picked]))
+
+        def effect(rows, rng=None):
+            return float(np.mean([(_rel if relative else np.subtract)(value(a, rows, rng), value(b, rows, rng)) for a, b, _ in pairs]))
 
         def detail(rows):
-            return "; ".join(f"{a} {value(a, rows):.3f} vs {b} ({r}) {value(b, rows):.3f}" for a, b, r in pairs)
+            def named(models):
+                return models[0] if len(models) == 1 else f"{models[0]} and {len(models) - 1} more seed{'s' if len(models) > 2 else ''}"
+            return "; ".join(f"{named(a)} {value(a, rows):.3f} vs {named(b)} ({r}) {value(b, rows):.3f}" for a, b, r in pairs)
         return effect, detail
+
+    def seeds(pairs) -> str:
+        counts = list(dict.fromkeys(f"{len(a)} vs {len(b)}" for a, b, _ in pairs))
+        return ", ".join(counts)
 
     clean_cond = (f"not comparable: {_PAPER_SETTING}; {_OUR_SETTING}. The abstract does not name the metric of its 10.5 % "
                   "nor what it averages over; we use cmAP averaged over our two architectures")
@@ -307,7 +323,7 @@ def _claims(result) -> list[tuple[Claim, "_Scores", Callable, Callable, str]]:
         src = PAPER_SOURCES.get(key, {})
         claim = Claim(key, text, paper, src.get("figure") if kind == "paper claim" else None, measure(arm_text),
                       unit, kind=kind, comparable=False, conditions=cond, source=src.get("source", ""))
-        out.append((claim, scores, effect, detail, control))
+        out.append((claim, scores, effect, detail, control, seeds(pairs)))
     # prototype stability: AudioProtoPNet only, TARS of the targeted embedding-space attack
     tgt = result.targeted
     if "attack" in tgt.columns and tgt["attack"].nunique() > 1:
@@ -325,14 +341,14 @@ def _claims(result) -> list[tuple[Claim, "_Scores", Callable, Callable, str]]:
                       conditions=f"not comparable: {_EPS}; {_PAPER_SETTING}; {_OUR_SETTING}. The direction tested is the one "
                                  "this project's issue attributes to the paper",
                       source=PAPER_SOURCES["tars"]["source"])
-        out.append((claim, t_scores, effect, detail, control))
+        out.append((claim, t_scores, effect, detail, control, seeds(pairs)))
     return out
 
 
 #: Columns of :func:`paper_check`'s table, in order.
 COLUMNS = ["key", "kind", "claim", "paper", "paper_effect", "measure", "control", "unit", "ours", "ci_low", "ci_high", "p_not_claimed",
            "p_two_sided", "p_holm", "direction", "comparable", "conditions", "verdict", "size", "multiplicity", "detail", "source",
-           "n_recordings", "n_clips", "n_boot", "boot_seed"]
+           "n_recordings", "n_clips", "n_seeds", "n_boot", "boot_seed"]
 
 
 def paper_check(result, *, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
@@ -342,7 +358,9 @@ def paper_check(result, *, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     ----------
     result : core.studies.compare.CompareResult
     n_boot : int >= 100
-        Bootstrap resamples of the test recordings.
+        Bootstrap resamples: of the test recordings, then, where ``result`` holds several models of one (architecture,
+        recipe), of those training seeds within each arm (a hierarchical bootstrap; Saravanan, Berman & Sober 2020).
+        Every arm's value is the mean over its seeds.
     seed : int
 
     Returns
@@ -357,7 +375,8 @@ def paper_check(result, *, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
         every row, :func:`holm`); ``direction`` (:func:`direction_of` at family-wise 0.05); ``comparable`` and
         ``conditions``; ``verdict`` (:func:`verdict_text`); ``size`` (the paper's effect size against our
         interval, when it gives one); ``multiplicity`` (:func:`multiplicity_note`); ``detail`` (the
-        per-model values); ``source`` (where the paper says it); ``n_recordings``, ``n_clips``, ``n_boot``,
+        per-model values); ``source`` (where the paper says it); ``n_recordings``, ``n_clips``, ``n_seeds`` (models of
+        the arm against models of its control, e.g. ``"3 vs 3"``), ``n_boot``,
         ``boot_seed``. Claims whose models are missing from ``result`` are left out.
 
     Raises
@@ -373,7 +392,7 @@ def paper_check(result, *, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
         return pd.DataFrame(columns=COLUMNS)
     result = result.subset(zoo)  # the claims are about the zoo (BirdNET has other clips)
     rows = []
-    for claim, scores, effect, detail, control in _claims(result):
+    for claim, scores, effect, detail, control, n_seeds in _claims(result):
         groups = pd.Series([recording_of(c) for c in scores.clips])
         members = [np.flatnonzero(groups.to_numpy() == g) for g in groups.unique()]
         all_rows = np.arange(len(scores.clips))
@@ -381,7 +400,7 @@ def paper_check(result, *, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
         boots = []
         for _ in range(n_boot):
             pick = rng.integers(len(members), size=len(members))
-            boots.append(effect(np.concatenate([members[i] for i in pick])))
+            boots.append(effect(np.concatenate([members[i] for i in pick]), rng))
         boots = np.asarray(boots, dtype=float)
         boots = boots[np.isfinite(boots)]
         low, high = (np.percentile(boots, [2.5, 97.5]) if len(boots) else (np.nan, np.nan))
@@ -392,7 +411,7 @@ def paper_check(result, *, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
             "p_not_claimed": float(np.mean(boots <= 0)) if len(boots) else np.nan, "p_two_sided": bootstrap_p(boots),
             "comparable": bool(claim.comparable), "conditions": claim.conditions,
             "size": size_note(float(low), float(high), claim.paper_effect, claim.unit), "detail": detail(all_rows), "source": claim.source,
-            "n_recordings": len(members), "n_clips": len(all_rows), "n_boot": n_boot, "boot_seed": seed,
+            "n_recordings": len(members), "n_clips": len(all_rows), "n_seeds": n_seeds, "n_boot": n_boot, "boot_seed": seed,
         })
     table = pd.DataFrame(rows, columns=[c for c in COLUMNS if c not in ("p_holm", "direction", "verdict", "multiplicity")])
     table.insert(table.columns.get_loc("p_two_sided") + 1, "p_holm", holm(table["p_two_sided"].to_numpy(dtype=float)) if len(table) else [])
