@@ -307,6 +307,15 @@ def study_steps() -> list[Step]:
                              "OT+FT": "birdnet_protopnet_ft", "noise": "birdnet_protopnet_noise", "AT-X": "birdnet_protopnet_atx"},
               f"{STUDIES_DIR}/arms_heads.csv", 65.0),
     ]
+    # the paper check over seeds: every seed of the small models' four arms in one comparison (no --strong: the worst
+    # case over seeds is the arms tables'; the clean and shifted claims need the windows' scores); its paper check
+    # resamples recordings, then seeds within each arm
+    small = [f"{a}{x}" for a in ("baseline", "protopnet") for x in ("", "_ato", "_ate", "_ft")]
+    out_seeds = f"{STUDIES_DIR}/compare_seeds"
+    steps.append(Step("study:compare_seeds", "compare_seeds",
+                      ("-m", "core", "compare", "--models", ",".join(ckpt(n, s) for n in small for s in SEEDS),
+                       "--split-scheme", SCHEME, "--out", out_seeds), (out_seeds,), 60.0, check="ledger",
+                      needs=tuple(f"{n}@s{s}" for n in small for s in SEEDS), study=True))
     gated = ",".join(ckpt("birdnet_protopnet_gated", s) for s in SEEDS)
     ungated = ",".join(ckpt("birdnet_protopnet", s) for s in SEEDS)
     out = f"{STUDIES_DIR}/open_set_seeds.csv"

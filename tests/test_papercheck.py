@@ -241,9 +241,10 @@ def test_paper_check_is_deterministic_per_seed():
 def test_several_seeds_of_an_arm_are_averaged_and_resampled(monkeypatch):
     """Every model of an (architecture, recipe) is a seed of that arm: the effect is the mean over seeds and the interval
     also resamples seeds (hierarchical bootstrap), so one lucky seed no longer decides the verdict."""
-    seeds = {f"{m}_s{k}": RECIPES[m] for m in ("baseline_ato", "baseline_ft", "protopnet_ato", "protopnet_ft") for k in (1, 2)}
-    for name, recipe in seeds.items():
-        monkeypatch.setitem(core.studies.compare.ZOO, name, recipe)
+    # seeds are not shipped models: their recipe comes from their cards (core.studies.compare.model_recipe)
+    seeds = {f"ckpts/seeds/{m}_s{k}.safetensors": RECIPES[m] for m in ("baseline_ato", "baseline_ft", "protopnet_ato", "protopnet_ft")
+             for k in (1, 2)}
+    monkeypatch.setattr(core.studies.compare, "model_recipe", lambda name, card=None: RECIPES.get(name) or seeds[name])
     ato, ft = ["baseline_ato", "protopnet_ato"], ["baseline_ft", "protopnet_ft"]
     models = ato + ft + list(seeds)
     skill = {m: 2.0 if m in ato else 0.0 for m in models}  # seed 0 of AT-O is lucky; seeds 1 and 2 are not

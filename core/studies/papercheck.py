@@ -51,6 +51,7 @@ paper gives an effect size, ``size`` says whether it lies inside, above or below
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -263,7 +264,8 @@ def _claims(result) -> list[tuple[Claim, "_Scores", Callable, Callable, str, str
 
         def detail(rows):
             def named(models):
-                return models[0] if len(models) == 1 else f"{models[0]} and {len(models) - 1} more seed{'s' if len(models) > 2 else ''}"
+                first = Path(models[0]).stem  # a seed given by its path: its file name
+                return first if len(models) == 1 else f"{first} and {len(models) - 1} more seed{'s' if len(models) > 2 else ''}"
             return "; ".join(f"{named(a)} {value(a, rows):.3f} vs {named(b)} ({r}) {value(b, rows):.3f}" for a, b, r in pairs)
         return effect, detail
 
@@ -385,9 +387,10 @@ def paper_check(result, *, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
         ``n_boot < 100``; a robustness table whose ``attack`` column has neither PGD nor worst-case rows.
     """
     check_int("n_boot", n_boot, 100)
-    from core.studies.compare import ZOO
+    from core.studies.compare import ZOO, model_recipe
 
-    zoo = [n for n in result.models if n in ZOO]
+    archs = {arch for arch, _ in ZOO.values()}  # the zoo's models and other seeds of its architectures (by their cards)
+    zoo = [n for n in result.models if n in ZOO or model_recipe(n)[0] in archs]
     if not zoo:  # the claims are about the zoo's recipes; other models have none to test
         return pd.DataFrame(columns=COLUMNS)
     result = result.subset(zoo)  # the claims are about the zoo (BirdNET has other clips)
