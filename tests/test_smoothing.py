@@ -217,8 +217,8 @@ def test_cli_certify_prints_each_window_and_refuses_bad_input_in_one_line(tmp_pa
     out = json.loads(r.stdout)
     (w,) = out["windows"]  # 6 s at 5 s windows: the 1 s tail is under half a window
     assert (w["start_s"], w["end_s"], w["n"], w["n0"]) == (0.0, 5.0, 20, 10)
-    assert sum(w["counts"].values()) == 20 and w["label"] == max(w["counts"], key=w["counts"].get)
-    assert w["english_name"] and (w["radius"] is None) == w["abstain"] == (w["p_lower"] <= 0.5)
+    assert sum(w["counts"].values()) == 20 and w["species_code"] == max(w["counts"], key=w["counts"].get)
+    assert w["common_name"] and (w["radius"] is None) == w["abstain"] == (w["p_lower"] <= 0.5)
     for args, needle in ((["certify", str(tmp_path / "missing.wav"), "--model", "protopnet"], "no such file"),
                          (["certify", str(path), "--sigma", "0"], "sigma must lie in (0, 1)"),
                          (["certify", str(path), "--n", "50"], "n must be at least n0 = 100"),
