@@ -585,3 +585,18 @@ def test_explanation_stability_tables_are_the_stored_run():
     rms = summary.set_index("arm")["activation RMS change (swap) mean"]
     assert (f"falls from {rms['OT+FT']:.3f} (OT+FT) to {rms['AT-O']:.3f} (AT-O), {rms['AT-E']:.3f} (AT-E) and "
             f"{rms['AT-X']:.3f} (AT-X)") in text
+
+
+@pytest.mark.parametrize("family", ["heads"])
+def test_person_split_arms_tables_are_the_stored_studies(family):
+    """The people-disjoint split's seed tables: three seeds of every arm, the stored rows, and differences that are the
+    hierarchical bootstrap of the stored per-window rows."""
+    from core.training.seeds import arm_differences, arm_markdown, differences_markdown
+
+    stem = ROOT / "checkpoints" / "person" / "studies" / f"arms_{family}"
+    t, d = pd.read_csv(f"{stem}.csv"), pd.read_csv(f"{stem}_differences.csv")
+    assert set(t["split_scheme"]) == {"person"} and t.groupby("arm")["train_seed"].nunique().min() == 3
+    windows = pd.read_csv(f"{stem}_windows.csv")
+    assert len(windows) == t["n_clips"].sum() and windows.groupby("model")["clip_id"].nunique().eq(48).all()
+    pd.testing.assert_frame_equal(arm_differences(windows), d, check_exact=False, check_dtype=False)
+    assert block(f"arms-person-{family}") == arm_markdown(t) + "\n\n" + differences_markdown(d) + "\n"
