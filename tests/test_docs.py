@@ -587,7 +587,7 @@ def test_explanation_stability_tables_are_the_stored_run():
             f"{rms['AT-X']:.3f} (AT-X)") in text
 
 
-@pytest.mark.parametrize("family", ["heads", "baseline"])
+@pytest.mark.parametrize("family", ["heads", "baseline", "protopnet"])
 def test_person_split_arms_tables_are_the_stored_studies(family):
     """The people-disjoint split's seed tables: three seeds of every arm, the stored rows, and differences that are the
     hierarchical bootstrap of the stored per-window rows."""
