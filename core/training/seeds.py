@@ -87,7 +87,6 @@ def arm_table(arms: dict[str, list[str]], dataset, *, eps: float = 1e-4, max_cli
     CheckpointError
         A checkpoint cannot be loaded.
     """
-    from core.attacks import APGD, PGD, OutputMargin, OutputUntargeted
     from core.io.clips import dataset_clips, recording_of
     from core.models.registry import check_split_scheme, load_checkpoint, read_model_card
 
@@ -115,20 +114,7 @@ def arm_table(arms: dict[str, list[str]], dataset, *, eps: float = 1e-4, max_cli
                     key = (c.frontend.sample_rate, c.window_samples, tuple(c.class_names))
                 elif (c.frontend.sample_rate, c.window_samples, tuple(c.class_names)) != key:
                     raise ParameterError(f"{name}: other windows or classes than the first model")
-                device = next(model.parameters()).device
-                x = torch.as_tensor(clips.waveforms, device=device)
-                y = torch.as_tensor(clips.labels, device=device)
-                m = torch.as_tensor(clips.masks, device=device)
-                broken = []
-                for attack, labels in ((PGD(eps=eps, steps=steps, seed=seed, objective=OutputUntargeted()), y),
-                                       (APGD(eps=eps, steps=strong_steps, seed=seed + 1, objective=OutputMargin()), None)):
-                    ok = []
-                    for i in range(0, len(x), 8):
-                        xa = attack(model, x[i : i + 8], None if labels is None else labels[i : i + 8], mask=m[i : i + 8])
-                        with torch.no_grad():
-                            clean_top = model(x[i : i + 8]).argmax(-1)
-                            ok.append((model(xa).argmax(-1) != clean_top).cpu().numpy())
-                    broken.append(np.concatenate(ok))
+                broken = _broken(model, clips, eps=eps, steps=steps, strong_steps=strong_steps, seed=seed)
                 train_seed = card.get("train_config", {}).get("seed")
                 found = [{"arm": arm, "model": name, "train_seed": train_seed, "clip_id": cid, "recording": recording_of(cid),
                           "pgd_broken": int(broken[0][k]), "worst_broken": int(broken[0][k] | broken[1][k])}
@@ -153,6 +139,27 @@ def arm_table(arms: dict[str, list[str]], dataset, *, eps: float = 1e-4, max_cli
             if progress:
                 progress(done, total)
     return pd.DataFrame(rows)
+
+
+def _broken(model, clips, *, eps: float, steps: int, strong_steps: int, seed: int) -> list[np.ndarray]:
+    """Per window, whether PGD-``steps`` (true labels) and APGD-``strong_steps`` (margin of the clean answer) changed the
+    model's clean top-1: two bool arrays of shape (n_windows,)."""
+    from core.attacks import APGD, PGD, OutputMargin, OutputUntargeted
+
+    device = next(model.parameters()).device
+    x = torch.as_tensor(clips.waveforms, device=device)
+    y = torch.as_tensor(clips.labels, device=device)
+    m = torch.as_tensor(clips.masks, device=device)
+    broken = []
+    for attack, labels in ((PGD(eps=eps, steps=steps, seed=seed, objective=OutputUntargeted()), y),
+                           (APGD(eps=eps, steps=strong_steps, seed=seed + 1, objective=OutputMargin()), None)):
+        ok = []
+        for i in range(0, len(x), 8):
+            xa = attack(model, x[i : i + 8], None if labels is None else labels[i : i + 8], mask=m[i : i + 8])
+            with torch.no_grad():
+                ok.append((model(xa).argmax(-1) != model(x[i : i + 8]).argmax(-1)).cpu().numpy())
+        broken.append(np.concatenate(ok))
+    return broken
 
 
 def _arms_journal(out, arms: dict[str, list[str]], dataset, resume: bool, **options):
