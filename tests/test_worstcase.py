@@ -332,3 +332,30 @@ def test_worst_case_command_says_what_is_wrong_in_one_line(capsys, tmp_path, dat
     assert err.startswith("error: --sources must be model=source pairs") and "\n" not in err
     assert main(["worst-case", "--models", "baseline_ato", "--max-minutes", "0", "--out", str(out), "--data-dir", str(data_dir)]) == 0
     assert "no window finished yet" in capsys.readouterr().out and not out.exists()
+
+
+def test_an_interrupted_worst_case_resumes_model_by_model(compared, tmp_path, monkeypatch):
+    """The comparison's worst case is hours long on the zoo: a run stopped after one model's worst-case rows keeps them
+    (and the transfer attack) and a rerun attacks only the other models, ending with the uninterrupted run's table."""
+    import core.attacks.worstcase as wc
+
+    result, models = compared
+    ds = Dataset(make_tiny_dataset(tmp_path / "ds"))
+    attacked, rows_attack = [], wc._rows_attack
+
+    def counting(attack, model, *a, **k):
+        attacked.append(next(n for n, m in models.items() if m is model))
+        return rows_attack(attack, model, *a, **k)
+
+    monkeypatch.setattr(wc, "_rows_attack", counting)
+    units = tmp_path / "units"
+    kept = lambda: sorted(p.name for p in units.glob("worst_case_*"))  # noqa: E731
+    with pytest.raises(InterruptedError):  # stop at the first poll after the first model's rows are kept
+        run_compare(models, ds, SETTINGS, units_dir=units, cancel=lambda: len(kept()) >= 1)
+    assert len(kept()) == 1 and list(units.glob("transfer_*"))
+    first = {n for n in models if f"_{n}-" in kept()[0]}
+    assert len(first) == 1 and set(attacked) == first
+    attacked.clear()
+    resumed = run_compare(models, ds, SETTINGS, units_dir=units)
+    assert first.isdisjoint(attacked) and set(attacked) == set(models) - first  # only the models that were missing
+    pd.testing.assert_frame_equal(resumed.robustness, result.robustness)

@@ -45,6 +45,7 @@ import pandas as pd
 import torch
 
 from core import metrics
+from core.io.journal import unit_name
 
 __all__ = ["ATTACK_ORDER", "BASE_LEGS", "APGD_LEGS", "strong_attacks", "transfer_sources", "worst_case_tables", "worst_case_windows",
            "masking_check", "worst_case_label", "true_top1", "success_over_true_top1"]
@@ -320,6 +321,8 @@ def worst_case_tables(
     clips_per_batch: int = 4,
     progress: Callable[[str, int, int], None] | None = None,
     cancel: Callable[[], bool] | None = None,
+    units=None,
+    unit_key: tuple = (),
 ) -> pd.DataFrame:
     """``transfer`` and ``worst-case`` rows for models that share the windows ``clips``.
 
@@ -347,6 +350,12 @@ def worst_case_tables(
         ``progress(stage, done, total)`` with stages ``transfer`` and ``strong``.
     cancel : callable, optional
         Polled between batches; :class:`InterruptedError` when it returns True.
+    units : core.studies.compare_units.UnitStore, optional
+        Where finished parts are kept so that an interrupted run resumes: the transfer attack of each source
+        (arrays) and each model's rows (a table), named from ``unit_key`` and the model. A rerun with the same
+        store computes only the missing parts and returns the same table. None: nothing kept.
+    unit_key : tuple
+        Prefix of the unit names (the comparison's window group).
 
     Returns
     -------
@@ -400,7 +409,22 @@ def worst_case_tables(
 
     batches = [np.arange(i, min(n, i + clips_per_batch)) for i in range(0, n, clips_per_batch)]
     total, done = len(batches) * len(by_source), 0
+
+    def done_rows(name):
+        return None if units is None else units.table(unit_name("worst-case", *unit_key, name))
+
     for s, targets in by_source.items():
+        if all(done_rows(tg) is not None for tg in targets):  # every target's rows are kept: no transfer needed
+            done += len(batches)
+            continue
+        kept = None if units is None else units.arrays(unit_name("transfer", *unit_key, s))
+        if kept is not None:
+            for i, tg in enumerate(targets):
+                transfer_scores[tg] = kept[f"scores_{i}"]
+                for k in transfer_dist[tg]:
+                    transfer_dist[tg][k] = kept[f"{k}_{i}"]
+            done += len(batches)
+            continue
         src = models[s]
         device = next(src.parameters()).device
         for idx in batches:
@@ -422,6 +446,10 @@ def worst_case_tables(
             done += 1
             if progress:
                 progress("transfer", done, total)
+        if units is not None:
+            units.put_arrays(unit_name("transfer", *unit_key, s),
+                             **{f"scores_{i}": transfer_scores[tg] for i, tg in enumerate(targets)},
+                             **{f"{k}_{i}": transfer_dist[tg][k] for i, tg in enumerate(targets) for k in transfer_dist[tg]})
 
     rows = []
     strong_total = [0]
@@ -447,6 +475,13 @@ def worst_case_tables(
 
     strong_done = [0]
     for name in names:
+        if cancel is not None and cancel():
+            raise InterruptedError("comparison cancelled")
+        kept_rows = done_rows(name)
+        if kept_rows is not None:  # finished in an earlier, interrupted run
+            rows.append(kept_rows)
+            strong_done[0] += int((~pending[name][-1]).sum())
+            continue
         clean, clean_scores, top, ok, chosen_scores, chosen_dist, by, broken = pending[name]
         model = models[name]
         legs = strong_attacks(strong_steps, restarts, seed, apgd_steps=apgd_steps, apgd_restarts=apgd_restarts, n_targets=n_targets,
@@ -481,6 +516,7 @@ def worst_case_tables(
         success |= broken
         clean_loss = _bce(clean_scores, labels)
         is_true = true_top1(clean_scores, labels)
+        mine = []
         for attack_label, scores_arr, dist, succ_arr, by_arr, source in (
             [("transfer", transfer_scores[name], transfer_dist[name], ok["transfer"], None, sources[name])] if name in sources else []
         ) + [("worst-case", chosen_scores, chosen_dist, success, by, sources.get(name, ""))]:
@@ -502,7 +538,11 @@ def worst_case_tables(
             })
             a = pd.concat([a, pd.DataFrame(scores_arr.reshape(-1, len(classes)), columns=score_cols),
                            pd.DataFrame(np.tile(labels, (n_eps, 1)).astype(np.float32), columns=label_cols)], axis=1)
-            rows += [c, a]
+            mine.append(pd.concat([c, a], ignore_index=True))
+        mine = pd.concat(mine, ignore_index=True)
+        if units is not None:
+            units.put_table(unit_name("worst-case", *unit_key, name), mine)
+        rows.append(mine)
     return pd.concat(rows, ignore_index=True)
 
 

@@ -15,6 +15,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -22,8 +23,14 @@ import pandas as pd
 from core.errors import ParameterError
 from core.io.fileio import atomic_path, atomic_write_text
 
-__all__ = ["dataset_identity", "weights_fingerprint", "jsonable", "ResumableTable"]
+__all__ = ["dataset_identity", "weights_fingerprint", "jsonable", "unit_name", "ResumableTable"]
 
+
+
+def unit_name(*parts) -> str:
+    """A file-safe name of a resumable unit from its parts (model names may be paths): ``robustness-baseline-1a2b3c-0003``."""
+    text = "-".join(str(p) for p in parts)
+    return f"{re.sub(r'[^A-Za-z0-9_.]+', '_', text)[:80]}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
 
 def jsonable(value) -> object:
     """``value`` as it reads back from JSON (tuples become lists, numpy scalars numbers): settings compare equal."""

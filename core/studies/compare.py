@@ -417,12 +417,13 @@ def run_compare(
         if settings.strong:
             from core.attacks.worstcase import worst_case_tables
 
-            unit = unit_name("strong", *key)  # the worst case of a group is one unit (transfer needs the whole group)
+            unit = unit_name("strong", *key)  # the group's worst case; inside it, each model's rows are units of their own
             part = units.table(unit)
             if part is None:
                 part = worst_case_tables(group, attack_set, pd.concat(group_rob, ignore_index=True), settings.epsilons,
                                          steps=settings.steps, strong_steps=settings.strong_steps, restarts=settings.restarts,
-                                         apgd_steps=settings.apgd_steps, seed=settings.seed, clips_per_batch=clips_per_batch, progress=progress, cancel=cancel)
+                                         apgd_steps=settings.apgd_steps, seed=settings.seed, clips_per_batch=clips_per_batch, progress=progress, cancel=cancel,
+                                         units=units, unit_key=key)  # resumes model by model
                 units.put_table(unit, part)
             rob.append(part)
     shift = pd.concat(shift_parts, ignore_index=True)

@@ -2,8 +2,8 @@
 
 A comparison of the zoo runs for an hour or more on a 2-core CPU. Its units are the shift table of each window
 group, each batch of clips of each model under each attack objective (the sweep table rows and, for AudioProtoPNet,
-the batch's prototype activation sums) and the worst case of each group. Each is written to its own file in a
-directory as soon as it is finished (atomically, :mod:`core.io.fileio`); a rerun given the same directory reads
+the batch's prototype activation sums) and the worst case of each group, and inside it the transfer attack of each
+source and each model's worst-case rows. Each is written to its own file in a directory as soon as it is finished (atomically, :mod:`core.io.fileio`); a rerun given the same directory reads
 the finished units instead of computing them. Batches are seeded on their own (the attacks draw their random start
 per batch), so a resumed comparison gives the tables an uninterrupted one gives.
 
@@ -14,11 +14,9 @@ refused.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 
@@ -27,15 +25,9 @@ import pandas as pd
 
 from core.errors import ParameterError
 from core.io.fileio import atomic_path, atomic_write_bytes, atomic_write_text
-from core.io.journal import jsonable
+from core.io.journal import jsonable, unit_name
 
 __all__ = ["UnitStore", "unit_name"]
-
-
-def unit_name(*parts) -> str:
-    """A file-safe unit name from its parts (model names may be paths): ``robustness-baseline-1a2b3c-0003``."""
-    text = "-".join(str(p) for p in parts)
-    return f"{re.sub(r'[^A-Za-z0-9_.]+', '_', text)[:80]}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
 
 
 class UnitStore:
