@@ -253,7 +253,9 @@ PROMOTED = ("baseline", "baseline_ato", "baseline_ate", "baseline_ft", "protopne
 FIGURE_STUDIES = [
     # BirdNET's threshold on the person split's validation recordings first: the cut-off and no-bird studies read it
     ("birdnet_threshold", "-m core calibrate --model birdnet", 3.0),
-    ("compare", "-m core compare --strong --out assets/compare --update-cards", 100.0),
+    # the worst case with the APGD legs at every eps: about 70 min of PGD and targeted units, then the worst case of the
+    # 8 models (transfer, then each model's legs; resumable model by model since 2026-12-04)
+    ("compare", "-m core compare --strong --out assets/compare --update-cards", 180.0),
     ("audit", "-m core audit --model birdnet_protopnet --out assets/birdnet_heads/audit.csv", 5.0),
     *[(f"audit_{a}", f"-m core audit --model birdnet_protopnet_{a} --out assets/birdnet_heads/audit_{a}.csv", 5.0) for a in ("ato", "ate", "ft")],
     ("cutoff", "-m core cutoff --models birdnet,birdnet_linear,birdnet_protopnet,birdnet_protopnet_ato,birdnet_protopnet_ate,"
@@ -263,7 +265,7 @@ FIGURE_STUDIES = [
     ("birdnet_metrics", "-m core evaluate --model birdnet --split test --out assets/birdnet/metrics.json", 3.0),
     ("compare_heads", "-m core compare --models birdnet_protopnet,birdnet_linear --max-clips 24 --out assets/birdnet_heads/compare", 20.0),
     ("compare_at", "-m core compare --models birdnet_protopnet,birdnet_protopnet_ft,birdnet_protopnet_ato,birdnet_protopnet_ate "
-                   "--max-clips 48 --strong --out assets/birdnet_heads/compare_at", 45.0),
+                   "--max-clips 48 --strong --out assets/birdnet_heads/compare_at", 600.0),  # APGD legs on BirdNET's backbone: hours
     ("head_layers", "-m core head-study --out assets/birdnet_heads/layers.csv", 8.0),
     ("head_finetune", "-m core head-study --layers BLOCK_3-5_ADD --finetune-from BLOCK_3-4_ADD --out assets/birdnet_heads/finetune.csv", 25.0),
     *[(f"sweep_margin_{m}", f"-m core sweep --models {m} --objective output-margin --epsilons 0,1e-5,3e-5,1e-4,3e-4,1e-3 --steps 10 "
