@@ -640,7 +640,8 @@ def promote(root: Path, names: Sequence[str] = PROMOTED, *, dry_run: bool = Fals
     """The manual step, by hand or by this: ship seed 0 of every model of ``names`` and make the person split the default.
 
     Copies ``STAGING/NAME.{safetensors,json,log}`` into ``checkpoints/`` (the card's command, parent and ``trained_by``
-    in their shipped form, :func:`shipped_form`; the weights byte for byte) and switches
+    in their shipped form, :func:`shipped_form`; the weights byte for byte) and the reference's results
+    (``reference_logreg.json``), and switches
     ``core.io.split.DEFAULT_SPLIT_SCHEME`` to ``person``. The studies that add to the cards (``compare --update-cards``,
     ``audit``, ``cutoff``, ``no-bird-check``) must run before the result can land: the copied cards have none of their
     blocks yet.
@@ -687,6 +688,12 @@ def promote(root: Path, names: Sequence[str] = PROMOTED, *, dry_run: bool = Fals
             log = src.with_suffix(".log")
             if log.is_file():
                 shutil.copyfile(log, root / "checkpoints" / f"{name}.log")
+    # the reference the cards and the head tables compare with (its own step, not a model of ``names``)
+    ref = root / STAGING / "reference_logreg.json"
+    if ref.is_file():
+        report.append(f"checkpoints/reference_logreg.json <- {STAGING}/reference_logreg.json")
+        if not dry_run:
+            shutil.copyfile(ref, root / "checkpoints" / "reference_logreg.json")
     split = root / SPLIT_LINE
     text = split.read_text()
     switched = re.sub(r'^DEFAULT_SPLIT_SCHEME = "\w+"$', f'DEFAULT_SPLIT_SCHEME = "{SCHEME}"', text, count=1, flags=re.M)

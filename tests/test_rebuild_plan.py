@@ -258,15 +258,19 @@ def test_promote_ships_seed_zero_in_its_shipped_form_and_switches_the_default(pl
     (tmp_path / "checkpoints" / "person" / "h.json").write_text(json.dumps(staged))
     (tmp_path / "checkpoints" / "person" / "h.log").write_text("log")
     (tmp_path / "checkpoints" / "h.json").write_text(json.dumps({"command": "python -m core finetune-head --init old"}))
+    (tmp_path / "checkpoints" / "person" / "reference_logreg.json").write_text('{"split_scheme": "person"}')
+    (tmp_path / "checkpoints" / "reference_logreg.json").write_text('{"split_scheme": "recordist"}')
     report = plan.promote(tmp_path, ["h"], dry_run=True)
     assert any("command changes" in r for r in report) and not (tmp_path / "checkpoints" / "h.safetensors").exists()
     assert 'DEFAULT_SPLIT_SCHEME = "recordist"' in split.read_text()  # a dry run writes nothing
+    assert "recordist" in (tmp_path / "checkpoints" / "reference_logreg.json").read_text()
     plan.promote(tmp_path, ["h"])
     card = json.loads((tmp_path / "checkpoints" / "h.json").read_text())
     assert card["command"] == "python -m core finetune-head --init birdnet_protopnet --adv at-o --name h"
     assert card["init"] == "birdnet_protopnet" and card["metrics"] == {"a": 1} and card["data"] == {"split_scheme": "person"}
     assert (tmp_path / "checkpoints" / "h.safetensors").read_bytes() == b"weights"
     assert (tmp_path / "checkpoints" / "h.log").read_text() == "log"
+    assert json.loads((tmp_path / "checkpoints" / "reference_logreg.json").read_text()) == {"split_scheme": "person"}  # the cards' reference
     assert split.read_text() == 'X = 1\nDEFAULT_SPLIT_SCHEME = "person"\nY = "recordist"\n'
     assert plan.is_done(plan.Step("promote", "promote", (), ("h",), 0.0, check="promoted"), tmp_path, {"steps": {}})
     staged["data"] = {"split_scheme": "recordist"}  # a card of the other split is never shipped as this one's
