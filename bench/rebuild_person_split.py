@@ -263,6 +263,7 @@ FIGURE_STUDIES = [
     ("cutoff_gated", "-m core cutoff --models birdnet_protopnet_gated --update-cards", 2.0),
     ("no_bird", "-m core no-bird-check", 10.0),
     ("birdnet_metrics", "-m core evaluate --model birdnet --split test --out assets/birdnet/metrics.json", 3.0),
+    ("birdnet_metrics_val", "-m core evaluate --model birdnet --split val --out assets/birdnet/metrics.json", 2.0),  # the val half of it
     ("compare_heads", "-m core compare --models birdnet_protopnet,birdnet_linear --max-clips 24 --out assets/birdnet_heads/compare", 20.0),
     ("compare_at", "-m core compare --models birdnet_protopnet,birdnet_protopnet_ft,birdnet_protopnet_ato,birdnet_protopnet_ate "
                    "--max-clips 48 --strong --out assets/birdnet_heads/compare_at", 600.0),  # APGD legs on BirdNET's backbone: hours
