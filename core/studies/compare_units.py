@@ -3,8 +3,9 @@
 A comparison of the zoo runs for an hour or more on a 2-core CPU. Its units are the shift table of each window
 group, each batch of clips of each model under each attack objective (the sweep table rows and, for AudioProtoPNet,
 the batch's prototype activation sums) and the worst case of each group, and inside it the transfer attack of each
-source and each model's worst-case rows. Each is written to its own file in a directory as soon as it is finished (atomically, :mod:`core.io.fileio`); a rerun given the same directory reads
-the finished units instead of computing them. Batches are seeded on their own (the attacks draw their random start
+source and each model's worst-case rows. Each is written to its own file in a directory as soon as it is finished
+(atomically, :mod:`core.io.fileio`); a rerun given the same directory reads the finished units instead of computing
+them. Batches are seeded on their own (the attacks draw their random start
 per batch), so a resumed comparison gives the tables an uninterrupted one gives.
 
 The directory belongs to one set of inputs: its ``key.json`` holds the settings, every model's weight fingerprint,
